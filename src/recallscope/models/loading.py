@@ -84,9 +84,12 @@ def default_threads() -> None:
 @contextlib.contextmanager
 def _quiet():
     """transformers prints progress bars and warnings while de-quantising; keep stdout clean."""
+    from transformers.utils import logging as hf_logging
+
     logger = logging.getLogger("transformers")
     level = logger.level
     logger.setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -94,6 +97,7 @@ def _quiet():
                 yield
     finally:
         logger.setLevel(level)
+        hf_logging.enable_progress_bar()
 
 
 def _dtype(dtype: str | torch.dtype) -> torch.dtype:

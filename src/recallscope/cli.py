@@ -1,0 +1,221 @@
+"""The command line: one verb per stage, ``run`` for the whole study, ``models``, ``relations``, ``bench``.
+
+Every verb shares the common flags (--model, --relation, --shots, --out, --seed, --max-prompts,
+--device, --dtype, --json). ``--json`` prints one JSON object on stdout and nothing else;
+progress and notes go to stderr. Bad input prints one line on stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="How a transformer language model recalls a fact (Lv et al. 2024), end to end.",
+)
+out_console = Console()
+err_console = Console(stderr=True)
+
+STAGE_HELP = {
+    "recall": "Score the prompts: accuracy, p(Y), rank, π; keep the known ones.",
+    "patch": "Causal mediation: patch every head and MLP at the end position.",
+    "movers": "Mover heads: attention to the subject, projection on its unembedding, OV copying.",
+    "decompose": "Fit the MLP output as per-head coefficients plus an intercept.",
+    "intercept": "Function application: logit lens of the intercept and the redirect test.",
+    "suppress": "Anti-overconfidence in the final layer, and its mitigation.",
+}
+
+
+def _note(message: str) -> None:
+    err_console.print(f"[dim]{message}[/dim]", highlight=False)
+
+
+def _parse_set(values: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in values:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(raw)
+        except ValueError:
+            out[key.strip()] = raw
+    return out
+
+
+def _split_list(value: Optional[str], kind=str) -> list:
+    if value is None:
+        return []
+    try:
+        return [kind(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise UserError(f"cannot read {value!r} as a comma-separated list of {kind.__name__}") from exc
+
+
+def _print_summary(stage: str, summary: dict, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(_json_ready(summary), ensure_ascii=False) + "\n")
+        return
+    table = Table(title=f"{stage} — {summary.get('model')} · {summary.get('relation')} · {summary.get('shots')}-shot")
+    table.add_column("key")
+    table.add_column("value")
+    data = summary.get("stages", {}).get(stage, summary)
+    for key, value in data.items():
+        if isinstance(value, (dict, list)):
+            value = json.dumps(_json_ready(value), ensure_ascii=False)
+            if len(value) > 160:
+                value = value[:157] + "…"
+        table.add_row(str(key), str(value))
+    out_console.print(table)
+
+
+def _json_ready(value):
+    from .rundir import _clean
+
+    return _clean(value)
+
+
+def _run_stages(
+    targets: list[str],
+    model: str,
+    relation: str,
+    shots: int,
+    out: Optional[str],
+    seed: int,
+    max_prompts: Optional[int],
+    device: str,
+    dtype: str,
+    as_json: bool,
+    force: bool,
+    overrides: dict[str, Any],
+) -> dict:
+    from .pipeline import RunConfig, execute
+
+    if max_prompts is not None and max_prompts < 1:
+        raise UserError(f"--max-prompts must be >= 1, got {max_prompts}")
+    run = RunConfig(model=model, relation=relation, shots=shots, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype)
+    _, summary = execute(run, targets, out=out, overrides=overrides, force=force, progress=True, log=_note)
+    return summary
+
+
+def _stage_command(stage: str):
+    def command(
+        model: str = typer.Option("smollm2-135m", "--model", "-m", help="Alias, hub id or local directory."),
+        relation: str = typer.Option("country_capital", "--relation", "-r", help="Built-in relation name or LRE JSON path."),
+        shots: int = typer.Option(0, "--shots", "-k", help="In-context demonstrations per prompt."),
+        out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (resumable)."),
+        seed: int = typer.Option(0, "--seed"),
+        max_prompts: Optional[int] = typer.Option(None, "--max-prompts"),
+        device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto."),
+        dtype: str = typer.Option("float32", "--dtype"),
+        as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
+        force: bool = typer.Option(False, "--force", help="Redo stages already in --out."),
+        layer: Optional[int] = typer.Option(None, "--layer", help="Layer for decompose/intercept."),
+        layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers to patch."),
+        head: Optional[int] = typer.Option(None, "--head", help="Head for movers."),
+        components: Optional[str] = typer.Option(None, "--components", help="Components to patch: heads,mlp,resid."),
+        solver: Optional[str] = typer.Option(None, "--solver", help="decompose solver: lstsq or sgd."),
+        top_k: Optional[int] = typer.Option(None, "--top-k", help="How many top components/heads/tokens."),
+        settings: list[str] = typer.Option([], "--set", help="Stage setting, e.g. --set patch.mode=denoise (repeatable)."),
+    ) -> None:
+        overrides = _parse_set(settings)
+        overrides.update({
+            "layer": layer,
+            "layers": _split_list(layers, int) or None,
+            "head": head,
+            "components": _split_list(components) or None,
+            "solver": solver,
+            "top_k": top_k,
+        })
+        summary = _run_stages([stage], model, relation, shots, out, seed, max_prompts, device, dtype, as_json, force, overrides)
+        _print_summary(stage, summary, as_json)
+
+    command.__doc__ = STAGE_HELP[stage]
+    return command
+
+
+for _stage in STAGE_HELP:
+    app.command(_stage, help=STAGE_HELP[_stage])(_stage_command(_stage))
+
+
+@app.command("models")
+def models_command(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Model aliases, what is installed, how to install the rest."""
+    from .models import model_catalog
+
+    rows = model_catalog()
+    if as_json:
+        sys.stdout.write(json.dumps({"models": rows}) + "\n")
+        return
+    table = Table(title="recallscope models")
+    for col in ("model", "kind", "installed", "cached", "description", "install"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*[str(r[c]) if r[c] is not None else "—" for c in ("model", "kind", "installed", "cached", "description", "install")])
+    out_console.print(table)
+
+
+@app.command("relations")
+def relations_command(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Built-in relations (any LRE-format JSON file also works by path)."""
+    from .tasks import builtin_names, load_relation
+
+    rows = []
+    for name in builtin_names():
+        rel = load_relation(name)
+        rows.append({
+            "relation": name,
+            "samples": len(rel.samples),
+            "templates": len(rel.templates),
+            "example": rel.templates[0].format(rel.samples[0].subject) + " → " + rel.samples[0].object,
+        })
+    if as_json:
+        sys.stdout.write(json.dumps({"relations": rows}, ensure_ascii=False) + "\n")
+        return
+    table = Table(title="built-in relations (or --relation path/to/lre.json)")
+    for col in ("relation", "samples", "templates", "example"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["relation"], str(r["samples"]), str(r["templates"]), r["example"])
+    out_console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line and exit 2 for bad input, never a traceback for it."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as exc:
+        err_console.print(f"recallscope: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.NoArgsIsHelpError:
+        sys.exit(0)
+    except click.UsageError as exc:
+        err_console.print(f"recallscope: error: {exc.format_message()}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("recallscope: interrupted", highlight=False)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err_console.print("recallscope: interrupted; rerun the same command to resume", highlight=False)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The logit lens and the recall metric — the one place both are computed.
+
+recall metric π(Y) = logit[Y] − mean over the vocabulary of the logits (what the paper's code
+scores); p(Y) and rank(Y) beside it.
+
+logit lens of a vector v: the final norm N_f applied with the scale of a *reference* residual
+(the real end-position residual: "linearised", so the lens is linear in v and the lenses of
+the components of a residual add up to the lens of the residual), then · W_U. With
+``include_bias`` (the norm's shift and the unembedding bias, which belong to the whole
+residual, not to any one component), the lens of the real final residual reproduces the
+model's logits. ``mode="normalised"`` instead normalises v by its own scale.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .models.arch import norm_scale
+from .models.view import ModelView
+
+LensMode = Literal["linearised", "normalised"]
+
+
+def final_norm_weight(view: ModelView) -> Tensor | None:
+    w = view.weights.ln_final.weight
+    if w is not None and view.cfg.norm == "rmsnorm_plus1":
+        return 1.0 + w
+    return w
+
+
+def logit_lens(
+    view: ModelView,
+    v: Tensor,
+    reference: Tensor | None = None,
+    mode: LensMode = "linearised",
+    include_bias: bool = False,
+) -> Tensor:
+    """Logits [..., V] that the unembedding reads from v [..., d].
+
+    ``reference`` [..., d] (broadcastable) is the residual whose norm scale is used in
+    "linearised" mode; it is required there.
+    """
+    if mode == "normalised":
+        return view.logits_from_resid(v)
+    if reference is None:
+        raise ValueError("the linearised logit lens needs the reference residual")
+    cfg = view.cfg
+    x = v
+    if cfg.norm == "layernorm":
+        x = x - x.mean(-1, keepdim=True)
+    x = x * norm_scale(reference, cfg.norm, cfg.norm_eps).to(x.dtype)
+    weight = final_norm_weight(view)
+    if weight is not None:
+        x = x * weight
+    if include_bias and view.weights.ln_final.bias is not None:
+        x = x + view.weights.ln_final.bias
+    logits = x @ view.weights.W_U
+    if include_bias and view.weights.b_U is not None:
+        logits = logits + view.weights.b_U
+    if include_bias and cfg.final_softcap:
+        logits = torch.tanh(logits / cfg.final_softcap) * cfg.final_softcap
+    return logits
+
+
+def unembed_direction(view: ModelView, token_ids: Tensor, centred: bool = True) -> Tensor:
+    """Rows of W_U for tokens, [..., d]; centred = minus the mean row, so that v · dir = π."""
+    W_U = view.weights.W_U
+    cols = W_U[:, token_ids].movedim(0, -1)
+    if centred:
+        cols = cols - W_U.mean(dim=1)
+    return cols
+
+
+def recall_metric(logits: Tensor, answer_ids: Tensor) -> Tensor:
+    """π(Y) = logit[Y] − mean logit, [...]."""
+    return logits.gather(-1, answer_ids[..., None]).squeeze(-1) - logits.mean(-1)
+
+
+def answer_stats(logits: Tensor, answer_ids: Tensor) -> dict[str, Tensor]:
+    """p(Y), rank(Y) (0 = top-1), π(Y) and the top-1 token for each row of logits [B, V]."""
+    logits = logits.float()
+    target = logits.gather(-1, answer_ids[:, None])
+    return {
+        "p_answer": torch.softmax(logits, -1).gather(-1, answer_ids[:, None]).squeeze(-1),
+        "rank_answer": (logits > target).sum(-1),
+        "pi_answer": recall_metric(logits, answer_ids),
+        "top1_id": logits.argmax(-1),
+        "p_top1": torch.softmax(logits, -1).max(-1).values,
+    }
+
+
+def token_rank(logits: Tensor, token_ids: Tensor) -> Tensor:
+    """Rank (0 = top) of each row's token in logits [..., V]."""
+    target = logits.gather(-1, token_ids[..., None])
+    return (logits > target).sum(-1)

@@ -1,0 +1,262 @@
+"""The run layer: stages in dependency order over one run directory, resumable.
+
+Stages are pure functions (model + prompts + config → result); this module is the only one that
+reads or writes files. Each stage is registered as a :class:`Stage`: its name, the stages it
+needs, its config dataclass, and a ``compute(ctx)`` that returns a result object with
+``to_frame()`` and ``to_dict()``. A stage reads what earlier stages found through
+``ctx.frame(name)`` / ``ctx.summary(name)``, which work the same whether the earlier stage ran in
+this process or was loaded from the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pandas as pd
+
+from . import __version__
+from .errors import UserError
+from .models import Model, load_model
+from .recall import RecallConfig, RecallResult, recall
+from .rundir import RunDir
+from .tasks import PromptSet, Relation, build_prompts, load_relation
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str = "smollm2-135m"
+    relation: str = "country_capital"
+    shots: int = 0
+    seed: int = 0
+    max_prompts: int | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def identity(self) -> dict:
+        """What makes two runs' results comparable (device is not part of it)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "device"}
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    requires: tuple[str, ...]
+    config_type: type
+    compute: Callable[["StageContext"], Any]
+    description: str = ""
+
+
+@dataclass
+class StageContext:
+    """What a stage's compute function sees."""
+
+    model: Model
+    run: RunConfig
+    prompts: PromptSet  # every prompt built for the relation
+    configs: dict[str, Any]  # stage name -> its config dataclass instance
+    rundir: RunDir | None = None
+    progress: bool = True
+    results: dict[str, Any] = field(default_factory=dict)  # results computed in this process
+    summaries: dict[str, dict] = field(default_factory=dict)
+
+    def config(self, stage: str):
+        return self.configs[stage]
+
+    def frame(self, stage: str) -> pd.DataFrame:
+        if stage in self.results:
+            return self.results[stage].to_frame()
+        if self.rundir is not None and self.rundir.table_path(stage).is_file():
+            return self.rundir.read_table(stage)
+        raise KeyError(f"stage {stage!r} has not run")
+
+    def summary(self, stage: str) -> dict:
+        return self.summaries[stage]
+
+    def known_prompts(self) -> PromptSet:
+        """Prompts the model knows (from the recall stage's table)."""
+        table = self.frame("recall")
+        tmp = RecallResult(self.prompts, table, self.configs["recall"])
+        return tmp.known_prompts()
+
+    def unknown_prompts(self) -> PromptSet:
+        table = self.frame("recall")
+        return RecallResult(self.prompts, table, self.configs["recall"]).unknown_prompts()
+
+
+def _recall_stage(ctx: StageContext) -> RecallResult:
+    return recall(ctx.model, ctx.prompts, ctx.config("recall"), progress=ctx.progress)
+
+
+STAGES: dict[str, Stage] = {}
+
+
+def register(stage: Stage) -> Stage:
+    STAGES[stage.name] = stage
+    return stage
+
+
+register(Stage("recall", (), RecallConfig, _recall_stage, "score the prompts; keep the known ones"))
+
+# Stages of later modules register themselves on import; the order here is the pipeline's order.
+PIPELINE_ORDER = ("recall", "patch", "movers", "decompose", "intercept", "suppress")
+
+
+def _load_stage_modules() -> None:
+    for name in PIPELINE_ORDER[1:]:
+        try:
+            importlib.import_module(f"recallscope.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"recallscope.{name}":
+                raise
+
+
+def available_stages() -> list[str]:
+    _load_stage_modules()
+    return [s for s in PIPELINE_ORDER if s in STAGES]
+
+
+def resolve(targets: list[str]) -> list[str]:
+    """The targets and everything they need, in pipeline order."""
+    _load_stage_modules()
+    needed: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name not in STAGES:
+            raise UserError(f"unknown stage {name!r}; available: {', '.join(available_stages())}")
+        if name in needed:
+            return
+        for dep in STAGES[name].requires:
+            visit(dep)
+        needed.add(name)
+
+    for t in targets:
+        visit(t)
+    return [s for s in PIPELINE_ORDER if s in needed]
+
+
+def make_configs(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every registered stage's config, with overrides applied to each config that has the field.
+
+    Keys of ``overrides`` are either ``field`` (applied to every stage config that has it) or
+    ``stage.field`` (one stage only).
+    """
+    _load_stage_modules()
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    configs = {}
+    used = set()
+    for name, stage in STAGES.items():
+        names = {f.name for f in dataclasses.fields(stage.config_type)}
+        kwargs = {}
+        for key, value in overrides.items():
+            stage_name, _, field_name = key.rpartition(".")
+            if (stage_name in ("", name)) and field_name in names:
+                kwargs[field_name] = value
+                used.add(key)
+        configs[name] = stage.config_type(**kwargs)
+    unused = set(overrides) - used
+    if unused:
+        raise UserError(f"unknown setting(s) {', '.join(sorted(unused))} for the stages {', '.join(STAGES)}")
+    return configs
+
+
+def versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0], "recallscope": __version__, "platform": platform.platform()}
+    for pkg in ("torch", "transformers", "gguf", "numpy", "pandas", "pyarrow", "plotly"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def manifest(run: RunConfig, model: Model, configs: dict[str, Any], relation: Relation) -> dict:
+    return {
+        "identity": {**run.identity(), "model_hash": model.model_hash},
+        "run": dataclasses.asdict(run),
+        "model": model.describe(),
+        "relation": {"name": relation.name, "source": relation.source, "n_samples": len(relation.samples)},
+        "stage_configs": {k: dataclasses.asdict(v) for k, v in configs.items()},
+        "versions": versions(),
+    }
+
+
+def summary_header(run: RunConfig, model: Model, prompts: PromptSet) -> dict:
+    return {
+        "model": model.name,
+        "model_hash": model.model_hash,
+        "relation": prompts.relation.name,
+        "shots": run.shots,
+        "seed": run.seed,
+    }
+
+
+def execute(
+    run: RunConfig,
+    targets: list[str],
+    out: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    force: bool = False,
+    model: Model | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> tuple[StageContext, dict]:
+    """Run ``targets`` (and what they need) for one relation and shot count.
+
+    With ``out``, finished stages found there are reused (unless ``force``) and every new
+    result is written there atomically. Returns the context (results in memory) and the summary.
+    """
+    rundir = RunDir(out) if out else None
+    relation = load_relation(run.relation)
+    configs = make_configs(overrides)
+    if model is None:
+        model = load_model(run.model, device=run.device, dtype=run.dtype)
+    prompts = build_prompts(relation, model.tokenizer, shots=run.shots, seed=run.seed, max_prompts=run.max_prompts)
+    ctx = StageContext(model=model, run=run, prompts=prompts, configs=configs, rundir=rundir, progress=progress)
+    summary = summary_header(run, model, prompts)
+    summary["stages"] = {}
+    stage_configs = {k: dataclasses.asdict(v) for k, v in configs.items()}
+    if rundir is not None:
+        rundir.check_same_config({**run.identity(), "model_hash": model.model_hash}, force)
+        rundir.create()
+        old = rundir.summary()
+        old_manifest = rundir.manifest() or {}
+        if not force:
+            # A stage is reused only if its own config is unchanged.
+            for name, data in old.get("stages", {}).items():
+                if old_manifest.get("stage_configs", {}).get(name) == stage_configs.get(name) and rundir.has_stage(name):
+                    summary["stages"][name] = data
+        rundir.write_manifest(manifest(run, model, configs, relation))
+    for name in resolve(targets):
+        if name in summary["stages"] and rundir is not None and rundir.has_stage(name):
+            ctx.summaries[name] = summary["stages"][name]
+            log(f"{name}: reused from {rundir.path}")
+            continue
+        start = time.perf_counter()
+        result = STAGES[name].compute(ctx)
+        data = result.to_dict()
+        data["wall_seconds"] = round(time.perf_counter() - start, 3)
+        ctx.results[name] = result
+        ctx.summaries[name] = data
+        summary["stages"][name] = data
+        if rundir is not None:
+            rundir.write_table(name, result.to_frame())
+            _update_top_level(summary, ctx)
+            rundir.write_summary(summary)
+        log(f"{name}: done in {data['wall_seconds']:.1f} s")
+    _update_top_level(summary, ctx)
+    if rundir is not None:
+        rundir.write_summary(summary)
+    return ctx, summary
+
+
+def _update_top_level(summary: dict, ctx: StageContext) -> None:
+    rec = summary["stages"].get("recall")
+    if rec:
+        for key in ("n_prompts", "n_known", "accuracy", "mean_p_answer"):
+            summary[key] = rec[key]

@@ -1,0 +1,120 @@
+"""Stage **recall**: does the model know the fact?
+
+For each prompt, the end-position logits give p(Y), rank(Y), π(Y) and the top-1 token; a prompt
+is *known* when the top-1 token is Y (or, configurably, when Y ranks within the top k). Later
+stages work on the known prompts; the result says how many were dropped and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .errors import UserError
+from .lens import answer_stats
+from .models import Model
+from .progress import track
+from .tasks import PromptSet, batches
+from .tasks.prompts import DROP_UNKNOWN
+
+
+@dataclass(frozen=True)
+class RecallConfig:
+    known_top_k: int = 1  # a prompt is "known" when rank(Y) < known_top_k
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class RecallResult:
+    prompts: PromptSet
+    frame: pd.DataFrame = field(repr=False)
+    config: RecallConfig = RecallConfig()
+
+    @property
+    def known(self) -> np.ndarray:
+        return self.frame["known"].to_numpy()
+
+    def known_prompts(self) -> PromptSet:
+        """The prompt set filtered to known prompts; an error with counts if none is left."""
+        kept = self.prompts.subset(self.known, reason=DROP_UNKNOWN)
+        if len(kept) == 0:
+            reasons = ", ".join(f"{k}: {v}" for k, v in sorted(kept.dropped.items()) if v) or "no prompts"
+            raise UserError(f"no known prompt left for relation {self.prompts.relation.name!r} ({reasons})")
+        return kept
+
+    def unknown_prompts(self) -> PromptSet:
+        return self.prompts.subset(~self.known)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.frame.copy()
+
+    def to_dict(self) -> dict:
+        f = self.frame
+        dropped = {k: int(v) for k, v in self.prompts.dropped.items() if v}
+        n_unknown = int((~f["known"]).sum()) if len(f) else 0
+        return {
+            "relation": self.prompts.relation.name,
+            "shots": self.prompts.shots,
+            "n_prompts": int(len(f)),
+            "n_known": int(f["known"].sum()) if len(f) else 0,
+            "accuracy": float(f["correct"].mean()) if len(f) else float("nan"),
+            "mean_p_answer": float(f["p_answer"].mean()) if len(f) else float("nan"),
+            "median_rank_answer": float(f["rank_answer"].median()) if len(f) else float("nan"),
+            "mean_pi_answer": float(f["pi_answer"].mean()) if len(f) else float("nan"),
+            "dropped": {**dropped, **({DROP_UNKNOWN: n_unknown} if n_unknown else {})},
+            "known_rule": f"rank(Y) < {self.config.known_top_k}",
+        }
+
+    def plot(self):
+        import plotly.express as px
+
+        f = self.frame
+        fig = px.histogram(
+            f, x="p_answer", color="known", nbins=40, barmode="overlay",
+            title=f"p(answer) — {self.prompts.relation.name}, {self.prompts.shots}-shot",
+            labels={"p_answer": "p(Y) at the end position"},
+        )
+        return fig
+
+
+@torch.no_grad()
+def recall(model: Model, prompts: PromptSet, config: RecallConfig = RecallConfig(), progress: bool = True) -> RecallResult:
+    """Score every prompt of ``prompts`` on ``model``."""
+    if len(prompts) == 0:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(prompts.dropped.items()) if v) or "the relation has no samples"
+        raise UserError(f"no prompt left for relation {prompts.relation.name!r} after filtering ({reasons})")
+    rows: list[dict] = [None] * len(prompts)  # type: ignore[list-item]
+    tok = model.tokenizer
+    pad_id = tok.pad_token_id
+    groups = list(batches(prompts.prompts, pad_id, config.batch_size))
+    for indices, batch in track(groups, "recall", total=len(groups), enabled=progress):
+        trace = model.view.trace(batch.input_ids, batch.attention_mask, record=["logits"])
+        stats = answer_stats(trace.logits[:, 0], batch.answer_ids().to(model.device))
+        stats = {k: v.cpu().numpy() for k, v in stats.items()}
+        for row, i in enumerate(indices):
+            p = prompts.prompts[i]
+            rows[i] = {
+                "prompt_index": i,
+                "subject": p.subject,
+                "answer": p.answer,
+                "template": p.template,
+                "text": p.text,
+                "n_tokens": p.n_tokens,
+                "subject_tokens": p.subject_n_tokens,
+                "answer_id": p.answer_id,
+                "answer_token": tok.decode([p.answer_id]),
+                "subject_token": tok.decode([p.subject_id]),
+                "p_answer": float(stats["p_answer"][row]),
+                "rank_answer": int(stats["rank_answer"][row]),
+                "pi_answer": float(stats["pi_answer"][row]),
+                "top1_id": int(stats["top1_id"][row]),
+                "top1_token": tok.decode([int(stats["top1_id"][row])]),
+                "p_top1": float(stats["p_top1"][row]),
+            }
+    frame = pd.DataFrame(rows)
+    frame["correct"] = frame["rank_answer"] == 0
+    frame["known"] = frame["rank_answer"] < config.known_top_k
+    return RecallResult(prompts=prompts, frame=frame, config=config)

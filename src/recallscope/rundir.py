@@ -1,0 +1,140 @@
+"""The run directory: manifest, summary, one Parquet table per stage — written atomically.
+
+Every file is written to a temporary name in the same folder and renamed into place, so an
+interrupted run leaves only complete files. A stage counts as finished when its table exists
+and ``summary.json`` has its entry; re-running the same command skips finished stages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import UserError
+
+MANIFEST = "manifest.json"
+SUMMARY = "summary.json"
+
+
+def _clean(value):
+    """JSON-safe values: NaN/inf become null, numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def dumps(value) -> str:
+    return json.dumps(_clean(value), indent=2, ensure_ascii=False, allow_nan=False)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class RunDir:
+    """One run directory for one (model, relation, shots) study."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"--out {self.path} is a file, not a directory")
+
+    def create(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--out {self.path}: cannot create the directory ({exc.strerror})") from exc
+        if not os.access(self.path, os.W_OK):
+            raise UserError(f"--out {self.path}: the directory is not writable")
+        for stale in self.path.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)  # leftovers of an interrupted write
+
+    # ------------------------------------------------------------- manifest / summary
+    def read_json(self, name: str) -> dict | None:
+        path = self.path / name
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise UserError(f"{path}: not valid JSON; delete it or rerun with --force") from exc
+
+    def manifest(self) -> dict | None:
+        return self.read_json(MANIFEST)
+
+    def summary(self) -> dict:
+        return self.read_json(SUMMARY) or {"stages": {}}
+
+    def write_manifest(self, manifest: dict) -> None:
+        atomic_write_text(self.path / MANIFEST, dumps(manifest))
+
+    def write_summary(self, summary: dict) -> None:
+        atomic_write_text(self.path / SUMMARY, dumps(summary))
+
+    def check_same_config(self, identity: dict, force: bool) -> None:
+        """Refuse to mix results of two configurations in one directory (unless --force)."""
+        old = self.manifest()
+        if not old or force:
+            return
+        before = old.get("identity", {})
+        changed = sorted(k for k in set(before) | set(identity) if before.get(k) != identity.get(k))
+        if changed:
+            diffs = "; ".join(f"{k}: {before.get(k)!r} -> {identity.get(k)!r}" for k in changed)
+            raise UserError(
+                f"--out {self.path} holds a run with a different configuration ({diffs}); use --force to overwrite or another --out"
+            )
+
+    # ------------------------------------------------------------- stage tables
+    def table_path(self, stage: str) -> Path:
+        return self.path / f"{stage}.parquet"
+
+    def write_table(self, stage: str, frame: pd.DataFrame) -> None:
+        atomic_write_parquet(self.table_path(stage), frame)
+
+    def read_table(self, stage: str) -> pd.DataFrame:
+        return pd.read_parquet(self.table_path(stage))
+
+    def has_stage(self, stage: str) -> bool:
+        return self.table_path(stage).is_file() and stage in self.summary().get("stages", {})
+
+    def forget_stage(self, stage: str) -> None:
+        self.table_path(stage).unlink(missing_ok=True)

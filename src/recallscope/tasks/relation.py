@@ -1,0 +1,134 @@
+"""Relations: subject → object facts and the templates that ask for them.
+
+One format for everything, the LRE JSON format (see ``../shared/data/lre/README.md``): the
+built-in relations written by the project live in ``tasks/builtin/*.json``; any other file is
+loaded by path. Files are parsed as data only (``json``), and every problem names the file and
+the field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from ..errors import UserError
+
+_ESCAPED = re.compile(r"\\u([0-9a-fA-F]{4})")
+
+
+def unescape(text: str) -> str:
+    """Undo a second level of JSON escaping ("Bras\\u00edlia" → "Brasília")."""
+    return _ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), text)
+
+
+@dataclass(frozen=True)
+class Sample:
+    subject: str
+    object: str
+
+
+@dataclass(frozen=True)
+class Relation:
+    name: str
+    templates: tuple[str, ...]  # few-shot templates ({} = subject)
+    templates_zs: tuple[str, ...]  # zero-shot templates
+    samples: tuple[Sample, ...]
+    source: str  # "builtin:<name>" or a file path
+    properties: dict = field(default_factory=dict, compare=False)
+    description: str = ""
+
+    def templates_for(self, shots: int) -> tuple[str, ...]:
+        return self.templates_zs if shots == 0 and self.templates_zs else self.templates
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> "Relation":
+        """A built-in relation by name, or an LRE-format JSON file by path."""
+        return load_relation(name_or_path)
+
+
+def builtin_names() -> list[str]:
+    folder = resources.files("recallscope.tasks") / "builtin"
+    return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def _require(data: dict, key: str, kind, where: str):
+    if key not in data:
+        raise UserError(f"{where}: missing field {key!r}")
+    value = data[key]
+    if not isinstance(value, kind):
+        expected = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise UserError(f"{where}: field {key!r} must be {expected}, got {type(value).__name__}")
+    return value
+
+
+def _templates(data: dict, key: str, where: str, required: bool) -> tuple[str, ...]:
+    if key not in data and not required:
+        return ()
+    values = _require(data, key, list, where)
+    out = []
+    for i, template in enumerate(values):
+        if not isinstance(template, str):
+            raise UserError(f"{where}: {key}[{i}] must be a string, got {type(template).__name__}")
+        if template.count("{}") != 1:
+            raise UserError(f"{where}: {key}[{i}] must contain exactly one '{{}}' for the subject: {template!r}")
+        out.append(template.strip())
+    if required and not out:
+        raise UserError(f"{where}: field {key!r} is empty")
+    return tuple(out)
+
+
+def parse_relation(data: object, where: str, source: str, default_name: str) -> Relation:
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a JSON object at the top level, got {type(data).__name__}")
+    templates = _templates(data, "prompt_templates", where, required=True)
+    templates_zs = _templates(data, "prompt_templates_zs", where, required=False)
+    raw_samples = _require(data, "samples", list, where)
+    if not raw_samples:
+        raise UserError(f"{where}: field 'samples' is empty")
+    samples = []
+    for i, item in enumerate(raw_samples):
+        if not isinstance(item, dict):
+            raise UserError(f"{where}: samples[{i}] must be an object, got {type(item).__name__}")
+        for key in ("subject", "object"):
+            if key not in item:
+                raise UserError(f"{where}: samples[{i}] is missing field {key!r}")
+            if not isinstance(item[key], str):
+                raise UserError(f"{where}: samples[{i}].{key} must be a string, got {type(item[key]).__name__}")
+        samples.append(Sample(unescape(item["subject"]).strip(), unescape(item["object"]).strip()))
+    name = data.get("name", default_name)
+    if not isinstance(name, str):
+        raise UserError(f"{where}: field 'name' must be a string, got {type(name).__name__}")
+    props = data.get("properties", {})
+    return Relation(
+        name=name.replace(" ", "_"),
+        templates=templates,
+        templates_zs=templates_zs,
+        samples=tuple(samples),
+        source=source,
+        properties=props if isinstance(props, dict) else {},
+        description=str(data.get("description", "")),
+    )
+
+
+def load_relation(name_or_path: str | Path) -> Relation:
+    text_name = str(name_or_path)
+    if text_name in builtin_names():
+        path = resources.files("recallscope.tasks") / "builtin" / f"{text_name}.json"
+        return parse_relation(json.loads(path.read_text(encoding="utf-8")), text_name, f"builtin:{text_name}", text_name)
+    path = Path(text_name).expanduser()
+    if not path.is_file():
+        if path.is_dir():
+            raise UserError(f"relation {text_name!r} is a directory; give a relation JSON file")
+        raise UserError(
+            f"unknown relation {text_name!r}; built-in: {', '.join(builtin_names())}; or a path to an LRE-format JSON file"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+    return parse_relation(data, str(path), str(path), path.stem)
