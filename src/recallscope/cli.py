@@ -192,6 +192,39 @@ def relations_command(as_json: bool = typer.Option(False, "--json")) -> None:
     out_console.print(table)
 
 
+@app.command("bench")
+def bench_command(
+    names: list[str] = typer.Argument(None, help="Benchmarks to run (default: all)."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    relation: str = typer.Option("country_capital", "--relation", "-r"),
+    shots: str = typer.Option("0,3", "--shots", help="Comma-separated shot counts."),
+    seed: int = typer.Option(0, "--seed"),
+    max_prompts: Optional[int] = typer.Option(None, "--max-prompts"),
+    device: str = typer.Option("cpu", "--device"),
+    quick: bool = typer.Option(False, "--quick", help="Small samples: a smoke run, not for BENCHMARKS.md."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line on stdout."),
+) -> None:
+    """The performance benchmarks, one JSON line each (ratios measured side by side)."""
+    from . import benchmarks
+
+    available = benchmarks.names()
+    chosen = names or available
+    unknown = [n for n in chosen if n not in available]
+    if unknown:
+        raise UserError(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(available)}")
+    options = benchmarks.BenchOptions(
+        model=model, relation=relation, shots=tuple(_split_list(shots, int)), seed=seed,
+        max_prompts=max_prompts, device=device, quick=quick,
+    )
+    for name in chosen:
+        for line in benchmarks.run(name, options):
+            if as_json:
+                sys.stdout.write(json.dumps(_json_ready(line), ensure_ascii=False) + "\n")
+                sys.stdout.flush()
+            else:
+                out_console.print(line)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line and exit 2 for bad input, never a traceback for it."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
