@@ -150,6 +150,75 @@ for _stage in STAGE_HELP:
     app.command(_stage, help=STAGE_HELP[_stage])(_stage_command(_stage))
 
 
+@app.command("run")
+def run_command(
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Alias, hub id or local directory."),
+    relation: str = typer.Option("country_capital", "--relation", "-r", help="Relation names or LRE paths, comma-separated."),
+    shots: str = typer.Option("0", "--shots", "-k", help="Shot counts, comma-separated (e.g. 0,1,3)."),
+    out: str = typer.Option("runs/latest", "--out", "-o", help="Run directory (resumable)."),
+    seed: int = typer.Option(0, "--seed"),
+    max_prompts: Optional[int] = typer.Option(None, "--max-prompts"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto."),
+    dtype: str = typer.Option("float32", "--dtype"),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
+    force: bool = typer.Option(False, "--force", help="Redo stages already in --out."),
+    stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated subset of stages (default: all)."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
+    settings: list[str] = typer.Option([], "--set", help="Stage setting, e.g. --set decompose.solver=sgd (repeatable)."),
+) -> None:
+    """The whole study: every stage, for each relation and shot count, and the HTML report."""
+    from .pipeline import RunConfig, available_stages, execute_many
+
+    if max_prompts is not None and max_prompts < 1:
+        raise UserError(f"--max-prompts must be >= 1, got {max_prompts}")
+    targets = _split_list(stages) or available_stages()
+    base = RunConfig(model=model, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype)
+    summary = execute_many(
+        base, _split_list(relation), _split_list(shots, int), targets, out=out,
+        overrides=_parse_set(settings), force=force, progress=True, log=_note,
+    )
+    if report:
+        path = _write_report(out)
+        if path is not None:
+            _note(f"report: {path}")
+    if as_json:
+        sys.stdout.write(json.dumps(_json_ready(summary), ensure_ascii=False) + "\n")
+    else:
+        _print_run(summary)
+
+
+def _write_report(out: str):
+    try:
+        from .report import write_report
+    except ImportError:
+        _note("report: the report module is not available in this build")
+        return None
+    return write_report(out)
+
+
+def _print_run(summary: dict) -> None:
+    runs = summary.get("runs", [summary])
+    table = Table(title=f"recallscope run — {summary.get('model')}")
+    for col in ("relation", "shots", "prompts", "known", "accuracy", "mean p(Y)", "stages"):
+        table.add_column(col)
+    for r in runs:
+        table.add_row(
+            str(r.get("relation")), str(r.get("shots")), str(r.get("n_prompts")), str(r.get("n_known")),
+            f"{r.get('accuracy', float('nan')):.3f}", f"{r.get('mean_p_answer', float('nan')):.3f}",
+            ", ".join(r.get("stages", {})),
+        )
+    out_console.print(table)
+    claims = summary.get("claims") or summary.get("stages", {}).get("claims", {}).get("claims")
+    if claims:
+        ct = Table(title="the paper's claims on this run")
+        for col in ("claim", "value", "95% CI", "verdict"):
+            ct.add_column(col)
+        for c in claims:
+            ci = f"[{c.get('ci_low')}, {c.get('ci_high')}]" if c.get("ci_low") is not None else "—"
+            ct.add_row(str(c.get("claim")), str(c.get("value")), ci, str(c.get("verdict")))
+        out_console.print(ct)
+
+
 @app.command("models")
 def models_command(as_json: bool = typer.Option(False, "--json")) -> None:
     """Model aliases, what is installed, how to install the rest."""

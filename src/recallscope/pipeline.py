@@ -260,3 +260,67 @@ def _update_top_level(summary: dict, ctx: StageContext) -> None:
     if rec:
         for key in ("n_prompts", "n_known", "accuracy", "mean_p_answer"):
             summary[key] = rec[key]
+
+
+def _slug(text: str) -> str:
+    from pathlib import Path
+
+    name = Path(text).stem if text.endswith(".json") else text
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:80] or "relation"
+
+
+def execute_many(
+    base: RunConfig,
+    relations: list[str],
+    shots_list: list[int],
+    targets: list[str],
+    out: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    force: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> dict:
+    """Every relation × shot count, one model load; one sub-run directory each.
+
+    With one relation and one shot count the run directory is ``out`` itself; otherwise
+    ``out/<relation>/<k>shot`` holds each sub-run and ``out/summary.json`` lists them all.
+    """
+    from pathlib import Path
+
+    if not relations:
+        raise UserError("--relation: give at least one relation")
+    if not shots_list:
+        raise UserError("--shots: give at least one shot count")
+    if any(k < 0 for k in shots_list):
+        raise UserError(f"--shots must be >= 0, got {shots_list}")
+    for rel in relations:
+        load_relation(rel)  # fail early, before the model loads, on an unknown relation
+    if out is not None:
+        RunDir(out)  # refuses a file
+    model = load_model(base.model, device=base.device, dtype=base.dtype)
+    single = len(relations) == 1 and len(shots_list) == 1
+    runs = []
+    for rel in relations:
+        for k in shots_list:
+            run = dataclasses.replace(base, relation=rel, shots=k)
+            sub = out if (single or out is None) else str(Path(out) / _slug(rel) / f"{k}shot")
+            log(f"— {rel}, {k}-shot" + (f" → {sub}" if sub else ""))
+            _, summary = execute(run, targets, out=sub, overrides=overrides, force=force, model=model,
+                                 progress=progress, log=log)
+            if not single and sub is not None:
+                summary = {**summary, "path": str(Path(sub).relative_to(out))}
+            runs.append(summary)
+    if single:
+        return runs[0]
+    combined = {"model": model.name, "model_hash": model.model_hash, "runs": runs}
+    if out is not None:
+        rundir = RunDir(out)
+        rundir.create()
+        rundir.write_manifest({
+            "identity": {"model": base.model, "model_hash": model.model_hash, "relations": relations, "shots": shots_list},
+            "run": dataclasses.asdict(base),
+            "model": model.describe(),
+            "versions": versions(),
+        })
+        rundir.write_summary(combined)
+    return combined

@@ -1,0 +1,86 @@
+"""The CLI as a user meets it: real processes, stdout/stderr and exit codes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def cli(*args, cwd=None, env_extra=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "recallscope", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def assert_one_line_error(proc, fragment):
+    assert proc.returncode == 2, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("recallscope: error:") and fragment in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_unknown_relation_lists_builtins():
+    assert_one_line_error(cli("recall", "--relation", "nope"), "country_capital")
+
+
+def test_unknown_model_names_the_default():
+    assert_one_line_error(cli("recall", "--model", "no-such-model"), "smollm2-135m")
+
+
+def test_hub_id_offline_is_one_line():
+    assert_one_line_error(cli("recall", "--model", "gpt2"), "offline")
+
+
+def test_out_that_is_a_file(tmp_path):
+    f = tmp_path / "f"
+    f.write_text("x")
+    assert_one_line_error(cli("recall", "--out", str(f)), "is a file")
+
+
+def test_malformed_relation_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"prompt_templates": ["{} is"], "samples": [{"subject": "a"}]}')
+    assert_one_line_error(cli("recall", "--relation", str(bad)), "missing field 'object'")
+
+
+@pytest.mark.slow
+def test_nothing_left_after_filtering_gives_counts(lre_dir):
+    proc = cli("recall", "--relation", str(lre_dir / "presidents_election_year.json"))
+    assert_one_line_error(proc, "answer_first_token_shared: 19")
+
+
+def test_relations_json():
+    proc = cli("relations", "--json")
+    assert proc.returncode == 0
+    names = [r["relation"] for r in json.loads(proc.stdout)["relations"]]
+    assert "country_capital" in names and len(names) >= 7
+
+
+def test_models_json_reports_embedded_install_state():
+    proc = cli("models", "--json")
+    rows = {r["model"]: r for r in json.loads(proc.stdout)["models"]}
+    assert rows["smollm2-135m"]["installed"] is True
+    assert "pip install" in rows["smollm2-135m"]["install"]
+
+
+@pytest.mark.slow
+def test_recall_json_and_resume(tmp_path):
+    out = tmp_path / "run"
+    proc = cli("recall", "--max-prompts", "30", "--json", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)  # exactly one JSON object on stdout
+    assert summary["n_prompts"] == 30 and summary["relation"] == "country_capital"
+    assert set(summary) >= {"model", "relation", "shots", "n_prompts", "n_known", "accuracy", "mean_p_answer", "stages"}
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["accuracy"] == summary["accuracy"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["hash"].startswith("sha256:b179c952")
+    assert manifest["versions"]["torch"]
+    again = cli("recall", "--max-prompts", "30", "--json", "--out", str(out))
+    assert "recall: reused" in again.stderr
+    assert json.loads(again.stdout)["stages"]["recall"] == summary["stages"]["recall"]
+    other = cli("recall", "--max-prompts", "30", "--shots", "1", "--json", "--out", str(out))
+    assert_one_line_error(other, "different configuration")
