@@ -1,0 +1,497 @@
+"""Stage **movers**: which attention heads move the subject to the end position?
+
+Lv et al. (2024) find "mover" heads: at the end position ("The capital of France is") they
+attend to the subject ("France") and write the subject's identity into the residual stream, so
+that later MLPs can apply the relation to it. Three pieces of evidence, computed here for the
+heads with the largest patching effects (or for every head):
+
+1. **Where it looks.** The attention probability from the end position to the subject tokens,
+   summed over the subject span and to the last subject token alone, and the share of prompts
+   in which the most attended position is a subject token.
+2. **What it writes** — the paper's scatter. Across prompts, Pearson r between that attention
+   and the projection of the head's output a[l,h] (at the end position) on the unembedding of
+   X, the subject's last token:
+
+       projection = a[l,h] · (w_f ⊙ (W_U[:, X] − mean_v W_U[:, v]))
+
+   i.e. the unembedding with the final norm's weight w_f folded in and centred over the
+   vocabulary — the ``W_U`` of TransformerLens with its default ``fold_ln`` and
+   ``center_unembed``, which is what the paper's code multiplies by. It is the head's direct
+   contribution to π(X) = logit[X] − mean logit, up to the final norm's per-prompt 1/σ (left
+   out, so that the figure is a plain dot product as in the paper). If a head copies what it
+   reads, the more it looks at X, the more X it writes: r is high.
+3. **How it copies** — the OV circuit. X's embedding is carried through the head's OV circuit
+   alone: normalised by the layer's input norm (ln1) as if it were the whole residual, times
+   W_V of the head's key/value head (grouped-query attention: kv head = h // (H / K)), times
+   the head's slice W_O[h], through the post-attention norm where the architecture has one
+   (applied to this one vector), and read by the logit lens normalised by its own scale
+   (:func:`recallscope.lens.logit_lens` with the vector as its own reference, no biases:
+   biases write the same vector for every token, so they carry no token identity). The rank
+   of X in these logits (0 = top-1, the convention of :func:`recallscope.lens.token_rank`) is
+   low for a copying head. This reads the token embedding, not what earlier layers wrote at the
+   subject position (the usual "full OV circuit" simplification). Ranks are summarised over
+   the distinct X's of the prompts (each token counted once): the median and the share with
+   rank < 5 (top-5).
+
+A head is a **mover** when all of: mean attention to the subject ≥ ``min_attention_to_subject``,
+r ≥ ``min_projection_corr`` with p ≤ ``max_p_value``, and the OV top-5 share of X ≥
+``min_ov_top5_share``. The paper states no numeric thresholds; the defaults below are ours,
+printed in the summary, and configurable.
+
+Multi-token subjects: attention is summed over every subject token; X, the token whose
+unembedding is projected on and whose OV copy is ranked, is the subject's *last* token
+(:attr:`~recallscope.tasks.prompts.Prompt.subject_id`). The OV rank of every distinct subject
+token (each ranked as a copy of itself) is reported beside it.
+
+The Pearson p-value is two-sided, from Student's t with n − 2 degrees of freedom, through the
+regularised incomplete beta function (computed here; no SciPy dependency).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .errors import UserError
+from .lens import final_norm_weight, logit_lens, token_rank, unembed_direction
+from .models.view import ModelView
+from .pipeline import Stage, StageContext, register
+from .progress import track
+from .tasks.prompts import Prompt, batches
+
+OV_TOP_K = 5  # "top-5 share": the share of X's whose OV rank is below this
+
+
+@dataclass(frozen=True)
+class MoversConfig:
+    top_k: int = 10  # candidate heads: the top_k heads by |mean patching effect|
+    heads: Literal["top", "all"] = "top"  # "all": every head of the model is a candidate
+    layer: int | None = None  # inspect this layer's heads only (with ``head``: one head)
+    head: int | None = None
+    # Mover thresholds (the paper gives none; these are ours, printed with the results).
+    min_attention_to_subject: float = 0.3  # mean attention from end to the subject span
+    min_projection_corr: float = 0.5  # Pearson r(attention, a·W_U[X]) across prompts
+    max_p_value: float = 0.01  # two-sided p-value of that r
+    min_ov_top5_share: float = 0.5  # share of distinct X's with OV rank < 5 (≈ median rank < 5)
+    batch_size: int = 32
+
+    def thresholds(self) -> dict:
+        return {
+            "min_attention_to_subject": self.min_attention_to_subject,
+            "min_projection_corr": self.min_projection_corr,
+            "max_p_value": self.max_p_value,
+            "min_ov_top5_share": self.min_ov_top5_share,
+        }
+
+
+# ----------------------------------------------------------------------------- statistics
+def _betacf(a: float, b: float, x: float, max_iter: int = 300, eps: float = 1e-15) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, max_iter + 1):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < eps:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Pearson r and its two-sided p-value (t = r √((n−2)/(1−r²)), n − 2 degrees of freedom).
+
+    With df = n − 2, P(|T| ≥ t) = I_{df/(df+t²)}(df/2, 1/2). NaN when n < 3 or an input is
+    constant (r is undefined).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    n = len(x)
+    if n < 3:
+        return float("nan"), float("nan")
+    xc, yc = x - x.mean(), y - y.mean()
+    denom = math.sqrt(float(xc @ xc) * float(yc @ yc))
+    if denom == 0.0 or not math.isfinite(denom):
+        return float("nan"), float("nan")
+    r = max(-1.0, min(1.0, float(xc @ yc) / denom))
+    df = n - 2
+    if abs(r) >= 1.0:
+        return r, 0.0
+    t2 = r * r * df / (1.0 - r * r)
+    return r, betainc(df / 2.0, 0.5, df / (df + t2))
+
+
+# ----------------------------------------------------------------------------- OV circuit
+def ov_vector(view: ModelView, layer: int, head: int, token_ids: Tensor) -> Tensor:
+    """What head (layer, head) writes, [n, d], when it attends fully to one token's embedding.
+
+    embedding → ln1 of the layer (the token's vector as the whole residual) → W_V of the head's
+    key/value head (no bias) → W_O[h] → post-attention norm applied to this vector, if any.
+    """
+    cfg = view.cfg
+    lw = view.layer(layer)
+    ids = token_ids.to(view.device)
+    x = view.embed(ids[None], torch.zeros_like(ids)[None])[0]
+    if cfg.positional == "learned":  # the OV circuit reads the token's identity, not its position
+        x = x - view.weights.W_pos[cfg.learned_pos_offset]
+    x = view.norm(x, lw.ln1)
+    kv = head // cfg.group_size
+    out = (x @ lw.W_V[kv]) @ lw.W_O[head]
+    if cfg.post_attn_norm:
+        out = view.norm(out, lw.post_attn_norm)
+    return out
+
+
+def ov_logits(view: ModelView, layer: int, head: int, token_ids: Tensor) -> Tensor:
+    """Logits [n, V] of the OV circuit's write: the logit lens normalised by the vector's own
+    scale, without biases (they are the same for every token)."""
+    out = ov_vector(view, layer, head, token_ids)
+    return logit_lens(view, out, reference=out, mode="linearised", include_bias=False)
+
+
+def ov_ranks(view: ModelView, layer: int, head: int, token_ids: Tensor) -> Tensor:
+    """Rank (0 = top-1) of each token in its own OV-circuit logits, [n]."""
+    logits = ov_logits(view, layer, head, token_ids).float()
+    return token_rank(logits, token_ids.to(logits.device)).cpu()
+
+
+def projection_directions(view: ModelView, token_ids: Tensor) -> Tensor:
+    """w_f ⊙ (W_U[:, X] − mean W_U) for each X, [n, d]: TransformerLens's folded, centred W_U."""
+    directions = unembed_direction(view, token_ids.to(view.device), centred=True)
+    weight = final_norm_weight(view)
+    return directions * weight if weight is not None else directions
+
+
+# ----------------------------------------------------------------------------- result
+@dataclass(frozen=True)
+class MoversResult:
+    frame: pd.DataFrame = field(repr=False)  # one row per (head, prompt)
+    heads: tuple[dict, ...]  # one dict per candidate head, in candidate order
+    config: MoversConfig
+    selection: str  # how the candidates were chosen
+    example: dict | None = None  # attention pattern of one head on one prompt, for the plot
+
+    @property
+    def movers(self) -> list[tuple[int, int]]:
+        return [(h["layer"], h["head"]) for h in self.heads if h["is_mover"]]
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.frame.copy()
+
+    def to_dict(self) -> dict:
+        names = [f"L{h['layer']}H{h['head']}" for h in self.heads if h["is_mover"]]
+        n_prompts = int(self.frame["prompt_index"].nunique()) if len(self.frame) else 0
+        return {
+            "movers": names,
+            "n_movers": len(names),
+            "verdict": (
+                f"{len(names)} of {len(self.heads)} candidate heads are movers"
+                + (f": {', '.join(names)}" if names else " — no head meets every threshold")
+            ),
+            "thresholds": self.config.thresholds(),
+            "candidates": self.selection,
+            "n_candidates": len(self.heads),
+            "n_prompts": n_prompts,
+            "subject_token": "X = the subject's last token; attention is summed over all subject tokens",
+            "projection": "a[l,h] · (w_f ⊙ (W_U[:,X] − mean W_U)), the folded, centred unembedding",
+            "ov_rank": "rank of X in its own OV-circuit logits, 0 = top-1; median over distinct X",
+            "heads": [dict(h) for h in self.heads],
+            "example": self.example,
+        }
+
+    def plot(self) -> list:
+        return figures(self.frame, self.to_dict())
+
+
+def _head_summary(rows: pd.DataFrame, ov_x: Tensor, ov_all: Tensor, effect: float | None, cfg: MoversConfig) -> dict:
+    r, p = pearson(rows["attention_to_subject"].to_numpy(), rows["projection"].to_numpy())
+    att = float(rows["attention_to_subject"].mean())
+    top5 = float((ov_x < OV_TOP_K).float().mean())
+    checks = {
+        "attention": att >= cfg.min_attention_to_subject,
+        "correlation": bool(math.isfinite(r) and r >= cfg.min_projection_corr and p <= cfg.max_p_value),
+        "ov_copy": top5 >= cfg.min_ov_top5_share,
+    }
+    return {
+        "attention_to_subject": att,
+        "attention_to_last_subject": float(rows["attention_to_last_subject"].mean()),
+        "top_attended_share": float(rows["subject_is_top_attended"].mean()),
+        "projection_mean": float(rows["projection"].mean()),
+        "projection_corr": r,
+        "projection_p_value": p,
+        "ov_copy_rank": float(ov_x.float().median()),  # torch's median: the lower middle value
+        "ov_top5_share": top5,
+        "ov_n_tokens": int(len(ov_x)),
+        "ov_copy_rank_subject_tokens": float(ov_all.float().median()),
+        "ov_top5_share_subject_tokens": float((ov_all < OV_TOP_K).float().mean()),
+        "effect": effect,
+        "failed": [name for name, ok in checks.items() if not ok],
+        "is_mover": all(checks.values()),
+    }
+
+
+@torch.no_grad()
+def find_movers(
+    view: ModelView,
+    prompts: Sequence[Prompt],
+    candidates: Sequence[tuple[int, int]],
+    config: MoversConfig = MoversConfig(),
+    pad_id: int = 0,
+    effects: Mapping[tuple[int, int], float] | None = None,
+    decode: Callable[[int], str] | None = None,
+    selection: str = "given",
+    progress: bool = True,
+) -> MoversResult:
+    """Attention, projection and OV-copying figures and the mover verdict for ``candidates``.
+
+    Needs no tokenizer: ``prompts`` carry their tokens and subject spans; ``decode`` (token id →
+    text) only labels the table and the example plot. ``effects`` maps (layer, head) to its
+    mean patching effect, reported beside each head.
+    """
+    cfg = view.cfg
+    prompts = list(prompts)
+    if not prompts:
+        raise UserError("movers: no prompt to analyse")
+    candidates = [(int(l), int(h)) for l, h in candidates]
+    for l, h in candidates:
+        if not (0 <= l < cfg.n_layers and 0 <= h < cfg.n_heads):
+            raise UserError(f"head L{l}H{h} out of range: the model has {cfg.n_layers} layers × {cfg.n_heads} heads")
+    if not candidates:
+        raise UserError("movers: no candidate head")
+    layers = torch.tensor([l for l, _ in candidates], device=view.device)
+    heads = torch.tensor([h for _, h in candidates], device=view.device)
+    C, N = len(candidates), len(prompts)
+    att_subject = torch.zeros(C, N)
+    att_last = torch.zeros(C, N)
+    top_is_subject = torch.zeros(C, N, dtype=torch.bool)
+    projection = torch.zeros(C, N)
+    example_rows: dict[int, tuple[Tensor, int]] = {}  # prompt -> (attention [C, n_tokens], pad)
+
+    groups = list(batches(prompts, pad_id, config.batch_size))
+    for indices, batch in track(groups, "movers", total=len(groups), enabled=progress):
+        trace = view.trace(batch.input_ids, batch.attention_mask, record=["pattern", "head_out"])
+        # pattern [B, L, H, 1, S] -> the candidates' attention from the end: [B, C, S]
+        pattern = trace.pattern[:, layers, heads, 0].float()
+        mask = batch.subject_mask().to(pattern.device)
+        last = batch.subject_last().to(pattern.device)
+        a_sub = (pattern * mask[:, None]).sum(-1)
+        a_last = pattern.gather(2, last[:, None, None].expand(-1, C, 1))[..., 0]
+        top = pattern.argmax(-1)
+        top_sub = mask.gather(1, top)
+        # head_out [B, 1, L, H, d] -> [B, C, d]; projected on each prompt's X direction
+        out = trace.head_out[:, 0, layers, heads].float()
+        directions = projection_directions(view, batch.subject_ids()).float()  # [B, d]
+        proj = torch.einsum("bcd,bd->bc", out, directions)
+        idx = torch.tensor(indices)
+        att_subject[:, idx] = a_sub.T.cpu()
+        att_last[:, idx] = a_last.T.cpu()
+        top_is_subject[:, idx] = top_sub.T.cpu()
+        projection[:, idx] = proj.T.cpu()
+        for row, i in enumerate(indices):
+            n = prompts[i].n_tokens
+            example_rows[i] = (pattern[row, :, -n:].cpu(), n)
+
+    x_ids = torch.tensor([p.subject_id for p in prompts])
+    distinct_x = torch.unique(x_ids)
+    distinct_subject = torch.unique(torch.tensor([t for p in prompts for t in p.input_ids[slice(*p.subject_span)]]))
+
+    rows = []
+    summaries = []
+    for c, (l, h) in enumerate(track(candidates, "movers: OV circuits", total=C, enabled=progress)):
+        ranks_all = ov_ranks(view, l, h, distinct_subject)
+        rank_of = dict(zip(distinct_subject.tolist(), ranks_all.tolist()))
+        ov_x = torch.tensor([rank_of[int(t)] for t in distinct_x])
+        effect = None if effects is None or (l, h) not in effects else float(effects[(l, h)])
+        head_rows = pd.DataFrame(
+            {
+                "component": f"L{l}H{h}",
+                "layer": l,
+                "head": h,
+                "prompt_index": [p.index for p in prompts],
+                "subject": [p.subject for p in prompts],
+                "x_id": x_ids.numpy(),
+                "x_token": [decode(int(t)) if decode else str(int(t)) for t in x_ids],
+                "subject_tokens": [p.subject_n_tokens for p in prompts],
+                "attention_to_subject": att_subject[c].numpy(),
+                "attention_to_last_subject": att_last[c].numpy(),
+                "subject_is_top_attended": top_is_subject[c].numpy(),
+                "projection": projection[c].numpy(),
+                "ov_rank_x": [rank_of[int(t)] for t in x_ids],
+            }
+        )
+        summary = {"layer": l, "head": h, **_head_summary(head_rows, ov_x, ranks_all, effect, config)}
+        for key in ("projection_corr", "projection_p_value", "is_mover", "effect"):
+            head_rows[key] = summary[key]
+        rows.append(head_rows)
+        summaries.append(summary)
+    frame = pd.concat(rows, ignore_index=True)
+
+    example = _example(summaries, frame, prompts, example_rows, candidates, decode)
+    return MoversResult(frame=frame, heads=tuple(summaries), config=config, selection=selection, example=example)
+
+
+def _example(summaries, frame, prompts, example_rows, candidates, decode) -> dict:
+    """The attention of the strongest mover (else the candidate with the highest r) on the
+    prompt where its attention to the subject is the median one — a typical prompt, not the best."""
+    movers = [s for s in summaries if s["is_mover"]]
+    pool = movers or summaries
+    best = max(pool, key=lambda s: (s["projection_corr"] if math.isfinite(s["projection_corr"]) else -2.0))
+    c = candidates.index((best["layer"], best["head"]))
+    rows = frame[(frame["layer"] == best["layer"]) & (frame["head"] == best["head"])].reset_index(drop=True)
+    order = rows["attention_to_subject"].sort_values(kind="stable").index
+    pick = int(order[len(order) // 2])
+    prompt = prompts[pick]
+    attention, n = example_rows[pick]
+    return {
+        "layer": best["layer"],
+        "head": best["head"],
+        "is_mover": best["is_mover"],
+        "prompt_index": prompt.index,
+        "text": prompt.text,
+        "tokens": [decode(t) if decode else str(t) for t in prompt.input_ids],
+        "subject_span": list(prompt.subject_span),
+        "attention": [round(float(a), 6) for a in attention[c, -n:]],
+    }
+
+
+def all_heads(n_layers: int, n_heads: int) -> list[tuple[int, int]]:
+    return [(l, h) for l in range(n_layers) for h in range(n_heads)]
+
+
+def top_heads_from_patch(patch: pd.DataFrame, top_k: int) -> tuple[list[tuple[int, int]], dict]:
+    """The top_k heads by |mean effect_pct| over prompts in the patch table, and every head's mean."""
+    heads = patch[patch["kind"] == "head"]
+    if heads.empty:
+        raise UserError("movers: the patch table has no head rows (patch with --components heads)")
+    mean = heads.groupby(["layer", "head"])["effect_pct"].mean()
+    effects = {(int(l), int(h)): float(v) for (l, h), v in mean.items()}
+    ranked = sorted(effects, key=lambda k: -abs(effects[k]))
+    return ranked[:top_k], effects
+
+
+def candidates_for(config: MoversConfig, n_layers: int, n_heads: int, patch: pd.DataFrame | None):
+    """(candidates, effects, selection) for a config; the patch table is read only for heads="top"."""
+    if config.head is not None and config.layer is None:
+        raise UserError("--head needs --layer (the head's layer)")
+    if config.layer is not None and not 0 <= config.layer < n_layers:
+        raise UserError(f"--layer {config.layer} out of range: the model has layers 0..{n_layers - 1}")
+    if config.head is not None and not 0 <= config.head < n_heads:
+        raise UserError(f"--head {config.head} out of range: the model has heads 0..{n_heads - 1}")
+    if config.heads not in ("top", "all"):
+        raise UserError(f"movers.heads must be 'top' or 'all', got {config.heads!r}")
+    if config.top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {config.top_k}")
+    effects = None
+    if patch is not None and (patch["kind"] == "head").any():
+        _, effects = top_heads_from_patch(patch, 1)
+    if config.layer is not None:
+        heads = [config.head] if config.head is not None else list(range(n_heads))
+        return [(config.layer, h) for h in heads], effects, f"layer {config.layer}" + (
+            f", head {config.head}" if config.head is not None else ", every head"
+        )
+    if config.heads == "all":
+        return all_heads(n_layers, n_heads), effects, "all heads"
+    if patch is None:
+        raise UserError("movers with heads='top' needs the patch stage's table")
+    chosen, effects = top_heads_from_patch(patch, config.top_k)
+    return chosen, effects, f"top {len(chosen)} heads by |mean patching effect|"
+
+
+def movers(model, prompts, config: MoversConfig = MoversConfig(), patch: pd.DataFrame | None = None, progress: bool = True) -> MoversResult:
+    """The movers stage on a loaded :class:`~recallscope.models.Model` and a prompt set."""
+    cfg = model.cfg
+    candidates, effects, selection = candidates_for(config, cfg.n_layers, cfg.n_heads, patch)
+    tok = model.tokenizer
+    return find_movers(
+        model.view, list(prompts.prompts), candidates, config, pad_id=tok.pad_token_id, effects=effects,
+        decode=lambda t: tok.decode([t]), selection=selection, progress=progress,
+    )
+
+
+# ----------------------------------------------------------------------------- figures
+def figures(frame: pd.DataFrame, summary: dict) -> list:
+    """The scatter of attention vs projection for each mover head (or, when there is none, for
+    the three candidates with the highest r, titled as not movers), and the example attention."""
+    import plotly.graph_objects as go
+
+    figs = []
+    heads = summary.get("heads", [])
+    shown = [h for h in heads if h["is_mover"]]
+    if not shown:
+        ok = [h for h in heads if h["projection_corr"] is not None and math.isfinite(h["projection_corr"])]
+        shown = sorted(ok, key=lambda h: -h["projection_corr"])[:3]
+    for h in shown:
+        rows = frame[(frame["layer"] == h["layer"]) & (frame["head"] == h["head"])]
+        label = "mover" if h["is_mover"] else "not a mover (" + ", ".join(h["failed"]) + ")"
+        fig = go.Figure(
+            go.Scatter(
+                x=rows["attention_to_subject"], y=rows["projection"], mode="markers",
+                text=[html.escape(str(s)) for s in rows["subject"]], hovertemplate="%{text}<br>attn %{x:.3f}<br>proj %{y:.3f}",
+            )
+        )
+        fig.update_layout(
+            title=f"L{h['layer']}H{h['head']} — {label}: r = {h['projection_corr']:.3f}, p = {h['projection_p_value']:.2g}",
+            xaxis_title="attention from end to the subject tokens",
+            yaxis_title="a[l,h] · W_U[X] (folded, centred)",
+        )
+        figs.append(fig)
+    ex = summary.get("example")
+    if ex:
+        lo, hi = ex["subject_span"]
+        labels = [f"{i}:{html.escape(t)}" for i, t in enumerate(ex["tokens"])]
+        colors = ["crimson" if lo <= i < hi else "steelblue" for i in range(len(labels))]
+        fig = go.Figure(go.Bar(x=labels, y=ex["attention"], marker_color=colors))
+        state = "mover" if ex["is_mover"] else "best candidate, not a mover"
+        fig.update_layout(
+            title=f"Attention of L{ex['layer']}H{ex['head']} ({state}) from the end position, prompt {ex['prompt_index']} (subject in red)",
+            xaxis_title="key position", yaxis_title="attention probability",
+        )
+        figs.append(fig)
+    return figs
+
+
+# ----------------------------------------------------------------------------- pipeline
+def compute(ctx: StageContext) -> MoversResult:
+    config: MoversConfig = ctx.config("movers")
+    try:
+        patch = ctx.frame("patch")
+    except KeyError:
+        patch = None
+    prompts = ctx.known_prompts()
+    return movers(ctx.model, prompts, config, patch=patch, progress=ctx.progress)
+
+
+register(Stage("movers", ("patch",), MoversConfig, compute, "mover heads: attention to the subject, projection, OV copying"))
