@@ -1,0 +1,656 @@
+"""Stage **decompose**: how the MLP after the mover heads treats each head — Lv et al.'s new method.
+
+The paper asks what an MLP does to the heads that feed it. Its answer is a *linear* picture of a
+non-linear block: across prompts, at the end position, fit the MLP's output as
+
+    m[l] ≈ Σ_h c_h · a[l', h] + c_r · r + b
+
+with one **scalar** coefficient per head (c_h > 1: the MLP amplifies the head's write; 0 ≤ c_h ≤ 1:
+it attenuates it; c_h < 0: it reverses it) and one **vector** intercept b — the part of the MLP's
+output that does not depend on the prompt, which the **intercept** stage reads as the relation's
+"function application" (it steers every prompt's residual towards the answer domain).
+
+Which heads and which residual
+    l is the MLP layer being decomposed and l' the layer of the heads it reads: l' = l in
+    sequential models (the MLP of layer l reads r_mid[l] = r[l] + Σ_h a[l,h] + b_O) and l' = l − 1
+    in parallel-residual ones (the MLP of layer l reads r[l], which holds layer l − 1's heads;
+    :meth:`~recallscope.models.arch.ArchConfig.mlp_reads_own_heads`). The residual regressor r
+    is the rest of what the MLP reads: r[l] (the residual entering the layer, as SPEC.md writes
+    c_r · r[l]) in sequential models, so Σ_h a[l,h] + r[l] is the MLP's input up to the constant
+    b_O; r[l] − Σ_h a[l−1,h] − b_O[l−1] in parallel-residual ones. Heads of the ``earlier_layers``
+    layers before l' can be added as extra regressors (they are also inside r, so their
+    coefficient is what the MLP does to them *on top of* c_r).
+
+The default layer is the MLP after the strongest mover head (the mover with the largest
+|mean patching effect|, from the movers stage's summary); when no head is a mover, the head with
+the largest |mean patching effect| (from the patch table), and the summary says so
+(``layer_reason``). ``layer`` overrides both.
+
+The least-squares problem and its two solvers
+    minimise Σ_n ‖m_n − Σ_k c_k x_{n,k} − b‖² over scalars c_k and a vector b,
+
+  n over prompts, k over regressors, ‖·‖ over the d dimensions of the residual stream.
+
+- ``lstsq`` — the exact solution. For fixed c the best b is mean_n(m_n − Σ_k c_k x_{n,k}), so
+  centring every regressor and the target over prompts (x̃ = x − x̄, m̃ = m − m̄) removes b, and
+  what is left is a K × K system (K = number of regressors): G c = g with
+  G_jk = Σ_n ⟨x̃_{n,j}, x̃_{n,k}⟩ and g_j = Σ_n ⟨x̃_{n,j}, m̃_n⟩, solved in float64 (a minimum-norm
+  least-squares solve, so collinear regressors do not fail); then b = m̄ − Σ_k c_k x̄_k.
+- ``sgd`` — the paper's recipe: stochastic gradient descent (full batch: every prompt every
+  step) with lr 0.005, momentum 0.99 (PyTorch's heavy-ball rule: v ← μ v + ∇, θ ← θ − lr · v),
+  60,000 steps, on the loss L(c, b) = mean over prompts *and* dimensions of the squared error,
+  L = Σ_n ‖m_n − Σ_k c_k x_{n,k} − b‖² / (N d); c starts at ``sgd_init`` (0 by default: no prior
+  on amplification) and b at 0. Two engines compute the same steps: ``"data"`` evaluates the
+  predictions of all prompts each step and back-propagates (the paper's code does this;
+  torch.optim.SGD, float32), ``"gram"`` (default) uses the identity
+  L = (Σ‖m‖² − 2 c·g − 2 b·Σm + cᵀGc + 2 b·Sᵀc + N‖b‖²) / (N d) with the sums precomputed
+  (uncentred G, g, S_k = Σ_n x_{n,k}), which gives the same gradient in O(K² + K d) per step,
+  float64. **Input scaling** (``sgd_standardise``, on by default, switch it off for the raw
+  recipe): before SGD every regressor and the target are centred over prompts and divided by
+  their root-mean-square, and the coefficients are mapped back afterwards
+  (c_k = c'_k · s_m / s_k, b = m̄ + s_m b' − Σ c_k x̄_k). The optimum is the same; only the
+  units change, which keeps lr 0.005 stable for residual streams of any size. SGD has
+  **converged** when its final loss is within ``sgd_tolerance`` (relative) of the exact
+  least-squares loss, which is computed beside it for that check.
+
+Quality of the fit
+    R² = 1 − Σ_n ‖m_n − m̂_n‖² / Σ_n ‖m_n − m̄‖², on the flattened vectors (one sum over prompts and
+    dimensions; m̄ the mean over the prompts evaluated), and the mean over prompts of
+    cos(m_n, m̂_n). 4-fold cross-validation (prompts shuffled with the run seed): fit on three
+    folds, score R² and cosine on the fourth (m̄ there is the held-out mean); per-fold
+    coefficients give each coefficient's mean ± std. The coefficients reported as ``coef`` are
+    the fit on every prompt. ``sweep`` fits every layer (always with ``lstsq``) for a per-layer
+    R² table.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .errors import UserError
+from .models.view import ModelView
+from .pipeline import Stage, StageContext, register
+from .progress import track
+from .tasks.prompts import Prompt, batches
+
+RESID = "resid"
+
+
+@dataclass(frozen=True)
+class DecomposeConfig:
+    layer: int | None = None  # the MLP layer; None: the MLP after the strongest mover head
+    solver: Literal["lstsq", "sgd"] = "lstsq"  # lstsq is the exact optimum that sgd approaches
+    earlier_layers: int = 0  # heads of this many layers before the heads' layer as extra regressors
+    folds: int = 4  # cross-validation folds
+    sweep: bool = False  # also fit every layer (lstsq) for a per-layer R² table
+    # The paper's SGD recipe.
+    sgd_lr: float = 0.005
+    sgd_momentum: float = 0.99
+    sgd_steps: int = 60_000
+    sgd_init: float = 0.0  # initial value of every coefficient (the intercept starts at 0)
+    sgd_engine: Literal["gram", "data"] = "gram"  # same steps; "data" recomputes every prediction
+    sgd_standardise: bool = True  # centre and scale inputs before SGD (documented above)
+    sgd_tolerance: float = 1e-3  # converged: loss ≤ (1 + tol) · least-squares loss
+    sgd_log_every: int = 1000  # record the SGD loss every this many steps
+    batch_size: int = 32
+
+
+# ----------------------------------------------------------------------------- the fit
+@dataclass(frozen=True)
+class Fit:
+    """One solution of the least-squares problem on one set of prompts."""
+
+    coef: np.ndarray  # [K]
+    intercept: np.ndarray  # [d]
+    loss: float  # mean over prompts and dimensions of the squared error
+    r2: float
+    cosine: float
+    solver: str
+    seconds: float = 0.0
+    steps: int = 0
+    converged: bool | None = None  # sgd only
+    lstsq_loss: float | None = None  # sgd only: the exact optimum it is compared with
+    loss_trace: tuple[tuple[int, float], ...] = ()  # sgd only
+
+
+def predict(regressors: Tensor, coef: Tensor, intercept: Tensor) -> Tensor:
+    """m̂ [N, d] = Σ_k c_k x_k + b from regressors [N, K, d]."""
+    return torch.einsum("nkd,k->nd", regressors, coef.to(regressors.dtype)) + intercept.to(regressors.dtype)
+
+
+def r_squared(target: Tensor, prediction: Tensor) -> float:
+    """R² on the flattened vectors: 1 − Σ‖m − m̂‖² / Σ‖m − m̄‖² (m̄: mean over these prompts)."""
+    target, prediction = target.double(), prediction.double()
+    ss_res = ((target - prediction) ** 2).sum()
+    ss_tot = ((target - target.mean(0)) ** 2).sum()
+    return float(1.0 - ss_res / ss_tot) if ss_tot > 0 else float("nan")
+
+
+def mean_cosine(target: Tensor, prediction: Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(target.double(), prediction.double(), dim=-1).mean())
+
+
+def mse(target: Tensor, prediction: Tensor) -> float:
+    return float(((target.double() - prediction.double()) ** 2).mean())
+
+
+def _score(solver: str, regressors: Tensor, target: Tensor, coef: Tensor, intercept: Tensor, **extra) -> Fit:
+    pred = predict(regressors.double(), coef.double(), intercept.double())
+    return Fit(
+        coef=coef.double().cpu().numpy(), intercept=intercept.double().cpu().numpy(),
+        loss=mse(target, pred), r2=r_squared(target, pred), cosine=mean_cosine(target, pred), solver=solver, **extra,
+    )
+
+
+def solve_lstsq(regressors: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Exact (c [K], b [d]) in float64: centre, solve the K × K normal equations, recover b."""
+    x = regressors.double()
+    m = target.double()
+    x_mean, m_mean = x.mean(0), m.mean(0)
+    xc, mc = x - x_mean, m - m_mean
+    gram = torch.einsum("nkd,njd->kj", xc, xc)
+    rhs = torch.einsum("nkd,nd->k", xc, mc)
+    # Minimum-norm least squares (SVD-based on CPU): exact when G is invertible, still defined
+    # when two regressors are collinear.
+    coef = torch.linalg.lstsq(gram.cpu(), rhs.cpu()[:, None], driver="gelsd").solution[:, 0].to(x.device)
+    intercept = m_mean - torch.einsum("k,kd->d", coef, x_mean)
+    return coef, intercept
+
+
+def fit_lstsq(regressors: Tensor, target: Tensor) -> Fit:
+    start = time.perf_counter()
+    coef, intercept = solve_lstsq(regressors, target)
+    seconds = time.perf_counter() - start
+    return _score("lstsq", regressors, target, coef, intercept, seconds=seconds)
+
+
+def _standardise(regressors: Tensor, target: Tensor, on: bool):
+    """(x', m', x̄, m̄, s_x [K], s_m): x' = (x − x̄)/s_x, m' = (m − m̄)/s_m, or the identity."""
+    x, m = regressors.double(), target.double()
+    K, d = x.shape[1], x.shape[2]
+    if not on:
+        one = torch.ones(K, dtype=torch.float64, device=x.device)
+        return x, m, torch.zeros(K, d, dtype=x.dtype, device=x.device), torch.zeros(d, dtype=x.dtype, device=x.device), one, 1.0
+    x_mean, m_mean = x.mean(0), m.mean(0)
+    xc, mc = x - x_mean, m - m_mean
+    s_x = xc.pow(2).mean(dim=(0, 2)).sqrt().clamp_min(torch.finfo(torch.float64).tiny)
+    s_m = float(mc.pow(2).mean().sqrt()) or 1.0
+    return xc / s_x[None, :, None], mc / s_m, x_mean, m_mean, s_x, s_m
+
+
+def _unstandardise(coef_s: Tensor, b_s: Tensor, x_mean: Tensor, m_mean: Tensor, s_x: Tensor, s_m: float):
+    coef = coef_s.double() * s_m / s_x
+    intercept = m_mean + s_m * b_s.double() - torch.einsum("k,kd->d", coef, x_mean)
+    return coef, intercept
+
+
+def _sgd_gram(x: Tensor, m: Tensor, config: DecomposeConfig) -> tuple[Tensor, Tensor, list, bool]:
+    """Heavy-ball SGD (torch.optim.SGD's rule, dampening 0, no Nesterov) on the expanded loss."""
+    N, K, d = x.shape
+    scale = 2.0 / (N * d)
+    gram = torch.einsum("nkd,njd->kj", x, x)
+    cross = torch.einsum("nkd,nd->k", x, m)
+    sums = x.sum(0)  # S [K, d]
+    m_sum = m.sum(0)
+    total = float((m * m).sum())
+    c = torch.full((K,), float(config.sgd_init), dtype=torch.float64, device=x.device)
+    b = torch.zeros(d, dtype=torch.float64, device=x.device)
+    vc, vb = torch.zeros_like(c), torch.zeros_like(b)
+    lr, mu = config.sgd_lr, config.sgd_momentum
+    trace: list[tuple[int, float]] = []
+    ok = True
+    for step in range(config.sgd_steps):
+        gram_c, sums_t_c = gram @ c, sums.T @ c
+        # dL/dc and dL/db without the 2/(N d) factor (folded into the velocity update below).
+        gc = gram_c + sums @ b - cross
+        gb = sums_t_c + N * b - m_sum
+        if config.sgd_log_every and step % config.sgd_log_every == 0:
+            loss = (total - 2 * (c @ cross) - 2 * (b @ m_sum) + c @ gram_c + 2 * (b @ sums_t_c) + N * (b @ b)) / (N * d)
+            trace.append((step, float(loss)))
+            if not math.isfinite(float(loss)):
+                ok = False
+                break
+        vc.mul_(mu).add_(gc, alpha=scale)
+        vb.mul_(mu).add_(gb, alpha=scale)
+        c.sub_(vc, alpha=lr)
+        b.sub_(vb, alpha=lr)
+    return c, b, trace, ok
+
+
+def _sgd_data(x: Tensor, m: Tensor, config: DecomposeConfig) -> tuple[Tensor, Tensor, list, bool]:
+    """The literal recipe: every step predicts every prompt and back-propagates (float32)."""
+    x32, m32 = x.float(), m.float()
+    N, K, d = x.shape
+    c = torch.full((K,), float(config.sgd_init), dtype=torch.float32, device=x.device, requires_grad=True)
+    b = torch.zeros(d, dtype=torch.float32, device=x.device, requires_grad=True)
+    opt = torch.optim.SGD([c, b], lr=config.sgd_lr, momentum=config.sgd_momentum)
+    trace: list[tuple[int, float]] = []
+    ok = True
+    with torch.enable_grad():
+        for step in range(config.sgd_steps):
+            opt.zero_grad(set_to_none=True)
+            loss = ((m32 - torch.einsum("nkd,k->nd", x32, c) - b) ** 2).mean()
+            loss.backward()
+            if config.sgd_log_every and step % config.sgd_log_every == 0:
+                trace.append((step, float(loss.detach())))
+                if not math.isfinite(trace[-1][1]):
+                    ok = False
+                    break
+            opt.step()
+    return c.detach().double(), b.detach().double(), trace, ok
+
+
+def fit_sgd(regressors: Tensor, target: Tensor, config: DecomposeConfig = DecomposeConfig(), reference: Fit | None = None) -> Fit:
+    """The paper's SGD recipe on the same problem; ``converged`` compares it with the exact loss."""
+    if config.sgd_engine not in ("gram", "data"):
+        raise UserError(f"decompose.sgd_engine must be 'gram' or 'data', got {config.sgd_engine!r}")
+    start = time.perf_counter()
+    x, m, x_mean, m_mean, s_x, s_m = _standardise(regressors, target, config.sgd_standardise)
+    engine = _sgd_gram if config.sgd_engine == "gram" else _sgd_data
+    c_s, b_s, trace, finite = engine(x, m, config)
+    coef, intercept = _unstandardise(c_s, b_s, x_mean, m_mean, s_x, s_m)
+    seconds = time.perf_counter() - start
+    if reference is None:
+        reference = fit_lstsq(regressors, target)
+    # The losses are in the original units; a small absolute floor covers an exact fit (loss 0).
+    fit = _score("sgd", regressors, target, coef, intercept, seconds=seconds, steps=config.sgd_steps,
+                 lstsq_loss=reference.loss, loss_trace=tuple(trace))
+    converged = finite and math.isfinite(fit.loss) and fit.loss <= reference.loss * (1 + config.sgd_tolerance) + 1e-12
+    return Fit(**{**fit.__dict__, "converged": bool(converged)})
+
+
+def fit(regressors: Tensor, target: Tensor, config: DecomposeConfig = DecomposeConfig()) -> Fit:
+    if config.solver == "lstsq":
+        return fit_lstsq(regressors, target)
+    if config.solver == "sgd":
+        return fit_sgd(regressors, target, config)
+    raise UserError(f"--solver must be lstsq or sgd, got {config.solver!r}")
+
+
+def fold_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
+    """``folds`` disjoint held-out index sets covering range(n), from a seeded shuffle."""
+    if folds < 2:
+        raise UserError(f"decompose.folds must be >= 2, got {folds}")
+    if n < 2 * folds:
+        raise UserError(f"decompose: {n} prompts are too few for {folds}-fold cross-validation (need {2 * folds})")
+    order = np.random.default_rng(seed).permutation(n)
+    return [np.sort(part) for part in np.array_split(order, folds)]
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    coef: np.ndarray  # [folds, K]
+    r2: np.ndarray  # [folds], held out
+    cosine: np.ndarray  # [folds], held out
+    converged: tuple[bool | None, ...]
+
+
+def cross_validate(regressors: Tensor, target: Tensor, config: DecomposeConfig, seed: int) -> CrossValidation:
+    N = regressors.shape[0]
+    coefs, r2s, coss, conv = [], [], [], []
+    for held in fold_indices(N, config.folds, seed):
+        train = np.setdiff1d(np.arange(N), held)
+        tr, te = torch.as_tensor(train, device=regressors.device), torch.as_tensor(held, device=regressors.device)
+        f = fit(regressors[tr], target[tr], config)
+        pred = predict(regressors[te].double(), torch.as_tensor(f.coef), torch.as_tensor(f.intercept).to(regressors.device))
+        coefs.append(f.coef)
+        r2s.append(r_squared(target[te], pred))
+        coss.append(mean_cosine(target[te], pred))
+        conv.append(f.converged)
+    return CrossValidation(np.stack(coefs), np.array(r2s), np.array(coss), tuple(conv))
+
+
+def verdict(coef: float) -> str:
+    """c > 1 amplified, 0 ≤ c ≤ 1 attenuated, c < 0 reversed (the paper's reading)."""
+    if coef > 1:
+        return "amplified"
+    if coef >= 0:
+        return "attenuated"
+    return "reversed"
+
+
+# ----------------------------------------------------------------------------- activations
+@dataclass(frozen=True)
+class Regressors:
+    names: tuple[str, ...]  # "L{l}H{h}" or "resid"
+    layers: tuple[int, ...]  # the head's layer (the residual's: the MLP layer)
+    heads: tuple[int, ...]  # -1 for the residual
+    values: Tensor  # [N, K, d]
+    target: Tensor  # [N, d]: m[l]
+
+
+@dataclass(frozen=True)
+class EndActivations:
+    """End-position activations of every prompt: what the decomposition reads."""
+
+    head_out: Tensor  # [N, L, H, d]
+    resid_pre: Tensor  # [N, L, d]
+    mlp_out: Tensor  # [N, L, d]
+    parallel_residual: bool
+    head_bias: tuple[Tensor | None, ...]  # b_O per layer (or None)
+
+    def head_layer(self, mlp_layer: int) -> int:
+        return mlp_layer - 1 if self.parallel_residual else mlp_layer
+
+    def regressors(self, mlp_layer: int, earlier_layers: int = 0) -> Regressors:
+        L, H = self.head_out.shape[1], self.head_out.shape[2]
+        if not 0 <= mlp_layer < L:
+            raise UserError(f"--layer {mlp_layer} out of range: the model has layers 0..{L - 1}")
+        hl = self.head_layer(mlp_layer)
+        if hl < 0:
+            raise UserError(f"--layer {mlp_layer}: in a parallel-residual model the MLP of layer 0 reads no head")
+        if earlier_layers < 0:
+            raise UserError(f"decompose.earlier_layers must be >= 0, got {earlier_layers}")
+        head_layers = list(range(max(0, hl - earlier_layers), hl + 1))
+        names, layers, heads, cols = [], [], [], []
+        for l in head_layers:
+            for h in range(H):
+                names.append(f"L{l}H{h}")
+                layers.append(l)
+                heads.append(h)
+                cols.append(self.head_out[:, l, h])
+        if self.parallel_residual:
+            rest = self.resid_pre[:, mlp_layer] - self.head_out[:, hl].sum(1)
+            if self.head_bias[hl] is not None:
+                rest = rest - self.head_bias[hl]
+        else:
+            rest = self.resid_pre[:, mlp_layer]
+        names.append(RESID)
+        layers.append(mlp_layer)
+        heads.append(-1)
+        cols.append(rest)
+        return Regressors(tuple(names), tuple(layers), tuple(heads), torch.stack(cols, 1), self.mlp_out[:, mlp_layer])
+
+
+@torch.no_grad()
+def end_activations(view: ModelView, prompts: Sequence[Prompt], pad_id: int, batch_size: int = 32, progress: bool = True) -> EndActivations:
+    prompts = list(prompts)
+    if not prompts:
+        raise UserError("decompose: no prompt to fit")
+    N = len(prompts)
+    cfg = view.cfg
+    head_out = torch.zeros(N, cfg.n_layers, cfg.n_heads, cfg.d_model, device=view.device)
+    resid_pre = torch.zeros(N, cfg.n_layers, cfg.d_model, device=view.device)
+    mlp_out = torch.zeros_like(resid_pre)
+    groups = list(batches(prompts, pad_id, batch_size))
+    for indices, batch in track(groups, "decompose: activations", total=len(groups), enabled=progress):
+        t = view.trace(batch.input_ids, batch.attention_mask, record=["head_out", "resid_pre", "mlp_out"])
+        idx = torch.as_tensor(indices, device=view.device)
+        head_out[idx] = t.head_out[:, 0].float()
+        resid_pre[idx] = t.resid_pre[:, 0].float()
+        mlp_out[idx] = t.mlp_out[:, 0].float()
+    # b_O (Gemma's post-attention norm has no b_O, so the plain bias is right wherever it exists).
+    bias = tuple(view.layer(l).b_O.float() if view.layer(l).b_O is not None else None for l in range(cfg.n_layers))
+    return EndActivations(head_out, resid_pre, mlp_out, bool(cfg.parallel_residual), bias)
+
+
+# ----------------------------------------------------------------------------- result
+@dataclass(frozen=True)
+class DecomposeResult:
+    layer: int  # the MLP layer
+    head_layer: int
+    layer_reason: str
+    regressors: Regressors = field(repr=False)
+    full: Fit = field(repr=False)
+    cv: CrossValidation = field(repr=False)
+    config: DecomposeConfig = DecomposeConfig()
+    lstsq_reference: Fit | None = field(default=None, repr=False)  # sgd runs: the exact fit beside it
+    sweep: pd.DataFrame | None = field(default=None, repr=False)  # layer, r2, cv_r2, cv_cosine
+    n_prompts: int = 0
+
+    def coefficients(self) -> list[dict]:
+        rows = []
+        for k, name in enumerate(self.regressors.names):
+            c = float(self.full.coef[k])
+            folds = self.cv.coef[:, k]
+            fold_verdicts = {verdict(float(v)) for v in folds}
+            rows.append({
+                "regressor": name,
+                "layer": self.regressors.layers[k],
+                "head": self.regressors.heads[k] if self.regressors.heads[k] >= 0 else None,
+                "coef": c,
+                "cv_mean": float(folds.mean()),
+                "cv_std": float(folds.std(ddof=1)) if len(folds) > 1 else 0.0,
+                "verdict": verdict(c),
+                "verdict_stable": len(fold_verdicts) == 1,
+                **({"coef_lstsq": float(self.lstsq_reference.coef[k])} if self.lstsq_reference is not None else {}),
+            })
+        return rows
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long table: coefficients (fold −1 = all prompts), fold metrics, the intercept vector
+        (kind="intercept", column ``vector``), the SGD loss trace and the sweep."""
+        rows: list[dict] = []
+        base = {"layer": None, "head": None, "fold": -1, "value": None, "vector": None, "regressor": None}
+        for k, name in enumerate(self.regressors.names):
+            head = self.regressors.heads[k] if self.regressors.heads[k] >= 0 else None
+            rows.append({**base, "kind": "coef", "regressor": name, "layer": self.regressors.layers[k], "head": head,
+                         "value": float(self.full.coef[k])})
+            for f in range(self.cv.coef.shape[0]):
+                rows.append({**base, "kind": "coef", "regressor": name, "layer": self.regressors.layers[k], "head": head,
+                             "fold": f, "value": float(self.cv.coef[f, k])})
+            if self.lstsq_reference is not None:
+                rows.append({**base, "kind": "coef_lstsq", "regressor": name, "layer": self.regressors.layers[k],
+                             "head": head, "value": float(self.lstsq_reference.coef[k])})
+        for f in range(len(self.cv.r2)):
+            rows.append({**base, "kind": "cv_r2", "layer": self.layer, "fold": f, "value": float(self.cv.r2[f])})
+            rows.append({**base, "kind": "cv_cosine", "layer": self.layer, "fold": f, "value": float(self.cv.cosine[f])})
+        rows.append({**base, "kind": "r2", "layer": self.layer, "value": self.full.r2})
+        rows.append({**base, "kind": "intercept", "layer": self.layer, "value": float(np.linalg.norm(self.full.intercept)),
+                     "vector": [float(v) for v in self.full.intercept]})
+        for step, loss in self.full.loss_trace:
+            rows.append({**base, "kind": "sgd_loss", "layer": self.layer, "fold": int(step), "value": float(loss)})
+        if self.sweep is not None:
+            for rec in self.sweep.to_dict("records"):
+                for key in ("r2", "cv_r2", "cv_cosine"):
+                    rows.append({**base, "kind": f"sweep_{key}", "layer": int(rec["layer"]), "value": float(rec[key])})
+        frame = pd.DataFrame(rows)
+        for col in ("layer", "head"):
+            frame[col] = frame[col].astype("Int64")
+        frame["fold"] = frame["fold"].astype("int64")
+        frame["value"] = frame["value"].astype("float64")
+        return frame
+
+    def to_dict(self) -> dict:
+        out = {
+            "layer": self.layer,
+            "head_layer": self.head_layer,
+            "layer_reason": self.layer_reason,
+            "solver": self.full.solver,
+            "n_prompts": self.n_prompts,
+            "r2": self.full.r2,
+            "cosine": self.full.cosine,
+            "cv_r2": float(self.cv.r2.mean()),
+            "cv_r2_std": float(self.cv.r2.std(ddof=1)),
+            "cv_cosine": float(self.cv.cosine.mean()),
+            "cv_cosine_std": float(self.cv.cosine.std(ddof=1)),
+            "folds": int(len(self.cv.r2)),
+            "coefficients": self.coefficients(),
+            "intercept_norm": float(np.linalg.norm(self.full.intercept)),
+            "fit_seconds": self.full.seconds,
+            "residual_regressor": (
+                "r[l] − Σ_h a[l−1,h] − b_O: the rest of the MLP's input (parallel residual)"
+                if self.head_layer != self.layer else "r[l], the residual entering the layer"
+            ),
+            "r2_definition": "1 − Σ‖m − m̂‖² / Σ‖m − m̄‖² over prompts and dimensions; CV: held-out prompts, held-out mean",
+            "verdicts": "c > 1 amplified, 0 ≤ c ≤ 1 attenuated, c < 0 reversed",
+        }
+        if self.full.solver == "sgd":
+            c = self.config
+            out["sgd"] = {
+                "converged": self.full.converged,
+                "cv_converged": list(self.cv.converged),
+                "loss": self.full.loss,
+                "lstsq_loss": self.full.lstsq_loss,
+                "lr": c.sgd_lr, "momentum": c.sgd_momentum, "steps": c.sgd_steps, "init": c.sgd_init,
+                "engine": c.sgd_engine, "standardise": c.sgd_standardise, "tolerance": c.sgd_tolerance,
+                "max_coef_diff_vs_lstsq": float(np.abs(self.full.coef - self.lstsq_reference.coef).max())
+                if self.lstsq_reference is not None else None,
+            }
+            out["sgd_converged"] = self.full.converged
+        if self.sweep is not None:
+            out["sweep"] = [{k: (int(v) if k == "layer" else float(v)) for k, v in rec.items()} for rec in self.sweep.to_dict("records")]
+        return out
+
+    def plot(self) -> list:
+        return figures(self.to_frame(), self.to_dict())
+
+
+def intercept_from_frame(frame: pd.DataFrame) -> tuple[int, np.ndarray]:
+    """(MLP layer, b) as the decompose table stores them."""
+    rows = frame[frame["kind"] == "intercept"]
+    if rows.empty:
+        raise UserError("the decompose table holds no intercept (re-run decompose with --force)")
+    row = rows.iloc[0]
+    return int(row["layer"]), np.asarray(row["vector"], dtype=np.float64)
+
+
+def decompose(
+    activations: EndActivations,
+    layer: int,
+    config: DecomposeConfig = DecomposeConfig(),
+    seed: int = 0,
+    layer_reason: str = "given",
+    progress: bool = True,
+) -> DecomposeResult:
+    """Fit the decomposition of MLP ``layer`` (with CV, and the sweep if configured)."""
+    if config.solver not in ("lstsq", "sgd"):
+        raise UserError(f"--solver must be lstsq or sgd, got {config.solver!r}")
+    reg = activations.regressors(layer, config.earlier_layers)
+    N = reg.values.shape[0]
+    reference = fit_lstsq(reg.values, reg.target)
+    full = reference if config.solver == "lstsq" else fit_sgd(reg.values, reg.target, config, reference=reference)
+    cv = cross_validate(reg.values, reg.target, config, seed)
+    sweep = None
+    if config.sweep:
+        lstsq_cfg = DecomposeConfig(solver="lstsq", folds=config.folds, earlier_layers=config.earlier_layers)
+        rows = []
+        n_layers = activations.mlp_out.shape[1]
+        first = 1 if activations.parallel_residual else 0
+        for l in track(range(first, n_layers), "decompose: sweep", total=n_layers - first, enabled=progress):
+            r = activations.regressors(l, config.earlier_layers)
+            f = fit_lstsq(r.values, r.target)
+            c = cross_validate(r.values, r.target, lstsq_cfg, seed)
+            rows.append({"layer": l, "r2": f.r2, "cv_r2": float(c.r2.mean()), "cv_cosine": float(c.cosine.mean())})
+        sweep = pd.DataFrame(rows)
+    return DecomposeResult(
+        layer=layer, head_layer=activations.head_layer(layer), layer_reason=layer_reason, regressors=reg, full=full,
+        cv=cv, config=config, lstsq_reference=reference if config.solver == "sgd" else None, sweep=sweep, n_prompts=N,
+    )
+
+
+# ----------------------------------------------------------------------------- default layer
+def mlp_after(head_layer: int, mlp_reads_own_heads: bool, n_layers: int) -> int:
+    layer = head_layer if mlp_reads_own_heads else head_layer + 1
+    if layer >= n_layers:
+        raise UserError(f"the strongest head is in the last layer ({head_layer}); no MLP reads it — give --layer")
+    return layer
+
+
+def strongest_head(movers_summary: dict | None, patch: pd.DataFrame | None) -> tuple[tuple[int, int], str]:
+    """((layer, head), why): the mover with the largest |mean patching effect| (candidate order
+    when effects are missing), else the head with the largest |mean patching effect|."""
+    heads = (movers_summary or {}).get("heads") or []
+    movers = [h for h in heads if h.get("is_mover")]
+    if movers:
+        def strength(item):
+            i, h = item
+            e = h.get("effect")
+            return (0 if e is not None and math.isfinite(e) else 1, -abs(e) if e is not None and math.isfinite(e) else i)
+        _, best = min(enumerate(movers), key=strength)
+        return (int(best["layer"]), int(best["head"])), (
+            f"the strongest mover head L{best['layer']}H{best['head']}"
+            + (f" (mean patching effect {best['effect']:.1f}%)" if best.get("effect") is not None else "")
+        )
+    if patch is not None and "kind" in patch and (patch["kind"] == "head").any():
+        mean = patch[patch["kind"] == "head"].groupby(["layer", "head"])["effect_pct"].mean()
+        (l, h) = mean.abs().idxmax()
+        return (int(l), int(h)), (
+            f"no head is a mover; the head with the largest |mean patching effect| is L{l}H{h} ({mean[(l, h)]:.1f}%)"
+        )
+    raise UserError("decompose: no mover head and no patching result to choose a layer from; give --layer")
+
+
+def choose_layer(config: DecomposeConfig, n_layers: int, mlp_reads_own_heads: bool, movers_summary, patch) -> tuple[int, str]:
+    if config.layer is not None:
+        if not 0 <= config.layer < n_layers:
+            raise UserError(f"--layer {config.layer} out of range: the model has layers 0..{n_layers - 1}")
+        return int(config.layer), f"--layer {config.layer} (given)"
+    (hl, hh), why = strongest_head(movers_summary, patch)
+    layer = mlp_after(hl, mlp_reads_own_heads, n_layers)
+    return layer, f"MLP {layer}, the MLP after {why}"
+
+
+# ----------------------------------------------------------------------------- figures
+def figures(frame: pd.DataFrame, summary: dict) -> list:
+    """Coefficients with their CV spread (error bars: ±1 std over folds); the per-layer R² of the
+    sweep; the SGD loss against the exact loss."""
+    import plotly.graph_objects as go
+
+    figs = []
+    coefs = summary.get("coefficients", [])
+    if coefs:
+        colour = {"amplified": "crimson", "attenuated": "steelblue", "reversed": "darkorange"}
+        fig = go.Figure(go.Bar(
+            x=[html.escape(c["regressor"]) for c in coefs], y=[c["coef"] for c in coefs],
+            error_y={"type": "data", "array": [c["cv_std"] for c in coefs]},
+            marker_color=[colour[c["verdict"]] for c in coefs],
+            hovertext=[f"{c['verdict']}; CV {c['cv_mean']:.3f} ± {c['cv_std']:.3f}" for c in coefs],
+        ))
+        fig.add_hline(y=1.0, line_dash="dot")
+        fig.add_hline(y=0.0)
+        fig.update_layout(
+            title=(f"MLP {summary['layer']} ≈ Σ c·a + c_r·r + b ({summary['solver']}): coefficients, ±1 std over "
+                   f"{summary.get('folds', 4)} folds — R² {summary['r2']:.3f}, CV R² {summary['cv_r2']:.3f}"),
+            xaxis_title="regressor", yaxis_title="coefficient (red: amplified, blue: attenuated, orange: reversed)",
+        )
+        figs.append(fig)
+    sweep = summary.get("sweep")
+    if sweep:
+        fig = go.Figure()
+        fig.add_trace(go.Scatter(x=[s["layer"] for s in sweep], y=[s["r2"] for s in sweep], name="R² (in sample)"))
+        fig.add_trace(go.Scatter(x=[s["layer"] for s in sweep], y=[s["cv_r2"] for s in sweep], name="CV R² (held out)"))
+        fig.update_layout(title="How linear each MLP is in its heads: R² per layer (lstsq)", xaxis_title="MLP layer", yaxis_title="R²")
+        figs.append(fig)
+    loss = frame[frame["kind"] == "sgd_loss"] if "kind" in frame else frame.iloc[0:0]
+    if len(loss) and summary.get("sgd"):
+        fig = go.Figure(go.Scatter(x=loss["fold"], y=loss["value"], name="SGD loss (standardised units)"
+                                   if summary["sgd"].get("standardise") else "SGD loss"))
+        fig.update_layout(title=f"SGD ({'converged' if summary['sgd']['converged'] else 'NOT converged'}), "
+                                f"final loss {summary['sgd']['loss']:.4g} vs exact {summary['sgd']['lstsq_loss']:.4g}",
+                          xaxis_title="step", yaxis_title="loss", yaxis_type="log")
+        figs.append(fig)
+    return figs
+
+
+# ----------------------------------------------------------------------------- pipeline
+def compute(ctx: StageContext) -> DecomposeResult:
+    config: DecomposeConfig = ctx.config("decompose")
+    cfg = ctx.model.cfg
+    if config.layer is not None:
+        layer, reason = choose_layer(config, cfg.n_layers, cfg.mlp_reads_own_heads(), None, None)
+    else:
+        try:
+            movers_summary = ctx.summary("movers")
+        except KeyError:
+            movers_summary = None
+        try:
+            patch = ctx.frame("patch")
+        except KeyError:
+            patch = None
+        layer, reason = choose_layer(config, cfg.n_layers, cfg.mlp_reads_own_heads(), movers_summary, patch)
+    prompts = ctx.known_prompts()
+    acts = end_activations(ctx.model.view, prompts.prompts, ctx.model.tokenizer.pad_token_id, config.batch_size, ctx.progress)
+    return decompose(acts, layer, config, seed=ctx.run.seed, layer_reason=reason, progress=ctx.progress)
+
+
+register(Stage("decompose", ("movers",), DecomposeConfig, compute, "MLP output as per-head coefficients plus an intercept"))
