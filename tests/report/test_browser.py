@@ -1,0 +1,124 @@
+"""The report in a real browser: headless Chromium (Debian's) opens report.html from disk.
+
+Checks what only a browser can: no console or page errors, every plot drawn (a ``.main-svg`` in
+each container), no script from the data ran (``window.__pwned`` stays undefined, no dialog
+opened), nothing fetched from the network, and a screenshot that is not blank. With
+``RECALLSCOPE_SCREENSHOT=path.png`` the screenshot is also saved there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from recallscope.report import write_report
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync"]
+
+
+def png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
+    """Width, height and the unfiltered rows of an 8-bit RGB/RGBA, non-interlaced PNG."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    width, height, depth, colour, _, _, interlace = header
+    assert depth == 8 and colour in (2, 6) and interlace == 0, f"unexpected PNG format {header}"
+    bpp = 3 if colour == 2 else 4
+    raw, stride = zlib.decompress(idat), width * bpp
+    rows, prev = [], bytearray(stride)
+    for y in range(height):
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            left = line[i - bpp] if i >= bpp else 0
+            up, corner = prev[i], prev[i - bpp] if i >= bpp else 0
+            if kind == 1:
+                line[i] = (line[i] + left) & 255
+            elif kind == 2:
+                line[i] = (line[i] + up) & 255
+            elif kind == 3:
+                line[i] = (line[i] + (left + up) // 2) & 255
+            elif kind == 4:
+                p = left + up - corner
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
+                line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 255
+        rows.append(bytes(line))
+        prev = line
+    return width, height, rows
+
+
+def distinct_colours(data: bytes, step: int = 4) -> int:
+    width, height, rows = png_pixels(data)
+    bpp = len(rows[0]) // width
+    seen = set()
+    for row in rows[::step]:
+        for x in range(0, width, step):
+            seen.add(row[x * bpp:x * bpp + 3])
+    return len(seen)
+
+
+def test_png_reader_counts_colours():
+    # A 2×2 RGB PNG, filter 0 and 1 rows: red, green / white, white.
+    raw = b"\x00" + bytes([255, 0, 0, 0, 255, 0]) + b"\x01" + bytes([255, 255, 255, 0, 0, 0])
+    chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))  # noqa: E731
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    assert png_pixels(png)[2] == [bytes([255, 0, 0, 0, 255, 0]), bytes([255, 255, 255, 255, 255, 255])]
+    assert distinct_colours(png, step=1) == 3
+
+
+def test_report_in_headless_chromium(hostile_run, tmp_path):
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium); CI installs it in .ci/run")
+    from playwright.sync_api import sync_playwright
+
+    report = write_report(hostile_run)
+    n_plots = int(report.read_text(encoding="utf-8").split('data-plots="', 1)[1].split('"', 1)[0])
+    assert n_plots == 3  # recall: 2, the hostile stage: 1
+    console_errors, page_errors, dialogs, requests = [], [], [], []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 768})
+            page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: page_errors.append(str(e)))
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(report.as_uri(), wait_until="load", timeout=20_000)
+            page.wait_for_selector("body[data-plots-done]", timeout=20_000)
+            containers = page.locator("div.plot").count()
+            rendered = page.locator("div.plot .main-svg").count()
+            drawn = page.evaluate(
+                "Array.from(document.querySelectorAll('div.plot')).filter(d => d.querySelector('.main-svg')"
+                " && d.getAttribute('data-rendered') === '1').length"
+            )
+            pwned = page.evaluate("typeof window.__pwned")
+            injected = page.evaluate("document.querySelectorAll('img, iframe, object, embed').length")
+            shot = tmp_path / "report.png"
+            page.screenshot(path=str(shot))
+        finally:
+            browser.close()
+    assert console_errors == [] and page_errors == [], (console_errors, page_errors)
+    assert containers == n_plots and drawn == n_plots and rendered >= n_plots  # plotly draws 1–2 svgs per plot
+    assert pwned == "undefined" and dialogs == [] and injected == 0
+    assert [u for u in requests if not u.startswith(("file:", "data:", "about:"))] == []
+    data = shot.read_bytes()
+    assert distinct_colours(data) >= 20, "the screenshot is (nearly) blank"
+    target = os.environ.get("RECALLSCOPE_SCREENSHOT")
+    if target:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, target)

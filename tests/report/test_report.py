@@ -1,0 +1,218 @@
+"""The HTML report: escaped, self-contained, one section per stage — no model, no browser."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import plotly.graph_objects as go
+import plotly.offline
+import pytest
+
+from recallscope.errors import UserError
+from recallscope.report import render_report, write_report
+from recallscope.report.html import Page, plain_title
+
+
+
+class Elements(HTMLParser):
+    """Every element with its attributes, and the text of every <script>, as a browser parses them."""
+
+    def __init__(self, page: str):
+        super().__init__(convert_charrefs=True)
+        self.elements: list[tuple[str, dict]] = []
+        self.scripts: list[tuple[dict, str]] = []
+        self.text = []
+        self._in_script: dict | None = None
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.elements.append((tag, attrs))
+        if tag == "script":
+            self._in_script = attrs
+            self.scripts.append((attrs, ""))
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._in_script = None
+
+    def handle_data(self, data):
+        if self._in_script is not None:
+            attrs, body = self.scripts[-1]
+            self.scripts[-1] = (attrs, body + data)
+        else:
+            self.text.append(data)
+
+    def tags(self, name: str) -> list[dict]:
+        return [a for t, a in self.elements if t == name]
+
+
+def test_hostile_strings_are_escaped(h, hostile_run):
+    page = render_report(hostile_run)
+    for raw in (h.SCRIPT, h.BREAKOUT, h.IMG, h.END_SCRIPT, "<!--"):
+        assert raw not in page, raw
+    # the escaped forms are there: in the tables, the header and the captions
+    assert html.escape(h.SCRIPT) in page
+    assert html.escape(h.BREAKOUT) in page
+    assert html.escape(h.IMG) in page
+    assert html.escape(h.END_SCRIPT) in page
+    # odd Unicode passes through unchanged, isolated for bidi
+    assert f'<bdi class="s">{h.RTL}</bdi>' in page
+    assert html.escape(h.ZWJ) in page and "\U0001F5FC" in page
+    # a 5,000-character string is cut, with a note saying how long it was
+    assert "(5,000 characters)" in page and "L" * 161 not in page.replace(json.dumps(h.LONG)[1:-1], "")
+
+
+def test_page_parses_to_exactly_the_elements_we_wrote(h, hostile_run):
+    page = render_report(hostile_run)
+    dom = Elements(page)
+    n_plots = len([a for a in dom.tags("div") if a.get("class") == "plot"])
+    assert n_plots == 3 == int(re.search(r'data-plots="(\d+)"', page).group(1))
+    # scripts: the plotly config, the plotly bundle, one JSON block per plot, the drawing script
+    kinds = [a.get("type", "js") for a, _ in dom.scripts]
+    assert kinds.count("application/json") == n_plots
+    assert len(dom.scripts) == n_plots + 3
+    # no element from the data: no image, frame or event handler anywhere
+    assert not dom.tags("img") and not dom.tags("iframe") and not dom.tags("object")
+    assert all(not k.startswith("on") for _, attrs in dom.elements for k in attrs)
+    # every JSON block is valid JSON and holds the raw data strings, intact
+    blocks = [json.loads(body) for a, body in dom.scripts if a.get("type") == "application/json"]
+    hostile_fig = [b for b in blocks if b["data"][0].get("type") == "bar" and h.END_SCRIPT in json.dumps(b, ensure_ascii=False)]
+    assert len(hostile_fig) == 1 and hostile_fig[0]["data"][0]["x"][0] == h.SCRIPT
+    assert all("</" not in body and "<!--" not in body for a, body in dom.scripts if a.get("type") == "application/json")
+
+
+def test_self_contained_one_plotly_copy_and_no_network(hostile_run):
+    page = render_report(hostile_run)
+    dom = Elements(page)
+    bundle = plotly.offline.get_plotlyjs()
+    assert page.count(bundle[:2000]) == 1 and page.count(bundle[-2000:]) == 1
+    assert [a.get("id") for a, body in dom.scripts if len(body) > 1_000_000] == ["plotly-js"]
+    for tag, attrs in dom.elements:  # nothing loaded from anywhere: no src, no stylesheet link
+        assert "src" not in attrs, (tag, attrs)
+        if tag == "link":
+            raise AssertionError(f"<link> in a self-contained page: {attrs}")
+        href = attrs.get("href", "")
+        assert href == "" or href.startswith("#"), (tag, attrs)
+    outside_scripts = "".join(dom.text)
+    assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", outside_scripts)
+    csp = [a["content"] for a in dom.tags("meta") if a.get("http-equiv") == "Content-Security-Policy"]
+    assert len(csp) == 1 and "default-src 'none'" in csp[0] and "connect-src" not in csp[0]
+
+
+def test_sections_follow_the_pipeline_with_wall_times_and_tables(h, hostile_run):
+    page = render_report(hostile_run)
+    order = [m.group(1) for m in re.finditer(r'<section class="stage" id="stage-\d+"><h3>([^<]+?) <', page)]
+    assert [t.split(" ")[0] for t in order] == ["Recall", h.HOSTILE_STAGE, "zz_tables", "Claims"]
+    assert '<span class="wall">0.5 s</span>' in page and '<span class="wall">1.25 s</span>' in page
+    # the stage without figures: its summary as tables, nested records included
+    tables = page.split('id="stage-2"', 1)[1].split("</section>", 1)[0]
+    assert '<th><bdi class="s">cv_r2</bdi></th><td>0.91</td>' in tables and "coefficients</bdi> (4)" in tables and 'class="plot"' not in tables
+    # the recall preview lists the prompts the model does not know first (lowest p first)
+    recall = page.split('id="stage-0"', 1)[1].split("</section>", 1)[0]
+    rows = re.findall(r"<tr><td><bdi class=\"s\">(.*?)</bdi>", recall.split("recall.parquet", 1)[1])
+    assert rows[:3] == [html.escape(h.IMG), html.escape(h.SCRIPT), html.escape(h.LONG[:160])]
+    # headline numbers
+    assert ">50.0%</div><div class=\"tk\">accuracy" in page and ">3 / 6</div>" in page
+    assert "multi_token_clash</bdi>: 2" in page
+
+
+def test_claims_have_coloured_verdicts(h, tmp_path):
+    run = h.write_run(tmp_path / "r", relation="country_capital")
+    summary = json.loads((run / "summary.json").read_text())
+    for where in ("top", "stage", "stage-dict"):
+        summary.pop("claims", None)
+        summary["stages"].pop("claims", None)
+        if where == "top":
+            summary["claims"] = h.CLAIMS
+        elif where == "stage":
+            summary["stages"]["claims"] = h.CLAIMS
+        else:
+            summary["stages"]["claims"] = {"claims": h.CLAIMS, "wall_seconds": 0.1}
+        (run / "summary.json").write_text(json.dumps(summary))
+        page = render_report(run)
+        verdicts = re.findall(r'<span class="verdict (v-[a-z]+)"><bdi class="s">([^<]+)</bdi>', page)
+        assert verdicts == [("v-holds", "holds"), ("v-fails", "does not hold"), ("v-na", "not measurable")], where
+        assert "<td>0.81</td><td>0.7 – 0.9</td>" in page and html.escape(h.SCRIPT) in page
+
+
+def test_parent_directory_with_sub_runs_is_one_page(h, tmp_path):
+    root = tmp_path / "multi"
+    subs = [("a_rel", 0), ("a_rel", 3), (h.SCRIPT, 1)]
+    runs = []
+    for relation, shots in subs:
+        rel = f"{'x' if relation == h.SCRIPT else relation}/{shots}shot"
+        h.write_run(root / rel, relation=relation, shots=shots)
+        runs.append({"relation": relation, "shots": shots, "path": rel})
+    (root / "summary.json").write_text(json.dumps({"model": "tiny", "model_hash": "h", "runs": runs[::-1]}))
+    (root / "manifest.json").write_text(json.dumps({"versions": {"plotly": "7"}}))
+    page = render_report(root)
+    headings = re.findall(r'<section class="run" id="run-(\d)"><h2><bdi class="s">(.*?)</bdi>', page)
+    # one section per sub-run, in the order of the summary's "runs"
+    assert headings == [("0", html.escape(h.SCRIPT) + ", 1-shot"), ("1", "a_rel, 3-shot"), ("2", "a_rel, 0-shot")]
+    assert h.SCRIPT not in page
+    ids = re.findall(r' id="([^"]+)"', page)
+    assert len(ids) == len(set(ids))
+    # 2 recall plots per sub-run + the accuracy-by-shots overview
+    assert int(re.search(r'data-plots="(\d+)"', page).group(1)) == 2 * 3 + 1
+    assert page.count('<section class="stage"') == 3 and 'id="overview"' in page
+
+
+def test_sub_runs_are_found_without_a_runs_list(h, tmp_path):
+    root = tmp_path / "multi"
+    h.write_run(root / "b" / "0shot", relation="b")
+    h.write_run(root / "a" / "1shot", relation="a", shots=1)
+    (root / "summary.json").write_text(json.dumps({"model": "tiny"}))
+    page = render_report(root)
+    assert re.findall(r'<section class="run" id="run-\d"><h2><bdi class="s">(.*?)</bdi>', page) == ["a, 1-shot", "b, 0-shot"]
+
+
+def test_write_report_is_atomic_and_matches_render(hostile_run):
+    path = write_report(hostile_run)
+    assert path == hostile_run / "report.html"
+    assert path.read_text(encoding="utf-8") == render_report(hostile_run)
+    assert not list(hostile_run.glob(".*.tmp"))
+    assert write_report(str(hostile_run)) == path  # the CLI passes a string
+
+
+def test_a_failing_figures_function_leaves_the_rest_of_the_report(h, hostile_run, hostile_stage_module):
+    def broken(frame, summary):
+        raise ValueError("bad " + h.SCRIPT)
+
+    hostile_stage_module.figures = broken
+    page = render_report(hostile_run)
+    assert '<p class="problem">' in page and html.escape("ValueError: bad " + h.SCRIPT) in page
+    assert int(re.search(r'data-plots="(\d+)"', page).group(1)) == 2  # recall's plots still there
+    assert "Claims — " in page
+
+
+def test_figure_json_cannot_close_its_script_block():
+    page = Page()
+    raw = "</script><script>alert(1)</script>\u2028<!--"
+    fig = go.Figure(go.Scatter(x=[raw], y=[1], text=[raw]))
+    fig.update_layout(title="t <b>bold</b> &lt;x&gt; " + raw)
+    out = page.figure(fig)
+    body = out.split('type="application/json" id="plot-1-json">', 1)[1].rsplit("</script>", 1)[0]
+    assert "<" not in body and ">" not in body
+    spec = json.loads(body)
+    assert spec["data"][0]["x"] == [raw] and spec["layout"].get("title", {}).get("text") is None
+    caption = out.split("<figcaption>", 1)[1].split("</figcaption>", 1)[0]
+    assert caption.startswith('<bdi class="s">t  bold  ') and html.escape("<x>") in caption and "<script>" not in caption
+    assert plain_title("a<br>b &amp; <sup>2</sup>") == "a b &  2"
+
+
+def test_run_without_summary_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no summary.json"):
+        render_report(tmp_path)
+
+
+def test_every_hostile_string_survives_a_real_figure_round_trip(h, hostile_run):
+    """The hostile stage's figure JSON gives back each string exactly (escaping loses nothing)."""
+    dom = Elements(render_report(hostile_run))
+    blocks = [json.loads(b) for a, b in dom.scripts if a.get("type") == "application/json"]
+    labels = next(b["data"][0]["x"] for b in blocks if b["data"][0].get("name") == h.END_SCRIPT)
+    assert labels == [s for s in (h.SCRIPT, h.IMG, h.END_SCRIPT, h.RTL, h.ZWJ, h.HOSTILE[-1])]
