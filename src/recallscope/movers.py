@@ -225,6 +225,11 @@ class MoversResult:
             "candidates": self.selection,
             "n_candidates": len(self.heads),
             "n_prompts": n_prompts,
+            # A subject at token 0 shares its position with the attention sink of models that
+            # prepend no BOS token, which inflates its attention: read those figures with care.
+            "subject_at_first_token_share": (
+                float((self.frame.groupby("prompt_index")["subject_start"].first() == 0).mean()) if len(self.frame) else 0.0
+            ),
             "subject_token": "X = the subject's last token; attention is summed over all subject tokens",
             "projection": "a[l,h] · (w_f ⊙ (W_U[:,X] − mean W_U)), the folded, centred unembedding",
             "ov_rank": "rank of X in its own OV-circuit logits, 0 = top-1; median over distinct X",
@@ -345,6 +350,7 @@ def find_movers(
                 "x_id": x_ids.numpy(),
                 "x_token": [decode(int(t)) if decode else str(int(t)) for t in x_ids],
                 "subject_tokens": [p.subject_n_tokens for p in prompts],
+                "subject_start": [p.subject_span[0] for p in prompts],
                 "attention_to_subject": att_subject[c].numpy(),
                 "attention_to_last_subject": att_last[c].numpy(),
                 "subject_is_top_attended": top_is_subject[c].numpy(),
