@@ -8,6 +8,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import plotly.graph_objects as go
 import plotly.offline
 import pytest
@@ -111,14 +112,14 @@ def test_sections_follow_the_pipeline_with_wall_times_and_tables(h, hostile_run)
     assert '<span class="wall">0.5 s</span>' in page and '<span class="wall">1.25 s</span>' in page
     # the stage without figures: its summary as tables, nested records included
     tables = page.split('id="stage-2"', 1)[1].split("</section>", 1)[0]
-    assert '<th><bdi class="s">cv_r2</bdi></th><td>0.91</td>' in tables and "coefficients</bdi> (4)" in tables and 'class="plot"' not in tables
+    assert '<span class="k"><bdi class="s">cv_r2</bdi></span> <span class="v"><span class="n">0.91</span></span>' in tables and "coefficients</bdi> (4)" in tables and 'class="plot"' not in tables
     # the recall preview lists the prompts the model does not know first (lowest p first)
     recall = page.split('id="stage-0"', 1)[1].split("</section>", 1)[0]
     rows = re.findall(r"<tr><td><bdi class=\"s\">(.*?)</bdi>", recall.split("recall.parquet", 1)[1])
     assert rows[:3] == [html.escape(h.IMG), html.escape(h.SCRIPT), html.escape(h.LONG[:160])]
     # headline numbers
     assert ">50.0%</div><div class=\"tk\">accuracy" in page and ">3 / 6</div>" in page
-    assert "multi_token_clash</bdi>: 2" in page
+    assert "multi_token_clash</bdi>: 2," in page
 
 
 def test_claims_have_coloured_verdicts(h, tmp_path):
@@ -137,7 +138,7 @@ def test_claims_have_coloured_verdicts(h, tmp_path):
         page = render_report(run)
         verdicts = re.findall(r'<span class="verdict (v-[a-z]+)"><bdi class="s">([^<]+)</bdi>', page)
         assert verdicts == [("v-holds", "holds"), ("v-fails", "does not hold"), ("v-na", "not measurable")], where
-        assert "<td>0.81</td><td>0.7 – 0.9</td>" in page and html.escape(h.SCRIPT) in page
+        assert '<td><span class="n">0.81</span></td><td><span class="n">0.7</span> – <span class="n">0.9</span></td>' in page and html.escape(h.SCRIPT) in page
 
 
 def test_parent_directory_with_sub_runs_is_one_page(h, tmp_path):
@@ -216,3 +217,32 @@ def test_every_hostile_string_survives_a_real_figure_round_trip(h, hostile_run):
     blocks = [json.loads(b) for a, b in dom.scripts if a.get("type") == "application/json"]
     labels = next(b["data"][0]["x"] for b in blocks if b["data"][0].get("name") == h.END_SCRIPT)
     assert labels == [s for s in (h.SCRIPT, h.IMG, h.END_SCRIPT, h.RTL, h.ZWJ, h.HOSTILE[-1])]
+
+
+@pytest.mark.slow
+def test_real_pipeline_on_a_hostile_relation(smollm2, tmp_path, h):
+    """Hostile subjects, answers, templates and relation name through the real recall stage."""
+    from recallscope.pipeline import RunConfig, execute
+
+    relation = {
+        "name": "capital " + h.SCRIPT,
+        "prompt_templates": ["The capital of {} is"],
+        "prompt_templates_zs": ["The capital of {} is", h.BREAKOUT + " The capital city of {} is"],
+        "properties": {"relation_type": "factual"},
+        "samples": [{"subject": "France", "object": "Paris"}, {"subject": h.SCRIPT, "object": "</script><b>x"},
+                    {"subject": h.RTL, "object": "Tokyo \U0001F5FC"}],
+    }
+    path = tmp_path / "hostile.json"
+    path.write_text(json.dumps(relation, ensure_ascii=False), encoding="utf-8")
+    run_dir = tmp_path / "run"
+    execute(RunConfig(relation=str(path)), ["recall"], out=str(run_dir), model=smollm2, progress=False)
+    frame = pd.read_parquet(run_dir / "recall.parquet")
+    assert h.SCRIPT in set(frame["subject"]) and h.RTL in set(frame["subject"])  # the pipeline kept them
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    for raw in (h.SCRIPT, h.BREAKOUT, "</script><b>x"):
+        assert raw not in page
+    assert html.escape(h.SCRIPT) in page and html.escape(h.BREAKOUT) in page
+    assert html.escape("</script><b>x") in page and f"{h.RTL}</bdi>" in page
+    dom = Elements(page)
+    assert not dom.tags("img") and not dom.tags("b")
+    assert int(re.search(r'data-plots="(\d+)"', page).group(1)) == 2

@@ -90,7 +90,8 @@ def cell(value: Any) -> str:
     if value is None:
         return '<span class="none">—</span>'
     if isinstance(value, (bool, int, float)):
-        return number(value)
+        return f'<span class="n">{number(value)}</span>'
+
     if isinstance(value, str):
         return text(value)
     if isinstance(value, (list, tuple)) and all(not isinstance(v, (dict, list, tuple)) for v in value):
@@ -151,10 +152,12 @@ def summary_tables(entry: dict, skip: tuple[str, ...] = ()) -> str:
             scalars.append((key, value))
     out = ""
     if scalars:
-        rows = "".join(
-            f"<tr><th>{text(k, 80)}</th><td>{v.html() if isinstance(v, _Inline) else cell(v)}</td></tr>" for k, v in scalars
+        pairs = "".join(
+            f'<div class="pair"><span class="k">{text(k, 80)}</span> <span class="v">'
+            f"{v.html() if isinstance(v, _Inline) else cell(v)}</span></div>"
+            for k, v in scalars
         )
-        out += f'<table class="kv">{rows}</table>'
+        out += f'<div class="pairs">{pairs}</div>'
     return out + "".join(blocks)
 
 
@@ -218,7 +221,7 @@ class Page:
         fig = go.Figure(fig)
         title = fig.layout.title.text or ""
         fig.update_layout(
-            title=None, height=400, autosize=True, margin={"l": 60, "r": 20, "t": 30, "b": 60},
+            title=None, height=360, autosize=True, margin={"l": 60, "r": 20, "t": 30, "b": 60},
             font={"family": "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", "size": 12},
         )
         spec = fig.to_json()  # plotly writes <, > and / as \u003c, \u003e, \u002f already

@@ -39,6 +39,11 @@ table.kv td { padding: 2px 0; overflow-wrap: anywhere; }
 table.grid th, table.grid td { border-bottom: 1px solid var(--line); padding: 3px 10px; text-align: left;
                                vertical-align: top; }
 table.grid th { background: var(--band); position: sticky; top: 0; white-space: nowrap; }
+table.grid th bdi.s, table.kv th bdi.s { white-space: nowrap; }
+.n { white-space: nowrap; font-variant-numeric: tabular-nums; }
+.pairs { columns: 3 300px; column-gap: 28px; margin: 8px 0; }
+.pair { break-inside: avoid; padding: 1px 0; overflow-wrap: anywhere; }
+.pair .k { display: inline-block; min-width: 9em; }
 table.grid td { max-width: 32em; overflow-wrap: anywhere; font-variant-numeric: tabular-nums; }
 bdi.s { unicode-bidi: isolate; white-space: pre-wrap; overflow-wrap: anywhere; }
 code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: .85rem; }
@@ -49,7 +54,7 @@ code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: .85r
 .figs.wide { grid-template-columns: 1fr; }
 figure.fig { margin: 0; border: 1px solid var(--line); border-radius: 6px; padding: 6px; min-width: 0; }
 figcaption { font-size: .9rem; font-weight: 600; padding: 2px 6px 0; overflow-wrap: anywhere; }
-div.plot { width: 100%; height: 400px; }
+div.plot { width: 100%; height: 360px; }
 .verdict { display: inline-block; border-radius: 10px; padding: 1px 10px; font-weight: 600; white-space: nowrap; }
 .v-holds { background: #d3f9d8; color: #2b8a3e; }
 .v-fails { background: #ffe3e3; color: #c92a2a; }
