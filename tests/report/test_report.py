@@ -246,3 +246,21 @@ def test_real_pipeline_on_a_hostile_relation(smollm2, tmp_path, h):
     dom = Elements(page)
     assert not dom.tags("img") and not dom.tags("b")
     assert int(re.search(r'data-plots="(\d+)"', page).group(1)) == 2
+
+
+def test_a_figures_function_returning_junk_keeps_the_plot_count_honest(h, hostile_run, hostile_stage_module):
+    real = hostile_stage_module.figures
+    hostile_stage_module.figures = lambda frame, summary: [real(frame, summary)[0], "not a figure " + h.SCRIPT]
+    page = render_report(hostile_run)
+    dom = Elements(page)
+    n_divs = len([a for a in dom.tags("div") if a.get("class") == "plot"])
+    assert n_divs == int(re.search(r'data-plots="(\d+)"', page).group(1)) == 3
+    assert page.count('<p class="problem">') == 1 and "plot 2 could not be drawn" in page
+
+
+def test_lone_surrogate_in_a_summary_does_not_cost_the_report(h, tmp_path):
+    run = h.write_run(tmp_path / "r", relation="ok")
+    raw = (run / "summary.json").read_text(encoding="utf-8").replace('"relation": "ok"', '"relation": "bad \\ud83d end"')
+    (run / "summary.json").write_text(raw, encoding="utf-8")
+    page = write_report(run).read_text(encoding="utf-8")
+    assert "bad ? end" in page

@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from ..pipeline import PIPELINE_ORDER
-from ..rundir import MANIFEST, SUMMARY, atomic_write_text
+from ..rundir import MANIFEST, SUMMARY, atomic_write_bytes
 from .style import CSS, PLOT_SCRIPT
 
 log = logging.getLogger(__name__)
@@ -259,9 +259,13 @@ def stage_figures(stage: str, frame: pd.DataFrame | None, entry: dict, page: Pag
         return ""
     if not isinstance(figs, (list, tuple)):
         figs = [figs]
-    if not figs:
-        return ""
-    return '<div class="figs">' + "".join(page.figure(f) for f in figs) + "</div>"
+    parts = []
+    for i, fig in enumerate(figs):
+        try:
+            parts.append(page.figure(fig))
+        except Exception as exc:  # not a plotly figure, or one plotly cannot serialise
+            parts.append(page.problem(f"{stage}: plot {i + 1} could not be drawn ({type(exc).__name__}: {exc})"))
+    return '<div class="figs">' + "".join(parts) + "</div>" if parts else ""
 
 
 # --------------------------------------------------------------------------- run directories
@@ -370,6 +374,7 @@ def stage_section(run: Run, stage: str, anchor: str, page: Page) -> str:
     if stage == "claims":
         claims = claims_rows(run.summary)
         body += claims_table(claims) if claims else '<p class="note">no claims recorded</p>'
+        body += stage_figures(stage, run.frame(stage), entry, page)
         rest = {k: v for k, v in entry.items() if k not in ("claims", "wall_seconds")}
         body += summary_tables(rest)
     else:
@@ -417,6 +422,7 @@ def identity_line(summary: dict, manifest: dict) -> str:
     fields = [
         ("model", summary.get("model", ident.get("model"))),
         ("relation", summary.get("relation", ident.get("relation"))),
+        ("relations", None if "relation" in summary else ident.get("relations")),
         ("shots", summary.get("shots", ident.get("shots"))),
         ("seed", summary.get("seed", ident.get("seed", run.get("seed")))),
         ("max prompts", ident.get("max_prompts", run.get("max_prompts"))),
@@ -559,5 +565,6 @@ def write_report(run_dir: str | Path) -> Path:
     """Write ``report.html`` into ``run_dir`` atomically and return its path."""
     root = Path(run_dir)
     out = root / REPORT
-    atomic_write_text(out, render_report(root))
+    # A lone surrogate cannot be written as UTF-8; it becomes "?" rather than costing the report.
+    atomic_write_bytes(out, render_report(root).encode("utf-8", errors="replace"))
     return out
