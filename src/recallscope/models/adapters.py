@@ -9,11 +9,18 @@ Layouts of the attention projections:
 - ``"separate"``: q/k/v/o are ``nn.Linear`` (weight ``[out, in]``) — Llama, Mistral, Qwen2, OPT, Gemma 3.
 - ``"gpt2_conv1d"``: one ``Conv1D`` ``c_attn`` (weight ``[in, 3·d]``), then ``c_proj`` — GPT-2.
 - ``"neox_fused"``: one ``Linear`` ``query_key_value`` whose output is ``[H, 3, dh]`` interleaved — GPT-NeoX/Pythia.
+
+Rotary frequencies are never recomputed from the config: they are read from the model's own
+rotary module (``rotary``), per layer where a family rotates layers differently (Gemma 3's
+local and global layers use different bases), so every rope variant is reproduced exactly.
+A config function refuses, with a :class:`UserError`, the variants of a family that the neutral
+forward pass does not describe (e.g. OPT-350m's post-norm layers), instead of computing
+something silently different.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
 import torch
@@ -39,7 +46,9 @@ class Adapter:
     mlp: dict[str, str]  # keys: in, out and optionally gate
     mlp_layout: Literal["linear", "conv1d"] = "linear"
     pos_embed: str | None = None
-    rotary: str | None = None  # module holding inv_freq (one shared rotary embedding)
+    rotary: str | None = None  # the model's rotary-embedding module
+    # (rotary module, HF text config, layer index) -> (inv_freq, cos/sin scale) of that layer
+    layer_rotary: Callable[[nn.Module, object, int], tuple[Tensor, float]] | None = None
     extra_norms: dict[str, str] = field(default_factory=dict)  # q_norm, k_norm, post_attn_norm, post_mlp_norm
     config: Callable[[object], dict] = lambda hf: {}
 
@@ -88,7 +97,181 @@ LLAMA = Adapter(
     config=_llama_config,
 )
 
-ADAPTERS: list[Adapter] = [LLAMA]
+
+def _refuse(family: str, reason: str, fix: str) -> UserError:
+    return UserError(f"{family}: {reason} is not supported by recallscope's exact model view; {fix}")
+
+
+def _gpt2_config(hf) -> dict:
+    if getattr(hf, "scale_attn_by_inverse_layer_idx", False):
+        raise _refuse("gpt2", "scale_attn_by_inverse_layer_idx=True (a per-layer attention scale)",
+                      "use a GPT-2 checkpoint with the standard 1/sqrt(d_head) scale")
+    if getattr(hf, "add_cross_attention", False):
+        raise _refuse("gpt2", "add_cross_attention=True (an encoder-decoder GPT-2)", "use a decoder-only GPT-2")
+    return dict(
+        norm="layernorm",
+        norm_eps=hf.layer_norm_epsilon,
+        act=_act_name(hf.activation_function),
+        gated_mlp=False,
+        positional="learned",
+        d_mlp=hf.n_inner or 4 * hf.hidden_size,
+        # scale_attn_weights=False leaves q·k unscaled (attn_scale 0 would mean the default)
+        attn_scale=0.0 if getattr(hf, "scale_attn_weights", True) else 1.0,
+    )
+
+
+def _opt_config(hf) -> dict:
+    if not hf.do_layer_norm_before:
+        raise _refuse("opt", "do_layer_norm_before=False (post-norm layers, as in OPT-350m)",
+                      "use another OPT size (125m, 1.3b, ...)")
+    if hf.word_embed_proj_dim != hf.hidden_size:
+        raise _refuse("opt", f"word_embed_proj_dim={hf.word_embed_proj_dim} != hidden_size={hf.hidden_size} "
+                      "(project_in/project_out around the layers)", "use an OPT size without the projections")
+    if getattr(hf, "_remove_final_layer_norm", False):
+        raise _refuse("opt", "_remove_final_layer_norm=True (no final norm)", "use a standard OPT checkpoint")
+    return dict(
+        norm="layernorm",
+        norm_eps=1e-5,  # OPT's LayerNorms are built without eps, i.e. with torch's default
+        act=_act_name(hf.activation_function),
+        gated_mlp=False,
+        positional="learned",
+        # OPTLearnedPositionalEmbedding looks position p up at row p + 2 (a fairseq legacy)
+        learned_pos_offset=2,
+        d_mlp=hf.ffn_dim,
+    )
+
+
+def _neox_config(hf) -> dict:
+    d_head = hf.hidden_size // hf.num_attention_heads
+    rope = getattr(hf, "rope_parameters", None) or {}
+    rotary_pct = rope.get("partial_rotary_factor", getattr(hf, "rotary_pct", 1.0))
+    return dict(
+        norm="layernorm",
+        norm_eps=hf.layer_norm_eps,
+        act=_act_name(hf.hidden_act),
+        gated_mlp=False,
+        positional="rotary",
+        rotary_dim=int(d_head * rotary_pct),
+        parallel_residual=bool(hf.use_parallel_residual),
+    )
+
+
+def _gemma3_config(hf) -> dict:
+    if getattr(hf, "use_bidirectional_attention", False):
+        raise _refuse("gemma3", "use_bidirectional_attention=True (an embedding model)", "use a causal Gemma 3 LM")
+    layer_types = list(hf.layer_types)
+    return dict(
+        norm="rmsnorm_plus1",
+        norm_eps=hf.rms_norm_eps,
+        act=_act_name(hf.hidden_activation),
+        gated_mlp=True,
+        positional="rotary",
+        attn_scale=hf.query_pre_attn_scalar**-0.5,
+        qk_norm=True,
+        post_attn_norm=True,
+        post_mlp_norm=True,
+        embed_scale=hf.hidden_size**0.5,
+        sliding_window=tuple(hf.sliding_window if t == "sliding_attention" else None for t in layer_types),
+        # HF's Gemma3Attention stores attn_logit_softcapping but never passes it to the attention
+        # (Gemma 3 replaced it by q/k norms; its checkpoints set it to null): mirror HF, not the config.
+        attn_softcap=None,
+        final_softcap=hf.final_logit_softcapping,
+    )
+
+
+def _gemma3_layer_rotary(rotary: nn.Module, hf, layer: int) -> tuple[Tensor, float]:
+    """Gemma 3 keeps one inv_freq per layer type (local layers: base 10k; global: 1M, maybe scaled)."""
+    layer_type = hf.layer_types[layer]
+    return getattr(rotary, f"{layer_type}_inv_freq"), float(getattr(rotary, f"{layer_type}_attention_scaling"))
+
+
+GPT2 = Adapter(
+    family="gpt2",
+    model_types=("gpt2",),
+    layers="transformer.h",
+    embed="transformer.wte",
+    pos_embed="transformer.wpe",
+    final_norm="transformer.ln_f",
+    unembed="lm_head",
+    ln1="ln_1",
+    ln2="ln_2",
+    attn_layout="gpt2_conv1d",
+    attn={"qkv": "attn.c_attn", "o": "attn.c_proj"},
+    mlp={"in": "mlp.c_fc", "out": "mlp.c_proj"},
+    mlp_layout="conv1d",
+    config=_gpt2_config,
+)
+
+OPT = Adapter(
+    family="opt",
+    model_types=("opt",),
+    layers="model.decoder.layers",
+    embed="model.decoder.embed_tokens",
+    pos_embed="model.decoder.embed_positions",
+    final_norm="model.decoder.final_layer_norm",
+    unembed="lm_head",
+    ln1="self_attn_layer_norm",
+    ln2="final_layer_norm",  # OPT's name for the norm before the MLP of each layer
+    attn_layout="separate",
+    attn={"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.out_proj"},
+    mlp={"in": "fc1", "out": "fc2"},
+    config=_opt_config,
+)
+
+GPT_NEOX = Adapter(
+    family="gpt_neox",
+    model_types=("gpt_neox",),
+    layers="gpt_neox.layers",
+    embed="gpt_neox.embed_in",
+    final_norm="gpt_neox.final_layer_norm",
+    unembed="lm_head",  # checkpoints call it embed_out; transformers 5 renames it on load
+    ln1="input_layernorm",
+    ln2="post_attention_layernorm",  # read by the MLP; in parallel-residual layers it normalises r[l]
+    attn_layout="neox_fused",
+    attn={"qkv": "attention.query_key_value", "o": "attention.dense"},
+    mlp={"in": "mlp.dense_h_to_4h", "out": "mlp.dense_4h_to_h"},
+    rotary="gpt_neox.rotary_emb",
+    config=_neox_config,
+)
+
+# Gemma 3 names its four norms per layer differently from Llama: ``post_attention_layernorm``
+# normalises the attention output *before* the residual add (our post_attn_norm), and the MLP
+# reads ``pre_feedforward_layernorm`` (our ln2).
+GEMMA3 = Adapter(
+    family="gemma3",
+    model_types=("gemma3_text",),
+    layers="model.layers",
+    embed="model.embed_tokens",
+    final_norm="model.norm",
+    unembed="lm_head",
+    ln1="input_layernorm",
+    ln2="pre_feedforward_layernorm",
+    attn_layout="separate",
+    attn={"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj"},
+    mlp={"in": "mlp.up_proj", "gate": "mlp.gate_proj", "out": "mlp.down_proj"},
+    rotary="model.rotary_emb",
+    layer_rotary=_gemma3_layer_rotary,
+    extra_norms={
+        "q_norm": "self_attn.q_norm",
+        "k_norm": "self_attn.k_norm",
+        "post_attn_norm": "post_attention_layernorm",
+        "post_mlp_norm": "post_feedforward_layernorm",
+    },
+    config=_gemma3_config,
+)
+
+# The multimodal wrapper (Gemma3ForConditionalGeneration): the same text model one level down;
+# only text inputs are modelled (the vision tower is never run).
+GEMMA3_MULTIMODAL = replace(
+    GEMMA3,
+    model_types=("gemma3",),
+    layers="model.language_model.layers",
+    embed="model.language_model.embed_tokens",
+    final_norm="model.language_model.norm",
+    rotary="model.language_model.rotary_emb",
+)
+
+ADAPTERS: list[Adapter] = [LLAMA, GPT2, OPT, GPT_NEOX, GEMMA3, GEMMA3_MULTIMODAL]
 
 
 def adapter_for(model_type: str) -> Adapter:
@@ -195,22 +378,26 @@ def extract(hf_model: nn.Module, adapter: Adapter | None = None) -> tuple[ArchCo
     """
     adapter = adapter or adapter_for(hf_model.config.model_type)
     cfg = arch_config(adapter, hf_model.config)
+    text_config = getattr(hf_model.config, "text_config", None) or hf_model.config
     rotary = _get(hf_model, adapter.rotary) if adapter.rotary else None
     layers = []
     for index, block in enumerate(_get(hf_model, adapter.layers)):
         extra = {
             name: _norm(_get(block, path)) for name, path in adapter.extra_norms.items()
         }
-        inv_freq = rope_scaling = None
+        inv_freq, rope_scaling = None, 1.0
         if rotary is not None:
-            inv_freq = rotary.inv_freq
-            rope_scaling = float(getattr(rotary, "attention_scaling", 1.0))
+            inv_freq, rope_scaling = (
+                adapter.layer_rotary(rotary, text_config, index)
+                if adapter.layer_rotary
+                else (rotary.inv_freq, getattr(rotary, "attention_scaling", 1.0))
+            )
         layers.append(
             LayerWeights(
                 ln1=_norm(_get(block, adapter.ln1)),
                 ln2=_norm(_get(block, adapter.ln2)),
                 inv_freq=inv_freq,
-                rope_scaling=rope_scaling if rope_scaling is not None else 1.0,
+                rope_scaling=float(rope_scaling),
                 **_attention_weights(adapter, block, cfg),
                 **_mlp_weights(adapter, block),
                 **extra,

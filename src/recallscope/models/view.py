@@ -110,7 +110,9 @@ class ModelView:
         w = self.weights
         x = w.W_E[input_ids]
         if self.cfg.embed_scale != 1.0:
-            x = x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype)
+            # As Gemma's HF code: a float32 scalar cast to the weights' dtype (in bfloat16,
+            # sqrt(640) rounds to 25.25, and the model was trained with that).
+            x = x * torch.tensor(self.cfg.embed_scale, dtype=torch.float32).to(x.dtype)
         if self.cfg.positional == "learned":
             x = x + w.W_pos[position_ids + self.cfg.learned_pos_offset]
         return x
