@@ -3,15 +3,17 @@
 Checks what only a browser can: no console or page errors, every plot drawn (a ``.main-svg`` in
 each container), no script from the data ran (``window.__pwned`` stays undefined, no dialog
 opened), nothing fetched from the network, and a screenshot that is not blank. With
-``RECALLSCOPE_SCREENSHOT=path.png`` the screenshot is also saved there.
+``RECALLSCOPE_SCREENSHOT=path.png`` the screenshot is also saved there: of the run in
+``RECALLSCOPE_REPORT_RUN`` when that names a run directory (the README's picture), else of the
+hand-built hostile run.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -81,14 +83,27 @@ def test_png_reader_counts_colours():
     assert distinct_colours(png, step=1) == 3
 
 
-def test_report_in_headless_chromium(hostile_run, tmp_path):
+@dataclass
+class Seen:
+    """What the browser saw while it opened one report."""
+
+    n_plots: int  # the page's own count (body[data-plots])
+    containers: int  # <div class="plot"> elements
+    drawn: int  # containers holding a .main-svg and marked rendered by the page's script
+    console_errors: list = field(default_factory=list)
+    page_errors: list = field(default_factory=list)
+    dialogs: list = field(default_factory=list)
+    requests: list = field(default_factory=list)
+    pwned: str = ""
+    injected: int = 0
+    screenshot: bytes = b""
+
+
+def open_in_chromium(report: Path, screenshot: Path) -> Seen:
     if not CHROMIUM.is_file():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium); CI installs it in .ci/run")
     from playwright.sync_api import sync_playwright
 
-    report = write_report(hostile_run)
-    n_plots = int(report.read_text(encoding="utf-8").split('data-plots="', 1)[1].split('"', 1)[0])
-    assert n_plots == 3  # recall: 2, the hostile stage: 1
     console_errors, page_errors, dialogs, requests = [], [], [], []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
@@ -100,25 +115,62 @@ def test_report_in_headless_chromium(hostile_run, tmp_path):
             page.on("request", lambda r: requests.append(r.url))
             page.goto(report.as_uri(), wait_until="load", timeout=20_000)
             page.wait_for_selector("body[data-plots-done]", timeout=20_000)
-            containers = page.locator("div.plot").count()
-            rendered = page.locator("div.plot .main-svg").count()
-            drawn = page.evaluate(
-                "Array.from(document.querySelectorAll('div.plot')).filter(d => d.querySelector('.main-svg')"
-                " && d.getAttribute('data-rendered') === '1').length"
+            seen = Seen(
+                n_plots=int(page.evaluate("document.body.dataset.plots")),
+                containers=page.locator("div.plot").count(),
+                drawn=page.evaluate(
+                    "Array.from(document.querySelectorAll('div.plot')).filter(d => d.querySelector('.main-svg')"
+                    " && d.getAttribute('data-rendered') === '1').length"
+                ),
+                pwned=page.evaluate("typeof window.__pwned"),
+                injected=page.evaluate("document.querySelectorAll('img, iframe, object, embed').length"),
             )
-            pwned = page.evaluate("typeof window.__pwned")
-            injected = page.evaluate("document.querySelectorAll('img, iframe, object, embed').length")
-            shot = tmp_path / "report.png"
-            page.screenshot(path=str(shot))
+            page.screenshot(path=str(screenshot))
         finally:
             browser.close()
-    assert console_errors == [] and page_errors == [], (console_errors, page_errors)
-    assert containers == n_plots and drawn == n_plots and rendered >= n_plots  # plotly draws 1–2 svgs per plot
-    assert pwned == "undefined" and dialogs == [] and injected == 0
-    assert [u for u in requests if not u.startswith(("file:", "data:", "about:"))] == []
-    data = shot.read_bytes()
-    assert distinct_colours(data) >= 20, "the screenshot is (nearly) blank"
+    seen.console_errors, seen.page_errors, seen.dialogs = console_errors, page_errors, dialogs
+    seen.requests = [u for u in requests if not u.startswith(("file:", "data:", "about:"))]
+    seen.screenshot = screenshot.read_bytes()
+    return seen
+
+
+def assert_clean(seen: Seen) -> None:
+    assert seen.console_errors == [] and seen.page_errors == [], (seen.console_errors, seen.page_errors)
+    assert seen.n_plots > 0 and seen.containers == seen.n_plots and seen.drawn == seen.n_plots
+    assert seen.pwned == "undefined" and seen.dialogs == [] and seen.injected == 0
+    assert seen.requests == []  # nothing fetched: the page is self-contained
+    assert distinct_colours(seen.screenshot) >= 20, "the screenshot is (nearly) blank"
+
+
+def save_screenshot(seen: Seen) -> None:
     target = os.environ.get("RECALLSCOPE_SCREENSHOT")
     if target:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, target)
+        Path(target).write_bytes(seen.screenshot)
+
+
+def test_hostile_report_in_headless_chromium(hostile_run, tmp_path):
+    """Hand-built run full of markup, quotes, 5,000-character and bidi strings: nothing runs."""
+    seen = open_in_chromium(write_report(hostile_run), tmp_path / "report.png")
+    assert seen.n_plots == 3  # recall: 2, the hostile stage: 1
+    assert_clean(seen)
+    if not os.environ.get("RECALLSCOPE_REPORT_RUN"):
+        save_screenshot(seen)
+
+
+@pytest.mark.slow
+def test_real_run_report_in_headless_chromium(smollm2, tmp_path):
+    """A run of the real pipeline — the one in $RECALLSCOPE_REPORT_RUN (e.g. a finished
+    ``recallscope run``; its screenshot is the README's), else a fresh recall on 20 prompts."""
+    run_dir = os.environ.get("RECALLSCOPE_REPORT_RUN")
+    if run_dir:
+        run_dir = Path(run_dir)
+    else:
+        from recallscope.pipeline import RunConfig, execute
+
+        run_dir = tmp_path / "run"
+        execute(RunConfig(max_prompts=20), ["recall"], out=str(run_dir), model=smollm2, progress=False)
+    seen = open_in_chromium(write_report(run_dir), tmp_path / "report.png")
+    assert_clean(seen)
+    if os.environ.get("RECALLSCOPE_REPORT_RUN"):
+        save_screenshot(seen)
