@@ -1,0 +1,808 @@
+"""Stage **patch**: causal mediation of every head and MLP at the end position.
+
+The paper asks which components *carry* the fact to the end position. Its answer is activation
+patching with mean ablation ("noising"): run the clean prompt ("The capital of France is"), but
+replace one component's output at the end position by its mean over *corrupted* prompts — the
+same prompt with the subject swapped for other subjects of the relation that have the same
+number of tokens ("… of Spain is", "… of Japan is"), so every position lines up. The effect is
+the relative change of the recall metric π(Y) = logit[Y] − mean logit::
+
+    effect_pct = 100 · (π_patched − π_clean) / π_clean      (per prompt, then averaged)
+
+A strongly negative effect marks a component the recall needs. Components: every attention
+head's write a[l,h] (``L{l}H{h}``), every MLP output m[l] (``MLP{l}``) and, as an option, the
+whole residual stream entering a layer r[l] (``RES{l}``).
+
+**Denoising** is the mirror image: run a corrupted prompt (the first same-length corruption of
+each clean prompt) and patch in the *clean* prompt's value of one component. π is still the
+clean answer's; its effect is the share of the clean–corrupted gap the component restores::
+
+    effect_pct = 100 · (π_patched − π_corrupted) / (π_clean − π_corrupted)
+
+(π_corrupted, not π_clean, is the run being changed; dividing by it, as the noising formula
+does by π_clean, would divide by a number near zero.)
+
+Three engines compute the same table:
+
+``naive``
+    one full forward per component (``view.trace`` with an edit at the end position), batched
+    over prompts — the method of the paper's code and of TransformerLens's patching helpers, and
+    the reference in the tests.
+``exact`` (default)
+    a change at the end position alters nothing at earlier positions (attention is causal) and
+    nothing below the patched layer. So the clean run is recorded once, each layer's keys and
+    values of the earlier positions are computed once from it, and a patched variant only
+    recomputes *the end position* from the patched layer upward, its query attending over
+    those cached keys/values plus its own. All variants of a batch of prompts (every component)
+    run layer by layer as one batch: a variant joins the batch at the layer above the
+    component it patches. π needs no full vocabulary: π = N_f(r) · (W_U[:, Y] − mean column of
+    W_U) (+ b_U[Y] − mean b_U). The result equals the naive loop to float precision.
+``attribution``
+    attribution patching (Nanda 2023; Syed et al. 2023): the first-order estimate
+    π_patched − π_clean ≈ (patched value − clean value) · ∂π/∂component, with every gradient
+    from one backward pass through the end position (the earlier positions do not depend on
+    end-position components, so their cached keys/values are constants). Passes: the clean
+    forward, the corrupted forward (shared with the exact engine) and one backward.
+    With ``attribution=True`` it runs beside the exact engine, and the summary reports its
+    Spearman ρ and top-10 overlap with the exact effects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .errors import UserError
+from .lens import recall_metric
+from .models import Model
+from .models.view import ModelView, causal_mask_bias, position_ids_from_mask
+from .pipeline import Stage, register
+from .progress import track
+from .tasks import PromptSet
+from .tasks.prompts import Prompt, batches, corruptions, make_batch
+
+MODES = ("noise", "denoise")
+COMPONENT_KINDS = ("heads", "mlp", "resid")
+ENGINES = ("exact", "naive", "attribution")
+KIND_OF = {"heads": "head", "mlp": "mlp", "resid": "resid"}
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    mode: str = "noise"  # "noise": clean run, corrupted mean patched in (the paper); "denoise": the reverse
+    components: tuple[str, ...] = ("heads", "mlp")  # from "heads", "mlp", "resid"
+    layers: tuple[int, ...] | None = None  # None: every layer
+    top_k: int = 10  # components listed in the summary
+    n_corruptions: int = 10  # corrupted prompts averaged per clean prompt (same token count)
+    engine: str = "exact"
+    attribution: bool = True  # also run attribution patching and report its agreement with exact
+    batch_size: int = 16  # clean prompts per batch (each carries one variant per component)
+    min_prompts: int = 2  # fewer prompts with a same-length corruption than this is an error
+
+
+# --------------------------------------------------------------------------- components
+@dataclass(frozen=True)
+class Component:
+    """One patchable output at the end position."""
+
+    kind: str  # "head" | "mlp" | "resid"
+    layer: int
+    head: int = -1
+
+    @property
+    def name(self) -> str:
+        if self.kind == "head":
+            return f"L{self.layer}H{self.head}"
+        return f"{'MLP' if self.kind == 'mlp' else 'RES'}{self.layer}"
+
+    @property
+    def entry_layer(self) -> int:
+        """The first layer whose input the patch changes (r[l] for RES, r[l+1] otherwise)."""
+        return self.layer if self.kind == "resid" else self.layer + 1
+
+
+def select_components(cfg, kinds: Sequence[str], layers: Sequence[int] | None) -> list[Component]:
+    """Components of ``kinds`` in ``layers``, checked against the model (errors are UserError)."""
+    kinds = list(kinds)
+    unknown = [k for k in kinds if k not in COMPONENT_KINDS]
+    if unknown or not kinds:
+        raise UserError(f"--components: unknown {unknown or 'empty list'}; choose from {', '.join(COMPONENT_KINDS)}")
+    if layers is None:
+        layers = range(cfg.n_layers)
+    layers = sorted(set(int(layer) for layer in layers))
+    bad = [layer for layer in layers if not 0 <= layer < cfg.n_layers]
+    if bad or not layers:
+        raise UserError(f"--layers: {bad or 'empty list'} out of range; the model has layers 0..{cfg.n_layers - 1}")
+    out = []
+    for layer in layers:
+        if "resid" in kinds:
+            out.append(Component("resid", layer))
+        if "heads" in kinds:
+            out.extend(Component("head", layer, h) for h in range(cfg.n_heads))
+        if "mlp" in kinds:
+            out.append(Component("mlp", layer))
+    return out
+
+
+# --------------------------------------------------------------------------- the runs
+@dataclass
+class RunRecord:
+    """End-position activations of one left-padded batch, [B, L, ...] (positions ≤ end for resid_pre)."""
+
+    resid_pre: Tensor  # [B, L, d] at the end
+    resid_mid: Tensor  # [B, L, d]
+    mlp_out: Tensor  # [B, L, d]
+    head_out: Tensor  # [B, L, H, d]
+    resid_final: Tensor  # [B, d]
+
+    def value(self, comp: Component) -> Tensor:
+        """The component's value at the end position, [B, d]."""
+        if comp.kind == "head":
+            return self.head_out[:, comp.layer, comp.head]
+        if comp.kind == "mlp":
+            return self.mlp_out[:, comp.layer]
+        return self.resid_pre[:, comp.layer]
+
+
+@dataclass
+class BaseRun:
+    """The run that is patched: tokens, its end-position record and the cached earlier positions.
+
+    ``prefix_resid`` [B, S-1, L, d] is the residual entering each layer at every position before
+    the end; the keys and values the end position attends to are computed from it once per
+    layer (``kv``) and reused by every patched variant.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    answer_ids: Tensor  # [B] Y of the clean prompt
+    record: RunRecord
+    prefix_resid: Tensor
+    _kv: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def size(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def end_position_ids(self) -> Tensor:
+        return position_ids_from_mask(self.attention_mask)[:, -1]
+
+    def kv(self, view: ModelView, layer: int) -> tuple[Tensor, Tensor]:
+        """Keys and values [B, K, S-1, dh] of the positions before the end at ``layer``."""
+        if layer not in self._kv:
+            lw = view.layer(layer)
+            pos = position_ids_from_mask(self.attention_mask)[:, :-1]
+            _, k, v = view.qkv(layer, view.norm(self.prefix_resid[:, :, layer], lw.ln1), pos)
+            self._kv[layer] = (k, v)
+        return self._kv[layer]
+
+    def prefix_bias(self, view: ModelView, layer: int) -> Tensor:
+        """Additive mask [B, S] for the end query: earlier real tokens (within the window), itself."""
+        mask = self.attention_mask.bool()
+        S = mask.shape[1]
+        allowed = mask.clone()
+        window = view.cfg.window(layer)
+        if window is not None:
+            allowed &= (S - 1 - torch.arange(S, device=mask.device) < window)[None]
+        allowed[:, -1] = True
+        bias = torch.zeros(mask.shape, dtype=view.dtype, device=mask.device)
+        return bias.masked_fill(~allowed, torch.finfo(view.dtype).min)
+
+
+@torch.no_grad()
+def record_run(view: ModelView, input_ids: Tensor, attention_mask: Tensor, answer_ids: Tensor, prefix: bool) -> BaseRun | RunRecord:
+    """One traced forward: the end-position record (and, with ``prefix``, the earlier positions' residuals)."""
+    B, S = input_ids.shape
+    if prefix:
+        positions = torch.arange(S, device=view.device).expand(B, S)
+        t = view.trace(input_ids, attention_mask, positions=positions, record=["resid_pre", "resid_mid", "mlp_out", "z", "resid_final"])
+        end = slice(S - 1, S)
+    else:
+        t = view.trace(input_ids, attention_mask, record=["resid_pre", "resid_mid", "mlp_out", "z", "resid_final"])
+        end = slice(0, 1)
+    z_end = t.z[:, end][:, 0]  # [B, L, H, dh]
+    heads = torch.stack([view.head_outputs(layer, z_end[:, layer]) for layer in range(view.cfg.n_layers)], dim=1)
+    rec = RunRecord(
+        resid_pre=t.resid_pre[:, end][:, 0],
+        resid_mid=t.resid_mid[:, end][:, 0],
+        mlp_out=t.mlp_out[:, end][:, 0],
+        head_out=heads,
+        resid_final=t.resid_final[:, end][:, 0],
+    )
+    if not prefix:
+        return rec
+    return BaseRun(
+        input_ids=input_ids.to(view.device),
+        attention_mask=attention_mask.to(view.device),
+        answer_ids=answer_ids.to(view.device),
+        record=rec,
+        prefix_resid=t.resid_pre[:, : S - 1],
+    )
+
+
+def recall_pi(view: ModelView, resid_final: Tensor, answer_ids: Tensor) -> Tensor:
+    """π(Y) of end-position residuals [B, C, d] (answer_ids [B]) without the full vocabulary.
+
+    logit[Y] − mean logit = N_f(r) · (W_U[:, Y] − mean column) + (b_U[Y] − mean b_U), unless a
+    final softcap makes the logits non-linear in N_f(r) (then the full logits are computed).
+    """
+    x = view.final_norm(resid_final)
+    if view.cfg.final_softcap:
+        logits = view.unembed(x)
+        return recall_metric(logits, answer_ids[:, None].expand(logits.shape[:-1]))
+    W_U = view.weights.W_U
+    direction = W_U[:, answer_ids].T - W_U.mean(dim=1)  # [B, d]
+    pi = torch.einsum("bcd,bd->bc", x, direction)
+    b_U = view.weights.b_U
+    if b_U is not None:
+        pi = pi + (b_U[answer_ids] - b_U.mean())[:, None]
+    return pi
+
+
+def cached_layer(
+    view: ModelView,
+    layer: int,
+    resid: Tensor,
+    positions: Tensor,
+    kv_prefix: tuple[Tensor, Tensor],
+    mask_bias: Tensor,
+    head_delta: Tensor | None = None,
+    mlp_delta: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One layer over the last T positions of C variants per prompt, the earlier P positions cached.
+
+    ``resid`` [B, C, T, d] enters the layer at the recomputed positions (position ids
+    ``positions`` [B, T]); their queries attend over the cached keys/values ``kv_prefix``
+    ([B, K, P, dh], the same for every variant of a prompt: nothing at a later position changes
+    them) and, causally, over their own keys/values. ``mask_bias`` [B, T, P+T] is additive.
+    ``head_delta`` [B, C, T, H, d] / ``mlp_delta`` [B, C, T, d] are added to the heads' writes /
+    the MLP output (attribution patching differentiates through them); with ``head_delta`` the
+    attention output is assembled head by head, as ``trace`` does under a ``head_out`` edit.
+    Returns (resid after the layer, r_mid, the MLP output, z [B, C, T, H, dh]).
+    """
+    cfg = view.cfg
+    B, C, T, d = resid.shape
+    K, g, dh = cfg.n_kv_heads, cfg.group_size, cfg.d_head
+    lw = view.layer(layer)
+    x = view.norm(resid, lw.ln1).reshape(B * C, T, d)
+    q, k, v = view.qkv(layer, x, positions.repeat_interleave(C, dim=0))  # [BC, H, T, dh], [BC, K, T, dh]
+    q = q.reshape(B, C, K, g, T, dh)
+    k = k.reshape(B, C, K, T, dh)
+    v = v.reshape(B, C, K, T, dh)
+    k_pre, v_pre = kv_prefix
+    scores = torch.cat(
+        [torch.einsum("bckgte,bkse->bckgts", q, k_pre), torch.einsum("bckgte,bckse->bckgts", q, k)], dim=-1
+    ) * cfg.scale
+    if cfg.attn_softcap:
+        scores = torch.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
+    scores = scores + mask_bias[:, None, None, None]
+    pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    P = k_pre.shape[2]
+    z = torch.einsum("bckgts,bkse->bckgte", pattern[..., :P], v_pre) + torch.einsum(
+        "bckgts,bckse->bckgte", pattern[..., P:], v
+    )
+    z = z.reshape(B, C, cfg.n_heads, T, dh).transpose(2, 3)  # [B, C, T, H, dh]
+    if head_delta is None:
+        attn = view.attn_output(layer, z)
+    else:
+        raw = view._attn_raw(layer, z)
+        heads = view.head_outputs(layer, z, raw) + head_delta
+        attn = heads.sum(-2)
+        bias = view.head_bias(layer, raw)
+        if bias is not None:
+            attn = attn + bias
+    resid_mid = resid + attn
+    mlp = view.mlp(layer, resid if cfg.parallel_residual else resid_mid)
+    if mlp_delta is not None:
+        mlp = mlp + mlp_delta
+    return resid_mid + mlp, resid_mid, mlp, z
+
+
+def end_layer(
+    view: ModelView,
+    layer: int,
+    resid: Tensor,
+    base: BaseRun,
+    head_delta: Tensor | None = None,
+    mlp_delta: Tensor | None = None,
+) -> Tensor:
+    """Layer ``layer`` at the end position only, for C variants per prompt: [B, C, d] → [B, C, d].
+
+    The end position's query, key and value come from each variant's residual; the keys and
+    values of earlier positions are the base run's (no end-position patch changes them).
+    """
+    out, *_ = cached_layer(
+        view, layer, resid[:, :, None], base.end_position_ids[:, None], base.kv(view, layer),
+        base.prefix_bias(view, layer)[:, None],
+        None if head_delta is None else head_delta[:, :, None], None if mlp_delta is None else mlp_delta[:, :, None],
+    )
+    return out[:, :, 0]
+
+
+@torch.no_grad()
+def corrupted_mean(view: ModelView, base: BaseRun, corrupt_ids: Tensor, weight: Tensor) -> RunRecord:
+    """The weighted mean over corruptions of their end-position record, [B, ...].
+
+    ``corrupt_ids`` [B, n, S] are the corruptions of each base row, aligned with it (same
+    length and padding, only the subject tokens differ); ``weight`` [B, n] sums to 1 per row.
+    Positions before the first column where any corruption differs are the base run's, so only
+    the suffix from the subject on is computed, attending over the base run's cached keys and
+    values — in k-shot prompts the demonstrations before the subject are never recomputed.
+    """
+    cfg = view.cfg
+    B, n, S = corrupt_ids.shape
+    corrupt_ids = corrupt_ids.to(view.device)
+    differs = (corrupt_ids != base.input_ids[:, None]).any(dim=(0, 1)).nonzero()
+    lo = int(differs[0]) if len(differs) else S - 1
+    lo = min(lo, S - 1)
+    T = S - lo
+    positions = position_ids_from_mask(base.attention_mask)[:, lo:]
+    resid = view.embed(corrupt_ids[:, :, lo:].reshape(B * n, T), positions.repeat_interleave(n, dim=0)).reshape(B, n, T, -1)
+    w = weight.to(device=view.device, dtype=view.dtype)
+
+    def mean(x: Tensor) -> Tensor:  # [B, n, ...] -> [B, ...]
+        return (x * w.reshape(B, n, *([1] * (x.dim() - 2)))).sum(1)
+
+    stash: dict[str, list[Tensor]] = {"resid_pre": [], "resid_mid": [], "mlp_out": [], "head_out": []}
+    masks: dict = {}
+    for layer in range(cfg.n_layers):
+        window = cfg.window(layer)
+        if window not in masks:
+            masks[window] = causal_mask_bias(base.attention_mask, n_queries=T, window=window, dtype=view.dtype)[:, 0]
+        k, v = base.kv(view, layer)
+        kv = (k[:, :, :lo], v[:, :, :lo])
+        bias = torch.cat([masks[window][..., :lo], masks[window][..., lo:]], dim=-1)
+        stash["resid_pre"].append(mean(resid[:, :, -1]))
+        new, resid_mid, mlp, z = cached_layer(view, layer, resid, positions, kv, bias)
+        stash["resid_mid"].append(mean(resid_mid[:, :, -1]))
+        stash["mlp_out"].append(mean(mlp[:, :, -1]))
+        stash["head_out"].append(mean(view.head_outputs(layer, z[:, :, -1])))
+        resid = new
+    return RunRecord(
+        resid_pre=torch.stack(stash["resid_pre"], 1),
+        resid_mid=torch.stack(stash["resid_mid"], 1),
+        mlp_out=torch.stack(stash["mlp_out"], 1),
+        head_out=torch.stack(stash["head_out"], 1),
+        resid_final=mean(resid[:, :, -1]),
+    )
+
+
+# --------------------------------------------------------------------------- engines
+@torch.no_grad()
+def exact_pi(view: ModelView, base: BaseRun, patch: RunRecord, components: Sequence[Component]) -> Tensor:
+    """π of every patched variant, [B, C], recomputing only the end position above each patch."""
+    return recall_pi(view, exact_final_resid(view, base, patch, components), base.answer_ids)
+
+
+@torch.no_grad()
+def exact_final_resid(view: ModelView, base: BaseRun, patch: RunRecord, components: Sequence[Component]) -> Tensor:
+    """The final end-position residual of every patched variant, [B, C, d]."""
+    cfg = view.cfg
+    rec = base.record
+    B = base.size
+    by_entry: dict[int, list[int]] = {}
+    for i, comp in enumerate(components):
+        by_entry.setdefault(comp.entry_layer, []).append(i)
+    order: list[int] = []
+    state = rec.resid_pre.new_zeros(B, 0, cfg.d_model)
+    for layer in range(cfg.n_layers + 1):
+        entering = []
+        for i in by_entry.get(layer, []):
+            entering.append(_entry_state(view, rec, patch, components[i]))
+            order.append(i)
+        if entering:
+            state = torch.cat([state, torch.stack(entering, dim=1)], dim=1)
+        if layer < cfg.n_layers and state.shape[1]:
+            state = end_layer(view, layer, state, base)
+    out = torch.empty_like(state)
+    out[:, order] = state
+    return out
+
+
+def _entry_state(view: ModelView, rec: RunRecord, patch: RunRecord, comp: Component) -> Tensor:
+    """The patched end-position residual entering ``comp.entry_layer``, [B, d]."""
+    layer = comp.layer
+    if comp.kind == "resid":
+        return patch.resid_pre[:, layer]
+    if comp.kind == "mlp":
+        return rec.resid_mid[:, layer] + patch.mlp_out[:, layer]
+    # A head: swap its write in r_mid[l], then rerun this layer's MLP (it reads r_mid[l]);
+    # in parallel-residual models the MLP reads r[l], untouched by the patch.
+    resid_mid = rec.resid_mid[:, layer] + patch.head_out[:, layer, comp.head] - rec.head_out[:, layer, comp.head]
+    mlp = rec.mlp_out[:, layer] if view.cfg.parallel_residual else view.mlp(layer, resid_mid)
+    return resid_mid + mlp
+
+
+@torch.no_grad()
+def naive_pi(view: ModelView, base: BaseRun, patch: RunRecord, components: Sequence[Component]) -> Tensor:
+    """π of every patched variant, [B, C], with one full traced forward per component (the reference)."""
+    out = []
+    for comp in components:
+        value = patch.value(comp)
+        site = {"head": "head_out", "mlp": "mlp_out", "resid": "resid_pre"}[comp.kind]
+        t = view.trace(base.input_ids, base.attention_mask, edits={(site, comp.layer): _set_end(value, comp.head)})
+        out.append(recall_metric(t.logits[:, 0], base.answer_ids))
+    return torch.stack(out, dim=1)
+
+
+def _set_end(value: Tensor, head: int) -> Callable[[Tensor], Tensor]:
+    def edit(x: Tensor) -> Tensor:
+        x = x.clone()
+        if head >= 0:
+            x[:, -1, head] = value
+        else:
+            x[:, -1] = value
+        return x
+
+    return edit
+
+
+def attribution_pi(view: ModelView, base: BaseRun, patch: RunRecord, components: Sequence[Component]) -> Tensor:
+    """First-order estimate of π of every patched variant, [B, C], from one backward pass."""
+    cfg = view.cfg
+    rec = base.record
+    B, L, H, d = rec.head_out.shape
+    with torch.enable_grad():
+        resid_deltas = torch.zeros(B, L, d, dtype=view.dtype, device=view.device, requires_grad=True)
+        head_deltas = torch.zeros(B, L, H, d, dtype=view.dtype, device=view.device, requires_grad=True)
+        mlp_deltas = torch.zeros(B, L, d, dtype=view.dtype, device=view.device, requires_grad=True)
+        state = rec.resid_pre[:, None, 0]
+        for layer in range(L):
+            state = state + resid_deltas[:, None, layer]
+            state = end_layer(view, layer, state, base, head_deltas[:, None, layer], mlp_deltas[:, None, layer])
+        pi = recall_pi(view, state, base.answer_ids)[:, 0]
+        pi.sum().backward()
+    pi_clean = pi.detach()
+    grads = {"resid": resid_deltas.grad, "head": head_deltas.grad, "mlp": mlp_deltas.grad}
+    out = []
+    for comp in components:
+        delta = patch.value(comp) - rec.value(comp)
+        g = grads[comp.kind][:, comp.layer, comp.head] if comp.kind == "head" else grads[comp.kind][:, comp.layer]
+        out.append(pi_clean + (delta * g).sum(-1))
+    return torch.stack(out, dim=1)
+
+
+ENGINE_FUNCTIONS = {"exact": exact_pi, "naive": naive_pi, "attribution": attribution_pi}
+
+
+# --------------------------------------------------------------------------- preparing the batches
+@dataclass
+class PatchBatch:
+    """One batch of prompts: the run that is patched, the values patched in, π references."""
+
+    indices: list[int]  # prompt indices (into the filtered prompt set)
+    base: BaseRun
+    patch: RunRecord
+    pi_clean: Tensor  # [B] π of the clean prompt
+    pi_base: Tensor  # [B] π of the unpatched base run (clean in noise mode, corrupted in denoise)
+
+    def effect_pct(self, pi_patched: Tensor, mode: str) -> Tensor:
+        """[B, C] per-prompt effect (see the module docstring for both modes)."""
+        scale = self.pi_clean if mode == "noise" else self.pi_clean - self.pi_base
+        return 100.0 * (pi_patched - self.pi_base[:, None]) / scale[:, None]
+
+
+@dataclass
+class Prepared:
+    prompts: PromptSet  # the clean prompts that have a corruption
+    batches: list[PatchBatch]
+    n_dropped: int  # clean prompts without any same-length corruption
+    n_corruptions: list[int]  # per kept prompt
+
+
+def with_corruptions(prompts: PromptSet, tokenizer, n_corruptions: int, min_prompts: int) -> tuple[PromptSet, list[list[Prompt]], int]:
+    """Keep the prompts that have at least one same-length corruption (UserError when too few do)."""
+    if n_corruptions < 1:
+        raise UserError(f"patch.n_corruptions must be >= 1, got {n_corruptions}")
+    found = [corruptions(p, prompts, tokenizer, limit=n_corruptions) for p in prompts.prompts]
+    keep = [bool(c) for c in found]
+    kept = prompts.subset(keep, reason="no_same_length_corruption")
+    n_dropped = len(prompts) - len(kept)
+    if len(kept) < max(1, min_prompts):
+        raise UserError(
+            f"patch needs at least {max(1, min_prompts)} prompts with a same-length corruption; "
+            f"{len(kept)} of {len(prompts)} known prompts of {prompts.relation.name!r} have one"
+        )
+    return kept, [c for c, k in zip(found, keep) if k], n_dropped
+
+
+def prepare(model: Model, prompts: PromptSet, config: PatchConfig, progress: bool = False) -> Prepared:
+    """The clean and corrupted runs every engine starts from, batch by batch."""
+    _check_config(config, model)
+    view = model.view
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    kept, found, n_dropped = with_corruptions(prompts, model.tokenizer, config.n_corruptions, config.min_prompts)
+    groups = list(batches(kept.prompts, pad_id, config.batch_size))
+    out = []
+    for indices, batch in track(groups, "patch: clean and corrupted runs", total=len(groups), enabled=progress):
+        out.append(_prepare_batch(view, pad_id, indices, batch, [found[i] for i in indices], config))
+    return Prepared(kept, out, n_dropped, [len(c) for c in found])
+
+
+@torch.no_grad()
+def _prepare_batch(view: ModelView, pad_id: int, indices, batch, corrupt: list[list[Prompt]], config: PatchConfig) -> PatchBatch:
+    answers = batch.answer_ids().to(view.device)
+    if config.mode == "noise":
+        base = record_run(view, batch.input_ids, batch.attention_mask, answers, prefix=True)
+        ids, weight = _aligned_corruptions(batch, corrupt)
+        patch = corrupted_mean(view, base, ids, weight)
+        pi_clean = recall_pi(view, base.record.resid_final[:, None], answers)[:, 0]
+        pi_base = pi_clean
+    else:
+        first = [cs[0] for cs in corrupt]
+        fb = make_batch(first, pad_id)
+        base = record_run(view, fb.input_ids, fb.attention_mask, answers, prefix=True)
+        patch = record_run(view, batch.input_ids, batch.attention_mask, answers, prefix=False)
+        pi_clean = recall_pi(view, patch.resid_final[:, None], answers)[:, 0]
+        pi_base = recall_pi(view, base.record.resid_final[:, None], answers)[:, 0]
+    return PatchBatch(list(indices), base, patch, pi_clean, pi_base)
+
+
+def _aligned_corruptions(batch, corrupt: list[list[Prompt]]) -> tuple[Tensor, Tensor]:
+    """Corruption tokens [B, n, S] laid out like their clean row, and mean weights [B, n].
+
+    Rows with fewer than n corruptions repeat their first one with weight 0.
+    """
+    B, S = batch.input_ids.shape
+    n = max(len(cs) for cs in corrupt)
+    ids = batch.input_ids[:, None].repeat(1, n, 1)
+    weight = torch.zeros(B, n)
+    for row, cs in enumerate(corrupt):
+        pad = int(batch.pad[row])
+        for j in range(n):
+            ids[row, j, pad:] = torch.tensor(cs[j if j < len(cs) else 0].input_ids)
+        weight[row, : len(cs)] = 1.0 / len(cs)
+    return ids, weight
+
+
+def _check_config(config: PatchConfig, model: Model) -> None:
+    if config.mode not in MODES:
+        raise UserError(f"patch.mode must be one of {', '.join(MODES)}, got {config.mode!r}")
+    if config.engine not in ENGINES:
+        raise UserError(f"patch.engine must be one of {', '.join(ENGINES)}, got {config.engine!r}")
+    if config.batch_size < 1:
+        raise UserError(f"patch.batch_size must be >= 1, got {config.batch_size}")
+    if config.top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {config.top_k}")
+    select_components(model.cfg, config.components, config.layers)
+
+
+def run_engine(view: ModelView, prepared: Prepared, components: Sequence[Component], engine: str, mode: str) -> np.ndarray:
+    """Per-prompt effects [n_prompts, C] of ``engine`` over every prepared batch."""
+    fn = ENGINE_FUNCTIONS[engine]
+    effects = np.zeros((len(prepared.prompts), len(components)))
+    for pb in prepared.batches:
+        pi = _with_oom_retry(lambda b: fn(view, b.base, b.patch, components), pb)
+        effects[pb.indices] = pb.effect_pct(pi, mode).double().cpu().numpy()
+    return effects
+
+
+def _with_oom_retry(fn: Callable[[PatchBatch], Tensor], pb: PatchBatch) -> Tensor:
+    """Run ``fn`` on the batch; on CUDA out-of-memory, on halves of it (recursively)."""
+    try:
+        return fn(pb)
+    except torch.cuda.OutOfMemoryError:
+        if pb.base.size == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = pb.base.size // 2
+        return torch.cat([_with_oom_retry(fn, _slice_batch(pb, sl)) for sl in (slice(0, half), slice(half, None))])
+
+
+def _slice_batch(pb: PatchBatch, sl: slice) -> PatchBatch:
+    b = pb.base
+    base = BaseRun(b.input_ids[sl], b.attention_mask[sl], b.answer_ids[sl], _slice_record(b.record, sl), b.prefix_resid[sl])
+    return PatchBatch(pb.indices[sl], base, _slice_record(pb.patch, sl), pb.pi_clean[sl], pb.pi_base[sl])
+
+
+def _slice_record(r: RunRecord, sl: slice) -> RunRecord:
+    return RunRecord(*(getattr(r, f.name)[sl] for f in dataclasses.fields(RunRecord)))
+
+
+# --------------------------------------------------------------------------- result
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's ρ (Pearson correlation of average ranks)."""
+    ra = pd.Series(a).rank().to_numpy()
+    rb = pd.Series(b).rank().to_numpy()
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def top_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> int:
+    """How many of the top-k components by |effect| two effect vectors share."""
+    k = min(k, len(a))
+    return len(set(np.argsort(-np.abs(a))[:k]) & set(np.argsort(-np.abs(b))[:k]))
+
+
+@dataclass(frozen=True)
+class PatchResult:
+    prompts: PromptSet
+    components: tuple[Component, ...]
+    effects: np.ndarray = field(repr=False)  # [n_prompts, C] effect_pct of the main engine
+    pi_clean: np.ndarray = field(repr=False)  # [n_prompts]
+    pi_base: np.ndarray = field(repr=False)  # [n_prompts]
+    config: PatchConfig = PatchConfig()
+    n_layers: int = 0
+    n_heads: int = 0
+    n_dropped: int = 0
+    n_corruptions: tuple[int, ...] = ()
+    attribution_effects: np.ndarray | None = field(default=None, repr=False)
+    engine_seconds: float = 0.0
+    attribution_seconds: float | None = None
+
+    def mean_effects(self) -> np.ndarray:
+        return self.effects.mean(axis=0)
+
+    def to_frame(self) -> pd.DataFrame:
+        n, C = self.effects.shape
+        comp = np.repeat(np.arange(C), n)
+        prompt = np.tile(np.arange(n), C)
+        pi_base = self.pi_base[prompt]
+        scale = self.pi_clean[prompt] if self.config.mode == "noise" else self.pi_clean[prompt] - pi_base
+        effect = self.effects.T.reshape(-1)
+        frame = pd.DataFrame({
+            "component": [self.components[c].name for c in comp],
+            "kind": [self.components[c].kind for c in comp],
+            "layer": np.array([self.components[c].layer for c in comp], dtype=np.int64),
+            "head": np.array([self.components[c].head for c in comp], dtype=np.int64),
+            "prompt_index": prompt.astype(np.int64),
+            "pi_clean": self.pi_clean[prompt],
+            "pi_base": pi_base,
+            "pi_patched": pi_base + effect * scale / 100.0,
+            "effect_pct": effect,
+        })
+        if self.attribution_effects is not None:
+            frame["effect_attribution_pct"] = self.attribution_effects.T.reshape(-1)
+        return frame
+
+    def agreement(self) -> dict | None:
+        if self.attribution_effects is None or self.config.engine == "attribution":
+            return None
+        exact = self.mean_effects()
+        approx = self.attribution_effects.mean(axis=0)
+        return {
+            "spearman": spearman(exact, approx),
+            "top10_overlap": top_overlap(exact, approx, 10),
+            "passes": 3,
+            "seconds": self.attribution_seconds,
+        }
+
+    def to_dict(self) -> dict:
+        mean = self.mean_effects()
+        std = self.effects.std(axis=0, ddof=1) if len(self.effects) > 1 else np.zeros_like(mean)
+        order = np.argsort(-np.abs(mean))[: self.config.top_k]
+        out = {
+            "mode": self.config.mode,
+            "engine": self.config.engine,
+            "components": list(self.config.components),
+            "n_components": len(self.components),
+            "n_prompts": int(self.effects.shape[0]),
+            "n_dropped_no_corruption": int(self.n_dropped),
+            "n_corruptions": float(np.mean(self.n_corruptions)) if self.n_corruptions else 0.0,
+            "mean_pi_clean": float(self.pi_clean.mean()),
+            "top_components": [
+                {
+                    "component": self.components[i].name,
+                    "layer": self.components[i].layer,
+                    "head": self.components[i].head,
+                    "effect": float(mean[i]),
+                    "std": float(std[i]),
+                }
+                for i in order
+            ],
+            "engine_seconds": round(self.engine_seconds, 3),
+        }
+        agreement = self.agreement()
+        if agreement is not None:
+            out["attribution"] = agreement
+        return out
+
+    def plot(self):
+        return figures(self.to_frame(), self.to_dict())[0]
+
+
+def figures(frame: pd.DataFrame, summary: dict) -> list:
+    """The layer × head heatmap of mean effects (plus an MLP row and a RES row when patched)."""
+    import plotly.graph_objects as go
+
+    means = frame.groupby(["kind", "layer", "head"], sort=True)["effect_pct"].mean().reset_index()
+    layers = sorted(means["layer"].unique())
+    heads = sorted(means.loc[means["kind"] == "head", "head"].unique())
+    rows = [f"H{h}" for h in heads]
+    kinds = [k for k in ("mlp", "resid") if (means["kind"] == k).any()]
+    rows += [{"mlp": "MLP", "resid": "RES"}[k] for k in kinds]
+    z = np.full((len(rows), len(layers)), np.nan)
+    col = {layer: i for i, layer in enumerate(layers)}
+    for r in means.itertuples():
+        row = heads.index(r.head) if r.kind == "head" else len(heads) + kinds.index(r.kind)
+        z[row, col[r.layer]] = r.effect_pct
+    limit = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[str(layer) for layer in layers], y=rows, colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit,
+        colorbar={"title": "effect %"}, hovertemplate="layer %{x}, %{y}: %{z:.2f}%<extra></extra>",
+    ))
+    mode = summary.get("mode", "noise")
+    fig.update_layout(
+        title=f"Activation patching ({mode}) at the end position: mean % change of π(Y)",
+        xaxis_title="layer", yaxis_title="component", yaxis={"autorange": "reversed"},
+    )
+    return [fig]
+
+
+# --------------------------------------------------------------------------- the stage
+def patch(model: Model, prompts: PromptSet, config: PatchConfig = PatchConfig(), progress: bool = True) -> PatchResult:
+    """Patch every selected component at the end position of every prompt (see the module docstring)."""
+    import time
+
+    _check_config(config, model)
+    components = select_components(model.cfg, config.components, config.layers)
+    prepared = prepare(model, prompts, config, progress=progress)
+    view = model.view
+    start = time.perf_counter()
+    effects = run_engine(view, prepared, components, config.engine, config.mode)
+    engine_seconds = time.perf_counter() - start
+    attribution = None
+    attribution_seconds = None
+    if config.engine == "attribution":
+        attribution = effects
+    elif config.attribution:
+        start = time.perf_counter()
+        attribution = run_engine(view, prepared, components, "attribution", config.mode)
+        attribution_seconds = round(time.perf_counter() - start, 3)
+    n = len(prepared.prompts)
+    pi_clean = np.zeros(n)
+    pi_base = np.zeros(n)
+    for pb in prepared.batches:
+        pi_clean[pb.indices] = pb.pi_clean.double().cpu().numpy()
+        pi_base[pb.indices] = pb.pi_base.double().cpu().numpy()
+    return PatchResult(
+        prompts=prepared.prompts,
+        components=tuple(components),
+        effects=effects,
+        pi_clean=pi_clean,
+        pi_base=pi_base,
+        config=config,
+        n_layers=model.cfg.n_layers,
+        n_heads=model.cfg.n_heads,
+        n_dropped=prepared.n_dropped,
+        n_corruptions=tuple(prepared.n_corruptions),
+        attribution_effects=attribution,
+        engine_seconds=engine_seconds,
+        attribution_seconds=attribution_seconds,
+    )
+
+
+def _normalise(config: PatchConfig) -> PatchConfig:
+    """The CLI hands lists; keep the config hashable and printable."""
+    comps = config.components
+    if isinstance(comps, str):
+        comps = tuple(c.strip() for c in comps.split(",") if c.strip())
+    layers = config.layers
+    if isinstance(layers, int):
+        layers = (layers,)
+    return dataclasses.replace(
+        config, components=tuple(comps), layers=tuple(int(x) for x in layers) if layers is not None else None
+    )
+
+
+def _compute(ctx) -> PatchResult:
+    return patch(ctx.model, ctx.known_prompts(), _normalise(ctx.config("patch")), progress=ctx.progress)
+
+
+register(Stage("patch", ("recall",), PatchConfig, _compute, "causal mediation of every head and MLP at the end position"))
+
+
+def iter_components(result: PatchResult) -> Iterator[tuple[Component, float]]:
+    """(component, mean effect) pairs, strongest first."""
+    mean = result.mean_effects()
+    for i in np.argsort(-np.abs(mean)):
+        yield result.components[i], float(mean[i])

@@ -1,0 +1,185 @@
+"""Stage patch: the exact engine equals the naive one-forward-per-component loop, on a tiny
+model of every family and on smollm2-135m; patching a component with its own value changes
+nothing; attribution patching is the first-order term of the exact effect; bad input is one line."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from models.test_architectures import PAD, VOCAB, random_prompts, tiny_model  # noqa: E402  (tests/ is on sys.path)
+from models.conftest import left_pad  # noqa: E402
+from recallscope import patch as P
+from recallscope.cli import main
+from recallscope.errors import UserError
+from recallscope.models.adapters import extract
+from recallscope.models.view import ModelView
+from recallscope.tasks import build_prompts, load_relation
+
+FAMILIES = ["gpt2", "opt", "gpt_neox_parallel", "gpt_neox_sequential", "llama_gqa", "gemma3_text", "gemma3_text_softcap_bias"]
+
+
+def tiny_setup(name: str, n_corrupt: int = 3):
+    """A tiny random model (float64: the comparisons measure the algorithm, not rounding), a
+    left-padded batch and corruptions that change two middle tokens."""
+    cfg, weights = extract(tiny_model(name))
+    view = ModelView(cfg, weights.to(dtype=torch.float64))
+    prompts = random_prompts(seed=1)
+    ids, mask = left_pad(prompts, PAD)
+    B, S = ids.shape
+    answers = torch.tensor([5, 17, 42])
+    gen = torch.Generator().manual_seed(7)
+    corrupt = ids[:, None].repeat(1, n_corrupt, 1)
+    corrupt[:, :, S - 4 : S - 2] = torch.randint(3, VOCAB - 3, (B, n_corrupt, 2), generator=gen)
+    weight = torch.full((B, n_corrupt), 1.0 / n_corrupt)
+    base = P.record_run(view, ids, mask, answers, prefix=True)
+    return view, base, corrupt, weight
+
+
+def effects(pi: torch.Tensor, pi_clean: torch.Tensor) -> torch.Tensor:
+    return 100.0 * (pi - pi_clean[:, None]) / pi_clean[:, None]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_exact_engine_equals_naive_loop_on_tiny_models(name):
+    view, base, corrupt, weight = tiny_setup(name)
+    patch = P.corrupted_mean(view, base, corrupt, weight)
+    # the suffix-cached corrupted runs equal full traced runs of each corruption, averaged
+    full = [P.record_run(view, corrupt[:, j], base.attention_mask, base.answer_ids, prefix=False) for j in range(corrupt.shape[1])]
+    for f in dataclasses.fields(P.RunRecord):
+        mean = torch.stack([getattr(r, f.name) for r in full]).mean(0)
+        assert (getattr(patch, f.name) - mean).abs().max().item() <= 1e-4 * max(1.0, mean.abs().max().item())
+    comps = P.select_components(view.cfg, ["heads", "mlp", "resid"], None)
+    pi_clean = P.recall_pi(view, base.record.resid_final[:, None], base.answer_ids)[:, 0]
+    exact = P.exact_pi(view, base, patch, comps)
+    naive = P.naive_pi(view, base, patch, comps)
+    diff = (effects(exact, pi_clean) - effects(naive, pi_clean)).abs().max().item()
+    assert diff <= 1e-4, diff
+    # and the patches matter (the test could fail)
+    assert (exact - pi_clean[:, None]).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("name", ["llama_gqa", "gpt_neox_parallel", "gemma3_text"])
+def test_patching_a_component_with_its_own_value_changes_nothing(name):
+    view, base, _, _ = tiny_setup(name)
+    comps = P.select_components(view.cfg, ["heads", "mlp", "resid"], None)
+    pi_clean = P.recall_pi(view, base.record.resid_final[:, None], base.answer_ids)[:, 0]
+    for engine in (P.exact_pi, P.naive_pi, P.attribution_pi):
+        pi = engine(view, base, base.record, comps)
+        assert (pi - pi_clean[:, None]).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["llama_gqa", "gpt2", "gemma3_text"])
+def test_attribution_is_the_first_order_term_of_the_exact_effect(name):
+    view, base, corrupt, weight = tiny_setup(name)
+    far = P.corrupted_mean(view, base, corrupt, weight)
+    eps = 1e-3
+    near = P.RunRecord(*(
+        getattr(base.record, f.name) + eps * (getattr(far, f.name) - getattr(base.record, f.name))
+        for f in dataclasses.fields(P.RunRecord)
+    ))
+    comps = P.select_components(view.cfg, ["heads", "mlp", "resid"], None)
+    pi_clean = P.recall_pi(view, base.record.resid_final[:, None], base.answer_ids)[:, 0]
+    exact = P.exact_pi(view, base, near, comps) - pi_clean[:, None]
+    approx = P.attribution_pi(view, base, near, comps) - pi_clean[:, None]
+    scale = exact.abs().max().item()
+    assert scale > 0
+    assert (exact - approx).abs().max().item() <= 0.05 * scale
+
+
+def test_component_selection_and_bad_input():
+    view, _, _, _ = tiny_setup("llama_gqa")
+    comps = P.select_components(view.cfg, ["heads", "mlp"], [1])
+    assert [c.name for c in comps] == ["L1H0", "L1H1", "L1H2", "L1H3", "MLP1"]
+    assert [c.entry_layer for c in P.select_components(view.cfg, ["resid"], [0, 1])] == [0, 1]
+    with pytest.raises(UserError, match="--components"):
+        P.select_components(view.cfg, ["heads", "attn"], None)
+    with pytest.raises(UserError, match="--layers"):
+        P.select_components(view.cfg, ["heads"], [2])
+
+
+def test_spearman_and_overlap():
+    a = np.array([1.0, -5.0, 3.0, 0.5])
+    assert P.spearman(a, a * 2) == pytest.approx(1.0)
+    assert P.spearman(a, -a) == pytest.approx(-1.0)
+    assert P.top_overlap(a, np.array([0.0, 9.0, 0.1, 0.2]), k=2) == 1
+
+
+# ----------------------------------------------------------------------------- real model
+@pytest.mark.slow
+@pytest.mark.parametrize("shots", [0, 3])
+def test_exact_equals_naive_on_smollm2_subset(smollm2, shots):
+    """float64 view, so the comparison measures the algorithm, not float32 rounding."""
+    view = ModelView(smollm2.cfg, smollm2.view.weights.to(dtype=torch.float64))
+    model64 = dataclasses.replace(smollm2, view=view)
+    ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=shots, max_prompts=4)
+    config = P.PatchConfig(batch_size=4, n_corruptions=3, components=("heads", "mlp", "resid"))
+    prepared = P.prepare(model64, ps, config)
+    comps = P.select_components(smollm2.cfg, ["heads", "mlp", "resid"], [0, 13, 29])
+    exact = P.run_engine(view, prepared, comps, "exact", "noise")
+    naive = P.run_engine(view, prepared, comps, "naive", "noise")
+    assert np.abs(exact - naive).max() <= 1e-4
+    assert np.abs(exact).max() > 1.0  # patches move π by more than a percent somewhere
+
+
+@pytest.mark.slow
+def test_patch_stage_table_summary_and_attribution_agreement(smollm2):
+    ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=0, max_prompts=12)
+    result = P.patch(smollm2, ps, P.PatchConfig(batch_size=12, layers=tuple(range(0, 30, 3))), progress=False)
+    frame = result.to_frame()
+    n = result.effects.shape[0]
+    assert len(frame) == n * len(result.components) == n * 10 * 10
+    assert list(frame.columns[:9]) == ["component", "kind", "layer", "head", "prompt_index", "pi_clean", "pi_base", "pi_patched", "effect_pct"]
+    recomputed = 100 * (frame.pi_patched - frame.pi_clean) / frame.pi_clean
+    assert np.abs(recomputed - frame.effect_pct).max() <= 1e-6
+    summary = result.to_dict()
+    top = summary["top_components"]
+    assert len(top) == 10
+    assert [abs(t["effect"]) for t in top] == sorted((abs(t["effect"]) for t in top), reverse=True)
+    means = frame.groupby("component").effect_pct.mean()
+    assert top[0]["effect"] == pytest.approx(means[top[0]["component"]])
+    assert summary["attribution"]["spearman"] > 0.5
+    assert summary["attribution"]["top10_overlap"] >= 3
+    assert len(P.figures(frame, summary)[0].data[0].y) == 11  # 9 heads + MLP
+
+
+@pytest.mark.slow
+def test_denoise_mode_restores_the_gap(smollm2):
+    ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=0, max_prompts=6)
+    result = P.patch(smollm2, ps, P.PatchConfig(mode="denoise", components=("resid",), layers=(0, 29), attribution=False), progress=False)
+    means = dict(zip((c.name for c in result.components), result.mean_effects()))
+    # patching the clean final-layer residual into the corrupted run restores the whole gap;
+    # the layer-0 residual at the end position ("is") is the same token in both runs: nothing.
+    assert means["RES29"] == pytest.approx(100.0, abs=1e-2)
+    assert abs(means["RES0"]) <= 1e-2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, needle", [
+    (["--components", "heads,attn"], "--components"),
+    (["--layers", "0,30"], "--layers"),
+    (["--set", "patch.n_corruptions=0"], "n_corruptions"),
+])
+def test_cli_bad_input_is_one_line_exit_2(args, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["patch", "--max-prompts", "3", *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+def test_too_few_prompts_with_corruptions_is_a_user_error():
+    from recallscope.tasks.prompts import PromptSet
+
+    no_prompts = PromptSet(_FakeRelation(), 0, 0, ())
+    with pytest.raises(UserError, match="at least 2 prompts with a same-length corruption"):
+        P.with_corruptions(no_prompts, tokenizer=None, n_corruptions=3, min_prompts=2)
+
+
+@dataclasses.dataclass
+class _FakeRelation:
+    name: str = "toy"
+    samples: tuple = ()
