@@ -123,10 +123,20 @@ def rows_table(rows: list[dict], limit: int = ROW_LIMIT) -> str:
                 columns.append(key)
     head = "".join(f"<th>{text(c, 60)}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows[:limit]
+        "<tr>" + "".join(f"<td{_nowrap(row.get(c))}>{cell(row.get(c))}</td>" for c in columns) + "</tr>"
+        for row in rows[:limit]
     )
     note = f'<p class="note">first {limit} of {len(rows):,} rows</p>' if len(rows) > limit else ""
     return f'<div class="scroll"><table class="grid"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>{note}'
+
+
+def _nowrap(value: Any) -> str:
+    """Short values stay on one line (a wide table scrolls; three words stacked in a column do not read)."""
+    try:
+        short = len(json.dumps(value, ensure_ascii=False, default=str)) <= 40
+    except (TypeError, ValueError):
+        short = False
+    return ' class="nw"' if short else ""
 
 
 def is_records(value: Any) -> bool:

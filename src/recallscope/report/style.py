@@ -44,7 +44,10 @@ table.grid th bdi.s, table.kv th bdi.s { white-space: nowrap; }
 .pairs { columns: 3 300px; column-gap: 28px; margin: 8px 0; }
 .pair { break-inside: avoid; padding: 1px 0; overflow-wrap: anywhere; }
 .pair .k { display: inline-block; min-width: 9em; }
-table.grid td { max-width: 32em; overflow-wrap: anywhere; font-variant-numeric: tabular-nums; }
+table.grid td { max-width: 32em; overflow-wrap: break-word; font-variant-numeric: tabular-nums; }
+/* in a cell, "anywhere" would shrink a column to one character; break-word keeps words whole */
+table.grid td bdi.s { overflow-wrap: break-word; }
+table.grid td.nw, table.grid td.nw bdi.s { white-space: nowrap; }
 bdi.s { unicode-bidi: isolate; white-space: pre-wrap; overflow-wrap: anywhere; }
 code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: .85rem; }
 .cut, .note, .none { color: var(--muted); font-size: .85rem; }
