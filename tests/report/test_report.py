@@ -264,3 +264,26 @@ def test_lone_surrogate_in_a_summary_does_not_cost_the_report(h, tmp_path):
     (run / "summary.json").write_text(raw, encoding="utf-8")
     page = write_report(run).read_text(encoding="utf-8")
     assert "bad ? end" in page
+
+
+def test_overview_compares_what_each_sub_run_found(h, tmp_path):
+    root = tmp_path / "multi"
+    found = {
+        0: {"movers": ({"movers": [], "wall_seconds": 1}, None),
+            "decompose": ({"layer": 23, "cv_r2": -0.17}, None)},
+        3: {"movers": ({"movers": ["L15H2", h.SCRIPT]}, None),
+            "suppress": ({"components": [{"component": "L29H0", "is_suppressor": True},
+                                         {"component": "MLP29", "is_suppressor": False}]}, None)},
+    }
+    runs = []
+    for k, extra in found.items():
+        h.write_run(root / f"rel/{k}shot", relation="rel", shots=k, extra_stages=extra)
+        runs.append({"path": f"rel/{k}shot"})
+    (root / "summary.json").write_text(json.dumps({"model": "tiny", "runs": runs}))
+    page = render_report(root)
+    table = page.split("What each run found", 1)[1].split("</table>", 1)[0]
+    heads = re.findall(r"<th>(.*?)</th>", table)
+    assert heads == ["relation", "shots", "mover heads", "MLP layer", "held-out R²", "suppressors"]
+    rows = [re.sub(r"<[^>]+>", "", r) for r in re.findall(r"<tr><td>.*?</tr>", table)]
+    # a stage a run lacks reads "—"
+    assert rows[0] == "rel0none23-0.17—" and rows[1] == "rel3L15H2, " + html.escape(h.SCRIPT) + "——L29H0"

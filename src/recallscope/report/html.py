@@ -467,7 +467,53 @@ def overview(runs: list[Run], root: Path, page: Page) -> str:
         "<th>known</th><th>accuracy</th><th>mean p(Y)</th><th>stages</th><th>folder</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
-    return table + shots_figure(runs, page)
+    return table + findings_table(runs) + shots_figure(runs, page)
+
+
+def _names(records: Any, flag: str | None = None, limit: int = 4) -> str | None:
+    if not is_records(records):
+        return None
+    names = [str(r.get("component", "")) for r in records if flag is None or r.get(flag)]
+    return ", ".join(names[:limit]) + (" …" if len(names) > limit else "") if names else "none"
+
+
+FINDINGS = (  # (column, stage, how to read it from the stage's summary entry)
+    ("top patched component", "patch", lambda e: _names(e.get("top_components"), limit=1)),
+    ("mover heads", "movers", lambda e: ", ".join(map(str, e["movers"])) or "none" if isinstance(e.get("movers"), list) else None),
+    ("MLP layer", "decompose", lambda e: e.get("layer")),
+    ("held-out R²", "decompose", lambda e: e.get("cv_r2")),
+    ("answer-domain share", "intercept", lambda e: e.get("answer_domain_share")),
+    ("suppressors", "suppress", lambda e: _names(e.get("components"), flag="is_suppressor")),
+)
+
+
+def findings_table(runs: list[Run]) -> str:
+    """What each sub-run found, side by side: the shots comparison at a glance."""
+    values = []
+    for run in runs:
+        stages = run.summary.get("stages") or {}
+        row = {}
+        for column, stage, read in FINDINGS:
+            entry = stages.get(stage)
+            if isinstance(entry, dict):
+                try:
+                    row[column] = read(entry)
+                except (KeyError, TypeError, ValueError, IndexError):
+                    row[column] = None
+        values.append(row)
+    columns = [c for c, _, _ in FINDINGS if any(row.get(c) is not None for row in values)]
+    if not columns:
+        return ""
+    head = "<th>relation</th><th>shots</th>" + "".join(f"<th>{esc(c)}</th>" for c in columns)
+    body = "".join(
+        f'<tr><td><a href="#run-{i}">{text(run.summary.get("relation", run.path.name), 80)}</a></td>'
+        f"<td>{cell(run.summary.get('shots'))}</td>" + "".join(f"<td>{cell(row.get(c))}</td>" for c in columns) + "</tr>"
+        for i, (run, row) in enumerate(zip(runs, values))
+    )
+    return (
+        '<h3 class="sub">What each run found</h3><div class="scroll"><table class="grid">'
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    )
 
 
 def shots_figure(runs: list[Run], page: Page) -> str:

@@ -14,6 +14,7 @@ footer { color: var(--muted); font-size: .85rem; padding: 24px; }
 h2 { font-size: 1.2rem; margin: 28px 0 8px; border-bottom: 2px solid var(--accent); padding-bottom: 4px;
      overflow-wrap: anywhere; }
 h3 { font-size: 1.05rem; margin: 0 0 8px; }
+h3.sub { margin: 16px 0 6px; }
 section.stage { border: 1px solid var(--line); border-radius: 8px; padding: 12px 16px; margin: 16px 0; }
 .wall { font-weight: normal; color: var(--muted); font-size: .85rem; margin-left: 8px;
         background: var(--band); border-radius: 10px; padding: 1px 8px; }
