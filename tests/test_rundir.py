@@ -48,3 +48,14 @@ def test_different_configuration_is_refused_without_force(tmp_path):
 def test_json_has_no_nan():
     text = dumps({"a": float("nan"), "b": [float("inf"), 1.5]})
     assert json.loads(text) == {"a": None, "b": [None, 1.5]}
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "s.json", "{}")
+        atomic_write_parquet(tmp_path / "t.parquet", pd.DataFrame({"x": [1]}))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "s.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "t.parquet").stat().st_mode & 0o777 == 0o644
