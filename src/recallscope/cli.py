@@ -196,6 +196,14 @@ def _write_report(out: str):
     return write_report(out)
 
 
+def _fmt(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
 def _print_run(summary: dict) -> None:
     runs = summary.get("runs", [summary])
     table = Table(title=f"recallscope run — {summary.get('model')}")
@@ -214,8 +222,9 @@ def _print_run(summary: dict) -> None:
         for col in ("claim", "value", "95% CI", "verdict"):
             ct.add_column(col)
         for c in claims:
-            ci = f"[{c.get('ci_low')}, {c.get('ci_high')}]" if c.get("ci_low") is not None else "—"
-            ct.add_row(str(c.get("claim")), str(c.get("value")), ci, str(c.get("verdict")))
+            ci = f"[{_fmt(c.get('ci_low'))}, {_fmt(c.get('ci_high'))}]" if c.get("ci_low") is not None else "—"
+            name = str(c.get("claim")) + (f" ({c['relation']})" if c.get("relation") else "")
+            ct.add_row(name, _fmt(c.get("value")), ci, str(c.get("verdict")))
         out_console.print(ct)
 
 

@@ -50,6 +50,9 @@ class Stage:
     config_type: type
     compute: Callable[["StageContext"], Any]
     description: str = ""
+    # Stages whose results this one reads when they exist, without requiring them to run;
+    # a stage is recomputed whenever anything it requires or reads was recomputed.
+    reads: tuple[str, ...] = ()
 
 
 @dataclass
@@ -104,7 +107,7 @@ def register(stage: Stage) -> Stage:
 register(Stage("recall", (), RecallConfig, _recall_stage, "score the prompts; keep the known ones"))
 
 # Stages of later modules register themselves on import; the order here is the pipeline's order.
-PIPELINE_ORDER = ("recall", "patch", "movers", "decompose", "intercept", "suppress")
+PIPELINE_ORDER = ("recall", "patch", "movers", "decompose", "intercept", "suppress", "claims")
 
 
 def _load_stage_modules() -> None:
@@ -232,11 +235,15 @@ def execute(
                 if old_manifest.get("stage_configs", {}).get(name) == stage_configs.get(name) and rundir.has_stage(name):
                     summary["stages"][name] = data
         rundir.write_manifest(manifest(run, model, configs, relation))
+    recomputed: set[str] = set()
     for name in resolve(targets):
-        if name in summary["stages"] and rundir is not None and rundir.has_stage(name):
+        upstream = _upstream(name)
+        if name in summary["stages"] and rundir is not None and rundir.has_stage(name) and not (upstream & recomputed):
             ctx.summaries[name] = summary["stages"][name]
             log(f"{name}: reused from {rundir.path}")
             continue
+        recomputed.add(name)
+        summary["stages"].pop(name, None)
         start = time.perf_counter()
         result = STAGES[name].compute(ctx)
         data = result.to_dict()
@@ -255,11 +262,40 @@ def execute(
     return ctx, summary
 
 
+def _shot_claims(relations, shots, patch_frames, overrides) -> list[dict]:
+    """Claim 6 (few-shot engages the same heads earlier), per relation: fewest vs most shots."""
+    from .claims import shot_claim
+
+    cfg = make_configs(overrides)["claims"]
+    out = []
+    for rel in relations:
+        low, high = shots[0], shots[-1]
+        claim = shot_claim(_slug(rel), (low, patch_frames.get((rel, low))), (high, patch_frames.get((rel, high))), cfg)
+        out.append({**dataclasses.asdict(claim), "relation": _slug(rel)})
+    return out
+
+
+def _upstream(name: str) -> set[str]:
+    """Every stage ``name`` requires or reads, transitively."""
+    seen: set[str] = set()
+    todo = list(STAGES[name].requires + STAGES[name].reads)
+    while todo:
+        dep = todo.pop()
+        if dep in seen or dep not in STAGES:
+            continue
+        seen.add(dep)
+        todo += STAGES[dep].requires + STAGES[dep].reads
+    return seen
+
+
 def _update_top_level(summary: dict, ctx: StageContext) -> None:
     rec = summary["stages"].get("recall")
     if rec:
         for key in ("n_prompts", "n_known", "accuracy", "mean_p_answer"):
             summary[key] = rec[key]
+    claims = summary["stages"].get("claims")
+    if claims:
+        summary["claims"] = claims["claims"]
 
 
 def _slug(text: str) -> str:
@@ -300,19 +336,26 @@ def execute_many(
     model = load_model(base.model, device=base.device, dtype=base.dtype)
     single = len(relations) == 1 and len(shots_list) == 1
     runs = []
+    patch_frames: dict[tuple[str, int], Any] = {}
     for rel in relations:
         for k in shots_list:
             run = dataclasses.replace(base, relation=rel, shots=k)
             sub = out if (single or out is None) else str(Path(out) / _slug(rel) / f"{k}shot")
             log(f"— {rel}, {k}-shot" + (f" → {sub}" if sub else ""))
-            _, summary = execute(run, targets, out=sub, overrides=overrides, force=force, model=model,
-                                 progress=progress, log=log)
+            ctx, summary = execute(run, targets, out=sub, overrides=overrides, force=force, model=model,
+                                   progress=progress, log=log)
+            try:
+                patch_frames[(rel, k)] = ctx.frame("patch")
+            except KeyError:
+                pass
             if not single and sub is not None:
                 summary = {**summary, "path": str(Path(sub).relative_to(out))}
             runs.append(summary)
     if single:
         return runs[0]
     combined = {"model": model.name, "model_hash": model.model_hash, "runs": runs}
+    if "claims" in STAGES and len(set(shots_list)) > 1:
+        combined["claims"] = _shot_claims(relations, sorted(set(shots_list)), patch_frames, overrides)
     if out is not None:
         rundir = RunDir(out)
         rundir.create()
