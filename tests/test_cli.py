@@ -84,3 +84,15 @@ def test_recall_json_and_resume(tmp_path):
     assert json.loads(again.stdout)["stages"]["recall"] == summary["stages"]["recall"]
     other = cli("recall", "--max-prompts", "30", "--shots", "1", "--json", "--out", str(out))
     assert_one_line_error(other, "different configuration")
+
+
+def test_flag_that_does_not_apply_to_the_verb():
+    assert_one_line_error(cli("suppress", "--layer", "3"), "does not apply to `recallscope suppress`")
+
+
+def test_stage_flags_go_to_the_verbs_stage():
+    from recallscope.cli import _flag_overrides
+
+    assert _flag_overrides("decompose", {"layer": 12, "solver": "sgd"}) == {"decompose.layer": 12, "decompose.solver": "sgd"}
+    assert _flag_overrides("movers", {"layer": 23, "head": 4}) == {"movers.layer": 23, "movers.head": 4}
+    assert _flag_overrides("patch", {"layers": [1, 2]}) == {"patch.layers": [1, 2]}

@@ -110,6 +110,31 @@ def _run_stages(
     return summary
 
 
+# Which stage setting each stage-specific flag sets, per verb: `decompose --layer 12` fits MLP 12
+# without also restricting the movers stage it runs first to layer 12's heads.
+FLAG_TARGETS: dict[str, dict[str, str]] = {
+    "layer": {"movers": "movers.layer", "decompose": "decompose.layer", "intercept": "decompose.layer"},
+    "head": {"movers": "movers.head"},
+    "top_k": {"patch": "patch.top_k", "movers": "movers.top_k", "intercept": "intercept.top_k"},
+    "solver": {"decompose": "decompose.solver", "intercept": "decompose.solver"},
+    "layers": {s: "patch.layers" for s in ("patch", "movers", "decompose", "intercept")},
+    "components": {s: "patch.components" for s in ("patch", "movers", "decompose", "intercept")},
+}
+
+
+def _flag_overrides(stage: str, flags: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for name, value in flags.items():
+        if value is None:
+            continue
+        target = FLAG_TARGETS[name].get(stage)
+        if target is None:
+            verbs = ", ".join(FLAG_TARGETS[name])
+            raise UserError(f"--{name.replace('_', '-')} does not apply to `recallscope {stage}` (it applies to: {verbs})")
+        out[target] = value
+    return out
+
+
 def _stage_command(stage: str):
     def command(
         model: str = typer.Option("smollm2-135m", "--model", "-m", help="Alias, hub id or local directory."),
@@ -131,14 +156,14 @@ def _stage_command(stage: str):
         settings: list[str] = typer.Option([], "--set", help="Stage setting, e.g. --set patch.mode=denoise (repeatable)."),
     ) -> None:
         overrides = _parse_set(settings)
-        overrides.update({
+        overrides.update(_flag_overrides(stage, {
             "layer": layer,
             "layers": _split_list(layers, int) or None,
             "head": head,
             "components": _split_list(components) or None,
             "solver": solver,
             "top_k": top_k,
-        })
+        }))
         summary = _run_stages([stage], model, relation, shots, out, seed, max_prompts, device, dtype, as_json, force, overrides)
         _print_summary(stage, summary, as_json)
 
