@@ -115,10 +115,10 @@ def test_exact_equals_naive_on_smollm2_subset(smollm2, shots):
     """float64 view, so the comparison measures the algorithm, not float32 rounding."""
     view = ModelView(smollm2.cfg, smollm2.view.weights.to(dtype=torch.float64))
     model64 = dataclasses.replace(smollm2, view=view)
-    ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=shots, max_prompts=4)
-    config = P.PatchConfig(batch_size=4, n_corruptions=3, components=("heads", "mlp", "resid"))
+    ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=shots, max_prompts=2)
+    config = P.PatchConfig(batch_size=2, n_corruptions=2, components=("heads", "mlp", "resid"))
     prepared = P.prepare(model64, ps, config)
-    comps = P.select_components(smollm2.cfg, ["heads", "mlp", "resid"], [0, 13, 29])
+    comps = P.select_components(smollm2.cfg, ["heads", "mlp", "resid"], [0, 29])[::2]
     exact = P.run_engine(view, prepared, comps, "exact", "noise")
     naive = P.run_engine(view, prepared, comps, "naive", "noise")
     assert np.abs(exact - naive).max() <= 1e-4
@@ -143,7 +143,7 @@ def test_patch_stage_table_summary_and_attribution_agreement(smollm2):
     assert top[0]["effect"] == pytest.approx(means[top[0]["component"]])
     assert summary["attribution"]["spearman"] > 0.5
     assert summary["attribution"]["top10_overlap"] >= 3
-    assert len(P.figures(frame, summary)[0].data[0].y) == 11  # 9 heads + MLP
+    assert len(P.figures(frame, summary)[0].data[0].y) == 10  # 9 heads + MLP
 
 
 @pytest.mark.slow

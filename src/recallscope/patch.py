@@ -278,17 +278,21 @@ def cached_layer(
     k = k.reshape(B, C, K, T, dh)
     v = v.reshape(B, C, K, T, dh)
     k_pre, v_pre = kv_prefix
-    scores = torch.cat(
-        [torch.einsum("bckgte,bkse->bckgts", q, k_pre), torch.einsum("bckgte,bckse->bckgts", q, k)], dim=-1
-    ) * cfg.scale
+    if T == 1:  # the end position alone (the exact engine): its own key is one dot product
+        own = (q * k[:, :, :, None]).sum(-1, keepdim=True)
+    else:
+        own = torch.einsum("bckgte,bckse->bckgts", q, k)
+    scores = torch.cat([torch.einsum("bckgte,bkse->bckgts", q, k_pre), own], dim=-1) * cfg.scale
     if cfg.attn_softcap:
         scores = torch.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
     scores = scores + mask_bias[:, None, None, None]
     pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     P = k_pre.shape[2]
-    z = torch.einsum("bckgts,bkse->bckgte", pattern[..., :P], v_pre) + torch.einsum(
-        "bckgts,bckse->bckgte", pattern[..., P:], v
-    )
+    z = torch.einsum("bckgts,bkse->bckgte", pattern[..., :P], v_pre)
+    if T == 1:
+        z = z + pattern[..., P:] * v[:, :, :, None]
+    else:
+        z = z + torch.einsum("bckgts,bckse->bckgte", pattern[..., P:], v)
     z = z.reshape(B, C, cfg.n_heads, T, dh).transpose(2, 3)  # [B, C, T, H, dh]
     if head_delta is None:
         attn = view.attn_output(layer, z)
