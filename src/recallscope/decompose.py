@@ -157,8 +157,10 @@ def solve_lstsq(regressors: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     m = target.double()
     x_mean, m_mean = x.mean(0), m.mean(0)
     xc, mc = x - x_mean, m - m_mean
-    gram = torch.einsum("nkd,njd->kj", xc, xc)
-    rhs = torch.einsum("nkd,nd->k", xc, mc)
+    # One BLAS product over the flattened (prompt, dimension) axis: G = X Xᵀ, r = X m.
+    flat = xc.transpose(0, 1).reshape(xc.shape[1], -1)
+    gram = flat @ flat.T
+    rhs = flat @ mc.reshape(-1)
     # Minimum-norm least squares (SVD-based on CPU): exact when G is invertible, still defined
     # when two regressors are collinear.
     coef = torch.linalg.lstsq(gram.cpu(), rhs.cpu()[:, None], driver="gelsd").solution[:, 0].to(x.device)

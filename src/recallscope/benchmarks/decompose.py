@@ -1,10 +1,12 @@
 """lstsq vs the paper's SGD recipe on the same decomposition problem (same prompts, same layer).
 
-Both solve min Σ‖m − Σ c a − c_r r − b‖²; the ratio is SGD's wall time (60,000 steps, the stage's
-default engine "gram", input statistics included) over lstsq's. ``max_coef_diff`` = max |Δc| over
-regressors; the target (≥ 1000×, ≤ 0.01) is claimed only when SGD converged. The literal engine
-("data": every prediction recomputed each step, torch.optim.SGD, float32) is timed over
-``DATA_STEPS`` steps and reported per step beside it, not extrapolated into the ratio.
+Both solve min Σ‖m − Σ c a − c_r r − b‖². ``ratio`` is the paper's recipe — torch.optim.SGD,
+lr 0.005, momentum 0.99, 60,000 full-batch steps that each predict every prompt (the "data"
+engine) — over lstsq. Running the recipe in full takes hours on two cores, so it is timed over
+``DATA_STEPS`` steps and scaled to 60,000, and the line says so (``sgd_recipe_extrapolated``).
+``ratio_vs_gram_engine`` compares lstsq with recallscope's own SGD engine ("gram": the same
+steps computed from precomputed sums), run in full; its coefficients give ``max_coef_diff`` and
+``sgd_converged``. The target (≥ 1000×, max |Δc| ≤ 0.01) is claimed only when SGD converged.
 """
 
 from __future__ import annotations
@@ -38,15 +40,18 @@ def run(options) -> Iterator[dict]:
         fit_sgd(reg.values, reg.target, DecomposeConfig(solver="sgd", sgd_engine="data", sgd_steps=DATA_STEPS), reference=exact)
         data_per_step = (time.perf_counter() - start) / DATA_STEPS
         diff = float(np.abs(sgd.coef - exact.coef).max())
-        ratio = sgd.seconds / exact.seconds
+        recipe_seconds = data_per_step * DecomposeConfig().sgd_steps
+        ratio = recipe_seconds / exact.seconds
         yield {
             "bench": "decompose_lstsq_vs_sgd",
             "model": options.model, "relation": options.relation, "shots": shots, "layer": layer,
             "n_prompts": len(known), "n_regressors": int(reg.values.shape[1]),
             "lstsq_seconds": round(exact.seconds, 5), "sgd_seconds": round(sgd.seconds, 3),
-            "ratio": round(ratio, 1), "max_coef_diff": diff, "sgd_converged": sgd.converged,
+            "ratio": round(ratio, 1), "sgd_recipe_seconds": round(recipe_seconds, 1),
+            "sgd_recipe_extrapolated": f"torch.optim.SGD timed over {DATA_STEPS} steps, scaled to 60,000",
+            "ratio_vs_gram_engine": round(sgd.seconds / exact.seconds, 1),
+            "max_coef_diff": diff, "sgd_converged": sgd.converged,
             "sgd_loss": sgd.loss, "lstsq_loss": exact.loss, "r2_lstsq": exact.r2, "r2_sgd": sgd.r2,
             "sgd_engine": "gram", "data_engine_seconds_per_step": round(data_per_step, 6),
-            "data_engine_60k_steps_estimate_s": round(data_per_step * 60_000, 1),
             "target_met": bool(sgd.converged and ratio >= 1000 and diff <= 0.01),
         }
