@@ -117,7 +117,7 @@ FLAG_TARGETS: dict[str, dict[str, str]] = {
     "head": {"movers": "movers.head"},
     "top_k": {"patch": "patch.top_k", "movers": "movers.top_k", "intercept": "intercept.top_k"},
     "solver": {"decompose": "decompose.solver", "intercept": "decompose.solver"},
-    "layers": {s: "patch.layers" for s in ("patch", "movers", "decompose", "intercept")},
+    "layers": {**{s: "patch.layers" for s in ("patch", "movers", "decompose", "intercept")}, "suppress": "suppress.layers"},
     "components": {s: "patch.components" for s in ("patch", "movers", "decompose", "intercept")},
 }
 
