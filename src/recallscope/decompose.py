@@ -582,6 +582,24 @@ def strongest_head(movers_summary: dict | None, patch: pd.DataFrame | None) -> t
     raise UserError("decompose: no mover head and no patching result to choose a layer from; give --layer")
 
 
+def check_config(config: DecomposeConfig, model) -> None:
+    """The given layer, the solver and the fold count, checked before any stage runs."""
+    cfg = model.cfg
+    if config.layer is not None:
+        if not 0 <= config.layer < cfg.n_layers:
+            raise UserError(f"--layer {config.layer} out of range: the model has layers 0..{cfg.n_layers - 1}")
+        if config.layer == 0 and cfg.parallel_residual:
+            raise UserError(f"--layer {config.layer}: in a parallel-residual model the MLP of layer 0 reads no head")
+    if config.solver not in ("lstsq", "sgd"):
+        raise UserError(f"--solver must be lstsq or sgd, got {config.solver!r}")
+    if config.sgd_engine not in ("gram", "data"):
+        raise UserError(f"decompose.sgd_engine must be 'gram' or 'data', got {config.sgd_engine!r}")
+    if config.folds < 2:
+        raise UserError(f"decompose.folds must be >= 2, got {config.folds}")
+    if config.earlier_layers < 0:
+        raise UserError(f"decompose.earlier_layers must be >= 0, got {config.earlier_layers}")
+
+
 def choose_layer(config: DecomposeConfig, n_layers: int, mlp_reads_own_heads: bool, movers_summary, patch) -> tuple[int, str]:
     if config.layer is not None:
         if not 0 <= config.layer < n_layers:
@@ -655,4 +673,5 @@ def compute(ctx: StageContext) -> DecomposeResult:
     return decompose(acts, layer, config, seed=ctx.run.seed, layer_reason=reason, progress=ctx.progress)
 
 
-register(Stage("decompose", ("movers",), DecomposeConfig, compute, "MLP output as per-head coefficients plus an intercept"))
+register(Stage("decompose", ("movers",), DecomposeConfig, compute, "MLP output as per-head coefficients plus an intercept",
+               check=check_config))

@@ -291,4 +291,10 @@ def compute(ctx: StageContext) -> InterceptResult:
     )
 
 
-register(Stage("intercept", ("decompose",), InterceptConfig, compute, "the intercept as function application; redirect test"))
+def check_config(config: InterceptConfig, model=None) -> None:
+    if config.top_k < 1 or config.n_random < 1:
+        raise UserError(f"intercept: top_k and n_random must be >= 1, got {config.top_k} and {config.n_random}")
+
+
+register(Stage("intercept", ("decompose",), InterceptConfig, compute, "the intercept as function application; redirect test",
+               check=check_config))

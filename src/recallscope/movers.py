@@ -408,8 +408,8 @@ def top_heads_from_patch(patch: pd.DataFrame, top_k: int) -> tuple[list[tuple[in
     return ranked[:top_k], effects
 
 
-def candidates_for(config: MoversConfig, n_layers: int, n_heads: int, patch: pd.DataFrame | None):
-    """(candidates, effects, selection) for a config; the patch table is read only for heads="top"."""
+def check_config(config: MoversConfig, n_layers: int, n_heads: int) -> None:
+    """Layer, head and choices in range for the model (UserError otherwise)."""
     if config.head is not None and config.layer is None:
         raise UserError("--head needs --layer (the head's layer)")
     if config.layer is not None and not 0 <= config.layer < n_layers:
@@ -420,6 +420,11 @@ def candidates_for(config: MoversConfig, n_layers: int, n_heads: int, patch: pd.
         raise UserError(f"movers.heads must be 'top' or 'all', got {config.heads!r}")
     if config.top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {config.top_k}")
+
+
+def candidates_for(config: MoversConfig, n_layers: int, n_heads: int, patch: pd.DataFrame | None):
+    """(candidates, effects, selection) for a config; the patch table is read only for heads="top"."""
+    check_config(config, n_layers, n_heads)
     effects = None
     if patch is not None and (patch["kind"] == "head").any():
         _, effects = top_heads_from_patch(patch, 1)
@@ -500,4 +505,5 @@ def compute(ctx: StageContext) -> MoversResult:
     return movers(ctx.model, prompts, config, patch=patch, progress=ctx.progress)
 
 
-register(Stage("movers", ("patch",), MoversConfig, compute, "mover heads: attention to the subject, projection, OV copying"))
+register(Stage("movers", ("patch",), MoversConfig, compute, "mover heads: attention to the subject, projection, OV copying",
+               check=lambda config, model: check_config(config, model.cfg.n_layers, model.cfg.n_heads)))

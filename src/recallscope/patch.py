@@ -802,7 +802,8 @@ def _compute(ctx) -> PatchResult:
     return patch(ctx.model, ctx.known_prompts(), _normalise(ctx.config("patch")), progress=ctx.progress)
 
 
-register(Stage("patch", ("recall",), PatchConfig, _compute, "causal mediation of every head and MLP at the end position"))
+register(Stage("patch", ("recall",), PatchConfig, _compute, "causal mediation of every head and MLP at the end position",
+               check=_check_config))
 
 
 def iter_components(result: PatchResult) -> Iterator[tuple[Component, float]]:

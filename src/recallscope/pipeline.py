@@ -53,6 +53,9 @@ class Stage:
     # Stages whose results this one reads when they exist, without requiring them to run;
     # a stage is recomputed whenever anything it requires or reads was recomputed.
     reads: tuple[str, ...] = ()
+    # Checks the stage's config against the model (layer/head ranges, choices) before any stage
+    # runs, so a bad flag fails in a second rather than after the stages before it.
+    check: Callable[[Any, Model], None] | None = None
 
 
 @dataclass
@@ -168,6 +171,15 @@ def make_configs(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     return configs
 
 
+def check_stages(targets: list[str], configs: dict[str, Any], model: Model) -> list[str]:
+    """Check each needed stage's config against the model before anything runs; the stages in order."""
+    order = resolve(targets)
+    for name in order:
+        if STAGES[name].check is not None:
+            STAGES[name].check(configs[name], model)
+    return order
+
+
 def versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0], "recallscope": __version__, "platform": platform.platform()}
     for pkg in ("torch", "transformers", "gguf", "numpy", "pandas", "pyarrow", "plotly"):
@@ -221,6 +233,7 @@ def execute(
         model = load_model(run.model, device=run.device, dtype=run.dtype)
     prompts = build_prompts(relation, model.tokenizer, shots=run.shots, seed=run.seed, max_prompts=run.max_prompts)
     ctx = StageContext(model=model, run=run, prompts=prompts, configs=configs, rundir=rundir, progress=progress)
+    order = check_stages(targets, configs, model)
     summary = summary_header(run, model, prompts)
     summary["stages"] = {}
     stage_configs = {k: dataclasses.asdict(v) for k, v in configs.items()}
@@ -236,7 +249,7 @@ def execute(
                     summary["stages"][name] = data
         rundir.write_manifest(manifest(run, model, configs, relation))
     recomputed: set[str] = set()
-    for name in resolve(targets):
+    for name in order:
         upstream = _upstream(name)
         if name in summary["stages"] and rundir is not None and rundir.has_stage(name) and not (upstream & recomputed):
             ctx.summaries[name] = summary["stages"][name]
@@ -305,6 +318,11 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:80] or "relation"
 
 
+def _combined_identity(base: RunConfig, model: Model, relations: list[str], shots_list: list[int]) -> dict:
+    shared = {k: v for k, v in base.identity().items() if k not in ("relation", "shots")}
+    return {**shared, "model_hash": model.model_hash, "relations": relations, "shots": shots_list}
+
+
 def execute_many(
     base: RunConfig,
     relations: list[str],
@@ -335,6 +353,17 @@ def execute_many(
         RunDir(out)  # refuses a file
     model = load_model(base.model, device=base.device, dtype=base.dtype)
     single = len(relations) == 1 and len(shots_list) == 1
+    # Everything that can be refused is refused before the first stage runs: stage settings out of
+    # range for the model, and a sub-run directory holding another configuration.
+    check_stages(targets, make_configs(overrides), model)
+    if out is not None:
+        if not single:
+            RunDir(out).check_same_config(_combined_identity(base, model, relations, shots_list), force)
+        for rel in relations:
+            for k in shots_list:
+                sub = out if single else str(Path(out) / _slug(rel) / f"{k}shot")
+                identity = {**dataclasses.replace(base, relation=rel, shots=k).identity(), "model_hash": model.model_hash}
+                RunDir(sub).check_same_config(identity, force)
     runs = []
     patch_frames: dict[tuple[str, int], Any] = {}
     for rel in relations:
@@ -360,7 +389,7 @@ def execute_many(
         rundir = RunDir(out)
         rundir.create()
         rundir.write_manifest({
-            "identity": {"model": base.model, "model_hash": model.model_hash, "relations": relations, "shots": shots_list},
+            "identity": _combined_identity(base, model, relations, shots_list),
             "run": dataclasses.asdict(base),
             "model": model.describe(),
             "versions": versions(),

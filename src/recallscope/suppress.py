@@ -645,4 +645,10 @@ def compute(ctx: StageContext) -> SuppressResult:
     return suppress(ctx.model, ctx.known_prompts(), ctx.unknown_prompts(), ctx.config("suppress"), progress=ctx.progress)
 
 
-register(Stage("suppress", ("recall",), SuppressConfig, compute, "anti-overconfidence: final-layer DLA to Y, suppressors, mitigation"))
+def check_config(config: SuppressConfig, model) -> None:
+    validate(config)
+    resolve_layers(config, model.cfg.n_layers)
+
+
+register(Stage("suppress", ("recall",), SuppressConfig, compute, "anti-overconfidence: final-layer DLA to Y, suppressors, mitigation",
+               check=check_config))
