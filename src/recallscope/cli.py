@@ -328,6 +328,22 @@ def bench_command(
                 out_console.print(line)
 
 
+def _click_exceptions(name: str) -> tuple[type, ...]:
+    """``name`` from click and from the copy of click that typer >= 0.2x vendors (``typer._click``):
+    typer raises its own copy's classes, which ``click.UsageError`` does not catch."""
+    modules = [click.exceptions]
+    try:
+        from typer._click import exceptions as vendored
+    except ImportError:
+        vendored = None
+    if vendored is not None:
+        modules.append(vendored)
+    found = tuple(getattr(m, name) for m in modules if hasattr(m, name))
+    if name in ("Exit", "Abort") and hasattr(typer, name):
+        found += (getattr(typer, name),)
+    return tuple(dict.fromkeys(found))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line and exit 2 for bad input, never a traceback for it."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -336,14 +352,16 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         err_console.print(f"recallscope: error: {exc}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.NoArgsIsHelpError:
+    except _click_exceptions("NoArgsIsHelpError") as exc:
+        out_console.print(exc.ctx.get_help() if getattr(exc, "ctx", None) else "", highlight=False, markup=False)
         sys.exit(0)
-    except click.UsageError as exc:
-        err_console.print(f"recallscope: error: {exc.format_message()}", highlight=False, markup=False, soft_wrap=True)
+    except _click_exceptions("UsageError") as exc:
+        message = " ".join(exc.format_message().split())
+        err_console.print(f"recallscope: error: {message}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except _click_exceptions("Exit") as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except _click_exceptions("Abort"):
         err_console.print("recallscope: interrupted", highlight=False)
         sys.exit(130)
     except KeyboardInterrupt:

@@ -364,6 +364,7 @@ def execute_many(
                 sub = out if single else str(Path(out) / _slug(rel) / f"{k}shot")
                 identity = {**dataclasses.replace(base, relation=rel, shots=k).identity(), "model_hash": model.model_hash}
                 RunDir(sub).check_same_config(identity, force)
+        RunDir(out).create()  # an unwritable --out fails here, before any stage
     runs = []
     patch_frames: dict[tuple[str, int], Any] = {}
     for rel in relations:

@@ -94,7 +94,11 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"--out {self.path}: cannot create the directory ({exc.strerror})") from exc
+            parent = self.path.absolute().parent
+            while not parent.exists() and parent != parent.parent:
+                parent = parent.parent
+            where = f": {parent} is a file" if parent.is_file() else f" in {parent} ({exc.strerror})"
+            raise UserError(f"--out {self.path}: cannot create the directory{where}") from exc
         if not os.access(self.path, os.W_OK):
             raise UserError(f"--out {self.path}: the directory is not writable")
         for stale in self.path.glob(".*.tmp"):

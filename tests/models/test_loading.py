@@ -70,3 +70,35 @@ def test_cached_model_gives_the_gguf_model_logits(smollm2):
         b = smollm2.hf(ids).logits
     assert torch.allclose(a, b, atol=1e-5)
     assert smollm2.info["loaded_from"] in ("cache", "gguf")
+
+
+@pytest.mark.slow
+def test_corrupt_cache_is_rebuilt_from_the_gguf(smollm2, tmp_path, monkeypatch, capfd):
+    """A cache whose weights fail their hash is not loaded: it is rebuilt (~20 s) and says so."""
+    import json
+
+    import torch
+
+    original = gguf.cache_dir(SMOL)
+    monkeypatch.setenv("RECALLSCOPE_CACHE", str(tmp_path))
+    copy = gguf.cache_dir(SMOL)
+    assert copy != original and copy.is_relative_to(tmp_path)
+    shutil.copytree(original, copy)
+    weights = next(copy.glob("*.safetensors"))
+    with open(weights, "r+b") as handle:  # truncated: a half-written file
+        handle.truncate(weights.stat().st_size // 2)
+    assert not gguf.cache_is_valid(copy)
+
+    model = load_model("smollm2-135m")
+    assert model.info["loaded_from"] == "gguf" and model.info["cache_rebuilt"] is True
+    assert "failed its hash check; rebuilding" in capfd.readouterr().err
+    assert gguf.cache_is_valid(copy)
+    recorded = json.loads((copy / "recallscope-cache.json").read_text())["files"]
+    expected = json.loads((original / "recallscope-cache.json").read_text())["files"]
+    assert recorded[weights.name]["sha256"] == expected[weights.name]["sha256"]  # the same bytes as before
+    assert not list(copy.parent.glob(".*"))  # no temporary directory left behind
+    ids = smollm2.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(model.hf(ids).logits, smollm2.hf(ids).logits)
+    again = load_model("smollm2-135m")  # the next load uses the rebuilt cache
+    assert again.info["loaded_from"] == "cache"

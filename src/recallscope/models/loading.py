@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -149,6 +150,11 @@ def load_embedded(alias: str, dtype: torch.dtype, use_cache: bool = True):
             tokenizer = AutoTokenizer.from_pretrained(directory)
             info["loaded_from"] = "cache"
         else:
+            if use_cache and directory.exists():
+                # stdout is the --json channel; a note on stderr says why this load is slow.
+                print(f"recallscope: the weight cache {directory} failed its hash check; rebuilding it from the GGUF file",
+                      file=sys.stderr)
+                info["cache_rebuilt"] = True
             path = gguf.gguf_file(source)
             model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -171,9 +177,13 @@ def load_hf(name: str, dtype: torch.dtype, device_map: str | None = None):
     if device_map:
         kwargs["device_map"] = device_map
     if local.is_dir():
-        with _quiet():
-            model = AutoModelForCausalLM.from_pretrained(local, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(local)
+        try:
+            with _quiet():
+                model = AutoModelForCausalLM.from_pretrained(local, **kwargs)
+                tokenizer = AutoTokenizer.from_pretrained(local)
+        except (OSError, ValueError, KeyError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"--model {name}: not a loadable model directory ({first})") from exc
         return model, tokenizer, {"loaded_from": str(local)}
     try:
         with _quiet():
