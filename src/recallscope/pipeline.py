@@ -240,9 +240,9 @@ def execute(
     if rundir is not None:
         rundir.check_same_config({**run.identity(), "model_hash": model.model_hash}, force)
         rundir.create()
-        old = rundir.summary()
-        old_manifest = rundir.manifest() or {}
         if not force:
+            old = rundir.summary()
+            old_manifest = rundir.manifest() or {}
             # A stage is reused only if its own config is unchanged.
             for name, data in old.get("stages", {}).items():
                 if old_manifest.get("stage_configs", {}).get(name) == stage_configs.get(name) and rundir.has_stage(name):

@@ -82,6 +82,21 @@ def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
         raise
 
 
+def _complete_parquet(path: Path) -> bool:
+    """A Parquet file starts and ends with b"PAR1" (the footer is written last): a damaged or
+    truncated table is not a finished stage, and is recomputed rather than read."""
+    try:
+        size = path.stat().st_size
+        if size < 12:
+            return False
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+            handle.seek(-4, os.SEEK_END)
+            return head == b"PAR1" and handle.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
 class RunDir:
     """One run directory for one (model, relation, shots) study."""
 
@@ -128,8 +143,10 @@ class RunDir:
 
     def check_same_config(self, identity: dict, force: bool) -> None:
         """Refuse to mix results of two configurations in one directory (unless --force)."""
+        if force:
+            return  # not even read: --force is the way out of a damaged manifest
         old = self.manifest()
-        if not old or force:
+        if not old:
             return
         before = old.get("identity", {})
         changed = sorted(k for k in set(before) | set(identity) if before.get(k) != identity.get(k))
@@ -150,7 +167,8 @@ class RunDir:
         return pd.read_parquet(self.table_path(stage))
 
     def has_stage(self, stage: str) -> bool:
-        return self.table_path(stage).is_file() and stage in self.summary().get("stages", {})
+        """The stage's table is a complete Parquet file and the summary has its entry."""
+        return _complete_parquet(self.table_path(stage)) and stage in self.summary().get("stages", {})
 
     def forget_stage(self, stage: str) -> None:
         self.table_path(stage).unlink(missing_ok=True)
