@@ -105,6 +105,8 @@ def _run_stages(
 
     if max_prompts is not None and max_prompts < 1:
         raise UserError(f"--max-prompts must be >= 1, got {max_prompts}")
+    if shots < 0:
+        raise UserError(f"--shots must be >= 0, got {shots}")
     run = RunConfig(model=model, relation=relation, shots=shots, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype)
     _, summary = execute(run, targets, out=out, overrides=overrides, force=force, progress=True, log=_note)
     return summary

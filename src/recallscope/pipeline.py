@@ -347,8 +347,10 @@ def execute_many(
         raise UserError("--shots: give at least one shot count")
     if any(k < 0 for k in shots_list):
         raise UserError(f"--shots must be >= 0, got {shots_list}")
+    resolve(targets)  # fail early, before the model loads, on an unknown stage or setting
+    make_configs(overrides)
     for rel in relations:
-        load_relation(rel)  # fail early, before the model loads, on an unknown relation
+        load_relation(rel)  # ... or relation
     if out is not None:
         RunDir(out)  # refuses a file
     model = load_model(base.model, device=base.device, dtype=base.dtype)

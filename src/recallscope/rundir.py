@@ -109,7 +109,7 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            parent = self.path.absolute().parent
+            parent = self.path.parent
             while not parent.exists() and parent != parent.parent:
                 parent = parent.parent
             where = f": {parent} is a file" if parent.is_file() else f" in {parent} ({exc.strerror})"

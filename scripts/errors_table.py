@@ -1,0 +1,234 @@
+"""Every bad input a new user might try, run for real; prints docs/errors.md's table.
+
+    python scripts/errors_table.py > docs/errors.md
+
+Each case runs ``python -m recallscope ...`` in a fresh temporary folder (relative paths, so the
+messages read as a user would see them) and records the exit code and what stderr said. The
+tests (tests/test_errors.py) run the same CASES and check that the doc holds each message.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REL = lambda samples, templates=("The capital of {} is",): json.dumps(  # noqa: E731
+    {"prompt_templates": list(templates), "samples": [{"subject": s, "object": o} for s, o in samples]}
+)
+SMALL = REL([("France", "Paris"), ("Italy", "Rome"), ("Japan", "Tokyo")])
+# Years: every answer starts with the same token, so no answer can be told apart by its first token.
+SHARED_FIRST_TOKEN = REL([("A", "1990"), ("B", "1991"), ("C", "1992")], ("{} was elected in",))
+UNKNOWN = REL([("Zorblax", "Quuxville"), ("Blorf", "Wibbleton")])
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str  # what the user got wrong
+    args: tuple[str, ...]
+    expect: str  # a fragment the message must hold (checked by the tests)
+    files: dict = field(default_factory=dict)  # relative path -> text ("/" at the end: a folder)
+    before: tuple[str, ...] = ()  # a command run first (e.g. an existing run in --out)
+    progress_lines: int = 0  # stderr lines before the error (a stage that had to run first)
+    exit_code: int = 2
+    corrupt_cache: bool = False  # run with a copy of the weight cache whose weights are truncated
+    model: bool = False  # the model loads before the error (the tests mark such cases slow)
+
+
+CASES: tuple[Case, ...] = (
+    Case("unknown model", ("recall", "--model", "no-such-model"), "unknown model 'no-such-model'; aliases: gemma3-270m, smollm2-135m"),
+    Case("hub id, offline", ("recall", "--model", "gpt2"), "the model hub is not reachable from here (offline)"),
+    Case("folder that is not a model", ("recall", "--model", "notamodel"), "not a loadable model directory",
+         files={"notamodel/": ""}),
+    Case("unknown relation", ("recall", "--relation", "nope"), "unknown relation 'nope'; built-in: "),
+    Case("relation: a folder", ("recall", "--relation", "notamodel"), "is a directory", files={"notamodel/": ""}),
+    Case("relation: truncated JSON", ("recall", "--relation", "trunc.json"), "trunc.json: not valid JSON (line 1",
+         files={"trunc.json": SMALL[:40]}),
+    Case("relation: empty file", ("recall", "--relation", "empty.json"), "empty.json: not valid JSON", files={"empty.json": ""}),
+    Case("relation: lacks a field", ("recall", "--relation", "nofield.json"), "nofield.json: missing field 'prompt_templates'",
+         files={"nofield.json": '{"samples": [{"subject": "France", "object": "Paris"}]}'}),
+    Case("relation: a sample lacks a field", ("recall", "--relation", "noobject.json"),
+         "noobject.json: samples[0] is missing field 'object'",
+         files={"noobject.json": '{"prompt_templates": ["{} is"], "samples": [{"subject": "France"}]}'}),
+    Case("relation: wrong type", ("recall", "--relation", "wrongtype.json"), "samples[0].subject must be a string, got int",
+         files={"wrongtype.json": '{"prompt_templates": ["{} is"], "samples": [{"subject": 3, "object": "Paris"}]}'}),
+    Case("relation: templates not a list", ("recall", "--relation", "tpl.json"), "field 'prompt_templates' must be list, got str",
+         files={"tpl.json": '{"prompt_templates": "{} is", "samples": [{"subject": "France", "object": "Paris"}]}'}),
+    Case("relation: template without {}", ("recall", "--relation", "slot.json"), "must contain exactly one '{}'",
+         files={"slot.json": '{"prompt_templates": ["The capital is"], "samples": [{"subject": "France", "object": "Paris"}]}'}),
+    Case("relation: no samples", ("recall", "--relation", "nosamples.json"), "field 'samples' is empty",
+         files={"nosamples.json": '{"prompt_templates": ["{} is"], "samples": []}'}),
+    Case("relation: no single-token answers", ("recall", "--relation", "years.json"),
+         "no prompt left for relation 'years' after filtering (answer_first_token_shared: 3)", files={"years.json": SHARED_FIRST_TOKEN}, model=True),
+    Case("no known prompt left", ("patch", "--relation", "unknown.json"),
+         "no known prompt left for relation 'unknown' (unknown_to_model: 2)", files={"unknown.json": UNKNOWN}, progress_lines=1, model=True),
+    Case("--shots more than the demonstrations", ("recall", "--shots", "50", "--relation", "small.json"),
+         "--shots 50 needs at least 51 usable samples in relation 'small'; it has 3", files={"small.json": SMALL}, model=True),
+    Case("--shots negative", ("recall", "--shots", "-1"), "--shots must be >= 0, got -1"),
+    Case("--shots not a number", ("run", "--shots", "0,a"), "cannot read '0,a' as a comma-separated list of int"),
+    Case("--max-prompts 0", ("recall", "--max-prompts", "0"), "--max-prompts must be >= 1, got 0"),
+    Case("--layer out of range (movers)", ("movers", "--layer", "99", "--head", "0"), "--layer 99 out of range: the model has layers 0..29", model=True),
+    Case("--head out of range", ("movers", "--layer", "3", "--head", "99"), "--head 99 out of range: the model has heads 0..8", model=True),
+    Case("--head without --layer", ("movers", "--head", "3"), "--head needs --layer", model=True),
+    Case("--layer out of range (decompose)", ("decompose", "--layer", "99"), "--layer 99 out of range: the model has layers 0..29", model=True),
+    Case("--layer negative (intercept)", ("intercept", "--layer", "-1"), "--layer -1 out of range: the model has layers 0..29", model=True),
+    Case("--layers out of range (patch)", ("patch", "--layers", "0,40"), "--layers: [40] out of range; the model has layers 0..29", model=True),
+    Case("--layers out of range (suppress)", ("suppress", "--layers", "40"), "--layers [40] out of range: the model has layers 0..29", model=True),
+    Case("--solver unknown", ("decompose", "--solver", "adam"), "--solver must be lstsq or sgd, got 'adam'", model=True),
+    Case("a flag the verb does not take", ("suppress", "--layer", "3"), "--layer does not apply to `recallscope suppress`"),
+    Case("--set unknown setting", ("recall", "--set", "patch.nope=1"), "unknown setting(s) patch.nope"),
+    Case("--set without =", ("recall", "--set", "patch.mode"), "--set expects key=value, got 'patch.mode'"),
+    Case("--stages unknown", ("run", "--stages", "recall,nope", "--out", "run"), "unknown stage 'nope'; available: recall, patch"),
+    Case("--dtype unknown", ("recall", "--dtype", "int8"), "unknown dtype 'int8'"),
+    Case("unknown option", ("recall", "--shot", "3"), "No such option: --shot"),
+    Case("unknown verb", ("recal",), "No such command 'recal'"),
+    Case("--out is a file", ("recall", "--out", "afile"), "--out afile is a file, not a directory", files={"afile": "x"}),
+    Case("--out unwritable (under a file)", ("recall", "--out", "afile/run"),
+         "--out afile/run: cannot create the directory: ", files={"afile": "x"}, model=True),
+    Case("--out unwritable (in /proc)", ("run", "--stages", "recall", "--out", "/proc/recallscope-run"),
+         "--out /proc/recallscope-run: cannot create the directory in /proc", model=True),
+    Case("--out holds a run of another configuration", ("recall", "--max-prompts", "4", "--shots", "1", "--out", "run"),
+         "--out run holds a run with a different configuration (shots: 0 -> 1)",
+         before=("recall", "--max-prompts", "4", "--out", "run"), model=True),
+    Case("--out holds a damaged summary.json", ("recall", "--max-prompts", "4", "--out", "run"),
+         "run/summary.json: not valid JSON; delete it or rerun with --force", files={"run/summary.json": '{"stages": {'}, model=True),
+    Case("weight cache corrupt (truncated)", ("recall", "--max-prompts", "4", "--json"),
+         "failed its hash check; rebuilding it from the GGUF file", exit_code=0, corrupt_cache=True, model=True),
+)
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    stderr: str
+    stdout: str
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.strip()]
+
+    @property
+    def message(self) -> str:
+        """The error line (or, for a case that succeeds, the note it printed)."""
+        errors = [line for line in self.lines if line.startswith("recallscope:")]
+        return errors[-1] if errors else ""
+
+
+def _corrupt_cache_copy(root: Path) -> Path:
+    from recallscope.models import gguf
+    from recallscope.models.loading import EMBEDDED
+
+    source = gguf.cache_dir(EMBEDDED["smollm2-135m"])
+    target = root / "cache" / "models" / source.name
+    shutil.copytree(source, target)
+    weights = next(target.glob("*.safetensors"))
+    with open(weights, "r+b") as handle:
+        handle.truncate(weights.stat().st_size // 2)
+    return root / "cache"
+
+
+def _subprocess(args, folder: Path, env: dict) -> Outcome:
+    proc = subprocess.run([sys.executable, "-m", "recallscope", *args], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=600)
+    return Outcome(proc.returncode, proc.stderr, proc.stdout)
+
+
+def _in_process(args, folder: Path, env: dict) -> Outcome:
+    """``recallscope.cli.main`` in this process (the tests: no interpreter start per case).
+    An exception that escapes ``main`` propagates: that is the traceback a user would see."""
+    import contextlib
+    import io
+
+    from recallscope.cli import main as cli_main
+
+    out, err, cwd = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(folder)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli_main(list(args))
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        os.chdir(cwd)
+    return Outcome(code, err.getvalue(), out.getvalue())
+
+
+def run_case(case: Case, workdir: Path | None = None, in_process: bool = False) -> Outcome:
+    """Run one case in a fresh folder (``workdir``, or a temporary one); paths inside it print as <tmp>."""
+    own = workdir is None
+    folder = Path(tempfile.mkdtemp(prefix="recallscope-errors-")) if own else workdir
+    try:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "COLUMNS": "400"}
+        if case.corrupt_cache:
+            if in_process:
+                raise ValueError("the corrupt-cache case runs in a subprocess (its own RECALLSCOPE_CACHE)")
+            env["RECALLSCOPE_CACHE"] = str(_corrupt_cache_copy(folder))
+        for name, text in case.files.items():
+            path = folder / name
+            if name.endswith("/"):
+                path.mkdir(parents=True, exist_ok=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+        cli = _in_process if in_process else _subprocess
+        if case.before:
+            first = cli(case.before, folder, env)
+            assert first.exit_code == 0, first.stderr
+        outcome = cli(case.args, folder, env)
+        outcome.stderr = outcome.stderr.replace(str(folder), "<tmp>")
+        return outcome
+    finally:
+        if own:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def cell(text: str) -> str:
+    """Text for a Markdown table cell, exactly as printed (HTML code, pipes escaped)."""
+    return "<code>" + html.escape(text, quote=False).replace("|", "&#124;") + "</code>"
+
+
+def row(case: Case, outcome: Outcome) -> str:
+    command = "recallscope " + " ".join(case.args)
+    note = f" (after {case.progress_lines} progress line)" if case.progress_lines else ""
+    return f"| {case.name} | {cell(command)} | {cell(outcome.message)}{note} | {outcome.exit_code} |"
+
+
+HEADER = """# Bad input: what recallscope says
+
+Every row is a real run of the command (`python scripts/errors_table.py > docs/errors.md`
+regenerates this page; `tests/test_errors.py` runs the same cases and checks that each message
+below is what the command prints). Paths are relative to the folder the command ran in; the
+files a case needs (a truncated relation, a file in the way of `--out`…) are written there first.
+
+Bad input prints **one line on stderr** starting with `recallscope: error:`, exits with code
+**2**, and never shows a traceback. The only exception to "one line" is an error that can only be
+known after a stage ran (no prompt the model knows: the recall stage runs first and prints its
+progress line). Range checks on `--layer`, `--head` and `--layers` happen before any stage runs.
+A weight cache that fails its hash check is not an error: it is rebuilt from the GGUF file
+(exit 0, one note on stderr). `--out` "unwritable": the tests run as root, who can write
+anywhere a permission bit forbids, so the unwritable places are a path under a file and `/proc`.
+
+| input | command | message (stderr) | exit |
+|---|---|---|---|
+"""
+
+
+def main() -> None:
+    lines = [HEADER.rstrip("\n")]
+    for case in CASES:
+        outcome = run_case(case)
+        lines.append(row(case, outcome))
+        print(f"{case.name}: {outcome.exit_code}", file=sys.stderr)
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
