@@ -96,3 +96,26 @@ def test_stage_flags_go_to_the_verbs_stage():
     assert _flag_overrides("decompose", {"layer": 12, "solver": "sgd"}) == {"decompose.layer": 12, "decompose.solver": "sgd"}
     assert _flag_overrides("movers", {"layer": 23, "head": 4}) == {"movers.layer": 23, "movers.head": 4}
     assert _flag_overrides("patch", {"layers": [1, 2]}) == {"patch.layers": [1, 2]}
+
+
+def test_ctrl_c_in_a_command_exits_130_with_a_resume_hint(monkeypatch, capsys):
+    """typer >= 0.2x returns 130 for Ctrl-C instead of raising: main must still exit 130, not 0."""
+    import typer
+
+    from recallscope import cli as cli_module
+
+    app = typer.Typer()
+
+    @app.command()
+    def stage() -> None:
+        raise KeyboardInterrupt
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    monkeypatch.setattr(cli_module, "app", app)
+    with pytest.raises(SystemExit) as exc:
+        cli_module.main(["stage"])
+    assert exc.value.code == 130
+    assert "interrupted; rerun the same command to resume" in capsys.readouterr().err

@@ -350,7 +350,12 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: one line and exit 2 for bad input, never a traceback for it."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        app(args=argv, standalone_mode=False)
+        status = app(args=argv, standalone_mode=False)
+        # typer >= 0.2x turns Ctrl-C into Exit(130) and, outside standalone mode, *returns* the code.
+        if isinstance(status, int) and not isinstance(status, bool) and status != 0:
+            if status == 130:
+                raise KeyboardInterrupt
+            sys.exit(status)
     except UserError as exc:
         err_console.print(f"recallscope: error: {exc}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)
