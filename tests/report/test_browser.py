@@ -174,3 +174,43 @@ def test_real_run_report_in_headless_chromium(smollm2, tmp_path):
     assert_clean(seen)
     if os.environ.get("RECALLSCOPE_REPORT_RUN"):
         save_screenshot(seen)
+
+
+@pytest.mark.slow
+def test_hostile_relation_through_every_stage_in_headless_chromium(smollm2, tmp_path, h):
+    """Markup, quotes, a 300-character subject, bidi/zero-width/emoji subjects and answers through
+    all seven real stages; the model knows some hostile answers, so they reach the later stages."""
+    import json
+
+    import pandas as pd
+
+    from recallscope.pipeline import RunConfig, available_stages, execute
+
+    samples = [
+        ("France", "Paris" + h.SCRIPT), (h.SCRIPT, "Lisbon"), ('"</div><b>', "Vienna"),
+        ("Japan", 'Tokyo"</div><img src=x onerror=alert(1)>'), ("S" * 300, "Madrid"), (h.RTL, "Dublin"),
+        ("Ger\u200bmany", "Bern"), ("Egypt \U0001F3FA", "Cairo \U0001F42A"), ("Russia", "Moscow" + h.END_SCRIPT),
+        ("China", "Beijing"), ("Germany", "Berlin"), ("Canada", "Ottawa"), ("India", "New Delhi"),
+        ("Greece", "Athens"), ("Poland", "Warsaw"), ("Sweden", "Stockholm"), ("Norway", "Oslo"), ("Kenya", "Nairobi"),
+    ]
+    path = tmp_path / "hostile.json"
+    path.write_text(json.dumps({
+        "name": "capital " + h.SCRIPT, "prompt_templates": ["The capital of {} is"],
+        "samples": [{"subject": s, "object": o} for s, o in samples],
+    }, ensure_ascii=False), encoding="utf-8")
+    run_dir = tmp_path / "run"
+    _, summary = execute(RunConfig(relation=str(path)), available_stages(), out=str(run_dir), model=smollm2, progress=False)
+    assert set(summary["stages"]) == set(available_stages()) == {
+        "recall", "patch", "movers", "decompose", "intercept", "suppress", "claims"}
+    recall = pd.read_parquet(run_dir / "recall.parquet")
+    assert list(recall["subject"]) == [s for s, _ in samples]  # every hostile subject kept, byte for byte
+    known = set(recall.loc[recall["known"], "answer"])
+    assert {"Paris" + h.SCRIPT, "Moscow" + h.END_SCRIPT} <= known and len(known) >= 8  # enough for 4-fold CV
+
+    page_path = write_report(run_dir)
+    page = page_path.read_text(encoding="utf-8")
+    for raw in (h.SCRIPT, '"</div><b>', "<img src=x", h.END_SCRIPT):
+        assert raw not in page, raw
+    seen = open_in_chromium(page_path, tmp_path / "report.png")
+    assert_clean(seen)  # no script from the data ran, no dialog, no injected element, plots drawn
+    assert seen.n_plots >= 7
