@@ -105,7 +105,9 @@ def movers_claim(summary: dict | None, frame: pd.DataFrame | None, cfg: ClaimsCo
     if not heads:
         return _missing(CLAIM_MOVERS, "movers", "no candidate head")
     movers = [h for h in heads if h.get("is_mover")]
-    pool = movers or heads
+    # Without a mover, the strongest candidate among the heads that at least look at the subject.
+    looking = [h for h in heads if "attention" not in (h.get("failed") or [])]
+    pool = movers or looking or heads
     best = max(pool, key=lambda h: (_f(h.get("projection_corr")) or -np.inf))
     rows = frame[(frame["layer"] == best["layer"]) & (frame["head"] == best["head"])]
     x = rows["attention_to_subject"].to_numpy(float)

@@ -399,3 +399,46 @@ def execute_many(
         })
         rundir.write_summary(combined)
     return combined
+
+
+@dataclass
+class Study:
+    """What :func:`run` returns: every stage's result object, the summary and the prompts."""
+
+    results: dict[str, Any]
+    summary: dict
+    prompts: PromptSet
+    model: Model
+
+    def __getitem__(self, stage: str):
+        return self.results[stage]
+
+    def claims(self) -> pd.DataFrame:
+        return pd.DataFrame(self.summary.get("claims", []))
+
+
+def run(
+    model: str | Model = "smollm2-135m",
+    relation: str = "country_capital",
+    shots: int = 0,
+    stages: list[str] | None = None,
+    out: str | None = None,
+    seed: int = 0,
+    max_prompts: int | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    force: bool = False,
+    progress: bool = True,
+    **settings: Any,
+) -> Study:
+    """The whole study (or ``stages`` and what they need) for one relation and shot count.
+
+    ``settings`` are stage settings, e.g. ``run(..., **{"decompose.solver": "sgd"})`` or
+    ``run(..., n_corruptions=5)``. With ``out`` the run directory is written (and resumed).
+    """
+    loaded = model if isinstance(model, Model) else None
+    name = loaded.name if loaded else model
+    config = RunConfig(model=name, relation=relation, shots=shots, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype)
+    ctx, summary = execute(config, stages or available_stages(), out=out, overrides=settings, force=force,
+                           model=loaded, progress=progress)
+    return Study(results=ctx.results, summary=summary, prompts=ctx.prompts, model=ctx.model)
