@@ -167,7 +167,7 @@ def make_configs(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         configs[name] = stage.config_type(**kwargs)
     unused = set(overrides) - used
     if unused:
-        raise UserError(f"unknown setting(s) {', '.join(sorted(unused))} for the stages {', '.join(STAGES)}")
+        raise UserError(f"unknown setting(s) {', '.join(sorted(unused))} for the stages {', '.join(available_stages())}")
     return configs
 
 
