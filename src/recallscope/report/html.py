@@ -37,7 +37,7 @@ from .style import CSS, PLOT_SCRIPT
 log = logging.getLogger(__name__)
 
 REPORT = "report.html"
-STAGE_ORDER = PIPELINE_ORDER + ("claims",)
+STAGE_ORDER = PIPELINE_ORDER + tuple(s for s in ("claims",) if s not in PIPELINE_ORDER)
 STAGE_TITLES = {
     "recall": "Recall — does the model know the fact?",
     "patch": "Patch — causal mediation at the end position",
