@@ -11,6 +11,7 @@ this process or was loaded from the run directory.
 from __future__ import annotations
 
 import dataclasses
+import json
 import importlib.metadata
 import platform
 import sys
@@ -24,7 +25,7 @@ from . import __version__
 from .errors import UserError
 from .models import Model, load_model
 from .recall import RecallConfig, RecallResult, recall
-from .rundir import RunDir
+from .rundir import RunDir, dumps
 from .tasks import PromptSet, Relation, build_prompts, load_relation
 
 
@@ -236,17 +237,22 @@ def execute(
     order = check_stages(targets, configs, model)
     summary = summary_header(run, model, prompts)
     summary["stages"] = {}
-    stage_configs = {k: dataclasses.asdict(v) for k, v in configs.items()}
+    # As JSON reads them back (tuples become lists), so a saved config compares equal to its own.
+    stage_configs = json.loads(dumps({k: dataclasses.asdict(v) for k, v in configs.items()}))
     if rundir is not None:
         rundir.check_same_config({**run.identity(), "model_hash": model.model_hash}, force)
         rundir.create()
-        if not force:
-            old = rundir.summary()
-            old_manifest = rundir.manifest() or {}
-            # A stage is reused only if its own config is unchanged.
-            for name, data in old.get("stages", {}).items():
-                if old_manifest.get("stage_configs", {}).get(name) == stage_configs.get(name) and rundir.has_stage(name):
-                    summary["stages"][name] = data
+        old = rundir.summary()
+        old_manifest = rundir.manifest() or {}
+        same_run = old_manifest.get("identity") == {**run.identity(), "model_hash": model.model_hash}
+        # A finished stage is kept when the run and its own config are unchanged; --force
+        # redoes the stages asked for (and what they need), and keeps the others.
+        for name, data in old.get("stages", {}).items():
+            if not same_run or (force and name in order):
+                continue
+            if old_manifest.get("stage_configs", {}).get(name) == stage_configs.get(name) and rundir.has_stage(name):
+                summary["stages"][name] = data
+        ctx.summaries.update(summary["stages"])
         rundir.write_manifest(manifest(run, model, configs, relation))
     recomputed: set[str] = set()
     for name in order:
