@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recallscope.rundir import without_timings
+
 pytestmark = pytest.mark.slow
 
 STAGES = ["recall", "patch", "movers", "decompose", "intercept", "suppress", "claims"]
@@ -30,14 +32,6 @@ def run(out: Path, seed: int, hash_seed: str) -> dict:
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
-
-
-def without_timings(value):
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if "seconds" not in k}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
 
 
 def assert_bitwise_equal(a: pd.DataFrame, b: pd.DataFrame, name: str) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from recallscope.rundir import without_timings
+
 pytestmark = pytest.mark.slow
 
 ARGS = ["run", "--max-prompts", "12", "--shots", "0", "--json", "--stages", "recall,patch,movers,suppress"]
@@ -34,14 +36,6 @@ def run_to_end(out: Path) -> tuple[dict, str]:
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr
     return json.loads(stdout), stderr
-
-
-def without_timings(value):
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if "seconds" not in k}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
 
 
 def recall_finished(out: Path) -> bool:

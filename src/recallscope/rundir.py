@@ -172,3 +172,12 @@ class RunDir:
 
     def forget_stage(self, stage: str) -> None:
         self.table_path(stage).unlink(missing_ok=True)
+
+
+def without_timings(value):
+    """A summary with every wall-time entry (keys containing "seconds") removed, for comparing runs."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if "seconds" not in k}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
