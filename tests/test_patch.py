@@ -57,7 +57,7 @@ def test_exact_engine_equals_naive_loop_on_tiny_models(name):
     exact = P.exact_pi(view, base, patch, comps)
     naive = P.naive_pi(view, base, patch, comps)
     diff = (effects(exact, pi_clean) - effects(naive, pi_clean)).abs().max().item()
-    assert diff <= 1e-4, diff
+    assert diff <= 1e-8, diff  # float64 throughout (attention softmax included): rounding only
     # and the patches matter (the test could fail)
     assert (exact - pi_clean[:, None]).abs().max().item() > 1e-2
 
@@ -121,8 +121,12 @@ def test_exact_equals_naive_on_smollm2_subset(smollm2, shots):
     comps = P.select_components(smollm2.cfg, ["heads", "mlp", "resid"], [0, 29])[:: 2 if shots == 0 else 4]
     exact = P.run_engine(view, prepared, comps, "exact", "noise")
     naive = P.run_engine(view, prepared, comps, "naive", "noise")
-    assert np.abs(exact - naive).max() <= 1e-4
+    assert np.abs(exact - naive).max() <= 1e-8  # the issue asks <= 1e-4; float64 leaves rounding only
     assert np.abs(exact).max() > 1.0  # patches move π by more than a percent somewhere
+    # the stage (batches prepared and patched one at a time) gives the same table
+    stage = P.patch(model64, ps, dataclasses.replace(config, layers=(0, 29), attribution=False), progress=False)
+    assert [c.name for c in stage.components][:: 2 if shots == 0 else 4] == [c.name for c in comps]
+    assert np.abs(stage.effects[:, :: 2 if shots == 0 else 4] - exact).max() <= 1e-9
 
 
 @pytest.mark.slow
@@ -185,3 +189,35 @@ def test_too_few_prompts_with_corruptions_is_a_user_error():
 class _FakeRelation:
     name: str = "toy"
     samples: tuple = ()
+
+
+@pytest.mark.slow
+def test_cuda_out_of_memory_halves_the_batch_and_retries(smollm2, monkeypatch):
+    """Preparation and engines split a batch in halves on torch.cuda.OutOfMemoryError (raised
+    here by stand-ins above a size limit); the table is the one of the unsplit run."""
+    ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=0, max_prompts=8)
+    config = P.PatchConfig(batch_size=8, layers=(23, 29))
+    whole = P.patch(smollm2, ps, config, progress=False)
+    real_prepare, real_exact = P._prepare_batch, P.ENGINE_FUNCTIONS["exact"]
+    prepared_sizes, engine_sizes = [], []
+
+    def prepare_at_most_4(view, pad_id, indices, batch, corrupt, config):
+        if len(indices) > 4:
+            raise torch.cuda.OutOfMemoryError("stand-in: prepare above 4 prompts")
+        prepared_sizes.append(len(indices))
+        return real_prepare(view, pad_id, indices, batch, corrupt, config)
+
+    def exact_at_most_2(view, base, patch, components):
+        if base.size > 2:
+            raise torch.cuda.OutOfMemoryError("stand-in: engine above 2 prompts")
+        engine_sizes.append(base.size)
+        return real_exact(view, base, patch, components)
+
+    monkeypatch.setattr(P, "_prepare_batch", prepare_at_most_4)
+    monkeypatch.setitem(P.ENGINE_FUNCTIONS, "exact", exact_at_most_2)
+    split = P.patch(smollm2, ps, config, progress=False)
+    assert sum(prepared_sizes) == len(whole.prompts) and max(prepared_sizes) <= 4
+    assert max(engine_sizes) <= 2 and sum(engine_sizes) == len(whole.prompts)
+    # float32, different batch shapes: equal up to rounding
+    assert np.abs(split.effects - whole.effects).max() <= 5e-4
+    assert np.abs(split.attribution_effects - whole.attribution_effects).max() <= 5e-4

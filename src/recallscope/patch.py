@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -62,6 +63,7 @@ from torch import Tensor
 from .errors import UserError
 from .lens import recall_metric
 from .models import Model
+from .models.arch import compute_dtype
 from .models.view import ModelView, causal_mask_bias, position_ids_from_mask
 from .pipeline import Stage, register
 from .progress import track
@@ -155,17 +157,16 @@ class RunRecord:
 class BaseRun:
     """The run that is patched: tokens, its end-position record and the cached earlier positions.
 
-    ``prefix_resid`` [B, S-1, L, d] is the residual entering each layer at every position before
-    the end; the keys and values the end position attends to are computed from it once per
-    layer (``kv``) and reused by every patched variant.
+    ``prefix_kv`` holds, per layer, the keys and values [B, K, S-1, dh] of every position before
+    the end — computed once from the recorded run and reused by every patched variant (nothing
+    at the end position changes them). The earlier positions' residuals are not kept.
     """
 
     input_ids: Tensor
     attention_mask: Tensor
     answer_ids: Tensor  # [B] Y of the clean prompt
     record: RunRecord
-    prefix_resid: Tensor
-    _kv: dict = field(default_factory=dict, repr=False)
+    prefix_kv: list[tuple[Tensor, Tensor]] = field(repr=False)
 
     @property
     def size(self) -> int:
@@ -177,12 +178,11 @@ class BaseRun:
 
     def kv(self, view: ModelView, layer: int) -> tuple[Tensor, Tensor]:
         """Keys and values [B, K, S-1, dh] of the positions before the end at ``layer``."""
-        if layer not in self._kv:
-            lw = view.layer(layer)
-            pos = position_ids_from_mask(self.attention_mask)[:, :-1]
-            _, k, v = view.qkv(layer, view.norm(self.prefix_resid[:, :, layer], lw.ln1), pos)
-            self._kv[layer] = (k, v)
-        return self._kv[layer]
+        return self.prefix_kv[layer]
+
+    def sliced(self, sl: slice) -> "BaseRun":
+        return BaseRun(self.input_ids[sl], self.attention_mask[sl], self.answer_ids[sl], _slice_record(self.record, sl),
+                       [(k[sl], v[sl]) for k, v in self.prefix_kv])
 
     def prefix_bias(self, view: ModelView, layer: int) -> Tensor:
         """Additive mask [B, S] for the end query: earlier real tokens (within the window), itself."""
@@ -219,12 +219,17 @@ def record_run(view: ModelView, input_ids: Tensor, attention_mask: Tensor, answe
     )
     if not prefix:
         return rec
+    pos = position_ids_from_mask(attention_mask.to(view.device))[:, :-1]
+    prefix_kv = []
+    for layer in range(view.cfg.n_layers):
+        _, k, v = view.qkv(layer, view.norm(t.resid_pre[:, : S - 1, layer], view.layer(layer).ln1), pos)
+        prefix_kv.append((k, v))
     return BaseRun(
         input_ids=input_ids.to(view.device),
         attention_mask=attention_mask.to(view.device),
         answer_ids=answer_ids.to(view.device),
         record=rec,
-        prefix_resid=t.resid_pre[:, : S - 1],
+        prefix_kv=prefix_kv,
     )
 
 
@@ -286,7 +291,7 @@ def cached_layer(
     if cfg.attn_softcap:
         scores = torch.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
     scores = scores + mask_bias[:, None, None, None]
-    pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    pattern = torch.softmax(scores, dim=-1, dtype=compute_dtype(q.dtype)).to(q.dtype)
     P = k_pre.shape[2]
     z = torch.einsum("bckgts,bkse->bckgte", pattern[..., :P], v_pre)
     if T == 1:
@@ -398,12 +403,10 @@ def exact_final_resid(view: ModelView, base: BaseRun, patch: RunRecord, componen
     order: list[int] = []
     state = rec.resid_pre.new_zeros(B, 0, cfg.d_model)
     for layer in range(cfg.n_layers + 1):
-        entering = []
-        for i in by_entry.get(layer, []):
-            entering.append(_entry_state(view, rec, patch, components[i]))
-            order.append(i)
+        entering = by_entry.get(layer, [])
         if entering:
-            state = torch.cat([state, torch.stack(entering, dim=1)], dim=1)
+            state = torch.cat([state, _entry_states(view, rec, patch, [components[i] for i in entering])], dim=1)
+            order.extend(entering)
         if layer < cfg.n_layers and state.shape[1]:
             state = end_layer(view, layer, state, base)
     out = torch.empty_like(state)
@@ -411,18 +414,30 @@ def exact_final_resid(view: ModelView, base: BaseRun, patch: RunRecord, componen
     return out
 
 
-def _entry_state(view: ModelView, rec: RunRecord, patch: RunRecord, comp: Component) -> Tensor:
-    """The patched end-position residual entering ``comp.entry_layer``, [B, d]."""
-    layer = comp.layer
-    if comp.kind == "resid":
-        return patch.resid_pre[:, layer]
-    if comp.kind == "mlp":
-        return rec.resid_mid[:, layer] + patch.mlp_out[:, layer]
-    # A head: swap its write in r_mid[l], then rerun this layer's MLP (it reads r_mid[l]);
-    # in parallel-residual models the MLP reads r[l], untouched by the patch.
-    resid_mid = rec.resid_mid[:, layer] + patch.head_out[:, layer, comp.head] - rec.head_out[:, layer, comp.head]
-    mlp = rec.mlp_out[:, layer] if view.cfg.parallel_residual else view.mlp(layer, resid_mid)
-    return resid_mid + mlp
+def _entry_states(view: ModelView, rec: RunRecord, patch: RunRecord, comps: Sequence[Component]) -> Tensor:
+    """The patched end-position residuals entering the layer these components share, [B, C, d].
+
+    RES{l}: the corrupted mean of r[l]. MLP{l}: r_mid[l] with the MLP's write swapped. A head
+    L{l}H{h}: its write swapped in r_mid[l], then layer l's MLP rerun on that (it reads r_mid[l];
+    in parallel-residual models the MLP reads r[l], untouched by the patch) — one MLP call for
+    all the heads of a layer.
+    """
+    out: list[Tensor | None] = [None] * len(comps)
+    heads: dict[int, list[int]] = {}
+    for i, comp in enumerate(comps):
+        if comp.kind == "resid":
+            out[i] = patch.resid_pre[:, comp.layer]
+        elif comp.kind == "mlp":
+            out[i] = rec.resid_mid[:, comp.layer] + patch.mlp_out[:, comp.layer]
+        else:
+            heads.setdefault(comp.layer, []).append(i)
+    for layer, idx in heads.items():
+        hs = [comps[i].head for i in idx]
+        resid_mid = rec.resid_mid[:, layer, None] + patch.head_out[:, layer, hs] - rec.head_out[:, layer, hs]
+        mlp = rec.mlp_out[:, layer, None].expand_as(resid_mid) if view.cfg.parallel_residual else view.mlp(layer, resid_mid)
+        for j, i in enumerate(idx):
+            out[i] = resid_mid[:, j] + mlp[:, j]
+    return torch.stack(out, dim=1)
 
 
 @torch.no_grad()
@@ -519,16 +534,43 @@ def with_corruptions(prompts: PromptSet, tokenizer, n_corruptions: int, min_prom
 
 
 def prepare(model: Model, prompts: PromptSet, config: PatchConfig, progress: bool = False) -> Prepared:
-    """The clean and corrupted runs every engine starts from, batch by batch."""
+    """The clean and corrupted runs every engine starts from, all batches held at once."""
+    kept, batches_, n_dropped, n_corr = prepare_batches(model, prompts, config, progress)
+    return Prepared(kept, list(batches_), n_dropped, n_corr)
+
+
+def prepare_batches(model: Model, prompts: PromptSet, config: PatchConfig, progress: bool = False):
+    """(kept prompts, an iterator of prepared batches, n dropped, corruptions per prompt).
+
+    Each batch is prepared when the iterator reaches it, so a caller that drops a batch after
+    using it holds one batch of cached keys/values at a time.
+    """
     _check_config(config, model)
     view = model.view
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     kept, found, n_dropped = with_corruptions(prompts, model.tokenizer, config.n_corruptions, config.min_prompts)
     groups = list(batches(kept.prompts, pad_id, config.batch_size))
-    out = []
-    for indices, batch in track(groups, "patch: clean and corrupted runs", total=len(groups), enabled=progress):
-        out.append(_prepare_batch(view, pad_id, indices, batch, [found[i] for i in indices], config))
-    return Prepared(kept, out, n_dropped, [len(c) for c in found])
+
+    def prepared(indices: list[int]) -> Iterator[PatchBatch]:
+        """The batch of these prompts; on CUDA out-of-memory, its two halves (recursively)."""
+        try:
+            batch = make_batch([kept.prompts[i] for i in indices], pad_id)
+            pb = _prepare_batch(view, pad_id, indices, batch, [found[i] for i in indices], config)
+        except torch.cuda.OutOfMemoryError:
+            if len(indices) == 1:
+                raise
+            torch.cuda.empty_cache()
+            half = len(indices) // 2
+            yield from prepared(indices[:half])
+            yield from prepared(indices[half:])
+            return
+        yield pb
+
+    def each() -> Iterator[PatchBatch]:
+        for indices, _ in track(groups, "patch: clean and corrupted runs, patched runs", total=len(groups), enabled=progress):
+            yield from prepared(list(indices))
+
+    return kept, each(), n_dropped, [len(c) for c in found]
 
 
 @torch.no_grad()
@@ -581,12 +623,37 @@ def _check_config(config: PatchConfig, model: Model) -> None:
 
 def run_engine(view: ModelView, prepared: Prepared, components: Sequence[Component], engine: str, mode: str) -> np.ndarray:
     """Per-prompt effects [n_prompts, C] of ``engine`` over every prepared batch."""
+    return effects_from_pi(prepared, engine_pi(view, prepared, components, engine), mode)
+
+
+def engine_pi(view: ModelView, prepared: Prepared, components: Sequence[Component], engine: str) -> list[Tensor]:
+    """π of every patched variant, one [B, C] tensor per prepared batch."""
+    return [_batch_pi(view, pb, components, engine) for pb in prepared.batches]
+
+
+def _batch_pi(view: ModelView, pb: PatchBatch, components: Sequence[Component], engine: str) -> Tensor:
     fn = ENGINE_FUNCTIONS[engine]
-    effects = np.zeros((len(prepared.prompts), len(components)))
-    for pb in prepared.batches:
-        pi = _with_oom_retry(lambda b: fn(view, b.base, b.patch, components), pb)
+    return _with_oom_retry(lambda b: fn(view, b.base, b.patch, components), pb)
+
+
+def _batch_effects(view: ModelView, pb: PatchBatch, components: Sequence[Component], engine: str, mode: str) -> np.ndarray:
+    return pb.effect_pct(_batch_pi(view, pb, components, engine), mode).double().cpu().numpy()
+
+
+def effects_from_pi(prepared: Prepared, pis: Sequence[Tensor], mode: str) -> np.ndarray:
+    """Per-prompt effects [n_prompts, C] from the per-batch π of ``engine_pi``."""
+    effects = np.zeros((len(prepared.prompts), pis[0].shape[1] if pis else 0))
+    for pb, pi in zip(prepared.batches, pis):
         effects[pb.indices] = pb.effect_pct(pi, mode).double().cpu().numpy()
     return effects
+
+
+def gather_pi(prepared: Prepared, pis: Sequence[Tensor]) -> np.ndarray:
+    """The per-batch π of ``engine_pi`` as one [n_prompts, C] array in prompt order."""
+    out = np.zeros((len(prepared.prompts), pis[0].shape[1] if pis else 0))
+    for pb, pi in zip(prepared.batches, pis):
+        out[pb.indices] = pi.double().cpu().numpy()
+    return out
 
 
 def _with_oom_retry(fn: Callable[[PatchBatch], Tensor], pb: PatchBatch) -> Tensor:
@@ -602,9 +669,7 @@ def _with_oom_retry(fn: Callable[[PatchBatch], Tensor], pb: PatchBatch) -> Tenso
 
 
 def _slice_batch(pb: PatchBatch, sl: slice) -> PatchBatch:
-    b = pb.base
-    base = BaseRun(b.input_ids[sl], b.attention_mask[sl], b.answer_ids[sl], _slice_record(b.record, sl), b.prefix_resid[sl])
-    return PatchBatch(pb.indices[sl], base, _slice_record(pb.patch, sl), pb.pi_clean[sl], pb.pi_base[sl])
+    return PatchBatch(pb.indices[sl], pb.base.sliced(sl), _slice_record(pb.patch, sl), pb.pi_clean[sl], pb.pi_base[sl])
 
 
 def _slice_record(r: RunRecord, sl: slice) -> RunRecord:
@@ -745,31 +810,34 @@ def figures(frame: pd.DataFrame, summary: dict) -> list:
 # --------------------------------------------------------------------------- the stage
 def patch(model: Model, prompts: PromptSet, config: PatchConfig = PatchConfig(), progress: bool = True) -> PatchResult:
     """Patch every selected component at the end position of every prompt (see the module docstring)."""
-    import time
-
     _check_config(config, model)
     components = select_components(model.cfg, config.components, config.layers)
-    prepared = prepare(model, prompts, config, progress=progress)
+    kept, prepared_batches, n_dropped, n_corruptions = prepare_batches(model, prompts, config, progress=progress)
     view = model.view
-    start = time.perf_counter()
-    effects = run_engine(view, prepared, components, config.engine, config.mode)
-    engine_seconds = time.perf_counter() - start
-    attribution = None
-    attribution_seconds = None
-    if config.engine == "attribution":
-        attribution = effects
-    elif config.attribution:
-        start = time.perf_counter()
-        attribution = run_engine(view, prepared, components, "attribution", config.mode)
-        attribution_seconds = round(time.perf_counter() - start, 3)
-    n = len(prepared.prompts)
+    n = len(kept)
+    effects = np.zeros((n, len(components)))
+    attribution = np.zeros((n, len(components))) if config.attribution or config.engine == "attribution" else None
     pi_clean = np.zeros(n)
     pi_base = np.zeros(n)
-    for pb in prepared.batches:
+    engine_seconds = attribution_seconds = 0.0
+    for pb in prepared_batches:  # one batch of cached keys/values held at a time
+        start = time.perf_counter()
+        effects[pb.indices] = _batch_effects(view, pb, components, config.engine, config.mode)
+        engine_seconds += time.perf_counter() - start
+        if attribution is not None and config.engine != "attribution":
+            start = time.perf_counter()
+            attribution[pb.indices] = _batch_effects(view, pb, components, "attribution", config.mode)
+            attribution_seconds += time.perf_counter() - start
         pi_clean[pb.indices] = pb.pi_clean.double().cpu().numpy()
         pi_base[pb.indices] = pb.pi_base.double().cpu().numpy()
+    if config.engine == "attribution":
+        attribution, attribution_seconds = effects, None
+    elif attribution is None:
+        attribution_seconds = None
+    else:
+        attribution_seconds = round(attribution_seconds, 3)
     return PatchResult(
-        prompts=prepared.prompts,
+        prompts=kept,
         components=tuple(components),
         effects=effects,
         pi_clean=pi_clean,
@@ -777,8 +845,8 @@ def patch(model: Model, prompts: PromptSet, config: PatchConfig = PatchConfig(),
         config=config,
         n_layers=model.cfg.n_layers,
         n_heads=model.cfg.n_heads,
-        n_dropped=prepared.n_dropped,
-        n_corruptions=tuple(prepared.n_corruptions),
+        n_dropped=n_dropped,
+        n_corruptions=tuple(n_corruptions),
         attribution_effects=attribution,
         engine_seconds=engine_seconds,
         attribution_seconds=attribution_seconds,

@@ -4,12 +4,24 @@ Both engines start from the same prepared clean run and corrupted means (``patch
 timed once and reported as ``prepare_seconds``); ``ratio`` compares the patched runs
 themselves, ``ratio_end_to_end`` adds the shared preparation to both sides. The naive loop
 (one full forward per component) is timed on an evenly spread sample of components and
-scaled to all of them; the line says so. Peak RSS is the process's high-water mark.
+scaled to all of them; the line says so. Peak RSS is that of the patch stage run by itself
+(``recallscope patch`` in a child process), not of the benchmark's process, which also holds a
+float64 copy of the model and TransformerLens.
+
+``max_abs_diff`` (exact vs naive, in effect percentage points) is measured on the same prompts
+and sampled components with both engines rerun in float64, so it measures the algorithm; the
+float32 figure of the timed runs is reported beside it (``max_abs_diff_float32``) together with
+the float32 noise floor: the naive loop against itself when only its batch size changes.
+
+TransformerLens patches a clean activation into a corrupted run (denoising), one forward per
+component, on prompts of one token length at a time (its helpers take no attention mask). It
+is compared with recallscope's exact engine in the same mode on the same prompts: timings,
+and the largest difference of the patched π.
 """
 
 from __future__ import annotations
 
-import resource
+import dataclasses
 import time
 from typing import Iterator
 
@@ -17,13 +29,29 @@ import numpy as np
 import torch
 
 from .. import patch as P
+from ..lens import recall_metric
 from ..models import load_model
+from ..models.view import ModelView
 from ..recall import recall
 from ..tasks import build_prompts, load_relation
+from ._child import common_args, run_cli
+
+def _stage_memory(options, shots: int) -> dict:
+    """The patch stage as a user runs it (``recallscope patch``, a child process): seconds, peak RSS."""
+    child = run_cli(["patch", *common_args(options, shots), "--out", "{out}", "--json"])
+    if child.returncode != 0:
+        return {"stage_error": child.error()}
+    return {
+        "peak_rss_gb": round(child.peak_rss_gb, 2),
+        "peak_rss_over": f"recallscope patch --shots {shots} in a child process (model load, recall, every batch, attribution); target <= 3 GB",
+        "stage_wall_seconds": round(child.seconds, 1),
+    }
 
 
-def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
 
 
 def run(options) -> Iterator[dict]:
@@ -36,58 +64,84 @@ def run(options) -> Iterator[dict]:
         known = recall(model, ps, progress=False).known_prompts()
         config = P.PatchConfig(attribution=False)
         comps = P.select_components(model.cfg, config.components, None)
-        start = time.perf_counter()
-        prepared = P.prepare(model, known, config)
-        prep_s = time.perf_counter() - start
-        start = time.perf_counter()
-        exact = P.run_engine(model.view, prepared, comps, "exact", config.mode)
-        exact_s = time.perf_counter() - start
         sample = [int(i) for i in np.linspace(0, len(comps) - 1, naive_sample).round()]
-        start = time.perf_counter()
-        naive = P.run_engine(model.view, prepared, [comps[i] for i in sample], "naive", config.mode)
-        naive_sample_s = time.perf_counter() - start
-        naive_s = naive_sample_s * len(comps) / len(sample)
-        yield {
-            "bench": "patch_exact_vs_naive",
-            "model": options.model,
-            "relation": relation.name,
-            "shots": shots,
-            "n_prompts": len(prepared.prompts),
-            "n_components": len(comps),
-            "exact_seconds": round(exact_s, 2),
-            "naive_seconds": round(naive_s, 2),
-            "naive_timing": f"measured on {len(sample)} of {len(comps)} components (evenly spread), scaled ×{len(comps) / len(sample):.1f}",
-            "prepare_seconds": round(prep_s, 2),
-            "ratio": round(naive_s / exact_s, 1),
-            "ratio_end_to_end": round((naive_s + prep_s) / (exact_s + prep_s), 1),
-            "max_abs_diff": float(np.abs(exact[:, sample] - naive).max()),
-            "max_abs_diff_over": f"{len(prepared.prompts)} prompts x {len(sample)} sampled components, float32",
-            "peak_rss_gb": round(_peak_rss_gb(), 2),
-            "device": str(model.device),
-        }
-        start = time.perf_counter()
-        attribution = P.run_engine(model.view, prepared, comps, "attribution", config.mode)
-        attr_s = time.perf_counter() - start
-        yield {
-            "bench": "patch_attribution_vs_exact",
-            "model": options.model,
-            "relation": relation.name,
-            "shots": shots,
-            "passes": 3,
-            "passes_detail": "clean forward + corrupted forward (shared with exact) + one backward through the end position",
-            "attribution_seconds": round(attr_s, 2),
-            "exact_seconds": round(exact_s, 2),
-            "ratio": round(exact_s / attr_s, 1),
-            "spearman": round(P.spearman(exact.mean(0), attribution.mean(0)), 3),
-            "top10_overlap": P.top_overlap(exact.mean(0), attribution.mean(0), 10),
-        }
-        yield _transformerlens_line(model, options, shots, prepared, comps)
+        yield from _exact_vs_naive_lines(model, options, shots, known, config, comps, sample)
+        yield _transformerlens_line(model, options, shots, known, comps, sample)
 
 
-def _transformerlens_line(model, options, shots, prepared, comps) -> dict:
-    line = {"bench": "patch_exact_vs_transformerlens", "model": options.model, "shots": shots, "ratio": None}
+def _exact_vs_naive_lines(model, options, shots, known, config, comps, sample) -> tuple[dict, dict]:
+    view = model.view
+    prepared, prep_s = _timed(lambda: P.prepare(model, known, config))
+    exact, exact_s = _timed(lambda: P.run_engine(view, prepared, comps, "exact", config.mode))
+    picked = [comps[i] for i in sample]
+    naive, naive_sample_s = _timed(lambda: P.run_engine(view, prepared, picked, "naive", config.mode))
+    naive_s = naive_sample_s * len(comps) / len(sample)
+    attribution, attr_s = _timed(lambda: P.run_engine(view, prepared, comps, "attribution", config.mode))
+    diff64 = _float64_diff(model, known, config, picked)
+    floor32 = _naive_batch_floor(view, prepared, picked, config.mode)
+    line = {
+        "bench": "patch_exact_vs_naive",
+        "model": options.model,
+        "relation": known.relation.name,
+        "shots": shots,
+        "n_prompts": len(prepared.prompts),
+        "n_components": len(comps),
+        "exact_seconds": round(exact_s, 2),
+        "naive_seconds": round(naive_s, 2),
+        "naive_timing": f"measured on {len(sample)} of {len(comps)} components (evenly spread), scaled x{len(comps) / len(sample):.1f}",
+        "prepare_seconds": round(prep_s, 2),
+        "ratio": round(naive_s / exact_s, 1),
+        "ratio_end_to_end": round((naive_s + prep_s) / (exact_s + prep_s), 1),
+        "max_abs_diff": diff64,
+        "max_abs_diff_over": f"{len(prepared.prompts)} prompts x {len(sample)} sampled components, both engines rerun in float64 (effect, percentage points)",
+        "max_abs_diff_float32": float(np.abs(exact[:, sample] - naive).max()),
+        "float32_noise_floor": floor32,
+        "float32_note": "the timed float32 runs; float32_noise_floor is the naive loop against itself on the first batches run in halves (only the batch shape differs)",
+        **_stage_memory(options, shots),
+        "device": str(model.device),
+        "dtype": str(view.dtype).replace("torch.", ""),
+    }
+    return line, {
+        "bench": "patch_attribution_vs_exact",
+        "model": options.model,
+        "relation": known.relation.name,
+        "shots": shots,
+        "passes": 3,
+        "passes_detail": "clean forward + corrupted forward (shared with exact) + one backward through the end position",
+        "attribution_seconds": round(attr_s, 2),
+        "exact_seconds": round(exact_s, 2),
+        "ratio": round(exact_s / attr_s, 1),
+        "spearman": round(P.spearman(exact.mean(0), attribution.mean(0)), 3),
+        "top10_overlap": P.top_overlap(exact.mean(0), attribution.mean(0), 10),
+    }
+
+
+def _float64_diff(model, known, config, components) -> float:
+    """max |exact − naive| (effect %) with both engines in float64 on the same prompts."""
+    view = ModelView(model.cfg, model.view.weights.to(dtype=torch.float64))
+    prepared = P.prepare(dataclasses.replace(model, view=view), known, config)
+    exact = P.run_engine(view, prepared, components, "exact", config.mode)
+    naive = P.run_engine(view, prepared, components, "naive", config.mode)
+    return float(np.abs(exact - naive).max())
+
+
+def _naive_batch_floor(view, prepared, components, mode, n_batches: int = 2) -> float:
+    """The naive loop against itself on the first batches, whole and in halves (float32 rounding only)."""
+    worst = 0.0
+    for pb in prepared.batches[:n_batches]:
+        whole = P.naive_pi(view, pb.base, pb.patch, components)
+        half = max(1, pb.base.size // 2)
+        parts = [P._slice_batch(pb, sl) for sl in (slice(0, half), slice(half, None)) if len(pb.indices[sl])]
+        split = torch.cat([P.naive_pi(view, b.base, b.patch, components) for b in parts])
+        diff = pb.effect_pct(whole, mode) - pb.effect_pct(split, mode)
+        worst = max(worst, float(diff.abs().max()))
+    return worst
+
+
+def _transformerlens_line(model, options, shots, known, comps, sample) -> dict:
+    line = {"bench": "patch_exact_vs_transformerlens", "model": options.model, "relation": known.relation.name,
+            "shots": shots, "ratio": None}
     try:
-        import transformer_lens  # noqa: F401
         from transformer_lens import patching
         from transformer_lens.model_bridge import TransformerBridge
     except ImportError as exc:
@@ -95,48 +149,84 @@ def _transformerlens_line(model, options, shots, prepared, comps) -> dict:
         return line
     try:
         bridge = TransformerBridge.boot_transformers(
-            model.hf.config._name_or_path or "HuggingFaceTB/SmolLM2-135M-Instruct",
+            getattr(model.hf.config, "_name_or_path", "") or model.name,
             hf_model=model.hf, tokenizer=model.tokenizer, device=str(model.device),
         )
     except Exception as exc:  # noqa: BLE001 - the line must say why, whatever it is
         line["skipped"] = f"TransformerLens cannot wrap {options.model}: {type(exc).__name__}: {_first_line(exc)}"
         return line
-    # TransformerLens patches clean activations into a corrupted run (denoising), one forward per
-    # (layer, position, head); compare with our exact engine in the same mode on the same batch.
-    import pandas as pd
-
-    pb = prepared.batches[0]
-    n = min(8, pb.base.size)
-    clean_ids = pb.base.input_ids[:n]
-    corrupt_ids = clean_ids.clone()
+    view = model.view
+    config = P.PatchConfig(mode="denoise", attribution=False)
+    prepared, prep_s = _timed(lambda: P.prepare(model, known, config))
+    pis, exact_s = _timed(lambda: P.engine_pi(view, prepared, comps, "exact"))
+    ours = P.gather_pi(prepared, pis)
+    picked = [comps[i] for i in sample]
+    kept, found, _ = P.with_corruptions(known, model.tokenizer, config.n_corruptions, config.min_prompts)
+    theirs = np.full((len(kept), len(picked)), np.nan)
+    tl_s = cache_s = 0.0
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(kept.prompts):
+        groups.setdefault(p.n_tokens, []).append(i)
     try:
-        answers = pb.base.answer_ids[:n]
-
-        def metric(logits):
-            return P.recall_metric(logits[:, -1], answers).mean()
-
-        _, clean_cache = bridge.run_with_cache(clean_ids)
-        end = clean_ids.shape[1] - 1
-        heads = [c for c in comps if c.kind == "head"][:: max(1, len([c for c in comps if c.kind == "head"]) // 20)]
-        index_df = pd.DataFrame({"layer": [c.layer for c in heads], "pos": [end] * len(heads), "head": [c.head for c in heads]})
-        start = time.perf_counter()
-        patching.get_act_patch_attn_head_out_by_pos(bridge, corrupt_ids, clean_cache, metric, index_df=index_df)
-        tl_s = (time.perf_counter() - start) * len(comps) / len(heads)
-        start = time.perf_counter()
-        sub = P._slice_batch(pb, slice(0, n))
-        P.exact_pi(model.view, sub.base, sub.patch, comps)
-        ours_s = time.perf_counter() - start
+        for n_tokens, rows in groups.items():
+            clean = torch.tensor([kept.prompts[i].input_ids for i in rows], device=model.device)
+            corrupt = torch.tensor([found[i][0].input_ids for i in rows], device=model.device)
+            answers = torch.tensor([kept.prompts[i].answer_id for i in rows], device=model.device)
+            (_, cache), s = _timed(lambda: bridge.run_with_cache(
+                clean, names_filter=lambda name: name.endswith("attn.hook_z") or name.endswith("hook_mlp_out")))
+            cache_s += s
+            values, s = _timed(lambda: _tl_patch(patching, bridge, corrupt, cache, answers, picked, n_tokens - 1))
+            tl_s += s
+            theirs[rows] = values
     except Exception as exc:  # noqa: BLE001
         line["skipped"] = f"TransformerLens wrapped the model but its patching failed: {type(exc).__name__}: {_first_line(exc)}"
         return line
+    tl_all = tl_s * len(comps) / len(picked)
     line.update({
-        "transformerlens_seconds": round(tl_s, 2),
-        "exact_seconds": round(ours_s, 2),
-        "ratio": round(tl_s / ours_s, 1),
-        "n_prompts": n,
-        "note": f"TransformerLens get_act_patch_attn_head_out_by_pos at the end position, timed on {len(heads)} heads and scaled to {len(comps)} components",
+        "n_prompts": len(kept),
+        "n_components": len(comps),
+        "mode": "denoise (clean activation patched into the first same-length corruption)",
+        "transformerlens_seconds": round(tl_all, 2),
+        "transformerlens_timing": f"get_act_patch_attn_head_out_by_pos / get_act_patch_mlp_out at the end position, {len(groups)} token-length groups, measured on {len(picked)} of {len(comps)} components, scaled x{len(comps) / len(picked):.1f}",
+        "transformerlens_cache_seconds": round(cache_s, 2),
+        "exact_seconds": round(exact_s, 2),
+        "prepare_seconds": round(prep_s, 2),
+        "ratio": round(tl_all / exact_s, 1),
+        "ratio_end_to_end": round((tl_all + cache_s) / (exact_s + prep_s), 1),
+        "max_abs_diff_pi": float(np.abs(ours[:, sample] - theirs).max()),
+        "max_abs_diff_over": f"patched pi(Y) of {len(kept)} prompts x {len(picked)} sampled components, float32",
+        "transformerlens": _version(),
     })
     return line
+
+
+def _tl_patch(patching, bridge, corrupt, cache, answers, components, end: int) -> np.ndarray:
+    """TransformerLens's patched π for each component, [B, C]."""
+    import pandas as pd
+
+    def metric(logits):
+        return recall_metric(logits[:, -1], answers)
+
+    heads = [(i, c) for i, c in enumerate(components) if c.kind == "head"]
+    mlps = [(i, c) for i, c in enumerate(components) if c.kind == "mlp"]
+    out = np.full((len(answers), len(components)), np.nan)
+    for picked, fn, columns in (
+        (heads, patching.get_act_patch_attn_head_out_by_pos, lambda c: {"layer": c.layer, "pos": end, "head": c.head}),
+        (mlps, patching.get_act_patch_mlp_out, lambda c: {"layer": c.layer, "pos": end}),
+    ):
+        if not picked:
+            continue
+        index = pd.DataFrame([columns(c) for _, c in picked])
+        with torch.no_grad():
+            result = fn(bridge, corrupt, cache, metric, index_axis_names=None, index_df=index, reduce="none")
+        out[:, [i for i, _ in picked]] = result.values.reshape(len(picked), -1).T.cpu().numpy()
+    return out
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return f"transformer-lens {version('transformer-lens')}"
 
 
 def _first_line(exc: BaseException) -> str:

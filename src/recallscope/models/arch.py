@@ -145,10 +145,16 @@ def _map(obj, fn):
     return obj
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Norms, rotary angles and softmax run in float32 as the reference implementations do —
+    or in float64 for a float64 model, so that a float64 view is float64 throughout."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def rms_or_layer_norm(x: Tensor, norm: Norm, kind: NormKind, eps: float) -> Tensor:
-    """The model's normalisation, computed in float32 as the reference implementations do."""
+    """The model's normalisation, computed in float32 (float64 models: float64) as the reference implementations do."""
     dtype = x.dtype
-    x = x.float()
+    x = x.to(compute_dtype(dtype))
     if kind == "layernorm":
         x = x - x.mean(-1, keepdim=True)
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
@@ -160,13 +166,13 @@ def rms_or_layer_norm(x: Tensor, norm: Norm, kind: NormKind, eps: float) -> Tens
         return out
     x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     if kind == "rmsnorm_plus1":
-        return (x * (1.0 + norm.weight.float())).to(dtype)
+        return (x * (1.0 + norm.weight.to(x.dtype))).to(dtype)
     return norm.weight * x.to(dtype)
 
 
 def norm_scale(x: Tensor, kind: NormKind, eps: float) -> Tensor:
     """1/σ(x): the data-dependent factor of the norm (the rest is affine), [..., 1]."""
-    x = x.float()
+    x = x.to(compute_dtype(x.dtype))
     if kind == "layernorm":
         x = x - x.mean(-1, keepdim=True)
     return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)

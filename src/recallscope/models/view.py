@@ -30,7 +30,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor
 
-from .arch import ArchConfig, LayerWeights, Weights, activation, norm_scale, rms_or_layer_norm
+from .arch import ArchConfig, LayerWeights, Weights, activation, compute_dtype, norm_scale, rms_or_layer_norm
 
 SITES = ("resid_pre", "head_out", "attn_out", "resid_mid", "mlp_out")
 RECORDABLE = SITES + ("pattern", "resid_final", "logits", "z")
@@ -119,7 +119,8 @@ class ModelView:
 
     def rotary(self, layer: int, position_ids: Tensor) -> tuple[Tensor, Tensor]:
         lw = self.layer(layer)
-        freqs = position_ids[..., None].float() * lw.inv_freq.float().to(position_ids.device)
+        angle = compute_dtype(self.dtype)
+        freqs = position_ids[..., None].to(angle) * lw.inv_freq.to(device=position_ids.device, dtype=angle)
         emb = torch.cat((freqs, freqs), dim=-1)
         cos = (emb.cos() * lw.rope_scaling).to(self.dtype)
         sin = (emb.sin() * lw.rope_scaling).to(self.dtype)
@@ -155,7 +156,7 @@ class ModelView:
         if self.cfg.attn_softcap:
             scores = torch.tanh(scores / self.cfg.attn_softcap) * self.cfg.attn_softcap
         scores = scores + mask_bias
-        pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        pattern = torch.softmax(scores, dim=-1, dtype=compute_dtype(q.dtype)).to(q.dtype)
         z = torch.matmul(pattern, v).transpose(1, 2)
         return z, pattern
 
@@ -177,7 +178,7 @@ class ModelView:
     def _post_norm_factor(self, raw: Tensor, norm) -> Tensor:
         """The per-position factor f with norm(raw) = f ⊙ raw (RMS norms have no shift)."""
         scale = norm_scale(raw, self.cfg.norm, self.cfg.norm_eps)
-        weight = norm.weight.float()
+        weight = norm.weight.to(scale.dtype)
         if self.cfg.norm == "rmsnorm_plus1":
             weight = 1.0 + weight
         return (scale * weight).to(raw.dtype)
