@@ -42,7 +42,7 @@ def _stage_memory(options, shots: int) -> dict:
     if child.returncode != 0:
         return {"stage_error": child.error()}
     return {
-        "peak_rss_gb": round(child.peak_rss_gb, 2),
+        "peak_rss_gb": None if child.peak_rss_gb is None else round(child.peak_rss_gb, 2),
         "peak_rss_over": f"recallscope patch --shots {shots} in a child process (model load, recall, every batch, attribution); target <= 3 GB",
         "stage_wall_seconds": round(child.seconds, 1),
     }

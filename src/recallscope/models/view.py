@@ -90,6 +90,7 @@ class ModelView:
     def __init__(self, cfg: ArchConfig, weights: Weights):
         self.cfg = cfg
         self.weights = weights
+        self._qkv_weight: dict[int, Tensor] = {}  # per layer: W_Q | W_K | W_V side by side, [d, (H + 2K) dh]
 
     @property
     def device(self) -> torch.device:
@@ -129,9 +130,12 @@ class ModelView:
     def qkv(self, layer: int, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Queries [B, H, S, dh], keys and values [B, K, S, dh] from the normalised input x."""
         lw = self.layer(layer)
-        q = torch.einsum("bsd,hde->bhse", x, lw.W_Q)
-        k = torch.einsum("bsd,hde->bhse", x, lw.W_K)
-        v = torch.einsum("bsd,hde->bhse", x, lw.W_V)
+        cfg = self.cfg
+        if layer not in self._qkv_weight:  # one matrix product for q, k and v (same sums, one GEMM)
+            self._qkv_weight[layer] = torch.cat([w.permute(1, 0, 2).reshape(cfg.d_model, -1) for w in (lw.W_Q, lw.W_K, lw.W_V)], dim=1)
+        *lead, S, _ = x.shape
+        qkv = (x @ self._qkv_weight[layer]).reshape(*lead, S, cfg.n_heads + 2 * cfg.n_kv_heads, cfg.d_head).transpose(-2, -3)
+        q, k, v = qkv.split([cfg.n_heads, cfg.n_kv_heads, cfg.n_kv_heads], dim=-3)
         if lw.b_Q is not None:
             q = q + lw.b_Q[None, :, None]
             k = k + lw.b_K[None, :, None]
