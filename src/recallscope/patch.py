@@ -628,16 +628,17 @@ def run_engine(view: ModelView, prepared: Prepared, components: Sequence[Compone
 
 def engine_pi(view: ModelView, prepared: Prepared, components: Sequence[Component], engine: str) -> list[Tensor]:
     """π of every patched variant, one [B, C] tensor per prepared batch."""
-    return [_batch_pi(view, pb, components, engine) for pb in prepared.batches]
+    return [batch_pi(view, pb, components, engine) for pb in prepared.batches]
 
 
-def _batch_pi(view: ModelView, pb: PatchBatch, components: Sequence[Component], engine: str) -> Tensor:
+def batch_pi(view: ModelView, pb: PatchBatch, components: Sequence[Component], engine: str) -> Tensor:
+    """π of every patched variant of one prepared batch, [B, C] (CUDA out-of-memory: halves)."""
     fn = ENGINE_FUNCTIONS[engine]
     return _with_oom_retry(lambda b: fn(view, b.base, b.patch, components), pb)
 
 
 def _batch_effects(view: ModelView, pb: PatchBatch, components: Sequence[Component], engine: str, mode: str) -> np.ndarray:
-    return pb.effect_pct(_batch_pi(view, pb, components, engine), mode).double().cpu().numpy()
+    return pb.effect_pct(batch_pi(view, pb, components, engine), mode).double().cpu().numpy()
 
 
 def effects_from_pi(prepared: Prepared, pis: Sequence[Tensor], mode: str) -> np.ndarray:

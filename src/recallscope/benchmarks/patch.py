@@ -1,7 +1,8 @@
 """Patching engines side by side: exact vs the naive loop, vs TransformerLens, attribution vs exact.
 
 Both engines start from the same prepared clean run and corrupted means (``patch.prepare``,
-timed once and reported as ``prepare_seconds``); ``ratio`` compares the patched runs
+timed once and reported as ``prepare_seconds``) and are timed batch by batch in turn, so that
+a machine whose speed drifts (shared cores) slows both alike; ``ratio`` compares the patched runs
 themselves, ``ratio_end_to_end`` adds the shared preparation to both sides. The naive loop
 (one full forward per component) is timed on an evenly spread sample of components and
 scaled to all of them; the line says so. Peak RSS is that of the patch stage run by itself
@@ -72,9 +73,18 @@ def run(options) -> Iterator[dict]:
 def _exact_vs_naive_lines(model, options, shots, known, config, comps, sample) -> tuple[dict, dict]:
     view = model.view
     prepared, prep_s = _timed(lambda: P.prepare(model, known, config))
-    exact, exact_s = _timed(lambda: P.run_engine(view, prepared, comps, "exact", config.mode))
     picked = [comps[i] for i in sample]
-    naive, naive_sample_s = _timed(lambda: P.run_engine(view, prepared, picked, "naive", config.mode))
+    # batch by batch, the two engines in turn: both see the machine in the same state
+    exact_pi, naive_pi, exact_s, naive_sample_s = [], [], 0.0, 0.0
+    for pb in prepared.batches:
+        pi, s = _timed(lambda: P.batch_pi(view, pb, comps, "exact"))
+        exact_pi.append(pi)
+        exact_s += s
+        pi, s = _timed(lambda: P.batch_pi(view, pb, picked, "naive"))
+        naive_pi.append(pi)
+        naive_sample_s += s
+    exact = P.effects_from_pi(prepared, exact_pi, config.mode)
+    naive = P.effects_from_pi(prepared, naive_pi, config.mode)
     naive_s = naive_sample_s * len(comps) / len(sample)
     attribution, attr_s = _timed(lambda: P.run_engine(view, prepared, comps, "attribution", config.mode))
     diff64 = _float64_diff(model, known, config, picked)
