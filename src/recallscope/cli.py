@@ -137,18 +137,28 @@ def _flag_overrides(stage: str, flags: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Options every stage verb and ``run`` share (one definition each).
+MODEL_OPTION = typer.Option("smollm2-135m", "--model", "-m", help="Alias, hub id or local directory.")
+SEED_OPTION = typer.Option(0, "--seed")
+MAX_PROMPTS_OPTION = typer.Option(None, "--max-prompts")
+DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto.")
+DTYPE_OPTION = typer.Option("float32", "--dtype")
+JSON_OPTION = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout.")
+FORCE_OPTION = typer.Option(False, "--force", help="Redo stages already in --out.")
+
+
 def _stage_command(stage: str):
     def command(
-        model: str = typer.Option("smollm2-135m", "--model", "-m", help="Alias, hub id or local directory."),
+        model: str = MODEL_OPTION,
         relation: str = typer.Option("country_capital", "--relation", "-r", help="Built-in relation name or LRE JSON path."),
         shots: int = typer.Option(0, "--shots", "-k", help="In-context demonstrations per prompt."),
         out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (resumable)."),
-        seed: int = typer.Option(0, "--seed"),
-        max_prompts: Optional[int] = typer.Option(None, "--max-prompts"),
-        device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto."),
-        dtype: str = typer.Option("float32", "--dtype"),
-        as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
-        force: bool = typer.Option(False, "--force", help="Redo stages already in --out."),
+        seed: int = SEED_OPTION,
+        max_prompts: Optional[int] = MAX_PROMPTS_OPTION,
+        device: str = DEVICE_OPTION,
+        dtype: str = DTYPE_OPTION,
+        as_json: bool = JSON_OPTION,
+        force: bool = FORCE_OPTION,
         layer: Optional[int] = typer.Option(None, "--layer", help="Layer for decompose/intercept."),
         layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers to patch."),
         head: Optional[int] = typer.Option(None, "--head", help="Head for movers."),
@@ -179,16 +189,16 @@ for _stage in STAGE_HELP:
 
 @app.command("run")
 def run_command(
-    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Alias, hub id or local directory."),
+    model: str = MODEL_OPTION,
     relation: str = typer.Option("country_capital", "--relation", "-r", help="Relation names or LRE paths, comma-separated."),
     shots: str = typer.Option("0", "--shots", "-k", help="Shot counts, comma-separated (e.g. 0,1,3)."),
     out: str = typer.Option("runs/latest", "--out", "-o", help="Run directory (resumable)."),
-    seed: int = typer.Option(0, "--seed"),
-    max_prompts: Optional[int] = typer.Option(None, "--max-prompts"),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto."),
-    dtype: str = typer.Option("float32", "--dtype"),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
-    force: bool = typer.Option(False, "--force", help="Redo stages already in --out."),
+    seed: int = SEED_OPTION,
+    max_prompts: Optional[int] = MAX_PROMPTS_OPTION,
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
+    as_json: bool = JSON_OPTION,
+    force: bool = FORCE_OPTION,
     stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated subset of stages (default: all)."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
     settings: list[str] = typer.Option([], "--set", help="Stage setting, e.g. --set decompose.solver=sgd (repeatable)."),
