@@ -176,10 +176,6 @@ class BaseRun:
     def end_position_ids(self) -> Tensor:
         return position_ids_from_mask(self.attention_mask)[:, -1]
 
-    def kv(self, view: ModelView, layer: int) -> tuple[Tensor, Tensor]:
-        """Keys and values [B, K, S-1, dh] of the positions before the end at ``layer``."""
-        return self.prefix_kv[layer]
-
     def sliced(self, sl: slice) -> "BaseRun":
         return BaseRun(self.input_ids[sl], self.attention_mask[sl], self.answer_ids[sl], _slice_record(self.record, sl),
                        [(k[sl], v[sl]) for k, v in self.prefix_kv])
@@ -329,7 +325,7 @@ def end_layer(
     values of earlier positions are the base run's (no end-position patch changes them).
     """
     out, *_ = cached_layer(
-        view, layer, resid[:, :, None], base.end_position_ids[:, None], base.kv(view, layer),
+        view, layer, resid[:, :, None], base.end_position_ids[:, None], base.prefix_kv[layer],
         base.prefix_bias(view, layer)[:, None],
         None if head_delta is None else head_delta[:, :, None], None if mlp_delta is None else mlp_delta[:, :, None],
     )
@@ -366,7 +362,7 @@ def corrupted_mean(view: ModelView, base: BaseRun, corrupt_ids: Tensor, weight: 
         window = cfg.window(layer)
         if window not in masks:
             masks[window] = causal_mask_bias(base.attention_mask, n_queries=T, window=window, dtype=view.dtype)[:, 0]
-        k, v = base.kv(view, layer)
+        k, v = base.prefix_kv[layer]
         kv = (k[:, :, :lo], v[:, :, :lo])
         bias = torch.cat([masks[window][..., :lo], masks[window][..., lo:]], dim=-1)
         stash["resid_pre"].append(mean(resid[:, :, -1]))
