@@ -1,0 +1,584 @@
+"""Stage **trace**: causal tracing (Meng et al. 2022, "Locating and Editing Factual Associations
+in GPT", ROME, §2.1) — which hidden states, at which token and layer, carry the fact?
+
+The method, as ROME's code runs it (``experiments/causal_trace.py`` of kmeng01/rome:
+``trace_with_patch``, ``trace_important_states``, ``trace_important_window``,
+``calculate_hidden_flow``; ``collect_embedding_std`` for the noise level):
+
+1. **Clean run**: the prompt ("The capital of France is"); p(Y) of the answer's first token.
+2. **Corrupted runs**: the same prompt, n times (``n_samples``, ROME: 10), with Gaussian noise
+   ε ~ N(0, σ²) added to the input embedding of every subject token (the embedding = the
+   residual entering layer 0, ``resid_pre[0]``). σ = 3 × the standard deviation of the subject
+   tokens' embeddings (ROME's rule: ``noise_level = 3 * collect_embedding_std(mt, subjects)``),
+   or ``noise`` when set. p_corrupted(Y) = the mean over the n runs of p(Y) (ROME averages the
+   probabilities, ``softmax(logits[1:, -1]).mean(0)``).
+3. **Restored runs**: each corrupted run again, with one hidden state set back to its clean
+   value at one token position p, for every position p and layer l:
+
+   - ``resid``: the hidden state h_l output by layer l (ROME's ``transformer.h.{l}`` output),
+     i.e. the residual after layer l, ``resid_pre[l+1]`` (the final residual for the last layer);
+   - ``mlp``: the MLP outputs of a *window* of ``window`` layers centred on l (ROME:
+     ``range(max(0, l - w // 2), min(L, l - (-w // 2)))``, w = 10), at position p;
+   - ``attn``: the same window of attention outputs.
+
+   p_restored(Y) is again the mean over the n runs; the **indirect effect** of the state is
+   IE = p_restored − p_corrupted (ROME §2.1), reported per prompt, kind, position and layer
+   (for windows, layer = the window's centre, as ROME plots it).
+
+Noise: each prompt's n noise draws are seeded from the config's seed and the prompt's text,
+and the *same* draws are used for every restoration of that prompt (ROME reseeds with
+``RandomState(1)`` in every ``trace_with_patch`` call, for the same purpose: restorations
+differ only by what they restore). σ is the unbiased standard deviation of every coordinate of
+the subject tokens' token embeddings (× the model's embedding scale, without positional
+embeddings, as ROME's ``transformer.wte`` output) over the prompts of the relation. ROME
+embeds each subject string alone; recallscope reads the subject tokens in the prompts (the
+same tokens that are corrupted; with a leading space where the prompt has one). ROME scores the
+model's top-1 token; recallscope scores Y, the answer's first token (the same token on the
+known prompts this stage is given).
+
+Positions are grouped as ROME's ``average_causal_effects`` notebook groups them: first subject
+token, middle subject tokens (between the first and the last), last subject token, first
+subsequent token (right after the subject), further tokens, last token. A single-token subject
+counts as both first and last subject token, and a subject right before the last token makes
+that token both "first subsequent" and "last" (as there). ROME pools the tokens of a group
+across prompts; recallscope first averages a prompt's tokens within a group, so that the
+bootstrap resamples prompts (``stats.bootstrap_ci``, percentile, over prompts).
+
+Engines (equal to each other; tests hold them to 1e-5 of p in float64):
+
+``naive``
+    ROME's loop: one batched forward of the clean prompt and its n noised copies per
+    restoration (``view.trace`` with edits: noise on ``resid_pre[0]`` rows 1..n, restored
+    rows := row 0 at the restored sites).
+``exact`` (default)
+    every restoration of a group of prompts of one token length, batched; the clean run and
+    the n noised runs are computed once. A restoration at position p entering at layer s
+    (s = l + 1 for ``resid``, the window's first layer for ``mlp``/``attn``) changes nothing
+    at positions < p (attention is causal) and nothing below layer s, so it runs only positions
+    [p:] from layer s upward, over the noised runs' keys/values of positions [:p]
+    (``ModelView.forward_from``). The saving is bounded by T·L / mean((T − p)(L − s)).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .claims import FAILS, HOLDS, NOT_MEASURABLE, Claim
+from .errors import UserError
+from .figures import causal_trace as causal_trace_figures
+from .models import Model
+from .models.arch import compute_dtype
+from .models.view import ModelView
+from .progress import track
+from .stats import bootstrap_ci
+from .tasks import PromptSet
+from .tasks.prompts import Prompt, stable_seed
+
+KINDS = ("resid", "mlp", "attn")
+ENGINES = ("exact", "naive")
+LABEL = {"resid": "RES", "mlp": "MLP", "attn": "ATTN"}
+SITE = {"mlp": "mlp_out", "attn": "attn_out"}
+GROUPS = (
+    "first subject token",
+    "middle subject tokens",
+    "last subject token",
+    "first subsequent token",
+    "further tokens",
+    "last token",
+)
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    n_samples: int = 10  # noised copies per prompt (ROME: samples=10); > 0
+    noise: float | None = None  # σ of the noise; None = noise_scale × std of the subject embeddings; > 0
+    noise_scale: float = 3.0  # ROME's factor (noise_level = 3 * collect_embedding_std); > 0
+    window: int = 10  # layers restored together for mlp/attn (ROME: window=10); 1 ≤ window ≤ n_layers
+    kinds: tuple[str, ...] = KINDS  # from "resid", "mlp", "attn"
+    engine: str = "exact"  # "exact" | "naive"
+    seed: int = 0
+    batch_size: int = 4  # prompts of one token length traced together by the exact engine; > 0
+    n_bootstrap: int = 2000
+    level: float = 0.95
+
+
+def check_config(config: TraceConfig, model: Model | None = None) -> None:
+    """Raise :class:`UserError` (one line) for a setting out of range; before any work."""
+    if config.n_samples < 1:
+        raise UserError(f"trace.n_samples must be >= 1, got {config.n_samples}")
+    if config.noise is not None and not config.noise > 0:
+        raise UserError(f"trace.noise must be > 0 (the noise's standard deviation), got {config.noise}")
+    if not config.noise_scale > 0:
+        raise UserError(f"trace.noise_scale must be > 0, got {config.noise_scale}")
+    kinds = tuple(config.kinds)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise UserError(f"trace.kinds: unknown {bad or 'empty list'}; choose from {', '.join(KINDS)}")
+    if config.engine not in ENGINES:
+        raise UserError(f"trace.engine must be one of {', '.join(ENGINES)}, got {config.engine!r}")
+    if config.batch_size < 1:
+        raise UserError(f"trace.batch_size must be >= 1, got {config.batch_size}")
+    if config.window < 1:
+        raise UserError(f"trace.window must be >= 1, got {config.window}")
+    if model is not None and config.window > model.cfg.n_layers:
+        raise UserError(f"trace.window {config.window} is larger than the model ({model.cfg.n_layers} layers)")
+
+
+def window_layers(centre: int, window: int, n_layers: int) -> range:
+    """ROME's window of layers around ``centre``: [max(0, c − w//2), min(L, c + ⌈w/2⌉))."""
+    return range(max(0, centre - window // 2), min(n_layers, centre - (-window // 2)))
+
+
+def check_subjects(prompts: PromptSet) -> None:
+    """Every prompt must have its subject located in its tokens, before the last token."""
+    if len(prompts) == 0:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(prompts.dropped.items()) if v) or "no samples"
+        raise UserError(f"no prompt with a located subject in relation {prompts.relation.name!r} ({reasons})")
+    for p in prompts.prompts:
+        lo, hi = p.subject_span
+        if not 0 <= lo < hi <= p.n_tokens - 1:
+            raise UserError(
+                f"the subject {p.subject!r} cannot be located before the last token of prompt {p.index} "
+                f"(tokens {lo}..{hi} of {p.n_tokens})"
+            )
+
+
+def position_groups(prompt: Prompt) -> dict[str, list[int]]:
+    """Token positions of each of ROME's six groups (``average_causal_effects`` notebook)."""
+    lo, hi = prompt.subject_span
+    last = prompt.n_tokens - 1
+    return {
+        GROUPS[0]: [lo],
+        GROUPS[1]: list(range(lo + 1, hi - 1)),
+        GROUPS[2]: [hi - 1],
+        GROUPS[3]: [hi] if hi <= last else [],
+        GROUPS[4]: list(range(hi + 1, last)),
+        GROUPS[5]: [last],
+    }
+
+
+def subject_embedding_std(view: ModelView, prompts: PromptSet) -> float:
+    """Std of every coordinate of the subject tokens' token embeddings over the prompts.
+
+    ROME's ``collect_embedding_std`` (std of the ``wte`` output over the subjects); the
+    embedding scale is applied (Gemma), positional embeddings are not (ROME reads ``wte``).
+    """
+    ids = [tok for p in prompts.prompts for tok in p.input_ids[slice(*p.subject_span)]]
+    emb = view.weights.W_E.detach()[torch.tensor(ids, device=view.device)].double()
+    if view.cfg.embed_scale != 1.0:
+        emb = emb * float(torch.tensor(view.cfg.embed_scale, dtype=torch.float32).to(view.dtype))
+    return float(emb.std())
+
+
+def noise_draws(prompt: Prompt, n: int, d: int, seed: int) -> np.ndarray:
+    """Standard normal draws [n, subject tokens, d] for one prompt, seeded by seed and text."""
+    rng = np.random.default_rng(stable_seed(seed, "trace-noise", prompt.text))
+    return rng.standard_normal((n, prompt.subject_n_tokens, d))
+
+
+def answer_prob(view: ModelView, logits: Tensor, answer_ids: Tensor) -> Tensor:
+    """p(Y) [...] from logits [..., V]: softmax in the compute dtype (float64 for float64 models)."""
+    probs = torch.softmax(logits.to(compute_dtype(view.dtype)), dim=-1)
+    return probs.gather(-1, answer_ids[..., None].to(probs.device)).squeeze(-1)
+
+
+def restorations(kinds, n_tokens: int, n_layers: int, window: int) -> list[tuple[str, int, int, int]]:
+    """Every restoration of a prompt: (kind, position p, layer l, entry layer s).
+
+    s is the first layer whose computation the restoration changes: l + 1 for ``resid``
+    (h_l feeds layer l + 1; s = L for the last layer: only the logits change), the window's
+    first layer for ``mlp``/``attn``.
+    """
+    out = []
+    for kind in kinds:
+        for p in range(n_tokens):
+            for layer in range(n_layers):
+                entry = layer + 1 if kind == "resid" else window_layers(layer, window, n_layers)[0]
+                out.append((kind, p, layer, entry))
+    return out
+
+
+def flop_ratio(n_tokens: int, n_layers: int, restores) -> float:
+    """T·L / mean((T − p)(L − s)) over restorations (kind, p, l, s): what reusing can save.
+
+    For s = L (the last layer's output restored) the restored run still computes the logits of
+    positions [p:], counted as one layer's worth so the ratio stays finite.
+    """
+    cost = [(n_tokens - p) * max(n_layers - s, 1) for _, p, _, s in restores]
+    return n_tokens * n_layers / float(np.mean(cost))
+
+
+# --------------------------------------------------------------------------- naive engine
+@torch.no_grad()
+def naive_prompt(view: ModelView, prompt: Prompt, noise: Tensor, kinds, window: int) -> dict:
+    """ROME's loop for one prompt: one forward of [clean, n noised copies] per restoration.
+
+    ``noise`` [n, subject tokens, d] (already × σ). Returns ``p_clean``, ``p_corrupted``
+    (floats) and ``p_restored`` {kind: [T, L] array}.
+    """
+    cfg = view.cfg
+    n = noise.shape[0]
+    T, L = prompt.n_tokens, cfg.n_layers
+    ids = torch.tensor(prompt.input_ids, device=view.device)[None].repeat(n + 1, 1)
+    y = torch.full((n + 1,), prompt.answer_id, device=view.device)
+    lo, hi = prompt.subject_span
+    noise = noise.to(device=view.device, dtype=view.dtype)
+
+    def corrupt(x: Tensor) -> Tensor:
+        x = x.clone()
+        x[1:, lo:hi] += noise
+        return x
+
+    def restore(p: int):
+        def edit(x: Tensor) -> Tensor:
+            x = x.clone()
+            x[1:, p] = x[0, p]  # ROME: h[1:, t] = h[0, t]
+            return x
+        return edit
+
+    def run(extra: dict) -> Tensor:
+        logits = view.trace(ids, record=["logits"], edits={("resid_pre", 0): corrupt, **extra}).logits[:, 0]
+        return answer_prob(view, logits, y)
+
+    base = run({})
+    out = {"p_clean": float(base[0]), "p_corrupted": float(base[1:].mean()), "p_restored": {}}
+    for kind in kinds:
+        table = np.zeros((T, L))
+        for p in range(T):
+            for layer in range(L):
+                if kind == "resid":
+                    # h_l = resid_mid[l] + mlp_out[l]: restoring both restores the layer's output
+                    # (for the last layer too, which has no resid_pre[l + 1] to edit).
+                    edits = {("resid_mid", layer): restore(p), ("mlp_out", layer): restore(p)}
+                else:
+                    edits = {(SITE[kind], m): restore(p) for m in window_layers(layer, window, L)}
+                table[p, layer] = float(run(edits)[1:].mean())
+        out["p_restored"][kind] = table
+    return out
+
+
+# --------------------------------------------------------------------------- exact engine
+@dataclass
+class _Runs:
+    """Clean and noised runs of a group of prompts of one token length T (rows b = prompts)."""
+
+    ids: Tensor  # [B, T]
+    answer: Tensor  # [B]
+    clean: dict  # site -> [B, T, L, d] (resid_pre, attn_out, mlp_out); "final" -> [B, T, d]
+    noised_resid: Tensor  # [B·n, T, L, d] resid_pre of the noised runs (row = b·n + i)
+    noised_final: Tensor  # [B·n, T, d]
+    noised_kv: list  # per layer (k, v) [B·n, K, T, dh] of the noised runs
+    p_clean: Tensor  # [B]
+    p_corrupted: Tensor  # [B]
+
+
+@torch.no_grad()
+def _record_runs(view: ModelView, prompts: list[Prompt], noise: list[Tensor]) -> _Runs:
+    B, n = len(prompts), noise[0].shape[0]
+    T = prompts[0].n_tokens
+    ids = torch.tensor([p.input_ids for p in prompts], device=view.device)
+    answer = torch.tensor([p.answer_id for p in prompts], device=view.device)
+    positions = torch.arange(T, device=view.device)[None]
+    clean = view.trace(ids, positions=positions.expand(B, T), record=["resid_pre", "attn_out", "mlp_out", "resid_final", "logits"],
+                       return_kv=True)
+    rows = ids.repeat_interleave(n, dim=0)
+
+    def corrupt(x: Tensor) -> Tensor:
+        x = x.clone()
+        for b, p in enumerate(prompts):
+            lo, hi = p.subject_span
+            x[b * n:(b + 1) * n, lo:hi] += noise[b].to(device=x.device, dtype=x.dtype)
+        return x
+
+    noised = view.trace(rows, positions=positions.expand(B * n, T), record=["resid_pre", "resid_final", "logits"],
+                        edits={("resid_pre", 0): corrupt}, return_kv=True)
+    p_clean = answer_prob(view, clean.logits[:, -1], answer)
+    p_noised = answer_prob(view, noised.logits[:, -1], answer.repeat_interleave(n))
+    return _Runs(ids, answer, {"resid_pre": clean.resid_pre, "attn_out": clean.attn_out, "mlp_out": clean.mlp_out,
+                               "final": clean.resid_final},
+                 noised.resid_pre, noised.resid_final, noised.kv, p_clean, p_noised.view(B, n).mean(1))
+
+
+@torch.no_grad()
+def exact_group(view: ModelView, prompts: list[Prompt], noise: list[Tensor], kinds, window: int) -> dict:
+    """Every restoration of prompts of one token length T, over the cached noised runs.
+
+    ``noise`` per prompt [n, subject tokens, d] (× σ). Restorations that enter at the same
+    (position p, layer s) run as the variants of one :meth:`ModelView.forward_from` call over
+    positions [p:] from layer s, whose rows are the B·n noised runs and whose prefix is their
+    keys/values of [:p]. Returns ``p_clean``, ``p_corrupted`` [B] and ``p_restored``
+    {kind: [B, T, L]} (numpy).
+    """
+    cfg = view.cfg
+    B, n = len(prompts), noise[0].shape[0]
+    T, L = prompts[0].n_tokens, cfg.n_layers
+    if any(p.n_tokens != T for p in prompts):
+        raise ValueError("exact_group takes prompts of one token length")
+    runs = _record_runs(view, prompts, noise)
+    R = B * n
+    mask = torch.ones(R, T, dtype=torch.long, device=view.device)
+    y = runs.answer.repeat_interleave(n)
+
+    def per_row(x: Tensor) -> Tensor:  # a clean prompt's value for each of its n noised rows
+        return x.repeat_interleave(n, dim=0)
+
+    clean_resid = per_row(runs.clean["resid_pre"])  # [R, T, L, d]
+    clean_site = {kind: per_row(runs.clean[SITE[kind]]) for kind in kinds if kind != "resid"}
+    p_corrupted = runs.p_corrupted.cpu().numpy()
+    out = {kind: np.zeros((B, T, L)) for kind in kinds}
+    by_entry: dict[tuple[int, int], list[tuple[str, int]]] = {}
+    for kind, p, layer, entry in restorations(kinds, T, L, window):
+        by_entry.setdefault((p, entry), []).append((kind, layer))
+    for (p, entry), variants in by_entry.items():
+        if entry == L:  # h_{L-1} restored: only the logits of position p change
+            (_, layer), = variants
+            if p < T - 1:
+                out["resid"][:, p, layer] = p_corrupted
+            else:
+                prob = answer_prob(view, view.logits_from_resid(per_row(runs.clean["final"])[:, p]), y)
+                out["resid"][:, p, layer] = prob.view(B, n).mean(1).cpu().numpy()
+            continue
+        C = len(variants)
+        resid = runs.noised_resid[:, p:, entry][:, None].repeat(1, C, 1, 1)  # [R, C, T - p, d]
+        sites: dict[tuple[str, int], list[int]] = {}
+        for c, (kind, layer) in enumerate(variants):
+            if kind == "resid":
+                resid[:, c, 0] = clean_resid[:, p, entry]  # h_{entry-1} = the residual entering layer `entry`
+            else:
+                for m in window_layers(layer, window, L):
+                    sites.setdefault((kind, m), []).append(c)
+        edits = {(SITE[kind], m): _restore_variants(idx, clean_site[kind][:, p, m]) for (kind, m), idx in sites.items()}
+        past = [(k[:, :, :p], v[:, :, :p]) for k, v in runs.noised_kv] if p else None
+        trace = view.forward_from(resid, entry, mask, past, record=["logits"], edits=edits)
+        prob = answer_prob(view, trace.logits[:, :, -1], y[:, None].expand(R, C)).view(B, n, C).mean(1).cpu().numpy()
+        for c, (kind, layer) in enumerate(variants):
+            out[kind][:, p, layer] = prob[:, c]
+    return {"p_clean": runs.p_clean.cpu().numpy(), "p_corrupted": p_corrupted, "p_restored": out}
+
+
+def _restore_variants(variants: list[int], clean: Tensor):
+    """An edit of a [R, C, T - p, d] site: the variants' first position (p) := the clean value [R, d]."""
+    index = torch.tensor(variants, device=clean.device)
+
+    def edit(x: Tensor) -> Tensor:
+        x = x.clone()
+        x[:, index, 0] = clean[:, None].to(x.dtype)
+        return x
+    return edit
+
+
+# --------------------------------------------------------------------------- the stage
+@dataclass(frozen=True)
+class TraceResult:
+    """Causal tracing of a prompt set.
+
+    ``frame`` (main table): one row per prompt × kind × position × layer: ``prompt_index``,
+    ``kind`` (resid|mlp|attn), ``component`` (``RES{l}``/``MLP{l}``/``ATTN{l}``; for a window,
+    l is its centre), ``layer``, ``position`` (token index), ``token``, ``groups`` (ROME groups
+    the position belongs to, "; "-joined), ``p_restored``, ``p_corrupted``, ``p_clean`` (p(Y),
+    probabilities in [0, 1]), ``indirect_effect`` = p_restored − p_corrupted.
+    ``grouped``: kind × group × layer: mean IE over prompts (each prompt's positions in the
+    group averaged first), bootstrap interval, n_prompts. ``prompts``: per prompt p_clean,
+    p_corrupted, total effect p_clean − p_corrupted, subject span, token count.
+    """
+
+    prompts: PromptSet
+    frame: pd.DataFrame = field(repr=False)
+    grouped: pd.DataFrame = field(repr=False)
+    per_prompt: pd.DataFrame = field(repr=False)
+    config: TraceConfig
+    n_layers: int
+    noise: float
+    embedding_std: float | None
+    engine_seconds: float = 0.0
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.frame.copy()
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"trace": self.to_frame(), "grouped": self.grouped.copy(), "prompts": self.per_prompt.copy()}
+
+    def peak(self, kind: str, group: str | None = None) -> dict | None:
+        """The (group, layer) of the largest mean IE of ``kind`` (optionally within one group)."""
+        g = self.grouped[self.grouped["kind"] == kind]
+        if group is not None:
+            g = g[g["group"] == group]
+        g = g.dropna(subset=["mean_indirect_effect"])
+        if not len(g):
+            return None
+        row = g.loc[g["mean_indirect_effect"].idxmax()]
+        return {"group": row["group"], "layer": int(row["layer"]), "mean_indirect_effect": float(row["mean_indirect_effect"]),
+                "ci_low": float(row["ci_low"]), "ci_high": float(row["ci_high"])}
+
+    def to_dict(self) -> dict:
+        pp = self.per_prompt
+        return {
+            "relation": self.prompts.relation.name,
+            "shots": self.prompts.shots,
+            "n_prompts": int(len(pp)),
+            "n_layers": self.n_layers,
+            "n_samples": self.config.n_samples,
+            "noise": self.noise,
+            "noise_rule": ("set by trace.noise" if self.config.noise is not None
+                           else f"{self.config.noise_scale:g} x std of the subject tokens' embeddings (ROME)"),
+            "embedding_std": self.embedding_std,
+            "window": self.config.window,
+            "kinds": list(self.config.kinds),
+            "engine": self.config.engine,
+            "mean_p_clean": float(pp["p_clean"].mean()),
+            "mean_p_corrupted": float(pp["p_corrupted"].mean()),
+            "mean_total_effect": float(pp["total_effect"].mean()),
+            "peaks": {kind: self.peak(kind) for kind in self.config.kinds},
+            "last_subject_token_peaks": {kind: self.peak(kind, GROUPS[2]) for kind in self.config.kinds},
+            "last_token_peaks": {kind: self.peak(kind, GROUPS[5]) for kind in self.config.kinds},
+        }
+
+    def plot(self):
+        return causal_trace_figures.figures(self.tables(), self.to_dict())[0]
+
+
+def trace(model: Model, prompts: PromptSet, config: TraceConfig = TraceConfig(), progress: bool = True) -> TraceResult:
+    """Causal tracing of every prompt (see the module docstring): p(Y) restored at every
+    (kind, position, layer). ``prompts`` are the prompts to trace (the pipeline passes the known
+    ones). Raises :class:`UserError` for a bad setting, an empty prompt set or a subject not
+    located before the last token."""
+    check_config(config, model)
+    check_subjects(prompts)
+    view = model.view
+    d, L = model.cfg.d_model, model.cfg.n_layers
+    kinds = tuple(k for k in KINDS if k in config.kinds)
+    std = None
+    sigma = config.noise
+    if sigma is None:
+        std = subject_embedding_std(view, prompts)
+        sigma = config.noise_scale * std
+    noise = {p.index: torch.from_numpy(noise_draws(p, config.n_samples, d, config.seed) * sigma) for p in prompts.prompts}
+    results: dict[int, dict] = {}
+    start = time.perf_counter()
+    if config.engine == "naive":
+        for p in track(prompts.prompts, "trace", total=len(prompts), enabled=progress):
+            results[p.index] = naive_prompt(view, p, noise[p.index], kinds, config.window)
+    else:
+        groups = list(_length_groups(prompts.prompts, config.batch_size))
+        for group in track(groups, "trace", total=len(groups), enabled=progress):
+            got = exact_group(view, group, [noise[p.index] for p in group], kinds, config.window)
+            for b, p in enumerate(group):
+                results[p.index] = {"p_clean": float(got["p_clean"][b]), "p_corrupted": float(got["p_corrupted"][b]),
+                                    "p_restored": {k: got["p_restored"][k][b] for k in kinds}}
+    seconds = time.perf_counter() - start
+    frame, per_prompt = _tables(model, prompts, results, kinds, L)
+    grouped = group_means(frame, prompts, config)
+    return TraceResult(prompts, frame, grouped, per_prompt, config, L, float(sigma), std, seconds)
+
+
+def _length_groups(prompts, batch_size: int):
+    by_length: dict[int, list[Prompt]] = {}
+    for p in prompts:
+        by_length.setdefault(p.n_tokens, []).append(p)
+    for _, group in sorted(by_length.items()):
+        for i in range(0, len(group), batch_size):
+            yield group[i:i + batch_size]
+
+
+def _tables(model: Model, prompts: PromptSet, results: dict, kinds, L: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    tok = model.tokenizer
+    columns: dict[str, list] = {k: [] for k in ("prompt_index", "kind", "component", "layer", "position", "token", "groups",
+                                                  "p_restored", "p_corrupted", "p_clean")}
+    rows = []
+    for p in prompts.prompts:
+        r = results[p.index]
+        T = p.n_tokens
+        tokens = [tok.decode([t]) for t in p.input_ids] if tok is not None else [str(t) for t in p.input_ids]
+        member: dict[int, list[str]] = {}
+        for g, positions in position_groups(p).items():
+            for pos in positions:
+                member.setdefault(pos, []).append(g)
+        for kind in kinds:
+            table = r["p_restored"][kind]
+            for pos in range(T):
+                for layer in range(L):
+                    columns["prompt_index"].append(p.index)
+                    columns["kind"].append(kind)
+                    columns["component"].append(f"{LABEL[kind]}{layer}")
+                    columns["layer"].append(layer)
+                    columns["position"].append(pos)
+                    columns["token"].append(tokens[pos])
+                    columns["groups"].append("; ".join(member.get(pos, [])))
+                    columns["p_restored"].append(float(table[pos, layer]))
+                    columns["p_corrupted"].append(r["p_corrupted"])
+                    columns["p_clean"].append(r["p_clean"])
+        rows.append({"prompt_index": p.index, "subject": p.subject, "answer": p.answer, "text": p.text, "n_tokens": T,
+                     "subject_start": p.subject_span[0], "subject_stop": p.subject_span[1],
+                     "p_clean": r["p_clean"], "p_corrupted": r["p_corrupted"], "total_effect": r["p_clean"] - r["p_corrupted"]})
+    frame = pd.DataFrame(columns)
+    frame["indirect_effect"] = frame["p_restored"] - frame["p_corrupted"]
+    return frame, pd.DataFrame(rows)
+
+
+def group_means(frame: pd.DataFrame, prompts: PromptSet, config: TraceConfig) -> pd.DataFrame:
+    """Mean indirect effect per kind × ROME group × layer with a bootstrap interval over prompts.
+
+    A prompt's value for a group is the mean over its positions in that group (prompts without
+    such a position, e.g. no middle subject token, do not count for that group)."""
+    parts = []
+    for p in prompts.prompts:
+        for g, positions in position_groups(p).items():
+            if positions:
+                parts.append(pd.DataFrame({"prompt_index": p.index, "group": g, "position": positions}))
+    membership = pd.concat(parts, ignore_index=True)
+    joined = frame.merge(membership, on=["prompt_index", "position"])
+    per_prompt = joined.groupby(["kind", "group", "layer", "prompt_index"], sort=False)["indirect_effect"].mean()
+    rows = []
+    for (kind, group, layer), values in per_prompt.groupby(level=[0, 1, 2], sort=False):
+        v = values.to_numpy(float)
+        lo, hi = bootstrap_ci(v, n=config.n_bootstrap, level=config.level, seed=config.seed)
+        rows.append({"kind": kind, "group": group, "layer": int(layer), "mean_indirect_effect": float(v.mean()),
+                     "ci_low": lo, "ci_high": hi, "n_prompts": int(len(v))})
+    out = pd.DataFrame(rows)
+    out["group"] = pd.Categorical(out["group"], categories=list(GROUPS), ordered=True)
+    out = out.sort_values(["kind", "group", "layer"]).reset_index(drop=True)
+    out["group"] = out["group"].astype(str)
+    return out
+
+
+# --------------------------------------------------------------------------- claims
+CLAIM_MLP_PEAK = "The subject's last-token MLP states matter at middle layers (causal tracing)"
+
+
+def mlp_peak_claim(grouped: pd.DataFrame | None, summary: dict | None, band: tuple[float, float] = (0.25, 0.75)) -> Claim:
+    """ROME's finding (§2.2, Fig. 1–2): restoring a window of MLP outputs at the *last subject
+    token* has its largest effect at middle layers.
+
+    Figure: the largest mean IE of the MLP windows at the last subject token (probability
+    units), its bootstrap interval over prompts. Holds when the interval is above 0 and its
+    layer (window centre) lies in ``band`` × L (recallscope's reading of "middle layers":
+    the middle half of the depth by default; ROME's GPT-2 XL peak is near layer 15 of 48)."""
+    if grouped is None or summary is None or not len(grouped):
+        return Claim(CLAIM_MLP_PEAK, None, None, None, NOT_MEASURABLE, "", "", "the trace stage did not run", "trace")
+    g = grouped[(grouped["kind"] == "mlp") & (grouped["group"] == GROUPS[2])].dropna(subset=["mean_indirect_effect"])
+    if not len(g):
+        return Claim(CLAIM_MLP_PEAK, None, None, None, NOT_MEASURABLE, "", "", "no MLP restorations traced", "trace")
+    L = int(summary["n_layers"])
+    row = g.loc[g["mean_indirect_effect"].idxmax()]
+    layer = int(row["layer"])
+    low, high = band[0] * L, band[1] * L
+    mid = low <= layer < high
+    holds = bool(row["ci_low"] > 0 and mid)
+    last = grouped[(grouped["kind"] == "mlp") & (grouped["group"] == GROUPS[5]) & (grouped["layer"] == layer)]
+    at_last = float(last["mean_indirect_effect"].iloc[0]) if len(last) else float("nan")
+    return Claim(
+        CLAIM_MLP_PEAK, float(row["mean_indirect_effect"]), float(row["ci_low"]), float(row["ci_high"]),
+        HOLDS if holds else FAILS,
+        "largest mean indirect effect on p(Y) of restoring MLP outputs at the last subject token",
+        f"interval > 0 and window centre in [{low:g}, {high:g}) of {L} layers",
+        f"peak at layer {layer} (window of {summary.get('window')}); same window at the last token: {at_last:.4f}; "
+        f"{summary.get('n_prompts')} prompts, noise σ = {summary.get('noise', float('nan')):.4g}",
+        "trace",
+    )

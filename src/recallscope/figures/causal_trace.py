@@ -1,0 +1,85 @@
+"""Plots of the trace stage (causal tracing, ROME): heatmaps of the mean indirect effect over
+ROME's six position groups × layers, one per kind (hidden state, MLP window, attention window),
+and ROME's line plot of the same means with their bootstrap intervals."""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+GROUPS = (
+    "first subject token",
+    "middle subject tokens",
+    "last subject token",
+    "first subsequent token",
+    "further tokens",
+    "last token",
+)
+TITLES = {
+    "resid": "hidden state h_l (single layer)",
+    "mlp": "MLP outputs (window of {w} layers, centred on l)",
+    "attn": "attention outputs (window of {w} layers, centred on l)",
+}
+SCALES = {"resid": "Purples", "mlp": "Greens", "attn": "Reds"}  # ROME's colour maps
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#d62728")
+
+
+def _grouped(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    if "grouped" in tables:
+        return tables["grouped"]
+    raise ValueError("the trace figures need the 'grouped' table")
+
+
+def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
+    """[heatmap per kind present (resid, mlp, attn), line plot of every group with intervals].
+
+    Reads the ``grouped`` table (``kind``, ``group``, ``layer``, ``mean_indirect_effect``,
+    ``ci_low``, ``ci_high``, ``n_prompts``; IE in probability units) and the summary's
+    ``window``, ``n_prompts``, ``mean_p_corrupted``.
+    """
+    grouped = _grouped(tables)
+    window = summary.get("window", 10)
+    n = summary.get("n_prompts", "?")
+    kinds = [k for k in ("resid", "mlp", "attn") if (grouped["kind"] == k).any()]
+    top = float(grouped["mean_indirect_effect"].max()) if len(grouped) else 1.0
+    out = []
+    for kind in kinds:
+        g = grouped[grouped["kind"] == kind]
+        layers = sorted(g["layer"].unique())
+        z = np.full((len(GROUPS), len(layers)), np.nan)
+        for r in g.itertuples():
+            z[GROUPS.index(r.group), layers.index(r.layer)] = r.mean_indirect_effect
+        fig = go.Figure(go.Heatmap(
+            z=z, x=[str(layer) for layer in layers], y=list(GROUPS), colorscale=SCALES[kind], zmin=0, zmax=max(top, 1e-9),
+            colorbar={"title": "mean IE"}, hovertemplate="layer %{x}, %{y}: IE %{z:.4f}<extra></extra>",
+        ))
+        fig.update_layout(
+            title=f"Causal tracing: mean indirect effect on p(Y) of restoring the {TITLES[kind].format(w=window)} — {n} prompts",
+            xaxis_title="layer" if kind == "resid" else "centre of the window of restored layers",
+            yaxis_title="position", yaxis={"autorange": "reversed"},
+        )
+        out.append(fig)
+    lines = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True,
+                          subplot_titles=[html.escape(TITLES[k].format(w=window)) for k in kinds])
+    for col, kind in enumerate(kinds, start=1):
+        g = grouped[grouped["kind"] == kind]
+        for i, group in enumerate(GROUPS):
+            rows = g[g["group"] == group].sort_values("layer")
+            if not len(rows):
+                continue
+            x = rows["layer"].tolist()
+            colour = COLOURS[i]
+            lines.add_trace(go.Scatter(x=x + x[::-1], y=rows["ci_high"].tolist() + rows["ci_low"].tolist()[::-1],
+                                       fill="toself", fillcolor=colour, opacity=0.2, line={"width": 0},
+                                       hoverinfo="skip", showlegend=False, legendgroup=group), row=1, col=col)
+            lines.add_trace(go.Scatter(x=x, y=rows["mean_indirect_effect"], mode="lines", name=group, line={"color": colour},
+                                       legendgroup=group, showlegend=col == 1), row=1, col=col)
+        lines.update_xaxes(title_text="layer", row=1, col=col)
+    lines.update_yaxes(title_text="mean indirect effect on p(Y)", row=1, col=1)
+    lines.update_layout(title=f"Causal tracing: mean indirect effect per position group, 95% bootstrap intervals — {n} prompts")
+    out.append(lines)
+    return out

@@ -1,0 +1,42 @@
+"""Plot of the knockout stage (attention knockout, Geva et al. 2023): the mean relative change
+of p(Y) when the last position's attention edges to a set of positions are blocked in a window
+of layers, against the window's centre, one line per blocked set, with bootstrap intervals."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+NAMES = {"subject": "subject positions", "non_subject": "non-subject positions", "last": "the last position itself"}
+COLOURS = {"subject": "#2ca02c", "non_subject": "#1f77b4", "last": "#d62728"}
+
+
+def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
+    """[line plot of mean relative change (%) of p(Y) per window centre, one line per blocked set].
+
+    Reads the ``windows`` table (``block``, ``layer``, ``mean_relative_change_pct``,
+    ``ci_low``, ``ci_high``) and the summary's ``window``, ``n_prompts`` and ``mover_layers``
+    (drawn as vertical lines when present).
+    """
+    if "windows" not in tables:
+        raise ValueError("the knockout figure needs the 'windows' table")
+    w = tables["windows"]
+    fig = go.Figure()
+    for block in [b for b in NAMES if (w["block"] == b).any()]:
+        rows = w[w["block"] == block].sort_values("layer")
+        x = rows["layer"].tolist()
+        colour = COLOURS[block]
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=rows["ci_high"].tolist() + rows["ci_low"].tolist()[::-1], fill="toself",
+                                 fillcolor=colour, opacity=0.2, line={"width": 0}, hoverinfo="skip", showlegend=False))
+        fig.add_trace(go.Scatter(x=x, y=rows["mean_relative_change_pct"], mode="lines+markers", name=NAMES[block],
+                                 line={"color": colour}))
+    for layer in summary.get("mover_layers") or []:
+        fig.add_vline(x=layer, line_dash="dot", line_color="#868e96")
+    fig.add_hline(y=0, line_color="#adb5bd")
+    fig.update_layout(
+        title=(f"Attention knockout: last position → blocked positions, window of {summary.get('window', '?')} layers "
+               f"— {summary.get('n_prompts', '?')} prompts"),
+        xaxis_title="centre of the window of blocked layers", yaxis_title="mean change of p(Y), % (95% bootstrap interval)",
+        legend_title="edges blocked to",
+    )
+    return [fig]

@@ -1,0 +1,321 @@
+"""Stage **knockout**: attention knockout (Geva et al. 2023, "Dissecting Recall of Factual
+Associations in Auto-Regressive Language Models", §4) — in which layers does the last position
+read the subject?
+
+The method, as Geva et al.'s code runs it (google-research, ``dissecting_factual_predictions/
+factual_associations_dissection.ipynb``: ``set_block_attn_hooks``, ``trace_with_attn_block``
+and the "Information flow analysis" cell):
+
+- For a window of k consecutive layers centred on layer l — ``range(max(0, l − k//2),
+  min(L, l − (−k//2)))``, the same centred, truncated windows as ROME's, one per layer l — the
+  attention edges from the **last position** to a set of positions are blocked: their entries
+  of the attention mask are set to the dtype's minimum before the softmax, so those keys get
+  probability 0 and the rest renormalise (``attn_mask[s, t] = 0`` → ``(1 − mask)·min``).
+- Blocked sets: ``subject`` (every subject token), and the two controls ``non_subject`` (every
+  position before the last that is not a subject token) and ``last`` (the last position's edge
+  to itself).
+- The effect is the relative change of p(Y) at the last position,
+  100 · (p_blocked − p_clean) / p_clean (%), per prompt; recallscope reports its mean over
+  prompts per window with a bootstrap interval (``stats.bootstrap_ci``, percentile, over
+  prompts). Geva et al. score the model's top-1 token; recallscope scores Y, the answer's first
+  token (the same token on the known prompts this stage is given).
+
+Window size: Geva et al. use k = 9 for GPT-2 XL's 48 layers. recallscope's default scales that
+share of the depth: k = max(1, round(9 · L / 48)) (6 for smollm2-135m's 30 layers);
+``knockout.window`` sets it.
+
+Which edges are blocked, exactly: in every layer of the window, for **every query head**, the
+edge from the last position's query to each blocked key position (the mask is shared by the
+heads, as in Geva et al.'s code, which repeats one mask over the heads). With grouped-query
+attention the keys/values of a key/value head are unchanged (other positions still read them);
+only the last position's attention pattern of each query head loses those keys. In a layer with
+a sliding window (Gemma), an edge outside the window is already absent, so blocking it changes
+nothing: the edges removed are the requested ones that the layer's window allows.
+
+Engines: ``naive`` runs one full forward per (blocked set, window) (``view.trace`` with
+``attn_bias`` edits), as Geva et al. do; ``exact`` (default) reuses the clean run: blocking edges
+*from the last position* changes nothing at earlier positions, and nothing below the window, so
+each knockout runs only the last position from the window's first layer upward over the clean
+run's cached keys/values (``ModelView.forward_from``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .causal_trace import check_subjects, window_layers
+from .claims import FAILS, HOLDS, NOT_MEASURABLE, Claim
+from .errors import UserError
+from .figures import knockout as knockout_figures
+from .models import Model
+from .models.arch import compute_dtype
+from .models.view import ModelView
+from .progress import track
+from .stats import bootstrap_ci
+from .tasks import PromptSet
+from .tasks.prompts import Batch, batches
+
+BLOCKS = ("subject", "non_subject", "last")
+ENGINES = ("exact", "naive")
+
+
+@dataclass(frozen=True)
+class KnockoutConfig:
+    window: int | None = None  # k layers blocked together; None: max(1, round(9 · L / 48)); 1 ≤ k ≤ L
+    blocks: tuple[str, ...] = BLOCKS  # from "subject", "non_subject", "last"
+    engine: str = "exact"  # "exact" | "naive"
+    batch_size: int = 16  # prompts per batch; > 0
+    n_bootstrap: int = 2000
+    level: float = 0.95
+    seed: int = 0
+
+
+def default_window(n_layers: int) -> int:
+    """Geva et al.'s k = 9 of GPT-2 XL's 48 layers, scaled to the model's depth."""
+    return max(1, round(9 * n_layers / 48))
+
+
+def check_config(config: KnockoutConfig, model: Model | None = None) -> None:
+    """Raise :class:`UserError` (one line) for a setting out of range; before any work."""
+    bad = [b for b in config.blocks if b not in BLOCKS]
+    if bad or not config.blocks:
+        raise UserError(f"knockout.blocks: unknown {bad or 'empty list'}; choose from {', '.join(BLOCKS)}")
+    if config.engine not in ENGINES:
+        raise UserError(f"knockout.engine must be one of {', '.join(ENGINES)}, got {config.engine!r}")
+    if config.batch_size < 1:
+        raise UserError(f"knockout.batch_size must be >= 1, got {config.batch_size}")
+    if config.window is not None and config.window < 1:
+        raise UserError(f"knockout.window must be >= 1, got {config.window}")
+    if model is not None and config.window is not None and config.window > model.cfg.n_layers:
+        raise UserError(f"knockout.window {config.window} is larger than the model ({model.cfg.n_layers} layers)")
+
+
+def blocked_keys(batch: Batch, block: str) -> Tensor:
+    """[B, S] true at the key positions whose edge from the last position is blocked."""
+    B, S = batch.input_ids.shape
+    real = batch.attention_mask.bool()
+    subject = batch.subject_mask() & real
+    subject[:, -1] = False  # the last position's edge to itself is the "last" control, never a subject edge
+    if block == "subject":
+        return subject
+    if block == "non_subject":
+        keys = real & ~subject
+        keys[:, -1] = False
+        return keys
+    keys = torch.zeros(B, S, dtype=torch.bool)
+    keys[:, -1] = True
+    return keys
+
+
+def block_edit(keys: Tensor):
+    """An ``attn_bias`` edit: the last query's entries at ``keys`` [B, S] := dtype min (blocked)."""
+    def edit(bias: Tensor) -> Tensor:
+        bias = bias.clone()
+        last = bias[:, :, -1, :]
+        bias[:, :, -1, :] = last.masked_fill(keys[:, None, :].to(bias.device), torch.finfo(bias.dtype).min)
+        return bias
+    return edit
+
+
+def answer_prob(view: ModelView, logits: Tensor, answer_ids: Tensor) -> Tensor:
+    probs = torch.softmax(logits.to(compute_dtype(view.dtype)), dim=-1)
+    return probs.gather(-1, answer_ids[..., None].to(probs.device)).squeeze(-1)
+
+
+@torch.no_grad()
+def naive_batch(view: ModelView, batch: Batch, blocks, window: int) -> tuple[np.ndarray, dict]:
+    """p_clean [B] and {block: p_blocked [B, L]}: one full forward per (block, window centre)."""
+    L = view.cfg.n_layers
+    y = batch.answer_ids().to(view.device)
+    base = view.trace(batch.input_ids, batch.attention_mask, record=["logits"])
+    p_clean = answer_prob(view, base.logits[:, 0], y).cpu().numpy()
+    out = {}
+    for block in blocks:
+        keys = blocked_keys(batch, block)
+        table = np.zeros((len(batch.prompts), L))
+        for centre in range(L):
+            edits = {("attn_bias", m): block_edit(keys) for m in window_layers(centre, window, L)}
+            tr = view.trace(batch.input_ids, batch.attention_mask, record=["logits"], edits=edits)
+            table[:, centre] = answer_prob(view, tr.logits[:, 0], y).cpu().numpy()
+        out[block] = table
+    return p_clean, out
+
+
+@torch.no_grad()
+def exact_batch(view: ModelView, batch: Batch, blocks, window: int) -> tuple[np.ndarray, dict]:
+    """As :func:`naive_batch`, running only the last position from the window's first layer up.
+
+    Rows = prompts × blocked sets (each row has its own mask); one
+    :meth:`ModelView.forward_from` call per window centre, over the clean run's keys/values of
+    every earlier position."""
+    L = view.cfg.n_layers
+    B, S = batch.input_ids.shape
+    nb = len(blocks)
+    y = batch.answer_ids().to(view.device)
+    positions = torch.full((B, 1), S - 1)
+    clean = view.trace(batch.input_ids, batch.attention_mask, record=["logits", "resid_pre"], return_kv=True,
+                       positions=positions)
+    p_clean = answer_prob(view, clean.logits[:, 0], y).cpu().numpy()
+    rows = lambda x: x.repeat(nb, *([1] * (x.dim() - 1)))  # row r = block r // B, prompt r % B
+    keys = torch.cat([blocked_keys(batch, block) for block in blocks])
+    mask = rows(batch.attention_mask.to(view.device))
+    past = [(rows(k[:, :, :-1]), rows(v[:, :, :-1])) for k, v in clean.kv]
+    resid = rows(clean.resid_pre[:, 0])  # [nb·B, L, d] at the last position
+    table = np.zeros((nb * B, L))
+    edit = block_edit(keys)
+    for centre in range(L):
+        layers = window_layers(centre, window, L)
+        tr = view.forward_from(resid[:, layers[0]][:, None], layers[0], mask, past, record=["logits"],
+                               edits={("attn_bias", m): edit for m in layers})
+        table[:, centre] = answer_prob(view, tr.logits[:, -1], rows(y)).cpu().numpy()
+    return p_clean, {block: table[i * B:(i + 1) * B] for i, block in enumerate(blocks)}
+
+
+@dataclass(frozen=True)
+class KnockoutResult:
+    """Attention knockout of a prompt set.
+
+    ``frame`` (main table): one row per prompt × blocked set × window: ``prompt_index``,
+    ``block``, ``layer`` (the window's centre), ``first_layer``, ``last_layer`` (the blocked
+    layers, inclusive), ``n_edges`` (key positions blocked per layer and query head),
+    ``p_clean``, ``p_blocked`` (p(Y)), ``relative_change_pct`` = 100 (p_blocked − p_clean) / p_clean.
+    ``windows``: block × layer: mean relative change (%) with its bootstrap interval, n_prompts.
+    """
+
+    prompts: PromptSet
+    frame: pd.DataFrame = field(repr=False)
+    windows: pd.DataFrame = field(repr=False)
+    config: KnockoutConfig
+    window: int
+    n_layers: int
+    engine_seconds: float = 0.0
+    mover_layers: tuple[int, ...] = ()
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.frame.copy()
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"knockout": self.to_frame(), "windows": self.windows.copy()}
+
+    def dip(self, block: str = "subject") -> dict | None:
+        """The window with the most negative mean relative change of ``block``."""
+        w = self.windows[self.windows["block"] == block]
+        if not len(w):
+            return None
+        row = w.loc[w["mean_relative_change_pct"].idxmin()]
+        return {"layer": int(row["layer"]), "first_layer": int(row["first_layer"]), "last_layer": int(row["last_layer"]),
+                "mean_relative_change_pct": float(row["mean_relative_change_pct"]),
+                "ci_low": float(row["ci_low"]), "ci_high": float(row["ci_high"])}
+
+    def to_dict(self) -> dict:
+        return {
+            "relation": self.prompts.relation.name,
+            "shots": self.prompts.shots,
+            "n_prompts": int(self.frame["prompt_index"].nunique()),
+            "n_layers": self.n_layers,
+            "window": self.window,
+            "window_rule": ("set by knockout.window" if self.config.window is not None
+                            else "max(1, round(9 · L / 48)): Geva et al.'s 9 of GPT-2 XL's 48 layers, scaled"),
+            "blocks": list(self.config.blocks),
+            "engine": self.config.engine,
+            "dips": {block: self.dip(block) for block in self.config.blocks},
+            "mover_layers": list(self.mover_layers),
+        }
+
+    def plot(self):
+        return knockout_figures.figures(self.tables(), self.to_dict())[0]
+
+
+def knockout(model: Model, prompts: PromptSet, config: KnockoutConfig = KnockoutConfig(), progress: bool = True,
+             mover_layers: tuple[int, ...] = ()) -> KnockoutResult:
+    """Attention knockout for every prompt, blocked set and window (see the module docstring).
+
+    ``mover_layers`` (optional, from the movers stage) are carried into the summary for the
+    figure and the claim. Raises :class:`UserError` for a bad setting, an empty prompt set or a
+    subject not located before the last token."""
+    check_config(config, model)
+    check_subjects(prompts)
+    view = model.view
+    L = model.cfg.n_layers
+    k = config.window if config.window is not None else default_window(L)
+    blocks = tuple(b for b in BLOCKS if b in config.blocks)
+    engine = exact_batch if config.engine == "exact" else naive_batch
+    rows: dict[str, list] = {c: [] for c in ("prompt_index", "block", "layer", "first_layer", "last_layer", "n_edges",
+                                              "p_clean", "p_blocked")}
+    groups = list(batches(prompts.prompts, model.tokenizer.pad_token_id if model.tokenizer is not None else 0,
+                          config.batch_size))
+    start = time.perf_counter()
+    for indices, batch in track(groups, "knockout", total=len(groups), enabled=progress):
+        p_clean, blocked = engine(view, batch, blocks, k)
+        for block in blocks:
+            n_edges = blocked_keys(batch, block).sum(1).numpy()
+            for row, i in enumerate(indices):
+                for centre in range(L):
+                    layers = window_layers(centre, k, L)
+                    rows["prompt_index"].append(prompts.prompts[i].index)
+                    rows["block"].append(block)
+                    rows["layer"].append(centre)
+                    rows["first_layer"].append(layers[0])
+                    rows["last_layer"].append(layers[-1])
+                    rows["n_edges"].append(int(n_edges[row]))
+                    rows["p_clean"].append(float(p_clean[row]))
+                    rows["p_blocked"].append(float(blocked[block][row, centre]))
+    seconds = time.perf_counter() - start
+    frame = pd.DataFrame(rows).sort_values(["prompt_index", "block", "layer"], kind="stable").reset_index(drop=True)
+    frame["relative_change_pct"] = 100.0 * (frame["p_blocked"] - frame["p_clean"]) / frame["p_clean"]
+    windows = window_means(frame, config)
+    return KnockoutResult(prompts, frame, windows, config, k, L, seconds, tuple(sorted(set(mover_layers))))
+
+
+def window_means(frame: pd.DataFrame, config: KnockoutConfig) -> pd.DataFrame:
+    out = []
+    for (block, layer), g in frame.groupby(["block", "layer"], sort=False):
+        v = g["relative_change_pct"].to_numpy(float)
+        lo, hi = bootstrap_ci(v, n=config.n_bootstrap, level=config.level, seed=config.seed)
+        out.append({"block": block, "layer": int(layer), "first_layer": int(g["first_layer"].iloc[0]),
+                    "last_layer": int(g["last_layer"].iloc[0]), "mean_relative_change_pct": float(v.mean()),
+                    "ci_low": lo, "ci_high": hi, "n_prompts": int(len(v))})
+    return pd.DataFrame(out).sort_values(["block", "layer"]).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- claims
+CLAIM_READS_SUBJECT = "The last position reads the subject in the layers where the mover heads sit (attention knockout)"
+
+
+def reads_subject_claim(windows: pd.DataFrame | None, summary: dict | None, mover_layers) -> Claim:
+    """Geva et al. §4 against the paper's mover heads: blocking the last position's edges to the
+    subject lowers p(Y) most in a window that contains a mover head's layer.
+
+    Figure: the subject curve's lowest mean relative change of p(Y) (%) with its bootstrap
+    interval. Holds when that interval is below 0, below the non-subject control's mean at the
+    same window (when that control ran), and the window [first, last layer] holds a mover head.
+    ``mover_layers`` from the movers stage (empty: not measurable)."""
+    stage = "knockout"
+    if windows is None or summary is None or not len(windows):
+        return Claim(CLAIM_READS_SUBJECT, None, None, None, NOT_MEASURABLE, "", "", "the knockout stage did not run", stage)
+    mover_layers = sorted(set(int(x) for x in (mover_layers or ())))
+    subject = windows[windows["block"] == "subject"]
+    if not len(subject):
+        return Claim(CLAIM_READS_SUBJECT, None, None, None, NOT_MEASURABLE, "", "", "the subject edges were not blocked", stage)
+    row = subject.loc[subject["mean_relative_change_pct"].idxmin()]
+    first, last, centre = int(row["first_layer"]), int(row["last_layer"]), int(row["layer"])
+    control = windows[(windows["block"] == "non_subject") & (windows["layer"] == centre)]
+    control_mean = float(control["mean_relative_change_pct"].iloc[0]) if len(control) else float("nan")
+    measure = "lowest mean change of p(Y) (%) when the last position's edges to the subject are blocked"
+    rule = "interval < 0, below the non-subject control, and a mover head's layer inside the blocked window"
+    detail = (f"dip at window {first}..{last} (centre {centre}, k = {summary.get('window')}); non-subject control there: "
+              f"{control_mean:.1f}%; mover heads' layers: {mover_layers or 'none'}")
+    if not mover_layers:
+        return Claim(CLAIM_READS_SUBJECT, float(row["mean_relative_change_pct"]), float(row["ci_low"]), float(row["ci_high"]),
+                     NOT_MEASURABLE, measure, rule, detail + " (no mover head found: run the movers stage)", stage)
+    inside = any(first <= m <= last for m in mover_layers)
+    below_control = not np.isfinite(control_mean) or row["mean_relative_change_pct"] < control_mean
+    holds = bool(row["ci_high"] < 0 and below_control and inside)
+    return Claim(CLAIM_READS_SUBJECT, float(row["mean_relative_change_pct"]), float(row["ci_low"]), float(row["ci_high"]),
+                 HOLDS if holds else FAILS, measure, rule, detail, stage)

@@ -1,0 +1,170 @@
+"""Stage trace (causal tracing, ROME): the exact batched engine equals ROME's naive loop (one
+batched forward of the clean prompt and its n noised copies per restoration) to 1e-5 of p(Y) in
+float64 on a tiny model of every family and on smollm2-135m; the definitions behave as ROME's
+(restoring everything restores the clean run, the last layer's output at the last token gives
+p_clean, ROME's windows and position groups); bad input is one line, exit 2."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from models.test_architectures import VOCAB, tiny_model  # noqa: E402  (tests/ is on sys.path)
+from recallscope import causal_trace as CT
+from recallscope.errors import UserError
+from recallscope.models import Model
+from recallscope.models.adapters import extract
+from recallscope.models.view import ModelView
+from recallscope.tasks import build_prompts, load_relation
+from recallscope.tasks.prompts import Prompt, PromptSet
+from recallscope.tasks.relation import Relation, Sample
+
+FAMILIES = ["gpt2", "opt", "gpt_neox_parallel", "gpt_neox_sequential", "llama_gqa", "gemma3_text", "gemma3_text_softcap_bias"]
+
+
+def tiny(name: str) -> Model:
+    """A tiny random model in float64 (comparisons measure the algorithm, not rounding)."""
+    cfg, weights = extract(tiny_model(name))
+    view = ModelView(cfg, weights.to(dtype=torch.float64))
+    return Model(name=name, hf=None, tokenizer=None, cfg=cfg, view=view, model_hash="", source="test")
+
+
+def tiny_prompts(lengths=(7, 7, 6), spans=((1, 3), (2, 5), (0, 1)), seed: int = 1) -> PromptSet:
+    """Random-token prompts with a subject span each; Y = a fixed token per prompt."""
+    gen = torch.Generator().manual_seed(seed)
+    relation = Relation("tiny", ("{} is",), ("{} is",), (Sample("s", "o"),), "test")
+    prompts = []
+    for i, (n, span) in enumerate(zip(lengths, spans)):
+        ids = tuple(torch.randint(3, VOCAB - 3, (n,), generator=gen).tolist())
+        prompts.append(Prompt(text=f"prompt {i}", subject=f"s{i}", answer="o", template="{} is", demos=(), input_ids=ids,
+                              subject_span=span, answer_id=int(ids[-1] * 7 % (VOCAB - 3)) + 3, index=i))
+    return PromptSet(relation, 0, 0, tuple(prompts))
+
+
+def run_both(model: Model, prompts: PromptSet, **kw):
+    config = CT.TraceConfig(n_samples=3, window=2, **kw)
+    exact = CT.trace(model, prompts, dataclasses.replace(config, engine="exact"), progress=False)
+    naive = CT.trace(model, prompts, dataclasses.replace(config, engine="naive"), progress=False)
+    return exact, naive
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_exact_engine_equals_rome_naive_loop_on_tiny_models(name):
+    model = tiny(name)
+    exact, naive = run_both(model, tiny_prompts(), noise=1.0)
+    a, b = exact.to_frame(), naive.to_frame()
+    assert len(a) == len(b) == 3 * (7 + 7 + 6) * model.cfg.n_layers
+    diff = np.abs(a["p_restored"].to_numpy() - b["p_restored"].to_numpy()).max()
+    assert diff <= 1e-5, diff
+    assert np.abs(a["p_corrupted"] - b["p_corrupted"]).max() <= 1e-12
+    # and the restorations matter (the test could fail)
+    assert a["indirect_effect"].abs().max() > 1e-3
+
+
+def test_restoring_the_last_layer_output_at_the_last_token_gives_the_clean_probability():
+    model = tiny("llama_gqa")
+    result = CT.trace(model, tiny_prompts(), CT.TraceConfig(n_samples=2, window=2, noise=1.0, kinds=("resid",)), progress=False)
+    f = result.to_frame()
+    L = model.cfg.n_layers
+    last_layer = f[f["layer"] == L - 1]
+    at_end = last_layer[last_layer["groups"].str.contains("last token")]
+    assert np.abs(at_end["p_restored"] - at_end["p_clean"]).max() <= 1e-12
+    earlier = last_layer[~last_layer["groups"].str.contains("last token")]
+    assert np.abs(earlier["p_restored"] - earlier["p_corrupted"]).max() <= 1e-12  # nothing reads it
+
+
+def test_restoring_h0_of_a_one_token_subject_restores_the_clean_run():
+    """The noise enters only at the subject token; h_0 there depends on it only through that
+    token's own input (attention is causal, earlier positions are clean), so restoring h_0 at
+    that token restores everything."""
+    model = tiny("gpt2")
+    prompts = tiny_prompts(lengths=(6,), spans=((2, 3),))  # a one-token subject
+    result = CT.trace(model, prompts, CT.TraceConfig(n_samples=2, window=2, noise=1.0, kinds=("resid",)), progress=False)
+    f = result.to_frame()
+    row = f[(f["position"] == 2) & (f["layer"] == 0)]
+    assert abs(float(row["p_restored"].iloc[0]) - float(row["p_clean"].iloc[0])) <= 1e-12
+
+
+def test_rome_windows_and_position_groups():
+    assert list(CT.window_layers(0, 10, 30)) == list(range(0, 5))
+    assert list(CT.window_layers(12, 10, 30)) == list(range(7, 17))
+    assert list(CT.window_layers(29, 10, 30)) == list(range(24, 30))
+    assert list(CT.window_layers(5, 9, 30)) == list(range(1, 10))  # Geva's k = 9: [l - 4, l + 5)
+    p = tiny_prompts(lengths=(9,), spans=((2, 6),)).prompts[0]
+    g = CT.position_groups(p)
+    assert g == {"first subject token": [2], "middle subject tokens": [3, 4], "last subject token": [5],
+                 "first subsequent token": [6], "further tokens": [7], "last token": [8]}
+    p = tiny_prompts(lengths=(4,), spans=((2, 3),)).prompts[0]  # one-token subject right before the last token
+    g = CT.position_groups(p)
+    assert g["first subject token"] == g["last subject token"] == [2]
+    assert g["first subsequent token"] == g["last token"] == [3] and g["middle subject tokens"] == g["further tokens"] == []
+
+
+def test_flop_ratio_of_even_spreads_is_about_four():
+    T, L = 8, 30
+    restores = CT.restorations(("resid",), T, L, 10)
+    ratio = CT.flop_ratio(T, L, restores)
+    assert 3.0 < ratio < 5.0, ratio
+
+
+def test_grouped_means_and_intervals_are_over_prompts():
+    model = tiny("opt")
+    prompts = tiny_prompts()
+    result = CT.trace(model, prompts, CT.TraceConfig(n_samples=2, window=2, noise=1.0, kinds=("mlp",)), progress=False)
+    f, g = result.to_frame(), result.grouped
+    # the last-token group's mean at layer 1 is the plain mean over prompts of their last position's IE
+    last = f[(f["layer"] == 1) & f["groups"].str.contains("last token")]
+    row = g[(g["group"] == "last token") & (g["layer"] == 1) & (g["kind"] == "mlp")].iloc[0]
+    assert row["mean_indirect_effect"] == pytest.approx(last["indirect_effect"].mean(), abs=1e-15)
+    assert row["ci_low"] <= row["mean_indirect_effect"] <= row["ci_high"] and row["n_prompts"] == 3
+    # prompt 2 has a one-token subject: no middle subject tokens
+    mid = g[(g["group"] == "middle subject tokens") & (g["kind"] == "mlp")]
+    assert set(mid["n_prompts"]) == {1}
+
+
+def test_noise_is_three_times_the_subject_embedding_std_and_seeded():
+    model = tiny("gpt2")
+    prompts = tiny_prompts()
+    result = CT.trace(model, prompts, CT.TraceConfig(n_samples=2, window=2, kinds=("resid",)), progress=False)
+    ids = [t for p in prompts.prompts for t in p.input_ids[slice(*p.subject_span)]]
+    std = model.view.weights.W_E[torch.tensor(ids)].std().item()
+    assert result.noise == pytest.approx(3 * std, rel=1e-12)
+    again = CT.trace(model, prompts, CT.TraceConfig(n_samples=2, window=2, kinds=("resid",)), progress=False)
+    assert np.array_equal(result.to_frame()["p_restored"], again.to_frame()["p_restored"])
+    other = CT.trace(model, prompts, CT.TraceConfig(n_samples=2, window=2, kinds=("resid",), seed=1), progress=False)
+    assert not np.array_equal(result.to_frame()["p_corrupted"], other.to_frame()["p_corrupted"])
+
+
+@pytest.mark.parametrize("config, match", [
+    (CT.TraceConfig(noise=0.0), "noise must be > 0"),
+    (CT.TraceConfig(noise=-1.0), "noise must be > 0"),
+    (CT.TraceConfig(window=4), "larger than the model"),
+    (CT.TraceConfig(kinds=("heads",)), "unknown"),
+])
+def test_bad_settings_are_user_errors(config, match):
+    with pytest.raises(UserError, match=match):
+        CT.trace(tiny("gpt2"), tiny_prompts(), config, progress=False)
+
+
+def test_a_subject_not_located_before_the_last_token_is_a_user_error():
+    prompts = tiny_prompts(lengths=(5,), spans=((3, 5),))
+    with pytest.raises(UserError, match="cannot be located"):
+        CT.trace(tiny("gpt2"), prompts, CT.TraceConfig(window=1), progress=False)
+    empty = dataclasses.replace(prompts, prompts=(), dropped={"subject_tokens_not_found": 4})
+    with pytest.raises(UserError, match="subject_tokens_not_found: 4"):
+        CT.trace(tiny("gpt2"), empty, CT.TraceConfig(window=1), progress=False)
+
+
+@pytest.mark.slow
+def test_exact_equals_naive_on_smollm2_subset_in_float64(smollm2):
+    model = dataclasses.replace(smollm2, view=ModelView(smollm2.cfg, smollm2.view.weights.to(dtype=torch.float64)))
+    ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=0, seed=0, max_prompts=2)
+    config = CT.TraceConfig(n_samples=2, window=10)
+    exact = CT.trace(model, ps, config, progress=False).to_frame()
+    naive = CT.trace(model, ps, dataclasses.replace(config, engine="naive"), progress=False).to_frame()
+    diff = np.abs(exact["p_restored"].to_numpy() - naive["p_restored"].to_numpy()).max()
+    assert diff <= 1e-5, diff
+    assert exact["indirect_effect"].max() > 0.01
