@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.test_architectures import PAD, VOCAB, random_prompts, tiny_model  # noqa: E402  (tests/ is on sys.path)
-from models.conftest import left_pad  # noqa: E402
+from helpers.tiny import PAD, VOCAB, left_pad, random_prompts, tiny_model
 from recallscope import patch as P
 from recallscope.cli import main
 from recallscope.errors import UserError

@@ -18,17 +18,15 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .models.arch import norm_scale
+from .models.arch import norm_scale, norm_weight
 from .models.view import ModelView
 
 LensMode = Literal["linearised", "normalised"]
 
 
 def final_norm_weight(view: ModelView) -> Tensor | None:
-    w = view.weights.ln_final.weight
-    if w is not None and view.cfg.norm == "rmsnorm_plus1":
-        return 1.0 + w
-    return w
+    """The final norm's weight as applied (1 + w for Gemma; see :func:`~.models.arch.norm_weight`)."""
+    return norm_weight(view.weights.ln_final, view.cfg.norm)
 
 
 def logit_lens(
