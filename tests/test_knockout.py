@@ -1,0 +1,121 @@
+"""Stage knockout (attention knockout, Geva et al. 2023): the exact engine (last position only,
+from the window's first layer, over the clean run's cached keys/values) equals the naive loop
+(one full forward per blocked set and window) in float64 on a tiny model of every family and on
+smollm2-135m; blocking removes exactly the listed edges of every query head; windows and the
+default k follow Geva et al.; bad input is one line, exit 2."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from recallscope import knockout as K
+from recallscope.errors import UserError
+from recallscope.models.view import ModelView
+from recallscope.tasks import build_prompts, load_relation
+from recallscope.tasks.prompts import make_batch
+from test_causal_trace import FAMILIES, tiny, tiny_prompts
+
+
+def run_both(model, prompts, **kw):
+    config = K.KnockoutConfig(window=2, **kw)
+    exact = K.knockout(model, prompts, dataclasses.replace(config, engine="exact"), progress=False)
+    naive = K.knockout(model, prompts, dataclasses.replace(config, engine="naive"), progress=False)
+    return exact, naive
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_exact_engine_equals_naive_loop_on_tiny_models(name):
+    model = tiny(name)
+    exact, naive = run_both(model, tiny_prompts(model=model))
+    a, b = exact.to_frame(), naive.to_frame()
+    assert len(a) == len(b) == 3 * 3 * model.cfg.n_layers
+    assert np.abs(a["p_blocked"].to_numpy() - b["p_blocked"].to_numpy()).max() <= 1e-10
+    assert np.abs(a["p_clean"] - b["p_clean"]).max() <= 1e-12
+    # and the knockouts matter (the test could fail)
+    assert a["relative_change_pct"].abs().max() > 1.0  # percent
+
+
+def test_blocked_edges_get_zero_attention_in_every_query_head_and_nothing_else_changes():
+    model = tiny("llama_gqa")  # grouped-query attention: 4 query heads share 2 key/value heads
+    prompts = tiny_prompts(model=model)
+    batch = make_batch(list(prompts.prompts), 0)
+    keys = K.blocked_keys(batch, "subject")
+    S = batch.input_ids.shape[1]
+    positions = torch.arange(S)[None].expand(len(prompts), S)
+    clean = model.view.trace(batch.input_ids, batch.attention_mask, positions=positions, record=["pattern", "resid_pre"])
+    blocked = model.view.trace(batch.input_ids, batch.attention_mask, positions=positions, record=["pattern", "resid_pre"],
+                               edits={("attn_bias", 0): K.block_edit(keys)})
+    last = blocked.pattern[:, 0, :, -1]  # [B, H, S] the last query at layer 0, every query head
+    assert last[keys[:, None].expand_as(last)].abs().max().item() == 0.0
+    assert torch.allclose(last.sum(-1), torch.ones_like(last.sum(-1)))
+    # earlier queries are untouched at layer 0, and earlier positions at every layer
+    assert torch.equal(blocked.pattern[:, 0, :, :-1], clean.pattern[:, 0, :, :-1])
+    assert torch.equal(blocked.resid_pre[:, :-1], clean.resid_pre[:, :-1])
+
+
+def test_blocked_sets_partition_the_earlier_positions():
+    model = tiny("gpt2")
+    prompts = tiny_prompts(model=model)
+    batch = make_batch(list(prompts.prompts), 0)
+    subject, other, last = (K.blocked_keys(batch, b) for b in K.BLOCKS)
+    real = batch.attention_mask.bool()
+    assert torch.equal(subject | other | last, real)
+    assert not (subject & other).any() and not (subject & last).any() and not (other & last).any()
+    assert subject.sum(1).tolist() == [p.subject_n_tokens for p in prompts.prompts]
+
+
+def test_default_window_scales_gevas_nine_of_forty_eight():
+    assert K.default_window(48) == 9
+    assert K.default_window(30) == 6
+    assert K.default_window(2) == 1
+
+
+def test_relative_change_and_intervals():
+    model = tiny("opt")
+    result = K.knockout(model, tiny_prompts(model=model), K.KnockoutConfig(window=1), progress=False)
+    f, w = result.to_frame(), result.windows
+    assert np.allclose(f["relative_change_pct"], 100 * (f["p_blocked"] - f["p_clean"]) / f["p_clean"])
+    row = w[(w["block"] == "subject") & (w["layer"] == 0)].iloc[0]
+    assert row["mean_relative_change_pct"] == pytest.approx(
+        f[(f["block"] == "subject") & (f["layer"] == 0)]["relative_change_pct"].mean(), abs=1e-12)
+    assert row["ci_low"] <= row["mean_relative_change_pct"] <= row["ci_high"]
+
+
+def test_reads_subject_claim():
+    model = tiny("gpt2")
+    result = K.knockout(model, tiny_prompts(model=model), K.KnockoutConfig(window=1), progress=False)
+    dip = result.dip("subject")
+    claim = K.reads_subject_claim(result.windows, result.to_dict(), [dip["layer"]])
+    assert claim.value == pytest.approx(dip["mean_relative_change_pct"])
+    assert claim.verdict in ("holds", "does not hold")
+    assert K.reads_subject_claim(result.windows, result.to_dict(), []).verdict == "not measurable here"
+    assert K.reads_subject_claim(None, None, [1]).verdict == "not measurable here"
+
+
+@pytest.mark.parametrize("config, match", [
+    (K.KnockoutConfig(window=3), "larger than the model"),
+    (K.KnockoutConfig(window=0), ">= 1"),
+    (K.KnockoutConfig(blocks=("verb",)), "unknown"),
+])
+def test_bad_settings_are_user_errors(config, match):
+    with pytest.raises(UserError, match=match):
+        K.knockout(tiny("gpt2"), tiny_prompts(), config, progress=False)
+
+
+def test_a_subject_not_located_is_a_user_error():
+    with pytest.raises(UserError, match="cannot be located"):
+        K.knockout(tiny("gpt2"), tiny_prompts(lengths=(5,), spans=((3, 5),)), K.KnockoutConfig(window=1), progress=False)
+
+
+@pytest.mark.slow
+def test_exact_equals_naive_on_smollm2_subset_in_float64(smollm2):
+    model = dataclasses.replace(smollm2, view=ModelView(smollm2.cfg, smollm2.view.weights.to(dtype=torch.float64)))
+    ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=0, seed=0, max_prompts=4)
+    exact, naive = run_both(model, ps)
+    a, b = exact.to_frame(), naive.to_frame()
+    assert np.abs(a["p_blocked"].to_numpy() - b["p_blocked"].to_numpy()).max() <= 1e-10
+    assert np.abs(a["relative_change_pct"]).max() > 1.0
