@@ -61,7 +61,6 @@ Engines (equal to each other; tests hold them to 1e-5 of p in float64):
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -217,11 +216,12 @@ def flop_ratio(n_tokens: int, n_layers: int, restores) -> float:
 
 # --------------------------------------------------------------------------- naive engine
 @torch.no_grad()
-def naive_prompt(view: ModelView, prompt: Prompt, noise: Tensor, kinds, window: int) -> dict:
+def naive_prompt(view: ModelView, prompt: Prompt, noise: Tensor, kinds, window: int, only=None) -> dict:
     """ROME's loop for one prompt: one forward of [clean, n noised copies] per restoration.
 
     ``noise`` [n, subject tokens, d] (already × σ). Returns ``p_clean``, ``p_corrupted``
-    (floats) and ``p_restored`` {kind: [T, L] array}.
+    (floats) and ``p_restored`` {kind: [T, L] array}. ``only``: a set of (kind, p, l) to run
+    (the others stay NaN; the benchmark samples restorations this way).
     """
     cfg = view.cfg
     n = noise.shape[0]
@@ -250,9 +250,11 @@ def naive_prompt(view: ModelView, prompt: Prompt, noise: Tensor, kinds, window: 
     base = run({})
     out = {"p_clean": float(base[0]), "p_corrupted": float(base[1:].mean()), "p_restored": {}}
     for kind in kinds:
-        table = np.zeros((T, L))
+        table = np.full((T, L), np.nan)
         for p in range(T):
             for layer in range(L):
+                if only is not None and (kind, p, layer) not in only:
+                    continue
                 if kind == "resid":
                     # h_l = resid_mid[l] + mlp_out[l]: restoring both restores the layer's output
                     # (for the last layer too, which has no resid_pre[l + 1] to edit).
@@ -422,7 +424,7 @@ class TraceResult:
         return {
             "relation": self.prompts.relation.name,
             "shots": self.prompts.shots,
-            "n_prompts": int(len(pp)),
+            "n_prompts": len(pp),
             "n_layers": self.n_layers,
             "n_samples": self.config.n_samples,
             "noise": self.noise,
@@ -540,7 +542,7 @@ def group_means(frame: pd.DataFrame, prompts: PromptSet, config: TraceConfig) ->
         v = values.to_numpy(float)
         lo, hi = bootstrap_ci(v, n=config.n_bootstrap, level=config.level, seed=config.seed)
         rows.append({"kind": kind, "group": group, "layer": int(layer), "mean_indirect_effect": float(v.mean()),
-                     "ci_low": lo, "ci_high": hi, "n_prompts": int(len(v))})
+                     "ci_low": lo, "ci_high": hi, "n_prompts": len(v)})
     out = pd.DataFrame(rows)
     out["group"] = pd.Categorical(out["group"], categories=list(GROUPS), ordered=True)
     out = out.sort_values(["kind", "group", "layer"]).reset_index(drop=True)

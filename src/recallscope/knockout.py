@@ -280,7 +280,7 @@ def window_means(frame: pd.DataFrame, config: KnockoutConfig) -> pd.DataFrame:
         lo, hi = bootstrap_ci(v, n=config.n_bootstrap, level=config.level, seed=config.seed)
         out.append({"block": block, "layer": int(layer), "first_layer": int(g["first_layer"].iloc[0]),
                     "last_layer": int(g["last_layer"].iloc[0]), "mean_relative_change_pct": float(v.mean()),
-                    "ci_low": lo, "ci_high": hi, "n_prompts": int(len(v))})
+                    "ci_low": lo, "ci_high": hi, "n_prompts": len(v)})
     return pd.DataFrame(out).sort_values(["block", "layer"]).reset_index(drop=True)
 
 
@@ -299,7 +299,7 @@ def reads_subject_claim(windows: pd.DataFrame | None, summary: dict | None, move
     stage = "knockout"
     if windows is None or summary is None or not len(windows):
         return Claim(CLAIM_READS_SUBJECT, None, None, None, NOT_MEASURABLE, "", "", "the knockout stage did not run", stage)
-    mover_layers = sorted(set(int(x) for x in (mover_layers or ())))
+    mover_layers = sorted({int(x) for x in (mover_layers or ())})
     subject = windows[windows["block"] == "subject"]
     if not len(subject):
         return Claim(CLAIM_READS_SUBJECT, None, None, None, NOT_MEASURABLE, "", "", "the subject edges were not blocked", stage)
