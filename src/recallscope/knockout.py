@@ -20,6 +20,12 @@ and the "Information flow analysis" cell):
   prompts). Geva et al. score the model's top-1 token; recallscope scores Y, the answer's first
   token (the same token on the known prompts this stage is given).
 
+The ``non_subject`` control includes the first position. On models that use it as an
+attention sink (most of the last position's attention parked there, as in smollm2-135m),
+blocking it redistributes that mass over the remaining keys and collapses p(Y) in most windows:
+under Geva et al.'s definition that is what this control measures; compare the subject curve
+with ``last`` and read ``non_subject`` with this in mind.
+
 Window size: Geva et al. use k = 9 for GPT-2 XL's 48 layers. recallscope's default scales that
 share of the depth: k = max(1, round(9 · L / 48)) (6 for smollm2-135m's 30 layers);
 ``knockout.window`` sets it.
@@ -49,12 +55,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .causal_trace import check_subjects, window_layers
+from .causal_trace import answer_prob, check_subjects, window_layers
 from .claims import FAILS, HOLDS, NOT_MEASURABLE, Claim
 from .errors import UserError
 from .figures import knockout as knockout_figures
 from .models import Model
-from .models.arch import compute_dtype
 from .models.view import ModelView
 from .progress import track
 from .stats import bootstrap_ci
@@ -121,11 +126,6 @@ def block_edit(keys: Tensor):
         bias[:, :, -1, :] = last.masked_fill(keys[:, None, :].to(bias.device), torch.finfo(bias.dtype).min)
         return bias
     return edit
-
-
-def answer_prob(view: ModelView, logits: Tensor, answer_ids: Tensor) -> Tensor:
-    probs = torch.softmax(logits.to(compute_dtype(view.dtype)), dim=-1)
-    return probs.gather(-1, answer_ids[..., None].to(probs.device)).squeeze(-1)
 
 
 @torch.no_grad()
