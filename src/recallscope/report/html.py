@@ -504,7 +504,7 @@ def findings_table(runs: list[Run]) -> str:
     body = "".join(
         f'<tr><td><a href="#run-{i}">{text(run.summary.get("relation", run.path.name), 80)}</a></td>'
         f"<td>{cell(run.summary.get('shots'))}</td>" + "".join(f"<td>{cell(row.get(c))}</td>" for c in columns) + "</tr>"
-        for i, (run, row) in enumerate(zip(runs, values))
+        for i, (run, row) in enumerate(zip(runs, values, strict=True))
     )
     return (
         '<h3 class="sub">What each run found</h3><div class="scroll"><table class="grid">'
