@@ -42,9 +42,8 @@ def write_relation(path: Path, samples) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny_gpt2(tmp_path_factory) -> Path:
-    """A random 1-layer GPT-2 with smollm2's tokenizer and a 12-row position table, as a local model directory."""
+def build_tiny_gpt2(out: Path, n_positions: int) -> Path:
+    """A random 1-layer GPT-2 with smollm2's tokenizer and ``n_positions`` learned positions, as a local model directory."""
     import shutil
 
     import torch
@@ -55,13 +54,23 @@ def tiny_gpt2(tmp_path_factory) -> Path:
 
     tokenizer_dir = cache_dir(EMBEDDED["smollm2-135m"])
     assert (tokenizer_dir / "tokenizer.json").is_file(), "the smollm2 cache holds the tokenizer"
-    out = tmp_path_factory.mktemp("tiny_gpt2")
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=49152, n_positions=12, n_embd=16, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
+    config = GPT2Config(vocab_size=49152, n_positions=n_positions, n_embd=16, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
     GPT2LMHeadModel(config).eval().save_pretrained(out)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tokenizer_dir / name, out / name)
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """12 positions: too few for 2-shot prompts."""
+    return build_tiny_gpt2(tmp_path_factory.mktemp("tiny_gpt2_12"), 12)
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2_long(tmp_path_factory) -> Path:
+    return build_tiny_gpt2(tmp_path_factory.mktemp("tiny_gpt2_256"), 256)
 
 
 # ----------------------------------------------------------------------------- the stage table
@@ -167,13 +176,13 @@ def test_prompts_longer_than_the_position_table_are_refused_before_any_stage(tin
 
 
 # ----------------------------------------------------------------------------- I: sweeps
-def test_a_sweep_goes_on_past_cells_without_data_and_exits_3(tiny_gpt2, lre_dir, tmp_path):
+def test_a_sweep_goes_on_past_cells_without_data_and_exits_3(tiny_gpt2_long, lre_dir, tmp_path):
     out = tmp_path / "sweep"
     # Every prompt counts as known (the random model knows nothing), so patch and movers run on
     # country_capital; 3 prompts are too few for decompose's 4 folds; presidents_birth_year has no
     # usable sample at 1 shot (every answer shares its first token), so that whole cell is empty.
     proc = cli(
-        "run", "--model", str(tiny_gpt2), "--relation", f"country_capital,{lre_dir / 'presidents_birth_year.json'}",
+        "run", "--model", str(tiny_gpt2_long), "--relation", f"country_capital,{lre_dir / 'presidents_birth_year.json'}",
         "--shots", "0,1", "--max-prompts", "3", "--stages", "recall,patch,movers,decompose",
         "--set", "recall.known_top_k=100000", "--set", "patch.n_corruptions=2", "--set", "patch.min_prompts=1",
         "--json", "--out", str(out),
@@ -198,12 +207,16 @@ def test_a_sweep_goes_on_past_cells_without_data_and_exits_3(tiny_gpt2, lre_dir,
     assert (out / "report.html").is_file()
 
 
-def test_a_single_cell_keeps_the_error_of_a_stage_asked_for_by_name(tiny_gpt2, tmp_path):
-    line = one_line_error(cli(
-        "decompose", "--model", str(tiny_gpt2), "--max-prompts", "3", "--set", "recall.known_top_k=100000",
+def test_a_single_cell_keeps_the_error_of_a_stage_asked_for_by_name(tiny_gpt2_long, tmp_path):
+    proc = cli(
+        "decompose", "--model", str(tiny_gpt2_long), "--max-prompts", "3", "--set", "recall.known_top_k=100000",
         "--set", "movers.heads=all", "--layer", "0",
-    ))
-    assert "too few" in line
+    )
+    assert proc.returncode == EXIT_USER and "Traceback" not in proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    # the stages before it ran (movers with heads=all needs no patch), then the one-line error
+    assert lines == ["recall: done in " + lines[0].split("done in ")[1], "movers: done in " + lines[1].split("done in ")[1],
+                     "recallscope: error: decompose: 3 prompts are too few for 4-fold cross-validation (need 8)"]
 
 
 # ----------------------------------------------------------------------------- F: run identity
