@@ -17,8 +17,16 @@ from recallscope.pipeline import STAGES, RunConfig, execute, make_configs, resol
 from recallscope.rundir import dumps
 
 COUNTRIES = [
-    ("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Germany", "Berlin"), ("Japan", "Tokyo"),
-    ("Egypt", "Cairo"), ("Canada", "Ottawa"), ("Russia", "Moscow"), ("Greece", "Athens"), ("Kenya", "Nairobi"),
+    ("France", "Paris"),
+    ("Spain", "Madrid"),
+    ("Italy", "Rome"),
+    ("Germany", "Berlin"),
+    ("Japan", "Tokyo"),
+    ("Egypt", "Cairo"),
+    ("Canada", "Ottawa"),
+    ("Russia", "Moscow"),
+    ("Greece", "Athens"),
+    ("Kenya", "Nairobi"),
 ]
 
 
@@ -35,10 +43,16 @@ def one_line_error(proc) -> str:
 
 
 def write_relation(path: Path, samples) -> Path:
-    path.write_text(json.dumps({
-        "name": "mutable", "prompt_templates": ["The capital of {} is"],
-        "samples": [{"subject": s, "object": o} for s, o in samples],
-    }), encoding="utf-8")
+    path.write_text(
+        json.dumps(
+            {
+                "name": "mutable",
+                "prompt_templates": ["The capital of {} is"],
+                "samples": [{"subject": s, "object": o} for s, o in samples],
+            }
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -130,18 +144,21 @@ def test_every_setting_refuses_a_wrong_type_in_one_line(stage, name):
     make_configs({f"{stage}.{name}": json.loads(dumps(default))})
 
 
-@pytest.mark.parametrize("setting,value,allowed", [
-    ("intercept.level", 1.5, "a number in (0, 1)"),
-    ("patch.top_k", 0, "an integer >= 1"),
-    ("patch.top_k", 2.5, "an integer >= 1"),
-    ("decompose.folds", 1, "an integer >= 2"),
-    ("suppress.threshold_share", 1.0, "a number in [0, 1)"),
-    ("movers.heads", "some", "one of top, all"),
-    ("patch.components", "heads,attn", "a list of: one of heads, mlp, resid"),
-    ("patch.layers", -1, "a list of integers >= 0"),
-    ("decompose.sweep", "maybe", "a boolean"),
-    ("claims.n_bootstrap", None, "an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "setting,value,allowed",
+    [
+        ("intercept.level", 1.5, "a number in (0, 1)"),
+        ("patch.top_k", 0, "an integer >= 1"),
+        ("patch.top_k", 2.5, "an integer >= 1"),
+        ("decompose.folds", 1, "an integer >= 2"),
+        ("suppress.threshold_share", 1.0, "a number in [0, 1)"),
+        ("movers.heads", "some", "one of top, all"),
+        ("patch.components", "heads,attn", "a list of: one of heads, mlp, resid"),
+        ("patch.layers", -1, "a list of integers >= 0"),
+        ("decompose.sweep", "maybe", "a boolean"),
+        ("claims.n_bootstrap", None, "an integer >= 1"),
+    ],
+)
 def test_out_of_range_settings_are_refused(setting, value, allowed):
     with pytest.raises(UserError, match=None) as err:
         make_configs({setting: value})
@@ -182,10 +199,26 @@ def test_a_sweep_goes_on_past_cells_without_data_and_exits_3(tiny_gpt2_long, lre
     # country_capital; 3 prompts are too few for decompose's 4 folds; presidents_birth_year has no
     # usable sample at 1 shot (every answer shares its first token), so that whole cell is empty.
     proc = cli(
-        "run", "--model", str(tiny_gpt2_long), "--relation", f"country_capital,{lre_dir / 'presidents_birth_year.json'}",
-        "--shots", "0,1", "--max-prompts", "3", "--stages", "recall,patch,movers,decompose",
-        "--set", "recall.known_top_k=100000", "--set", "patch.n_corruptions=2", "--set", "patch.min_prompts=1",
-        "--json", "--out", str(out),
+        "run",
+        "--model",
+        str(tiny_gpt2_long),
+        "--relation",
+        f"country_capital,{lre_dir / 'presidents_birth_year.json'}",
+        "--shots",
+        "0,1",
+        "--max-prompts",
+        "3",
+        "--stages",
+        "recall,patch,movers,decompose",
+        "--set",
+        "recall.known_top_k=100000",
+        "--set",
+        "patch.n_corruptions=2",
+        "--set",
+        "patch.min_prompts=1",
+        "--json",
+        "--out",
+        str(out),
     )
     assert proc.returncode == EXIT_INCOMPLETE, proc.stderr
     assert "Traceback" not in proc.stderr and "recallscope: incomplete:" in proc.stderr
@@ -209,14 +242,26 @@ def test_a_sweep_goes_on_past_cells_without_data_and_exits_3(tiny_gpt2_long, lre
 
 def test_a_single_cell_keeps_the_error_of_a_stage_asked_for_by_name(tiny_gpt2_long, tmp_path):
     proc = cli(
-        "decompose", "--model", str(tiny_gpt2_long), "--max-prompts", "3", "--set", "recall.known_top_k=100000",
-        "--set", "movers.heads=all", "--layer", "0",
+        "decompose",
+        "--model",
+        str(tiny_gpt2_long),
+        "--max-prompts",
+        "3",
+        "--set",
+        "recall.known_top_k=100000",
+        "--set",
+        "movers.heads=all",
+        "--layer",
+        "0",
     )
     assert proc.returncode == EXIT_USER and "Traceback" not in proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     # the stages before it ran (movers with heads=all needs no patch), then the one-line error
-    assert lines == ["recall: done in " + lines[0].split("done in ")[1], "movers: done in " + lines[1].split("done in ")[1],
-                     "recallscope: error: decompose: 3 prompts are too few for 4-fold cross-validation (need 8)"]
+    assert lines == [
+        "recall: done in " + lines[0].split("done in ")[1],
+        "movers: done in " + lines[1].split("done in ")[1],
+        "recallscope: error: decompose: 3 prompts are too few for 4-fold cross-validation (need 8)",
+    ]
 
 
 # ----------------------------------------------------------------------------- F: run identity
