@@ -374,7 +374,8 @@ def arch_config(adapter: Adapter, hf_config) -> ArchConfig:
 def extract(hf_model: nn.Module, adapter: Adapter | None = None) -> tuple[ArchConfig, Weights]:
     """Read a Hugging Face causal LM into the neutral (config, weights) pair.
 
-    The tensors are views of the model's own parameters where the layout allows (no copy).
+    The tensors are views of the model's own parameters where the layout allows (no copy),
+    detached from autograd (see :meth:`Weights.detach`).
     """
     adapter = adapter or adapter_for(hf_model.config.model_type)
     cfg = arch_config(adapter, hf_model.config)
@@ -412,4 +413,4 @@ def extract(hf_model: nn.Module, adapter: Adapter | None = None) -> tuple[ArchCo
         W_U=unembed.weight.T,
         b_U=_bias(unembed),
     )
-    return cfg, weights
+    return cfg, weights.detach()

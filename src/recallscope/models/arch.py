@@ -123,6 +123,17 @@ class Weights:
 
         return _map(self, conv)
 
+    def detach(self) -> "Weights":
+        """The same tensors (shared storage, no copy) cut from autograd.
+
+        A model's parameters require grad; a view built on them would carry that into every
+        quantity computed outside ``torch.no_grad`` (and ``.numpy()`` then fails). recallscope
+        never trains a model, and the stages that need gradients (attribution patching, the
+        SGD solver) take them with respect to activations or their own coefficients, never
+        the weights.
+        """
+        return _map(self, lambda t: t.detach())
+
 
 def _walk(obj):
     if isinstance(obj, Tensor):

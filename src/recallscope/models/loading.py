@@ -244,6 +244,9 @@ def load_model(
             "or a hub id (e.g. gpt2, org/name) or a local model directory"
         )
     hf.eval()
+    # recallscope never trains: parameters that require grad would leak autograd history
+    # into every quantity computed outside no_grad (the view's weights are detached too).
+    hf.requires_grad_(False)
     if device_map is None:
         hf.to(torch_device)
     cfg, weights = extract(hf)
