@@ -91,6 +91,7 @@ class LayerWeights:
     W_out: Tensor
     b_out: Tensor | None
     W_gate: Tensor | None = None
+    b_gate: Tensor | None = None  # Llama with mlp_bias=True
     q_norm: Norm | None = None
     k_norm: Norm | None = None
     post_attn_norm: Norm | None = None
