@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .relation import Relation, Sample
+from .relation import Relation, Sample, Template
 
 DROP_SHARED_FIRST_TOKEN = "answer_first_token_shared"
 DROP_AMBIGUOUS_SUBJECT = "subject_with_several_answers"
@@ -86,13 +86,19 @@ def stable_seed(*parts) -> int:
 
 
 def demo_sentence(template: str, sample: Sample) -> str:
-    return f"{template.format(sample.subject)} {sample.object}."
+    return f"{Template.parse(template).format(sample.subject)} {sample.object}."
 
 
 def prompt_text(template: str, subject: str, demos: tuple[Sample, ...]) -> str:
     """"The capital of Japan is Tokyo. The capital of France is" for one demonstration."""
-    parts = [demo_sentence(template, d) for d in demos] + [template.format(subject)]
-    return " ".join(parts)
+    return _prompt_text_and_subject_start(template, subject, demos)[0]
+
+
+def _prompt_text_and_subject_start(template: str, subject: str, demos: tuple[Sample, ...]) -> tuple[str, int]:
+    """The prompt and the character where its query subject starts, both from one parse of the template."""
+    parsed = Template.parse(template)
+    lead = "".join(demo_sentence(template, d) + " " for d in demos)
+    return lead + parsed.format(subject), len(lead) + len(parsed.prefix)
 
 
 def _encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -114,9 +120,9 @@ def _subject_span(offsets: list[tuple[int, int]], start: int, stop: int) -> tupl
 
 
 def make_prompt(tokenizer, template: str, subject: str, answer: str, demos: tuple[Sample, ...]) -> Prompt | None:
-    text = prompt_text(template, subject, demos)
+    text, start = _prompt_text_and_subject_start(template, subject, demos)
+    assert text[start:start + len(subject)] == subject
     ids, offsets = _encode(tokenizer, text)
-    start = len(text) - len(template.format(subject)) + template.index("{}")
     span = _subject_span(offsets, start, start + len(subject))
     if span is None:
         return None
@@ -151,6 +157,11 @@ def build_prompts(
     """
     if shots < 0:
         raise UserError(f"--shots must be >= 0, got {shots}")
+    for template in relation.templates_for(shots):  # a Relation built in Python has not met the loader's check
+        try:
+            Template.parse(template)
+        except ValueError as exc:
+            raise UserError(f"relation {relation.name!r}: template {template!r} {exc}") from None
     dropped: Counter = Counter()
     answers_of: dict[str, set[str]] = {}
     for s in relation.samples:
