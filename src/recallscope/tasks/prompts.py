@@ -102,12 +102,41 @@ def _prompt_text_and_subject_start(template: str, subject: str, demos: tuple[Sam
 
 
 def _encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of a prompt, with the special tokens the tokenizer adds
+    at the start (BOS) kept and those it adds at the end (an EOS or ``<|im_end|>`` appended by
+    a post-processor) removed: the last token must be the prompt's own, the position the
+    answer is read from.
+
+    Raises:
+        UserError: the tokenizer adds special tokens in the middle of the text, so the
+            prompt's own tokens cannot be told from them.
+    """
     enc = tokenizer(text, return_offsets_mapping=True)
-    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    plain = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if ids == plain:
+        return ids, offsets
+    n_trailing = _trailing_added(ids, plain)
+    if n_trailing is None:
+        added = [t for t in ids if t not in plain]
+        raise UserError(
+            f"the tokenizer adds special tokens {tokenizer.convert_ids_to_tokens(added)} inside the prompt {text!r}; "
+            "recallscope needs the prompt's own tokens to end the sequence"
+        )
+    return (ids[: len(ids) - n_trailing], offsets[: len(ids) - n_trailing]) if n_trailing else (ids, offsets)
+
+
+def _trailing_added(ids: list[int], plain: list[int]) -> int | None:
+    """How many tokens the tokenizer appended after the text's own tokens (``ids`` = added
+    prefix + ``plain`` + added suffix), or None when ``ids`` is not of that form."""
+    for lead in range(len(ids) - len(plain) + 1):
+        if ids[lead: lead + len(plain)] == plain:
+            return len(ids) - lead - len(plain)
+    return None
 
 
 def _answer_id(tokenizer, text: str, ids: list[int], answer: str) -> int:
-    full = tokenizer(text + " " + answer)["input_ids"]
+    full = _encode(tokenizer, text + " " + answer)[0]
     if len(full) > len(ids) and list(full[: len(ids)]) == ids:
         return int(full[len(ids)])
     # The answer merged with the prompt's last token; score the answer on its own.
