@@ -513,7 +513,8 @@ def intercept_from_frame(frame: pd.DataFrame) -> tuple[int, np.ndarray]:
     if rows.empty:
         raise UserError("the decompose table holds no intercept (re-run decompose with --force)")
     row = rows.iloc[0]
-    return int(row["layer"]), np.asarray(row["vector"], dtype=np.float64)
+    # a copy: a column read from Parquet is a read-only buffer, which torch refuses to own quietly
+    return int(row["layer"]), np.array(row["vector"], dtype=np.float64, copy=True)
 
 
 def decompose(

@@ -286,7 +286,7 @@ def compute(ctx: StageContext) -> InterceptResult:
     prompts = ctx.known_prompts()
     tok = ctx.model.tokenizer
     return analyse_intercept(
-        ctx.model.view, prompts.prompts, torch.as_tensor(b), layer, prompts.answer_ids, config, seed=ctx.run.seed,
+        ctx.model.view, prompts.prompts, torch.tensor(b), layer, prompts.answer_ids, config, seed=ctx.run.seed,
         pad_id=tok.pad_token_id, decode=lambda t: tok.decode([t]), progress=ctx.progress,
     )
 

@@ -30,6 +30,9 @@ DROP_SUBJECT_NOT_FOUND = "subject_tokens_not_found"
 DROP_EMPTY = "empty_subject_or_answer"
 DROP_SUBSAMPLED = "over_max_prompts"
 DROP_UNKNOWN = "unknown_to_model"
+# A corruption whose own answer starts with the clean answer's first token would still be
+# scored on that token: it does not remove the fact, so it is not used as a corruption.
+EXCLUDE_SAME_ANSWER = "corruption_with_the_same_answer_first_token"
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class PromptSet:
     prompts: tuple[Prompt, ...]
     dropped: dict = field(default_factory=dict)  # reason -> count of prompts
     answer_ids: tuple[int, ...] = ()  # first tokens of every answer of the relation (the answer domain)
+    # reason -> candidate corrupted prompts left out (filled by whoever draws corruptions)
+    corruptions_excluded: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -215,7 +220,8 @@ def build_prompts(
     dropped[DROP_SHARED_FIRST_TOKEN] += len(samples) - len(usable)
     if shots > 0 and len(usable) - 1 < shots:
         raise UserError(
-            f"--shots {shots} needs at least {shots + 1} usable samples in relation {relation.name!r}; it has {len(usable)}"
+            f"--shots {shots} needs at least {shots + 1} usable samples in relation {relation.name!r}; it has {len(usable)} "
+            f"of {len(relation.samples)} ({_drop_reasons(dropped, owners, tokenizer)})"
         )
     templates = relation.templates_for(shots)
     prompts: list[Prompt] = []
@@ -241,19 +247,45 @@ def build_prompts(
     return PromptSet(relation, shots, seed, tuple(prompts), dict(dropped), answer_ids)
 
 
-def corruptions(prompt: Prompt, prompt_set: PromptSet, tokenizer, limit: int | None = None) -> list[Prompt]:
+def _drop_reasons(dropped: Counter, owners: dict[int, set[str]], tokenizer) -> str:
+    """"answer_first_token_shared: 19 (every answer starts with the token ' 1')": the counts per
+    reason, and which first tokens the dropped answers share."""
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items()) if v) or "none dropped"
+    shared = sorted((t for t, objs in owners.items() if len(objs) > 1), key=lambda t: -len(owners[t]))
+    if not shared:
+        return reasons
+    if len(shared) == 1 and len(owners) == 1:
+        return f"{reasons}; every answer starts with the token {tokenizer.decode([shared[0]])!r}"
+    tokens = ", ".join(f"{tokenizer.decode([t])!r} ({len(owners[t])} answers)" for t in shared[:3])
+    return f"{reasons}; shared first tokens: {tokens}{', ...' if len(shared) > 3 else ''}"
+
+
+def corruptions(
+    prompt: Prompt, prompt_set: PromptSet, tokenizer, limit: int | None = None, excluded: dict[str, int] | None = None
+) -> list[Prompt]:
     """The prompt with its subject swapped for other subjects of the relation.
 
     Only swaps that keep the whole prompt's token count and change nothing but the subject
-    tokens are kept, so every position (end included) lines up with the clean prompt.
+    tokens are kept, so every position (end included) lines up with the clean prompt. A
+    subject whose answer has the clean answer's first token (on person → sport, about a quarter
+    of the swaps: another footballer) is left out and counted in ``excluded`` under
+    :data:`EXCLUDE_SAME_ANSWER`: its run still predicts Y, so it would dilute the corrupted mean.
     """
     out = []
+    clean_first = first_token(tokenizer, prompt.answer)
+    answers_of: dict[str, set[str]] = {}
+    for s in prompt_set.relation.samples:
+        answers_of.setdefault(s.subject, set()).add(s.object)
     subjects = sorted({s.subject for s in prompt_set.relation.samples if s.subject != prompt.subject})
     rng = np.random.default_rng(stable_seed(prompt_set.seed, "corrupt", prompt.subject, prompt.template))
     rng.shuffle(subjects)
     lo, hi = prompt.subject_span
     for subject in subjects:
         if any(d.subject == subject for d in prompt.demos):
+            continue
+        if any(first_token(tokenizer, answer) == clean_first for answer in answers_of[subject]):
+            if excluded is not None:
+                excluded[EXCLUDE_SAME_ANSWER] = excluded.get(EXCLUDE_SAME_ANSWER, 0) + 1
             continue
         other = make_prompt(tokenizer, prompt.template, subject, prompt.answer, prompt.demos)
         if other is None or other.n_tokens != prompt.n_tokens or other.subject_span != prompt.subject_span:
