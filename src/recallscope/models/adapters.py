@@ -16,6 +16,15 @@ local and global layers use different bases), so every rope variant is reproduce
 A config function refuses, with a :class:`UserError`, the variants of a family that the neutral
 forward pass does not describe (e.g. OPT-350m's post-norm layers), instead of computing
 something silently different.
+
+Every field of a model's config is accounted for at load (:func:`check_config_fields`): it is
+honoured (the adapter's ``honoured`` list and :data:`COMMON_HONOURED`: read into
+:class:`ArchConfig`, or reproduced because the weights or the rotary module carry it), known not
+to change an eval-mode forward pass (``irrelevant``, :data:`COMMON_IRRELEVANT`), or at the value
+a fresh config of its class has — the value the parity tests run. Any other value, including a
+field a newer transformers adds, is refused in one line naming the field and the value. A new
+field whose *default* changes the forward pass is what the parity tests against transformers
+(tests/models/test_architectures.py, tests/models/test_config_fields.py) are there to catch.
 """
 
 from __future__ import annotations
