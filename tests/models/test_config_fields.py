@@ -181,3 +181,51 @@ def test_fault_A_every_family_lists_its_fields():
         assert not (adapter.honoured & adapter.irrelevant), adapter.family
         assert not (COMMON_HONOURED & adapter.irrelevant), adapter.family
     assert adapter_for("qwen2").family == adapter_for("mistral").family == "llama"
+
+
+# The paper's checkpoints' config.json (the keys and values as published on the hub): the field
+# rule must not refuse them (their extra keys are bookkeeping or settings their HF class ignores).
+PAPER_CONFIGS = {
+    "gpt2-xl": {"activation_function": "gelu_new", "architectures": ["GPT2LMHeadModel"], "attn_pdrop": 0.1,
+                "bos_token_id": 50256, "embd_pdrop": 0.1, "eos_token_id": 50256, "initializer_range": 0.02,
+                "layer_norm_epsilon": 1e-05, "model_type": "gpt2", "n_ctx": 1024, "n_embd": 1600, "n_head": 25,
+                "n_layer": 48, "n_positions": 1024, "output_past": True, "resid_pdrop": 0.1,
+                "summary_activation": None, "summary_first_dropout": 0.1, "summary_proj_to_labels": True,
+                "summary_type": "cls_index", "summary_use_proj": True,
+                "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}}, "vocab_size": 50257,
+                "n_special": 0, "predict_special_tokens": True},
+    "facebook/opt-1.3b": {"_name_or_path": "facebook/opt-1.3b", "_remove_final_layer_norm": False, "activation_dropout": 0.0,
+                          "activation_function": "relu", "architectures": ["OPTForCausalLM"], "attention_dropout": 0.0,
+                          "bos_token_id": 2, "do_layer_norm_before": True, "dropout": 0.1, "eos_token_id": 2,
+                          "ffn_dim": 8192, "hidden_size": 2048, "init_std": 0.02, "layerdrop": 0.0,
+                          "max_position_embeddings": 2048, "model_type": "opt", "num_attention_heads": 32,
+                          "num_hidden_layers": 24, "pad_token_id": 1, "prefix": "</s>", "torch_dtype": "float16",
+                          "transformers_version": "4.21.0.dev0", "use_cache": True, "vocab_size": 50272,
+                          "word_embed_proj_dim": 2048},
+    "meta-llama/Llama-2-7b-hf": {"architectures": ["LlamaForCausalLM"], "bos_token_id": 1, "eos_token_id": 2,
+                                 "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02,
+                                 "intermediate_size": 11008, "max_position_embeddings": 4096, "model_type": "llama",
+                                 "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 32,
+                                 "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": None,
+                                 "tie_word_embeddings": False, "torch_dtype": "float16",
+                                 "transformers_version": "4.31.0.dev0", "use_cache": True, "vocab_size": 32000},
+    "EleutherAI/pythia-160m": {"architectures": ["GPTNeoXForCausalLM"], "bos_token_id": 0, "classifier_dropout": 0.1,
+                               "eos_token_id": 0, "hidden_act": "gelu", "hidden_size": 768, "initializer_range": 0.02,
+                               "intermediate_size": 3072, "layer_norm_eps": 1e-05, "max_position_embeddings": 2048,
+                               "model_type": "gpt_neox", "num_attention_heads": 12, "num_hidden_layers": 12,
+                               "rotary_emb_base": 10000, "rotary_pct": 0.25, "tie_word_embeddings": False,
+                               "torch_dtype": "float16", "transformers_version": "4.24.0", "use_cache": True,
+                               "use_parallel_residual": True, "vocab_size": 50304},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
+def test_published_configs_of_supported_checkpoints_are_accepted(name):
+    from transformers import AutoConfig
+
+    from recallscope.models.adapters import arch_config
+
+    data = dict(PAPER_CONFIGS[name])
+    config = AutoConfig.for_model(data.pop("model_type"), **data)
+    cfg = arch_config(adapter_for(config.model_type), config)  # raises UserError on a refused field
+    assert cfg.n_layers == data.get("n_layer", data.get("num_hidden_layers"))

@@ -264,6 +264,8 @@ GPT2 = Adapter(
     }),
     irrelevant=frozenset({
         "resid_pdrop", "embd_pdrop", "attn_pdrop", "n_ctx",
+        # the OpenAI-GPT double-heads settings gpt2-medium/large/xl still carry; GPT2LMHeadModel ignores them
+        "n_special", "predict_special_tokens",
         # the sequence-classification head's settings; a causal LM has no such head
         "summary_type", "summary_use_proj", "summary_activation", "summary_proj_to_labels", "summary_first_dropout",
     }),
@@ -287,7 +289,7 @@ OPT = Adapter(
         "ffn_dim", "activation_function", "do_layer_norm_before", "word_embed_proj_dim", "_remove_final_layer_norm",
         "enable_bias", "layer_norm_elementwise_affine",  # read from the weights (absent bias / norm weight)
     }),
-    irrelevant=frozenset({"dropout", "layerdrop", "init_std", "prefix"}),
+    irrelevant=frozenset({"dropout", "layerdrop", "init_std", "prefix", "activation_dropout"}),
 )
 
 GPT_NEOX = Adapter(
@@ -308,7 +310,7 @@ GPT_NEOX = Adapter(
         "hidden_act", "layer_norm_eps", "use_parallel_residual", "rotary_pct", "rotary_emb_base",
         "attention_bias",  # read from the weights
     }),
-    irrelevant=frozenset({"hidden_dropout", "classifier_dropout", "is_decoder"}),
+    irrelevant=frozenset({"hidden_dropout", "classifier_dropout"}),
 )
 
 # Gemma 3 names its four norms per layer differently from Llama: ``post_attention_layernorm``
@@ -372,7 +374,14 @@ COMMON_IRRELEVANT = frozenset({
     "attention_dropout", "initializer_range", "use_cache", "dtype", "torch_dtype", "architectures",
     "transformers_version", "_name_or_path", "_model_name_or_path", "id2label", "label2id", "problem_type",
     "return_dict", "output_attentions", "output_hidden_states", "chunk_size_feed_forward",
-    "task_specific_params", "_attn_implementation_autoset", "model_type",
+    "task_specific_params", "_attn_implementation_autoset", "model_type", "num_labels", "_num_labels", "output_past",
+    "finetuning_task", "tokenizer_class", "is_decoder", "use_bfloat16", "torchscript", "tf_legacy_loss",
+    # generation settings older checkpoints keep in config.json: they pick tokens, not logits
+    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups", "temperature",
+    "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "diversity_penalty",
+    "output_scores", "return_dict_in_generate", "remove_invalid_values", "exponential_decay_length_penalty",
+    "suppress_tokens", "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id",
 })
 # Rope types whose frequencies depend on the sequence length (recomputed inside the forward
 # pass), so the rotary module's stored inv_freq is not what every prompt uses.
