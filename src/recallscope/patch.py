@@ -521,14 +521,16 @@ def with_corruptions(prompts: PromptSet, tokenizer, n_corruptions: int, min_prom
     """Keep the prompts that have at least one same-length corruption (UserError when too few do)."""
     if n_corruptions < 1:
         raise UserError(f"patch.n_corruptions must be >= 1, got {n_corruptions}")
-    found = [corruptions(p, prompts, tokenizer, limit=n_corruptions) for p in prompts.prompts]
+    excluded: dict[str, int] = {}  # reason -> corrupted prompts left out
+    found = [corruptions(p, prompts, tokenizer, limit=n_corruptions, excluded=excluded) for p in prompts.prompts]
     keep = [bool(c) for c in found]
-    kept = prompts.subset(keep, reason="no_same_length_corruption")
+    kept = dataclasses.replace(prompts.subset(keep, reason="no_same_length_corruption"), corruptions_excluded=excluded)
     n_dropped = len(prompts) - len(kept)
     if len(kept) < max(1, min_prompts):
         raise UserError(
             f"patch needs at least {max(1, min_prompts)} prompts with a same-length corruption; "
             f"{len(kept)} of {len(prompts)} known prompts of {prompts.relation.name!r} have one"
+            + "".join(f"; corruptions left out: {k}: {v}" for k, v in sorted(excluded.items()))
         )
     return kept, [c for c, k in zip(found, keep, strict=True) if k], n_dropped
 
@@ -762,6 +764,7 @@ class PatchResult:
             "n_prompts": int(self.effects.shape[0]),
             "n_dropped_no_corruption": int(self.n_dropped),
             "n_corruptions": float(np.mean(self.n_corruptions)) if self.n_corruptions else 0.0,
+            "corruptions_excluded": dict(self.prompts.corruptions_excluded),
             "mean_pi_clean": float(self.pi_clean.mean()),
             "top_components": [
                 {
