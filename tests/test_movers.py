@@ -227,7 +227,8 @@ def test_figures_rebuild_from_table_and_summary():
 
 @pytest.mark.slow
 def test_real_model_movers_figures_are_consistent(smollm2):
-    from recallscope.movers import movers, projection_directions
+    from recallscope.lens import token_direction
+    from recallscope.movers import movers
     from recallscope.tasks import build_prompts, load_relation
 
     ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=0, seed=0, max_prompts=12)
@@ -239,7 +240,7 @@ def test_real_model_movers_figures_are_consistent(smollm2):
     p = ps.prompts[0]
     with torch.no_grad():
         trace = smollm2.view.trace(torch.tensor([p.input_ids]), record=["head_out", "pattern"])
-        direction = projection_directions(smollm2.view, torch.tensor([p.subject_id]))[0]
+        direction = token_direction(smollm2.view, torch.tensor([p.subject_id]))[0]
     row = f[(f["head"] == 4) & (f["prompt_index"] == 0)].iloc[0]
     assert row["projection"] == pytest.approx(float(trace.head_out[0, 0, 23, 4] @ direction), rel=1e-4, abs=1e-4)
     lo, hi = p.subject_span

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from .components import head_effects, head_label
 from .stats import bootstrap_ci
 
 HOLDS = "holds"
@@ -113,7 +114,7 @@ def movers_claim(summary: dict | None, frame: pd.DataFrame | None, cfg: ClaimsCo
     x = rows["attention_to_subject"].to_numpy(float)
     y = rows["projection"].to_numpy(float)
     lo, hi = _bootstrap_pairs(x, y, cfg)
-    name = f"L{best['layer']}H{best['head']}"
+    name = head_label(best["layer"], best["head"])
     thresholds = summary.get("thresholds", {})
     detail = (f"{len(movers)} of {len(heads)} candidate heads are movers"
               + (f" ({', '.join(summary.get('movers', []))})" if movers else "")
@@ -225,12 +226,6 @@ def run_claims(summaries: dict, frames: dict, cfg: ClaimsConfig = ClaimsConfig()
     return claims
 
 
-def _head_effects(patch: pd.DataFrame) -> pd.DataFrame:
-    """Prompts × heads matrix of effect_pct."""
-    heads = patch[patch["kind"] == "head"]
-    return heads.pivot_table(index="prompt_index", columns="component", values="effect_pct", aggfunc="mean")
-
-
 def _weighted_layer(effects: pd.DataFrame, layers: pd.Series) -> float:
     weights = effects.abs().mean(axis=0)
     return float((weights * layers[weights.index]).sum() / weights.sum())
@@ -247,7 +242,7 @@ def shot_claim(relation: str, low: tuple[int, pd.DataFrame], high: tuple[int, pd
     (k0, p0), (k1, p1) = low, high
     if p0 is None or p1 is None or not len(p0) or not len(p1):
         return _missing(CLAIM_SHOTS, "patch", f"{relation}: the patch stage did not run at {k0} and {k1} shots")
-    e0, e1 = _head_effects(p0), _head_effects(p1)
+    e0, e1 = head_effects(p0), head_effects(p1)
     layers = p0[p0["kind"] == "head"].drop_duplicates("component").set_index("component")["layer"]
     top = lambda e: list(e.abs().mean(axis=0).sort_values(ascending=False).index[: cfg.top_heads])  # noqa: E731
     t0, t1 = top(e0), top(e1)

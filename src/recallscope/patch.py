@@ -60,6 +60,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from .components import Component, component_columns
 from .errors import UserError
 from .lens import recall_metric
 from .models import Model
@@ -72,7 +73,6 @@ from .tasks.prompts import Prompt, batches, corruptions, make_batch
 MODES = ("noise", "denoise")
 COMPONENT_KINDS = ("heads", "mlp", "resid")
 ENGINES = ("exact", "naive", "attribution")
-KIND_OF = {"heads": "head", "mlp": "mlp", "resid": "resid"}
 
 
 @dataclass(frozen=True)
@@ -89,26 +89,6 @@ class PatchConfig:
 
 
 # --------------------------------------------------------------------------- components
-@dataclass(frozen=True)
-class Component:
-    """One patchable output at the end position."""
-
-    kind: str  # "head" | "mlp" | "resid"
-    layer: int
-    head: int = -1
-
-    @property
-    def name(self) -> str:
-        if self.kind == "head":
-            return f"L{self.layer}H{self.head}"
-        return f"{'MLP' if self.kind == 'mlp' else 'RES'}{self.layer}"
-
-    @property
-    def entry_layer(self) -> int:
-        """The first layer whose input the patch changes (r[l] for RES, r[l+1] otherwise)."""
-        return self.layer if self.kind == "resid" else self.layer + 1
-
-
 def select_components(cfg, kinds: Sequence[str], layers: Sequence[int] | None) -> list[Component]:
     """Components of ``kinds`` in ``layers``, checked against the model (errors are UserError)."""
     kinds = list(kinds)
@@ -363,10 +343,10 @@ def naive_pi(view: ModelView, base: BaseRun, patch: RunRecord, components: Seque
     return torch.stack(out, dim=1)
 
 
-def _set_end(value: Tensor, head: int) -> Callable[[Tensor], Tensor]:
+def _set_end(value: Tensor, head: int | None) -> Callable[[Tensor], Tensor]:
     def edit(x: Tensor) -> Tensor:
         x = x.clone()
-        if head >= 0:
+        if head is not None:
             x[:, -1, head] = value
         else:
             x[:, -1] = value
@@ -650,10 +630,7 @@ class PatchResult:
         scale = self.pi_clean[prompt] if self.config.mode == "noise" else self.pi_clean[prompt] - pi_base
         effect = self.effects.T.reshape(-1)
         frame = pd.DataFrame({
-            "component": [self.components[c].name for c in comp],
-            "kind": [self.components[c].kind for c in comp],
-            "layer": np.array([self.components[c].layer for c in comp], dtype=np.int64),
-            "head": np.array([self.components[c].head for c in comp], dtype=np.int64),
+            **component_columns([self.components[c] for c in comp]),
             "prompt_index": prompt.astype(np.int64),
             "pi_clean": self.pi_clean[prompt],
             "pi_base": pi_base,
@@ -691,7 +668,7 @@ class PatchResult:
             "mean_pi_clean": float(self.pi_clean.mean()),
             "top_components": [
                 {
-                    "component": self.components[i].name,
+                    "component": self.components[i].label,
                     "layer": self.components[i].layer,
                     "head": self.components[i].head,
                     "effect": float(mean[i]),
@@ -714,7 +691,7 @@ def figures(frame: pd.DataFrame, summary: dict) -> list:
     """The layer × head heatmap of mean effects (plus an MLP row and a RES row when patched)."""
     import plotly.graph_objects as go
 
-    means = frame.groupby(["kind", "layer", "head"], sort=True)["effect_pct"].mean().reset_index()
+    means = frame.groupby(["kind", "layer", "head"], sort=True, dropna=False)["effect_pct"].mean().reset_index()
     layers = sorted(means["layer"].unique())
     heads = sorted(means.loc[means["kind"] == "head", "head"].unique())
     rows = [f"H{h}" for h in heads]
@@ -804,9 +781,3 @@ def _compute(ctx) -> PatchResult:
 register(Stage("patch", ("recall",), PatchConfig, _compute, "causal mediation of every head and MLP at the end position",
                check=_check_config))
 
-
-def iter_components(result: PatchResult) -> Iterator[tuple[Component, float]]:
-    """(component, mean effect) pairs, strongest first."""
-    mean = result.mean_effects()
-    for i in np.argsort(-np.abs(mean)):
-        yield result.components[i], float(mean[i])
