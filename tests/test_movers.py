@@ -18,7 +18,6 @@ from recallscope.movers import (
     figures,
     find_movers,
     ov_vector,
-    pearson,
 )
 from recallscope.tasks.prompts import Prompt
 
@@ -161,30 +160,6 @@ def test_ov_vector_equals_the_head_output_on_a_one_token_prompt():
     for head in range(H):
         expected = trace.head_out[0, 0, 0, head]
         torch.testing.assert_close(ov_vector(view, 0, head, torch.tensor([7]))[0], expected, rtol=1e-5, atol=1e-6)
-
-
-def test_pearson_p_value_is_exact():
-    # n = 4: under the null r is uniform on [-1, 1], so p = 1 − |r|
-    x = np.array([1.0, 2.0, 3.0, 4.0])
-    y = np.array([1.0, 3.0, 2.0, 5.0])
-    r, p = pearson(x, y)
-    assert r == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-12)
-    assert p == pytest.approx(1 - abs(r), abs=1e-10)
-    # n = 3: p = 1 − (2/π) arcsin |r|
-    r3, p3 = pearson(np.array([0.0, 1.0, 2.0]), np.array([0.0, 2.0, 1.0]))
-    assert p3 == pytest.approx(1 - 2 / math.pi * math.asin(abs(r3)), abs=1e-10)
-    # any n: p = 2 ∫_|r|^1 (1 − ρ²)^((n−4)/2) dρ / B(1/2, (n−2)/2), integrated numerically
-    rng = np.random.default_rng(0)
-    for n in (10, 60, 400):
-        a = rng.normal(size=n)
-        b = 0.15 * a + rng.normal(size=n)
-        r, p = pearson(a, b)
-        rho = np.linspace(abs(r), 1.0, 200_001)
-        log_beta = math.lgamma(0.5) + math.lgamma((n - 2) / 2) - math.lgamma((n - 1) / 2)
-        density = np.exp((n - 4) / 2 * np.log1p(-rho[:-1] ** 2) - log_beta)
-        expected = 2 * float(np.sum((density[1:] + density[:-1]) / 2 * np.diff(rho[:-1])))
-        assert p == pytest.approx(expected, rel=1e-3)
-    assert all(math.isnan(v) for v in pearson(np.ones(5), np.arange(5.0)))
 
 
 def test_candidate_selection_and_bad_input():

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .components import head_effects, head_label
-from .stats import bootstrap_ci
+from .stats import bootstrap_ci, bootstrap_ci_samples, pearson
 
 HOLDS = "holds"
 FAILS = "does not hold"
@@ -87,16 +87,10 @@ def _missing(claim: str, stage: str, why: str) -> Claim:
     return Claim(claim, None, None, None, NOT_MEASURABLE, "", "", why, stage)
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
-
-
 def _bootstrap_pairs(x: np.ndarray, y: np.ndarray, cfg: ClaimsConfig) -> tuple[float, float]:
-    idx = np.arange(len(x))
-    return bootstrap_ci(idx, stat=lambda i: _pearson(x[i.astype(int)], y[i.astype(int)]),
-                        n=cfg.n_bootstrap, level=cfg.level, seed=cfg.seed)
+    """Percentile interval of Pearson's r, the prompts' (x, y) pairs resampled together."""
+    return bootstrap_ci_samples((x, y), lambda a, b: pearson(a, b)[0], n=cfg.n_bootstrap, level=cfg.level,
+                                seed=cfg.seed, paired=True)
 
 
 def movers_claim(summary: dict | None, frame: pd.DataFrame | None, cfg: ClaimsConfig) -> Claim:
@@ -248,14 +242,13 @@ def shot_claim(relation: str, low: tuple[int, pd.DataFrame], high: tuple[int, pd
     t0, t1 = top(e0), top(e1)
     overlap = len(set(t0) & set(t1))
     shift = _weighted_layer(e1, layers) - _weighted_layer(e0, layers)
-    rng = np.random.default_rng(cfg.seed)
-    draws = []
-    for _ in range(cfg.n_bootstrap // 4):  # each draw re-weights all heads; a quarter of the usual count suffices
-        b0 = e0.iloc[rng.integers(0, len(e0), len(e0))]
-        b1 = e1.iloc[rng.integers(0, len(e1), len(e1))]
-        draws.append(_weighted_layer(b1, layers) - _weighted_layer(b0, layers))
-    alpha = (1 - cfg.level) / 2
-    lo, hi = np.quantile(draws, [alpha, 1 - alpha])
+    # the prompts of the two runs resampled independently; each draw re-weights all heads, so a
+    # quarter of the usual count suffices
+    lo, hi = bootstrap_ci_samples(
+        (np.arange(len(e0)), np.arange(len(e1))),
+        lambda i0, i1: _weighted_layer(e1.iloc[i1.astype(int)], layers) - _weighted_layer(e0.iloc[i0.astype(int)], layers),
+        n=max(1, cfg.n_bootstrap // 4), level=cfg.level, seed=cfg.seed,
+    )
     verdict = HOLDS if overlap >= cfg.min_head_overlap and hi < 0 else FAILS
     detail = (f"{relation}: top-{cfg.top_heads} heads at {k0} shots {', '.join(t0[:5])}…, at {k1} shots "
               f"{', '.join(t1[:5])}…; {overlap} shared; effect-weighted mean head layer "

@@ -81,6 +81,7 @@ from .errors import UserError
 from .models.view import ModelView
 from .pipeline import Stage, StageContext, register
 from .progress import track
+from .stats import assign_folds
 from .tasks.collect import collect
 from .tasks.prompts import Prompt
 
@@ -286,8 +287,8 @@ def fold_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
         raise UserError(f"decompose.folds must be >= 2, got {folds}")
     if n < 2 * folds:
         raise UserError(f"decompose: {n} prompts are too few for {folds}-fold cross-validation (need {2 * folds})")
-    order = np.random.default_rng(seed).permutation(n)
-    return [np.sort(part) for part in np.array_split(order, folds)]
+    fold = assign_folds(n, folds, seed)
+    return [np.flatnonzero(fold == f) for f in range(folds)]
 
 
 @dataclass(frozen=True)

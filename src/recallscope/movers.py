@@ -65,6 +65,7 @@ from .lens import logit_lens, token_direction, token_rank
 from .models.view import ModelView
 from .pipeline import Stage, StageContext, register
 from .progress import track
+from .stats import pearson
 from .tasks.collect import collect
 from .tasks.prompts import Prompt
 
@@ -91,69 +92,6 @@ class MoversConfig:
             "max_p_value": self.max_p_value,
             "min_ov_top5_share": self.min_ov_top5_share,
         }
-
-
-# ----------------------------------------------------------------------------- statistics
-def _betacf(a: float, b: float, x: float, max_iter: int = 300, eps: float = 1e-15) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, max_iter + 1):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Pearson r and its two-sided p-value (t = r √((n−2)/(1−r²)), n − 2 degrees of freedom).
-
-    With df = n − 2, P(|T| ≥ t) = I_{df/(df+t²)}(df/2, 1/2). NaN when n < 3 or an input is
-    constant (r is undefined).
-    """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    n = len(x)
-    if n < 3:
-        return float("nan"), float("nan")
-    xc, yc = x - x.mean(), y - y.mean()
-    denom = math.sqrt(float(xc @ xc) * float(yc @ yc))
-    if denom == 0.0 or not math.isfinite(denom):
-        return float("nan"), float("nan")
-    r = max(-1.0, min(1.0, float(xc @ yc) / denom))
-    df = n - 2
-    if abs(r) >= 1.0:
-        return r, 0.0
-    t2 = r * r * df / (1.0 - r * r)
-    return r, betainc(df / 2.0, 0.5, df / (df + t2))
 
 
 # ----------------------------------------------------------------------------- OV circuit

@@ -67,6 +67,7 @@ from .models import Model
 from .models.view import ModelView, position_ids_from_mask
 from .pipeline import Stage, register
 from .progress import track
+from .stats import spearman
 from .tasks import PromptSet
 from .tasks.prompts import Prompt, batches, corruptions, make_batch
 
@@ -588,15 +589,6 @@ def _slice_record(r: RunRecord, sl: slice) -> RunRecord:
 
 
 # --------------------------------------------------------------------------- result
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's ρ (Pearson correlation of average ranks)."""
-    ra = pd.Series(a).rank().to_numpy()
-    rb = pd.Series(b).rank().to_numpy()
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 def top_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> int:
     """How many of the top-k components by |effect| two effect vectors share."""
     k = min(k, len(a))

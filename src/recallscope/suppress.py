@@ -60,6 +60,7 @@ from .errors import UserError
 from .lens import answer_stats, logit_lens, recall_metric
 from .pipeline import Stage, StageContext, register
 from .progress import track
+from .stats import assign_folds as stats_assign_folds
 from .stats import bootstrap_ci
 from .tasks import PromptSet, batches, collect
 
@@ -286,17 +287,9 @@ def calibration_metrics(rows: pd.DataFrame, bins: int) -> dict:
 
 
 def assign_folds(subjects: Sequence[str], folds: int, by_subject: bool, seed: int) -> np.ndarray:
-    """[N] fold of each prompt; whole subjects go to one fold when ``by_subject`` (and possible)."""
-    rng = np.random.default_rng(seed)
-    unique = sorted(set(subjects))
-    if by_subject and len(unique) >= folds:
-        order = rng.permutation(len(unique))
-        fold_of = {unique[i]: r % folds for r, i in enumerate(order)}
-        return np.array([fold_of[s] for s in subjects], dtype=int)
-    order = rng.permutation(len(subjects))
-    out = np.zeros(len(subjects), dtype=int)
-    out[order] = np.arange(len(subjects)) % folds
-    return out
+    """[N] fold of each prompt; whole subjects go to one fold when ``by_subject`` (and possible)
+    — :func:`recallscope.stats.assign_folds`, the one fold assignment."""
+    return stats_assign_folds(len(subjects), folds, seed, groups=list(subjects) if by_subject else None)
 
 
 # ----------------------------------------------------------------------------- result
