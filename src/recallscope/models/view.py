@@ -258,7 +258,7 @@ class ModelView:
     def _post_norm_factor(self, raw: Tensor, norm) -> Tensor:
         """The per-position factor f with norm(raw) = f ⊙ raw (RMS norms have no shift)."""
         scale = norm_scale(raw, self.cfg.norm, self.cfg.norm_eps)
-        return (scale * norm_weight(norm, self.cfg.norm).to(scale.dtype)).to(raw.dtype)
+        return (scale * norm_weight(norm, self.cfg.norm, scale.dtype)).to(raw.dtype)
 
     def post_attn(self, layer: int, raw: Tensor) -> Tensor:
         """What attention adds to the residual stream given the projection's output ``raw`` [..., d]
