@@ -175,13 +175,13 @@ def _end_record(view: ModelView, t, weight: Tensor | None = None) -> RunRecord:
         x = x[:, :, 0]
         return (x * weight.reshape(*weight.shape, *([1] * (x.dim() - 2)))).sum(1)
 
-    z = end(t.z) if weight is None else t.z[:, :, 0]  # heads are linear in z: mean after W_O
+    z = t.z[:, 0] if weight is None else t.z[:, :, 0]  # [B, (n,) L, H, dh]
     heads = torch.stack([view.head_writes(layer, z[..., layer, :, :]) for layer in range(view.cfg.n_layers)], dim=-3)
     return RunRecord(
         resid_pre=end(t.resid_pre),
         resid_mid=end(t.resid_mid),
         mlp_out=end(t.mlp_out),
-        head_out=heads if weight is None else end(heads[:, :, None]),
+        head_out=heads if weight is None else end(heads[:, :, None]),  # each corruption's heads, then their mean
         resid_final=end(t.resid_final),
     )
 
