@@ -90,7 +90,7 @@ def _hf_z_patch_pi(model, ids, mask, corrupt, weight, answers, layer: int, head:
         for j in range(corrupt.shape[1]):
             model(input_ids=corrupt[row, j][real][None])
         handle.remove()
-        mean = sum(float(w) * z for w, z in zip(weight[row], seen))
+        mean = sum(float(w) * z for w, z in zip(weight[row], seen, strict=True))
 
         def replace(mod, args):
             x = args[0].clone()
@@ -177,7 +177,7 @@ def test_half_precision_models_are_patched_in_float32(name):
     bf16 = ModelView(cfg, weights.to(dtype=torch.bfloat16))
     view = P.engine_view(bf16)
     assert view.dtype == torch.float32 and P.engine_view(view) is view
-    assert all(torch.equal(a.float(), b) for a, b in zip(bf16.weights.tensors(), view.weights.tensors()))
+    assert all(torch.equal(a.float(), b) for a, b in zip(bf16.weights.tensors(), view.weights.tensors(), strict=True))
     ids, mask = left_pad(random_prompts(seed=1), PAD)
     corrupt, weight = _corruptions(ids)
     base = P.record_run(view, ids, mask, torch.tensor([5, 17, 42]), prefix=True)

@@ -54,7 +54,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -231,7 +230,7 @@ def find_movers(
         raise UserError("movers: no candidate head")
     layers = torch.tensor([l for l, _ in candidates], device=view.device)
     heads = torch.tensor([h for _, h in candidates], device=view.device)
-    C, N = len(candidates), len(prompts)
+    C = len(candidates)
     example_rows: dict[int, tuple[Tensor, int]] = {}  # prompt -> (attention [C, n_tokens], pad)
 
     def measure(indices, batch) -> dict:
