@@ -179,8 +179,20 @@ def rms_or_layer_norm(x: Tensor, norm: Norm, kind: NormKind, eps: float) -> Tens
         return out
     x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     if kind == "rmsnorm_plus1":
-        return (x * (1.0 + norm.weight.to(x.dtype))).to(dtype)
+        return (x * norm_weight(norm, kind, x.dtype)).to(dtype)
     return norm.weight * x.to(dtype)
+
+
+def norm_weight(norm: Norm, kind: NormKind, dtype: torch.dtype | None = None) -> Tensor | None:
+    """The norm's multiplicative weight as applied: Gemma's ``rmsnorm_plus1`` stores w and
+    multiplies by (1 + w) (Hugging Face's ``Gemma3RMSNorm``); the other norms multiply by w.
+    ``dtype``: cast w before adding 1 (the reference adds 1 in float32). None when the norm has no weight."""
+    w = norm.weight
+    if w is None:
+        return None
+    if dtype is not None:
+        w = w.to(dtype)
+    return 1.0 + w if kind == "rmsnorm_plus1" else w
 
 
 def norm_scale(x: Tensor, kind: NormKind, eps: float) -> Tensor:

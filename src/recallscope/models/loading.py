@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import logging
 import os
 import sys
@@ -300,6 +299,3 @@ def model_catalog() -> list[dict]:
         })
     return rows
 
-
-def describe_json(model: Model) -> str:
-    return json.dumps(model.describe())

@@ -307,10 +307,6 @@ class Batch:
     attention_mask: Tensor  # [B, S]
     pad: Tensor  # [B] padding added on the left of each row
 
-    @property
-    def end(self) -> int:
-        return self.input_ids.shape[1] - 1
-
     def subject_mask(self) -> Tensor:
         """[B, S] true at the query subject's tokens."""
         B, S = self.input_ids.shape
