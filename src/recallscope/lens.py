@@ -72,6 +72,16 @@ def unembed_direction(view: ModelView, token_ids: Tensor, centred: bool = True) 
     return cols
 
 
+def token_direction(view: ModelView, token_ids: Tensor) -> Tensor:
+    """u_t = w_f ⊙ (W_U[:, t] − mean column of W_U), [..., d]: the centred unembedding of each
+    token with the final norm's weight folded in (TransformerLens's folded, centred W_U; the
+    paper's code multiplies a head's output by it). The one place these directions are built:
+    movers projects head outputs on u_X, intercept compares b and m with u_Y, u_X."""
+    u = unembed_direction(view, token_ids.to(view.device), centred=True)
+    w = final_norm_weight(view)
+    return u * w if w is not None else u
+
+
 def recall_metric(logits: Tensor, answer_ids: Tensor) -> Tensor:
     """π(Y) = logit[Y] − mean logit, [...]."""
     return logits.gather(-1, answer_ids[..., None]).squeeze(-1) - logits.mean(-1)

@@ -50,29 +50,29 @@ Three engines compute the same table:
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
+from .components import Component, component_columns
+from .constraints import NON_NEGATIVE, POSITIVE, Options
 from .errors import UserError
 from .lens import recall_metric
 from .models import Model
 from .models.view import ModelView, position_ids_from_mask
-from .pipeline import Stage, register
 from .progress import track
+from .stats import spearman
 from .tasks import PromptSet
 from .tasks.prompts import Prompt, batches, corruptions, make_batch
 
 MODES = ("noise", "denoise")
 COMPONENT_KINDS = ("heads", "mlp", "resid")
 ENGINES = ("exact", "naive", "attribution")
-KIND_OF = {"heads": "head", "mlp": "mlp", "resid": "resid"}
 
 
 @dataclass(frozen=True)
@@ -87,28 +87,14 @@ class PatchConfig:
     batch_size: int = 16  # clean prompts per batch (each carries one variant per component)
     min_prompts: int = 2  # fewer prompts with a same-length corruption than this is an error
 
+    constraints: ClassVar[dict] = {
+        "mode": Options("noise", "denoise"), "components": Options("heads", "mlp", "resid"), "layers": NON_NEGATIVE,
+        "top_k": POSITIVE, "n_corruptions": POSITIVE, "engine": Options("exact", "naive", "attribution"),
+        "batch_size": POSITIVE, "min_prompts": POSITIVE,
+    }
+
 
 # --------------------------------------------------------------------------- components
-@dataclass(frozen=True)
-class Component:
-    """One patchable output at the end position."""
-
-    kind: str  # "head" | "mlp" | "resid"
-    layer: int
-    head: int = -1
-
-    @property
-    def name(self) -> str:
-        if self.kind == "head":
-            return f"L{self.layer}H{self.head}"
-        return f"{'MLP' if self.kind == 'mlp' else 'RES'}{self.layer}"
-
-    @property
-    def entry_layer(self) -> int:
-        """The first layer whose input the patch changes (r[l] for RES, r[l+1] otherwise)."""
-        return self.layer if self.kind == "resid" else self.layer + 1
-
-
 def select_components(cfg, kinds: Sequence[str], layers: Sequence[int] | None) -> list[Component]:
     """Components of ``kinds`` in ``layers``, checked against the model (errors are UserError)."""
     kinds = list(kinds)
@@ -194,13 +180,13 @@ def _end_record(view: ModelView, t, weight: Tensor | None = None) -> RunRecord:
         x = x[:, :, 0]
         return (x * weight.reshape(*weight.shape, *([1] * (x.dim() - 2)))).sum(1)
 
-    z = end(t.z) if weight is None else t.z[:, :, 0]  # heads are linear in z: mean after W_O
+    z = t.z[:, 0] if weight is None else t.z[:, :, 0]  # [B, (n,) L, H, dh]
     heads = torch.stack([view.head_writes(layer, z[..., layer, :, :]) for layer in range(view.cfg.n_layers)], dim=-3)
     return RunRecord(
         resid_pre=end(t.resid_pre),
         resid_mid=end(t.resid_mid),
         mlp_out=end(t.mlp_out),
-        head_out=heads if weight is None else end(heads[:, :, None]),
+        head_out=heads if weight is None else end(heads[:, :, None]),  # each corruption's heads, then their mean
         resid_final=end(t.resid_final),
     )
 
@@ -363,10 +349,10 @@ def naive_pi(view: ModelView, base: BaseRun, patch: RunRecord, components: Seque
     return torch.stack(out, dim=1)
 
 
-def _set_end(value: Tensor, head: int) -> Callable[[Tensor], Tensor]:
+def _set_end(value: Tensor, head: int | None) -> Callable[[Tensor], Tensor]:
     def edit(x: Tensor) -> Tensor:
         x = x.clone()
-        if head >= 0:
+        if head is not None:
             x[:, -1, head] = value
         else:
             x[:, -1] = value
@@ -377,7 +363,6 @@ def _set_end(value: Tensor, head: int) -> Callable[[Tensor], Tensor]:
 
 def attribution_pi(view: ModelView, base: BaseRun, patch: RunRecord, components: Sequence[Component]) -> Tensor:
     """First-order estimate of π of every patched variant, [B, C], from one backward pass."""
-    cfg = view.cfg
     rec = base.record
     B, L, H, d = rec.head_out.shape
     with torch.enable_grad():
@@ -432,16 +417,18 @@ def with_corruptions(prompts: PromptSet, tokenizer, n_corruptions: int, min_prom
     """Keep the prompts that have at least one same-length corruption (UserError when too few do)."""
     if n_corruptions < 1:
         raise UserError(f"patch.n_corruptions must be >= 1, got {n_corruptions}")
-    found = [corruptions(p, prompts, tokenizer, limit=n_corruptions) for p in prompts.prompts]
+    excluded: dict[str, int] = {}  # reason -> corrupted prompts left out
+    found = [corruptions(p, prompts, tokenizer, limit=n_corruptions, excluded=excluded) for p in prompts.prompts]
     keep = [bool(c) for c in found]
-    kept = prompts.subset(keep, reason="no_same_length_corruption")
+    kept = dataclasses.replace(prompts.subset(keep, reason="no_same_length_corruption"), corruptions_excluded=excluded)
     n_dropped = len(prompts) - len(kept)
     if len(kept) < max(1, min_prompts):
         raise UserError(
             f"patch needs at least {max(1, min_prompts)} prompts with a same-length corruption; "
             f"{len(kept)} of {len(prompts)} known prompts of {prompts.relation.name!r} have one"
+            + "".join(f"; corruptions left out: {k}: {v}" for k, v in sorted(excluded.items()))
         )
-    return kept, [c for c, k in zip(found, keep) if k], n_dropped
+    return kept, [c for c, k in zip(found, keep, strict=True) if k], n_dropped
 
 
 def prepare(model: Model, prompts: PromptSet, config: PatchConfig, progress: bool = False) -> Prepared:
@@ -450,14 +437,33 @@ def prepare(model: Model, prompts: PromptSet, config: PatchConfig, progress: boo
     return Prepared(kept, list(batches_), n_dropped, n_corr)
 
 
-def prepare_batches(model: Model, prompts: PromptSet, config: PatchConfig, progress: bool = False):
+def engine_view(view: ModelView) -> ModelView:
+    """The view the engines compute with: the model's own, or for a half-precision model
+    (bfloat16, float16) a float32 copy of its weights (2 bytes more per parameter, for the stage).
+
+    Why float32: in bfloat16 the exact and naive engines disagree by 6–8.5 points (the naive
+    loop against itself with another batch shape: 1.3–1.8) and both sit 5–12 points off the
+    float32 effects on smollm2-135m (issue 16): bfloat16 keeps 8 significant bits in every
+    activation, and π(Y) is a small difference of large residual-stream sums. Effects are a
+    property of the model's function; computing them in float32 from the half-precision weights
+    measures that function with float32 rounding (the same weights, activations not rounded to
+    8 bits), and the engines then agree to float32 rounding (tested).
+    """
+    if view.dtype in (torch.bfloat16, torch.float16):
+        return ModelView(view.cfg, view.weights.to(dtype=torch.float32))
+    return view
+
+
+def prepare_batches(model: Model, prompts: PromptSet, config: PatchConfig, progress: bool = False,
+                    view: ModelView | None = None):
     """(kept prompts, an iterator of prepared batches, n dropped, corruptions per prompt).
 
     Each batch is prepared when the iterator reaches it, so a caller that drops a batch after
-    using it holds one batch of cached keys/values at a time.
+    using it holds one batch of cached keys/values at a time. ``view``: the view to compute with
+    (default :func:`engine_view` of the model's).
     """
-    _check_config(config, model)
-    view = model.view
+    check_config(config, model)
+    view = view if view is not None else engine_view(model.view)
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     kept, found, n_dropped = with_corruptions(prompts, model.tokenizer, config.n_corruptions, config.min_prompts)
     groups = list(batches(kept.prompts, pad_id, config.batch_size))
@@ -520,7 +526,7 @@ def _aligned_corruptions(batch, corrupt: list[list[Prompt]]) -> tuple[Tensor, Te
     return ids, weight
 
 
-def _check_config(config: PatchConfig, model: Model) -> None:
+def check_config(config: PatchConfig, model: Model) -> None:
     if config.mode not in MODES:
         raise UserError(f"patch.mode must be one of {', '.join(MODES)}, got {config.mode!r}")
     if config.engine not in ENGINES:
@@ -555,7 +561,7 @@ def _batch_effects(view: ModelView, pb: PatchBatch, components: Sequence[Compone
 def effects_from_pi(prepared: Prepared, pis: Sequence[Tensor], mode: str) -> np.ndarray:
     """Per-prompt effects [n_prompts, C] from the per-batch π of ``engine_pi``."""
     effects = np.zeros((len(prepared.prompts), pis[0].shape[1] if pis else 0))
-    for pb, pi in zip(prepared.batches, pis):
+    for pb, pi in zip(prepared.batches, pis, strict=True):
         effects[pb.indices] = pb.effect_pct(pi, mode).double().cpu().numpy()
     return effects
 
@@ -563,7 +569,7 @@ def effects_from_pi(prepared: Prepared, pis: Sequence[Tensor], mode: str) -> np.
 def gather_pi(prepared: Prepared, pis: Sequence[Tensor]) -> np.ndarray:
     """The per-batch π of ``engine_pi`` as one [n_prompts, C] array in prompt order."""
     out = np.zeros((len(prepared.prompts), pis[0].shape[1] if pis else 0))
-    for pb, pi in zip(prepared.batches, pis):
+    for pb, pi in zip(prepared.batches, pis, strict=True):
         out[pb.indices] = pi.double().cpu().numpy()
     return out
 
@@ -589,15 +595,6 @@ def _slice_record(r: RunRecord, sl: slice) -> RunRecord:
 
 
 # --------------------------------------------------------------------------- result
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's ρ (Pearson correlation of average ranks)."""
-    ra = pd.Series(a).rank().to_numpy()
-    rb = pd.Series(b).rank().to_numpy()
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 def top_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> int:
     """How many of the top-k components by |effect| two effect vectors share."""
     k = min(k, len(a))
@@ -623,6 +620,10 @@ class PatchResult:
     def mean_effects(self) -> np.ndarray:
         return self.effects.mean(axis=0)
 
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The stage's tables by name (one: the main table, ``to_frame()``)."""
+        return {"patch": self.to_frame()}
+
     def to_frame(self) -> pd.DataFrame:
         n, C = self.effects.shape
         comp = np.repeat(np.arange(C), n)
@@ -631,10 +632,7 @@ class PatchResult:
         scale = self.pi_clean[prompt] if self.config.mode == "noise" else self.pi_clean[prompt] - pi_base
         effect = self.effects.T.reshape(-1)
         frame = pd.DataFrame({
-            "component": [self.components[c].name for c in comp],
-            "kind": [self.components[c].kind for c in comp],
-            "layer": np.array([self.components[c].layer for c in comp], dtype=np.int64),
-            "head": np.array([self.components[c].head for c in comp], dtype=np.int64),
+            **component_columns([self.components[c] for c in comp]),
             "prompt_index": prompt.astype(np.int64),
             "pi_clean": self.pi_clean[prompt],
             "pi_base": pi_base,
@@ -669,10 +667,11 @@ class PatchResult:
             "n_prompts": int(self.effects.shape[0]),
             "n_dropped_no_corruption": int(self.n_dropped),
             "n_corruptions": float(np.mean(self.n_corruptions)) if self.n_corruptions else 0.0,
+            "corruptions_excluded": dict(self.prompts.corruptions_excluded),
             "mean_pi_clean": float(self.pi_clean.mean()),
             "top_components": [
                 {
-                    "component": self.components[i].name,
+                    "component": self.components[i].label,
                     "layer": self.components[i].layer,
                     "head": self.components[i].head,
                     "effect": float(mean[i]),
@@ -695,7 +694,7 @@ def figures(frame: pd.DataFrame, summary: dict) -> list:
     """The layer × head heatmap of mean effects (plus an MLP row and a RES row when patched)."""
     import plotly.graph_objects as go
 
-    means = frame.groupby(["kind", "layer", "head"], sort=True)["effect_pct"].mean().reset_index()
+    means = frame.groupby(["kind", "layer", "head"], sort=True, dropna=False)["effect_pct"].mean().reset_index()
     layers = sorted(means["layer"].unique())
     heads = sorted(means.loc[means["kind"] == "head", "head"].unique())
     rows = [f"H{h}" for h in heads]
@@ -722,10 +721,10 @@ def figures(frame: pd.DataFrame, summary: dict) -> list:
 # --------------------------------------------------------------------------- the stage
 def patch(model: Model, prompts: PromptSet, config: PatchConfig = PatchConfig(), progress: bool = True) -> PatchResult:
     """Patch every selected component at the end position of every prompt (see the module docstring)."""
-    _check_config(config, model)
+    check_config(config, model)
     components = select_components(model.cfg, config.components, config.layers)
-    kept, prepared_batches, n_dropped, n_corruptions = prepare_batches(model, prompts, config, progress=progress)
-    view = model.view
+    view = engine_view(model.view)  # float32 for half-precision models
+    kept, prepared_batches, n_dropped, n_corruptions = prepare_batches(model, prompts, config, progress=progress, view=view)
     n = len(kept)
     effects = np.zeros((n, len(components)))
     attribution = np.zeros((n, len(components))) if config.attribution or config.engine == "attribution" else None
@@ -765,29 +764,3 @@ def patch(model: Model, prompts: PromptSet, config: PatchConfig = PatchConfig(),
     )
 
 
-def _normalise(config: PatchConfig) -> PatchConfig:
-    """The CLI hands lists; keep the config hashable and printable."""
-    comps = config.components
-    if isinstance(comps, str):
-        comps = tuple(c.strip() for c in comps.split(",") if c.strip())
-    layers = config.layers
-    if isinstance(layers, int):
-        layers = (layers,)
-    return dataclasses.replace(
-        config, components=tuple(comps), layers=tuple(int(x) for x in layers) if layers is not None else None
-    )
-
-
-def _compute(ctx) -> PatchResult:
-    return patch(ctx.model, ctx.known_prompts(), _normalise(ctx.config("patch")), progress=ctx.progress)
-
-
-register(Stage("patch", ("recall",), PatchConfig, _compute, "causal mediation of every head and MLP at the end position",
-               check=_check_config))
-
-
-def iter_components(result: PatchResult) -> Iterator[tuple[Component, float]]:
-    """(component, mean effect) pairs, strongest first."""
-    mean = result.mean_effects()
-    for i in np.argsort(-np.abs(mean)):
-        yield result.components[i], float(mean[i])

@@ -17,6 +17,12 @@ model while recording, at chosen positions, everything the paper's methods read:
 
 Every tensor the model adds to the residual passes through :meth:`ModelView.trace` sites that
 can be *edited* (the naive patching loop uses this), so there are no hooks and no global state.
+The ``head_out`` edit site is each head's write at the output projection, before a
+post-attention norm, whose factor is then recomputed from the edited sum: editing a head is the
+intervention on its z. The ``attn_bias`` site is a layer's additive attention mask (attention
+knockout). :meth:`ModelView.forward_from` is the incremental forward: positions [p:] from a
+layer upward over cached keys/values of [:p] (``trace(..., return_kv=True)``), with the same
+edits; :meth:`ModelView.attend` is the one attention implementation both use.
 
 Batches are left-padded: the last position of every row is the prompt's end, and position ids
 come from the attention mask, so padding never shifts a position.
@@ -258,7 +264,7 @@ class ModelView:
     def _post_norm_factor(self, raw: Tensor, norm) -> Tensor:
         """The per-position factor f with norm(raw) = f ⊙ raw (RMS norms have no shift)."""
         scale = norm_scale(raw, self.cfg.norm, self.cfg.norm_eps)
-        return (scale * norm_weight(norm, self.cfg.norm).to(scale.dtype)).to(raw.dtype)
+        return (scale * norm_weight(norm, self.cfg.norm, scale.dtype)).to(raw.dtype)
 
     def post_attn(self, layer: int, raw: Tensor) -> Tensor:
         """What attention adds to the residual stream given the projection's output ``raw`` [..., d]
@@ -288,7 +294,8 @@ class ModelView:
         if lw.b_in is not None:
             pre = pre + lw.b_in
         if self.cfg.gated_mlp:
-            hidden = activation(x @ lw.W_gate, self.cfg.act) * pre
+            gate = x @ lw.W_gate if lw.b_gate is None else x @ lw.W_gate + lw.b_gate
+            hidden = activation(gate, self.cfg.act) * pre
         else:
             hidden = activation(pre, self.cfg.act)
         out = hidden @ lw.W_out
@@ -334,7 +341,8 @@ class ModelView:
         edited sum is recomputed, so the edit is the intervention on z itself); ``attn_bias``
         [B, 1, S, S] the additive attention mask of the layer (0 = allowed, dtype-min = blocked;
         may return [B, H, S, S]; shared between layers, so return a new tensor, never edit in
-        place). With ``return_kv`` the trace carries ``kv``: per layer the keys and values
+        place). A recorded ``head_out`` under a ``head_out`` edit is the edited heads, scaled by
+        the norm factor of the edited sum. With ``return_kv`` the trace carries ``kv``: per layer the keys and values
         [B, K, S, dh] (after rotary), the cache :meth:`forward_from` reads.
         Raises ValueError for an unknown recorded quantity or edit site.
         """
