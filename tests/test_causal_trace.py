@@ -77,7 +77,7 @@ def test_restoring_the_last_layer_output_at_the_last_token_gives_the_clean_proba
     result = CT.trace(model, tiny_prompts(model=model), CT.TraceConfig(n_samples=2, window=2, noise=1.0, kinds=("resid",)), progress=False)
     f = result.to_frame()
     L = model.cfg.n_layers
-    last_layer = f[f["layer"] == L - 1]
+    last_layer = f[f["component"] == f"RES{L}"]  # ROME's h_{L-1}: the final residual
     at_end = last_layer[last_layer["groups"].str.contains("last token")]
     assert np.abs(at_end["p_restored"] - at_end["p_clean"]).max() <= 1e-12
     earlier = last_layer[~last_layer["groups"].str.contains("last token")]

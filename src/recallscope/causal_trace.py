@@ -23,7 +23,8 @@ The method, as ROME's code runs it (``experiments/causal_trace.py`` of kmeng01/r
 
    p_restored(Y) is again the mean over the n runs; the **indirect effect** of the state is
    IE = p_restored − p_corrupted (ROME §2.1), reported per prompt, kind, position and layer
-   (for windows, layer = the window's centre, as ROME plots it).
+   (for windows, layer = the window's centre, as ROME plots it; for hidden states, recallscope's
+   one label format names ROME's h_l by the residual it is, r[l + 1] = ``RES{l+1}``).
 
 Noise: each prompt's n noise draws are seeded from the config's seed and the prompt's text,
 and the *same* draws are used for every restoration of that prompt (ROME reseeds with
@@ -70,6 +71,7 @@ import torch
 from torch import Tensor
 
 from .claims import FAILS, HOLDS, NOT_MEASURABLE, Claim
+from .components import Component
 from .errors import UserError
 from .figures import causal_trace as causal_trace_figures
 from .models import Model
@@ -82,7 +84,6 @@ from .tasks.prompts import Prompt, stable_seed
 
 KINDS = ("resid", "mlp", "attn")
 ENGINES = ("exact", "naive")
-LABEL = {"resid": "RES", "mlp": "MLP", "attn": "ATTN"}
 SITE = {"mlp": "mlp_out", "attn": "attn_out"}
 GROUPS = (
     "first subject token",
@@ -382,12 +383,14 @@ class TraceResult:
     """Causal tracing of a prompt set.
 
     ``frame`` (main table): one row per prompt × kind × position × layer: ``prompt_index``,
-    ``kind`` (resid|mlp|attn), ``component`` (``RES{l}``/``MLP{l}``/``ATTN{l}``; for a window,
-    l is its centre), ``layer``, ``position`` (token index), ``token``, ``groups`` (ROME groups
+    ``kind`` (resid|mlp|attn), ``component`` (``RES{l}``/``MLP{l}``/``ATTN{l}``), ``layer``,
+    ``head`` (always NA), ``position`` (token index), ``token``, ``groups`` (ROME groups
     the position belongs to, "; "-joined), ``p_restored``, ``p_corrupted``, ``p_clean`` (p(Y),
     probabilities in [0, 1]), ``indirect_effect`` = p_restored − p_corrupted.
     ``grouped``: kind × group × layer: mean IE over prompts (each prompt's positions in the
-    group averaged first), bootstrap interval, n_prompts. ``prompts``: per prompt p_clean,
+    group averaged first), bootstrap interval, n_prompts. Layers: for ``resid``, the residual
+    r[l] entering layer l, l = 1..L (ROME's h_{l-1}, the output of layer l − 1; r[L] is the final
+    residual); for ``mlp``/``attn``, the centre of the window. ``prompts``: per prompt p_clean,
     p_corrupted, total effect p_clean − p_corrupted, subject span, token count.
     """
 
@@ -506,10 +509,13 @@ def _tables(model: Model, prompts: PromptSet, results: dict, kinds, L: int) -> t
             table = r["p_restored"][kind]
             for pos in range(T):
                 for layer in range(L):
+                    # ROME's h_l (output of layer l) is the residual entering layer l + 1: RES{l+1}
+                    # in recallscope's one label format (RES{L} = the final residual).
+                    index = layer + 1 if kind == "resid" else layer
                     columns["prompt_index"].append(p.index)
                     columns["kind"].append(kind)
-                    columns["component"].append(f"{LABEL[kind]}{layer}")
-                    columns["layer"].append(layer)
+                    columns["component"].append(Component(kind, index).label)
+                    columns["layer"].append(index)
                     columns["position"].append(pos)
                     columns["token"].append(tokens[pos])
                     columns["groups"].append("; ".join(member.get(pos, [])))
@@ -520,6 +526,7 @@ def _tables(model: Model, prompts: PromptSet, results: dict, kinds, L: int) -> t
                      "subject_start": p.subject_span[0], "subject_stop": p.subject_span[1],
                      "p_clean": r["p_clean"], "p_corrupted": r["p_corrupted"], "total_effect": r["p_clean"] - r["p_corrupted"]})
     frame = pd.DataFrame(columns)
+    frame.insert(frame.columns.get_loc("layer") + 1, "head", pd.array([pd.NA] * len(frame), dtype="Int64"))
     frame["indirect_effect"] = frame["p_restored"] - frame["p_corrupted"]
     return frame, pd.DataFrame(rows)
 

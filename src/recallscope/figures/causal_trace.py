@@ -20,7 +20,7 @@ GROUPS = (
     "last token",
 )
 TITLES = {
-    "resid": "hidden state h_l (single layer)",
+    "resid": "residual stream r[l] (one state: ROME's h_(l-1))",
     "mlp": "MLP outputs (window of {w} layers, centred on l)",
     "attn": "attention outputs (window of {w} layers, centred on l)",
 }
@@ -59,7 +59,7 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
         ))
         fig.update_layout(
             title=f"Causal tracing: mean indirect effect on p(Y) of restoring the {TITLES[kind].format(w=window)} — {n} prompts",
-            xaxis_title="layer" if kind == "resid" else "centre of the window of restored layers",
+            xaxis_title="l: the residual r[l] entering layer l" if kind == "resid" else "centre of the window of restored layers",
             yaxis_title="position", yaxis={"autorange": "reversed"},
         )
         out.append(fig)
