@@ -14,6 +14,7 @@ import torch
 from helpers.tiny import VOCAB, tiny_model
 
 from recallscope import causal_trace as CT
+from recallscope.cli import main
 from recallscope.errors import UserError
 from recallscope.models import Model
 from recallscope.models.adapters import extract
@@ -41,7 +42,7 @@ def tiny_prompts(lengths=(7, 7, 6), spans=((1, 3), (2, 5), (0, 1)), seed: int = 
     gen = torch.Generator().manual_seed(seed)
     relation = Relation("tiny", ("{} is",), ("{} is",), (Sample("s", "o"),), "test")
     prompts = []
-    for i, (n, span) in enumerate(zip(lengths, spans)):
+    for i, (n, span) in enumerate(zip(lengths, spans, strict=True)):
         ids = tuple(torch.randint(3, VOCAB - 3, (n,), generator=gen).tolist())
         prompts.append(Prompt(text=f"prompt {i}", subject=f"s{i}", answer="o", template="{} is", demos=(), input_ids=ids,
                               subject_span=span, answer_id=top1(model, ids) if model is not None else 3, index=i))
@@ -167,6 +168,21 @@ def test_a_subject_not_located_before_the_last_token_is_a_user_error():
     empty = dataclasses.replace(prompts, prompts=(), dropped={"subject_tokens_not_found": 4})
     with pytest.raises(UserError, match="subject_tokens_not_found: 4"):
         CT.trace(tiny("gpt2"), empty, CT.TraceConfig(window=1), progress=False)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "trace.noise=0"], "trace.noise"),
+    (["--set", "trace.noise=-1"], "trace.noise"),
+    (["--set", "trace.window=0"], "trace.window"),
+    (["--set", "trace.kinds=heads"], "trace.kinds"),
+])
+def test_cli_bad_input_is_one_line_exit_2(args, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["trace", "--max-prompts", "3", *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    errors = [line for line in err.splitlines() if line.startswith("recallscope: error:")]
+    assert len(errors) == 1 and needle in errors[0] and "Traceback" not in err
 
 
 @pytest.mark.slow

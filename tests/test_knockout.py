@@ -14,6 +14,7 @@ import torch
 from test_causal_trace import FAMILIES, tiny, tiny_prompts
 
 from recallscope import knockout as K
+from recallscope.cli import main
 from recallscope.errors import UserError
 from recallscope.models.view import ModelView
 from recallscope.tasks import build_prompts, load_relation
@@ -109,6 +110,19 @@ def test_bad_settings_are_user_errors(config, match):
 def test_a_subject_not_located_is_a_user_error():
     with pytest.raises(UserError, match="cannot be located"):
         K.knockout(tiny("gpt2"), tiny_prompts(lengths=(5,), spans=((3, 5),)), K.KnockoutConfig(window=1), progress=False)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "knockout.window=0"], "knockout.window"),
+    (["--set", "knockout.blocks=verb"], "knockout.blocks"),
+])
+def test_cli_bad_input_is_one_line_exit_2(args, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["knockout", "--max-prompts", "3", *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    errors = [line for line in err.splitlines() if line.startswith("recallscope: error:")]
+    assert len(errors) == 1 and needle in errors[0] and "Traceback" not in err
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 
 from recallscope.claims import NOT_MEASURABLE
 from recallscope.errors import EXIT_INCOMPLETE, EXIT_USER, UserError
-from recallscope.pipeline import STAGES, RunConfig, execute, make_configs, resolve, stage_seed
+from recallscope.pipeline import STAGES, RunConfig, default_stages, execute, make_configs, resolve, stage_seed
 from recallscope.rundir import dumps
 
 COUNTRIES = [
@@ -89,7 +89,9 @@ def tiny_gpt2_long(tmp_path_factory) -> Path:
 
 # ----------------------------------------------------------------------------- the stage table
 def test_the_stage_table_declares_each_stage_once_in_order():
-    assert list(STAGES) == ["recall", "patch", "movers", "decompose", "intercept", "suppress", "claims"]
+    assert list(STAGES) == ["recall", "patch", "movers", "decompose", "intercept", "suppress", "trace", "knockout", "claims"]
+    # trace and knockout are opt-in (--stages): slower than the default run's time target on two cores
+    assert default_stages() == ["recall", "patch", "movers", "decompose", "intercept", "suppress", "claims"]
     for name, stage in STAGES.items():
         assert stage.name == name and stage.title and stage.help
         for dep in stage.requires + stage.reads:

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -72,6 +73,7 @@ from torch import Tensor
 
 from .claims import FAILS, HOLDS, NOT_MEASURABLE, Claim
 from .components import Component
+from .constraints import LEVEL, POSITIVE, Interval, Options
 from .errors import UserError
 from .figures import causal_trace as causal_trace_figures
 from .models import Model
@@ -107,6 +109,12 @@ class TraceConfig:
     batch_size: int = 4  # prompts of one token length traced together by the exact engine; > 0
     n_bootstrap: int = 2000
     level: float = 0.95
+
+    constraints: ClassVar[dict] = {
+        "n_samples": POSITIVE, "noise": Interval(0, None, closed="neither"), "noise_scale": Interval(0, None, closed="neither"),
+        "window": POSITIVE, "kinds": Options(*KINDS), "engine": Options(*ENGINES), "batch_size": POSITIVE,
+        "n_bootstrap": POSITIVE, "level": LEVEL,
+    }
 
 
 def check_config(config: TraceConfig, model: Model | None = None) -> None:

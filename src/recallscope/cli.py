@@ -196,7 +196,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         as_json: bool = JSON_OPTION,
         force: bool = FORCE_OPTION,
         threads: Optional[int] = THREADS_OPTION,
-        stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated subset of stages (default: all)."),
+        stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated subset of stages (default: all but the opt-in trace and knockout)."),
         report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
         settings: list[str] = typer.Option([], "--set", help="Stage setting, e.g. --set decompose.solver=sgd (repeatable)."),
     ) -> None:
@@ -204,7 +204,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
 
         Exit code 3 when a sweep finished but some cells lacked the data for some stages."""
         _check_common(max_prompts, threads)
-        targets = _split_list(stages) or pipeline.available_stages()
+        targets = _split_list(stages) or pipeline.default_stages()
         _set_threads(threads)
         base = pipeline.RunConfig(model=model, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype)
         summary = pipeline.execute_many(

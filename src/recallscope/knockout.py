@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -57,6 +58,7 @@ from torch import Tensor
 
 from .causal_trace import answer_prob, check_subjects, window_layers
 from .claims import FAILS, HOLDS, NOT_MEASURABLE, Claim
+from .constraints import LEVEL, POSITIVE, Options
 from .errors import UserError
 from .figures import knockout as knockout_figures
 from .models import Model
@@ -79,6 +81,11 @@ class KnockoutConfig:
     n_bootstrap: int = 2000
     level: float = 0.95
     seed: int = 0
+
+    constraints: ClassVar[dict] = {
+        "window": POSITIVE, "blocks": Options(*BLOCKS), "engine": Options(*ENGINES), "batch_size": POSITIVE,
+        "n_bootstrap": POSITIVE, "level": LEVEL,
+    }
 
 
 def default_window(n_layers: int) -> int:
@@ -162,7 +169,10 @@ def exact_batch(view: ModelView, batch: Batch, blocks, window: int) -> tuple[np.
     clean = view.trace(batch.input_ids, batch.attention_mask, record=["logits", "resid_pre"], return_kv=True,
                        positions=positions)
     p_clean = answer_prob(view, clean.logits[:, 0], y).cpu().numpy()
-    rows = lambda x: x.repeat(nb, *([1] * (x.dim() - 1)))  # row r = block r // B, prompt r % B
+
+    def rows(x: Tensor) -> Tensor:  # row r = block r // B, prompt r % B
+        return x.repeat(nb, *([1] * (x.dim() - 1)))
+
     keys = torch.cat([blocked_keys(batch, block) for block in blocks])
     mask = rows(batch.attention_mask.to(view.device))
     past = [(rows(k[:, :, :-1]), rows(v[:, :, :-1])) for k, v in clean.kv]

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import claims, decompose, intercept, movers, patch, recall, suppress
+from . import causal_trace, claims, decompose, intercept, knockout, movers, patch, recall, suppress
 from .constraints import coerce
 from .errors import EXIT_INCOMPLETE, UserError
 from .models import Model, load_model
@@ -99,6 +99,8 @@ class Stage:
     # CLI flags of this stage's verb → the setting each sets (e.g. `intercept --layer` sets decompose.layer).
     flags: Mapping[str, str] = field(default_factory=dict)
     verb: bool = True  # has its own CLI verb
+    # In `run` without --stages (False: opt-in, for stages slower than the default run's time target).
+    in_default_run: bool = True
 
     def needs(self, config) -> tuple[str, ...]:
         extra = self.requires_when(config) if self.requires_when is not None and config is not None else ()
@@ -216,7 +218,31 @@ def _claims(ctx: StageContext) -> claims.ClaimsResult:
         "decompose_folds": ctx.table_or_none("decompose", "folds"),
         "intercept": ctx.table_or_none("intercept"),
     }
-    return claims.ClaimsResult(tuple(claims.run_claims(dict(ctx.summaries), tables, ctx.config("claims"))), ctx.config("claims"))
+    rows = list(claims.run_claims(dict(ctx.summaries), tables, ctx.config("claims")))
+    # The other localisations' claims, where those opt-in stages ran (rows only then).
+    if "trace" in ctx.summaries:
+        rows.append(causal_trace.mlp_peak_claim(ctx.table_or_none("trace", "grouped"), ctx.summaries["trace"]))
+    if "knockout" in ctx.summaries:
+        rows.append(
+            knockout.reads_subject_claim(ctx.table_or_none("knockout", "windows"), ctx.summaries["knockout"], _mover_layers(ctx))
+        )
+    return claims.ClaimsResult(tuple(rows), ctx.config("claims"))
+
+
+def _mover_layers(ctx: StageContext) -> tuple[int, ...]:
+    """Layers of the heads the movers stage found to be movers (empty when it did not run)."""
+    heads = (ctx.summaries.get("movers") or {}).get("heads") or []
+    return tuple(sorted({int(h["layer"]) for h in heads if h.get("is_mover")}))
+
+
+def _trace(ctx: StageContext) -> causal_trace.TraceResult:
+    return causal_trace.trace(ctx.model, ctx.known_prompts(), ctx.config("trace"), progress=ctx.progress)
+
+
+def _knockout(ctx: StageContext) -> knockout.KnockoutResult:
+    return knockout.knockout(
+        ctx.model, ctx.known_prompts(), ctx.config("knockout"), progress=ctx.progress, mover_layers=_mover_layers(ctx)
+    )
 
 
 _PATCH_FLAGS = {"layers": "patch.layers", "components": "patch.components"}
@@ -286,13 +312,34 @@ STAGES: dict[str, Stage] = {
             flags={"layers": "suppress.layers"},
         ),
         Stage(
+            "trace",
+            "Trace — causal tracing (Meng et al. 2022): which states carry the fact",
+            "Causal tracing (ROME): noise the subject's embeddings, restore clean states, MLP and attention windows.",
+            causal_trace.TraceConfig,
+            _trace,
+            requires=("recall",),
+            check=causal_trace.check_config,
+            in_default_run=False,  # ~T·L·3 restorations of n noised runs per prompt: minutes per prompt on 2 cores
+        ),
+        Stage(
+            "knockout",
+            "Knockout — attention knockout (Geva et al. 2023): where the last position reads the subject",
+            "Attention knockout: block the last position's edges to the subject in windows of layers.",
+            knockout.KnockoutConfig,
+            _knockout,
+            requires=("recall",),
+            reads=("movers",),
+            check=knockout.check_config,
+            in_default_run=False,
+        ),
+        Stage(
             "claims",
             "Claims — does the paper's story hold on this run?",
             "The paper's claims: figure, interval, verdict.",
             claims.ClaimsConfig,
             _claims,
             requires=("recall",),
-            reads=("patch", "movers", "decompose", "intercept", "suppress"),
+            reads=("patch", "movers", "decompose", "intercept", "suppress", "trace", "knockout"),
             verb=False,
         ),
     )
@@ -301,6 +348,11 @@ STAGES: dict[str, Stage] = {
 
 def available_stages() -> list[str]:
     return list(STAGES)
+
+
+def default_stages() -> list[str]:
+    """The stages `run` computes without --stages (the opt-in ones left out)."""
+    return [name for name, stage in STAGES.items() if stage.in_default_run]
 
 
 def resolve(targets: list[str], configs: dict[str, Any] | None = None) -> list[str]:
@@ -759,6 +811,6 @@ def run(
     name = loaded.name if loaded else model
     config = RunConfig(model=name, relation=relation, shots=shots, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype)
     ctx, summary = execute(
-        config, stages or available_stages(), out=out, overrides=settings, force=force, model=loaded, progress=progress
+        config, stages or default_stages(), out=out, overrides=settings, force=force, model=loaded, progress=progress
     )
     return Study(results=ctx.results, summary=summary, prompts=ctx.prompts, model=ctx.model)
