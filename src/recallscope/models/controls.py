@@ -252,7 +252,7 @@ def planted_model(tokenizer, relation: str = PLANTED["relation"]):
     for i, x in enumerate(X):
         W_E[x, F0] = 1.0
         W_E[x, f[i]] = 1.0
-    rho_final = math.sqrt(GAMMA**2 / d + eps)  # the end residual's RMS is Γ/√d to within 1e-6
+    rho_final = math.sqrt(GAMMA**2 / d + eps)  # the final end residual's RMS is Γ/√d to within 1e-5 (relative)
     lam = LOGIT_SCALE * rho_final
     W_U = model.lm_head.weight
     # Every other token reads the p and q blocks with small seeded Gaussian weights, so that a
