@@ -19,7 +19,6 @@ import pytest
 import torch
 
 import recallscope
-from recallscope.decompose import intercept_from_frame
 from recallscope.models import controls, load_model, model_catalog
 from recallscope.tasks import build_prompts, load_relation
 
@@ -124,7 +123,8 @@ def test_decompose_recovers_every_planted_coefficient(planted_study):
 
 
 def test_decompose_recovers_the_intercept_direction(planted_study):
-    layer, b = intercept_from_frame(planted_study["decompose"].to_frame())
+    result = planted_study["decompose"]
+    layer, b = result.layer, np.asarray(result.full.intercept)
     direction = np.asarray(PLANTED["intercept_direction"])
     assert layer == PLANTED["mlp_layer"]
     assert float(b @ direction) / np.linalg.norm(b) > 1 - 1e-9
