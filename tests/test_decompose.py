@@ -16,7 +16,6 @@ from recallscope.decompose import (
     cross_validate,
     decompose,
     end_activations,
-    figures,
     fit_lstsq,
     fit_sgd,
     fold_indices,
@@ -27,6 +26,7 @@ from recallscope.decompose import (
     verdict,
 )
 from recallscope.errors import UserError
+from recallscope.figures.decompose import figures
 
 
 def synthetic(n=120, k=5, d=48, noise=1e-3, seed=0):
@@ -164,7 +164,7 @@ def test_table_round_trip_keeps_the_intercept_and_figures_rebuild(tmp_path):
     summary = json.loads(json.dumps(result.to_dict()))
     assert [c["regressor"] for c in summary["coefficients"]] == ["L1H0", "L1H1", "resid"]
     assert len(summary["sweep"]) == 3
-    figs = figures(frame, summary)
+    figs = figures({"decompose": frame}, summary)
     assert len(figs) == 2  # coefficients, sweep
     assert list(figs[0].data[0].y) == pytest.approx([c["coef"] for c in summary["coefficients"]])
 
