@@ -92,10 +92,12 @@ def test_flag_that_does_not_apply_to_the_verb():
 
 def test_stage_flags_go_to_the_verbs_stage():
     from recallscope.cli import _flag_overrides
+    from recallscope.pipeline import STAGES
 
-    assert _flag_overrides("decompose", {"layer": 12, "solver": "sgd"}) == {"decompose.layer": 12, "decompose.solver": "sgd"}
-    assert _flag_overrides("movers", {"layer": 23, "head": 4}) == {"movers.layer": 23, "movers.head": 4}
-    assert _flag_overrides("patch", {"layers": [1, 2]}) == {"patch.layers": [1, 2]}
+    assert _flag_overrides("decompose", {"layer": 12, "solver": "sgd"}, STAGES) == {"decompose.layer": 12, "decompose.solver": "sgd"}
+    assert _flag_overrides("movers", {"layer": 23, "head": 4}, STAGES) == {"movers.layer": 23, "movers.head": 4}
+    assert _flag_overrides("patch", {"layers": [1, 2]}, STAGES) == {"patch.layers": [1, 2]}
+    assert _flag_overrides("intercept", {"layer": 20, "top_k": 5}, STAGES) == {"decompose.layer": 20, "intercept.top_k": 5}
 
 
 def test_ctrl_c_in_a_command_exits_130_with_a_resume_hint(monkeypatch, capsys):

@@ -132,8 +132,10 @@ def test_suppress_on_real_model_identities(smollm2):
     for c in d["components"]:
         assert c["ci_low"] <= c["mean_dla"] <= c["ci_high"]
         assert c["is_suppressor"] == (c["mean_dla"] < 0 and c["share_negative"] > 0.5)
-    frame = res.to_frame()
-    ev = frame[frame["table"] == "eval"]
+    tables = res.tables()
+    assert list(tables) == ["suppress", "eval"] and "table" not in tables["suppress"] and "table" not in tables["eval"]
+    frame = tables["suppress"]
+    ev = tables["eval"]
     # Every prompt is held out exactly once per mode.
     assert (ev.groupby("mode").size() == 12).all()
     # Scaling by 0 is zero-ablation: the same numbers.
@@ -141,7 +143,7 @@ def test_suppress_on_real_model_identities(smollm2):
     s = ev[ev["mode"] == "scale"].sort_values(["population", "prompt_index"])
     np.testing.assert_allclose(z["p_answer"].to_numpy(), s["p_answer"].to_numpy(), atol=1e-6)
     # The final layer's DLA table is the per-prompt values the summary averages.
-    dla = frame[frame["table"] == "dla"]
+    dla = frame
     l29h0 = next(c for c in d["components"] if c["component"] == "L29H0")
     assert dla[dla["component"] == "L29H0"]["dla"].mean() == pytest.approx(l29h0["mean_dla"])
     assert len(figures(res.tables(), d)) == 2

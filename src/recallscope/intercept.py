@@ -33,7 +33,7 @@ a residual stream that holds the subject ("France"), it moves the stream towards
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,12 +41,11 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
-from .decompose import intercept_from_frame
+from .constraints import LEVEL, POSITIVE
 from .errors import UserError
 from .figures import intercept as intercept_figures
 from .lens import final_norm_weight, logit_lens, token_rank, unembed_direction
 from .models.view import ModelView
-from .pipeline import Stage, StageContext, register
 from .progress import track
 from .tasks.prompts import Prompt, batches
 
@@ -60,6 +59,10 @@ class InterceptConfig:
     level: float = 0.95  # width of the baselines' percentile interval
     batch_size: int = 32
     random_chunk: int = 100  # random directions read by the lens at once (memory: chunk × V floats)
+
+    constraints: ClassVar[dict] = {
+        "top_k": POSITIVE, "n_random": POSITIVE, "level": LEVEL, "batch_size": POSITIVE, "random_chunk": POSITIVE,
+    }
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,10 @@ class InterceptResult:
     def _interval(self, values: np.ndarray) -> dict:
         lo, hi = (1 - self.config.level) / 2, (1 + self.config.level) / 2
         return {"mean": float(values.mean()), "low": float(np.quantile(values, lo)), "high": float(np.quantile(values, hi))}
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The stage's tables by name (one: the main table, ``to_frame()``)."""
+        return {"intercept": self.to_frame()}
 
     def to_frame(self) -> pd.DataFrame:
         return self.frame.copy()
@@ -128,10 +135,6 @@ class InterceptResult:
             "lens": ("b: linearised lens, reference = mean final residual at the end, no biases; "
                      "redirect: the normalised lens (each state read as the final residual), ranks 0 = top"),
         }
-
-    def tables(self) -> dict[str, pd.DataFrame]:
-        """The stage's tables by name, the main one (:meth:`to_frame`) first."""
-        return {"intercept": self.to_frame()}
 
     def plot(self) -> go.Figure:
         """The logit lens of the intercept: top tokens (the first of :func:`recallscope.figures.intercept.figures`)."""
@@ -250,22 +253,7 @@ def analyse_intercept(
     )
 
 
-# ----------------------------------------------------------------------------- pipeline
-def compute(ctx: StageContext) -> InterceptResult:
-    config: InterceptConfig = ctx.config("intercept")
-    layer, b = intercept_from_frame(ctx.frame("decompose"))
-    prompts = ctx.known_prompts()
-    tok = ctx.model.tokenizer
-    return analyse_intercept(
-        ctx.model.view, prompts.prompts, torch.as_tensor(b), layer, prompts.answer_ids, config, seed=ctx.run.seed,
-        pad_id=tok.pad_token_id, decode=lambda t: tok.decode([t]), progress=ctx.progress,
-    )
-
-
 def check_config(config: InterceptConfig, model=None) -> None:
+    """The settings that the declared constraints do not cover (none depend on the model today)."""
     if config.top_k < 1 or config.n_random < 1:
         raise UserError(f"intercept: top_k and n_random must be >= 1, got {config.top_k} and {config.n_random}")
-
-
-register(Stage("intercept", ("decompose",), InterceptConfig, compute, "the intercept as function application; redirect test",
-               check=check_config))

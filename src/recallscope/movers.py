@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Callable, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -59,11 +59,11 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
+from .constraints import NON_NEGATIVE, POSITIVE, PROBABILITY, Interval
 from .errors import UserError
 from .figures import movers as movers_figures
 from .lens import final_norm_weight, logit_lens, token_rank, unembed_direction
 from .models.view import ModelView
-from .pipeline import Stage, StageContext, register
 from .progress import track
 from .tasks.prompts import Prompt, batches
 
@@ -82,6 +82,12 @@ class MoversConfig:
     max_p_value: float = 0.01  # two-sided p-value of that r
     min_ov_top5_share: float = 0.5  # share of distinct X's with OV rank < 5 (≈ median rank < 5)
     batch_size: int = 32
+
+    constraints: ClassVar[dict] = {
+        "top_k": POSITIVE, "layer": NON_NEGATIVE, "head": NON_NEGATIVE, "min_attention_to_subject": PROBABILITY,
+        "min_projection_corr": Interval(-1, 1), "max_p_value": PROBABILITY, "min_ov_top5_share": PROBABILITY,
+        "batch_size": POSITIVE,
+    }
 
     def thresholds(self) -> dict:
         return {
@@ -209,6 +215,10 @@ class MoversResult:
     def movers(self) -> list[tuple[int, int]]:
         return [(h["layer"], h["head"]) for h in self.heads if h["is_mover"]]
 
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The stage's tables by name (one: the main table, ``to_frame()``)."""
+        return {"movers": self.to_frame()}
+
     def to_frame(self) -> pd.DataFrame:
         return self.frame.copy()
 
@@ -237,10 +247,6 @@ class MoversResult:
             "heads": [dict(h) for h in self.heads],
             "example": self.example,
         }
-
-    def tables(self) -> dict[str, pd.DataFrame]:
-        """The stage's tables by name, the main one (:meth:`to_frame`) first."""
-        return {"movers": self.to_frame()}
 
     def plot(self) -> go.Figure:
         """The first head's attention against projection scatter (the first of :func:`recallscope.figures.movers.figures`)."""
@@ -456,18 +462,3 @@ def movers(model, prompts, config: MoversConfig = MoversConfig(), patch: pd.Data
         model.view, list(prompts.prompts), candidates, config, pad_id=tok.pad_token_id, effects=effects,
         decode=lambda t: tok.decode([t]), selection=selection, progress=progress,
     )
-
-
-# ----------------------------------------------------------------------------- pipeline
-def compute(ctx: StageContext) -> MoversResult:
-    config: MoversConfig = ctx.config("movers")
-    try:
-        patch = ctx.frame("patch")
-    except KeyError:
-        patch = None
-    prompts = ctx.known_prompts()
-    return movers(ctx.model, prompts, config, patch=patch, progress=ctx.progress)
-
-
-register(Stage("movers", ("patch",), MoversConfig, compute, "mover heads: attention to the subject, projection, OV copying",
-               check=lambda config, model: check_config(config, model.cfg.n_layers, model.cfg.n_heads)))

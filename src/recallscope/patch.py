@@ -53,7 +53,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -61,13 +61,13 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
+from .constraints import NON_NEGATIVE, POSITIVE, Options
 from .errors import UserError
 from .figures import patch as patch_figures
 from .lens import recall_metric
 from .models import Model
 from .models.arch import compute_dtype
 from .models.view import ModelView, causal_mask_bias, position_ids_from_mask
-from .pipeline import Stage, register
 from .progress import track
 from .tasks import PromptSet
 from .tasks.prompts import Prompt, batches, corruptions, make_batch
@@ -89,6 +89,12 @@ class PatchConfig:
     attribution: bool = True  # also run attribution patching and report its agreement with exact
     batch_size: int = 16  # clean prompts per batch (each carries one variant per component)
     min_prompts: int = 2  # fewer prompts with a same-length corruption than this is an error
+
+    constraints: ClassVar[dict] = {
+        "mode": Options("noise", "denoise"), "components": Options("heads", "mlp", "resid"), "layers": NON_NEGATIVE,
+        "top_k": POSITIVE, "n_corruptions": POSITIVE, "engine": Options("exact", "naive", "attribution"),
+        "batch_size": POSITIVE, "min_prompts": POSITIVE,
+    }
 
 
 # --------------------------------------------------------------------------- components
@@ -543,7 +549,7 @@ def prepare_batches(model: Model, prompts: PromptSet, config: PatchConfig, progr
     Each batch is prepared when the iterator reaches it, so a caller that drops a batch after
     using it holds one batch of cached keys/values at a time.
     """
-    _check_config(config, model)
+    check_config(config, model)
     view = model.view
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     kept, found, n_dropped = with_corruptions(prompts, model.tokenizer, config.n_corruptions, config.min_prompts)
@@ -607,7 +613,7 @@ def _aligned_corruptions(batch, corrupt: list[list[Prompt]]) -> tuple[Tensor, Te
     return ids, weight
 
 
-def _check_config(config: PatchConfig, model: Model) -> None:
+def check_config(config: PatchConfig, model: Model) -> None:
     if config.mode not in MODES:
         raise UserError(f"patch.mode must be one of {', '.join(MODES)}, got {config.mode!r}")
     if config.engine not in ENGINES:
@@ -710,6 +716,10 @@ class PatchResult:
     def mean_effects(self) -> np.ndarray:
         return self.effects.mean(axis=0)
 
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The stage's tables by name (one: the main table, ``to_frame()``)."""
+        return {"patch": self.to_frame()}
+
     def to_frame(self) -> pd.DataFrame:
         n, C = self.effects.shape
         comp = np.repeat(np.arange(C), n)
@@ -774,10 +784,6 @@ class PatchResult:
             out["attribution"] = agreement
         return out
 
-    def tables(self) -> dict[str, pd.DataFrame]:
-        """The stage's tables by name, the main one (:meth:`to_frame`) first."""
-        return {"patch": self.to_frame()}
-
     def plot(self) -> go.Figure:
         """The layer × head heatmap of mean effects (the first of :func:`recallscope.figures.patch.figures`)."""
         return patch_figures.figures(self.tables(), self.to_dict())[0]
@@ -786,7 +792,7 @@ class PatchResult:
 # --------------------------------------------------------------------------- the stage
 def patch(model: Model, prompts: PromptSet, config: PatchConfig = PatchConfig(), progress: bool = True) -> PatchResult:
     """Patch every selected component at the end position of every prompt (see the module docstring)."""
-    _check_config(config, model)
+    check_config(config, model)
     components = select_components(model.cfg, config.components, config.layers)
     kept, prepared_batches, n_dropped, n_corruptions = prepare_batches(model, prompts, config, progress=progress)
     view = model.view
@@ -827,27 +833,6 @@ def patch(model: Model, prompts: PromptSet, config: PatchConfig = PatchConfig(),
         engine_seconds=engine_seconds,
         attribution_seconds=attribution_seconds,
     )
-
-
-def _normalise(config: PatchConfig) -> PatchConfig:
-    """The CLI hands lists; keep the config hashable and printable."""
-    comps = config.components
-    if isinstance(comps, str):
-        comps = tuple(c.strip() for c in comps.split(",") if c.strip())
-    layers = config.layers
-    if isinstance(layers, int):
-        layers = (layers,)
-    return dataclasses.replace(
-        config, components=tuple(comps), layers=tuple(int(x) for x in layers) if layers is not None else None
-    )
-
-
-def _compute(ctx) -> PatchResult:
-    return patch(ctx.model, ctx.known_prompts(), _normalise(ctx.config("patch")), progress=ctx.progress)
-
-
-register(Stage("patch", ("recall",), PatchConfig, _compute, "causal mediation of every head and MLP at the end position",
-               check=_check_config))
 
 
 def iter_components(result: PatchResult) -> Iterator[tuple[Component, float]]:

@@ -8,12 +8,14 @@ stages work on the known prompts; the result says how many were dropped and why.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
 
+from .constraints import POSITIVE
 from .errors import UserError
 from .figures import recall as recall_figures
 from .lens import answer_stats
@@ -27,6 +29,8 @@ from .tasks.prompts import DROP_UNKNOWN
 class RecallConfig:
     known_top_k: int = 1  # a prompt is "known" when rank(Y) < known_top_k
     batch_size: int = 64
+
+    constraints: ClassVar[dict] = {"known_top_k": POSITIVE, "batch_size": POSITIVE}
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,10 @@ class RecallResult:
     def unknown_prompts(self) -> PromptSet:
         return self.prompts.subset(~self.known)
 
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The stage's tables by name (one: the main table, ``to_frame()``)."""
+        return {"recall": self.to_frame()}
+
     def to_frame(self) -> pd.DataFrame:
         return self.frame.copy()
 
@@ -69,10 +77,6 @@ class RecallResult:
             "dropped": {**dropped, **({DROP_UNKNOWN: n_unknown} if n_unknown else {})},
             "known_rule": f"rank(Y) < {self.config.known_top_k}",
         }
-
-    def tables(self) -> dict[str, pd.DataFrame]:
-        """The stage's tables by name, the main one (:meth:`to_frame`) first."""
-        return {"recall": self.to_frame()}
 
     def plot(self) -> go.Figure:
         """p(Y) of the known and the unknown prompts (the first of :func:`recallscope.figures.recall.figures`)."""

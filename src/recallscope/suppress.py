@@ -47,7 +47,7 @@ the token the model chose *before* the edit (its wrong answer) and of p(Y).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
@@ -55,13 +55,15 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
+from .constraints import LEVEL, NON_NEGATIVE, POSITIVE, Interval, Options
 from .errors import UserError
 from .figures import suppress as suppress_figures
 from .lens import answer_stats, logit_lens, recall_metric
-from .pipeline import Stage, StageContext, register
 from .progress import track
 from .stats import bootstrap_ci
-from .tasks import PromptSet, batches
+from .models import load_model
+from .recall import recall
+from .tasks import PromptSet, batches, build_prompts, load_relation
 
 MODES = ("zero", "mean", "scale")
 POPULATIONS = ("known", "unknown", "all")
@@ -83,6 +85,12 @@ class SuppressConfig:
     ece_bins: int = 10
     seed: int = 0
     batch_size: int = 32
+
+    constraints: ClassVar[dict] = {
+        "last_layers": POSITIVE, "layers": NON_NEGATIVE, "threshold_share": Interval(0, 1, "left"),
+        "modes": Options(*MODES), "scale_factor": Interval(), "positions": Options("end", "all"), "folds": Interval(2, None),
+        "n_bootstrap": POSITIVE, "ci_level": LEVEL, "ece_bins": POSITIVE, "seed": NON_NEGATIVE, "batch_size": POSITIVE,
+    }
 
 
 # ----------------------------------------------------------------------------- attribution
@@ -313,12 +321,18 @@ class SuppressResult:
     layer_totals: list = field(repr=False)  # dicts: layer, mean_dla, ci_low, ci_high, share_negative
     mitigation: dict = field(repr=False)  # mode -> population -> before/after metrics
     fold_suppressors: list = field(repr=False)  # per fold: list of component names chosen
-    frame: pd.DataFrame = field(repr=False)
+    dla: pd.DataFrame = field(repr=False)  # per known prompt × component: the DLA to Y (the main table)
+    evals: pd.DataFrame = field(repr=False)  # per prompt × mode: p(Y), π(Y), correctness before/after the edit
     n_known: int = 0
     n_unknown: int = 0
 
     def to_frame(self) -> pd.DataFrame:
-        return self.frame.copy()
+        """The main table: one row per known prompt and component (``dla``: its DLA to Y)."""
+        return self.dla.copy()
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """``suppress`` (the DLA table, main) and ``eval`` (before/after each mitigation, per held-out prompt)."""
+        return {"suppress": self.to_frame(), "eval": self.evals.copy()}
 
     def suppression_present(self) -> dict:
         final = next(t for t in self.layer_totals if t["layer"] == self.final_layer)
@@ -352,17 +366,13 @@ class SuppressResult:
             "config": asdict(self.config),
         }
 
-    def tables(self) -> dict[str, pd.DataFrame]:
-        """The stage's tables by name, the main one (:meth:`to_frame`) first."""
-        return {"suppress": self.to_frame()}
-
     def plot(self) -> go.Figure:
         """Mean DLA to Y per component (the first of :func:`recallscope.figures.suppress.figures`)."""
         return suppress_figures.figures(self.tables(), self.to_dict())[0]
 
 
-def _mitigation_summary(frame: pd.DataFrame, config: SuppressConfig) -> dict:
-    evals = frame[frame["table"] == "eval"].astype({"correct": bool})
+def _mitigation_summary(evals: pd.DataFrame, config: SuppressConfig) -> dict:
+    evals = evals.astype({"correct": bool})
     before = evals[evals["mode"] == "before"]
     out = {}
     for mode in config.modes:
@@ -457,12 +467,11 @@ def suppress(
             "n_suppressors": int(chosen.sum()),
         }))
     evals = pd.concat(eval_frames, ignore_index=True)
-    evals["table"] = "eval"
+    evals["correct"] = evals["correct"].astype("boolean")
 
     # ---- the per-prompt DLA table (known prompts)
     kidx = np.flatnonzero(is_known)
     dla_rows = pd.DataFrame({
-        "table": "dla",
         "population": "known",
         "prompt_index": np.repeat(local_index[kidx], len(comps)),
         "subject": np.repeat(np.array(base["subject"], dtype=object)[kidx], len(comps)),
@@ -472,15 +481,12 @@ def suppress(
         "head": pd.array([c.head for c in comps] * len(kidx), dtype="Int64"),
         "dla": kdla.reshape(-1),
     })
-    frame = pd.concat([dla_rows, evals], ignore_index=True)
-    frame["head"] = frame["head"].astype("Int64")
-    frame["correct"] = frame["correct"].astype("boolean")
-    result_frame = frame
-    mitigation = _mitigation_summary(result_frame, config)
+    dla_rows["head"] = dla_rows["head"].astype("Int64")
+    mitigation = _mitigation_summary(evals, config)
     return SuppressResult(
         relation=known.relation.name, shots=known.shots, config=config, layers=tuple(layers), final_layer=final_layer,
         components=components, layer_totals=layer_totals, mitigation=mitigation, fold_suppressors=fold_suppressors,
-        frame=result_frame, n_known=int(is_known.sum()), n_unknown=int((~is_known).sum()),
+        dla=dla_rows, evals=evals, n_known=int(is_known.sum()), n_unknown=int((~is_known).sum()),
     )
 
 
@@ -522,10 +528,6 @@ def sweep(
     log: Callable[[str], None] = lambda _msg: None,
 ) -> pd.DataFrame:
     """One row per model × relation × shots × mitigation mode with the stage's headline figures."""
-    from . import load_model
-    from .recall import recall
-    from .tasks import build_prompts, load_relation
-
     rows = []
     for model_name in models:
         model = load_model(model_name, device=device)
@@ -565,15 +567,6 @@ def sweep(
     return pd.DataFrame(rows)
 
 
-# ----------------------------------------------------------------------------- pipeline
-def compute(ctx: StageContext) -> SuppressResult:
-    return suppress(ctx.model, ctx.known_prompts(), ctx.unknown_prompts(), ctx.config("suppress"), progress=ctx.progress)
-
-
 def check_config(config: SuppressConfig, model) -> None:
     validate(config)
     resolve_layers(config, model.cfg.n_layers)
-
-
-register(Stage("suppress", ("recall",), SuppressConfig, compute, "anti-overconfidence: final-layer DLA to Y, suppressors, mitigation",
-               check=check_config))

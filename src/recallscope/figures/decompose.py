@@ -7,20 +7,12 @@ import html
 import pandas as pd
 import plotly.graph_objects as go
 
-from . import main_table
-
 
 def sgd_loss(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """The SGD loss trace, columns ``step`` and ``loss`` (empty when the solver was lstsq).
-
-    Today's decompose table holds it as rows of ``kind == "sgd_loss"`` with the step in ``fold``
-    and the loss in ``value``.
-    """
-    frame = main_table(tables)
-    if "kind" not in frame:
-        return pd.DataFrame({"step": [], "loss": []})
-    rows = frame[frame["kind"] == "sgd_loss"]
-    return pd.DataFrame({"step": rows["fold"].to_numpy(), "loss": rows["value"].to_numpy()})
+    """The SGD loss trace, the ``sgd_trace`` table (columns ``step`` and ``loss``; empty when the
+    solver was lstsq or the table is not given)."""
+    trace = tables.get("sgd_trace")
+    return trace if trace is not None else pd.DataFrame({"step": [], "loss": []})
 
 
 def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..rundir import MANIFEST, SUMMARY
+from ..rundir import MANIFEST, SUMMARY, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -21,22 +21,11 @@ CLAIMS = "claims"
 
 
 def read_tables(path: Path, stage: str) -> dict[str, pd.DataFrame] | None:
-    """The tables of ``stage`` in the run directory ``path``, main table first; ``None`` when the
-    main table ``<stage>.parquet`` is missing.
-
-    The main table is keyed by the stage's name; further tables ``<stage>/<name>.parquet`` by
-    their file name, in name order.
-    """
-    main = path / f"{stage}.parquet"
-    if not main.is_file():
-        return None
-    tables = {stage: pd.read_parquet(main)}
-    folder = path / stage
-    if folder.is_dir():
-        for table in sorted(folder.glob("*.parquet")):
-            if not table.name.startswith("."):  # a temporary file of an interrupted write
-                tables.setdefault(table.stem, pd.read_parquet(table))
-    return tables
+    """The tables of ``stage`` in the run directory ``path``, main table first (keyed by the
+    stage's name, the others by theirs: :meth:`recallscope.rundir.RunDir.read_tables`); ``None``
+    when the main table ``<stage>.parquet`` is missing."""
+    run = RunDir(path)
+    return run.read_tables(stage) if run.has_table(stage) else None
 
 
 def read_json(path: Path) -> dict:
