@@ -8,6 +8,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import markupsafe
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.offline
@@ -15,7 +16,12 @@ import pytest
 
 from recallscope.errors import UserError
 from recallscope.report import render_report, write_report
-from recallscope.report.html import Page, plain_title
+from recallscope.report.html import Page, environment, plain_title
+
+
+def esc(value: str) -> str:
+    """As the templates' autoescaping writes a data string (quotes as &#34; and &#39;)."""
+    return str(markupsafe.escape(value))
 
 
 
@@ -57,13 +63,13 @@ def test_hostile_strings_are_escaped(h, hostile_run):
     for raw in (h.SCRIPT, h.BREAKOUT, h.IMG, h.END_SCRIPT, "<!--"):
         assert raw not in page, raw
     # the escaped forms are there: in the tables, the header and the captions
-    assert html.escape(h.SCRIPT) in page
-    assert html.escape(h.BREAKOUT) in page
-    assert html.escape(h.IMG) in page
-    assert html.escape(h.END_SCRIPT) in page
+    assert esc(h.SCRIPT) in page
+    assert esc(h.BREAKOUT) in page
+    assert esc(h.IMG) in page
+    assert esc(h.END_SCRIPT) in page
     # odd Unicode passes through unchanged, isolated for bidi
     assert f'<bdi class="s">{h.RTL}</bdi>' in page
-    assert html.escape(h.ZWJ) in page and "\U0001F5FC" in page
+    assert esc(h.ZWJ) in page and "\U0001F5FC" in page
     # a 5,000-character string is cut, with a note saying how long it was
     assert "(5,000 characters)" in page and "L" * 161 not in page.replace(json.dumps(h.LONG)[1:-1], "")
 
@@ -108,7 +114,9 @@ def test_self_contained_one_plotly_copy_and_no_network(hostile_run):
 def test_sections_follow_the_pipeline_with_wall_times_and_tables(h, hostile_run):
     page = render_report(hostile_run)
     order = [m.group(1) for m in re.finditer(r'<section class="stage" id="stage-\d+"><h3>([^<]+?) <', page)]
-    assert [t.split(" ")[0] for t in order] == ["Recall", h.HOSTILE_STAGE, "zz_tables", "Claims"]
+    # titles and order from the manifest's stage table; a stage it does not list (zz_tables) by
+    # its name, before the claims, which come last
+    assert order == [h.STAGE_TABLE[0]["title"], esc(h.STAGE_TABLE[1]["title"]), "zz_tables", esc(h.STAGE_TABLE[2]["title"])]
     assert '<span class="wall">0.5 s</span>' in page and '<span class="wall">1.25 s</span>' in page
     # the stage without figures: its summary as tables, nested records included
     tables = page.split('id="stage-2"', 1)[1].split("</section>", 1)[0]
@@ -116,7 +124,7 @@ def test_sections_follow_the_pipeline_with_wall_times_and_tables(h, hostile_run)
     # the recall preview lists the prompts the model does not know first (lowest p first)
     recall = page.split('id="stage-0"', 1)[1].split("</section>", 1)[0]
     rows = re.findall(r"<tr><td(?: class=\"nw\")?><bdi class=\"s\">(.*?)</bdi>", recall.split("recall.parquet", 1)[1])
-    assert rows[:3] == [html.escape(h.IMG), html.escape(h.SCRIPT), html.escape(h.LONG[:160])]
+    assert rows[:3] == [esc(h.IMG), esc(h.SCRIPT), esc(h.LONG[:160])]
     # headline numbers
     assert ">50.0%</div><div class=\"tk\">accuracy" in page and ">3 / 6</div>" in page
     assert "multi_token_clash</bdi>: 2," in page
@@ -138,7 +146,7 @@ def test_claims_have_coloured_verdicts(h, tmp_path):
         page = render_report(run)
         verdicts = re.findall(r'<span class="verdict (v-[a-z]+)"><bdi class="s">([^<]+)</bdi>', page)
         assert verdicts == [("v-holds", "holds"), ("v-fails", "does not hold"), ("v-na", "not measurable")], where
-        assert '<td><span class="n">0.81</span></td><td><span class="n">0.7</span> – <span class="n">0.9</span></td>' in page and html.escape(h.SCRIPT) in page
+        assert '<td><span class="n">0.81</span></td><td><span class="n">0.7</span> – <span class="n">0.9</span></td>' in page and esc(h.SCRIPT) in page
 
 
 def test_parent_directory_with_sub_runs_is_one_page(h, tmp_path):
@@ -154,7 +162,7 @@ def test_parent_directory_with_sub_runs_is_one_page(h, tmp_path):
     page = render_report(root)
     headings = re.findall(r'<section class="run" id="run-(\d)"><h2><bdi class="s">(.*?)</bdi>', page)
     # one section per sub-run, in the order of the summary's "runs"
-    assert headings == [("0", html.escape(h.SCRIPT) + ", 1-shot"), ("1", "a_rel, 3-shot"), ("2", "a_rel, 0-shot")]
+    assert headings == [("0", esc(h.SCRIPT) + ", 1-shot"), ("1", "a_rel, 3-shot"), ("2", "a_rel, 0-shot")]
     assert h.SCRIPT not in page
     ids = re.findall(r' id="([^"]+)"', page)
     assert len(ids) == len(set(ids))
@@ -186,23 +194,23 @@ def test_a_failing_figures_function_leaves_the_rest_of_the_report(h, hostile_run
 
     hostile_stage_module.figures = broken
     page = render_report(hostile_run)
-    assert '<p class="problem">' in page and html.escape("ValueError: bad " + h.SCRIPT) in page
+    assert '<p class="problem">' in page and esc("ValueError: bad " + h.SCRIPT) in page
     assert int(re.search(r'data-plots="(\d+)"', page).group(1)) == 2  # recall's plots still there
-    assert "Claims — " in page
+    assert esc("Claims — ") in page
 
 
 def test_figure_json_cannot_close_its_script_block():
-    page = Page()
-    raw = "</script><script>alert(1)</script>\u2028<!--"
+    raw = "</script><script>alert(1)</script>\u2028<!--'&"
     fig = go.Figure(go.Scatter(x=[raw], y=[1], text=[raw]))
     fig.update_layout(title="t <b>bold</b> &lt;x&gt; " + raw)
-    out = page.figure(fig)
+    block = Page().figure(fig)
+    out = str(environment().get_template("macros.html.j2").module.figure(block))
     body = out.split('type="application/json" id="plot-1-json">', 1)[1].rsplit("</script>", 1)[0]
-    assert "<" not in body and ">" not in body
+    assert not set("<>&'") & set(body)
     spec = json.loads(body)
     assert spec["data"][0]["x"] == [raw] and spec["layout"].get("title", {}).get("text") is None
     caption = out.split("<figcaption>", 1)[1].split("</figcaption>", 1)[0]
-    assert caption.startswith('<bdi class="s">t  bold  ') and html.escape("<x>") in caption and "<script>" not in caption
+    assert caption.startswith('<bdi class="s">t  bold  ') and esc("<x>") in caption and "<script>" not in caption
     assert plain_title("a<br>b &amp; <sup>2</sup>") == "a b &  2"
 
 
@@ -241,8 +249,8 @@ def test_real_pipeline_on_a_hostile_relation(smollm2, tmp_path, h):
     page = write_report(run_dir).read_text(encoding="utf-8")
     for raw in (h.SCRIPT, h.BREAKOUT, "</script><b>x"):
         assert raw not in page
-    assert html.escape(h.SCRIPT) in page and html.escape(h.BREAKOUT) in page
-    assert html.escape("</script><b>x") in page and f"{h.RTL}</bdi>" in page
+    assert esc(h.SCRIPT) in page and esc(h.BREAKOUT) in page
+    assert esc("</script><b>x") in page and f"{h.RTL}</bdi>" in page
     dom = Elements(page)
     assert not dom.tags("img") and not dom.tags("b")
     assert int(re.search(r'data-plots="(\d+)"', page).group(1)) == 2
@@ -286,4 +294,4 @@ def test_overview_compares_what_each_sub_run_found(h, tmp_path):
     assert heads == ["relation", "shots", "mover heads", "MLP layer", "held-out R²", "suppressors"]
     rows = [re.sub(r"<[^>]+>", "", r) for r in re.findall(r"<tr><td>.*?</tr>", table)]
     # a stage a run lacks reads "—"
-    assert rows[0] == "rel0none23-0.17—" and rows[1] == "rel3L15H2, " + html.escape(h.SCRIPT) + "——L29H0"
+    assert rows[0] == "rel0none23-0.17—" and rows[1] == "rel3L15H2, " + esc(h.SCRIPT) + "——L29H0"

@@ -59,15 +59,15 @@ class Run:
         return (self.summary.get("stages") or {}).get(stage)
 
     def stages(self) -> list[str]:
-        """The finished stages in the pipeline's order, as the run directory records it; the
-        claims stage (which reads every other) last, also when only the top-level ``claims`` list
-        holds it."""
+        """The finished stages in the order of the stage table the manifest records (stages it
+        does not list after those, in the summary's order), the claims last: they read every
+        other stage. Claims count as finished also when only the top-level ``claims`` list holds them."""
         found = [str(s) for s in (self.summary.get("stages") or {})]
         if CLAIMS not in found and claims_rows(self.summary):
             found.append(CLAIMS)
         order = [s for s in self.manifest_stage_order() if s in found]
-        rest = [s for s in found if s not in order]
-        return order + [s for s in rest if s != CLAIMS] + [s for s in rest if s == CLAIMS]
+        order += [s for s in found if s not in order]
+        return [s for s in order if s != CLAIMS] + [s for s in order if s == CLAIMS]
 
     def manifest_stage_order(self) -> list[str]:
         stages = self.manifest.get("stages")
