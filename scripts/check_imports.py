@@ -31,10 +31,22 @@ PACKAGE = "recallscope"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("__init__", "__main__", "cli")),
     ("run layer", ("pipeline", "rundir", "sweeps", "report", "benchmarks")),
-    ("analysis", ("recall", "patch", "path_patching", "movers", "decompose", "intercept", "suppress", "claims",
-                  "causal_trace", "knockout")),
-    ("core", ("models", "tasks", "lens", "components", "stats", "figures", "errors", "progress", "constraints",
-              "version")),
+    (
+        "analysis",
+        (
+            "recall",
+            "patch",
+            "path_patching",
+            "movers",
+            "decompose",
+            "intercept",
+            "suppress",
+            "claims",
+            "causal_trace",
+            "knockout",
+        ),
+    ),
+    ("core", ("models", "tasks", "lens", "components", "stats", "figures", "errors", "progress", "constraints", "version")),
 ]
 # These must not reach torch (or transformers) through the package imports that run when they are
 # imported: the report re-renders a run directory without loading the model stack.
@@ -62,7 +74,7 @@ def resolve(node: ast.ImportFrom, current: str, is_package: bool) -> str:
     """The absolute module (relative to the package) a ``from ... import`` names."""
     if node.level == 0:
         mod = node.module or ""
-        return mod[len(PACKAGE) + 1:] if mod.startswith(PACKAGE + ".") else ("" if mod == PACKAGE else "\0" + mod)
+        return mod[len(PACKAGE) + 1 :] if mod.startswith(PACKAGE + ".") else ("" if mod == PACKAGE else "\0" + mod)
     base = current.split(".") if current != "__init__" else []
     if not is_package:
         base = base[:-1]
@@ -99,9 +111,9 @@ def collect(root: Path):
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.name == PACKAGE or alias.name.startswith(PACKAGE + "."):
-                        internal[name].add((existing(alias.name[len(PACKAGE) + 1:]), node.lineno))
+                        internal[name].add((existing(alias.name[len(PACKAGE) + 1 :]), node.lineno))
                         if now:
-                            eager[name].add(existing(alias.name[len(PACKAGE) + 1:]))
+                            eager[name].add(existing(alias.name[len(PACKAGE) + 1 :]))
                     elif now:
                         external[name].add(alias.name.split(".")[0])
             elif isinstance(node, ast.ImportFrom):
@@ -232,7 +244,9 @@ def check(root: Path) -> list[str]:
                 while parent[chain[-1]] is not None:
                     chain.append(parent[chain[-1]])
                 via = " → ".join(dotted(c) for c in reversed(chain))
-                problems.append(f"{dotted(name)} must not import torch, but does through {via} → {sorted(external[v] & set(HEAVY))[0]}")
+                problems.append(
+                    f"{dotted(name)} must not import torch, but does through {via} → {sorted(external[v] & set(HEAVY))[0]}"
+                )
                 break
             for w in sorted(runs[v]):
                 if w not in seen:

@@ -10,7 +10,9 @@ import pytest
 
 def cli(*args, cwd=None, env_extra=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "recallscope", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "recallscope", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
 
 
 def assert_one_line_error(proc, fragment):
@@ -94,7 +96,10 @@ def test_stage_flags_go_to_the_verbs_stage():
     from recallscope.cli import _flag_overrides
     from recallscope.pipeline import STAGES
 
-    assert _flag_overrides("decompose", {"layer": 12, "solver": "sgd"}, STAGES) == {"decompose.layer": 12, "decompose.solver": "sgd"}
+    assert _flag_overrides("decompose", {"layer": 12, "solver": "sgd"}, STAGES) == {
+        "decompose.layer": 12,
+        "decompose.solver": "sgd",
+    }
     assert _flag_overrides("movers", {"layer": 23, "head": 4}, STAGES) == {"movers.layer": 23, "movers.head": 4}
     assert _flag_overrides("patch", {"layers": [1, 2]}, STAGES) == {"patch.layers": [1, 2]}
     assert _flag_overrides("intercept", {"layer": 20, "top_k": 5}, STAGES) == {"decompose.layer": 20, "intercept.top_k": 5}

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -26,9 +25,26 @@ STAGES = ["recall", "patch", "movers", "decompose", "intercept", "suppress", "cl
 def run(out: Path, seed: int, hash_seed: str) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONHASHSEED": hash_seed}
     proc = subprocess.run(
-        [sys.executable, "-m", "recallscope", "run", "--max-prompts", "12", "--shots", "3", "--seed", str(seed),
-         "--json", "--no-report", "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "recallscope",
+            "run",
+            "--max-prompts",
+            "12",
+            "--shots",
+            "3",
+            "--seed",
+            str(seed),
+            "--json",
+            "--no-report",
+            "--out",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)

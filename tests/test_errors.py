@@ -26,9 +26,7 @@ table = _load_table_script()
 CASES = [c for c in table.CASES if not c.corrupt_cache]  # the cache rebuild: tests/models/test_loading.py
 
 
-@pytest.mark.parametrize(
-    "case", [pytest.param(c, id=c.name, marks=[pytest.mark.slow] if c.model else []) for c in CASES]
-)
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=[pytest.mark.slow] if c.model else []) for c in CASES])
 def test_bad_input_is_one_line_and_exit_2(case, tmp_path):
     outcome = table.run_case(case, tmp_path, in_process=True)
     assert outcome.exit_code == case.exit_code == 2, outcome.stderr

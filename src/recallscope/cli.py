@@ -35,6 +35,7 @@ _APP = app  # the real app (a test may swap ``app`` for its own)
 out_console = Console()
 err_console = Console(stderr=True)
 
+
 def _note(message: str) -> None:
     err_console.print(f"[dim]{message}[/dim]", highlight=False)
 
@@ -154,13 +155,24 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
             if shots < 0:
                 raise UserError(f"--shots must be >= 0, got {shots}")
             overrides = _parse_set(settings)
-            overrides.update(_flag_overrides(stage, {
-                "layer": layer, "layers": _split_list(layers, int) or None, "head": head,
-                "components": _split_list(components) or None, "solver": solver, "top_k": top_k,
-            }, pipeline.STAGES))
+            overrides.update(
+                _flag_overrides(
+                    stage,
+                    {
+                        "layer": layer,
+                        "layers": _split_list(layers, int) or None,
+                        "head": head,
+                        "components": _split_list(components) or None,
+                        "solver": solver,
+                        "top_k": top_k,
+                    },
+                    pipeline.STAGES,
+                )
+            )
             _set_threads(threads)
-            run = pipeline.RunConfig(model=model, relation=relation, shots=shots, seed=seed, max_prompts=max_prompts,
-                                     device=device, dtype=dtype)
+            run = pipeline.RunConfig(
+                model=model, relation=relation, shots=shots, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype
+            )
             _, summary = pipeline.execute(run, [stage], out=out, overrides=overrides, force=force, progress=True, log=_note)
             _print_summary(stage, summary, as_json)
 
@@ -196,8 +208,15 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         _set_threads(threads)
         base = pipeline.RunConfig(model=model, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype)
         summary = pipeline.execute_many(
-            base, _split_list(relation), _split_list(shots, int), targets, out=out,
-            overrides=_parse_set(settings), force=force, progress=True, log=_note,
+            base,
+            _split_list(relation),
+            _split_list(shots, int),
+            targets,
+            out=out,
+            overrides=_parse_set(settings),
+            force=force,
+            progress=True,
+            log=_note,
         )
         if report:
             path = _write_report(out)
@@ -209,8 +228,12 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
             _print_run(summary)
         if summary.get("incomplete"):
             cells = "; ".join(f"{c['relation']} {c['shots']}-shot: {', '.join(c['stages'])}" for c in summary["incomplete"])
-            err_console.print(f"recallscope: incomplete: not measurable here: {cells} (see {out}/summary.json)",
-                              highlight=False, markup=False, soft_wrap=True)
+            err_console.print(
+                f"recallscope: incomplete: not measurable here: {cells} (see {out}/summary.json)",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
             raise typer.Exit(EXIT_INCOMPLETE)
 
 
@@ -224,7 +247,6 @@ def report_command(run_dir: str = typer.Argument(..., help="A run directory writ
     path = _write_report(run_dir)
     if path is not None:
         _note(f"report: {path}")
-
 
 
 def _write_report(out: str):
@@ -251,8 +273,12 @@ def _print_run(summary: dict) -> None:
         table.add_column(col)
     for r in runs:
         table.add_row(
-            str(r.get("relation")), str(r.get("shots")), str(r.get("n_prompts")), str(r.get("n_known")),
-            f"{r.get('accuracy', float('nan')):.3f}", f"{r.get('mean_p_answer', float('nan')):.3f}",
+            str(r.get("relation")),
+            str(r.get("shots")),
+            str(r.get("n_prompts")),
+            str(r.get("n_known")),
+            f"{r.get('accuracy', float('nan')):.3f}",
+            f"{r.get('mean_p_answer', float('nan')):.3f}",
             ", ".join(r.get("stages", {})),
         )
     out_console.print(table)
@@ -281,7 +307,9 @@ def models_command(as_json: bool = typer.Option(False, "--json")) -> None:
     for col in ("model", "kind", "installed", "cached", "description", "install"):
         table.add_column(col)
     for r in rows:
-        table.add_row(*[str(r[c]) if r[c] is not None else "—" for c in ("model", "kind", "installed", "cached", "description", "install")])
+        table.add_row(
+            *[str(r[c]) if r[c] is not None else "—" for c in ("model", "kind", "installed", "cached", "description", "install")]
+        )
     out_console.print(table)
 
 
@@ -293,12 +321,14 @@ def relations_command(as_json: bool = typer.Option(False, "--json")) -> None:
     rows = []
     for name in builtin_names():
         rel = load_relation(name)
-        rows.append({
-            "relation": name,
-            "samples": len(rel.samples),
-            "templates": len(rel.templates),
-            "example": rel.templates[0].format(rel.samples[0].subject) + " → " + rel.samples[0].object,
-        })
+        rows.append(
+            {
+                "relation": name,
+                "samples": len(rel.samples),
+                "templates": len(rel.templates),
+                "example": rel.templates[0].format(rel.samples[0].subject) + " → " + rel.samples[0].object,
+            }
+        )
     if as_json:
         sys.stdout.write(json.dumps({"relations": rows}, ensure_ascii=False) + "\n")
         return
@@ -331,8 +361,13 @@ def bench_command(
     if unknown:
         raise UserError(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(available)}")
     options = benchmarks.BenchOptions(
-        model=model, relation=relation, shots=tuple(_split_list(shots, int)), seed=seed,
-        max_prompts=max_prompts, device=device, quick=quick,
+        model=model,
+        relation=relation,
+        shots=tuple(_split_list(shots, int)),
+        seed=seed,
+        max_prompts=max_prompts,
+        device=device,
+        quick=quick,
     )
     for name in chosen:
         for line in benchmarks.run(name, options):

@@ -50,7 +50,6 @@ Three engines compute the same table:
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterator, Sequence
@@ -470,7 +469,6 @@ def _set_end(value: Tensor, head: int) -> Callable[[Tensor], Tensor]:
 
 def attribution_pi(view: ModelView, base: BaseRun, patch: RunRecord, components: Sequence[Component]) -> Tensor:
     """First-order estimate of π of every patched variant, [B, C], from one backward pass."""
-    cfg = view.cfg
     rec = base.record
     B, L, H, d = rec.head_out.shape
     with torch.enable_grad():

@@ -142,9 +142,7 @@ class StageContext:
 
     def _recall(self) -> recall.RecallResult:
         table = self.table("recall")
-        if len(table) != len(self.prompts) or (
-            "text" in table and list(table["text"]) != [p.text for p in self.prompts.prompts]
-        ):
+        if len(table) != len(self.prompts) or ("text" in table and list(table["text"]) != [p.text for p in self.prompts.prompts]):
             raise RuntimeError(
                 f"the recall table holds {len(table)} prompts, the prompt set {len(self.prompts)}: "
                 "a stale table was read (the run identity should have caught it)"
@@ -195,8 +193,16 @@ def _intercept(ctx: StageContext) -> intercept.InterceptResult:
     prompts = ctx.known_prompts()
     tok = ctx.model.tokenizer
     return intercept.analyse_intercept(
-        ctx.model.view, prompts.prompts, torch.as_tensor(b), layer, prompts.answer_ids, ctx.config("intercept"),
-        seed=ctx.seeds["intercept"], pad_id=tok.pad_token_id, decode=lambda t: tok.decode([t]), progress=ctx.progress,
+        ctx.model.view,
+        prompts.prompts,
+        torch.as_tensor(b),
+        layer,
+        prompts.answer_ids,
+        ctx.config("intercept"),
+        seed=ctx.seeds["intercept"],
+        pad_id=tok.pad_token_id,
+        decode=lambda t: tok.decode([t]),
+        progress=ctx.progress,
     )
 
 
@@ -218,31 +224,77 @@ _PATCH_FLAGS = {"layers": "patch.layers", "components": "patch.components"}
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("recall", "Recall — does the model know the fact?", "Score the prompts: accuracy, p(Y), rank, π; keep the known ones.",
-              recall.RecallConfig, _recall),
-        Stage("patch", "Patch — causal mediation at the end position", "Causal mediation: patch every head and MLP at the end position.",
-              patch.PatchConfig, _patch, requires=("recall",), check=patch.check_config,
-              flags={**_PATCH_FLAGS, "top_k": "patch.top_k"}),
-        Stage("movers", "Movers — heads that move the topic to the end", "Mover heads: attention to the subject, projection on its unembedding, OV copying.",
-              movers.MoversConfig, _movers, requires=("recall",), reads=("patch",),
-              # heads="top" chooses the candidates from the patch table; a given layer or heads="all" does not
-              requires_when=lambda c: ("patch",) if c.layer is None and c.heads == "top" else (),
-              check=lambda config, model: movers.check_config(config, model.cfg.n_layers, model.cfg.n_heads),
-              flags={**_PATCH_FLAGS, "layer": "movers.layer", "head": "movers.head", "top_k": "movers.top_k"}),
-        Stage("decompose", "Decompose — the MLP as per-head coefficients plus an intercept", "Fit the MLP output as per-head coefficients plus an intercept.",
-              decompose.DecomposeConfig, _decompose, requires=("movers",), reads=("patch",), check=decompose.check_config,
-              flags={**_PATCH_FLAGS, "layer": "decompose.layer", "solver": "decompose.solver"}),
-        Stage("intercept", "Intercept — function application",
-              "Function application: logit lens of the intercept and the redirect test.",
-              intercept.InterceptConfig, _intercept, requires=("decompose",), check=intercept.check_config,
-              flags={**_PATCH_FLAGS, "layer": "decompose.layer", "solver": "decompose.solver", "top_k": "intercept.top_k"}),
-        Stage("suppress", "Suppress — anti-overconfidence in the final layer",
-              "Anti-overconfidence in the final layer, and its mitigation.",
-              suppress.SuppressConfig, _suppress, requires=("recall",), check=suppress.check_config,
-              flags={"layers": "suppress.layers"}),
-        Stage("claims", "Claims — does the paper's story hold on this run?", "The paper's claims: figure, interval, verdict.",
-              claims.ClaimsConfig, _claims, requires=("recall",),
-              reads=("patch", "movers", "decompose", "intercept", "suppress"), verb=False),
+        Stage(
+            "recall",
+            "Recall — does the model know the fact?",
+            "Score the prompts: accuracy, p(Y), rank, π; keep the known ones.",
+            recall.RecallConfig,
+            _recall,
+        ),
+        Stage(
+            "patch",
+            "Patch — causal mediation at the end position",
+            "Causal mediation: patch every head and MLP at the end position.",
+            patch.PatchConfig,
+            _patch,
+            requires=("recall",),
+            check=patch.check_config,
+            flags={**_PATCH_FLAGS, "top_k": "patch.top_k"},
+        ),
+        Stage(
+            "movers",
+            "Movers — heads that move the topic to the end",
+            "Mover heads: attention to the subject, projection on its unembedding, OV copying.",
+            movers.MoversConfig,
+            _movers,
+            requires=("recall",),
+            reads=("patch",),
+            # heads="top" chooses the candidates from the patch table; a given layer or heads="all" does not
+            requires_when=lambda c: ("patch",) if c.layer is None and c.heads == "top" else (),
+            check=lambda config, model: movers.check_config(config, model.cfg.n_layers, model.cfg.n_heads),
+            flags={**_PATCH_FLAGS, "layer": "movers.layer", "head": "movers.head", "top_k": "movers.top_k"},
+        ),
+        Stage(
+            "decompose",
+            "Decompose — the MLP as per-head coefficients plus an intercept",
+            "Fit the MLP output as per-head coefficients plus an intercept.",
+            decompose.DecomposeConfig,
+            _decompose,
+            requires=("movers",),
+            reads=("patch",),
+            check=decompose.check_config,
+            flags={**_PATCH_FLAGS, "layer": "decompose.layer", "solver": "decompose.solver"},
+        ),
+        Stage(
+            "intercept",
+            "Intercept — function application",
+            "Function application: logit lens of the intercept and the redirect test.",
+            intercept.InterceptConfig,
+            _intercept,
+            requires=("decompose",),
+            check=intercept.check_config,
+            flags={**_PATCH_FLAGS, "layer": "decompose.layer", "solver": "decompose.solver", "top_k": "intercept.top_k"},
+        ),
+        Stage(
+            "suppress",
+            "Suppress — anti-overconfidence in the final layer",
+            "Anti-overconfidence in the final layer, and its mitigation.",
+            suppress.SuppressConfig,
+            _suppress,
+            requires=("recall",),
+            check=suppress.check_config,
+            flags={"layers": "suppress.layers"},
+        ),
+        Stage(
+            "claims",
+            "Claims — does the paper's story hold on this run?",
+            "The paper's claims: figure, interval, verdict.",
+            claims.ClaimsConfig,
+            _claims,
+            requires=("recall",),
+            reads=("patch", "movers", "decompose", "intercept", "suppress"),
+            verb=False,
+        ),
     )
 }
 
@@ -344,8 +396,12 @@ def manifest(run: RunConfig, model: Model, configs: dict[str, Any], relation: Re
         "identity": run_identity(run, model, relation),
         "run": dataclasses.asdict(run),
         "model": model.describe(),
-        "relation": {"name": relation.name, "source": relation.source, "n_samples": len(relation.samples),
-                     "sha256": relation_hash(relation)},
+        "relation": {
+            "name": relation.name,
+            "source": relation.source,
+            "n_samples": len(relation.samples),
+            "sha256": relation_hash(relation),
+        },
         "seeds": {"prompts": run.seed, **seeds_of(run)},
         "stages": stage_list(),
         "stage_configs": {k: dataclasses.asdict(v) for k, v in configs.items()},
@@ -407,8 +463,9 @@ def execute(
         prompts = build_prompts(relation, model.tokenizer, shots=run.shots, seed=run.seed, max_prompts=run.max_prompts)
     check_positions(prompts, model)
     order = check_stages(targets, configs, model)
-    ctx = StageContext(model=model, run=run, prompts=prompts, configs=configs, seeds=seeds_of(run), rundir=rundir,
-                       progress=progress)
+    ctx = StageContext(
+        model=model, run=run, prompts=prompts, configs=configs, seeds=seeds_of(run), rundir=rundir, progress=progress
+    )
     summary = summary_header(run, model, prompts)
     summary["stages"] = {}
     # As JSON reads them back (tuples become lists), so a saved config compares equal to its own.
@@ -471,8 +528,10 @@ def execute(
 
 
 def _not_measurable(skipped: dict[str, str], summary: dict, prompts: PromptSet | None) -> dict:
-    counts = {"n_prompts": summary.get("n_prompts", len(prompts) if prompts is not None else 0),
-              "n_known": summary.get("n_known")}
+    counts = {
+        "n_prompts": summary.get("n_prompts", len(prompts) if prompts is not None else 0),
+        "n_known": summary.get("n_known"),
+    }
     return {name: {"reason": why, **counts} for name, why in skipped.items()}
 
 
@@ -518,8 +577,13 @@ def _slug(text: str) -> str:
 
 def _combined_identity(base: RunConfig, model: Model, relations: list[Relation], shots_list: list[int]) -> dict:
     shared = {k: v for k, v in base.identity().items() if k not in ("relation", "shots")}
-    return {**shared, "model_hash": model.model_hash, "relations": [r.source for r in relations],
-            "relation_hashes": [relation_hash(r) for r in relations], "shots": shots_list}
+    return {
+        **shared,
+        "model_hash": model.model_hash,
+        "relations": [r.source for r in relations],
+        "relation_hashes": [relation_hash(r) for r in relations],
+        "shots": shots_list,
+    }
 
 
 def execute_many(
@@ -589,19 +653,40 @@ def execute_many(
     for rel, k, run, sub, prompts, why in cells:
         log(f"— {rel}, {k}-shot" + (f" → {sub}" if sub else ""))
         if prompts is None:
-            summary = {"model": model.name, "model_hash": model.model_hash, "relation": _slug(rel), "shots": k,
-                       "seed": base.seed, "stages": {},
-                       "not_measurable": {name: {"reason": why, "n_prompts": 0, "n_known": None} for name in order}}
+            summary = {
+                "model": model.name,
+                "model_hash": model.model_hash,
+                "relation": _slug(rel),
+                "shots": k,
+                "seed": base.seed,
+                "stages": {},
+                "not_measurable": {name: {"reason": why, "n_prompts": 0, "n_known": None} for name in order},
+            }
             log(f"{rel}, {k}-shot: not measurable here ({why})")
         else:
-            ctx, summary = execute(run, targets, out=sub, overrides=overrides, force=force, model=model,
-                                   progress=progress, log=log, prompts=prompts, incomplete_ok=not single)
+            ctx, summary = execute(
+                run,
+                targets,
+                out=sub,
+                overrides=overrides,
+                force=force,
+                model=model,
+                progress=progress,
+                log=log,
+                prompts=prompts,
+                incomplete_ok=not single,
+            )
             frame = ctx.table_or_none("patch")
             if frame is not None:
                 patch_frames[(rel, k)] = frame
         if summary.get("not_measurable"):
-            incomplete.append({"relation": summary.get("relation"), "shots": k,
-                               "stages": {n: e["reason"] for n, e in summary["not_measurable"].items()}})
+            incomplete.append(
+                {
+                    "relation": summary.get("relation"),
+                    "shots": k,
+                    "stages": {n: e["reason"] for n, e in summary["not_measurable"].items()},
+                }
+            )
         if not single and sub is not None:
             summary = {**summary, "path": str(Path(sub).relative_to(out))}
         runs.append(summary)
@@ -616,14 +701,16 @@ def execute_many(
     if out is not None:
         rundir = RunDir(out)
         rundir.create()
-        rundir.write_manifest({
-            "identity": _combined_identity(base, model, loaded, shots_list),
-            "run": dataclasses.asdict(base),
-            "model": model.describe(),
-            "seeds": {"prompts": base.seed, **seeds_of(base)},
-            "stages": stage_list(),
-            "versions": versions(),
-        })
+        rundir.write_manifest(
+            {
+                "identity": _combined_identity(base, model, loaded, shots_list),
+                "run": dataclasses.asdict(base),
+                "model": model.describe(),
+                "seeds": {"prompts": base.seed, **seeds_of(base)},
+                "stages": stage_list(),
+                "versions": versions(),
+            }
+        )
         rundir.write_summary(combined)
     return combined
 
@@ -667,6 +754,7 @@ def run(
     loaded = model if isinstance(model, Model) else None
     name = loaded.name if loaded else model
     config = RunConfig(model=name, relation=relation, shots=shots, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype)
-    ctx, summary = execute(config, stages or available_stages(), out=out, overrides=settings, force=force,
-                           model=loaded, progress=progress)
+    ctx, summary = execute(
+        config, stages or available_stages(), out=out, overrides=settings, force=force, model=loaded, progress=progress
+    )
     return Study(results=ctx.results, summary=summary, prompts=ctx.prompts, model=ctx.model)

@@ -6,7 +6,6 @@ import html
 import json
 import re
 from html.parser import HTMLParser
-from pathlib import Path
 
 import markupsafe
 import pandas as pd
