@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from html.parser import HTMLParser
@@ -294,3 +293,81 @@ def test_overview_compares_what_each_sub_run_found(h, tmp_path):
     rows = [re.sub(r"<[^>]+>", "", r) for r in re.findall(r"<tr><td>.*?</tr>", table)]
     # a stage a run lacks reads "—"
     assert rows[0] == "rel0none23-0.17—" and rows[1] == "rel3L15H2, " + esc(h.SCRIPT) + "——L29H0"
+
+
+def test_navigation_lists_each_stage_once(h, tmp_path):
+    """Claims in both places a summary may hold them (top level and stages) give one link, one section."""
+    run = h.write_run(tmp_path / "r", relation="rel", claims=h.CLAIMS)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["stages"]["claims"] = {"claims": h.CLAIMS, "wall_seconds": 0.1}
+    (run / "summary.json").write_text(json.dumps(summary))
+    page = render_report(run)
+    nav = page.split('<nav class="top">', 1)[1].split("</nav>", 1)[0]
+    assert re.findall(r'<a href="#(stage-\d)">([^<]+)</a>', nav) == [("stage-0", "recall"), ("stage-1", "claims")]
+    assert page.count('<section class="stage"') == 2 and page.count("<table class=\"grid claims\">") == 1
+
+
+def test_every_template_autoescapes():
+    env = environment()
+    names = env.list_templates()
+    assert {"report.html.j2", "macros.html.j2", "stage.html.j2", "overview.html.j2"} <= set(names)
+    assert all(env.autoescape(name) for name in names) and env.undefined.__name__ == "StrictUndefined"
+    # a value is text to every template: the same string renders escaped through the page's macros
+    macros = env.get_template("macros.html.j2").module
+    assert str(macros.cell("<i>'\"&")) == '<bdi class="s">&lt;i&gt;&#39;&#34;&amp;</bdi>'
+    assert str(macros.cell(["<a>", 1234567, None, 0.000123456])) == (
+        '[<bdi class="s">&lt;a&gt;</bdi>, <span class="n">1,234,567</span>, <span class="none">—</span>, '
+        '<span class="n">0.000123</span>]')
+
+
+def test_named_tables_reach_the_figures_main_table_first(h, tmp_path, hostile_stage_module):
+    """``<stage>.parquet`` is the main table, ``<stage>/<name>.parquet`` the others, as the run layer writes them."""
+    seen = {}
+
+    def capture(tables, summary):
+        seen.update({name: len(frame) for name, frame in tables.items()})
+        return []
+
+    hostile_stage_module.figures = capture
+    run = h.write_run(tmp_path / "r", relation="rel", extra_stages={h.HOSTILE_STAGE: ({"k": 1}, pd.DataFrame({"x": [1, 2, 3]}))})
+    (run / h.HOSTILE_STAGE).mkdir()
+    pd.DataFrame({"y": [1]}).to_parquet(run / h.HOSTILE_STAGE / "zeta.parquet")
+    pd.DataFrame({"y": [1, 2]}).to_parquet(run / h.HOSTILE_STAGE / "alpha.parquet")
+    render_report(run)
+    assert list(seen.items()) == [(h.HOSTILE_STAGE, 3), ("alpha", 2), ("zeta", 1)]
+
+
+def test_parent_page_shows_the_claims_across_shot_counts(h, tmp_path):
+    root = tmp_path / "multi"
+    for k in (0, 3):
+        h.write_run(root / f"rel/{k}shot", relation="rel", shots=k)
+    shot_claim = {**h.CLAIMS[0], "claim": "Few-shot engages the same heads earlier", "relation": h.SCRIPT}
+    (root / "summary.json").write_text(json.dumps({"model": "tiny", "claims": [shot_claim]}))
+    page = render_report(root)
+    overview = page.split('id="overview"', 1)[1].split('<section class="run"', 1)[0]
+    assert "Claims across shot counts" in overview and "Few-shot engages the same heads earlier" in overview
+    assert esc(h.SCRIPT) in overview and h.SCRIPT not in page
+    assert re.findall(r'<span class="verdict (v-[a-z]+)">', overview) == ["v-holds"]
+
+
+def test_report_verb_rerenders_a_run_directory_without_torch(h, tmp_path):
+    """``recallscope report RUN_DIR`` from the run directory's files alone: torch never loads."""
+    import subprocess
+    import sys
+
+    run = h.write_run(tmp_path / "r", relation="rel", claims=h.CLAIMS)
+    code = (
+        "import sys\n"
+        "from recallscope.cli import main\n"
+        "try:\n    main(['report', sys.argv[1]])\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('recallscope.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout.strip().replace("'", '"'))
+    assert "torch" not in loaded
+    # the package's torch-free layers only: no stage module, no pipeline, no model code
+    assert not [m for m in loaded if m.split(".")[1] in ("pipeline", "models", "patch", "recall", "claims", "lens")]
+    assert (run / "report.html").read_text(encoding="utf-8") == render_report(run)
+    bad = subprocess.run([sys.executable, "-m", "recallscope", "report", str(tmp_path / "none")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a run directory" in bad.stderr

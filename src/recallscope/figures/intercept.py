@@ -19,15 +19,21 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
     tokens = summary.get("top_tokens", [])
     if tokens:
         base = summary["answer_domain_baseline"]
-        fig = go.Figure(go.Bar(
-            x=[f"{i}:{html.escape(repr(t['token']))}" for i, t in enumerate(tokens)], y=[t["logit"] for t in tokens],
-            marker_color=["crimson" if t["in_domain"] else "steelblue" for t in tokens],
-        ))
+        fig = go.Figure(
+            go.Bar(
+                x=[f"{i}:{html.escape(repr(t['token']))}" for i, t in enumerate(tokens)],
+                y=[t["logit"] for t in tokens],
+                marker_color=["crimson" if t["in_domain"] else "steelblue" for t in tokens],
+            )
+        )
         fig.update_layout(
-            title=(f"Logit lens of the intercept b of MLP {summary['layer']}: answer-domain share "
-                   f"{summary['answer_domain_share']:.2f} (random directions: {base['mean']:.3f}, "
-                   f"{100 * base['level']:.0f}% [{base['low']:.2f}, {base['high']:.2f}])"),
-            xaxis_title="top tokens (red: first token of an answer of the relation)", yaxis_title="logit (linearised lens)",
+            title=(
+                f"Logit lens of the intercept b of MLP {summary['layer']}: answer-domain share "
+                f"{summary['answer_domain_share']:.2f} (random directions: {base['mean']:.3f}, "
+                f"{100 * base['level']:.0f}% [{base['low']:.2f}, {base['high']:.2f}])"
+            ),
+            xaxis_title="top tokens (red: first token of an answer of the relation)",
+            yaxis_title="logit (linearised lens)",
         )
         figs.append(fig)
     red = summary.get("redirect")
@@ -38,7 +44,9 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
         for tok, key in (("Y (answer)", "median_rank_Y"), ("X (subject)", "median_rank_X")):
             fig.add_trace(go.Bar(name=tok, x=[labels[p] for p in points], y=[1 + red[p][key] for p in points]))
         fig.update_layout(
-            barmode="group", yaxis_type="log", title="Redirect test: median rank + 1 of Y and X in the logit lens "
+            barmode="group",
+            yaxis_type="log",
+            title="Redirect test: median rank + 1 of Y and X in the logit lens "
             + ", ".join(f"{labels[p]}: Y above X in {100 * red[p]['share_Y_above_X']:.0f}%" for p in points),
             yaxis_title="median rank + 1 (log; lower is better)",
         )

@@ -32,8 +32,11 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
         label = "mover" if h["is_mover"] else "not a mover (" + ", ".join(h["failed"]) + ")"
         fig = go.Figure(
             go.Scatter(
-                x=rows["attention_to_subject"], y=rows["projection"], mode="markers",
-                text=[html.escape(str(s)) for s in rows["subject"]], hovertemplate="%{text}<br>attn %{x:.3f}<br>proj %{y:.3f}",
+                x=rows["attention_to_subject"],
+                y=rows["projection"],
+                mode="markers",
+                text=[html.escape(str(s)) for s in rows["subject"]],
+                hovertemplate="%{text}<br>attn %{x:.3f}<br>proj %{y:.3f}",
             )
         )
         fig.update_layout(
@@ -51,7 +54,8 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
         state = "mover" if ex["is_mover"] else "best candidate, not a mover"
         fig.update_layout(
             title=f"Attention of L{ex['layer']}H{ex['head']} ({state}) from the end position, prompt {ex['prompt_index']} (subject in red)",
-            xaxis_title="key position", yaxis_title="attention probability",
+            xaxis_title="key position",
+            yaxis_title="attention probability",
         )
         figs.append(fig)
     return figs

@@ -28,13 +28,24 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
         row = heads.index(r.head) if r.kind == "head" else len(heads) + kinds.index(r.kind)
         z[row, col[r.layer]] = r.effect_pct
     limit = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
-    fig = go.Figure(go.Heatmap(
-        z=z, x=[str(layer) for layer in layers], y=rows, colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit,
-        colorbar={"title": "effect %"}, hovertemplate="layer %{x}, %{y}: %{z:.2f}%<extra></extra>",
-    ))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[str(layer) for layer in layers],
+            y=rows,
+            colorscale="RdBu",
+            zmid=0,
+            zmin=-limit,
+            zmax=limit,
+            colorbar={"title": "effect %"},
+            hovertemplate="layer %{x}, %{y}: %{z:.2f}%<extra></extra>",
+        )
+    )
     mode = summary.get("mode", "noise")
     fig.update_layout(
         title=f"Activation patching ({mode}) at the end position: mean % change of π(Y)",
-        xaxis_title="layer", yaxis_title="component", yaxis={"autorange": "reversed"},
+        xaxis_title="layer",
+        yaxis_title="component",
+        yaxis={"autorange": "reversed"},
     )
     return [fig]

@@ -22,10 +22,21 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
     hist = go.Figure()
     for known, name, colour in ((True, "known", "#2b8a3e"), (False, "unknown", "#c92a2a")):
         rows = frame[frame["known"] == known]
-        hist.add_trace(go.Histogram(x=rows["p_answer"], name=f"{name} ({len(rows)})", marker_color=colour,
-                                    opacity=0.7, xbins={"start": 0, "end": 1, "size": 0.025}))
-    hist.update_layout(barmode="overlay", title=f"p(Y) at the end position — {html.escape(where, quote=False)}",
-                       xaxis_title="p(Y)", yaxis_title="prompts")
+        hist.add_trace(
+            go.Histogram(
+                x=rows["p_answer"],
+                name=f"{name} ({len(rows)})",
+                marker_color=colour,
+                opacity=0.7,
+                xbins={"start": 0, "end": 1, "size": 0.025},
+            )
+        )
+    hist.update_layout(
+        barmode="overlay",
+        title=f"p(Y) at the end position — {html.escape(where, quote=False)}",
+        xaxis_title="p(Y)",
+        yaxis_title="prompts",
+    )
     per_subject = frame.groupby("subject", sort=False)["p_answer"].mean().sort_values()
     shown = per_subject.iloc[:40]
     labels, seen = [], set()
@@ -35,8 +46,9 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
             label += "\u2009"
         seen.add(label)
         labels.append(label)
-    bars = go.Figure(go.Bar(x=labels, y=shown.to_numpy(), marker_color="#1c7ed6",
-                            hovertemplate="%{x}<br>mean p(Y) %{y:.3f}<extra></extra>"))
+    bars = go.Figure(
+        go.Bar(x=labels, y=shown.to_numpy(), marker_color="#1c7ed6", hovertemplate="%{x}<br>mean p(Y) %{y:.3f}<extra></extra>")
+    )
     lowest = f", the {len(shown)} lowest of {len(per_subject)}" if len(shown) < len(per_subject) else ""
     bars.update_layout(title=f"Mean p(Y) per subject{lowest}", yaxis_title="mean p(Y)", yaxis_range=[0, 1])
     return [hist, bars]

@@ -25,8 +25,10 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
     left out. No figure for fewer than two sub-runs or when no row remains.
     """
     frame = main_table(tables)
-    ok = frame[frame["shots"].map(pd.api.types.is_integer) & frame["accuracy"].map(
-        lambda a: pd.api.types.is_number(a) and not pd.api.types.is_bool(a))]
+    ok = frame[
+        frame["shots"].map(pd.api.types.is_integer)
+        & frame["accuracy"].map(lambda a: pd.api.types.is_number(a) and not pd.api.types.is_bool(a))
+    ]
     if len(frame) < 2 or ok.empty:
         return []
     fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy", "mean p(Y)"))
@@ -35,10 +37,19 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
         name = html.escape(relation)
         colour = PALETTE[i % len(PALETTE)]
         for col, key in ((1, "accuracy"), (2, "mean_p_answer")):
-            fig.add_trace(go.Scatter(
-                x=list(rows["shots"]), y=list(rows[key]), mode="lines+markers", name=name,
-                legendgroup=name, showlegend=col == 1, line={"color": colour},
-            ), row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=list(rows["shots"]),
+                    y=list(rows[key]),
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    line={"color": colour},
+                ),
+                row=1,
+                col=col,
+            )
     fig.update_xaxes(title_text="shots", dtick=1)
     fig.update_yaxes(range=[0, 1.02])
     fig.update_layout(title="Zero-shot against few-shot: accuracy and mean p(Y) by relation")

@@ -191,8 +191,9 @@ class Page:
         that is not a figure or cannot be serialised."""
         fig = go.Figure(fig)
         title = fig.layout.title.text or ""
-        fig.update_layout(title=None, height=360, autosize=True, margin={"l": 60, "r": 20, "t": 30, "b": 60},
-                          font={"family": FONT, "size": 12})
+        fig.update_layout(
+            title=None, height=360, autosize=True, margin={"l": 60, "r": 20, "t": 30, "b": 60}, font={"family": FONT, "size": 12}
+        )
         spec = json.loads(fig.to_json())  # plotly's encoder turns numpy arrays into lists
         self.n_figures += 1
         return FigureBlock(f"plot-{self.n_figures}", plain_title(title), spec)
@@ -252,8 +253,11 @@ def preview(stage: str, frame: pd.DataFrame) -> Preview:
     shown = frame
     label = f"first {min(PREVIEW_ROWS, len(frame))}"
     if stage == "recall" and "known" in frame.columns:
-        columns = [c for c in ("subject", "answer", "answer_token", "top1_token", "p_answer", "rank_answer", "known", "text")
-                   if c in frame.columns]
+        columns = [
+            c
+            for c in ("subject", "answer", "answer_token", "top1_token", "p_answer", "rank_answer", "known", "text")
+            if c in frame.columns
+        ]
         shown = frame.sort_values(["known", "p_answer"], kind="stable")[columns]
         label = f"the {min(PREVIEW_ROWS, len(frame))} with the lowest p(Y), unknown first"
     records = [{str(k): _plain(v) for k, v in row.items()} for row in shown.head(PREVIEW_ROWS).to_dict("records")]
@@ -332,8 +336,10 @@ def headline(summary: dict) -> list[dict]:
     tiles = [
         {"key": "accuracy", "value": percent(get("accuracy"))},
         {"key": "mean p(Y)", "value": fmt_number(get("mean_p_answer")) if get("mean_p_answer") is not None else "—"},
-        {"key": "known prompts",
-         "value": f"{fmt_number(get('n_known'))} / {fmt_number(get('n_prompts'))}" if get("n_prompts") is not None else "—"},
+        {
+            "key": "known prompts",
+            "value": f"{fmt_number(get('n_known'))} / {fmt_number(get('n_prompts'))}" if get("n_prompts") is not None else "—",
+        },
     ]
     dropped = rec.get("dropped") or {}
     if isinstance(dropped, dict) and dropped:
@@ -367,7 +373,11 @@ def _names(records: Any, flag: str | None = None, limit: int = 4) -> str | None:
 
 FINDINGS = (  # (column, stage, how to read it from the stage's summary entry)
     ("top patched component", "patch", lambda e: _names(e.get("top_components"), limit=1)),
-    ("mover heads", "movers", lambda e: ", ".join(map(str, e["movers"])) or "none" if isinstance(e.get("movers"), list) else None),
+    (
+        "mover heads",
+        "movers",
+        lambda e: ", ".join(map(str, e["movers"])) or "none" if isinstance(e.get("movers"), list) else None,
+    ),
     ("MLP layer", "decompose", lambda e: e.get("layer")),
     ("held-out R²", "decompose", lambda e: e.get("cv_r2")),
     ("answer-domain share", "intercept", lambda e: e.get("answer_domain_share")),
@@ -381,13 +391,19 @@ def overview(runs: list[Run], root: Path, page: Page) -> dict:
     for i, run in enumerate(runs):
         s = run.summary
         rec = (s.get("stages") or {}).get("recall") or {}
-        rows.append({
-            "anchor": f"run-{i}", "relation": s.get("relation", run.path.name), "shots": s.get("shots"),
-            "n_prompts": s.get("n_prompts", rec.get("n_prompts")), "n_known": s.get("n_known", rec.get("n_known")),
-            "accuracy": percent(s.get("accuracy", rec.get("accuracy"))),
-            "mean_p_answer": s.get("mean_p_answer", rec.get("mean_p_answer")),
-            "stages": run.stages(), "folder": str(run.path.relative_to(root.resolve())),
-        })
+        rows.append(
+            {
+                "anchor": f"run-{i}",
+                "relation": s.get("relation", run.path.name),
+                "shots": s.get("shots"),
+                "n_prompts": s.get("n_prompts", rec.get("n_prompts")),
+                "n_known": s.get("n_known", rec.get("n_known")),
+                "accuracy": percent(s.get("accuracy", rec.get("accuracy"))),
+                "mean_p_answer": s.get("mean_p_answer", rec.get("mean_p_answer")),
+                "stages": run.stages(),
+                "folder": str(run.path.relative_to(root.resolve())),
+            }
+        )
         values = {}
         for column, stage, read in FINDINGS:
             entry = run.entry(stage)
@@ -400,12 +416,15 @@ def overview(runs: list[Run], root: Path, page: Page) -> dict:
     columns = [c for c, _, _ in FINDINGS if any(v.get(c) is not None for v in per_run)]
     for row, values in zip(rows, per_run):
         found.append({**row, "values": [values.get(c) for c in columns]})
-    table = pd.DataFrame({
-        "relation": [str(r.summary.get("relation")) for r in runs],
-        "shots": [r.summary.get("shots") for r in runs],
-        "accuracy": [r.summary.get("accuracy") for r in runs],
-        "mean_p_answer": [r.summary.get("mean_p_answer") for r in runs],
-    }, dtype=object)
+    table = pd.DataFrame(
+        {
+            "relation": [str(r.summary.get("relation")) for r in runs],
+            "shots": [r.summary.get("shots") for r in runs],
+            "accuracy": [r.summary.get("accuracy") for r in runs],
+            "mean_p_answer": [r.summary.get("mean_p_answer") for r in runs],
+        },
+        dtype=object,
+    )
     figs = page.draw("shots", shots_figures.figures, {"runs": table}, {})
     return {"rows": rows, "finding_columns": columns, "found": found, "figures": figs}
 
@@ -419,8 +438,16 @@ _ENV = jinja2.Environment(
     lstrip_blocks=True,
     keep_trailing_newline=True,
 )
-_ENV.filters.update(number=fmt_number, percent=percent, kind=value_kind, compact_json=compact_json,
-                    is_short=is_short, columns=columns_of, split_summary=split_summary, verdict_class=verdict_class)
+_ENV.filters.update(
+    number=fmt_number,
+    percent=percent,
+    kind=value_kind,
+    compact_json=compact_json,
+    is_short=is_short,
+    columns=columns_of,
+    split_summary=split_summary,
+    verdict_class=verdict_class,
+)
 _ENV.tests.update(records=is_records, problem=lambda v: isinstance(v, Problem))
 _ENV.globals.update(TEXT_LIMIT=TEXT_LIMIT, LIST_LIMIT=LIST_LIMIT, ROW_LIMIT=ROW_LIMIT, PREVIEW_ROWS=PREVIEW_ROWS)
 
@@ -456,8 +483,12 @@ def render_report(run_dir: str | Path) -> str:
         model = top.summary.get("model") or subs[0].summary.get("model")
         context["title"] = f"recallscope — {model} — {len(subs)} runs"
         idents, model_hash = identity({"model": model, "model_hash": top.summary.get("model_hash")}, top.manifest)
-        context["header"] = {"identity": idents, "model_hash": model_hash, "tiles": [],
-                             "manifest": manifest_blocks(top.manifest or subs[0].manifest)}
+        context["header"] = {
+            "identity": idents,
+            "model_hash": model_hash,
+            "tiles": [],
+            "manifest": manifest_blocks(top.manifest or subs[0].manifest),
+        }
         context["overview"] = overview(subs, root, page)
         context["shot_claims"] = claims_rows(top.summary)
         runs = []
@@ -470,8 +501,12 @@ def render_report(run_dir: str | Path) -> str:
         s = top.summary
         context["title"] = f"recallscope — {s.get('model', '?')} — {s.get('relation', '?')}, {s.get('shots', '?')}-shot"
         view = run_view(top, "run", context["title"], "stage", page)
-        context["header"] = {"identity": view.identity, "model_hash": view.model_hash, "tiles": view.tiles,
-                             "manifest": manifest_blocks(top.manifest)}
+        context["header"] = {
+            "identity": view.identity,
+            "model_hash": view.model_hash,
+            "tiles": view.tiles,
+            "manifest": manifest_blocks(top.manifest),
+        }
         context["overview"] = None
         context["shot_claims"] = None
         context["runs"] = [view]
