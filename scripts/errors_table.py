@@ -39,6 +39,8 @@ class Case:
     exit_code: int = 2
     corrupt_cache: bool = False  # run with a copy of the weight cache whose weights are truncated
     model: bool = False  # the model loads before the error (the tests mark such cases slow)
+    build: str | None = None  # a function of BUILDERS that writes what the case needs (e.g. a tiny model folder)
+    edit: dict = field(default_factory=dict)  # files written after ``before`` ran (an input edited between runs)
 
 
 CASES: tuple[Case, ...] = (
@@ -200,6 +202,40 @@ CASES: tuple[Case, ...] = (
         model=True,
     ),
     Case(
+        "--out holds a run of an edited relation file",
+        ("recall", "--relation", "mutable.json", "--out", "run"),
+        "--out run holds a run with a different configuration (relation_hash: ",
+        files={"mutable.json": SMALL},
+        before=("recall", "--relation", "mutable.json", "--out", "run"),
+        edit={"mutable.json": REL([("France", "Paris"), ("Italy", "Milan"), ("Japan", "Tokyo"), ("Spain", "Madrid")])},
+        model=True,
+    ),
+    Case(
+        "prompts longer than the model's positions",
+        ("run", "--model", "tiny", "--shots", "2", "--max-prompts", "4", "--out", "run"),
+        "has positions for 12: use fewer --shots or a model with a longer context",
+        build="tiny_gpt2_12_positions",
+        model=True,
+    ),
+    Case("--set: a word for a list of layers", ("patch", "--set", "patch.layers=abc"), "patch.layers=abc is not allowed"),
+    Case(
+        "--set: a value out of range",
+        ("run", "--set", "intercept.level=1.5", "--out", "run"),
+        "intercept.level=1.5 is not allowed: intercept.level must be a number in (0, 1)",
+    ),
+    Case("--set: a fraction for a count", ("recall", "--set", "decompose.folds=2.5"), "decompose.folds must be an integer >= 2"),
+    Case("--set: not one of the choices", ("recall", "--set", "patch.mode=both"), "patch.mode must be one of noise, denoise"),
+    Case("--set: a word for a switch", ("recall", "--set", "patch.attribution=yes"), "must be a boolean (true or false)"),
+    Case("--threads 0", ("recall", "--threads", "0"), "--threads must be >= 1, got 0"),
+    Case(
+        "a sweep with cells its data cannot support",
+        ("run", "--relation", "small.json,years.json", "--max-prompts", "3", "--stages", "recall", "--no-report", "--out", "run"),
+        "recallscope: incomplete: not measurable here: years 0-shot: recall (see run/summary.json)",
+        files={"small.json": SMALL, "years.json": SHARED_FIRST_TOKEN},
+        exit_code=3,
+        model=True,
+    ),
+    Case(
         "weight cache corrupt (truncated)",
         ("recall", "--max-prompts", "4", "--json"),
         "failed its hash check; rebuilding it from the GGUF file",
@@ -238,6 +274,25 @@ def _corrupt_cache_copy(root: Path) -> Path:
     with open(weights, "r+b") as handle:
         handle.truncate(weights.stat().st_size // 2)
     return root / "cache"
+
+
+def tiny_gpt2_12_positions(folder: Path) -> None:
+    """``tiny/``: a random 1-layer GPT-2 with 12 learned positions and smollm2's tokenizer."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from recallscope.models import gguf
+    from recallscope.models.loading import EMBEDDED
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=49152, n_positions=12, n_embd=16, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
+    GPT2LMHeadModel(config).eval().save_pretrained(folder / "tiny")
+    source = gguf.cache_dir(EMBEDDED["smollm2-135m"])
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(source / name, folder / "tiny" / name)
+
+
+BUILDERS = {"tiny_gpt2_12_positions": tiny_gpt2_12_positions}
 
 
 def _subprocess(args, folder: Path, env: dict) -> Outcome:
@@ -286,10 +341,14 @@ def run_case(case: Case, workdir: Path | None = None, in_process: bool = False) 
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text, encoding="utf-8")
+        if case.build:
+            BUILDERS[case.build](folder)
         cli = _in_process if in_process else _subprocess
         if case.before:
             first = cli(case.before, folder, env)
             assert first.exit_code == 0, first.stderr
+        for name, text in case.edit.items():
+            (folder / name).write_text(text, encoding="utf-8")
         outcome = cli(case.args, folder, env)
         outcome.stderr = outcome.stderr.replace(str(folder), "<tmp>")
         return outcome
@@ -317,7 +376,14 @@ below is what the command prints). Paths are relative to the folder the command 
 files a case needs (a truncated relation, a file in the way of `--out`…) are written there first.
 
 Bad input prints **one line on stderr** starting with `recallscope: error:`, exits with code
-**2**, and never shows a traceback. The only exception to "one line" is an error that can only be
+**2**, and never shows a traceback. Every `--set` value is parsed to its setting's type and checked
+against the range declared beside the setting before the model loads; a relation file's content
+(not its path) is part of a run's identity; prompts longer than a model's learned position table
+are refused before any stage runs. A sweep (several relations or shot counts) whose cells lack the
+data for some stage is not bad input: it finishes the other cells, writes the combined summary and
+report, lists the empty cells under `incomplete` in `summary.json`, prints one
+`recallscope: incomplete:` line and exits with code **3** (exit codes: 0 done, 1 a bug, 2 bad
+input, 3 an incomplete sweep, 130 interrupted). The only exception to "one line" is an error that can only be
 known after a stage ran (no prompt the model knows: the recall stage runs first and prints its
 progress line). Range checks on `--layer`, `--head` and `--layers` happen before any stage runs.
 A weight cache that fails its hash check is not an error: it is rebuilt from the GGUF file

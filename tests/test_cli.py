@@ -126,3 +126,37 @@ def test_ctrl_c_in_a_command_exits_130_with_a_resume_hint(monkeypatch, capsys):
         cli_module.main(["stage"])
     assert exc.value.code == 130
     assert "interrupted; rerun the same command to resume" in capsys.readouterr().err
+
+
+def test_threads_follow_the_cpus_this_process_may_use(monkeypatch):
+    import torch
+
+    from recallscope import cli as cli_module
+
+    usable = cli_module._usable_cpus()
+    assert 1 <= usable <= len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        cli_module._set_threads(None)
+        assert torch.get_num_threads() == usable
+        cli_module._set_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_omp_wait_policy_is_passive_unless_the_user_chose():
+    code = "import os; from recallscope.cli import main; main(['relations', '--json']); print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "PASSIVE"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, timeout=300
+    )
+    assert proc.stdout.splitlines()[-1] == "ACTIVE"
+
+
+def test_threads_zero_is_one_line():
+    assert_one_line_error(cli("recall", "--threads", "0"), "--threads must be >= 1, got 0")

@@ -50,7 +50,7 @@ def test_folds_keep_subjects_together_and_are_seeded():
     subjects = ["a", "b", "c", "d", "e"] * 4
     folds = assign_folds(subjects, 2, True, seed=0)
     for s in set(subjects):
-        assert len({f for f, t in zip(folds, subjects) if t == s}) == 1
+        assert len({f for f, t in zip(folds, subjects, strict=True) if t == s}) == 1
     assert set(folds) == {0, 1}
     assert (assign_folds(subjects, 2, True, seed=0) == folds).all()
     by_prompt = assign_folds(subjects, 3, False, seed=1)

@@ -23,20 +23,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     from .pipeline import Study, run
     from .tasks import Relation, build_prompts
 
-# name -> the module that defines it (each imports torch)
-_LAZY = {
-    "run": "pipeline",
-    "Study": "pipeline",
-    "DEFAULT_MODEL": "models",
-    "Model": "models",
-    "load_model": "models",
-    "Relation": "tasks",
-    "build_prompts": "tasks",
-}
-
 
 def __getattr__(name: str):
-    if name == "run" or name == "Study":
+    """The names that need torch, loaded on first use (each branch imports its module explicitly)."""
+    if name in ("run", "Study"):
         from . import pipeline
 
         return getattr(pipeline, name)
@@ -52,7 +42,7 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = ["__version__", "UserError", "DEFAULT_MODEL", "Model", "load_model", "Relation", "build_prompts", "run", "Study"]

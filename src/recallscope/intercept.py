@@ -229,7 +229,7 @@ def analyse_intercept(
     in_domain = torch.isin(top.indices, domain)
     top_tokens = tuple(
         {"token": decode(int(i)), "token_id": int(i), "logit": float(v), "in_domain": bool(d)}
-        for i, v, d in zip(top.indices.tolist(), top.values.tolist(), in_domain.tolist())
+        for i, v, d in zip(top.indices.tolist(), top.values.tolist(), in_domain.tolist(), strict=True)
     )
     share = float(in_domain.float().mean())
     cos_b = float(_cos(b.expand(N, -1), diffs).mean())

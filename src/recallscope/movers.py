@@ -349,7 +349,7 @@ def find_movers(
     summaries = []
     for c, (l, h) in enumerate(track(candidates, "movers: OV circuits", total=C, enabled=progress)):
         ranks_all = ov_ranks(view, l, h, distinct_subject)
-        rank_of = dict(zip(distinct_subject.tolist(), ranks_all.tolist()))
+        rank_of = dict(zip(distinct_subject.tolist(), ranks_all.tolist(), strict=True))
         ov_x = torch.tensor([rank_of[int(t)] for t in distinct_x])
         effect = None if effects is None or (l, h) not in effects else float(effects[(l, h)])
         head_rows = pd.DataFrame(

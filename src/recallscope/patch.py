@@ -532,7 +532,7 @@ def with_corruptions(prompts: PromptSet, tokenizer, n_corruptions: int, min_prom
             f"patch needs at least {max(1, min_prompts)} prompts with a same-length corruption; "
             f"{len(kept)} of {len(prompts)} known prompts of {prompts.relation.name!r} have one"
         )
-    return kept, [c for c, k in zip(found, keep) if k], n_dropped
+    return kept, [c for c, k in zip(found, keep, strict=True) if k], n_dropped
 
 
 def prepare(model: Model, prompts: PromptSet, config: PatchConfig, progress: bool = False) -> Prepared:
@@ -646,7 +646,7 @@ def _batch_effects(view: ModelView, pb: PatchBatch, components: Sequence[Compone
 def effects_from_pi(prepared: Prepared, pis: Sequence[Tensor], mode: str) -> np.ndarray:
     """Per-prompt effects [n_prompts, C] from the per-batch π of ``engine_pi``."""
     effects = np.zeros((len(prepared.prompts), pis[0].shape[1] if pis else 0))
-    for pb, pi in zip(prepared.batches, pis):
+    for pb, pi in zip(prepared.batches, pis, strict=True):
         effects[pb.indices] = pb.effect_pct(pi, mode).double().cpu().numpy()
     return effects
 
@@ -654,7 +654,7 @@ def effects_from_pi(prepared: Prepared, pis: Sequence[Tensor], mode: str) -> np.
 def gather_pi(prepared: Prepared, pis: Sequence[Tensor]) -> np.ndarray:
     """The per-batch π of ``engine_pi`` as one [n_prompts, C] array in prompt order."""
     out = np.zeros((len(prepared.prompts), pis[0].shape[1] if pis else 0))
-    for pb, pi in zip(prepared.batches, pis):
+    for pb, pi in zip(prepared.batches, pis, strict=True):
         out[pb.indices] = pi.double().cpu().numpy()
     return out
 

@@ -220,7 +220,7 @@ def make_edits(
     """``view.trace`` edits that zero, mean-ablate or rescale the chosen components' writes."""
     cols = slice(-1, None) if config.positions == "end" else slice(None)
     by_site: dict[tuple[str, int], list[tuple[int | None, Tensor | None]]] = {}
-    for c, comp, keep in zip(range(len(comps)), comps, chosen):
+    for c, comp, keep in zip(range(len(comps)), comps, chosen, strict=True):
         if not keep:
             continue
         site = ("head_out", comp.layer) if comp.kind == "head" else ("mlp_out", comp.layer)

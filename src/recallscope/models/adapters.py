@@ -114,6 +114,7 @@ def _gpt2_config(hf) -> dict:
         act=_act_name(hf.activation_function),
         gated_mlp=False,
         positional="learned",
+        max_positions=hf.n_positions,
         d_mlp=hf.n_inner or 4 * hf.hidden_size,
         # scale_attn_weights=False leaves q·k unscaled (attn_scale 0 would mean the default)
         attn_scale=0.0 if getattr(hf, "scale_attn_weights", True) else 1.0,
@@ -137,6 +138,7 @@ def _opt_config(hf) -> dict:
         positional="learned",
         # OPTLearnedPositionalEmbedding looks position p up at row p + 2 (a fairseq legacy)
         learned_pos_offset=2,
+        max_positions=hf.max_position_embeddings,
         d_mlp=hf.ffn_dim,
     )
 

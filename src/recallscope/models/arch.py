@@ -50,6 +50,7 @@ class ArchConfig:
     sliding_window: tuple[int | None, ...] = ()  # per layer; None = global attention
     attn_softcap: float | None = None
     final_softcap: float | None = None
+    max_positions: int | None = None  # rows of a learned position table; None: no table (rotary)
 
     @property
     def group_size(self) -> int:

@@ -414,7 +414,7 @@ def overview(runs: list[Run], root: Path, page: Page) -> dict:
                     values[column] = None
         per_run.append(values)
     columns = [c for c, _, _ in FINDINGS if any(v.get(c) is not None for v in per_run)]
-    for row, values in zip(rows, per_run):
+    for row, values in zip(rows, per_run, strict=True):
         found.append({**row, "values": [values.get(c) for c in columns]})
     table = pd.DataFrame(
         {

@@ -73,7 +73,7 @@ class PromptSet:
     def subset(self, keep, reason: str | None = None) -> "PromptSet":
         """Keep prompts where ``keep`` (a bool sequence) is true; count the rest under ``reason``."""
         keep = list(keep)
-        kept = tuple(replace(p, index=i) for i, p in enumerate(p for p, k in zip(self.prompts, keep) if k))
+        kept = tuple(replace(p, index=i) for i, p in enumerate(p for p, k in zip(self.prompts, keep, strict=True) if k))
         dropped = dict(self.dropped)
         if reason is not None and len(kept) < len(self.prompts):
             dropped[reason] = dropped.get(reason, 0) + len(self.prompts) - len(kept)
