@@ -448,7 +448,7 @@ _ENV.filters.update(
     split_summary=split_summary,
     verdict_class=verdict_class,
 )
-_ENV.tests.update(records=is_records, problem=lambda v: isinstance(v, Problem))
+_ENV.tests.update(problem=lambda v: isinstance(v, Problem))
 _ENV.globals.update(TEXT_LIMIT=TEXT_LIMIT, LIST_LIMIT=LIST_LIMIT, ROW_LIMIT=ROW_LIMIT, PREVIEW_ROWS=PREVIEW_ROWS)
 
 
