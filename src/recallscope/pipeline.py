@@ -650,19 +650,23 @@ def execute_many(
     incomplete = []
     patch_frames: dict[tuple[str, int], Any] = {}
     order = resolve(targets, configs)
+    relation_of = dict(zip(relations, loaded, strict=True))
     for rel, k, run, sub, prompts, why in cells:
         log(f"— {rel}, {k}-shot" + (f" → {sub}" if sub else ""))
         if prompts is None:
             summary = {
                 "model": model.name,
                 "model_hash": model.model_hash,
-                "relation": _slug(rel),
+                "relation": relation_of[rel].name,
                 "shots": k,
                 "seed": base.seed,
                 "stages": {},
                 "not_measurable": {name: {"reason": why, "n_prompts": 0, "n_known": None} for name in order},
             }
             log(f"{rel}, {k}-shot: not measurable here ({why})")
+            if sub is not None:  # the cell's folder says why it is empty
+                RunDir(sub).create()
+                RunDir(sub).write_summary(summary)
         else:
             ctx, summary = execute(
                 run,

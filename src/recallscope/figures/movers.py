@@ -8,6 +8,7 @@ import math
 import pandas as pd
 import plotly.graph_objects as go
 
+from ..components import head_label
 from . import main_table
 
 
@@ -40,7 +41,7 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
             )
         )
         fig.update_layout(
-            title=f"L{h['layer']}H{h['head']} — {label}: r = {h['projection_corr']:.3f}, p = {h['projection_p_value']:.2g}",
+            title=f"{head_label(h['layer'], h['head'])} — {label}: r = {h['projection_corr']:.3f}, p = {h['projection_p_value']:.2g}",
             xaxis_title="attention from end to the subject tokens",
             yaxis_title="a[l,h] · W_U[X] (folded, centred)",
         )
@@ -53,7 +54,7 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
         fig = go.Figure(go.Bar(x=labels, y=ex["attention"], marker_color=colors))
         state = "mover" if ex["is_mover"] else "best candidate, not a mover"
         fig.update_layout(
-            title=f"Attention of L{ex['layer']}H{ex['head']} ({state}) from the end position, prompt {ex['prompt_index']} (subject in red)",
+            title=f"Attention of {head_label(ex['layer'], ex['head'])} ({state}) from the end position, prompt {ex['prompt_index']} (subject in red)",
             xaxis_title="key position",
             yaxis_title="attention probability",
         )
