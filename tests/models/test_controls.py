@@ -80,7 +80,7 @@ def test_controls_are_listed_and_loaded_offline(planted, random_model):
 def test_random_is_seeded(random_model):
     again = load_model("random")
     assert again.model_hash == random_model.model_hash
-    assert all(torch.equal(a, b) for a, b in zip(again.hf.parameters(), random_model.hf.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(again.hf.parameters(), random_model.hf.parameters(), strict=True))
 
 
 def test_planted_knows_every_fact(planted_study):
