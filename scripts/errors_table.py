@@ -148,8 +148,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "--layer negative (intercept)",
         ("intercept", "--layer", "-1"),
-        "--layer -1 out of range: the model has layers 0..29",
-        model=True,
+        "--layer -1 is not allowed: --layer must be an integer >= 0",
     ),
     Case(
         "--layers out of range (patch)",
@@ -163,7 +162,9 @@ CASES: tuple[Case, ...] = (
         "--layers [40] out of range: the model has layers 0..29",
         model=True,
     ),
-    Case("--solver unknown", ("decompose", "--solver", "adam"), "--solver must be lstsq or sgd, got 'adam'", model=True),
+    Case(
+        "--solver unknown", ("decompose", "--solver", "adam"), "--solver adam is not allowed: --solver must be one of lstsq, sgd"
+    ),
     Case("a flag the verb does not take", ("suppress", "--layer", "3"), "--layer does not apply to `recallscope suppress`"),
     Case("--set unknown setting", ("recall", "--set", "patch.nope=1"), "unknown setting(s) patch.nope"),
     Case("--set without =", ("recall", "--set", "patch.mode"), "--set expects key=value, got 'patch.mode'"),
@@ -385,7 +386,8 @@ report, lists the empty cells under `incomplete` in `summary.json`, prints one
 `recallscope: incomplete:` line and exits with code **3** (exit codes: 0 done, 1 a bug, 2 bad
 input, 3 an incomplete sweep, 130 interrupted). The only exception to "one line" is an error that can only be
 known after a stage ran (no prompt the model knows: the recall stage runs first and prints its
-progress line). Range checks on `--layer`, `--head` and `--layers` happen before any stage runs.
+progress line). Range checks on `--layer`, `--head` and `--layers` happen before any stage runs (a
+negative layer, an unknown choice or a value of the wrong type: before the model loads).
 A weight cache that fails its hash check is not an error: it is rebuilt from the GGUF file
 (exit 0, one note on stderr). `--out` "unwritable": the tests run as root, who can write
 anywhere a permission bit forbids, so the unwritable places are a path under a file and `/proc`.
