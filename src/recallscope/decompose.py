@@ -76,11 +76,14 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from .components import head_label, top_heads
 from .constraints import NON_NEGATIVE, POSITIVE, Interval
 from .errors import UserError
 from .models.view import ModelView
 from .progress import track
-from .tasks.prompts import Prompt, batches
+from .stats import assign_folds
+from .tasks.collect import collect
+from .tasks.prompts import Prompt
 
 RESID = "resid"
 
@@ -290,8 +293,8 @@ def fold_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
         raise UserError(f"decompose.folds must be >= 2, got {folds}")
     if n < 2 * folds:
         raise UserError(f"decompose: {n} prompts are too few for {folds}-fold cross-validation (need {2 * folds})")
-    order = np.random.default_rng(seed).permutation(n)
-    return [np.sort(part) for part in np.array_split(order, folds)]
+    fold = assign_folds(n, folds, seed)
+    return [np.flatnonzero(fold == f) for f in range(folds)]
 
 
 @dataclass(frozen=True)
@@ -362,7 +365,7 @@ class EndActivations:
         names, layers, heads, cols = [], [], [], []
         for l in head_layers:
             for h in range(H):
-                names.append(f"L{l}H{h}")
+                names.append(head_label(l, h))
                 layers.append(l)
                 heads.append(h)
                 cols.append(self.head_out[:, l, h])
@@ -384,18 +387,14 @@ def end_activations(view: ModelView, prompts: Sequence[Prompt], pad_id: int, bat
     prompts = list(prompts)
     if not prompts:
         raise UserError("decompose: no prompt to fit")
-    N = len(prompts)
     cfg = view.cfg
-    head_out = torch.zeros(N, cfg.n_layers, cfg.n_heads, cfg.d_model, device=view.device)
-    resid_pre = torch.zeros(N, cfg.n_layers, cfg.d_model, device=view.device)
-    mlp_out = torch.zeros_like(resid_pre)
-    groups = list(batches(prompts, pad_id, batch_size))
-    for indices, batch in track(groups, "decompose: activations", total=len(groups), enabled=progress):
+
+    def measure(indices, batch) -> dict[str, Tensor]:
         t = view.trace(batch.input_ids, batch.attention_mask, record=["head_out", "resid_pre", "mlp_out"])
-        idx = torch.as_tensor(indices, device=view.device)
-        head_out[idx] = t.head_out[:, 0].float()
-        resid_pre[idx] = t.resid_pre[:, 0].float()
-        mlp_out[idx] = t.mlp_out[:, 0].float()
+        return {"head_out": t.head_out[:, 0].float(), "resid_pre": t.resid_pre[:, 0].float(), "mlp_out": t.mlp_out[:, 0].float()}
+
+    got = collect(prompts, pad_id, batch_size, measure, "decompose: activations", progress)
+    head_out, resid_pre, mlp_out = got["head_out"], got["resid_pre"], got["mlp_out"]
     # b_O (Gemma's post-attention norm has no b_O, so the plain bias is right wherever it exists).
     bias = tuple(view.layer(l).b_O.float() if view.layer(l).b_O is not None else None for l in range(cfg.n_layers))
     return EndActivations(head_out, resid_pre, mlp_out, bool(cfg.parallel_residual), bias)
@@ -589,14 +588,14 @@ def strongest_head(movers_summary: dict | None, patch: pd.DataFrame | None) -> t
             return (0 if e is not None and math.isfinite(e) else 1, -abs(e) if e is not None and math.isfinite(e) else i)
         _, best = min(enumerate(movers), key=strength)
         return (int(best["layer"]), int(best["head"])), (
-            f"the strongest mover head L{best['layer']}H{best['head']}"
+            f"the strongest mover head {head_label(best['layer'], best['head'])}"
             + (f" (mean patching effect {best['effect']:.1f}%)" if best.get("effect") is not None else "")
         )
     if patch is not None and "kind" in patch and (patch["kind"] == "head").any():
-        mean = patch[patch["kind"] == "head"].groupby(["layer", "head"])["effect_pct"].mean()
-        (l, h) = mean.abs().idxmax()
-        return (int(l), int(h)), (
-            f"no head is a mover; the head with the largest |mean patching effect| is L{l}H{h} ({mean[(l, h)]:.1f}%)"
+        best = top_heads(patch, 1)
+        comp, effect = best.index[0], float(best.iloc[0])
+        return (comp.layer, comp.head), (
+            f"no head is a mover; the head with the largest |mean patching effect| is {comp.label} ({effect:.1f}%)"
         )
     raise UserError("decompose: no mover head and no patching result to choose a layer from; give --layer")
 

@@ -55,14 +55,16 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from .components import Component
 from .constraints import LEVEL, NON_NEGATIVE, POSITIVE, Interval, Options
 from .errors import UserError
 from .lens import answer_stats, logit_lens, recall_metric
 from .progress import track
+from .stats import assign_folds as stats_assign_folds
 from .stats import bootstrap_ci
 from .models import load_model
 from .recall import recall
-from .tasks import PromptSet, batches, build_prompts, load_relation
+from .tasks import PromptSet, batches, build_prompts, collect, load_relation
 
 MODES = ("zero", "mean", "scale")
 POPULATIONS = ("known", "unknown", "all")
@@ -93,17 +95,6 @@ class SuppressConfig:
 
 
 # ----------------------------------------------------------------------------- attribution
-@dataclass(frozen=True)
-class Component:
-    kind: str  # "head" or "mlp"
-    layer: int
-    head: int | None = None
-
-    @property
-    def name(self) -> str:
-        return f"L{self.layer}H{self.head}" if self.kind == "head" else f"L{self.layer} MLP"
-
-
 def direct_logit_attribution(view, writes: Tensor, resid_final: Tensor, answer_ids: Tensor) -> Tensor:
     """DLA [B, C] of writes [B, C, d] to Y: the linearised logit lens (at the prompt's real final
     residual [B, d]) read at Y minus its mean over the vocabulary."""
@@ -166,32 +157,42 @@ class _Clean:
 
     dla: np.ndarray  # [N, C] per candidate component
     layer_total: np.ndarray  # [N, n_attr_layers] DLA of attn_out + mlp_out of each attributed layer
-    writes: np.ndarray  # [N, C, d] the candidates' end-position writes (for mean-ablation)
+    writes: np.ndarray  # [N, C, d] the candidates' end-position writes at the edit site (for mean-ablation)
     stats: dict[str, np.ndarray]  # answer_stats of the real logits
 
 
 @torch.no_grad()
 def measure_clean(model, prompts: list, comps: list[Component], layers: list[int], batch_size: int, progress: bool = True) -> _Clean:
     view = model.view
-    N, C = len(prompts), len(comps)
-    d = model.cfg.d_model
-    dla = np.zeros((N, C))
-    layer_total = np.zeros((N, len(layers)))
-    writes = np.zeros((N, C, d), dtype=np.float32)
-    stats: dict[str, np.ndarray] = {}
-    groups = list(batches(prompts, model.tokenizer.pad_token_id, batch_size))
-    for indices, batch in track(groups, "suppress: attribution", total=len(groups), enabled=progress):
-        tr = view.trace(batch.input_ids, batch.attention_mask, record=["head_out", "mlp_out", "attn_out", "resid_final", "logits"])
+
+    def measure(indices, batch) -> dict:
+        tr = view.trace(batch.input_ids, batch.attention_mask, record=["head_out", "mlp_out", "attn_out", "resid_final", "logits"]
+                        + (["z"] if model.cfg.post_attn_norm else []))
         y = batch.answer_ids().to(view.device)
         w = torch.stack([tr.head_out[:, 0, c.layer, c.head] if c.kind == "head" else tr.mlp_out[:, 0, c.layer] for c in comps], dim=1)
+        if model.cfg.post_attn_norm:
+            # mean-ablation replaces a head's write at the trace's head_out edit site, which is
+            # before the post-attention norm (Gemma 3): the mean of those writes, not of the
+            # norm-scaled shares that DLA reads
+            edit_writes = torch.stack([
+                view.head_writes(c.layer, tr.z[:, 0, c.layer])[:, c.head] if c.kind == "head" else tr.mlp_out[:, 0, c.layer]
+                for c in comps
+            ], dim=1)
+        else:
+            edit_writes = w
         totals = torch.stack([tr.attn_out[:, 0, l] + tr.mlp_out[:, 0, l] for l in layers], dim=1)
         rf = tr.resid_final[:, 0]
-        dla[indices] = direct_logit_attribution(view, w, rf, y).cpu().numpy()
-        layer_total[indices] = direct_logit_attribution(view, totals, rf, y).cpu().numpy()
-        writes[indices] = w.float().cpu().numpy()
-        for k, v in answer_stats(tr.logits[:, 0], y).items():
-            stats.setdefault(k, np.zeros(N, dtype=v.cpu().numpy().dtype))[indices] = v.cpu().numpy()
-    return _Clean(dla, layer_total, writes, stats)
+        out = {
+            "dla": direct_logit_attribution(view, w, rf, y).cpu().numpy().astype(np.float64),
+            "layer_total": direct_logit_attribution(view, totals, rf, y).cpu().numpy().astype(np.float64),
+            "writes": edit_writes.float().cpu().numpy(),
+        }
+        out.update({f"stats.{k}": v.cpu().numpy() for k, v in answer_stats(tr.logits[:, 0], y).items()})
+        return out
+
+    got = collect(prompts, model.tokenizer.pad_token_id, batch_size, measure, "suppress: attribution", progress)
+    stats = {k.removeprefix("stats."): v for k, v in got.items() if k.startswith("stats.")}
+    return _Clean(got["dla"], got["layer_total"], got["writes"], stats)
 
 
 def summarise_dla(values: np.ndarray, config: SuppressConfig) -> dict:
@@ -248,18 +249,17 @@ def make_edits(
 def evaluate(model, prompts: list, edits: dict, before_top1: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
     """answer_stats after the edits, plus p of each prompt's *unedited* top-1 token."""
     view = model.view
-    N = len(prompts)
-    out: dict[str, np.ndarray] = {}
-    for indices, batch in batches(prompts, model.tokenizer.pad_token_id, batch_size):
+
+    def measure(indices, batch) -> dict:
         tr = view.trace(batch.input_ids, batch.attention_mask, record=["logits"], edits=edits)
         logits = tr.logits[:, 0].float()
         y = batch.answer_ids().to(view.device)
         stats = answer_stats(logits, y)
         prev = torch.as_tensor(before_top1[indices], device=view.device)
         stats["p_before_top1"] = torch.softmax(logits, -1).gather(-1, prev[:, None]).squeeze(-1)
-        for k, v in stats.items():
-            out.setdefault(k, np.zeros(N, dtype=v.cpu().numpy().dtype))[indices] = v.cpu().numpy()
-    return out
+        return {k: v.cpu().numpy() for k, v in stats.items()}
+
+    return collect(prompts, model.tokenizer.pad_token_id, batch_size, measure)
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
@@ -295,17 +295,9 @@ def calibration_metrics(rows: pd.DataFrame, bins: int) -> dict:
 
 
 def assign_folds(subjects: Sequence[str], folds: int, by_subject: bool, seed: int) -> np.ndarray:
-    """[N] fold of each prompt; whole subjects go to one fold when ``by_subject`` (and possible)."""
-    rng = np.random.default_rng(seed)
-    unique = sorted(set(subjects))
-    if by_subject and len(unique) >= folds:
-        order = rng.permutation(len(unique))
-        fold_of = {unique[i]: r % folds for r, i in enumerate(order)}
-        return np.array([fold_of[s] for s in subjects], dtype=int)
-    order = rng.permutation(len(subjects))
-    out = np.zeros(len(subjects), dtype=int)
-    out[order] = np.arange(len(subjects)) % folds
-    return out
+    """[N] fold of each prompt; whole subjects go to one fold when ``by_subject`` (and possible)
+    — :func:`recallscope.stats.assign_folds`, the one fold assignment."""
+    return stats_assign_folds(len(subjects), folds, seed, groups=list(subjects) if by_subject else None)
 
 
 # ----------------------------------------------------------------------------- result
@@ -423,7 +415,7 @@ def suppress(
     components = []
     for c, comp in enumerate(comps):
         components.append({
-            "component": comp.name, "kind": comp.kind, "layer": comp.layer, "head": comp.head,
+            "component": comp.label, "kind": comp.kind, "layer": comp.layer, "head": comp.head,
             **summarise_dla(kdla[:, c], config), "is_suppressor": bool(chosen_all[c]),
         })
     layer_totals = [{"layer": l, **summarise_dla(clean.layer_total[is_known, i], config)} for i, l in enumerate(total_layers)]
@@ -447,7 +439,7 @@ def suppress(
         chosen = choose_suppressors(clean.dla[select], config.threshold_share)
         if mode == config.modes[0]:
             fold_suppressors.append({"fold": f, "n_selection": int(select.sum()), "n_held_out": int(len(held)),
-                                     "suppressors": [comps[c].name for c in np.flatnonzero(chosen)]})
+                                     "suppressors": [comps[c].label for c in np.flatnonzero(chosen)]})
         if len(held) == 0:
             continue
         mean_writes = clean.writes[fold != f].mean(0) if mode == "mean" else None
@@ -474,7 +466,7 @@ def suppress(
         "prompt_index": np.repeat(local_index[kidx], len(comps)),
         "subject": np.repeat(np.array(base["subject"], dtype=object)[kidx], len(comps)),
         "fold": np.repeat(fold[kidx], len(comps)),
-        "component": [c.name for c in comps] * len(kidx),
+        "component": [c.label for c in comps] * len(kidx),
         "layer": [c.layer for c in comps] * len(kidx),
         "head": pd.array([c.head for c in comps] * len(kidx), dtype="Int64"),
         "dla": kdla.reshape(-1),
