@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from recallscope.suppress import SuppressConfig, sweep, sweep_figure
+from recallscope.figures.suppress import sweep_figure
+from recallscope.suppress import SuppressConfig, sweep
 
 BUILTIN = ["country_capital", "country_language", "country_currency", "landmark_country", "city_country",
            "company_headquarters", "person_sport"]

@@ -124,14 +124,25 @@ CASES: tuple[Case, ...] = (
         model=True,
     ),
     # issue 16 (classes D and "also seen"): templates parsed with str.format's grammar; the real cause of too few samples
-    Case("relation: template with only literal braces", ("recall", "--relation", "braces.json"),
-         "must contain exactly one '{}' for the subject (it has 0)",
-         files={"braces.json": REL([("France", "Paris")], ("Capital of {{}} is",))}),
-    Case("relation: template with a named field", ("recall", "--relation", "named.json"), "has the field '{note}'",
-         files={"named.json": REL([("France", "Paris")], ("{note} The capital of {} is",))}),
-    Case("--shots where every answer shares its first token", ("recall", "--shots", "1", "--relation", "years.json"),
-         "it has 0 of 3 (answer_first_token_shared: 3; every answer starts with the token",
-         files={"years.json": SHARED_FIRST_TOKEN}, model=True),
+    Case(
+        "relation: template with only literal braces",
+        ("recall", "--relation", "braces.json"),
+        "must contain exactly one '{}' for the subject (it has 0)",
+        files={"braces.json": REL([("France", "Paris")], ("Capital of {{}} is",))},
+    ),
+    Case(
+        "relation: template with a named field",
+        ("recall", "--relation", "named.json"),
+        "has the field '{note}'",
+        files={"named.json": REL([("France", "Paris")], ("{note} The capital of {} is",))},
+    ),
+    Case(
+        "--shots where every answer shares its first token",
+        ("recall", "--shots", "1", "--relation", "years.json"),
+        "it has 0 of 3 (answer_first_token_shared: 3; every answer starts with the token",
+        files={"years.json": SHARED_FIRST_TOKEN},
+        model=True,
+    ),
     Case("--shots negative", ("recall", "--shots", "-1"), "--shots must be >= 0, got -1"),
     Case("--shots not a number", ("run", "--shots", "0,a"), "cannot read '0,a' as a comma-separated list of int"),
     Case("--max-prompts 0", ("recall", "--max-prompts", "0"), "--max-prompts must be >= 1, got 0"),
@@ -157,8 +168,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "--layer negative (intercept)",
         ("intercept", "--layer", "-1"),
-        "--layer -1 out of range: the model has layers 0..29",
-        model=True,
+        "--layer -1 is not allowed: --layer must be an integer >= 0",
     ),
     Case(
         "--layers out of range (patch)",
@@ -172,7 +182,9 @@ CASES: tuple[Case, ...] = (
         "--layers [40] out of range: the model has layers 0..29",
         model=True,
     ),
-    Case("--solver unknown", ("decompose", "--solver", "adam"), "--solver must be lstsq or sgd, got 'adam'", model=True),
+    Case(
+        "--solver unknown", ("decompose", "--solver", "adam"), "--solver adam is not allowed: --solver must be one of lstsq, sgd"
+    ),
     Case("a flag the verb does not take", ("suppress", "--layer", "3"), "--layer does not apply to `recallscope suppress`"),
     Case("--set unknown setting", ("recall", "--set", "patch.nope=1"), "unknown setting(s) patch.nope"),
     Case("--set without =", ("recall", "--set", "patch.mode"), "--set expects key=value, got 'patch.mode'"),
@@ -394,7 +406,8 @@ report, lists the empty cells under `incomplete` in `summary.json`, prints one
 `recallscope: incomplete:` line and exits with code **3** (exit codes: 0 done, 1 a bug, 2 bad
 input, 3 an incomplete sweep, 130 interrupted). The only exception to "one line" is an error that can only be
 known after a stage ran (no prompt the model knows: the recall stage runs first and prints its
-progress line). Range checks on `--layer`, `--head` and `--layers` happen before any stage runs.
+progress line). Range checks on `--layer`, `--head` and `--layers` happen before any stage runs (a
+negative layer, an unknown choice or a value of the wrong type: before the model loads).
 A weight cache that fails its hash check is not an error: it is rebuilt from the GGUF file
 (exit 0, one note on stderr). `--out` "unwritable": the tests run as root, who can write
 anywhere a permission bit forbids, so the unwritable places are a path under a file and `/proc`.

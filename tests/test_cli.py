@@ -101,7 +101,7 @@ def test_stage_flags_go_to_the_verbs_stage():
         "decompose.solver": "sgd",
     }
     assert _flag_overrides("movers", {"layer": 23, "head": 4}, STAGES) == {"movers.layer": 23, "movers.head": 4}
-    assert _flag_overrides("patch", {"layers": [1, 2]}, STAGES) == {"patch.layers": [1, 2]}
+    assert _flag_overrides("patch", {"layers": [1, 2]}, STAGES) == {"patch.layers": (1, 2)}
     assert _flag_overrides("intercept", {"layer": 20, "top_k": 5}, STAGES) == {"decompose.layer": 20, "intercept.top_k": 5}
 
 

@@ -16,7 +16,6 @@ from recallscope.decompose import (
     cross_validate,
     decompose,
     end_activations,
-    figures,
     fit_lstsq,
     fit_sgd,
     fold_indices,
@@ -27,6 +26,7 @@ from recallscope.decompose import (
     verdict,
 )
 from recallscope.errors import UserError
+from recallscope.figures.decompose import figures
 
 
 def synthetic(n=120, k=5, d=48, noise=1e-3, seed=0):

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from recallscope.intercept import InterceptConfig, analyse_intercept, domain_share, figures
+from recallscope.figures.intercept import figures
+from recallscope.intercept import InterceptConfig, analyse_intercept, domain_share
 
 
 def test_domain_share_counts_top_k_tokens_in_the_domain():
@@ -53,6 +54,6 @@ def test_answer_direction_intercept_beats_random_and_last_layer_redirect_equals_
     again = analyse_intercept(view, ps.prompts, b, last, ps.answer_ids, cfg, seed=0, pad_id=tok.pad_token_id,
                               progress=False)
     assert (again.baseline_share == res.baseline_share).all()
-    figs = figures(res.frame, s)
+    figs = figures(res.tables(), s)
     assert len(figs) == 2
     assert sum(t["in_domain"] for t in s["top_tokens"]) == round(1 * s["answer_domain_share"])

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from recallscope.errors import UserError
+from recallscope.figures.movers import figures
 from recallscope.models.arch import ArchConfig, LayerWeights, Norm, Weights
 from recallscope.models.view import ModelView
 from recallscope.movers import (
     MoversConfig,
     all_heads,
     candidates_for,
-    figures,
     find_movers,
     ov_vector,
 )
@@ -189,7 +189,7 @@ def test_candidate_selection_and_bad_input():
 
 def test_figures_rebuild_from_table_and_summary():
     result = find_movers(hand_built_model(), token_prompts(), all_heads(L, H), MoversConfig(), pad_id=PAD, progress=False)
-    figs = figures(result.to_frame(), result.to_dict())
+    figs = figures(result.tables(), result.to_dict())
     assert len(figs) == 2  # one scatter (one mover) + the example attention
     scatter = figs[0]
     assert "L1H3" in scatter.layout.title.text

@@ -14,6 +14,7 @@ from helpers.tiny import PAD, VOCAB, left_pad, random_prompts, tiny_model
 from recallscope import patch as P
 from recallscope.cli import main
 from recallscope.errors import UserError
+from recallscope.figures import patch as patch_figures
 from recallscope.models.adapters import extract
 from recallscope.lens import recall_metric
 from recallscope.models.view import ModelView
@@ -246,7 +247,7 @@ def test_patch_stage_table_summary_and_attribution_agreement(smollm2):
     assert top[0]["effect"] == pytest.approx(means[top[0]["component"]])
     assert summary["attribution"]["spearman"] > 0.5
     assert summary["attribution"]["top10_overlap"] >= 3
-    assert len(P.figures(frame, summary)[0].data[0].y) == 10  # 9 heads + MLP
+    assert len(patch_figures.figures({"patch": frame}, summary)[0].data[0].y) == 10  # 9 heads + MLP
 
 
 @pytest.mark.slow

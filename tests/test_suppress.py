@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from recallscope.errors import UserError
+from recallscope.figures.suppress import figures
 from recallscope.suppress import (
     Component,
     SuppressConfig,
@@ -12,7 +13,6 @@ from recallscope.suppress import (
     calibration_metrics,
     choose_suppressors,
     expected_calibration_error,
-    figures,
     make_edits,
     resolve_layers,
     suppress,
@@ -146,7 +146,7 @@ def test_suppress_on_real_model_identities(smollm2):
     dla = frame
     l29h0 = next(c for c in d["components"] if c["component"] == "L29H0")
     assert dla[dla["component"] == "L29H0"]["dla"].mean() == pytest.approx(l29h0["mean_dla"])
-    assert len(figures(frame, d)) == 2
+    assert len(figures(res.tables(), d)) == 2
 
     # Rescaling by 1 changes nothing: after equals before on every held-out prompt.
     same = suppress(smollm2, known, unknown, SuppressConfig(modes=("scale",), scale_factor=1.0, n_bootstrap=200), progress=False)

@@ -34,9 +34,11 @@ from typing import ClassVar
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 
 from .components import head_effects, head_label
 from .constraints import LEVEL, NON_NEGATIVE, POSITIVE, PROBABILITY, Interval, Options
+from .figures import claims as claims_figures
 from .stats import bootstrap_ci, bootstrap_ci_samples, pearson
 
 HOLDS = "holds"
@@ -286,27 +288,6 @@ class ClaimsResult:
     def to_dict(self) -> dict:
         return {"claims": [asdict(c) for c in self.claims], "config": asdict(self.config)}
 
-    def plot(self):
-        return figures(self.to_frame(), self.to_dict())[0]
-
-
-def figures(frame: pd.DataFrame, summary: dict) -> list:
-    """Each measurable claim's figure with its interval, coloured by verdict."""
-    import plotly.graph_objects as go
-
-    colours = {HOLDS: "#2e7d32", FAILS: "#c62828", NOT_MEASURABLE: "#9e9e9e"}
-    rows = frame.dropna(subset=["value"])
-    fig = go.Figure()
-    for _, r in rows.iterrows():
-        err_plus = (r["ci_high"] - r["value"]) if pd.notna(r["ci_high"]) else None
-        err_minus = (r["value"] - r["ci_low"]) if pd.notna(r["ci_low"]) else None
-        fig.add_trace(go.Scatter(
-            x=[r["value"]], y=[r["claim"]], mode="markers", marker=dict(size=12, color=colours.get(r["verdict"], "#555")),
-            error_x=dict(type="data", symmetric=False, array=[err_plus or 0], arrayminus=[err_minus or 0]),
-            name=r["verdict"], showlegend=False, hovertext=r["measure"],
-        ))
-    fig.update_layout(title="The paper's claims on this run (figure and 95% interval; colour = verdict)",
-                      xaxis_title="measured figure (see each row's measure)", height=120 + 60 * max(1, len(rows)),
-                      margin=dict(l=20, r=20, t=60, b=40))
-    fig.update_yaxes(automargin=True)
-    return [fig]
+    def plot(self) -> go.Figure:
+        """Each measurable claim's figure with its interval (the first of :func:`recallscope.figures.claims.figures`)."""
+        return claims_figures.figures(self.tables(), self.to_dict())[0]

@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .constraints import coerce
 from .errors import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USER, UserError
 
 app = typer.Typer(
@@ -113,10 +114,13 @@ def _flag_overrides(stage: str, flags: dict[str, Any], stages: dict) -> dict[str
         if value is None:
             continue
         target = stages[stage].flags.get(name)
+        flag = f"--{name.replace('_', '-')}"
         if target is None:
             verbs = ", ".join(s.name for s in stages.values() if name in s.flags)
-            raise UserError(f"--{name.replace('_', '-')} does not apply to `recallscope {stage}` (it applies to: {verbs})")
-        out[target] = value
+            raise UserError(f"{flag} does not apply to `recallscope {stage}` (it applies to: {verbs})")
+        owner, _, field_name = target.partition(".")
+        # checked here, so the message names the flag the user typed
+        out[target] = coerce(stages[owner].config_type, field_name, value, setting=flag, flag=True)
     return out
 
 

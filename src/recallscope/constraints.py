@@ -152,11 +152,12 @@ def _scalar(tp, value):
     raise TypeError(f"no parser for settings of type {tp!r}")
 
 
-def coerce(config_type: type, name: str, value: Any, setting: str | None = None) -> Any:
+def coerce(config_type: type, name: str, value: Any, setting: str | None = None, flag: bool = False) -> Any:
     """``value`` parsed to the type of field ``name`` of ``config_type`` and checked against its constraint.
 
-    ``setting`` names the value in the error (default ``name``). Raises UserError: one line with the
-    setting, the value and what is allowed.
+    ``setting`` names the value in the error (default ``name``); ``flag``: it is a CLI flag
+    (``--layer -1``), not a ``--set`` setting. Raises UserError: one line with the setting, the
+    value and what is allowed.
     """
     setting = setting or name
     tp, optional = _unwrap_optional(_hints(config_type)[name])
@@ -164,11 +165,12 @@ def coerce(config_type: type, name: str, value: Any, setting: str | None = None)
     allowed = _kind(tp) + (f" {constraint.describe()}" if isinstance(constraint, Interval) else "")
     if isinstance(constraint, Options):
         allowed = constraint.describe() if typing.get_origin(tp) is not tuple else f"a list of: {constraint.describe()}"
-    if optional:
+    if optional and not flag:
         allowed += ", or null"
+    given = f"{setting} {_show(value)}" if flag else f"{setting}={_show(value)}"
 
     def refuse() -> UserError:
-        return UserError(f"{setting}={_show(value)} is not allowed: {setting} must be {allowed}")
+        return UserError(f"{given} is not allowed: {setting} must be {allowed}")
 
     if value is None or (optional and isinstance(value, str) and value.strip().lower() in ("none", "null")):
         if optional:

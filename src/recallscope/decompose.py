@@ -65,7 +65,6 @@ Quality of the fit
 
 from __future__ import annotations
 
-import html
 import math
 import time
 from dataclasses import dataclass, field
@@ -73,12 +72,14 @@ from typing import ClassVar, Literal, Sequence
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
 from .components import head_label, top_heads
 from .constraints import NON_NEGATIVE, POSITIVE, Interval
 from .errors import UserError
+from .figures import decompose as decompose_figures
 from .models.view import ModelView
 from .progress import track
 from .stats import assign_folds
@@ -517,8 +518,9 @@ class DecomposeResult:
             out["sweep"] = [{k: (int(v) if k == "layer" else float(v)) for k, v in rec.items()} for rec in self.sweep.to_dict("records")]
         return out
 
-    def plot(self) -> list:
-        return figures(self.tables(), self.to_dict())
+    def plot(self) -> go.Figure:
+        """The coefficients with their CV spread (the first of :func:`recallscope.figures.decompose.figures`)."""
+        return decompose_figures.figures(self.tables(), self.to_dict())[0]
 
 
 def intercept_from_table(table: pd.DataFrame) -> tuple[int, np.ndarray]:
@@ -626,47 +628,3 @@ def choose_layer(config: DecomposeConfig, n_layers: int, mlp_reads_own_heads: bo
     (hl, hh), why = strongest_head(movers_summary, patch)
     layer = mlp_after(hl, mlp_reads_own_heads, n_layers)
     return layer, f"MLP {layer}, the MLP after {why}"
-
-
-# ----------------------------------------------------------------------------- figures
-def figures(tables: dict[str, pd.DataFrame] | pd.DataFrame, summary: dict) -> list:
-    """Coefficients with their CV spread (error bars: ±1 std over folds); the per-layer R² of the
-    sweep; the SGD loss against the exact loss (from the ``sgd_trace`` table, when ``tables`` is
-    the dict of :meth:`DecomposeResult.tables`; the main table alone has no trace)."""
-    import plotly.graph_objects as go
-
-    trace = tables.get("sgd_trace") if isinstance(tables, dict) else None
-
-    figs = []
-    coefs = summary.get("coefficients", [])
-    if coefs:
-        colour = {"amplified": "crimson", "attenuated": "steelblue", "reversed": "darkorange"}
-        fig = go.Figure(go.Bar(
-            x=[html.escape(c["regressor"]) for c in coefs], y=[c["coef"] for c in coefs],
-            error_y={"type": "data", "array": [c["cv_std"] for c in coefs]},
-            marker_color=[colour[c["verdict"]] for c in coefs],
-            hovertext=[f"{c['verdict']}; CV {c['cv_mean']:.3f} ± {c['cv_std']:.3f}" for c in coefs],
-        ))
-        fig.add_hline(y=1.0, line_dash="dot")
-        fig.add_hline(y=0.0)
-        fig.update_layout(
-            title=(f"MLP {summary['layer']} ≈ Σ c·a + c_r·r + b ({summary['solver']}): coefficients, ±1 std over "
-                   f"{summary.get('folds', 4)} folds — R² {summary['r2']:.3f}, CV R² {summary['cv_r2']:.3f}"),
-            xaxis_title="regressor", yaxis_title="coefficient (red: amplified, blue: attenuated, orange: reversed)",
-        )
-        figs.append(fig)
-    sweep = summary.get("sweep")
-    if sweep:
-        fig = go.Figure()
-        fig.add_trace(go.Scatter(x=[s["layer"] for s in sweep], y=[s["r2"] for s in sweep], name="R² (in sample)"))
-        fig.add_trace(go.Scatter(x=[s["layer"] for s in sweep], y=[s["cv_r2"] for s in sweep], name="CV R² (held out)"))
-        fig.update_layout(title="How linear each MLP is in its heads: R² per layer (lstsq)", xaxis_title="MLP layer", yaxis_title="R²")
-        figs.append(fig)
-    if trace is not None and len(trace) and summary.get("sgd"):
-        fig = go.Figure(go.Scatter(x=trace["step"], y=trace["loss"], name="SGD loss (standardised units)"
-                                   if summary["sgd"].get("standardise") else "SGD loss"))
-        fig.update_layout(title=f"SGD ({'converged' if summary['sgd']['converged'] else 'NOT converged'}), "
-                                f"final loss {summary['sgd']['loss']:.4g} vs exact {summary['sgd']['lstsq_loss']:.4g}",
-                          xaxis_title="step", yaxis_title="loss", yaxis_type="log")
-        figs.append(fig)
-    return figs

@@ -32,17 +32,18 @@ a residual stream that holds the subject ("France"), it moves the stream towards
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
 from .constraints import LEVEL, POSITIVE
 from .errors import UserError
+from .figures import intercept as intercept_figures
 from .lens import logit_lens, token_direction, token_rank
 from .models.view import ModelView
 from .tasks.collect import collect
@@ -135,8 +136,9 @@ class InterceptResult:
                      "redirect: the normalised lens (each state read as the final residual), ranks 0 = top"),
         }
 
-    def plot(self) -> list:
-        return figures(self.frame, self.to_dict())
+    def plot(self) -> go.Figure:
+        """The logit lens of the intercept: top tokens (the first of :func:`recallscope.figures.intercept.figures`)."""
+        return intercept_figures.figures(self.tables(), self.to_dict())[0]
 
 
 def _cos(a: Tensor, b: Tensor) -> Tensor:
@@ -240,41 +242,6 @@ def analyse_intercept(
         baseline_cos=torch.cat(base_cos).numpy(), answer_domain_size=int(len(domain)), vocab_size=int(V),
         intercept_norm=norm_b, config=config,
     )
-
-
-# ----------------------------------------------------------------------------- figures
-def figures(frame: pd.DataFrame, summary: dict) -> list:
-    """The intercept's top tokens (answer-domain tokens in red) and the redirect test's ranks."""
-    import plotly.graph_objects as go
-
-    figs = []
-    tokens = summary.get("top_tokens", [])
-    if tokens:
-        base = summary["answer_domain_baseline"]
-        fig = go.Figure(go.Bar(
-            x=[f"{i}:{html.escape(repr(t['token']))}" for i, t in enumerate(tokens)], y=[t["logit"] for t in tokens],
-            marker_color=["crimson" if t["in_domain"] else "steelblue" for t in tokens],
-        ))
-        fig.update_layout(
-            title=(f"Logit lens of the intercept b of MLP {summary['layer']}: answer-domain share "
-                   f"{summary['answer_domain_share']:.2f} (random directions: {base['mean']:.3f}, "
-                   f"{100 * base['level']:.0f}% [{base['low']:.2f}, {base['high']:.2f}])"),
-            xaxis_title="top tokens (red: first token of an answer of the relation)", yaxis_title="logit (linearised lens)",
-        )
-        figs.append(fig)
-    red = summary.get("redirect")
-    if red:
-        labels = {"r_mid": "r_mid[l]", "r_mid_plus_b": "r_mid[l] + b", "r_mid_plus_m": "r_mid[l] + m[l]"}
-        fig = go.Figure()
-        for tok, key in (("Y (answer)", "median_rank_Y"), ("X (subject)", "median_rank_X")):
-            fig.add_trace(go.Bar(name=tok, x=[labels[p] for p in POINTS], y=[1 + red[p][key] for p in POINTS]))
-        fig.update_layout(
-            barmode="group", yaxis_type="log", title="Redirect test: median rank + 1 of Y and X in the logit lens "
-            + ", ".join(f"{labels[p]}: Y above X in {100 * red[p]['share_Y_above_X']:.0f}%" for p in POINTS),
-            yaxis_title="median rank + 1 (log; lower is better)",
-        )
-        figs.append(fig)
-    return figs
 
 
 def check_config(config: InterceptConfig, model=None) -> None:

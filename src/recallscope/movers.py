@@ -49,18 +49,19 @@ regularised incomplete beta function (computed here; no SciPy dependency).
 
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Literal, Mapping, Sequence
 
 import pandas as pd
+import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
 from .components import head_label, top_heads
 from .constraints import NON_NEGATIVE, POSITIVE, PROBABILITY, Interval
 from .errors import UserError
+from .figures import movers as movers_figures
 from .lens import logit_lens, token_direction, token_rank
 from .models.view import ModelView
 from .progress import track
@@ -179,8 +180,9 @@ class MoversResult:
             "example": self.example,
         }
 
-    def plot(self) -> list:
-        return figures(self.frame, self.to_dict())
+    def plot(self) -> go.Figure:
+        """The first head's attention against projection scatter (the first of :func:`recallscope.figures.movers.figures`)."""
+        return movers_figures.figures(self.tables(), self.to_dict())[0]
 
 
 def _head_summary(rows: pd.DataFrame, ov_x: Tensor, ov_all: Tensor, effect: float | None, cfg: MoversConfig) -> dict:
@@ -385,45 +387,3 @@ def movers(model, prompts, config: MoversConfig = MoversConfig(), patch: pd.Data
         model.view, list(prompts.prompts), candidates, config, pad_id=tok.pad_token_id, effects=effects,
         decode=lambda t: tok.decode([t]), selection=selection, progress=progress,
     )
-
-
-# ----------------------------------------------------------------------------- figures
-def figures(frame: pd.DataFrame, summary: dict) -> list:
-    """The scatter of attention vs projection for each mover head (or, when there is none, for
-    the three candidates with the highest r, titled as not movers), and the example attention."""
-    import plotly.graph_objects as go
-
-    figs = []
-    heads = summary.get("heads", [])
-    shown = [h for h in heads if h["is_mover"]]
-    if not shown:
-        ok = [h for h in heads if h["projection_corr"] is not None and math.isfinite(h["projection_corr"])]
-        shown = sorted(ok, key=lambda h: -h["projection_corr"])[:3]
-    for h in shown:
-        rows = frame[(frame["layer"] == h["layer"]) & (frame["head"] == h["head"])]
-        label = "mover" if h["is_mover"] else "not a mover (" + ", ".join(h["failed"]) + ")"
-        fig = go.Figure(
-            go.Scatter(
-                x=rows["attention_to_subject"], y=rows["projection"], mode="markers",
-                text=[html.escape(str(s)) for s in rows["subject"]], hovertemplate="%{text}<br>attn %{x:.3f}<br>proj %{y:.3f}",
-            )
-        )
-        fig.update_layout(
-            title=f"{head_label(h['layer'], h['head'])} — {label}: r = {h['projection_corr']:.3f}, p = {h['projection_p_value']:.2g}",
-            xaxis_title="attention from end to the subject tokens",
-            yaxis_title="a[l,h] · W_U[X] (folded, centred)",
-        )
-        figs.append(fig)
-    ex = summary.get("example")
-    if ex:
-        lo, hi = ex["subject_span"]
-        labels = [f"{i}:{html.escape(t)}" for i, t in enumerate(ex["tokens"])]
-        colors = ["crimson" if lo <= i < hi else "steelblue" for i in range(len(labels))]
-        fig = go.Figure(go.Bar(x=labels, y=ex["attention"], marker_color=colors))
-        state = "mover" if ex["is_mover"] else "best candidate, not a mover"
-        fig.update_layout(
-            title=f"Attention of {head_label(ex['layer'], ex['head'])} ({state}) from the end position, prompt {ex['prompt_index']} (subject in red)",
-            xaxis_title="key position", yaxis_title="attention probability",
-        )
-        figs.append(fig)
-    return figs

@@ -56,12 +56,14 @@ from typing import Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
 from .components import Component, component_columns
 from .constraints import NON_NEGATIVE, POSITIVE, Options
 from .errors import UserError
+from .figures import patch as patch_figures
 from .lens import recall_metric
 from .models import Model
 from .models.view import ModelView, position_ids_from_mask
@@ -686,36 +688,9 @@ class PatchResult:
             out["attribution"] = agreement
         return out
 
-    def plot(self):
-        return figures(self.to_frame(), self.to_dict())[0]
-
-
-def figures(frame: pd.DataFrame, summary: dict) -> list:
-    """The layer × head heatmap of mean effects (plus an MLP row and a RES row when patched)."""
-    import plotly.graph_objects as go
-
-    means = frame.groupby(["kind", "layer", "head"], sort=True, dropna=False)["effect_pct"].mean().reset_index()
-    layers = sorted(means["layer"].unique())
-    heads = sorted(means.loc[means["kind"] == "head", "head"].unique())
-    rows = [f"H{h}" for h in heads]
-    kinds = [k for k in ("mlp", "resid") if (means["kind"] == k).any()]
-    rows += [{"mlp": "MLP", "resid": "RES"}[k] for k in kinds]
-    z = np.full((len(rows), len(layers)), np.nan)
-    col = {layer: i for i, layer in enumerate(layers)}
-    for r in means.itertuples():
-        row = heads.index(r.head) if r.kind == "head" else len(heads) + kinds.index(r.kind)
-        z[row, col[r.layer]] = r.effect_pct
-    limit = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
-    fig = go.Figure(go.Heatmap(
-        z=z, x=[str(layer) for layer in layers], y=rows, colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit,
-        colorbar={"title": "effect %"}, hovertemplate="layer %{x}, %{y}: %{z:.2f}%<extra></extra>",
-    ))
-    mode = summary.get("mode", "noise")
-    fig.update_layout(
-        title=f"Activation patching ({mode}) at the end position: mean % change of π(Y)",
-        xaxis_title="layer", yaxis_title="component", yaxis={"autorange": "reversed"},
-    )
-    return [fig]
+    def plot(self) -> go.Figure:
+        """The layer × head heatmap of mean effects (the first of :func:`recallscope.figures.patch.figures`)."""
+        return patch_figures.figures(self.tables(), self.to_dict())[0]
 
 
 # --------------------------------------------------------------------------- the stage

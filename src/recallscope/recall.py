@@ -12,10 +12,12 @@ from typing import ClassVar
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import torch
 
 from .constraints import POSITIVE
 from .errors import UserError
+from .figures import recall as recall_figures
 from .lens import answer_stats
 from .models import Model
 from .tasks import PromptSet, collect
@@ -75,16 +77,9 @@ class RecallResult:
             "known_rule": f"rank(Y) < {self.config.known_top_k}",
         }
 
-    def plot(self):
-        import plotly.express as px
-
-        f = self.frame
-        fig = px.histogram(
-            f, x="p_answer", color="known", nbins=40, barmode="overlay",
-            title=f"p(answer) — {self.prompts.relation.name}, {self.prompts.shots}-shot",
-            labels={"p_answer": "p(Y) at the end position"},
-        )
-        return fig
+    def plot(self) -> go.Figure:
+        """p(Y) of the known and the unknown prompts (the first of :func:`recallscope.figures.recall.figures`)."""
+        return recall_figures.figures(self.tables(), self.to_dict())[0]
 
 
 @torch.no_grad()
@@ -126,37 +121,3 @@ def recall(model: Model, prompts: PromptSet, config: RecallConfig = RecallConfig
     frame["correct"] = frame["rank_answer"] == 0
     frame["known"] = frame["rank_answer"] < config.known_top_k
     return RecallResult(prompts=prompts, frame=frame, config=config)
-
-
-def figures(frame: pd.DataFrame, summary: dict) -> list:
-    """The report's plots: p(Y) for known vs unknown prompts, and mean p(Y) per subject.
-
-    Subjects are data: they are HTML-escaped (plotly reads text as a small HTML dialect) and
-    shortened so a 5,000-character subject cannot swamp the axis.
-    """
-    import html
-
-    import plotly.graph_objects as go
-
-    where = f"{summary.get('relation', '')}, {summary.get('shots', 0)}-shot"
-    hist = go.Figure()
-    for known, name, colour in ((True, "known", "#2b8a3e"), (False, "unknown", "#c92a2a")):
-        rows = frame[frame["known"] == known]
-        hist.add_trace(go.Histogram(x=rows["p_answer"], name=f"{name} ({len(rows)})", marker_color=colour,
-                                    opacity=0.7, xbins={"start": 0, "end": 1, "size": 0.025}))
-    hist.update_layout(barmode="overlay", title=f"p(Y) at the end position — {html.escape(where, quote=False)}",
-                       xaxis_title="p(Y)", yaxis_title="prompts")
-    per_subject = frame.groupby("subject", sort=False)["p_answer"].mean().sort_values()
-    shown = per_subject.iloc[:40]
-    labels, seen = [], set()
-    for subject in shown.index:
-        label = html.escape(subject if len(subject) <= 30 else subject[:29] + "…", quote=False)
-        while label in seen:  # two long subjects may shorten to the same label
-            label += "\u2009"
-        seen.add(label)
-        labels.append(label)
-    bars = go.Figure(go.Bar(x=labels, y=shown.to_numpy(), marker_color="#1c7ed6",
-                            hovertemplate="%{x}<br>mean p(Y) %{y:.3f}<extra></extra>"))
-    lowest = f", the {len(shown)} lowest of {len(per_subject)}" if len(shown) < len(per_subject) else ""
-    bars.update_layout(title=f"Mean p(Y) per subject{lowest}", yaxis_title="mean p(Y)", yaxis_range=[0, 1])
-    return [hist, bars]

@@ -20,7 +20,16 @@ ZWJ = "\U0001F469\u200d\U0001F469\u200d\U0001F467 fam\u200dily \u0301\u0000"
 EMOJI = "Paris \U0001F5FC\ufe0f"
 HOSTILE = (SCRIPT, BREAKOUT, IMG, END_SCRIPT, LONG, RTL, ZWJ, EMOJI)
 
-HOSTILE_STAGE = "zz_hostile"  # a stage module whose figures carry raw, unescaped data strings
+HOSTILE_STAGE = "zz_hostile"  # a stage whose figures module carries raw, unescaped data strings
+
+# The stage table as the run layer writes it into the manifest (recallscope.pipeline.manifest_stages):
+# the report takes each stage's title and the stages' order from here. One title is hostile: the
+# manifest is a file like any other.
+STAGE_TABLE = [
+    {"name": "recall", "title": "Recall — does the model know the fact?"},
+    {"name": HOSTILE_STAGE, "title": HOSTILE_STAGE + " — " + SCRIPT},
+    {"name": "claims", "title": "Claims — does the paper's story hold on this run?"},
+]
 
 
 def recall_frame() -> pd.DataFrame:
@@ -82,10 +91,7 @@ def write_run(path: Path, relation: str = END_SCRIPT, shots: int = 0, extra_stag
         "model": {"name": "tiny", "family": BREAKOUT, "n_layers": 2, "n_heads": 4},
         "versions": {"python": "3.11", "recallscope": "0.1.0", "plotly": "x", IMG: SCRIPT},
         "stage_configs": {"recall": {"known_top_k": 1, "batch_size": 64}},
-        # as recallscope.pipeline.stage_list() writes it: the report takes the order and titles from here
-        "stages": [{"name": "recall", "title": "Recall — does the model know the fact?", "requires": [], "reads": []},
-                   {"name": "claims", "title": "Claims — does the paper's story hold on this run?", "requires": ["recall"],
-                    "reads": []}],
+        "stages": STAGE_TABLE,
     }
     (path / "summary.json").write_text(json.dumps(summary, ensure_ascii=False), encoding="utf-8")
     (path / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
@@ -99,10 +105,11 @@ CLAIMS = [
 ]
 
 
-def _hostile_figures(frame: pd.DataFrame, summary: dict) -> list:
+def _hostile_figures(tables: dict[str, pd.DataFrame], summary: dict) -> list:
     """Raw data strings straight into a figure: title, category labels, hover text, legend."""
     import plotly.graph_objects as go
 
+    frame = next(iter(tables.values()))
     fig = go.Figure(go.Bar(x=list(frame["label"]), y=list(frame["value"]), text=list(frame["label"]),
                            name=END_SCRIPT, hovertext=list(frame["label"])))
     fig.update_layout(title="hostile " + SCRIPT + " " + IMG, xaxis_title=BREAKOUT)
@@ -111,7 +118,7 @@ def _hostile_figures(frame: pd.DataFrame, summary: dict) -> list:
 
 @pytest.fixture
 def hostile_stage_module(monkeypatch):
-    module = types.ModuleType(f"recallscope.{HOSTILE_STAGE}")
+    module = types.ModuleType(f"recallscope.figures.{HOSTILE_STAGE}")
     module.figures = _hostile_figures
     monkeypatch.setitem(sys.modules, module.__name__, module)
     return module
@@ -135,5 +142,5 @@ def h() -> types.SimpleNamespace:
     """The hostile strings and the run-directory builder, for the tests of this folder."""
     return types.SimpleNamespace(
         SCRIPT=SCRIPT, BREAKOUT=BREAKOUT, IMG=IMG, END_SCRIPT=END_SCRIPT, LONG=LONG, RTL=RTL, ZWJ=ZWJ, EMOJI=EMOJI,
-        HOSTILE=HOSTILE, HOSTILE_STAGE=HOSTILE_STAGE, CLAIMS=CLAIMS, write_run=write_run,
+        HOSTILE=HOSTILE, HOSTILE_STAGE=HOSTILE_STAGE, CLAIMS=CLAIMS, STAGE_TABLE=STAGE_TABLE, write_run=write_run,
     )

@@ -11,6 +11,7 @@ hand-built hostile run.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -199,7 +200,7 @@ def test_hostile_relation_through_every_stage_in_headless_chromium(smollm2, tmp_
         "samples": [{"subject": s, "object": o} for s, o in samples],
     }, ensure_ascii=False), encoding="utf-8")
     run_dir = tmp_path / "run"
-    _, summary = execute(RunConfig(relation=str(path)), available_stages(), out=str(run_dir), model=smollm2, progress=False)
+    ctx, summary = execute(RunConfig(relation=str(path)), available_stages(), out=str(run_dir), model=smollm2, progress=False)
     assert set(summary["stages"]) == set(available_stages()) == {
         "recall", "patch", "movers", "decompose", "intercept", "suppress", "claims"}
     recall = pd.read_parquet(run_dir / "recall.parquet")
@@ -214,3 +215,18 @@ def test_hostile_relation_through_every_stage_in_headless_chromium(smollm2, tmp_
     seen = open_in_chromium(page_path, tmp_path / "report.png")
     assert_clean(seen)  # no script from the data ran, no dialog, no injected element, plots drawn
     assert seen.n_plots >= 7
+
+    # result.plot() is one type everywhere, and it is the figure the report redrew from the run
+    # directory's files: the first plot of the stage's section, trace for trace.
+    import plotly.graph_objects as go
+
+    firsts = {}
+    for anchor, name in re.findall(r'<a href="#(stage-\d+)">([a-z_]+)</a>', page.split('<nav class="top">', 1)[1].split("</nav>", 1)[0]):
+        section = page.split(f'<section class="stage" id="{anchor}">', 1)[1].split("</section>", 1)[0]
+        block = re.search(r'<script type="application/json" id="plot-\d+-json">(.*?)</script>', section, flags=re.S)
+        firsts[name] = json.loads(block.group(1))
+    assert set(firsts) == set(available_stages())
+    for name in available_stages():
+        fig = ctx.results[name].plot()
+        assert isinstance(fig, go.Figure), name
+        assert json.loads(fig.to_json())["data"] == firsts[name]["data"], name

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from html.parser import HTMLParser
 
+import markupsafe
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.offline
@@ -14,7 +14,12 @@ import pytest
 
 from recallscope.errors import UserError
 from recallscope.report import render_report, write_report
-from recallscope.report.html import Page, plain_title
+from recallscope.report.html import Page, environment, plain_title
+
+
+def esc(value: str) -> str:
+    """As the templates' autoescaping writes a data string (quotes as &#34; and &#39;)."""
+    return str(markupsafe.escape(value))
 
 
 
@@ -56,13 +61,13 @@ def test_hostile_strings_are_escaped(h, hostile_run):
     for raw in (h.SCRIPT, h.BREAKOUT, h.IMG, h.END_SCRIPT, "<!--"):
         assert raw not in page, raw
     # the escaped forms are there: in the tables, the header and the captions
-    assert html.escape(h.SCRIPT) in page
-    assert html.escape(h.BREAKOUT) in page
-    assert html.escape(h.IMG) in page
-    assert html.escape(h.END_SCRIPT) in page
+    assert esc(h.SCRIPT) in page
+    assert esc(h.BREAKOUT) in page
+    assert esc(h.IMG) in page
+    assert esc(h.END_SCRIPT) in page
     # odd Unicode passes through unchanged, isolated for bidi
     assert f'<bdi class="s">{h.RTL}</bdi>' in page
-    assert html.escape(h.ZWJ) in page and "\U0001F5FC" in page
+    assert esc(h.ZWJ) in page and "\U0001F5FC" in page
     # a 5,000-character string is cut, with a note saying how long it was
     assert "(5,000 characters)" in page and "L" * 161 not in page.replace(json.dumps(h.LONG)[1:-1], "")
 
@@ -107,7 +112,9 @@ def test_self_contained_one_plotly_copy_and_no_network(hostile_run):
 def test_sections_follow_the_pipeline_with_wall_times_and_tables(h, hostile_run):
     page = render_report(hostile_run)
     order = [m.group(1) for m in re.finditer(r'<section class="stage" id="stage-\d+"><h3>([^<]+?) <', page)]
-    assert [t.split(" ")[0] for t in order] == ["Recall", h.HOSTILE_STAGE, "zz_tables", "Claims"]
+    # titles and order from the manifest's stage table; a stage it does not list (zz_tables) by
+    # its name, before the claims, which come last
+    assert order == [h.STAGE_TABLE[0]["title"], esc(h.STAGE_TABLE[1]["title"]), "zz_tables", esc(h.STAGE_TABLE[2]["title"])]
     assert '<span class="wall">0.5 s</span>' in page and '<span class="wall">1.25 s</span>' in page
     # the stage without figures: its summary as tables, nested records included
     tables = page.split('id="stage-2"', 1)[1].split("</section>", 1)[0]
@@ -115,7 +122,7 @@ def test_sections_follow_the_pipeline_with_wall_times_and_tables(h, hostile_run)
     # the recall preview lists the prompts the model does not know first (lowest p first)
     recall = page.split('id="stage-0"', 1)[1].split("</section>", 1)[0]
     rows = re.findall(r"<tr><td(?: class=\"nw\")?><bdi class=\"s\">(.*?)</bdi>", recall.split("recall.parquet", 1)[1])
-    assert rows[:3] == [html.escape(h.IMG), html.escape(h.SCRIPT), html.escape(h.LONG[:160])]
+    assert rows[:3] == [esc(h.IMG), esc(h.SCRIPT), esc(h.LONG[:160])]
     # headline numbers
     assert ">50.0%</div><div class=\"tk\">accuracy" in page and ">3 / 6</div>" in page
     assert "multi_token_clash</bdi>: 2," in page
@@ -137,7 +144,7 @@ def test_claims_have_coloured_verdicts(h, tmp_path):
         page = render_report(run)
         verdicts = re.findall(r'<span class="verdict (v-[a-z]+)"><bdi class="s">([^<]+)</bdi>', page)
         assert verdicts == [("v-holds", "holds"), ("v-fails", "does not hold"), ("v-na", "not measurable")], where
-        assert '<td><span class="n">0.81</span></td><td><span class="n">0.7</span> – <span class="n">0.9</span></td>' in page and html.escape(h.SCRIPT) in page
+        assert '<td><span class="n">0.81</span></td><td><span class="n">0.7</span> – <span class="n">0.9</span></td>' in page and esc(h.SCRIPT) in page
 
 
 def test_parent_directory_with_sub_runs_is_one_page(h, tmp_path):
@@ -153,7 +160,7 @@ def test_parent_directory_with_sub_runs_is_one_page(h, tmp_path):
     page = render_report(root)
     headings = re.findall(r'<section class="run" id="run-(\d)"><h2><bdi class="s">(.*?)</bdi>', page)
     # one section per sub-run, in the order of the summary's "runs"
-    assert headings == [("0", html.escape(h.SCRIPT) + ", 1-shot"), ("1", "a_rel, 3-shot"), ("2", "a_rel, 0-shot")]
+    assert headings == [("0", esc(h.SCRIPT) + ", 1-shot"), ("1", "a_rel, 3-shot"), ("2", "a_rel, 0-shot")]
     assert h.SCRIPT not in page
     ids = re.findall(r' id="([^"]+)"', page)
     assert len(ids) == len(set(ids))
@@ -185,23 +192,23 @@ def test_a_failing_figures_function_leaves_the_rest_of_the_report(h, hostile_run
 
     hostile_stage_module.figures = broken
     page = render_report(hostile_run)
-    assert '<p class="problem">' in page and html.escape("ValueError: bad " + h.SCRIPT) in page
+    assert '<p class="problem">' in page and esc("ValueError: bad " + h.SCRIPT) in page
     assert int(re.search(r'data-plots="(\d+)"', page).group(1)) == 2  # recall's plots still there
-    assert "Claims — " in page
+    assert esc("Claims — ") in page
 
 
 def test_figure_json_cannot_close_its_script_block():
-    page = Page()
-    raw = "</script><script>alert(1)</script>\u2028<!--"
+    raw = "</script><script>alert(1)</script>\u2028<!--'&"
     fig = go.Figure(go.Scatter(x=[raw], y=[1], text=[raw]))
     fig.update_layout(title="t <b>bold</b> &lt;x&gt; " + raw)
-    out = page.figure(fig)
+    block = Page().figure(fig)
+    out = str(environment().get_template("macros.html.j2").module.figure(block))
     body = out.split('type="application/json" id="plot-1-json">', 1)[1].rsplit("</script>", 1)[0]
-    assert "<" not in body and ">" not in body
+    assert not set("<>&'") & set(body)
     spec = json.loads(body)
     assert spec["data"][0]["x"] == [raw] and spec["layout"].get("title", {}).get("text") is None
     caption = out.split("<figcaption>", 1)[1].split("</figcaption>", 1)[0]
-    assert caption.startswith('<bdi class="s">t  bold  ') and html.escape("<x>") in caption and "<script>" not in caption
+    assert caption.startswith('<bdi class="s">t  bold  ') and esc("<x>") in caption and "<script>" not in caption
     assert plain_title("a<br>b &amp; <sup>2</sup>") == "a b &  2"
 
 
@@ -240,8 +247,8 @@ def test_real_pipeline_on_a_hostile_relation(smollm2, tmp_path, h):
     page = write_report(run_dir).read_text(encoding="utf-8")
     for raw in (h.SCRIPT, h.BREAKOUT, "</script><b>x"):
         assert raw not in page
-    assert html.escape(h.SCRIPT) in page and html.escape(h.BREAKOUT) in page
-    assert html.escape("</script><b>x") in page and f"{h.RTL}</bdi>" in page
+    assert esc(h.SCRIPT) in page and esc(h.BREAKOUT) in page
+    assert esc("</script><b>x") in page and f"{h.RTL}</bdi>" in page
     dom = Elements(page)
     assert not dom.tags("img") and not dom.tags("b")
     assert int(re.search(r'data-plots="(\d+)"', page).group(1)) == 2
@@ -285,4 +292,82 @@ def test_overview_compares_what_each_sub_run_found(h, tmp_path):
     assert heads == ["relation", "shots", "mover heads", "MLP layer", "held-out R²", "suppressors"]
     rows = [re.sub(r"<[^>]+>", "", r) for r in re.findall(r"<tr><td>.*?</tr>", table)]
     # a stage a run lacks reads "—"
-    assert rows[0] == "rel0none23-0.17—" and rows[1] == "rel3L15H2, " + html.escape(h.SCRIPT) + "——L29H0"
+    assert rows[0] == "rel0none23-0.17—" and rows[1] == "rel3L15H2, " + esc(h.SCRIPT) + "——L29H0"
+
+
+def test_navigation_lists_each_stage_once(h, tmp_path):
+    """Claims in both places a summary may hold them (top level and stages) give one link, one section."""
+    run = h.write_run(tmp_path / "r", relation="rel", claims=h.CLAIMS)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["stages"]["claims"] = {"claims": h.CLAIMS, "wall_seconds": 0.1}
+    (run / "summary.json").write_text(json.dumps(summary))
+    page = render_report(run)
+    nav = page.split('<nav class="top">', 1)[1].split("</nav>", 1)[0]
+    assert re.findall(r'<a href="#(stage-\d)">([^<]+)</a>', nav) == [("stage-0", "recall"), ("stage-1", "claims")]
+    assert page.count('<section class="stage"') == 2 and page.count("<table class=\"grid claims\">") == 1
+
+
+def test_every_template_autoescapes():
+    env = environment()
+    names = env.list_templates()
+    assert {"report.html.j2", "macros.html.j2", "stage.html.j2", "overview.html.j2"} <= set(names)
+    assert all(env.autoescape(name) for name in names) and env.undefined.__name__ == "StrictUndefined"
+    # a value is text to every template: the same string renders escaped through the page's macros
+    macros = env.get_template("macros.html.j2").module
+    assert str(macros.cell("<i>'\"&")) == '<bdi class="s">&lt;i&gt;&#39;&#34;&amp;</bdi>'
+    assert str(macros.cell(["<a>", 1234567, None, 0.000123456])) == (
+        '[<bdi class="s">&lt;a&gt;</bdi>, <span class="n">1,234,567</span>, <span class="none">—</span>, '
+        '<span class="n">0.000123</span>]')
+
+
+def test_named_tables_reach_the_figures_main_table_first(h, tmp_path, hostile_stage_module):
+    """``<stage>.parquet`` is the main table, ``<stage>/<name>.parquet`` the others, as the run layer writes them."""
+    seen = {}
+
+    def capture(tables, summary):
+        seen.update({name: len(frame) for name, frame in tables.items()})
+        return []
+
+    hostile_stage_module.figures = capture
+    run = h.write_run(tmp_path / "r", relation="rel", extra_stages={h.HOSTILE_STAGE: ({"k": 1}, pd.DataFrame({"x": [1, 2, 3]}))})
+    (run / h.HOSTILE_STAGE).mkdir()
+    pd.DataFrame({"y": [1]}).to_parquet(run / h.HOSTILE_STAGE / "zeta.parquet")
+    pd.DataFrame({"y": [1, 2]}).to_parquet(run / h.HOSTILE_STAGE / "alpha.parquet")
+    render_report(run)
+    assert list(seen.items()) == [(h.HOSTILE_STAGE, 3), ("alpha", 2), ("zeta", 1)]
+
+
+def test_parent_page_shows_the_claims_across_shot_counts(h, tmp_path):
+    root = tmp_path / "multi"
+    for k in (0, 3):
+        h.write_run(root / f"rel/{k}shot", relation="rel", shots=k)
+    shot_claim = {**h.CLAIMS[0], "claim": "Few-shot engages the same heads earlier", "relation": h.SCRIPT}
+    (root / "summary.json").write_text(json.dumps({"model": "tiny", "claims": [shot_claim]}))
+    page = render_report(root)
+    overview = page.split('id="overview"', 1)[1].split('<section class="run"', 1)[0]
+    assert "Claims across shot counts" in overview and "Few-shot engages the same heads earlier" in overview
+    assert esc(h.SCRIPT) in overview and h.SCRIPT not in page
+    assert re.findall(r'<span class="verdict (v-[a-z]+)">', overview) == ["v-holds"]
+
+
+def test_report_verb_rerenders_a_run_directory_without_torch(h, tmp_path):
+    """``recallscope report RUN_DIR`` from the run directory's files alone: torch never loads."""
+    import subprocess
+    import sys
+
+    run = h.write_run(tmp_path / "r", relation="rel", claims=h.CLAIMS)
+    code = (
+        "import sys\n"
+        "from recallscope.cli import main\n"
+        "try:\n    main(['report', sys.argv[1]])\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('recallscope.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout.strip().replace("'", '"'))
+    assert "torch" not in loaded
+    # the package's torch-free layers only: no stage module, no pipeline, no model code
+    assert not [m for m in loaded if m.split(".")[1] in ("pipeline", "models", "patch", "recall", "claims", "lens")]
+    assert (run / "report.html").read_text(encoding="utf-8") == render_report(run)
+    bad = subprocess.run([sys.executable, "-m", "recallscope", "report", str(tmp_path / "none")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a run directory" in bad.stderr

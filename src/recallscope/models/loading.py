@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import OfflineError, UserError
-from . import gguf
+from . import controls, gguf
 from .adapters import extract
 from .arch import ArchConfig
 from .view import ModelView
@@ -236,6 +236,9 @@ def load_model(
         hf, tokenizer, info = load_embedded(name, torch_dtype, use_cache=use_cache)
         model_hash = "sha256:" + EMBEDDED[name].sha256
         source = "embedded"
+    elif name in controls.CONTROLS:  # hand-built control models (planted mechanisms, random init)
+        hf, tokenizer, info = controls.build(name, torch_dtype, EMBEDDED[DEFAULT_MODEL])
+        model_hash, source = "weights:" + _fingerprint(hf)[:32], "control"
     elif Path(name).expanduser().is_dir() or _looks_like_hub_id(name):
         hf, tokenizer, info = load_hf(name, torch_dtype, device_map=device_map)
         commit = getattr(hf.config, "_commit_hash", None)
@@ -243,7 +246,7 @@ def load_model(
         source = "local" if Path(name).expanduser().is_dir() else "hub"
     else:
         raise UserError(
-            f"unknown model {name!r}; aliases: {', '.join(sorted(EMBEDDED))}; "
+            f"unknown model {name!r}; aliases: {', '.join(sorted(EMBEDDED) + sorted(controls.CONTROLS))}; "
             "or a hub id (e.g. gpt2, org/name) or a local model directory"
         )
     hf.eval()
@@ -287,6 +290,7 @@ def model_catalog() -> list[dict]:
             "install": source.install,
             "licence": source.licence,
         })
+    rows += controls.catalog()
     for hub_id in PAPER_MODELS:
         rows.append({
             "model": hub_id,

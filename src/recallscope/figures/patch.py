@@ -1,0 +1,51 @@
+"""Plot of the patch stage: the layer × head heatmap of mean patching effects."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from . import main_table
+
+
+def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
+    """[heatmap of the mean % change of π(Y) per layer × head, plus an MLP and a RES row when patched].
+
+    Reads the main table's ``kind``, ``layer``, ``head`` and ``effect_pct`` (percent) columns and
+    the summary's ``mode``.
+    """
+    frame = main_table(tables)
+    means = frame.groupby(["kind", "layer", "head"], sort=True, dropna=False)["effect_pct"].mean().reset_index()
+    layers = sorted(means["layer"].unique())
+    heads = sorted(means.loc[means["kind"] == "head", "head"].unique())
+    rows = [f"H{h}" for h in heads]
+    kinds = [k for k in ("mlp", "resid") if (means["kind"] == k).any()]
+    rows += [{"mlp": "MLP", "resid": "RES"}[k] for k in kinds]
+    z = np.full((len(rows), len(layers)), np.nan)
+    col = {layer: i for i, layer in enumerate(layers)}
+    for r in means.itertuples():
+        row = heads.index(r.head) if r.kind == "head" else len(heads) + kinds.index(r.kind)
+        z[row, col[r.layer]] = r.effect_pct
+    limit = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[str(layer) for layer in layers],
+            y=rows,
+            colorscale="RdBu",
+            zmid=0,
+            zmin=-limit,
+            zmax=limit,
+            colorbar={"title": "effect %"},
+            hovertemplate="layer %{x}, %{y}: %{z:.2f}%<extra></extra>",
+        )
+    )
+    mode = summary.get("mode", "noise")
+    fig.update_layout(
+        title=f"Activation patching ({mode}) at the end position: mean % change of π(Y)",
+        xaxis_title="layer",
+        yaxis_title="component",
+        yaxis={"autorange": "reversed"},
+    )
+    return [fig]

@@ -1,0 +1,56 @@
+"""The comparison across shot counts: accuracy and mean p(Y) against k, one line per relation.
+
+Not a stage of its own: the report draws it on the overview of a run directory that holds
+several sub-runs (one per relation × shot count).
+"""
+
+from __future__ import annotations
+
+import html
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from . import main_table
+
+PALETTE = ("#1c7ed6", "#e8590c", "#2b8a3e", "#ae3ec9", "#c92a2a", "#0c8599", "#5c940d", "#f08c00")
+
+
+def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
+    """[accuracy (0–1) and mean p(Y) (0–1) against the shot count, one line per relation].
+
+    ``tables``: one table with a row per sub-run and the columns ``relation``, ``shots`` (int),
+    ``accuracy`` and ``mean_p_answer``; rows without an integer shot count or an accuracy are
+    left out. No figure for fewer than two sub-runs or when no row remains.
+    """
+    frame = main_table(tables)
+    ok = frame[
+        frame["shots"].map(pd.api.types.is_integer)
+        & frame["accuracy"].map(lambda a: pd.api.types.is_number(a) and not pd.api.types.is_bool(a))
+    ]
+    if len(frame) < 2 or ok.empty:
+        return []
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy", "mean p(Y)"))
+    for i, (relation, rows) in enumerate(sorted(ok.groupby(ok["relation"].astype(str)), key=lambda g: g[0])):
+        rows = rows.sort_values("shots", kind="stable")
+        name = html.escape(relation)
+        colour = PALETTE[i % len(PALETTE)]
+        for col, key in ((1, "accuracy"), (2, "mean_p_answer")):
+            fig.add_trace(
+                go.Scatter(
+                    x=list(rows["shots"]),
+                    y=list(rows[key]),
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    line={"color": colour},
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_xaxes(title_text="shots", dtick=1)
+    fig.update_yaxes(range=[0, 1.02])
+    fig.update_layout(title="Zero-shot against few-shot: accuracy and mean p(Y) by relation")
+    return [fig]

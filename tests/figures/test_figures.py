@@ -1,0 +1,235 @@
+"""The stage figures, drawn from hand-built tables and summaries (no model): numbers land where
+they should, data strings are escaped for plotly, and the package imports no torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from recallscope import figures
+from recallscope.figures import claims, decompose, intercept, movers, patch, recall, shots, suppress
+
+STAGES = ("recall", "patch", "movers", "decompose", "intercept", "suppress", "claims")
+
+
+def test_figures_modules_import_no_torch_and_each_stage_has_one():
+    code = (
+        "import sys, recallscope.figures as F\n"
+        f"fns = [F.for_stage(s) for s in {STAGES!r}]\n"
+        "assert all(callable(f) for f in fns), fns\n"
+        "import recallscope.figures.shots\n"
+        "print('torch' in sys.modules, len(fns))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "7"]
+
+
+def test_for_stage_finds_modules_by_name_only():
+    assert figures.for_stage("patch") is patch.figures
+    assert figures.for_stage("no_such_stage") is None
+    assert figures.for_stage("../patch") is None and figures.for_stage("") is None
+    with pytest.raises(ValueError, match="no table"):
+        figures.main_table({})
+
+
+def test_recall_histogram_and_lowest_subjects():
+    subjects = ["France", "<b>x</b>", "S" * 50, "Japan"]
+    frame = pd.DataFrame(
+        {
+            "subject": subjects * 2,
+            "p_answer": [0.9, 0.1, 0.3, 0.6, 0.7, 0.3, 0.5, 0.8],
+            "known": [True, False, False, True, True, False, True, True],
+        }
+    )
+    hist, bars = recall.figures({"recall": frame}, {"relation": "r<i>", "shots": 3})
+    assert [t.name for t in hist.data] == ["known (5)", "unknown (3)"]
+    assert sorted(hist.data[0].x) == [0.5, 0.6, 0.7, 0.8, 0.9]
+    assert "r&lt;i&gt;, 3-shot" in hist.layout.title.text
+    assert list(bars.data[0].y) == pytest.approx([0.2, 0.4, 0.7, 0.8])  # mean p(Y) per subject, lowest first
+    assert list(bars.data[0].x) == ["&lt;b&gt;x&lt;/b&gt;", "S" * 29 + "…", "Japan", "France"]
+
+
+def test_patch_heatmap_holds_the_mean_effect_of_each_component():
+    rows = []
+    for prompt, scale in ((0, 1.0), (1, 3.0)):
+        for layer in (0, 1):
+            for head in (0, 1):
+                rows.append({"kind": "head", "layer": layer, "head": head, "effect_pct": scale * (10 * layer + head)})
+            rows.append({"kind": "mlp", "layer": layer, "head": None, "effect_pct": -scale * (layer + 1)})
+    frame = pd.DataFrame(rows).astype({"head": "Int64"})
+    (fig,) = patch.figures({"patch": frame}, {"mode": "noise"})
+    assert list(fig.data[0].y) == ["H0", "H1", "MLP"] and list(fig.data[0].x) == ["0", "1"]
+    np.testing.assert_allclose(np.asarray(fig.data[0].z), [[0, 20], [2, 22], [-2, -4]])
+    assert fig.data[0].zmax == 22 and fig.data[0].zmin == -22
+
+
+def _heads(is_mover: bool) -> list[dict]:
+    return [
+        {
+            "layer": 1,
+            "head": 0,
+            "is_mover": is_mover,
+            "projection_corr": 0.9,
+            "projection_p_value": 1e-5,
+            "failed": [] if is_mover else ["ov_copy"],
+        },
+        {
+            "layer": 1,
+            "head": 1,
+            "is_mover": False,
+            "projection_corr": float("nan"),
+            "projection_p_value": 1.0,
+            "failed": ["attention"],
+        },
+    ]
+
+
+def test_movers_scatter_per_mover_and_the_example_attention():
+    frame = pd.DataFrame(
+        {
+            "layer": [1, 1, 1, 1],
+            "head": [0, 0, 1, 1],
+            "subject": ["<s>", "b", "c", "d"],
+            "attention_to_subject": [0.1, 0.5, 0.2, 0.3],
+            "projection": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    example = {
+        "layer": 1,
+        "head": 0,
+        "is_mover": True,
+        "prompt_index": 0,
+        "tokens": ["The", "<s>", " is"],
+        "subject_span": [1, 2],
+        "attention": [0.2, 0.7, 0.1],
+    }
+    figs = movers.figures({"movers": frame}, {"heads": _heads(True), "example": example})
+    assert len(figs) == 2
+    assert list(figs[0].data[0].x) == [0.1, 0.5] and list(figs[0].data[0].text) == ["&lt;s&gt;", "b"]
+    assert figs[0].layout.title.text.startswith("L1H0 — mover: r = 0.900")
+    assert list(figs[1].data[0].x) == ["0:The", "1:&lt;s&gt;", "2: is"]
+    assert list(figs[1].data[0].marker.color) == ["steelblue", "crimson", "steelblue"]
+    # no mover: the candidates with a finite r, titled as not movers
+    (fig,) = movers.figures({"movers": frame}, {"heads": _heads(False)})
+    assert "not a mover (ov_copy)" in fig.layout.title.text
+
+
+def test_decompose_coefficients_sweep_and_sgd_trace():
+    coefs = [
+        {"regressor": "L1H0", "coef": 1.5, "cv_std": 0.1, "cv_mean": 1.4, "verdict": "amplified"},
+        {"regressor": "resid", "coef": -0.2, "cv_std": 0.05, "cv_mean": -0.2, "verdict": "reversed"},
+    ]
+    summary = {
+        "coefficients": coefs,
+        "layer": 2,
+        "solver": "sgd",
+        "r2": 0.8,
+        "cv_r2": 0.7,
+        "folds": 4,
+        "sweep": [{"layer": 1, "r2": 0.5, "cv_r2": 0.4}, {"layer": 2, "r2": 0.8, "cv_r2": 0.7}],
+        "sgd": {"converged": True, "standardise": True, "loss": 0.01, "lstsq_loss": 0.0099},
+    }
+    trace = pd.DataFrame({"step": [0, 1000, 2000], "loss": [1.0, 0.1, 0.01]})
+    figs = decompose.figures({"decompose": pd.DataFrame(), "sgd_trace": trace}, summary)
+    assert len(figs) == 3
+    assert list(figs[0].data[0].y) == [1.5, -0.2] and list(figs[0].data[0].error_y.array) == [0.1, 0.05]
+    assert list(figs[0].data[0].marker.color) == ["crimson", "darkorange"]
+    assert list(figs[1].data[1].y) == [0.4, 0.7]
+    assert list(figs[2].data[0].x) == [0, 1000, 2000] and list(figs[2].data[0].y) == [1.0, 0.1, 0.01]
+    # lstsq: no trace table, no loss figure
+    assert len(decompose.figures({"decompose": pd.DataFrame()}, {**summary, "sgd": None})) == 2
+
+
+def test_intercept_top_tokens_and_redirect_ranks():
+    summary = {
+        "layer": 3,
+        "answer_domain_share": 0.5,
+        "answer_domain_baseline": {"mean": 0.01, "level": 0.95, "low": 0.0, "high": 0.05},
+        "top_tokens": [{"token": " Paris", "logit": 5.0, "in_domain": True}, {"token": "<x>", "logit": 4.0, "in_domain": False}],
+        "redirect": {
+            p: {"median_rank_Y": r, "median_rank_X": 10 - r, "share_Y_above_X": 0.25 * (i + 1)}
+            for i, (p, r) in enumerate((("r_mid", 9), ("r_mid_plus_b", 4), ("r_mid_plus_m", 0)))
+        },
+    }
+    tokens, redirect = intercept.figures({"intercept": pd.DataFrame()}, summary)
+    assert list(tokens.data[0].x) == ["0:&#x27; Paris&#x27;", "1:&#x27;&lt;x&gt;&#x27;"]  # repr, escaped for plotly
+    assert list(tokens.data[0].marker.color) == ["crimson", "steelblue"]
+    assert list(redirect.data[0].y) == [10, 5, 1] and list(redirect.data[1].y) == [2, 7, 11]  # rank + 1
+    assert "r_mid[l] + m[l]: Y above X in 75%" in redirect.layout.title.text
+
+
+def test_suppress_dla_layer_totals_and_mitigation():
+    comps = [
+        {"component": "L3H0", "mean_dla": -0.5, "ci_low": -0.7, "ci_high": -0.3, "share_negative": 0.9, "is_suppressor": True},
+        {"component": "MLP3", "mean_dla": 1.0, "ci_low": 0.8, "ci_high": 1.3, "share_negative": 0.1, "is_suppressor": False},
+    ]
+    totals = [
+        {"layer": 2, "mean_dla": 2.0, "ci_low": 1.0, "ci_high": 3.0},
+        {"layer": 3, "mean_dla": 0.5, "ci_low": 0.1, "ci_high": 0.9},
+    ]
+    metrics = lambda p, a: {"p_answer": p, "accuracy": a}  # noqa: E731
+    mitigation = {"zero": {pop: {"before": metrics(0.5, 0.6), "after": metrics(0.6, 0.7)} for pop in ("known", "unknown")}}
+    figs = suppress.figures(
+        {"suppress": pd.DataFrame()},
+        {
+            "components": comps,
+            "layer_totals": totals,
+            "mitigation": mitigation,
+            "suppression_present": {"final_layer_total_dla": 0.5, "ci_low": 0.1, "ci_high": 0.9},
+        },
+    )
+    assert len(figs) == 3
+    assert list(figs[0].data[0].marker.color) == ["crimson", "steelblue"]
+    assert list(figs[0].data[0].error_y.array) == pytest.approx([0.2, 0.3])
+    assert list(figs[0].data[0].error_y.arrayminus) == pytest.approx([0.2, 0.2])
+    assert list(figs[1].data[0].x) == ["L2", "L3"]
+    assert [list(t.y) for t in figs[2].data] == [[0.5, 0.6], [0.6, 0.7]] * 2
+
+
+def test_claims_one_marker_per_measured_claim_coloured_by_verdict():
+    frame = pd.DataFrame(
+        {
+            "claim": ["a <b>", "b", "c"],
+            "value": [0.8, None, -0.1],
+            "ci_low": [0.7, None, None],
+            "ci_high": [0.9, None, 0.0],
+            "verdict": ["holds", "not measurable here", "does not hold"],
+            "measure": ["m1", "m2", "m3"],
+        }
+    )
+    (fig,) = claims.figures({"claims": frame}, {})
+    assert [t.y[0] for t in fig.data] == ["a &lt;b&gt;", "c"]
+    assert [t.marker.color for t in fig.data] == ["#2e7d32", "#c62828"]
+    assert list(fig.data[0].error_x.array) == pytest.approx([0.1]) and list(fig.data[1].error_x.arrayminus) == [0]
+
+
+def test_shots_lines_per_relation_and_none_for_one_run():
+    table = pd.DataFrame(
+        {
+            "relation": ["b", "a", "a", "<c>"],
+            "shots": [0, 3, 0, None],
+            "accuracy": [0.5, 0.9, 0.6, None],
+            "mean_p_answer": [0.4, 0.8, 0.5, None],
+        },
+        dtype=object,
+    )
+    (fig,) = shots.figures({"runs": table}, {})
+    assert [(t.name, list(t.x), list(t.y)) for t in fig.data] == [
+        ("a", [0, 3], [0.6, 0.9]),
+        ("a", [0, 3], [0.5, 0.8]),
+        ("b", [0], [0.5]),
+        ("b", [0], [0.4]),
+    ]
+    assert shots.figures({"runs": table.iloc[:1]}, {}) == []
+
+
+def test_every_figure_serialises_to_json():
+    frame = pd.DataFrame({"subject": ["x"], "p_answer": [0.5], "known": [True]})
+    for fig in recall.figures({"recall": frame}, {}):
+        assert isinstance(fig, go.Figure) and json.loads(fig.to_json())["data"]
