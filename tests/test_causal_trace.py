@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from helpers.tiny import VOCAB, tiny_model
@@ -183,6 +184,19 @@ def test_cli_bad_input_is_one_line_exit_2(args, needle, capsys):
     err = capsys.readouterr().err.strip()
     errors = [line for line in err.splitlines() if line.startswith("recallscope: error:")]
     assert len(errors) == 1 and needle in errors[0] and "Traceback" not in err
+
+
+def test_figures_from_tables_heatmap_cells_hold_the_grouped_means():
+    from recallscope import figures
+    from recallscope.figures import causal_trace as FT
+
+    rows = [{"kind": k, "group": g, "layer": layer, "mean_indirect_effect": 0.1 * i + 0.01 * layer, "ci_low": 0.0,
+             "ci_high": 1.0, "n_prompts": 3} for k in CT.KINDS for i, g in enumerate(CT.GROUPS) for layer in range(3)]
+    figs = FT.figures({"trace": pd.DataFrame(), "grouped": pd.DataFrame(rows)}, {"window": 2, "n_prompts": 3})
+    assert len(figs) == 4 and figures.for_stage("trace") is FT.figures
+    heat = figs[1]  # mlp
+    assert heat.data[0].z[2][1] == pytest.approx(0.2 + 0.01)  # last subject token, layer 1
+    assert list(heat.data[0].y) == list(CT.GROUPS)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from test_causal_trace import FAMILIES, tiny, tiny_prompts
@@ -123,6 +124,20 @@ def test_cli_bad_input_is_one_line_exit_2(args, needle, capsys):
     err = capsys.readouterr().err.strip()
     errors = [line for line in err.splitlines() if line.startswith("recallscope: error:")]
     assert len(errors) == 1 and needle in errors[0] and "Traceback" not in err
+
+
+def test_figure_from_tables_one_line_per_block_and_mover_layers_marked():
+    from recallscope import figures
+    from recallscope.figures import knockout as FK
+
+    rows = [{"block": b, "layer": layer, "first_layer": layer, "last_layer": layer, "mean_relative_change_pct": -10.0 * i - layer,
+             "ci_low": -50.0, "ci_high": 0.0, "n_prompts": 3} for i, b in enumerate(K.BLOCKS) for layer in range(4)]
+    fig = FK.figures({"knockout": pd.DataFrame(), "windows": pd.DataFrame(rows)}, {"window": 1, "n_prompts": 3, "mover_layers": [2]})[0]
+    assert figures.for_stage("knockout") is FK.figures
+    lines = [t for t in fig.data if t.mode == "lines+markers"]
+    assert [t.name for t in lines] == [FK.NAMES[b] for b in K.BLOCKS]
+    assert list(lines[1].y) == [-10.0, -11.0, -12.0, -13.0]
+    assert [s.x0 for s in fig.layout.shapes if s.line.dash == "dot"] == [2]
 
 
 @pytest.mark.slow

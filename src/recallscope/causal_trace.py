@@ -136,7 +136,7 @@ def check_config(config: TraceConfig, model: Model | None = None) -> None:
     if config.window < 1:
         raise UserError(f"trace.window must be >= 1, got {config.window}")
     if model is not None and config.window > model.cfg.n_layers:
-        raise UserError(f"trace.window {config.window} is larger than the model ({model.cfg.n_layers} layers)")
+        raise UserError(f"trace.window {config.window} is larger than the model ({model.cfg.n_layers} layers); set --set trace.window=N with N <= {model.cfg.n_layers}")
 
 
 def window_layers(centre: int, window: int, n_layers: int) -> range:

@@ -105,7 +105,7 @@ def check_config(config: KnockoutConfig, model: Model | None = None) -> None:
     if config.window is not None and config.window < 1:
         raise UserError(f"knockout.window must be >= 1, got {config.window}")
     if model is not None and config.window is not None and config.window > model.cfg.n_layers:
-        raise UserError(f"knockout.window {config.window} is larger than the model ({model.cfg.n_layers} layers)")
+        raise UserError(f"knockout.window {config.window} is larger than the model ({model.cfg.n_layers} layers); set --set knockout.window=N with N <= {model.cfg.n_layers}")
 
 
 def blocked_keys(batch: Batch, block: str) -> Tensor:
