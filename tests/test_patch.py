@@ -253,7 +253,7 @@ def test_patch_stage_table_summary_and_attribution_agreement(smollm2):
 def test_denoise_mode_restores_the_gap(smollm2):
     ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=0, max_prompts=6)
     result = P.patch(smollm2, ps, P.PatchConfig(mode="denoise", components=("resid",), layers=(0, 29), attribution=False), progress=False)
-    means = dict(zip((c.name for c in result.components), result.mean_effects()))
+    means = dict(zip((c.name for c in result.components), result.mean_effects(), strict=True))
     # the clean residual entering the last layer restores nearly the whole gap (only that
     # layer's attention still reads the corrupted subject); the layer-0 residual at the end
     # position ("is") is the same token embedding in both runs: it restores nothing.

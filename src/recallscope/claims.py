@@ -30,11 +30,13 @@ recomputed on the model.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
 from .components import head_effects, head_label
+from .constraints import LEVEL, NON_NEGATIVE, POSITIVE, PROBABILITY, Interval, Options
 from .stats import bootstrap_ci, bootstrap_ci_samples, pearson
 
 HOLDS = "holds"
@@ -60,6 +62,12 @@ class ClaimsConfig:
     n_bootstrap: int = 2000
     level: float = 0.95
     seed: int = 0
+
+    constraints: ClassVar[dict] = {
+        "min_cv_r2": Interval(None, 1), "erase_below": Interval(), "min_redirect_share": PROBABILITY,
+        "mitigation_mode": Options("zero", "mean", "scale"), "top_heads": POSITIVE, "min_head_overlap": NON_NEGATIVE,
+        "n_bootstrap": POSITIVE, "level": LEVEL, "seed": NON_NEGATIVE,
+    }
 
 
 @dataclass(frozen=True)
@@ -127,8 +135,8 @@ def mlp_claim(summary: dict | None, frame: pd.DataFrame | None, cfg: ClaimsConfi
     if not summary or summary.get("cv_r2") is None:
         return _missing(CLAIM_MLP, "decompose", "the decompose stage did not run")
     folds = pd.Series(dtype=float)
-    if frame is not None and "kind" in frame:
-        folds = frame.loc[(frame["kind"] == "cv_r2") & (frame["fold"] >= 0), "value"].astype(float)
+    if frame is not None and "r2" in frame:  # the decompose stage's ``folds`` table: held-out R² per fold
+        folds = frame["r2"].astype(float)
     cv = _f(summary.get("cv_r2"))
     coefs = [c for c in summary.get("coefficients", []) if c.get("head", -1) is not None and c.get("head", -1) >= 0]
     amplified = [c["regressor"] for c in coefs if c.get("verdict_stable", True) and c.get("cv_mean", c["coef"]) > 1]
@@ -207,10 +215,14 @@ def mitigation_claim(summary: dict | None, cfg: ClaimsConfig) -> Claim:
 
 
 def run_claims(summaries: dict, frames: dict, cfg: ClaimsConfig = ClaimsConfig()) -> list[Claim]:
-    """The per-run claims from the stages' summaries and tables (missing stages → not measurable)."""
+    """The per-run claims from the stages' summaries and tables (missing stages → not measurable).
+
+    ``frames``: ``movers`` and ``intercept`` (their main tables), ``decompose_folds`` (the decompose
+    stage's ``folds`` table); a missing one is None.
+    """
     claims = [
         movers_claim(summaries.get("movers"), frames.get("movers"), cfg),
-        mlp_claim(summaries.get("decompose"), frames.get("decompose"), cfg),
+        mlp_claim(summaries.get("decompose"), frames.get("decompose_folds"), cfg),
         intercept_claim(summaries.get("intercept"), frames.get("intercept"), cfg),
         suppress_claim(summaries.get("suppress"), cfg),
         mitigation_claim(summaries.get("suppress"), cfg),
@@ -268,6 +280,9 @@ class ClaimsResult:
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([asdict(c) for c in self.claims])
 
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"claims": self.to_frame()}
+
     def to_dict(self) -> dict:
         return {"claims": [asdict(c) for c in self.claims], "config": asdict(self.config)}
 
@@ -295,24 +310,3 @@ def figures(frame: pd.DataFrame, summary: dict) -> list:
                       margin=dict(l=20, r=20, t=60, b=40))
     fig.update_yaxes(automargin=True)
     return [fig]
-
-
-def compute(ctx) -> ClaimsResult:
-    cfg = ctx.config("claims")
-    frames = {}
-    for name in ("movers", "decompose", "intercept", "suppress", "patch"):
-        try:
-            frames[name] = ctx.frame(name)
-        except KeyError:
-            frames[name] = None
-    return ClaimsResult(tuple(run_claims(dict(ctx.summaries), frames, cfg)), cfg)
-
-
-def _register() -> None:
-    from .pipeline import Stage, register
-
-    register(Stage("claims", ("recall",), ClaimsConfig, compute, "the paper's claims: figure, interval, verdict",
-                   reads=("patch", "movers", "decompose", "intercept", "suppress")))
-
-
-_register()

@@ -34,18 +34,17 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
-from .decompose import intercept_from_frame
+from .constraints import LEVEL, POSITIVE
 from .errors import UserError
 from .lens import logit_lens, token_direction, token_rank
 from .models.view import ModelView
-from .pipeline import Stage, StageContext, register
 from .tasks.collect import collect
 from .tasks.prompts import Prompt
 
@@ -59,6 +58,10 @@ class InterceptConfig:
     level: float = 0.95  # width of the baselines' percentile interval
     batch_size: int = 32
     random_chunk: int = 100  # random directions read by the lens at once (memory: chunk × V floats)
+
+    constraints: ClassVar[dict] = {
+        "top_k": POSITIVE, "n_random": POSITIVE, "level": LEVEL, "batch_size": POSITIVE, "random_chunk": POSITIVE,
+    }
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,10 @@ class InterceptResult:
     def _interval(self, values: np.ndarray) -> dict:
         lo, hi = (1 - self.config.level) / 2, (1 + self.config.level) / 2
         return {"mean": float(values.mean()), "low": float(np.quantile(values, lo)), "high": float(np.quantile(values, hi))}
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The stage's tables by name (one: the main table, ``to_frame()``)."""
+        return {"intercept": self.to_frame()}
 
     def to_frame(self) -> pd.DataFrame:
         return self.frame.copy()
@@ -211,7 +218,7 @@ def analyse_intercept(
     in_domain = torch.isin(top.indices, domain)
     top_tokens = tuple(
         {"token": decode(int(i)), "token_id": int(i), "logit": float(v), "in_domain": bool(d)}
-        for i, v, d in zip(top.indices.tolist(), top.values.tolist(), in_domain.tolist())
+        for i, v, d in zip(top.indices.tolist(), top.values.tolist(), in_domain.tolist(), strict=True)
     )
     share = float(in_domain.float().mean())
     cos_b = float(_cos(b.expand(N, -1), diffs).mean())
@@ -270,22 +277,7 @@ def figures(frame: pd.DataFrame, summary: dict) -> list:
     return figs
 
 
-# ----------------------------------------------------------------------------- pipeline
-def compute(ctx: StageContext) -> InterceptResult:
-    config: InterceptConfig = ctx.config("intercept")
-    layer, b = intercept_from_frame(ctx.frame("decompose"))
-    prompts = ctx.known_prompts()
-    tok = ctx.model.tokenizer
-    return analyse_intercept(
-        ctx.model.view, prompts.prompts, torch.as_tensor(b), layer, prompts.answer_ids, config, seed=ctx.run.seed,
-        pad_id=tok.pad_token_id, decode=lambda t: tok.decode([t]), progress=ctx.progress,
-    )
-
-
 def check_config(config: InterceptConfig, model=None) -> None:
+    """The settings that the declared constraints do not cover (none depend on the model today)."""
     if config.top_k < 1 or config.n_random < 1:
         raise UserError(f"intercept: top_k and n_random must be >= 1, got {config.top_k} and {config.n_random}")
-
-
-register(Stage("intercept", ("decompose",), InterceptConfig, compute, "the intercept as function application; redirect test",
-               check=check_config))

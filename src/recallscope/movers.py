@@ -52,17 +52,17 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Callable, ClassVar, Literal, Mapping, Sequence
 
 import pandas as pd
 import torch
 from torch import Tensor
 
 from .components import head_label, top_heads
+from .constraints import NON_NEGATIVE, POSITIVE, PROBABILITY, Interval
 from .errors import UserError
 from .lens import logit_lens, token_direction, token_rank
 from .models.view import ModelView
-from .pipeline import Stage, StageContext, register
 from .progress import track
 from .stats import pearson
 from .tasks.collect import collect
@@ -83,6 +83,12 @@ class MoversConfig:
     max_p_value: float = 0.01  # two-sided p-value of that r
     min_ov_top5_share: float = 0.5  # share of distinct X's with OV rank < 5 (≈ median rank < 5)
     batch_size: int = 32
+
+    constraints: ClassVar[dict] = {
+        "top_k": POSITIVE, "layer": NON_NEGATIVE, "head": NON_NEGATIVE, "min_attention_to_subject": PROBABILITY,
+        "min_projection_corr": Interval(-1, 1), "max_p_value": PROBABILITY, "min_ov_top5_share": PROBABILITY,
+        "batch_size": POSITIVE,
+    }
 
     def thresholds(self) -> dict:
         return {
@@ -139,6 +145,10 @@ class MoversResult:
     @property
     def movers(self) -> list[tuple[int, int]]:
         return [(h["layer"], h["head"]) for h in self.heads if h["is_mover"]]
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The stage's tables by name (one: the main table, ``to_frame()``)."""
+        return {"movers": self.to_frame()}
 
     def to_frame(self) -> pd.DataFrame:
         return self.frame.copy()
@@ -264,7 +274,7 @@ def find_movers(
     summaries = []
     for c, (l, h) in enumerate(track(candidates, "movers: OV circuits", total=C, enabled=progress)):
         ranks_all = ov_ranks(view, l, h, distinct_subject)
-        rank_of = dict(zip(distinct_subject.tolist(), ranks_all.tolist()))
+        rank_of = dict(zip(distinct_subject.tolist(), ranks_all.tolist(), strict=True))
         ov_x = torch.tensor([rank_of[int(t)] for t in distinct_x])
         effect = None if effects is None or (l, h) not in effects else float(effects[(l, h)])
         head_rows = pd.DataFrame(
@@ -417,18 +427,3 @@ def figures(frame: pd.DataFrame, summary: dict) -> list:
         )
         figs.append(fig)
     return figs
-
-
-# ----------------------------------------------------------------------------- pipeline
-def compute(ctx: StageContext) -> MoversResult:
-    config: MoversConfig = ctx.config("movers")
-    try:
-        patch = ctx.frame("patch")
-    except KeyError:
-        patch = None
-    prompts = ctx.known_prompts()
-    return movers(ctx.model, prompts, config, patch=patch, progress=ctx.progress)
-
-
-register(Stage("movers", ("patch",), MoversConfig, compute, "mover heads: attention to the subject, projection, OV copying",
-               check=lambda config, model: check_config(config, model.cfg.n_layers, model.cfg.n_heads)))

@@ -52,7 +52,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -60,11 +60,11 @@ import torch
 from torch import Tensor
 
 from .components import Component, component_columns
+from .constraints import NON_NEGATIVE, POSITIVE, Options
 from .errors import UserError
 from .lens import recall_metric
 from .models import Model
 from .models.view import ModelView, position_ids_from_mask
-from .pipeline import Stage, register
 from .progress import track
 from .stats import spearman
 from .tasks import PromptSet
@@ -86,6 +86,12 @@ class PatchConfig:
     attribution: bool = True  # also run attribution patching and report its agreement with exact
     batch_size: int = 16  # clean prompts per batch (each carries one variant per component)
     min_prompts: int = 2  # fewer prompts with a same-length corruption than this is an error
+
+    constraints: ClassVar[dict] = {
+        "mode": Options("noise", "denoise"), "components": Options("heads", "mlp", "resid"), "layers": NON_NEGATIVE,
+        "top_k": POSITIVE, "n_corruptions": POSITIVE, "engine": Options("exact", "naive", "attribution"),
+        "batch_size": POSITIVE, "min_prompts": POSITIVE,
+    }
 
 
 # --------------------------------------------------------------------------- components
@@ -411,16 +417,18 @@ def with_corruptions(prompts: PromptSet, tokenizer, n_corruptions: int, min_prom
     """Keep the prompts that have at least one same-length corruption (UserError when too few do)."""
     if n_corruptions < 1:
         raise UserError(f"patch.n_corruptions must be >= 1, got {n_corruptions}")
-    found = [corruptions(p, prompts, tokenizer, limit=n_corruptions) for p in prompts.prompts]
+    excluded: dict[str, int] = {}  # reason -> corrupted prompts left out
+    found = [corruptions(p, prompts, tokenizer, limit=n_corruptions, excluded=excluded) for p in prompts.prompts]
     keep = [bool(c) for c in found]
-    kept = prompts.subset(keep, reason="no_same_length_corruption")
+    kept = dataclasses.replace(prompts.subset(keep, reason="no_same_length_corruption"), corruptions_excluded=excluded)
     n_dropped = len(prompts) - len(kept)
     if len(kept) < max(1, min_prompts):
         raise UserError(
             f"patch needs at least {max(1, min_prompts)} prompts with a same-length corruption; "
             f"{len(kept)} of {len(prompts)} known prompts of {prompts.relation.name!r} have one"
+            + "".join(f"; corruptions left out: {k}: {v}" for k, v in sorted(excluded.items()))
         )
-    return kept, [c for c, k in zip(found, keep) if k], n_dropped
+    return kept, [c for c, k in zip(found, keep, strict=True) if k], n_dropped
 
 
 def prepare(model: Model, prompts: PromptSet, config: PatchConfig, progress: bool = False) -> Prepared:
@@ -454,7 +462,7 @@ def prepare_batches(model: Model, prompts: PromptSet, config: PatchConfig, progr
     using it holds one batch of cached keys/values at a time. ``view``: the view to compute with
     (default :func:`engine_view` of the model's).
     """
-    _check_config(config, model)
+    check_config(config, model)
     view = view if view is not None else engine_view(model.view)
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     kept, found, n_dropped = with_corruptions(prompts, model.tokenizer, config.n_corruptions, config.min_prompts)
@@ -518,7 +526,7 @@ def _aligned_corruptions(batch, corrupt: list[list[Prompt]]) -> tuple[Tensor, Te
     return ids, weight
 
 
-def _check_config(config: PatchConfig, model: Model) -> None:
+def check_config(config: PatchConfig, model: Model) -> None:
     if config.mode not in MODES:
         raise UserError(f"patch.mode must be one of {', '.join(MODES)}, got {config.mode!r}")
     if config.engine not in ENGINES:
@@ -553,7 +561,7 @@ def _batch_effects(view: ModelView, pb: PatchBatch, components: Sequence[Compone
 def effects_from_pi(prepared: Prepared, pis: Sequence[Tensor], mode: str) -> np.ndarray:
     """Per-prompt effects [n_prompts, C] from the per-batch π of ``engine_pi``."""
     effects = np.zeros((len(prepared.prompts), pis[0].shape[1] if pis else 0))
-    for pb, pi in zip(prepared.batches, pis):
+    for pb, pi in zip(prepared.batches, pis, strict=True):
         effects[pb.indices] = pb.effect_pct(pi, mode).double().cpu().numpy()
     return effects
 
@@ -561,7 +569,7 @@ def effects_from_pi(prepared: Prepared, pis: Sequence[Tensor], mode: str) -> np.
 def gather_pi(prepared: Prepared, pis: Sequence[Tensor]) -> np.ndarray:
     """The per-batch π of ``engine_pi`` as one [n_prompts, C] array in prompt order."""
     out = np.zeros((len(prepared.prompts), pis[0].shape[1] if pis else 0))
-    for pb, pi in zip(prepared.batches, pis):
+    for pb, pi in zip(prepared.batches, pis, strict=True):
         out[pb.indices] = pi.double().cpu().numpy()
     return out
 
@@ -612,6 +620,10 @@ class PatchResult:
     def mean_effects(self) -> np.ndarray:
         return self.effects.mean(axis=0)
 
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The stage's tables by name (one: the main table, ``to_frame()``)."""
+        return {"patch": self.to_frame()}
+
     def to_frame(self) -> pd.DataFrame:
         n, C = self.effects.shape
         comp = np.repeat(np.arange(C), n)
@@ -655,6 +667,7 @@ class PatchResult:
             "n_prompts": int(self.effects.shape[0]),
             "n_dropped_no_corruption": int(self.n_dropped),
             "n_corruptions": float(np.mean(self.n_corruptions)) if self.n_corruptions else 0.0,
+            "corruptions_excluded": dict(self.prompts.corruptions_excluded),
             "mean_pi_clean": float(self.pi_clean.mean()),
             "top_components": [
                 {
@@ -708,7 +721,7 @@ def figures(frame: pd.DataFrame, summary: dict) -> list:
 # --------------------------------------------------------------------------- the stage
 def patch(model: Model, prompts: PromptSet, config: PatchConfig = PatchConfig(), progress: bool = True) -> PatchResult:
     """Patch every selected component at the end position of every prompt (see the module docstring)."""
-    _check_config(config, model)
+    check_config(config, model)
     components = select_components(model.cfg, config.components, config.layers)
     view = engine_view(model.view)  # float32 for half-precision models
     kept, prepared_batches, n_dropped, n_corruptions = prepare_batches(model, prompts, config, progress=progress, view=view)
@@ -750,24 +763,4 @@ def patch(model: Model, prompts: PromptSet, config: PatchConfig = PatchConfig(),
         attribution_seconds=attribution_seconds,
     )
 
-
-def _normalise(config: PatchConfig) -> PatchConfig:
-    """The CLI hands lists; keep the config hashable and printable."""
-    comps = config.components
-    if isinstance(comps, str):
-        comps = tuple(c.strip() for c in comps.split(",") if c.strip())
-    layers = config.layers
-    if isinstance(layers, int):
-        layers = (layers,)
-    return dataclasses.replace(
-        config, components=tuple(comps), layers=tuple(int(x) for x in layers) if layers is not None else None
-    )
-
-
-def _compute(ctx) -> PatchResult:
-    return patch(ctx.model, ctx.known_prompts(), _normalise(ctx.config("patch")), progress=ctx.progress)
-
-
-register(Stage("patch", ("recall",), PatchConfig, _compute, "causal mediation of every head and MLP at the end position",
-               check=_check_config))
 

@@ -8,11 +8,13 @@ stages work on the known prompts; the result says how many were dropped and why.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .constraints import POSITIVE
 from .errors import UserError
 from .lens import answer_stats
 from .models import Model
@@ -24,6 +26,8 @@ from .tasks.prompts import DROP_UNKNOWN
 class RecallConfig:
     known_top_k: int = 1  # a prompt is "known" when rank(Y) < known_top_k
     batch_size: int = 64
+
+    constraints: ClassVar[dict] = {"known_top_k": POSITIVE, "batch_size": POSITIVE}
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,10 @@ class RecallResult:
 
     def unknown_prompts(self) -> PromptSet:
         return self.prompts.subset(~self.known)
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The stage's tables by name (one: the main table, ``to_frame()``)."""
+        return {"recall": self.to_frame()}
 
     def to_frame(self) -> pd.DataFrame:
         return self.frame.copy()

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
@@ -56,13 +56,15 @@ import torch
 from torch import Tensor
 
 from .components import Component
+from .constraints import LEVEL, NON_NEGATIVE, POSITIVE, Interval, Options
 from .errors import UserError
 from .lens import answer_stats, logit_lens, recall_metric
-from .pipeline import Stage, StageContext, register
 from .progress import track
 from .stats import assign_folds as stats_assign_folds
 from .stats import bootstrap_ci
-from .tasks import PromptSet, batches, collect
+from .models import load_model
+from .recall import recall
+from .tasks import PromptSet, batches, build_prompts, collect, load_relation
 
 MODES = ("zero", "mean", "scale")
 POPULATIONS = ("known", "unknown", "all")
@@ -84,6 +86,12 @@ class SuppressConfig:
     ece_bins: int = 10
     seed: int = 0
     batch_size: int = 32
+
+    constraints: ClassVar[dict] = {
+        "last_layers": POSITIVE, "layers": NON_NEGATIVE, "threshold_share": Interval(0, 1, "left"),
+        "modes": Options(*MODES), "scale_factor": Interval(), "positions": Options("end", "all"), "folds": Interval(2, None),
+        "n_bootstrap": POSITIVE, "ci_level": LEVEL, "ece_bins": POSITIVE, "seed": NON_NEGATIVE, "batch_size": POSITIVE,
+    }
 
 
 # ----------------------------------------------------------------------------- attribution
@@ -212,7 +220,7 @@ def make_edits(
     """``view.trace`` edits that zero, mean-ablate or rescale the chosen components' writes."""
     cols = slice(-1, None) if config.positions == "end" else slice(None)
     by_site: dict[tuple[str, int], list[tuple[int | None, Tensor | None]]] = {}
-    for c, comp, keep in zip(range(len(comps)), comps, chosen):
+    for c, comp, keep in zip(range(len(comps)), comps, chosen, strict=True):
         if not keep:
             continue
         site = ("head_out", comp.layer) if comp.kind == "head" else ("mlp_out", comp.layer)
@@ -304,12 +312,18 @@ class SuppressResult:
     layer_totals: list = field(repr=False)  # dicts: layer, mean_dla, ci_low, ci_high, share_negative
     mitigation: dict = field(repr=False)  # mode -> population -> before/after metrics
     fold_suppressors: list = field(repr=False)  # per fold: list of component names chosen
-    frame: pd.DataFrame = field(repr=False)
+    dla: pd.DataFrame = field(repr=False)  # per known prompt × component: the DLA to Y (the main table)
+    evals: pd.DataFrame = field(repr=False)  # per prompt × mode: p(Y), π(Y), correctness before/after the edit
     n_known: int = 0
     n_unknown: int = 0
 
     def to_frame(self) -> pd.DataFrame:
-        return self.frame.copy()
+        """The main table: one row per known prompt and component (``dla``: its DLA to Y)."""
+        return self.dla.copy()
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """``suppress`` (the DLA table, main) and ``eval`` (before/after each mitigation, per held-out prompt)."""
+        return {"suppress": self.to_frame(), "eval": self.evals.copy()}
 
     def suppression_present(self) -> dict:
         final = next(t for t in self.layer_totals if t["layer"] == self.final_layer)
@@ -344,11 +358,11 @@ class SuppressResult:
         }
 
     def plot(self):
-        return figures(self.frame, self.to_dict())[0]
+        return figures(self.dla, self.to_dict())[0]
 
 
-def _mitigation_summary(frame: pd.DataFrame, config: SuppressConfig) -> dict:
-    evals = frame[frame["table"] == "eval"].astype({"correct": bool})
+def _mitigation_summary(evals: pd.DataFrame, config: SuppressConfig) -> dict:
+    evals = evals.astype({"correct": bool})
     before = evals[evals["mode"] == "before"]
     out = {}
     for mode in config.modes:
@@ -443,12 +457,11 @@ def suppress(
             "n_suppressors": int(chosen.sum()),
         }))
     evals = pd.concat(eval_frames, ignore_index=True)
-    evals["table"] = "eval"
+    evals["correct"] = evals["correct"].astype("boolean")
 
     # ---- the per-prompt DLA table (known prompts)
     kidx = np.flatnonzero(is_known)
     dla_rows = pd.DataFrame({
-        "table": "dla",
         "population": "known",
         "prompt_index": np.repeat(local_index[kidx], len(comps)),
         "subject": np.repeat(np.array(base["subject"], dtype=object)[kidx], len(comps)),
@@ -458,15 +471,12 @@ def suppress(
         "head": pd.array([c.head for c in comps] * len(kidx), dtype="Int64"),
         "dla": kdla.reshape(-1),
     })
-    frame = pd.concat([dla_rows, evals], ignore_index=True)
-    frame["head"] = frame["head"].astype("Int64")
-    frame["correct"] = frame["correct"].astype("boolean")
-    result_frame = frame
-    mitigation = _mitigation_summary(result_frame, config)
+    dla_rows["head"] = dla_rows["head"].astype("Int64")
+    mitigation = _mitigation_summary(evals, config)
     return SuppressResult(
         relation=known.relation.name, shots=known.shots, config=config, layers=tuple(layers), final_layer=final_layer,
         components=components, layer_totals=layer_totals, mitigation=mitigation, fold_suppressors=fold_suppressors,
-        frame=result_frame, n_known=int(is_known.sum()), n_unknown=int((~is_known).sum()),
+        dla=dla_rows, evals=evals, n_known=int(is_known.sum()), n_unknown=int((~is_known).sum()),
     )
 
 
@@ -556,10 +566,6 @@ def sweep(
     log: Callable[[str], None] = lambda _msg: None,
 ) -> pd.DataFrame:
     """One row per model × relation × shots × mitigation mode with the stage's headline figures."""
-    from . import load_model
-    from .recall import recall
-    from .tasks import build_prompts, load_relation
-
     rows = []
     for model_name in models:
         model = load_model(model_name, device=device)
@@ -632,15 +638,6 @@ def sweep_figure(frame: pd.DataFrame):
     return fig
 
 
-# ----------------------------------------------------------------------------- pipeline
-def compute(ctx: StageContext) -> SuppressResult:
-    return suppress(ctx.model, ctx.known_prompts(), ctx.unknown_prompts(), ctx.config("suppress"), progress=ctx.progress)
-
-
 def check_config(config: SuppressConfig, model) -> None:
     validate(config)
     resolve_layers(config, model.cfg.n_layers)
-
-
-register(Stage("suppress", ("recall",), SuppressConfig, compute, "anti-overconfidence: final-layer DLA to Y, suppressors, mitigation",
-               check=check_config))

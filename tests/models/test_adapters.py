@@ -54,10 +54,10 @@ def test_gemma_norms_are_mapped_to_their_roles():
     _, weights = extract(model)
     block = model.model.layers[0]
     lw = weights.layers[0]
-    assert lw.ln1.weight is block.input_layernorm.weight
-    assert lw.post_attn_norm.weight is block.post_attention_layernorm.weight
-    assert lw.ln2.weight is block.pre_feedforward_layernorm.weight
-    assert lw.post_mlp_norm.weight is block.post_feedforward_layernorm.weight
+    assert lw.ln1.weight.data_ptr() == block.input_layernorm.weight.data_ptr()  # the same storage, detached
+    assert lw.post_attn_norm.weight.data_ptr() == block.post_attention_layernorm.weight.data_ptr()  # the same storage, detached
+    assert lw.ln2.weight.data_ptr() == block.pre_feedforward_layernorm.weight.data_ptr()  # the same storage, detached
+    assert lw.post_mlp_norm.weight.data_ptr() == block.post_feedforward_layernorm.weight.data_ptr()  # the same storage, detached
 
 
 def test_sliding_window_changes_the_answer():

@@ -294,7 +294,8 @@ class ModelView:
         if lw.b_in is not None:
             pre = pre + lw.b_in
         if self.cfg.gated_mlp:
-            hidden = activation(x @ lw.W_gate, self.cfg.act) * pre
+            gate = x @ lw.W_gate if lw.b_gate is None else x @ lw.W_gate + lw.b_gate
+            hidden = activation(gate, self.cfg.act) * pre
         else:
             hidden = activation(pre, self.cfg.act)
         out = hidden @ lw.W_out
