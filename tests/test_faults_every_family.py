@@ -35,7 +35,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from models.test_architectures import randomise  # noqa: E402  (tests/ is on sys.path)
+from helpers.tiny import randomise
 from recallscope.models.loading import load_model
 from recallscope.tasks import build_prompts, load_relation
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from models.test_architectures import tiny_model  # noqa: E402  (tests/ is on sys.path)
+from helpers.tiny import tiny_model
 from recallscope.decompose import DecomposeConfig, EndActivations, decompose
 from recallscope.models.adapters import extract
 from recallscope.models.view import ModelView

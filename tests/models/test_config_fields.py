@@ -24,7 +24,7 @@ from transformers import (
     SmolLM3Config,
 )
 
-from models.test_architectures import PAD, VOCAB, random_prompts, randomise  # noqa: E402  (tests/ is on sys.path)
+from helpers.tiny import PAD, VOCAB, random_prompts, randomise
 from recallscope.errors import UserError
 from recallscope.models.adapters import ADAPTERS, COMMON_HONOURED, adapter_for, extract
 from recallscope.models.view import ModelView, position_ids_from_mask
