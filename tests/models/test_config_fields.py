@@ -24,7 +24,7 @@ from transformers import (
     SmolLM3Config,
 )
 
-from helpers.tiny import PAD, VOCAB, random_prompts, randomise
+from helpers.tiny import PAD, VOCAB, left_pad, random_prompts, randomise
 from recallscope.errors import UserError
 from recallscope.models.adapters import ADAPTERS, COMMON_HONOURED, adapter_for, extract
 from recallscope.models.view import ModelView, position_ids_from_mask
@@ -76,7 +76,6 @@ def build(config, seed: int = 0):
 @torch.no_grad()
 def max_logit_diff(view: ModelView, model, prompts) -> float:
     """max |view − transformers| over every real position of the left-padded batch."""
-    from models.conftest import left_pad
 
     ids, mask = left_pad(prompts, PAD)
     hf = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
