@@ -327,12 +327,12 @@ def _entry_states(view: ModelView, rec: RunRecord, patch: RunRecord, comps: Sequ
             heads.setdefault(comp.layer, []).append(i)
     for layer, idx in heads.items():
         hs = [comps[i].head for i in idx]
-        delta = patch.head_out[:, layer, hs] - rec.head_out[:, layer, hs]  # [B, c, d]
         if view.cfg.post_attn_norm:
             raw = view.attn_raw(layer, None, heads=rec.head_out[:, layer])  # the clean projection output
-            resid_mid = rec.resid_pre[:, layer, None] + view.post_attn(layer, raw[:, None] + delta)
+            patched = raw[:, None] + patch.head_out[:, layer, hs] - rec.head_out[:, layer, hs]  # [B, c, d]
+            resid_mid = rec.resid_pre[:, layer, None] + view.post_attn(layer, patched)
         else:
-            resid_mid = rec.resid_mid[:, layer, None] + delta
+            resid_mid = rec.resid_mid[:, layer, None] + patch.head_out[:, layer, hs] - rec.head_out[:, layer, hs]
         mlp = rec.mlp_out[:, layer, None].expand_as(resid_mid) if view.cfg.parallel_residual else view.mlp(layer, resid_mid)
         for j, i in enumerate(idx):
             out[i] = resid_mid[:, j] + mlp[:, j]

@@ -24,7 +24,7 @@ to change an eval-mode forward pass (``irrelevant``, :data:`COMMON_IRRELEVANT`),
 a fresh config of its class has — the value the parity tests run. Any other value, including a
 field a newer transformers adds, is refused in one line naming the field and the value. A new
 field whose *default* changes the forward pass is what the parity tests against transformers
-(tests/models/test_architectures.py, tests/models/test_config_fields.py) are there to catch.
+(tests/models/test_adapters.py, tests/models/test_config_fields.py) are there to catch.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The incremental forward: ``ModelView.forward_from`` over a cached prefix reproduces a full
+"""ModelView: forward_from (the incremental forward) over a cached prefix reproduces a full
 ``trace`` at every (p, start), with and without edits, on a tiny model of every family; the
 ``attn_bias`` edit site equals attention masked by hand."""
 
