@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_causal_trace import FAMILIES, tiny, tiny_prompts
+from helpers.localise import FAMILIES, tiny, tiny_prompts
 
 from recallscope import knockout as K
 from recallscope.cli import main
