@@ -41,7 +41,8 @@ from ..tasks import build_prompts, load_relation
 def run(options) -> Iterator[dict]:
     model = load_model(options.model, device=options.device)
     relation = load_relation(options.relation)
-    max_prompts = options.max_prompts or (8 if options.quick else 24)
+    # every restoration of n = 10 noised runs: minutes per prompt on a CPU, so few prompts by default
+    max_prompts = options.max_prompts or (4 if options.quick else 8)
     per_prompt_sample = 12 if options.quick else 30
     for shots in options.shots:
         ps = build_prompts(relation, model.tokenizer, shots=shots, seed=options.seed, max_prompts=max_prompts)
