@@ -3,7 +3,7 @@
     python scripts/patch_top10.py > docs/patch.md
 
 Runs ``recallscope patch`` (a child process per case, into a temporary run directory) for the
-paper's country_capital relation at 0 and 3 shots and for one LRE relation, and writes each
+paper's country_capital_extended relation at 0 and 3 shots and for one LRE relation, and writes each
 run's top 10 components (mean effect on π(Y) in %, its std across prompts), the attribution
 agreement, and the command that reproduces it.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 
 LRE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lre" / "country_capital_city.json"
 CASES = [
-    ("country_capital", 0),
-    ("country_capital", 3),
+    ("country_capital_extended", 0),
+    ("country_capital_extended", 3),
     (str(LRE), 0),
 ]
 

@@ -150,7 +150,7 @@ FORCE_OPTION = typer.Option(False, "--force", help="Redo stages already in --out
 def _stage_command(stage: str):
     def command(
         model: str = MODEL_OPTION,
-        relation: str = typer.Option("country_capital", "--relation", "-r", help="Built-in relation name or LRE JSON path."),
+        relation: str = typer.Option("country_capital_extended", "--relation", "-r", help="Built-in relation name or LRE JSON path."),
         shots: int = typer.Option(0, "--shots", "-k", help="In-context demonstrations per prompt."),
         out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (resumable)."),
         seed: int = SEED_OPTION,
@@ -190,7 +190,7 @@ for _stage in STAGE_HELP:
 @app.command("run")
 def run_command(
     model: str = MODEL_OPTION,
-    relation: str = typer.Option("country_capital", "--relation", "-r", help="Relation names or LRE paths, comma-separated."),
+    relation: str = typer.Option("country_capital_extended", "--relation", "-r", help="Relation names or LRE paths, comma-separated."),
     shots: str = typer.Option("0", "--shots", "-k", help="Shot counts, comma-separated (e.g. 0,1,3)."),
     out: str = typer.Option("runs/latest", "--out", "-o", help="Run directory (resumable)."),
     seed: int = SEED_OPTION,
@@ -311,7 +311,7 @@ def relations_command(as_json: bool = typer.Option(False, "--json")) -> None:
 def bench_command(
     names: list[str] = typer.Argument(None, help="Benchmarks to run (default: all)."),
     model: str = typer.Option("smollm2-135m", "--model", "-m"),
-    relation: str = typer.Option("country_capital", "--relation", "-r"),
+    relation: str = typer.Option("country_capital_extended", "--relation", "-r"),
     shots: str = typer.Option("0,3", "--shots", help="Comma-separated shot counts."),
     seed: int = typer.Option(0, "--seed"),
     max_prompts: Optional[int] = typer.Option(None, "--max-prompts"),

@@ -32,7 +32,7 @@ from .tasks import PromptSet, Relation, build_prompts, load_relation
 @dataclass(frozen=True)
 class RunConfig:
     model: str = "smollm2-135m"
-    relation: str = "country_capital"
+    relation: str = "country_capital_extended"
     shots: int = 0
     seed: int = 0
     max_prompts: int | None = None
@@ -425,7 +425,7 @@ class Study:
 
 def run(
     model: str | Model = "smollm2-135m",
-    relation: str = "country_capital",
+    relation: str = "country_capital_extended",
     shots: int = 0,
     stages: list[str] | None = None,
     out: str | None = None,

@@ -16,7 +16,7 @@ from typing import Iterator
 @dataclass(frozen=True)
 class BenchOptions:
     model: str = "smollm2-135m"
-    relation: str = "country_capital"
+    relation: str = "country_capital_extended"
     shots: tuple[int, ...] = (0, 3)
     seed: int = 0
     max_prompts: int | None = None

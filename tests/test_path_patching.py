@@ -1,0 +1,116 @@
+"""Path patching (``patch`` mode ``path``): the exact end-position MLP-chain engine equals the
+naive frozen-heads loop (a full forward per sender with every head's clean output re-imposed, as
+the authors' ``path_patching`` freezes q/k/v) on a tiny model of every family and on
+smollm2-135m; what frozen heads leave (only the end position, only through MLPs) holds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from models.test_architectures import PAD, VOCAB, random_prompts, tiny_model  # noqa: E402  (tests/ is on sys.path)
+from models.conftest import left_pad  # noqa: E402
+from recallscope import patch as P
+from recallscope import path_patching as PP
+from recallscope.models.adapters import extract
+from recallscope.models.view import ModelView
+from recallscope.tasks import build_prompts, load_relation, make_batch
+
+FAMILIES = ["gpt2", "opt", "gpt_neox_parallel", "gpt_neox_sequential", "llama_gqa", "gemma3_text", "gemma3_text_softcap_bias"]
+
+
+def tiny_setup(name: str, n_corrupt: int = 3):
+    """A float64 tiny model, a left-padded batch, its clean record and a corrupted-mean record."""
+    cfg, weights = extract(tiny_model(name))
+    view = ModelView(cfg, weights.to(dtype=torch.float64))
+    ids, mask = left_pad(random_prompts(seed=1), PAD)
+    B, S = ids.shape
+    answers = torch.tensor([5, 17, 42])
+    gen = torch.Generator().manual_seed(7)
+    corrupt = ids[:, None].repeat(1, n_corrupt, 1)
+    corrupt[:, :, S - 4 : S - 2] = torch.randint(3, VOCAB - 3, (B, n_corrupt, 2), generator=gen)
+    base = P.record_run(view, ids, mask, answers, prefix=True)
+    sender = P.corrupted_mean(view, base, corrupt, torch.full((B, n_corrupt), 1.0 / n_corrupt))
+    return view, base, sender
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_path_engine_equals_frozen_heads_loop_on_tiny_models(name):
+    view, base, sender = tiny_setup(name)
+    comps = P.select_components(view.cfg, ["heads", "mlp", "resid"], None)
+    exact = P.recall_pi(view, PP.path_final_resid(view, base.record, sender, comps), base.answer_ids)
+    naive = PP.frozen_heads_pi(view, base.input_ids, base.attention_mask, base.answer_ids, sender, comps)
+    pi_clean = P.recall_pi(view, base.record.resid_final[:, None], base.answer_ids)
+    assert (exact - naive).abs().max().item() <= 1e-6 * pi_clean.abs().max().item()
+    assert (exact - pi_clean).abs().max().item() > 1e-2  # the patches move π (the check is not vacuous)
+    # a dataset mean (one vector, leading dimension 1) broadcasts over the batch the same way
+    mean = P.RunRecord(*(getattr(sender, f.name).mean(0, keepdim=True) for f in dataclasses.fields(P.RunRecord)))
+    exact = P.recall_pi(view, PP.path_final_resid(view, base.record, mean, comps), base.answer_ids)
+    naive = PP.frozen_heads_pi(view, base.input_ids, base.attention_mask, base.answer_ids, mean, comps)
+    assert (exact - naive).abs().max().item() <= 1e-6 * pi_clean.abs().max().item()
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gpt_neox_parallel", "gemma3_text"])
+def test_own_value_changes_nothing_and_last_layer_heads_are_direct(name):
+    view, base, sender = tiny_setup(name)
+    rec = base.record
+    comps = P.select_components(view.cfg, ["heads", "mlp", "resid"], None)
+    same = PP.path_final_resid(view, rec, rec, comps)
+    assert (same - rec.resid_final[:, None]).abs().max().item() <= 1e-10
+    # a head of the last layer: in a sequential model its change passes through the last MLP,
+    # in a parallel-residual one it is direct (the last MLP reads r[L-1], untouched by it)
+    L = view.cfg.n_layers
+    head = P.Component("head", L - 1, 0)
+    out = PP.path_final_resid(view, rec, sender, [head])[:, 0]
+    change = sender.head_out[:, L - 1, 0] - rec.head_out[:, L - 1, 0]
+    direct = rec.resid_final + change
+    if view.cfg.parallel_residual:
+        assert (out - direct).abs().max().item() <= 1e-10
+    else:
+        mid = rec.resid_mid[:, L - 1] + change
+        assert (out - (mid + view.mlp(L - 1, mid))).abs().max().item() <= 1e-10
+        assert (out - direct).abs().max().item() > 1e-6
+
+
+def test_frozen_heads_differ_from_total_effect():
+    """Path and total effects coincide for the last layer's MLP (nothing runs after it) and differ
+    for an early head (later heads recompute in the total effect)."""
+    view, base, sender = tiny_setup("llama_gqa")
+    comps = [P.Component("mlp", view.cfg.n_layers - 1), P.Component("head", 0, 1)]
+    path = P.recall_pi(view, PP.path_final_resid(view, base.record, sender, comps), base.answer_ids)
+    total = P.exact_pi(view, base, sender, comps)
+    assert (path[:, 0] - total[:, 0]).abs().max().item() <= 1e-10
+    assert (path[:, 1] - total[:, 1]).abs().max().item() > 1e-4
+
+
+def test_flop_counts_arithmetic():
+    view, _, _ = tiny_setup("llama_gqa")
+    comps = P.select_components(view.cfg, ["heads", "mlp"], None)
+    f = PP.flop_counts(view, 10, comps)
+    assert f["flop_ratio"] == pytest.approx(f["naive_macs"] / f["path_macs"])
+    cfg = view.cfg
+    mlp = cfg.d_model * view.layer(0).W_in.shape[-1] * 3
+    L, H = cfg.n_layers, cfg.n_heads
+    assert f["path_macs"] == pytest.approx(sum((L - l) * H * mlp + (L - l - 1) * mlp for l in range(L)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shots", [0, 3])
+def test_path_engine_equals_frozen_heads_loop_on_smollm2_subset(smollm2, shots):
+    view = ModelView(smollm2.cfg, smollm2.view.weights.to(dtype=torch.float64))
+    ps = build_prompts(load_relation("paper_country_capital"), smollm2.tokenizer, shots=shots, max_prompts=3)
+    pad = smollm2.tokenizer.pad_token_id or 0
+    batch = make_batch(list(ps.prompts), pad)
+    base = P.record_run(view, batch.input_ids, batch.attention_mask, batch.answer_ids(), prefix=False)
+    corrupted = PP.swapped_subject_prompts(ps, smollm2.tokenizer)
+    cb = make_batch(corrupted, pad)
+    mean = P.record_run(view, cb.input_ids, cb.attention_mask, cb.answer_ids(), prefix=False)
+    mean = P.RunRecord(*(getattr(mean, f.name).mean(0, keepdim=True) for f in dataclasses.fields(P.RunRecord)))
+    comps = P.select_components(smollm2.cfg, ["heads", "mlp"], [0, 14, 28, 29])[:: 3]
+    exact = P.recall_pi(view, PP.path_final_resid(view, base, mean, comps), batch.answer_ids())
+    naive = PP.frozen_heads_pi(view, batch.input_ids, batch.attention_mask, batch.answer_ids(), mean, comps)
+    assert (exact - naive).abs().max().item() <= 1e-6
+    assert (exact - P.recall_pi(view, base.resid_final[:, None], batch.answer_ids())).abs().max().item() > 1e-2
