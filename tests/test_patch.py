@@ -153,7 +153,7 @@ def test_patch_stage_table_summary_and_attribution_agreement(smollm2):
 @pytest.mark.slow
 def test_denoise_mode_restores_the_gap(smollm2):
     ps = build_prompts(load_relation("country_capital_extended"), smollm2.tokenizer, shots=0, max_prompts=6)
-    result = P.patch(smollm2, ps, P.PatchConfig(mode="denoise", components=("resid",), layers=(0, 29), attribution=False), progress=False)
+    result = P.patch(smollm2, ps, P.PatchConfig(direction="denoise", components=("resid",), layers=(0, 29), attribution=False), progress=False)
     means = dict(zip((c.name for c in result.components), result.mean_effects()))
     # the clean residual entering the last layer restores nearly the whole gap (only that
     # layer's attention still reads the corrupted subject); the layer-0 residual at the end

@@ -165,7 +165,7 @@ def _stage_command(stage: str):
         components: Optional[str] = typer.Option(None, "--components", help="Components to patch: heads,mlp,resid."),
         solver: Optional[str] = typer.Option(None, "--solver", help="decompose solver: lstsq or sgd."),
         top_k: Optional[int] = typer.Option(None, "--top-k", help="How many top components/heads/tokens."),
-        settings: list[str] = typer.Option([], "--set", help="Stage setting, e.g. --set patch.mode=denoise (repeatable)."),
+        settings: list[str] = typer.Option([], "--set", help="Stage setting, e.g. --set patch.direction=denoise (repeatable)."),
     ) -> None:
         overrides = _parse_set(settings)
         overrides.update(_flag_overrides(stage, {

@@ -83,12 +83,12 @@ def _exact_vs_naive_lines(model, options, shots, known, config, comps, sample) -
         pi, s = _timed(lambda: P.batch_pi(view, pb, picked, "naive"))
         naive_pi.append(pi)
         naive_sample_s += s
-    exact = P.effects_from_pi(prepared, exact_pi, config.mode)
-    naive = P.effects_from_pi(prepared, naive_pi, config.mode)
+    exact = P.effects_from_pi(prepared, exact_pi, config.direction)
+    naive = P.effects_from_pi(prepared, naive_pi, config.direction)
     naive_s = naive_sample_s * len(comps) / len(sample)
-    attribution, attr_s = _timed(lambda: P.run_engine(view, prepared, comps, "attribution", config.mode))
+    attribution, attr_s = _timed(lambda: P.run_engine(view, prepared, comps, "attribution", config.direction))
     diff64 = _float64_diff(model, known, config, picked)
-    floor32 = _naive_batch_floor(view, prepared, picked, config.mode)
+    floor32 = _naive_batch_floor(view, prepared, picked, config.direction)
     line = {
         "bench": "patch_exact_vs_naive",
         "model": options.model,
@@ -130,8 +130,8 @@ def _float64_diff(model, known, config, components) -> float:
     """max |exact − naive| (effect %) with both engines in float64 on the same prompts."""
     view = ModelView(model.cfg, model.view.weights.to(dtype=torch.float64))
     prepared = P.prepare(dataclasses.replace(model, view=view), known, config)
-    exact = P.run_engine(view, prepared, components, "exact", config.mode)
-    naive = P.run_engine(view, prepared, components, "naive", config.mode)
+    exact = P.run_engine(view, prepared, components, "exact", config.direction)
+    naive = P.run_engine(view, prepared, components, "naive", config.direction)
     return float(np.abs(exact - naive).max())
 
 
@@ -166,7 +166,7 @@ def _transformerlens_line(model, options, shots, known, comps, sample) -> dict:
         line["skipped"] = f"TransformerLens cannot wrap {options.model}: {type(exc).__name__}: {_first_line(exc)}"
         return line
     view = model.view
-    config = P.PatchConfig(mode="denoise", attribution=False)
+    config = P.PatchConfig(direction="denoise", attribution=False)
     prepared, prep_s = _timed(lambda: P.prepare(model, known, config))
     pis, exact_s = _timed(lambda: P.engine_pi(view, prepared, comps, "exact"))
     ours = P.gather_pi(prepared, pis)
