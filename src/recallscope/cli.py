@@ -121,6 +121,8 @@ FLAG_TARGETS: dict[str, dict[str, str]] = {
     "solver": {"decompose": "decompose.solver", "intercept": "decompose.solver"},
     "layers": {**{s: "patch.layers" for s in ("patch", "movers", "decompose", "intercept")}, "suppress": "suppress.layers"},
     "components": {s: "patch.components" for s in ("patch", "movers", "decompose", "intercept")},
+    "mode": {"patch": "patch.mode"},
+    "prompts": {"patch": "patch.prompts"},
 }
 
 
@@ -165,6 +167,8 @@ def _stage_command(stage: str):
         components: Optional[str] = typer.Option(None, "--components", help="Components to patch: heads,mlp,resid."),
         solver: Optional[str] = typer.Option(None, "--solver", help="decompose solver: lstsq or sgd."),
         top_k: Optional[int] = typer.Option(None, "--top-k", help="How many top components/heads/tokens."),
+        mode: Optional[str] = typer.Option(None, "--mode", help="patch: total (every later component recomputes) or path (heads frozen, the paper's)."),
+        prompts: Optional[str] = typer.Option(None, "--prompts", help="patch: known (default) or all prompts (the paper's)."),
         settings: list[str] = typer.Option([], "--set", help="Stage setting, e.g. --set patch.direction=denoise (repeatable)."),
     ) -> None:
         overrides = _parse_set(settings)
@@ -175,6 +179,8 @@ def _stage_command(stage: str):
             "components": _split_list(components) or None,
             "solver": solver,
             "top_k": top_k,
+            "mode": mode,
+            "prompts": prompts,
         }))
         summary = _run_stages([stage], model, relation, shots, out, seed, max_prompts, device, dtype, as_json, force, overrides)
         _print_summary(stage, summary, as_json)

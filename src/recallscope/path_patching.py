@@ -232,7 +232,7 @@ def swapped_subject_prompts(prompts: PromptSet, tokenizer) -> list[Prompt]:
             continue
         rng = np.random.default_rng(stable_seed(prompts.seed, "swap", p.subject, p.template, p.text))
         for j in rng.permutation(len(others)):
-            other = make_prompt(tokenizer, p.template, others[j], p.answer, p.demos)
+            other = make_prompt(tokenizer, p.template, others[j], p.answer, p.demos, p.demo_template)
             if other is not None:
                 out.append(other)
                 break
