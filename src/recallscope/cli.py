@@ -317,16 +317,20 @@ def relations_command(as_json: bool = typer.Option(False, "--json")) -> None:
 def bench_command(
     names: list[str] = typer.Argument(None, help="Benchmarks to run (default: all)."),
     model: str = typer.Option("smollm2-135m", "--model", "-m"),
-    relation: str = typer.Option("country_capital_extended", "--relation", "-r"),
+    relation: Optional[str] = typer.Option(None, "--relation", "-r", help="Default: each benchmark's own relation."),
     shots: str = typer.Option("0,3", "--shots", help="Comma-separated shot counts."),
     seed: int = typer.Option(0, "--seed"),
     max_prompts: Optional[int] = typer.Option(None, "--max-prompts"),
     device: str = typer.Option("cpu", "--device"),
     quick: bool = typer.Option(False, "--quick", help="Small samples: a smoke run, not for BENCHMARKS.md."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line on stdout."),
+    mode: str = typer.Option("total", "--mode", help="patch: total (exact vs naive) or path (path engine vs frozen-heads loop)."),
 ) -> None:
     """The performance benchmarks, one JSON line each (ratios measured side by side)."""
     from . import benchmarks
+
+    if mode not in ("total", "path"):
+        raise UserError(f"--mode must be one of total, path, got {mode!r}")
 
     available = benchmarks.names()
     chosen = names or available
@@ -335,7 +339,7 @@ def bench_command(
         raise UserError(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(available)}")
     options = benchmarks.BenchOptions(
         model=model, relation=relation, shots=tuple(_split_list(shots, int)), seed=seed,
-        max_prompts=max_prompts, device=device, quick=quick,
+        max_prompts=max_prompts, device=device, quick=quick, mode=mode,
     )
     for name in chosen:
         for line in benchmarks.run(name, options):
