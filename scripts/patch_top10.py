@@ -3,7 +3,8 @@
     python scripts/patch_top10.py > docs/patch.md
     python scripts/patch_top10.py --max-prompts 60 > docs/patch.md   # a subsample, said so in the page
 
-For each case (the paper's task at 0 and 3 shots, one LRE relation at 0 shots) it runs
+For each case (paper_country_capital — the paper's nations and capitals, recallscope's lead-ins — at 0
+and 3 shots, one LRE relation at 0 shots) it runs
 ``recallscope patch`` twice in child processes, into temporary run directories:
 
 - total: recallscope's defaults (every later component recomputes, same-length corruptions

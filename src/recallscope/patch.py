@@ -55,7 +55,8 @@ Three engines compute the total-effect table (path mode: ``exact`` and ``naive``
 
 ``naive``
     one full forward per component (``view.trace`` with an edit at the end position), batched
-    over prompts — the method of the paper's code and of TransformerLens's patching helpers, and
+    over prompts — the loop structure of the paper's code (a forward per sender) and of
+    TransformerLens's patching helpers, and
     the reference in the tests.
 ``exact`` (default)
     a change at the end position alters nothing at earlier positions (attention is causal) and

@@ -57,7 +57,7 @@ def _timed(fn):
 
 
 def default_relation(options) -> str:
-    """Total mode: country_capital_extended (the figures already in BENCHMARKS.md); path: the paper's task."""
+    """Total mode: country_capital_extended (the figures already in BENCHMARKS.md); path: paper_country_capital (the paper's nations and capitals)."""
     return "paper_country_capital" if options.mode == "path" else "country_capital_extended"
 
 
