@@ -294,7 +294,7 @@ def _path_line(model, options, shots, ps, naive_sample: int) -> dict:
     T = tokens / len(prepared.prompts)  # positions the naive loop computes per prompt (padding included)
     flops = flop_counts(view, T, comps)
     ratio = naive_s / exact_s
-    check_prompts = 16 if options.quick else 32
+    check_prompts = 8 if options.quick else 16
     diff64, n_checked = _path_float64_diff(model, ps, config, picked, check_prompts)
     pi_clean = np.concatenate([pb.pi_clean.double().cpu().numpy() for pb in prepared.batches])
     exact_pi_all = P.gather_pi(prepared, exact_pi)
