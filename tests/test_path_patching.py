@@ -6,6 +6,7 @@ smollm2-135m; what frozen heads leave (only the end position, only through MLPs)
 from __future__ import annotations
 
 import dataclasses
+import types
 
 import numpy as np
 import pytest
@@ -51,6 +52,18 @@ def test_path_engine_equals_frozen_heads_loop_on_tiny_models(name):
     exact = P.recall_pi(view, PP.path_final_resid(view, base.record, mean, comps), base.answer_ids)
     naive = PP.frozen_heads_pi(view, base.input_ids, base.attention_mask, base.answer_ids, mean, comps)
     assert (exact - naive).abs().max().item() <= 1e-6 * pi_clean.abs().max().item()
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gpt_neox_parallel", "gemma3_text_softcap_bias"])
+def test_whole_attention_output_sender(name):
+    """ATTN{l} (a layer's whole attention output) as a sender: the engine equals the loop."""
+    view, base, sender = tiny_setup(name)
+    comps = [types.SimpleNamespace(kind="attn", layer=layer, head=None) for layer in range(view.cfg.n_layers)]
+    exact = P.recall_pi(view, PP.path_final_resid(view, base.record, sender, comps), base.answer_ids)
+    naive = PP.frozen_heads_pi(view, base.input_ids, base.attention_mask, base.answer_ids, sender, comps)
+    assert (exact - naive).abs().max().item() <= 1e-10
+    pi_clean = P.recall_pi(view, base.record.resid_final[:, None], base.answer_ids)
+    assert (exact - pi_clean).abs().max().item() > 1e-2  # the patches move π
 
 
 @pytest.mark.parametrize("name", ["gpt2", "gpt_neox_parallel", "gemma3_text"])

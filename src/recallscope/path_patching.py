@@ -33,6 +33,7 @@ run as one batch, layer by layer, a sender joining at its layer.
 
 - A head ``L{l}H{h}``: r_mid[l] + (sender value − clean value), then MLP l and up.
 - ``MLP{l}``: r[l+1] = r_mid[l] + sender value, then MLP l+1 and up.
+- ``ATTN{l}`` (the whole attention output of layer l): as a head, with the change of the sum.
 - ``RES{l}`` (recallscope's extra): r[l] replaced, then layer l with its attention frozen.
 - **Parallel residual** (GPT-NeoX/Pythia, GPT-J): the MLP of layer l reads r[l], not r_mid[l],
   so a head of layer l reaches its first MLP at layer l+1 (r[l+1] = r[l+1]_clean + change),
@@ -84,7 +85,7 @@ class EndRecord(Protocol):
 
 
 class Sender(Protocol):
-    kind: str  # "head" | "mlp" | "resid"
+    kind: str  # "head" | "attn" | "mlp" | "resid"
     layer: int
     head: int
 
@@ -115,8 +116,11 @@ def path_final_resid(view: ModelView, clean: EndRecord, sender: EndRecord, sende
             join_pre.setdefault(layer, []).append((i, value(sender.resid_pre[:, layer])))
         elif s.kind == "mlp":
             join_pre.setdefault(layer + 1, []).append((i, clean.resid_mid[:, layer] + value(sender.mlp_out[:, layer])))
-        elif s.kind == "head":
-            change = value(sender.head_out[:, layer, s.head]) - clean.head_out[:, layer, s.head]
+        elif s.kind in ("head", "attn"):
+            if s.kind == "head":
+                change = value(sender.head_out[:, layer, s.head]) - clean.head_out[:, layer, s.head]
+            else:  # the whole attention output of the layer
+                change = value(sender.resid_mid[:, layer] - sender.resid_pre[:, layer]) - attn[:, layer]
             if cfg.parallel_residual:  # MLP l reads r[l]: the head reaches MLP l+1 first
                 r_next = clean.resid_mid[:, layer] + clean.mlp_out[:, layer] + change
                 join_pre.setdefault(layer + 1, []).append((i, r_next))
@@ -205,6 +209,10 @@ def frozen_heads_pi(
             frozen(edits, s.layer, s.head, value(sender.head_out[:, s.layer, s.head]))
         elif s.kind == "mlp":
             edits[("mlp_out", s.layer)] = at_end(value(sender.mlp_out[:, s.layer]))
+        elif s.kind == "attn":
+            attn = attn_clean[:, :, s.layer].clone()
+            attn[:, -1] = value(sender.resid_mid[:, s.layer] - sender.resid_pre[:, s.layer])
+            edits[("attn_out", s.layer)] = lambda _x, attn=attn: attn
         else:
             edits[("resid_pre", s.layer)] = at_end(value(sender.resid_pre[:, s.layer]))
         t = view.trace(input_ids, attention_mask, edits=edits)
@@ -259,7 +267,7 @@ def flop_counts(view: ModelView, n_tokens: float, senders: Sequence[Sender]) -> 
     naive = len(senders) * n_tokens * cfg.n_layers * (attn_proj + attn_mix + mlp)
     path = 0.0
     for s in senders:
-        first = s.layer if s.kind in ("head", "resid") and not (s.kind == "head" and cfg.parallel_residual) else s.layer + 1
+        first = s.layer if s.kind in ("head", "attn", "resid") and not (s.kind in ("head", "attn") and cfg.parallel_residual) else s.layer + 1
         path += max(0, cfg.n_layers - first) * mlp
     return {
         "naive_macs": float(naive),
