@@ -6,7 +6,7 @@ OUT ?= runs/demo
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install install-test browser demo test test-fast bench clean
+.PHONY: install install-test browser demo lint test test-fast bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ browser:
 
 demo: install
 	$(BIN)/recallscope run --model smollm2-135m --relation country_capital_extended --shots 0 --out $(OUT)
+
+# ruff (lint and format, configured in pyproject.toml) and the import-direction check.
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/check_imports.py
 
 # pytest exits 5 when it collected no test: that is a failure, not a pass.
 test: install-test

@@ -39,67 +39,219 @@ class Case:
     exit_code: int = 2
     corrupt_cache: bool = False  # run with a copy of the weight cache whose weights are truncated
     model: bool = False  # the model loads before the error (the tests mark such cases slow)
+    build: str | None = None  # a function of BUILDERS that writes what the case needs (e.g. a tiny model folder)
+    edit: dict = field(default_factory=dict)  # files written after ``before`` ran (an input edited between runs)
 
 
 CASES: tuple[Case, ...] = (
-    Case("unknown model", ("recall", "--model", "no-such-model"), "unknown model 'no-such-model'; aliases: gemma3-270m, smollm2-135m"),
+    Case(
+        "unknown model",
+        ("recall", "--model", "no-such-model"),
+        "unknown model 'no-such-model'; aliases: gemma3-270m, smollm2-135m",
+    ),
     Case("hub id, offline", ("recall", "--model", "gpt2"), "the model hub is not reachable from here (offline)"),
-    Case("folder that is not a model", ("recall", "--model", "notamodel"), "not a loadable model directory",
-         files={"notamodel/": ""}),
+    Case(
+        "folder that is not a model",
+        ("recall", "--model", "notamodel"),
+        "not a loadable model directory",
+        files={"notamodel/": ""},
+    ),
     Case("unknown relation", ("recall", "--relation", "nope"), "unknown relation 'nope'; built-in: "),
     Case("relation: a folder", ("recall", "--relation", "notamodel"), "is a directory", files={"notamodel/": ""}),
-    Case("relation: truncated JSON", ("recall", "--relation", "trunc.json"), "trunc.json: not valid JSON (line 1",
-         files={"trunc.json": SMALL[:40]}),
+    Case(
+        "relation: truncated JSON",
+        ("recall", "--relation", "trunc.json"),
+        "trunc.json: not valid JSON (line 1",
+        files={"trunc.json": SMALL[:40]},
+    ),
     Case("relation: empty file", ("recall", "--relation", "empty.json"), "empty.json: not valid JSON", files={"empty.json": ""}),
-    Case("relation: lacks a field", ("recall", "--relation", "nofield.json"), "nofield.json: missing field 'prompt_templates'",
-         files={"nofield.json": '{"samples": [{"subject": "France", "object": "Paris"}]}'}),
-    Case("relation: a sample lacks a field", ("recall", "--relation", "noobject.json"),
-         "noobject.json: samples[0] is missing field 'object'",
-         files={"noobject.json": '{"prompt_templates": ["{} is"], "samples": [{"subject": "France"}]}'}),
-    Case("relation: wrong type", ("recall", "--relation", "wrongtype.json"), "samples[0].subject must be a string, got int",
-         files={"wrongtype.json": '{"prompt_templates": ["{} is"], "samples": [{"subject": 3, "object": "Paris"}]}'}),
-    Case("relation: templates not a list", ("recall", "--relation", "tpl.json"), "field 'prompt_templates' must be list, got str",
-         files={"tpl.json": '{"prompt_templates": "{} is", "samples": [{"subject": "France", "object": "Paris"}]}'}),
-    Case("relation: template without {}", ("recall", "--relation", "slot.json"), "must contain exactly one '{}'",
-         files={"slot.json": '{"prompt_templates": ["The capital is"], "samples": [{"subject": "France", "object": "Paris"}]}'}),
-    Case("relation: no samples", ("recall", "--relation", "nosamples.json"), "field 'samples' is empty",
-         files={"nosamples.json": '{"prompt_templates": ["{} is"], "samples": []}'}),
-    Case("relation: no single-token answers", ("recall", "--relation", "years.json"),
-         "no prompt left for relation 'years' after filtering (answer_first_token_shared: 3)", files={"years.json": SHARED_FIRST_TOKEN}, model=True),
-    Case("no known prompt left", ("patch", "--relation", "unknown.json"),
-         "no known prompt left for relation 'unknown' (unknown_to_model: 2)", files={"unknown.json": UNKNOWN}, progress_lines=1, model=True),
-    Case("--shots more than the demonstrations", ("recall", "--shots", "50", "--relation", "small.json"),
-         "--shots 50 needs at least 51 usable samples in relation 'small'; it has 3", files={"small.json": SMALL}, model=True),
+    Case(
+        "relation: lacks a field",
+        ("recall", "--relation", "nofield.json"),
+        "nofield.json: missing field 'prompt_templates'",
+        files={"nofield.json": '{"samples": [{"subject": "France", "object": "Paris"}]}'},
+    ),
+    Case(
+        "relation: a sample lacks a field",
+        ("recall", "--relation", "noobject.json"),
+        "noobject.json: samples[0] is missing field 'object'",
+        files={"noobject.json": '{"prompt_templates": ["{} is"], "samples": [{"subject": "France"}]}'},
+    ),
+    Case(
+        "relation: wrong type",
+        ("recall", "--relation", "wrongtype.json"),
+        "samples[0].subject must be a string, got int",
+        files={"wrongtype.json": '{"prompt_templates": ["{} is"], "samples": [{"subject": 3, "object": "Paris"}]}'},
+    ),
+    Case(
+        "relation: templates not a list",
+        ("recall", "--relation", "tpl.json"),
+        "field 'prompt_templates' must be list, got str",
+        files={"tpl.json": '{"prompt_templates": "{} is", "samples": [{"subject": "France", "object": "Paris"}]}'},
+    ),
+    Case(
+        "relation: template without {}",
+        ("recall", "--relation", "slot.json"),
+        "must contain exactly one '{}'",
+        files={"slot.json": '{"prompt_templates": ["The capital is"], "samples": [{"subject": "France", "object": "Paris"}]}'},
+    ),
+    Case(
+        "relation: no samples",
+        ("recall", "--relation", "nosamples.json"),
+        "field 'samples' is empty",
+        files={"nosamples.json": '{"prompt_templates": ["{} is"], "samples": []}'},
+    ),
+    Case(
+        "relation: no single-token answers",
+        ("recall", "--relation", "years.json"),
+        "no prompt left for relation 'years' after filtering (answer_first_token_shared: 3)",
+        files={"years.json": SHARED_FIRST_TOKEN},
+        model=True,
+    ),
+    Case(
+        "no known prompt left",
+        ("patch", "--relation", "unknown.json"),
+        "no known prompt left for relation 'unknown' (unknown_to_model: 2)",
+        files={"unknown.json": UNKNOWN},
+        progress_lines=1,
+        model=True,
+    ),
+    Case(
+        "--shots more than the demonstrations",
+        ("recall", "--shots", "50", "--relation", "small.json"),
+        "--shots 50 needs at least 51 usable samples in relation 'small'; it has 3",
+        files={"small.json": SMALL},
+        model=True,
+    ),
+    # issue 16 (classes D and "also seen"): templates parsed with str.format's grammar; the real cause of too few samples
+    Case("relation: template with only literal braces", ("recall", "--relation", "braces.json"),
+         "must contain exactly one '{}' for the subject (it has 0)",
+         files={"braces.json": REL([("France", "Paris")], ("Capital of {{}} is",))}),
+    Case("relation: template with a named field", ("recall", "--relation", "named.json"), "has the field '{note}'",
+         files={"named.json": REL([("France", "Paris")], ("{note} The capital of {} is",))}),
+    Case("--shots where every answer shares its first token", ("recall", "--shots", "1", "--relation", "years.json"),
+         "it has 0 of 3 (answer_first_token_shared: 3; every answer starts with the token",
+         files={"years.json": SHARED_FIRST_TOKEN}, model=True),
     Case("--shots negative", ("recall", "--shots", "-1"), "--shots must be >= 0, got -1"),
     Case("--shots not a number", ("run", "--shots", "0,a"), "cannot read '0,a' as a comma-separated list of int"),
     Case("--max-prompts 0", ("recall", "--max-prompts", "0"), "--max-prompts must be >= 1, got 0"),
-    Case("--layer out of range (movers)", ("movers", "--layer", "99", "--head", "0"), "--layer 99 out of range: the model has layers 0..29", model=True),
-    Case("--head out of range", ("movers", "--layer", "3", "--head", "99"), "--head 99 out of range: the model has heads 0..8", model=True),
+    Case(
+        "--layer out of range (movers)",
+        ("movers", "--layer", "99", "--head", "0"),
+        "--layer 99 out of range: the model has layers 0..29",
+        model=True,
+    ),
+    Case(
+        "--head out of range",
+        ("movers", "--layer", "3", "--head", "99"),
+        "--head 99 out of range: the model has heads 0..8",
+        model=True,
+    ),
     Case("--head without --layer", ("movers", "--head", "3"), "--head needs --layer", model=True),
-    Case("--layer out of range (decompose)", ("decompose", "--layer", "99"), "--layer 99 out of range: the model has layers 0..29", model=True),
-    Case("--layer negative (intercept)", ("intercept", "--layer", "-1"), "--layer -1 out of range: the model has layers 0..29", model=True),
-    Case("--layers out of range (patch)", ("patch", "--layers", "0,40"), "--layers: [40] out of range; the model has layers 0..29", model=True),
-    Case("--layers out of range (suppress)", ("suppress", "--layers", "40"), "--layers [40] out of range: the model has layers 0..29", model=True),
+    Case(
+        "--layer out of range (decompose)",
+        ("decompose", "--layer", "99"),
+        "--layer 99 out of range: the model has layers 0..29",
+        model=True,
+    ),
+    Case(
+        "--layer negative (intercept)",
+        ("intercept", "--layer", "-1"),
+        "--layer -1 out of range: the model has layers 0..29",
+        model=True,
+    ),
+    Case(
+        "--layers out of range (patch)",
+        ("patch", "--layers", "0,40"),
+        "--layers: [40] out of range; the model has layers 0..29",
+        model=True,
+    ),
+    Case(
+        "--layers out of range (suppress)",
+        ("suppress", "--layers", "40"),
+        "--layers [40] out of range: the model has layers 0..29",
+        model=True,
+    ),
     Case("--solver unknown", ("decompose", "--solver", "adam"), "--solver must be lstsq or sgd, got 'adam'", model=True),
     Case("a flag the verb does not take", ("suppress", "--layer", "3"), "--layer does not apply to `recallscope suppress`"),
     Case("--set unknown setting", ("recall", "--set", "patch.nope=1"), "unknown setting(s) patch.nope"),
     Case("--set without =", ("recall", "--set", "patch.mode"), "--set expects key=value, got 'patch.mode'"),
-    Case("--stages unknown", ("run", "--stages", "recall,nope", "--out", "run"), "unknown stage 'nope'; available: recall, patch"),
+    Case(
+        "--stages unknown", ("run", "--stages", "recall,nope", "--out", "run"), "unknown stage 'nope'; available: recall, patch"
+    ),
     Case("--dtype unknown", ("recall", "--dtype", "int8"), "unknown dtype 'int8'"),
     Case("unknown option", ("recall", "--shot", "3"), "No such option: --shot"),
     Case("unknown verb", ("recal",), "No such command 'recal'"),
     Case("--out is a file", ("recall", "--out", "afile"), "--out afile is a file, not a directory", files={"afile": "x"}),
-    Case("--out unwritable (under a file)", ("recall", "--out", "afile/run"),
-         "--out afile/run: cannot create the directory: ", files={"afile": "x"}, model=True),
-    Case("--out unwritable (in /proc)", ("run", "--stages", "recall", "--out", "/proc/recallscope-run"),
-         "--out /proc/recallscope-run: cannot create the directory in /proc", model=True),
-    Case("--out holds a run of another configuration", ("recall", "--max-prompts", "4", "--shots", "1", "--out", "run"),
-         "--out run holds a run with a different configuration (shots: 0 -> 1)",
-         before=("recall", "--max-prompts", "4", "--out", "run"), model=True),
-    Case("--out holds a damaged summary.json", ("recall", "--max-prompts", "4", "--out", "run"),
-         "run/summary.json: not valid JSON; delete it or rerun with --force", files={"run/summary.json": '{"stages": {'}, model=True),
-    Case("weight cache corrupt (truncated)", ("recall", "--max-prompts", "4", "--json"),
-         "failed its hash check; rebuilding it from the GGUF file", exit_code=0, corrupt_cache=True, model=True),
+    Case(
+        "--out unwritable (under a file)",
+        ("recall", "--out", "afile/run"),
+        "--out afile/run: cannot create the directory: ",
+        files={"afile": "x"},
+        model=True,
+    ),
+    Case(
+        "--out unwritable (in /proc)",
+        ("run", "--stages", "recall", "--out", "/proc/recallscope-run"),
+        "--out /proc/recallscope-run: cannot create the directory in /proc",
+        model=True,
+    ),
+    Case(
+        "--out holds a run of another configuration",
+        ("recall", "--max-prompts", "4", "--shots", "1", "--out", "run"),
+        "--out run holds a run with a different configuration (shots: 0 -> 1)",
+        before=("recall", "--max-prompts", "4", "--out", "run"),
+        model=True,
+    ),
+    Case(
+        "--out holds a damaged summary.json",
+        ("recall", "--max-prompts", "4", "--out", "run"),
+        "run/summary.json: not valid JSON; delete it or rerun with --force",
+        files={"run/summary.json": '{"stages": {'},
+        model=True,
+    ),
+    Case(
+        "--out holds a run of an edited relation file",
+        ("recall", "--relation", "mutable.json", "--out", "run"),
+        "--out run holds a run with a different configuration (relation_hash: ",
+        files={"mutable.json": SMALL},
+        before=("recall", "--relation", "mutable.json", "--out", "run"),
+        edit={"mutable.json": REL([("France", "Paris"), ("Italy", "Milan"), ("Japan", "Tokyo"), ("Spain", "Madrid")])},
+        model=True,
+    ),
+    Case(
+        "prompts longer than the model's positions",
+        ("run", "--model", "tiny", "--shots", "2", "--max-prompts", "4", "--out", "run"),
+        "has positions for 12: use fewer --shots or a model with a longer context",
+        build="tiny_gpt2_12_positions",
+        model=True,
+    ),
+    Case("--set: a word for a list of layers", ("patch", "--set", "patch.layers=abc"), "patch.layers=abc is not allowed"),
+    Case(
+        "--set: a value out of range",
+        ("run", "--set", "intercept.level=1.5", "--out", "run"),
+        "intercept.level=1.5 is not allowed: intercept.level must be a number in (0, 1)",
+    ),
+    Case("--set: a fraction for a count", ("recall", "--set", "decompose.folds=2.5"), "decompose.folds must be an integer >= 2"),
+    Case("--set: not one of the choices", ("recall", "--set", "patch.mode=both"), "patch.mode must be one of noise, denoise"),
+    Case("--set: a word for a switch", ("recall", "--set", "patch.attribution=yes"), "must be a boolean (true or false)"),
+    Case("--threads 0", ("recall", "--threads", "0"), "--threads must be >= 1, got 0"),
+    Case(
+        "a sweep with cells its data cannot support",
+        ("run", "--relation", "small.json,years.json", "--max-prompts", "3", "--stages", "recall", "--no-report", "--out", "run"),
+        "recallscope: incomplete: not measurable here: years 0-shot: recall (see run/summary.json)",
+        files={"small.json": SMALL, "years.json": SHARED_FIRST_TOKEN},
+        exit_code=3,
+        model=True,
+    ),
+    Case(
+        "weight cache corrupt (truncated)",
+        ("recall", "--max-prompts", "4", "--json"),
+        "failed its hash check; rebuilding it from the GGUF file",
+        exit_code=0,
+        corrupt_cache=True,
+        model=True,
+    ),
 )
 
 
@@ -133,9 +285,29 @@ def _corrupt_cache_copy(root: Path) -> Path:
     return root / "cache"
 
 
+def tiny_gpt2_12_positions(folder: Path) -> None:
+    """``tiny/``: a random 1-layer GPT-2 with 12 learned positions and smollm2's tokenizer."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from recallscope.models import gguf
+    from recallscope.models.loading import EMBEDDED
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=49152, n_positions=12, n_embd=16, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
+    GPT2LMHeadModel(config).eval().save_pretrained(folder / "tiny")
+    source = gguf.cache_dir(EMBEDDED["smollm2-135m"])
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(source / name, folder / "tiny" / name)
+
+
+BUILDERS = {"tiny_gpt2_12_positions": tiny_gpt2_12_positions}
+
+
 def _subprocess(args, folder: Path, env: dict) -> Outcome:
-    proc = subprocess.run([sys.executable, "-m", "recallscope", *args], cwd=folder, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "recallscope", *args], cwd=folder, env=env, capture_output=True, text=True, timeout=600
+    )
     return Outcome(proc.returncode, proc.stderr, proc.stdout)
 
 
@@ -178,10 +350,14 @@ def run_case(case: Case, workdir: Path | None = None, in_process: bool = False) 
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text, encoding="utf-8")
+        if case.build:
+            BUILDERS[case.build](folder)
         cli = _in_process if in_process else _subprocess
         if case.before:
             first = cli(case.before, folder, env)
             assert first.exit_code == 0, first.stderr
+        for name, text in case.edit.items():
+            (folder / name).write_text(text, encoding="utf-8")
         outcome = cli(case.args, folder, env)
         outcome.stderr = outcome.stderr.replace(str(folder), "<tmp>")
         return outcome
@@ -209,7 +385,14 @@ below is what the command prints). Paths are relative to the folder the command 
 files a case needs (a truncated relation, a file in the way of `--out`…) are written there first.
 
 Bad input prints **one line on stderr** starting with `recallscope: error:`, exits with code
-**2**, and never shows a traceback. The only exception to "one line" is an error that can only be
+**2**, and never shows a traceback. Every `--set` value is parsed to its setting's type and checked
+against the range declared beside the setting before the model loads; a relation file's content
+(not its path) is part of a run's identity; prompts longer than a model's learned position table
+are refused before any stage runs. A sweep (several relations or shot counts) whose cells lack the
+data for some stage is not bad input: it finishes the other cells, writes the combined summary and
+report, lists the empty cells under `incomplete` in `summary.json`, prints one
+`recallscope: incomplete:` line and exits with code **3** (exit codes: 0 done, 1 a bug, 2 bad
+input, 3 an incomplete sweep, 130 interrupted). The only exception to "one line" is an error that can only be
 known after a stage ran (no prompt the model knows: the recall stage runs first and prints its
 progress line). Range checks on `--layer`, `--head` and `--layers` happen before any stage runs.
 A weight cache that fails its hash check is not an error: it is rebuilt from the GGUF file

@@ -10,7 +10,9 @@ import pytest
 
 def cli(*args, cwd=None, env_extra=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "recallscope", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "recallscope", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
 
 
 def assert_one_line_error(proc, fragment):
@@ -92,10 +94,15 @@ def test_flag_that_does_not_apply_to_the_verb():
 
 def test_stage_flags_go_to_the_verbs_stage():
     from recallscope.cli import _flag_overrides
+    from recallscope.pipeline import STAGES
 
-    assert _flag_overrides("decompose", {"layer": 12, "solver": "sgd"}) == {"decompose.layer": 12, "decompose.solver": "sgd"}
-    assert _flag_overrides("movers", {"layer": 23, "head": 4}) == {"movers.layer": 23, "movers.head": 4}
-    assert _flag_overrides("patch", {"layers": [1, 2]}) == {"patch.layers": [1, 2]}
+    assert _flag_overrides("decompose", {"layer": 12, "solver": "sgd"}, STAGES) == {
+        "decompose.layer": 12,
+        "decompose.solver": "sgd",
+    }
+    assert _flag_overrides("movers", {"layer": 23, "head": 4}, STAGES) == {"movers.layer": 23, "movers.head": 4}
+    assert _flag_overrides("patch", {"layers": [1, 2]}, STAGES) == {"patch.layers": [1, 2]}
+    assert _flag_overrides("intercept", {"layer": 20, "top_k": 5}, STAGES) == {"decompose.layer": 20, "intercept.top_k": 5}
 
 
 def test_ctrl_c_in_a_command_exits_130_with_a_resume_hint(monkeypatch, capsys):
@@ -119,3 +126,37 @@ def test_ctrl_c_in_a_command_exits_130_with_a_resume_hint(monkeypatch, capsys):
         cli_module.main(["stage"])
     assert exc.value.code == 130
     assert "interrupted; rerun the same command to resume" in capsys.readouterr().err
+
+
+def test_threads_follow_the_cpus_this_process_may_use(monkeypatch):
+    import torch
+
+    from recallscope import cli as cli_module
+
+    usable = cli_module._usable_cpus()
+    assert 1 <= usable <= len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        cli_module._set_threads(None)
+        assert torch.get_num_threads() == usable
+        cli_module._set_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_omp_wait_policy_is_passive_unless_the_user_chose():
+    code = "import os; from recallscope.cli import main; main(['relations', '--json']); print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "PASSIVE"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, timeout=300
+    )
+    assert proc.stdout.splitlines()[-1] == "ACTIVE"
+
+
+def test_threads_zero_is_one_line():
+    assert_one_line_error(cli("recall", "--threads", "0"), "--threads must be >= 1, got 0")

@@ -20,7 +20,7 @@ from recallscope.decompose import (
     fit_lstsq,
     fit_sgd,
     fold_indices,
-    intercept_from_frame,
+    intercept_from_table,
     predict,
     solve_lstsq,
     strongest_head,
@@ -155,16 +155,29 @@ def test_default_layer_from_movers_then_patch():
 def test_table_round_trip_keeps_the_intercept_and_figures_rebuild(tmp_path):
     acts = fake_activations(n=40)
     result = decompose(acts, 1, DecomposeConfig(sweep=True), seed=0, progress=False)
-    path = tmp_path / "decompose.parquet"
-    result.to_frame().to_parquet(path, index=False)
-    frame = pd.read_parquet(path)
-    layer, b = intercept_from_frame(frame)
+    from recallscope.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    run.write_tables("decompose", result.tables())
+    tables = run.read_tables("decompose")
+    assert list(tables) == ["decompose", "fold_coefficients", "folds", "intercept", "sgd_trace", "sweep"]
+    assert (tmp_path / "decompose.parquet").is_file() and (tmp_path / "decompose" / "folds.parquet").is_file()
+    layer, b = intercept_from_table(tables["intercept"])
     assert layer == 1
     np.testing.assert_allclose(b, result.full.intercept)
+    # one kind of row per table: no column holds two meanings
+    assert list(tables["folds"].columns) == ["fold", "r2", "cosine"]
+    np.testing.assert_allclose(tables["folds"]["r2"], result.cv.r2)
+    assert len(tables["fold_coefficients"]) == result.cv.coef.shape[0] * 3
+    assert tables["sgd_trace"].empty and list(tables["sweep"]["layer"]) == [0, 1, 2]
+    assert not any("seconds" in c for frame in tables.values() for c in frame.columns)
+    frame = tables["decompose"]
+    assert list(frame["regressor"]) == ["L1H0", "L1H1", "resid"]
+    np.testing.assert_allclose(frame["coef"], result.full.coef)
     summary = json.loads(json.dumps(result.to_dict()))
     assert [c["regressor"] for c in summary["coefficients"]] == ["L1H0", "L1H1", "resid"]
     assert len(summary["sweep"]) == 3
-    figs = figures(frame, summary)
+    figs = figures(tables, summary)
     assert len(figs) == 2  # coefficients, sweep
     assert list(figs[0].data[0].y) == pytest.approx([c["coef"] for c in summary["coefficients"]])
 

@@ -23,12 +23,11 @@ def _load_table_script():
 
 
 table = _load_table_script()
-CASES = [c for c in table.CASES if not c.corrupt_cache]  # the cache rebuild: tests/models/test_loading.py
+# the cache rebuild: tests/models/test_loading.py; the incomplete sweep (exit 3): its own test below
+CASES = [c for c in table.CASES if not c.corrupt_cache and c.exit_code == 2]
 
 
-@pytest.mark.parametrize(
-    "case", [pytest.param(c, id=c.name, marks=[pytest.mark.slow] if c.model else []) for c in CASES]
-)
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=[pytest.mark.slow] if c.model else []) for c in CASES])
 def test_bad_input_is_one_line_and_exit_2(case, tmp_path):
     outcome = table.run_case(case, tmp_path, in_process=True)
     assert outcome.exit_code == case.exit_code == 2, outcome.stderr
@@ -43,7 +42,8 @@ def test_every_case_is_in_the_doc_and_the_doc_has_no_other_row():
     rows = [line for line in DOC.read_text(encoding="utf-8").splitlines() if line.startswith("| ") and "<code>" in line]
     assert len(rows) == len(table.CASES) >= 35
     assert [r.split(" | ")[0][2:] for r in rows] == [c.name for c in table.CASES]
-    assert sum(r.endswith("| 2 |") for r in rows) == len(table.CASES) - 1  # all but the cache rebuild
+    assert sum(r.endswith("| 2 |") for r in rows) == len(table.CASES) - 2  # all but the cache rebuild and the sweep
+    assert sum(r.endswith("| 3 |") for r in rows) == 1
     cache_row = rows[[c.corrupt_cache for c in table.CASES].index(True)]
     assert "failed its hash check; rebuilding it from the GGUF file" in cache_row and cache_row.endswith("| 0 |")
 
@@ -56,3 +56,27 @@ def test_the_unwritable_out_cases_are_unwritable_even_for_root(tmp_path):
     for path in (tmp_path / "afile" / "run", Path("/proc/recallscope-run")):
         with pytest.raises(OSError):
             os.makedirs(path)
+
+
+@pytest.mark.slow
+def test_an_incomplete_sweep_exits_3_and_says_which_cells(tmp_path):
+    import json
+
+    from recallscope.errors import EXIT_INCOMPLETE
+
+    case = next(c for c in table.CASES if c.exit_code == EXIT_INCOMPLETE)
+    outcome = table.run_case(case, tmp_path, in_process=True)
+    assert outcome.exit_code == EXIT_INCOMPLETE, outcome.stderr
+    assert "Traceback" not in outcome.stderr and outcome.message == case.expect
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["exit_code"] == EXIT_INCOMPLETE
+    assert summary["incomplete"] == [
+        {
+            "relation": "years",
+            "shots": 0,
+            "stages": {"recall": "no prompt left for relation 'years' after filtering (answer_first_token_shared: 3)"},
+        }
+    ]
+    small = next(r for r in summary["runs"] if r["relation"] == "small")
+    assert small["n_prompts"] == 3 and "recall" in small["stages"] and "not_measurable" not in small
+    assert table.row(case, outcome) in DOC.read_text(encoding="utf-8")

@@ -26,9 +26,14 @@ def start(out: Path) -> subprocess.Popen:
     # A job started in the background by a non-interactive shell (CI, this test's own parent)
     # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt: give the child the
     # default disposition, as a terminal's Ctrl-C would find it.
-    return subprocess.Popen([sys.executable, "-m", "recallscope", *ARGS, "--out", str(out)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        [sys.executable, "-m", "recallscope", *ARGS, "--out", str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def run_to_end(out: Path) -> tuple[dict, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -18,7 +17,6 @@ from recallscope.movers import (
     figures,
     find_movers,
     ov_vector,
-    pearson,
 )
 from recallscope.tasks.prompts import Prompt
 
@@ -163,30 +161,6 @@ def test_ov_vector_equals_the_head_output_on_a_one_token_prompt():
         torch.testing.assert_close(ov_vector(view, 0, head, torch.tensor([7]))[0], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_pearson_p_value_is_exact():
-    # n = 4: under the null r is uniform on [-1, 1], so p = 1 − |r|
-    x = np.array([1.0, 2.0, 3.0, 4.0])
-    y = np.array([1.0, 3.0, 2.0, 5.0])
-    r, p = pearson(x, y)
-    assert r == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-12)
-    assert p == pytest.approx(1 - abs(r), abs=1e-10)
-    # n = 3: p = 1 − (2/π) arcsin |r|
-    r3, p3 = pearson(np.array([0.0, 1.0, 2.0]), np.array([0.0, 2.0, 1.0]))
-    assert p3 == pytest.approx(1 - 2 / math.pi * math.asin(abs(r3)), abs=1e-10)
-    # any n: p = 2 ∫_|r|^1 (1 − ρ²)^((n−4)/2) dρ / B(1/2, (n−2)/2), integrated numerically
-    rng = np.random.default_rng(0)
-    for n in (10, 60, 400):
-        a = rng.normal(size=n)
-        b = 0.15 * a + rng.normal(size=n)
-        r, p = pearson(a, b)
-        rho = np.linspace(abs(r), 1.0, 200_001)
-        log_beta = math.lgamma(0.5) + math.lgamma((n - 2) / 2) - math.lgamma((n - 1) / 2)
-        density = np.exp((n - 4) / 2 * np.log1p(-rho[:-1] ** 2) - log_beta)
-        expected = 2 * float(np.sum((density[1:] + density[:-1]) / 2 * np.diff(rho[:-1])))
-        assert p == pytest.approx(expected, rel=1e-3)
-    assert all(math.isnan(v) for v in pearson(np.ones(5), np.arange(5.0)))
-
-
 def test_candidate_selection_and_bad_input():
     import pandas as pd
 
@@ -227,7 +201,8 @@ def test_figures_rebuild_from_table_and_summary():
 
 @pytest.mark.slow
 def test_real_model_movers_figures_are_consistent(smollm2):
-    from recallscope.movers import movers, projection_directions
+    from recallscope.lens import token_direction
+    from recallscope.movers import movers
     from recallscope.tasks import build_prompts, load_relation
 
     ps = build_prompts(load_relation("country_capital_extended"), smollm2.tokenizer, shots=0, seed=0, max_prompts=12)
@@ -239,7 +214,7 @@ def test_real_model_movers_figures_are_consistent(smollm2):
     p = ps.prompts[0]
     with torch.no_grad():
         trace = smollm2.view.trace(torch.tensor([p.input_ids]), record=["head_out", "pattern"])
-        direction = projection_directions(smollm2.view, torch.tensor([p.subject_id]))[0]
+        direction = token_direction(smollm2.view, torch.tensor([p.subject_id]))[0]
     row = f[(f["head"] == 4) & (f["prompt_index"] == 0)].iloc[0]
     assert row["projection"] == pytest.approx(float(trace.head_out[0, 0, 23, 4] @ direction), rel=1e-4, abs=1e-4)
     lo, hi = p.subject_span

@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.test_architectures import PAD, VOCAB, random_prompts, tiny_model  # noqa: E402  (tests/ is on sys.path)
-from models.conftest import left_pad  # noqa: E402
+from helpers.tiny import PAD, VOCAB, left_pad, random_prompts, tiny_model
 from recallscope import patch as P
 from recallscope import path_patching as PP
 from recallscope.models.adapters import extract
 from recallscope.models.view import ModelView
-from recallscope.tasks import build_prompts, load_relation, make_batch
+from recallscope.tasks import PromptSet, build_prompts, load_relation, make_batch
 
 FAMILIES = ["gpt2", "opt", "gpt_neox_parallel", "gpt_neox_sequential", "llama_gqa", "gemma3_text", "gemma3_text_softcap_bias"]
 
@@ -78,7 +77,10 @@ def test_own_value_changes_nothing_and_last_layer_heads_are_direct(name):
     L = view.cfg.n_layers
     head = P.Component("head", L - 1, 0)
     out = PP.path_final_resid(view, rec, sender, [head])[:, 0]
-    change = sender.head_out[:, L - 1, 0] - rec.head_out[:, L - 1, 0]
+    # head_out is the head's write at the output projection; the post-attention norm (Gemma) of
+    # the sum is recomputed, elsewhere it is the identity
+    raw = view.attn_raw(L - 1, heads=rec.head_out[:, L - 1])
+    change = view.post_attn(L - 1, raw + sender.head_out[:, L - 1, 0] - rec.head_out[:, L - 1, 0]) - view.post_attn(L - 1, raw)
     direct = rec.resid_final + change
     if view.cfg.parallel_residual:
         assert (out - direct).abs().max().item() <= 1e-10
@@ -137,7 +139,7 @@ def test_aggregates_ratio_of_means_mean_of_ratios_and_bootstrap():
     pi_clean = rng.uniform(1.0, 20.0, n)
     pi_patched = pi_clean[:, None] * np.stack([rng.uniform(0.5, 0.9, n), rng.uniform(0.95, 1.2, n)], axis=1)
     effects = 100 * (pi_patched - pi_clean[:, None]) / pi_clean[:, None]
-    result = P.PatchResult(prompts=None, components=comps, effects=effects, pi_clean=pi_clean, pi_base=pi_clean,
+    result = P.PatchResult(prompts=PromptSet(load_relation("paper_country_capital"), 0, 0, ()), components=comps, effects=effects, pi_clean=pi_clean, pi_base=pi_clean,
                            config=P.PatchConfig(aggregate="ratio_of_means", n_bootstrap=500), pi_patched=pi_patched)
     table = result.tables()["components"]
     rom = 100 * (pi_patched.mean(0) - pi_clean.mean()) / pi_clean.mean()

@@ -62,11 +62,11 @@ def test_unknown_preset_and_bad_patch_choices_are_user_errors():
     model = types.SimpleNamespace(cfg=types.SimpleNamespace(n_layers=2, n_heads=2))
     for field, value in (("mode", "both"), ("direction", "up"), ("sender_mean", "x"), ("prompts", "some"), ("aggregate", "max")):
         with pytest.raises(UserError, match=f"patch.{field} must be one of"):
-            P._check_config(dataclasses.replace(P.PatchConfig(), **{field: value}), model)
+            P.check_config(dataclasses.replace(P.PatchConfig(), **{field: value}), model)
     with pytest.raises(UserError, match="takes patch.sender_mean=per_prompt"):
-        P._check_config(P.PatchConfig(direction="denoise", sender_mean="dataset"), model)
+        P.check_config(P.PatchConfig(direction="denoise", sender_mean="dataset"), model)
     with pytest.raises(UserError, match="path mode has the engines exact and naive"):
-        P._check_config(P.PatchConfig(mode="path", engine="attribution"), model)
+        P.check_config(P.PatchConfig(mode="path", engine="attribution"), model)
 
 
 def test_prompts_all_with_no_valid_prompt_is_a_user_error():

@@ -50,7 +50,7 @@ def test_folds_keep_subjects_together_and_are_seeded():
     subjects = ["a", "b", "c", "d", "e"] * 4
     folds = assign_folds(subjects, 2, True, seed=0)
     for s in set(subjects):
-        assert len({f for f, t in zip(folds, subjects) if t == s}) == 1
+        assert len({f for f, t in zip(folds, subjects, strict=True) if t == s}) == 1
     assert set(folds) == {0, 1}
     assert (assign_folds(subjects, 2, True, seed=0) == folds).all()
     by_prompt = assign_folds(subjects, 3, False, seed=1)
@@ -132,8 +132,10 @@ def test_suppress_on_real_model_identities(smollm2):
     for c in d["components"]:
         assert c["ci_low"] <= c["mean_dla"] <= c["ci_high"]
         assert c["is_suppressor"] == (c["mean_dla"] < 0 and c["share_negative"] > 0.5)
-    frame = res.to_frame()
-    ev = frame[frame["table"] == "eval"]
+    tables = res.tables()
+    assert list(tables) == ["suppress", "eval"] and "table" not in tables["suppress"] and "table" not in tables["eval"]
+    frame = tables["suppress"]
+    ev = tables["eval"]
     # Every prompt is held out exactly once per mode.
     assert (ev.groupby("mode").size() == 12).all()
     # Scaling by 0 is zero-ablation: the same numbers.
@@ -141,7 +143,7 @@ def test_suppress_on_real_model_identities(smollm2):
     s = ev[ev["mode"] == "scale"].sort_values(["population", "prompt_index"])
     np.testing.assert_allclose(z["p_answer"].to_numpy(), s["p_answer"].to_numpy(), atol=1e-6)
     # The final layer's DLA table is the per-prompt values the summary averages.
-    dla = frame[frame["table"] == "dla"]
+    dla = frame
     l29h0 = next(c for c in d["components"] if c["component"] == "L29H0")
     assert dla[dla["component"] == "L29H0"]["dla"].mean() == pytest.approx(l29h0["mean_dla"])
     assert len(figures(frame, d)) == 2

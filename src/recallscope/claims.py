@@ -30,11 +30,14 @@ recomputed on the model.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
-from .stats import bootstrap_ci
+from .components import head_effects, head_label
+from .constraints import LEVEL, NON_NEGATIVE, POSITIVE, PROBABILITY, Interval, Options
+from .stats import bootstrap_ci, bootstrap_ci_samples, pearson
 
 HOLDS = "holds"
 FAILS = "does not hold"
@@ -59,6 +62,12 @@ class ClaimsConfig:
     n_bootstrap: int = 2000
     level: float = 0.95
     seed: int = 0
+
+    constraints: ClassVar[dict] = {
+        "min_cv_r2": Interval(None, 1), "erase_below": Interval(), "min_redirect_share": PROBABILITY,
+        "mitigation_mode": Options("zero", "mean", "scale"), "top_heads": POSITIVE, "min_head_overlap": NON_NEGATIVE,
+        "n_bootstrap": POSITIVE, "level": LEVEL, "seed": NON_NEGATIVE,
+    }
 
 
 @dataclass(frozen=True)
@@ -86,16 +95,10 @@ def _missing(claim: str, stage: str, why: str) -> Claim:
     return Claim(claim, None, None, None, NOT_MEASURABLE, "", "", why, stage)
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
-
-
 def _bootstrap_pairs(x: np.ndarray, y: np.ndarray, cfg: ClaimsConfig) -> tuple[float, float]:
-    idx = np.arange(len(x))
-    return bootstrap_ci(idx, stat=lambda i: _pearson(x[i.astype(int)], y[i.astype(int)]),
-                        n=cfg.n_bootstrap, level=cfg.level, seed=cfg.seed)
+    """Percentile interval of Pearson's r, the prompts' (x, y) pairs resampled together."""
+    return bootstrap_ci_samples((x, y), lambda a, b: pearson(a, b)[0], n=cfg.n_bootstrap, level=cfg.level,
+                                seed=cfg.seed, paired=True)
 
 
 def movers_claim(summary: dict | None, frame: pd.DataFrame | None, cfg: ClaimsConfig) -> Claim:
@@ -113,7 +116,7 @@ def movers_claim(summary: dict | None, frame: pd.DataFrame | None, cfg: ClaimsCo
     x = rows["attention_to_subject"].to_numpy(float)
     y = rows["projection"].to_numpy(float)
     lo, hi = _bootstrap_pairs(x, y, cfg)
-    name = f"L{best['layer']}H{best['head']}"
+    name = head_label(best["layer"], best["head"])
     thresholds = summary.get("thresholds", {})
     detail = (f"{len(movers)} of {len(heads)} candidate heads are movers"
               + (f" ({', '.join(summary.get('movers', []))})" if movers else "")
@@ -132,8 +135,8 @@ def mlp_claim(summary: dict | None, frame: pd.DataFrame | None, cfg: ClaimsConfi
     if not summary or summary.get("cv_r2") is None:
         return _missing(CLAIM_MLP, "decompose", "the decompose stage did not run")
     folds = pd.Series(dtype=float)
-    if frame is not None and "kind" in frame:
-        folds = frame.loc[(frame["kind"] == "cv_r2") & (frame["fold"] >= 0), "value"].astype(float)
+    if frame is not None and "r2" in frame:  # the decompose stage's ``folds`` table: held-out R² per fold
+        folds = frame["r2"].astype(float)
     cv = _f(summary.get("cv_r2"))
     coefs = [c for c in summary.get("coefficients", []) if c.get("head", -1) is not None and c.get("head", -1) >= 0]
     amplified = [c["regressor"] for c in coefs if c.get("verdict_stable", True) and c.get("cv_mean", c["coef"]) > 1]
@@ -212,10 +215,14 @@ def mitigation_claim(summary: dict | None, cfg: ClaimsConfig) -> Claim:
 
 
 def run_claims(summaries: dict, frames: dict, cfg: ClaimsConfig = ClaimsConfig()) -> list[Claim]:
-    """The per-run claims from the stages' summaries and tables (missing stages → not measurable)."""
+    """The per-run claims from the stages' summaries and tables (missing stages → not measurable).
+
+    ``frames``: ``movers`` and ``intercept`` (their main tables), ``decompose_folds`` (the decompose
+    stage's ``folds`` table); a missing one is None.
+    """
     claims = [
         movers_claim(summaries.get("movers"), frames.get("movers"), cfg),
-        mlp_claim(summaries.get("decompose"), frames.get("decompose"), cfg),
+        mlp_claim(summaries.get("decompose"), frames.get("decompose_folds"), cfg),
         intercept_claim(summaries.get("intercept"), frames.get("intercept"), cfg),
         suppress_claim(summaries.get("suppress"), cfg),
         mitigation_claim(summaries.get("suppress"), cfg),
@@ -223,12 +230,6 @@ def run_claims(summaries: dict, frames: dict, cfg: ClaimsConfig = ClaimsConfig()
               "needs one relation at two shot counts in one run (e.g. --shots 0,3)", "patch"),
     ]
     return claims
-
-
-def _head_effects(patch: pd.DataFrame) -> pd.DataFrame:
-    """Prompts × heads matrix of effect_pct."""
-    heads = patch[patch["kind"] == "head"]
-    return heads.pivot_table(index="prompt_index", columns="component", values="effect_pct", aggfunc="mean")
 
 
 def _weighted_layer(effects: pd.DataFrame, layers: pd.Series) -> float:
@@ -247,20 +248,19 @@ def shot_claim(relation: str, low: tuple[int, pd.DataFrame], high: tuple[int, pd
     (k0, p0), (k1, p1) = low, high
     if p0 is None or p1 is None or not len(p0) or not len(p1):
         return _missing(CLAIM_SHOTS, "patch", f"{relation}: the patch stage did not run at {k0} and {k1} shots")
-    e0, e1 = _head_effects(p0), _head_effects(p1)
+    e0, e1 = head_effects(p0), head_effects(p1)
     layers = p0[p0["kind"] == "head"].drop_duplicates("component").set_index("component")["layer"]
     top = lambda e: list(e.abs().mean(axis=0).sort_values(ascending=False).index[: cfg.top_heads])  # noqa: E731
     t0, t1 = top(e0), top(e1)
     overlap = len(set(t0) & set(t1))
     shift = _weighted_layer(e1, layers) - _weighted_layer(e0, layers)
-    rng = np.random.default_rng(cfg.seed)
-    draws = []
-    for _ in range(cfg.n_bootstrap // 4):  # each draw re-weights all heads; a quarter of the usual count suffices
-        b0 = e0.iloc[rng.integers(0, len(e0), len(e0))]
-        b1 = e1.iloc[rng.integers(0, len(e1), len(e1))]
-        draws.append(_weighted_layer(b1, layers) - _weighted_layer(b0, layers))
-    alpha = (1 - cfg.level) / 2
-    lo, hi = np.quantile(draws, [alpha, 1 - alpha])
+    # the prompts of the two runs resampled independently; each draw re-weights all heads, so a
+    # quarter of the usual count suffices
+    lo, hi = bootstrap_ci_samples(
+        (np.arange(len(e0)), np.arange(len(e1))),
+        lambda i0, i1: _weighted_layer(e1.iloc[i1.astype(int)], layers) - _weighted_layer(e0.iloc[i0.astype(int)], layers),
+        n=max(1, cfg.n_bootstrap // 4), level=cfg.level, seed=cfg.seed,
+    )
     verdict = HOLDS if overlap >= cfg.min_head_overlap and hi < 0 else FAILS
     detail = (f"{relation}: top-{cfg.top_heads} heads at {k0} shots {', '.join(t0[:5])}…, at {k1} shots "
               f"{', '.join(t1[:5])}…; {overlap} shared; effect-weighted mean head layer "
@@ -279,6 +279,9 @@ class ClaimsResult:
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([asdict(c) for c in self.claims])
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"claims": self.to_frame()}
 
     def to_dict(self) -> dict:
         return {"claims": [asdict(c) for c in self.claims], "config": asdict(self.config)}
@@ -307,24 +310,3 @@ def figures(frame: pd.DataFrame, summary: dict) -> list:
                       margin=dict(l=20, r=20, t=60, b=40))
     fig.update_yaxes(automargin=True)
     return [fig]
-
-
-def compute(ctx) -> ClaimsResult:
-    cfg = ctx.config("claims")
-    frames = {}
-    for name in ("movers", "decompose", "intercept", "suppress", "patch"):
-        try:
-            frames[name] = ctx.frame(name)
-        except KeyError:
-            frames[name] = None
-    return ClaimsResult(tuple(run_claims(dict(ctx.summaries), frames, cfg)), cfg)
-
-
-def _register() -> None:
-    from .pipeline import Stage, register
-
-    register(Stage("claims", ("recall",), ClaimsConfig, compute, "the paper's claims: figure, interval, verdict",
-                   reads=("patch", "movers", "decompose", "intercept", "suppress")))
-
-
-_register()

@@ -1,8 +1,14 @@
-"""The command line: one verb per stage, ``run`` for the whole study, ``models``, ``relations``, ``bench``.
+"""The command line: one verb per stage, ``run`` for the whole study, ``report``, ``models``, ``relations``, ``bench``.
 
-Every verb shares the common flags (--model, --relation, --shots, --out, --seed, --max-prompts,
---device, --dtype, --json). ``--json`` prints one JSON object on stdout and nothing else;
-progress and notes go to stderr. Bad input prints one line on stderr and exits with code 2.
+Every stage verb shares the common flags (--model, --relation, --shots, --out, --seed, --max-prompts,
+--device, --dtype, --json, --threads). ``--json`` prints one JSON object on stdout and nothing else;
+progress and notes go to stderr. Exit codes (:mod:`recallscope.errors`): 0 done; 2 bad input (one
+line on stderr, no traceback); 3 a sweep finished but some cells lacked the data for some stages
+(``summary.json`` lists them under ``incomplete``); 130 interrupted (rerun to resume); 1 a bug.
+
+The stage verbs are made from the stage table (:data:`recallscope.pipeline.STAGES`): their help
+and their flags are declared there, once. ``recallscope report RUN_DIR`` never imports the stage
+table (nor torch): it renders from the run directory's files.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import UserError
+from .errors import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USER, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -25,17 +31,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="How a transformer language model recalls a fact (Lv et al. 2024), end to end.",
 )
+_APP = app  # the real app (a test may swap ``app`` for its own)
 out_console = Console()
 err_console = Console(stderr=True)
-
-STAGE_HELP = {
-    "recall": "Score the prompts: accuracy, p(Y), rank, π; keep the known ones.",
-    "patch": "Causal mediation: patch every head and MLP at the end position.",
-    "movers": "Mover heads: attention to the subject, projection on its unembedding, OV copying.",
-    "decompose": "Fit the MLP output as per-head coefficients plus an intercept.",
-    "intercept": "Function application: logit lens of the intercept and the redirect test.",
-    "suppress": "Anti-overconfidence in the final layer, and its mitigation.",
-}
 
 
 def _note(message: str) -> None:
@@ -87,147 +85,190 @@ def _json_ready(value):
     return _clean(value)
 
 
-def _run_stages(
-    targets: list[str],
-    model: str,
-    relation: str,
-    shots: int,
-    out: Optional[str],
-    seed: int,
-    max_prompts: Optional[int],
-    device: str,
-    dtype: str,
-    as_json: bool,
-    force: bool,
-    overrides: dict[str, Any],
-) -> dict:
-    from .pipeline import RunConfig, execute
-
-    if max_prompts is not None and max_prompts < 1:
-        raise UserError(f"--max-prompts must be >= 1, got {max_prompts}")
-    if shots < 0:
-        raise UserError(f"--shots must be >= 0, got {shots}")
-    run = RunConfig(model=model, relation=relation, shots=shots, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype)
-    _, summary = execute(run, targets, out=out, overrides=overrides, force=force, progress=True, log=_note)
-    return summary
-
-
-# Which stage setting each stage-specific flag sets, per verb: `decompose --layer 12` fits MLP 12
-# without also restricting the movers stage it runs first to layer 12's heads.
-FLAG_TARGETS: dict[str, dict[str, str]] = {
-    "layer": {"movers": "movers.layer", "decompose": "decompose.layer", "intercept": "decompose.layer"},
-    "head": {"movers": "movers.head"},
-    "top_k": {"patch": "patch.top_k", "movers": "movers.top_k", "intercept": "intercept.top_k"},
-    "solver": {"decompose": "decompose.solver", "intercept": "decompose.solver"},
-    "layers": {**{s: "patch.layers" for s in ("patch", "movers", "decompose", "intercept")}, "suppress": "suppress.layers"},
-    "components": {s: "patch.components" for s in ("patch", "movers", "decompose", "intercept")},
-    "mode": {"patch": "patch.mode"},
-    "prompts": {"patch": "patch.prompts"},
-}
-
-
-def _flag_overrides(stage: str, flags: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for name, value in flags.items():
-        if value is None:
-            continue
-        target = FLAG_TARGETS[name].get(stage)
-        if target is None:
-            verbs = ", ".join(FLAG_TARGETS[name])
-            raise UserError(f"--{name.replace('_', '-')} does not apply to `recallscope {stage}` (it applies to: {verbs})")
-        out[target] = value
-    return out
-
-
 # Options every stage verb and ``run`` share (one definition each).
 MODEL_OPTION = typer.Option("smollm2-135m", "--model", "-m", help="Alias, hub id or local directory.")
-SEED_OPTION = typer.Option(0, "--seed")
+SEED_OPTION = typer.Option(0, "--seed", help="Every random choice of the run derives from it (see manifest.json 'seeds').")
 MAX_PROMPTS_OPTION = typer.Option(None, "--max-prompts")
 DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto.")
 DTYPE_OPTION = typer.Option("float32", "--dtype")
 JSON_OPTION = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout.")
 FORCE_OPTION = typer.Option(False, "--force", help="Redo stages already in --out.")
+THREADS_OPTION = typer.Option(None, "--threads", help="torch intra-op threads (default: the CPUs this process may use).")
+
+# The flags a stage verb may have; which setting each sets is the stage table's ``flags``.
+FLAG_HELP = {
+    "layer": "Layer (movers: its heads; decompose/intercept: the MLP).",
+    "layers": "Comma-separated layers (patch; suppress: the attributed layers).",
+    "head": "Head for movers.",
+    "components": "Components to patch: heads,mlp,resid.",
+    "solver": "decompose solver: lstsq or sgd.",
+    "top_k": "How many top components/heads/tokens.",
+    "mode": "patch: total (every later component recomputes) or path (every head frozen: the paper's path patching).",
+    "prompts": "patch: known (the prompts the model gets right) or all (the paper's).",
+}
+PRESET_HELP = "Definitions: recallscope (the defaults) or paper (the paper's code's; see recallscope.presets)."
+RELATION_DEFAULT = "country_capital_extended"
 
 
-def _stage_command(stage: str):
-    def command(
+def _relation(relation: Optional[str], preset: str) -> str:
+    """The --relation given, else the preset's relation, else recallscope's default (UserError: unknown preset)."""
+    from .presets import get_preset
+
+    return relation or get_preset(preset).run_settings().get("relation") or RELATION_DEFAULT
+
+
+def _flag_overrides(stage: str, flags: dict[str, Any], stages: dict) -> dict[str, Any]:
+    """The settings the given flags of ``recallscope <stage>`` set, from the stage table's ``flags``."""
+    out = {}
+    for name, value in flags.items():
+        if value is None:
+            continue
+        target = stages[stage].flags.get(name)
+        if target is None:
+            verbs = ", ".join(s.name for s in stages.values() if name in s.flags)
+            raise UserError(f"--{name.replace('_', '-')} does not apply to `recallscope {stage}` (it applies to: {verbs})")
+        out[target] = value
+    return out
+
+
+def _check_common(max_prompts: Optional[int], threads: Optional[int]) -> None:
+    if max_prompts is not None and max_prompts < 1:
+        raise UserError(f"--max-prompts must be >= 1, got {max_prompts}")
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be >= 1, got {threads}")
+
+
+def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
+    """One verb per stage of the stage table (``verb=True``), and ``run``."""
+
+    def stage_command(stage: str):
+        def command(
+            model: str = MODEL_OPTION,
+            relation: Optional[str] = typer.Option(
+                None, "--relation", "-r", help=f"Built-in relation name or LRE JSON path (default: the preset's, else {RELATION_DEFAULT})."
+            ),
+            shots: int = typer.Option(0, "--shots", "-k", help="In-context demonstrations per prompt."),
+            out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (resumable)."),
+            seed: int = SEED_OPTION,
+            max_prompts: Optional[int] = MAX_PROMPTS_OPTION,
+            device: str = DEVICE_OPTION,
+            dtype: str = DTYPE_OPTION,
+            as_json: bool = JSON_OPTION,
+            force: bool = FORCE_OPTION,
+            threads: Optional[int] = THREADS_OPTION,
+            layer: Optional[int] = typer.Option(None, "--layer", help=FLAG_HELP["layer"]),
+            layers: Optional[str] = typer.Option(None, "--layers", help=FLAG_HELP["layers"]),
+            head: Optional[int] = typer.Option(None, "--head", help=FLAG_HELP["head"]),
+            components: Optional[str] = typer.Option(None, "--components", help=FLAG_HELP["components"]),
+            solver: Optional[str] = typer.Option(None, "--solver", help=FLAG_HELP["solver"]),
+            top_k: Optional[int] = typer.Option(None, "--top-k", help=FLAG_HELP["top_k"]),
+            mode: Optional[str] = typer.Option(None, "--mode", help=FLAG_HELP["mode"]),
+            prompts: Optional[str] = typer.Option(None, "--prompts", help=FLAG_HELP["prompts"]),
+            preset: str = typer.Option("recallscope", "--preset", help=PRESET_HELP),
+            settings: list[str] = typer.Option([], "--set", help="Stage setting, e.g. --set patch.direction=denoise (repeatable)."),
+        ) -> None:
+            _check_common(max_prompts, threads)
+            if shots < 0:
+                raise UserError(f"--shots must be >= 0, got {shots}")
+            overrides = _parse_set(settings)
+            overrides.update(
+                _flag_overrides(
+                    stage,
+                    {
+                        "layer": layer,
+                        "layers": _split_list(layers, int) or None,
+                        "head": head,
+                        "components": _split_list(components) or None,
+                        "solver": solver,
+                        "top_k": top_k,
+                        "mode": mode,
+                        "prompts": prompts,
+                    },
+                    pipeline.STAGES,
+                )
+            )
+            _set_threads(threads)
+            run = pipeline.RunConfig(
+                model=model, relation=_relation(relation, preset), shots=shots, seed=seed, max_prompts=max_prompts,
+                device=device, dtype=dtype, preset=preset,
+            )
+            _, summary = pipeline.execute(run, [stage], out=out, overrides=overrides, force=force, progress=True, log=_note)
+            _print_summary(stage, summary, as_json)
+
+        command.__doc__ = pipeline.STAGES[stage].help
+        return command
+
+    for stage in pipeline.STAGES.values():
+        if stage.verb:
+            target.command(stage.name, help=stage.help)(stage_command(stage.name))
+
+    @target.command("run")
+    def run_command(
         model: str = MODEL_OPTION,
-        relation: str = typer.Option("country_capital_extended", "--relation", "-r", help="Built-in relation name or LRE JSON path."),
-        shots: int = typer.Option(0, "--shots", "-k", help="In-context demonstrations per prompt."),
-        out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (resumable)."),
+        relation: Optional[str] = typer.Option(
+            None, "--relation", "-r", help=f"Relation names or LRE paths, comma-separated (default: the preset's, else {RELATION_DEFAULT})."
+        ),
+        shots: str = typer.Option("0", "--shots", "-k", help="Shot counts, comma-separated (e.g. 0,1,3)."),
+        out: str = typer.Option("runs/latest", "--out", "-o", help="Run directory (resumable)."),
         seed: int = SEED_OPTION,
         max_prompts: Optional[int] = MAX_PROMPTS_OPTION,
         device: str = DEVICE_OPTION,
         dtype: str = DTYPE_OPTION,
         as_json: bool = JSON_OPTION,
         force: bool = FORCE_OPTION,
-        layer: Optional[int] = typer.Option(None, "--layer", help="Layer for decompose/intercept."),
-        layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers to patch."),
-        head: Optional[int] = typer.Option(None, "--head", help="Head for movers."),
-        components: Optional[str] = typer.Option(None, "--components", help="Components to patch: heads,mlp,resid."),
-        solver: Optional[str] = typer.Option(None, "--solver", help="decompose solver: lstsq or sgd."),
-        top_k: Optional[int] = typer.Option(None, "--top-k", help="How many top components/heads/tokens."),
-        mode: Optional[str] = typer.Option(None, "--mode", help="patch: total (every later component recomputes) or path (heads frozen, the paper's)."),
-        prompts: Optional[str] = typer.Option(None, "--prompts", help="patch: known (default) or all prompts (the paper's)."),
-        settings: list[str] = typer.Option([], "--set", help="Stage setting, e.g. --set patch.direction=denoise (repeatable)."),
+        threads: Optional[int] = THREADS_OPTION,
+        stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated subset of stages (default: all)."),
+        report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
+        preset: str = typer.Option("recallscope", "--preset", help=PRESET_HELP),
+        settings: list[str] = typer.Option([], "--set", help="Stage setting, e.g. --set decompose.solver=sgd (repeatable)."),
     ) -> None:
-        overrides = _parse_set(settings)
-        overrides.update(_flag_overrides(stage, {
-            "layer": layer,
-            "layers": _split_list(layers, int) or None,
-            "head": head,
-            "components": _split_list(components) or None,
-            "solver": solver,
-            "top_k": top_k,
-            "mode": mode,
-            "prompts": prompts,
-        }))
-        summary = _run_stages([stage], model, relation, shots, out, seed, max_prompts, device, dtype, as_json, force, overrides)
-        _print_summary(stage, summary, as_json)
+        """The whole study: every stage, for each relation and shot count, and the HTML report.
 
-    command.__doc__ = STAGE_HELP[stage]
-    return command
+        Exit code 3 when a sweep finished but some cells lacked the data for some stages."""
+        _check_common(max_prompts, threads)
+        targets = _split_list(stages) or pipeline.available_stages()
+        _set_threads(threads)
+        base = pipeline.RunConfig(model=model, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype, preset=preset)
+        summary = pipeline.execute_many(
+            base,
+            _split_list(_relation(relation, preset)),
+            _split_list(shots, int),
+            targets,
+            out=out,
+            overrides=_parse_set(settings),
+            force=force,
+            progress=True,
+            log=_note,
+        )
+        if report:
+            path = _write_report(out)
+            if path is not None:
+                _note(f"report: {path}")
+        if as_json:
+            sys.stdout.write(json.dumps(_json_ready(summary), ensure_ascii=False) + "\n")
+        else:
+            _print_run(summary)
+        if summary.get("incomplete"):
+            cells = "; ".join(f"{c['relation']} {c['shots']}-shot: {', '.join(c['stages'])}" for c in summary["incomplete"])
+            err_console.print(
+                f"recallscope: incomplete: not measurable here: {cells} (see {out}/summary.json)",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_INCOMPLETE)
 
 
-for _stage in STAGE_HELP:
-    app.command(_stage, help=STAGE_HELP[_stage])(_stage_command(_stage))
+@app.command("report")
+def report_command(run_dir: str = typer.Argument(..., help="A run directory written by `recallscope run`.")) -> None:
+    """Render report.html again from a run directory's files (no model, no torch)."""
+    from pathlib import Path
 
-
-@app.command("run")
-def run_command(
-    model: str = MODEL_OPTION,
-    relation: str = typer.Option("country_capital_extended", "--relation", "-r", help="Relation names or LRE paths, comma-separated."),
-    shots: str = typer.Option("0", "--shots", "-k", help="Shot counts, comma-separated (e.g. 0,1,3)."),
-    out: str = typer.Option("runs/latest", "--out", "-o", help="Run directory (resumable)."),
-    seed: int = SEED_OPTION,
-    max_prompts: Optional[int] = MAX_PROMPTS_OPTION,
-    device: str = DEVICE_OPTION,
-    dtype: str = DTYPE_OPTION,
-    as_json: bool = JSON_OPTION,
-    force: bool = FORCE_OPTION,
-    stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated subset of stages (default: all)."),
-    report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
-    settings: list[str] = typer.Option([], "--set", help="Stage setting, e.g. --set decompose.solver=sgd (repeatable)."),
-) -> None:
-    """The whole study: every stage, for each relation and shot count, and the HTML report."""
-    from .pipeline import RunConfig, available_stages, execute_many
-
-    if max_prompts is not None and max_prompts < 1:
-        raise UserError(f"--max-prompts must be >= 1, got {max_prompts}")
-    targets = _split_list(stages) or available_stages()
-    base = RunConfig(model=model, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype)
-    summary = execute_many(
-        base, _split_list(relation), _split_list(shots, int), targets, out=out,
-        overrides=_parse_set(settings), force=force, progress=True, log=_note,
-    )
-    if report:
-        path = _write_report(out)
-        if path is not None:
-            _note(f"report: {path}")
-    if as_json:
-        sys.stdout.write(json.dumps(_json_ready(summary), ensure_ascii=False) + "\n")
-    else:
-        _print_run(summary)
+    if not Path(run_dir).is_dir():
+        raise UserError(f"{run_dir}: not a run directory")
+    path = _write_report(run_dir)
+    if path is not None:
+        _note(f"report: {path}")
 
 
 def _write_report(out: str):
@@ -254,8 +295,12 @@ def _print_run(summary: dict) -> None:
         table.add_column(col)
     for r in runs:
         table.add_row(
-            str(r.get("relation")), str(r.get("shots")), str(r.get("n_prompts")), str(r.get("n_known")),
-            f"{r.get('accuracy', float('nan')):.3f}", f"{r.get('mean_p_answer', float('nan')):.3f}",
+            str(r.get("relation")),
+            str(r.get("shots")),
+            str(r.get("n_prompts")),
+            str(r.get("n_known")),
+            f"{r.get('accuracy', float('nan')):.3f}",
+            f"{r.get('mean_p_answer', float('nan')):.3f}",
             ", ".join(r.get("stages", {})),
         )
     out_console.print(table)
@@ -284,7 +329,9 @@ def models_command(as_json: bool = typer.Option(False, "--json")) -> None:
     for col in ("model", "kind", "installed", "cached", "description", "install"):
         table.add_column(col)
     for r in rows:
-        table.add_row(*[str(r[c]) if r[c] is not None else "—" for c in ("model", "kind", "installed", "cached", "description", "install")])
+        table.add_row(
+            *[str(r[c]) if r[c] is not None else "—" for c in ("model", "kind", "installed", "cached", "description", "install")]
+        )
     out_console.print(table)
 
 
@@ -296,12 +343,14 @@ def relations_command(as_json: bool = typer.Option(False, "--json")) -> None:
     rows = []
     for name in builtin_names():
         rel = load_relation(name)
-        rows.append({
-            "relation": name,
-            "samples": len(rel.samples),
-            "templates": len(rel.templates),
-            "example": rel.templates[0].format(rel.samples[0].subject) + " → " + rel.samples[0].object,
-        })
+        rows.append(
+            {
+                "relation": name,
+                "samples": len(rel.samples),
+                "templates": len(rel.templates),
+                "example": rel.templates[0].format(rel.samples[0].subject) + " → " + rel.samples[0].object,
+            }
+        )
     if as_json:
         sys.stdout.write(json.dumps({"relations": rows}, ensure_ascii=False) + "\n")
         return
@@ -338,8 +387,14 @@ def bench_command(
     if unknown:
         raise UserError(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(available)}")
     options = benchmarks.BenchOptions(
-        model=model, relation=relation, shots=tuple(_split_list(shots, int)), seed=seed,
-        max_prompts=max_prompts, device=device, quick=quick, mode=mode,
+        model=model,
+        relation=relation,
+        shots=tuple(_split_list(shots, int)),
+        seed=seed,
+        max_prompts=max_prompts,
+        device=device,
+        quick=quick,
+        mode=mode,
     )
     for name in chosen:
         for line in benchmarks.run(name, options):
@@ -366,34 +421,71 @@ def _click_exceptions(name: str) -> tuple[type, ...]:
     return tuple(dict.fromkeys(found))
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota where one is set."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max", encoding="ascii").read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def _set_threads(threads: Optional[int]) -> None:
+    """torch's intra-op threads: --threads, else OMP_NUM_THREADS when the user set it, else the usable CPUs
+    (torch's own default counts every core of the machine, not the ones this process may use)."""
+    import torch
+
+    if threads is None and os.environ.get("OMP_NUM_THREADS"):
+        return
+    torch.set_num_threads(threads or _usable_cpus())
+
+
+_VERBS_ADDED: list[bool] = []
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line and exit 2 for bad input, never a traceback for it."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Before torch loads: OpenMP threads that spin while waiting steal the cores of other processes.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] != ["report"] and not _VERBS_ADDED and app is _APP:
+        # The stage table imports every analysis stage, and torch; `recallscope report` needs neither.
+        from . import pipeline
+
+        _add_stage_verbs(app, pipeline)
+        _VERBS_ADDED.append(True)
     try:
-        status = app(args=argv, standalone_mode=False)
+        status = app(args=args, standalone_mode=False)
         # typer >= 0.2x turns Ctrl-C into Exit(130) and, outside standalone mode, *returns* the code.
         if isinstance(status, int) and not isinstance(status, bool) and status != 0:
-            if status == 130:
+            if status == EXIT_INTERRUPTED:
                 raise KeyboardInterrupt
             sys.exit(status)
     except UserError as exc:
         err_console.print(f"recallscope: error: {exc}", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(2)
+        sys.exit(EXIT_USER)
     except _click_exceptions("NoArgsIsHelpError") as exc:
         out_console.print(exc.ctx.get_help() if getattr(exc, "ctx", None) else "", highlight=False, markup=False)
         sys.exit(0)
     except _click_exceptions("UsageError") as exc:
         message = " ".join(exc.format_message().split())
         err_console.print(f"recallscope: error: {message}", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(2)
+        sys.exit(EXIT_USER)
     except _click_exceptions("Exit") as exc:
         sys.exit(getattr(exc, "exit_code", 0))
     except _click_exceptions("Abort"):
         err_console.print("recallscope: interrupted", highlight=False)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         err_console.print("recallscope: interrupted; rerun the same command to resume", highlight=False)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except BrokenPipeError:
         sys.exit(0)
 

@@ -69,18 +69,21 @@ import html
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import ClassVar, Literal, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
+from .components import head_label, top_heads
+from .constraints import NON_NEGATIVE, POSITIVE, Interval
 from .errors import UserError
 from .models.view import ModelView
-from .pipeline import Stage, StageContext, register
 from .progress import track
-from .tasks.prompts import Prompt, batches
+from .stats import assign_folds
+from .tasks.collect import collect
+from .tasks.prompts import Prompt
 
 RESID = "resid"
 
@@ -102,6 +105,12 @@ class DecomposeConfig:
     sgd_tolerance: float = 1e-3  # converged: loss ≤ (1 + tol) · least-squares loss
     sgd_log_every: int = 1000  # record the SGD loss every this many steps
     batch_size: int = 32
+
+    constraints: ClassVar[dict] = {
+        "layer": NON_NEGATIVE, "earlier_layers": NON_NEGATIVE, "folds": Interval(2, None), "sgd_lr": Interval(0, None, "neither"),
+        "sgd_momentum": Interval(0, 1, "left"), "sgd_steps": POSITIVE, "sgd_init": Interval(), "sgd_tolerance": Interval(0, None),
+        "sgd_log_every": POSITIVE, "batch_size": POSITIVE,
+    }
 
 
 # ----------------------------------------------------------------------------- the fit
@@ -284,8 +293,8 @@ def fold_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
         raise UserError(f"decompose.folds must be >= 2, got {folds}")
     if n < 2 * folds:
         raise UserError(f"decompose: {n} prompts are too few for {folds}-fold cross-validation (need {2 * folds})")
-    order = np.random.default_rng(seed).permutation(n)
-    return [np.sort(part) for part in np.array_split(order, folds)]
+    fold = assign_folds(n, folds, seed)
+    return [np.flatnonzero(fold == f) for f in range(folds)]
 
 
 @dataclass(frozen=True)
@@ -356,7 +365,7 @@ class EndActivations:
         names, layers, heads, cols = [], [], [], []
         for l in head_layers:
             for h in range(H):
-                names.append(f"L{l}H{h}")
+                names.append(head_label(l, h))
                 layers.append(l)
                 heads.append(h)
                 cols.append(self.head_out[:, l, h])
@@ -378,18 +387,14 @@ def end_activations(view: ModelView, prompts: Sequence[Prompt], pad_id: int, bat
     prompts = list(prompts)
     if not prompts:
         raise UserError("decompose: no prompt to fit")
-    N = len(prompts)
     cfg = view.cfg
-    head_out = torch.zeros(N, cfg.n_layers, cfg.n_heads, cfg.d_model, device=view.device)
-    resid_pre = torch.zeros(N, cfg.n_layers, cfg.d_model, device=view.device)
-    mlp_out = torch.zeros_like(resid_pre)
-    groups = list(batches(prompts, pad_id, batch_size))
-    for indices, batch in track(groups, "decompose: activations", total=len(groups), enabled=progress):
+
+    def measure(indices, batch) -> dict[str, Tensor]:
         t = view.trace(batch.input_ids, batch.attention_mask, record=["head_out", "resid_pre", "mlp_out"])
-        idx = torch.as_tensor(indices, device=view.device)
-        head_out[idx] = t.head_out[:, 0].float()
-        resid_pre[idx] = t.resid_pre[:, 0].float()
-        mlp_out[idx] = t.mlp_out[:, 0].float()
+        return {"head_out": t.head_out[:, 0].float(), "resid_pre": t.resid_pre[:, 0].float(), "mlp_out": t.mlp_out[:, 0].float()}
+
+    got = collect(prompts, pad_id, batch_size, measure, "decompose: activations", progress)
+    head_out, resid_pre, mlp_out = got["head_out"], got["resid_pre"], got["mlp_out"]
     # b_O (Gemma's post-attention norm has no b_O, so the plain bias is right wherever it exists).
     bias = tuple(view.layer(l).b_O.float() if view.layer(l).b_O is not None else None for l in range(cfg.n_layers))
     return EndActivations(head_out, resid_pre, mlp_out, bool(cfg.parallel_residual), bias)
@@ -429,38 +434,47 @@ class DecomposeResult:
         return rows
 
     def to_frame(self) -> pd.DataFrame:
-        """Long table: coefficients (fold −1 = all prompts), fold metrics, the intercept vector
-        (kind="intercept", column ``vector``), the SGD loss trace and the sweep."""
-        rows: list[dict] = []
-        base = {"layer": None, "head": None, "fold": -1, "value": None, "vector": None, "regressor": None}
-        for k, name in enumerate(self.regressors.names):
-            head = self.regressors.heads[k] if self.regressors.heads[k] >= 0 else None
-            rows.append({**base, "kind": "coef", "regressor": name, "layer": self.regressors.layers[k], "head": head,
-                         "value": float(self.full.coef[k])})
-            for f in range(self.cv.coef.shape[0]):
-                rows.append({**base, "kind": "coef", "regressor": name, "layer": self.regressors.layers[k], "head": head,
-                             "fold": f, "value": float(self.cv.coef[f, k])})
-            if self.lstsq_reference is not None:
-                rows.append({**base, "kind": "coef_lstsq", "regressor": name, "layer": self.regressors.layers[k],
-                             "head": head, "value": float(self.lstsq_reference.coef[k])})
-        for f in range(len(self.cv.r2)):
-            rows.append({**base, "kind": "cv_r2", "layer": self.layer, "fold": f, "value": float(self.cv.r2[f])})
-            rows.append({**base, "kind": "cv_cosine", "layer": self.layer, "fold": f, "value": float(self.cv.cosine[f])})
-        rows.append({**base, "kind": "r2", "layer": self.layer, "value": self.full.r2})
-        rows.append({**base, "kind": "intercept", "layer": self.layer, "value": float(np.linalg.norm(self.full.intercept)),
-                     "vector": [float(v) for v in self.full.intercept]})
-        for step, loss in self.full.loss_trace:
-            rows.append({**base, "kind": "sgd_loss", "layer": self.layer, "fold": int(step), "value": float(loss)})
-        if self.sweep is not None:
-            for rec in self.sweep.to_dict("records"):
-                for key in ("r2", "cv_r2", "cv_cosine"):
-                    rows.append({**base, "kind": f"sweep_{key}", "layer": int(rec["layer"]), "value": float(rec[key])})
-        frame = pd.DataFrame(rows)
-        for col in ("layer", "head"):
-            frame[col] = frame[col].astype("Int64")
-        frame["fold"] = frame["fold"].astype("int64")
-        frame["value"] = frame["value"].astype("float64")
+        """The main table: one row per regressor (its coefficient on all prompts, CV mean/std, verdict)."""
+        frame = pd.DataFrame(self.coefficients())
+        frame["layer"] = frame["layer"].astype("int64")
+        frame["head"] = frame["head"].astype("Int64")
         return frame
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """Tidy tables, one kind of row each (the main one first):
+
+        - ``decompose``: per regressor: ``regressor, layer, head, coef, cv_mean, cv_std, verdict,
+          verdict_stable`` (and ``coef_lstsq`` beside an SGD fit);
+        - ``fold_coefficients``: per fold and regressor: ``fold, regressor, layer, head, coef``;
+        - ``folds``: per fold: ``fold, r2, cosine`` on the held-out prompts;
+        - ``intercept``: the intercept vector b of MLP ``layer``: ``layer, dim, value`` (d rows);
+        - ``sgd_trace``: ``step, loss`` (empty for lstsq);
+        - ``sweep``: per MLP layer: ``layer, r2, cv_r2, cv_cosine`` (empty without ``sweep``).
+        """
+        reg = self.regressors
+        heads = pd.array([h if h >= 0 else None for h in reg.heads], dtype="Int64")
+        K, F = len(reg.names), self.cv.coef.shape[0]
+        fold_coefficients = pd.DataFrame({
+            "fold": np.repeat(np.arange(F), K).astype("int64"),
+            "regressor": list(reg.names) * F,
+            "layer": np.tile(np.asarray(reg.layers, dtype="int64"), F),
+            "head": pd.array(list(heads) * F, dtype="Int64"),
+            "coef": self.cv.coef.reshape(-1).astype("float64"),
+        })
+        folds = pd.DataFrame({"fold": np.arange(len(self.cv.r2), dtype="int64"),
+                              "r2": np.asarray(self.cv.r2, dtype="float64"),
+                              "cosine": np.asarray(self.cv.cosine, dtype="float64")})
+        b = np.asarray(self.full.intercept, dtype="float64").reshape(-1)
+        intercept = pd.DataFrame({"layer": np.full(len(b), self.layer, dtype="int64"),
+                                  "dim": np.arange(len(b), dtype="int64"), "value": b})
+        trace = pd.DataFrame({"step": np.asarray([s for s, _ in self.full.loss_trace], dtype="int64"),
+                              "loss": np.asarray([v for _, v in self.full.loss_trace], dtype="float64")})
+        sweep = (self.sweep.astype({"layer": "int64", "r2": "float64", "cv_r2": "float64", "cv_cosine": "float64"})
+                 if self.sweep is not None else
+                 pd.DataFrame({"layer": pd.Series(dtype="int64"), "r2": pd.Series(dtype="float64"),
+                               "cv_r2": pd.Series(dtype="float64"), "cv_cosine": pd.Series(dtype="float64")}))
+        return {"decompose": self.to_frame(), "fold_coefficients": fold_coefficients, "folds": folds,
+                "intercept": intercept, "sgd_trace": trace, "sweep": sweep[["layer", "r2", "cv_r2", "cv_cosine"]]}
 
     def to_dict(self) -> dict:
         out = {
@@ -504,16 +518,20 @@ class DecomposeResult:
         return out
 
     def plot(self) -> list:
-        return figures(self.to_frame(), self.to_dict())
+        return figures(self.tables(), self.to_dict())
 
 
-def intercept_from_frame(frame: pd.DataFrame) -> tuple[int, np.ndarray]:
-    """(MLP layer, b) as the decompose table stores them."""
-    rows = frame[frame["kind"] == "intercept"]
-    if rows.empty:
-        raise UserError("the decompose table holds no intercept (re-run decompose with --force)")
-    row = rows.iloc[0]
-    return int(row["layer"]), np.asarray(row["vector"], dtype=np.float64)
+def intercept_from_table(table: pd.DataFrame) -> tuple[int, np.ndarray]:
+    """(MLP layer, b [d]) from the decompose stage's ``intercept`` table (rows ``layer, dim, value``)."""
+    if table is None or table.empty:
+        raise UserError("the decompose stage's intercept table is empty (re-run decompose with --force)")
+    layers = table["layer"].unique()
+    if len(layers) != 1:
+        raise ValueError(f"the intercept table holds layers {list(layers)}; one expected")
+    ordered = table.sort_values("dim")
+    if list(ordered["dim"]) != list(range(len(ordered))):
+        raise ValueError("the intercept table's dims are not 0..d-1")
+    return int(layers[0]), np.array(ordered["value"], dtype=np.float64)  # a writable copy (torch warns on read-only arrays)
 
 
 def decompose(
@@ -570,14 +588,14 @@ def strongest_head(movers_summary: dict | None, patch: pd.DataFrame | None) -> t
             return (0 if e is not None and math.isfinite(e) else 1, -abs(e) if e is not None and math.isfinite(e) else i)
         _, best = min(enumerate(movers), key=strength)
         return (int(best["layer"]), int(best["head"])), (
-            f"the strongest mover head L{best['layer']}H{best['head']}"
+            f"the strongest mover head {head_label(best['layer'], best['head'])}"
             + (f" (mean patching effect {best['effect']:.1f}%)" if best.get("effect") is not None else "")
         )
     if patch is not None and "kind" in patch and (patch["kind"] == "head").any():
-        mean = patch[patch["kind"] == "head"].groupby(["layer", "head"])["effect_pct"].mean()
-        (l, h) = mean.abs().idxmax()
-        return (int(l), int(h)), (
-            f"no head is a mover; the head with the largest |mean patching effect| is L{l}H{h} ({mean[(l, h)]:.1f}%)"
+        best = top_heads(patch, 1)
+        comp, effect = best.index[0], float(best.iloc[0])
+        return (comp.layer, comp.head), (
+            f"no head is a mover; the head with the largest |mean patching effect| is {comp.label} ({effect:.1f}%)"
         )
     raise UserError("decompose: no mover head and no patching result to choose a layer from; give --layer")
 
@@ -611,10 +629,13 @@ def choose_layer(config: DecomposeConfig, n_layers: int, mlp_reads_own_heads: bo
 
 
 # ----------------------------------------------------------------------------- figures
-def figures(frame: pd.DataFrame, summary: dict) -> list:
+def figures(tables: dict[str, pd.DataFrame] | pd.DataFrame, summary: dict) -> list:
     """Coefficients with their CV spread (error bars: ±1 std over folds); the per-layer R² of the
-    sweep; the SGD loss against the exact loss."""
+    sweep; the SGD loss against the exact loss (from the ``sgd_trace`` table, when ``tables`` is
+    the dict of :meth:`DecomposeResult.tables`; the main table alone has no trace)."""
     import plotly.graph_objects as go
+
+    trace = tables.get("sgd_trace") if isinstance(tables, dict) else None
 
     figs = []
     coefs = summary.get("coefficients", [])
@@ -641,37 +662,11 @@ def figures(frame: pd.DataFrame, summary: dict) -> list:
         fig.add_trace(go.Scatter(x=[s["layer"] for s in sweep], y=[s["cv_r2"] for s in sweep], name="CV R² (held out)"))
         fig.update_layout(title="How linear each MLP is in its heads: R² per layer (lstsq)", xaxis_title="MLP layer", yaxis_title="R²")
         figs.append(fig)
-    loss = frame[frame["kind"] == "sgd_loss"] if "kind" in frame else frame.iloc[0:0]
-    if len(loss) and summary.get("sgd"):
-        fig = go.Figure(go.Scatter(x=loss["fold"], y=loss["value"], name="SGD loss (standardised units)"
+    if trace is not None and len(trace) and summary.get("sgd"):
+        fig = go.Figure(go.Scatter(x=trace["step"], y=trace["loss"], name="SGD loss (standardised units)"
                                    if summary["sgd"].get("standardise") else "SGD loss"))
         fig.update_layout(title=f"SGD ({'converged' if summary['sgd']['converged'] else 'NOT converged'}), "
                                 f"final loss {summary['sgd']['loss']:.4g} vs exact {summary['sgd']['lstsq_loss']:.4g}",
                           xaxis_title="step", yaxis_title="loss", yaxis_type="log")
         figs.append(fig)
     return figs
-
-
-# ----------------------------------------------------------------------------- pipeline
-def compute(ctx: StageContext) -> DecomposeResult:
-    config: DecomposeConfig = ctx.config("decompose")
-    cfg = ctx.model.cfg
-    if config.layer is not None:
-        layer, reason = choose_layer(config, cfg.n_layers, cfg.mlp_reads_own_heads(), None, None)
-    else:
-        try:
-            movers_summary = ctx.summary("movers")
-        except KeyError:
-            movers_summary = None
-        try:
-            patch = ctx.frame("patch")
-        except KeyError:
-            patch = None
-        layer, reason = choose_layer(config, cfg.n_layers, cfg.mlp_reads_own_heads(), movers_summary, patch)
-    prompts = ctx.known_prompts()
-    acts = end_activations(ctx.model.view, prompts.prompts, ctx.model.tokenizer.pad_token_id, config.batch_size, ctx.progress)
-    return decompose(acts, layer, config, seed=ctx.run.seed, layer_reason=reason, progress=ctx.progress)
-
-
-register(Stage("decompose", ("movers",), DecomposeConfig, compute, "MLP output as per-head coefficients plus an intercept",
-               check=check_config))

@@ -1,8 +1,14 @@
-"""One exception type for every input a user got wrong.
+"""One exception type for every input a user got wrong, and the CLI's exit codes.
 
 The CLI turns a :class:`UserError` into one line on stderr and exit code 2; anything else is a
 bug and keeps its traceback.
 """
+
+EXIT_OK = 0
+EXIT_BUG = 1  # an uncaught exception (a traceback): a bug in recallscope
+EXIT_USER = 2  # bad input: one line on stderr, nothing ran (or the stage asked for by name could not)
+EXIT_INCOMPLETE = 3  # a sweep finished, but some cells lacked the data for some stages (see summary.json "incomplete")
+EXIT_INTERRUPTED = 130  # Ctrl-C; rerunning the same command resumes
 
 
 class UserError(Exception):

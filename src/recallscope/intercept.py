@@ -15,7 +15,7 @@ a residual stream that holds the subject ("France"), it moves the stream towards
    empirical p-value (1 + #random ≥ b) / (1 + n_random).
 2. **Where b points** — cos(b, u_Y − u_X), averaged over prompts, with u_t = w_f ⊙ (W_U[:, t] −
    mean_v W_U[:, v]): the unembedding row of token t, centred over the vocabulary
-   (:func:`recallscope.lens.unembed_direction`; the centring cancels in the difference) and with the
+   (:func:`recallscope.lens.token_direction`; the centring cancels in the difference) and with the
    final norm's weight w_f folded in, so that ⟨v, u_t⟩ is what the lens reads from v for t (up to
    the norm's positive per-prompt scale). Same random baseline. Beside it, per prompt,
    cos(m[l], u_X) and cos(m[l], u_Y) — does the MLP's whole output point away from the subject and
@@ -34,20 +34,19 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
-from .decompose import intercept_from_frame
+from .constraints import LEVEL, POSITIVE
 from .errors import UserError
-from .lens import final_norm_weight, logit_lens, token_rank, unembed_direction
+from .lens import logit_lens, token_direction, token_rank
 from .models.view import ModelView
-from .pipeline import Stage, StageContext, register
-from .progress import track
-from .tasks.prompts import Prompt, batches
+from .tasks.collect import collect
+from .tasks.prompts import Prompt
 
 POINTS = ("r_mid", "r_mid_plus_b", "r_mid_plus_m")
 
@@ -59,6 +58,10 @@ class InterceptConfig:
     level: float = 0.95  # width of the baselines' percentile interval
     batch_size: int = 32
     random_chunk: int = 100  # random directions read by the lens at once (memory: chunk × V floats)
+
+    constraints: ClassVar[dict] = {
+        "top_k": POSITIVE, "n_random": POSITIVE, "level": LEVEL, "batch_size": POSITIVE, "random_chunk": POSITIVE,
+    }
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,10 @@ class InterceptResult:
     def _interval(self, values: np.ndarray) -> dict:
         lo, hi = (1 - self.config.level) / 2, (1 + self.config.level) / 2
         return {"mean": float(values.mean()), "low": float(np.quantile(values, lo)), "high": float(np.quantile(values, hi))}
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The stage's tables by name (one: the main table, ``to_frame()``)."""
+        return {"intercept": self.to_frame()}
 
     def to_frame(self) -> pd.DataFrame:
         return self.frame.copy()
@@ -136,13 +143,6 @@ def _cos(a: Tensor, b: Tensor) -> Tensor:
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
 
 
-def directions(view: ModelView, token_ids: Tensor) -> Tensor:
-    """u_t [..., d]: centred unembedding rows with the final norm's weight folded in."""
-    u = unembed_direction(view, token_ids.to(view.device), centred=True)
-    w = final_norm_weight(view)
-    return u * w if w is not None else u
-
-
 def domain_share(logits: Tensor, domain: Tensor, top_k: int) -> Tensor:
     """Share [...] of the top_k tokens of each row of logits [..., V] that lie in ``domain``."""
     top = logits.topk(top_k, dim=-1).indices
@@ -178,11 +178,8 @@ def analyse_intercept(
     domain = torch.tensor(sorted(set(int(t) for t in answer_domain)), device=view.device)
     N = len(prompts)
     V = view.weights.W_U.shape[1]
-    rows: list[dict] = [None] * N  # type: ignore[list-item]
-    finals = torch.zeros(N, cfg.d_model, device=view.device, dtype=torch.float64)
-    diffs = torch.zeros(N, cfg.d_model, device=view.device, dtype=torch.float64)
-    groups = list(batches(prompts, pad_id, config.batch_size))
-    for indices, batch in track(groups, "intercept: redirect test", total=len(groups), enabled=progress):
+
+    def measure(indices, batch) -> dict:
         t = view.trace(batch.input_ids, batch.attention_mask, record=["resid_mid", "mlp_out", "resid_final"])
         r_mid, m = t.resid_mid[:, 0, layer], t.mlp_out[:, 0, layer]
         y_ids, x_ids = batch.answer_ids().to(view.device), batch.subject_ids().to(view.device)
@@ -192,25 +189,26 @@ def analyse_intercept(
             logits = logit_lens(view, state, mode="normalised").float()
             ranks[f"rank_Y_{name}"] = token_rank(logits, y_ids).cpu().numpy()
             ranks[f"rank_X_{name}"] = token_rank(logits, x_ids).cpu().numpy()
-        u_y, u_x = directions(view, y_ids), directions(view, x_ids)
+        u_y, u_x = token_direction(view, y_ids), token_direction(view, x_ids)
         cos = {
             "cos_m_Y": _cos(m, u_y), "cos_m_X": _cos(m, u_x),
             "cos_b_Y": _cos(b.expand_as(u_y), u_y), "cos_b_X": _cos(b.expand_as(u_x), u_x),
             "cos_b_YX": _cos(b.expand_as(u_y), u_y - u_x),
         }
-        cos = {k: v.cpu().numpy() for k, v in cos.items()}
-        idx = torch.as_tensor(indices, device=view.device)
-        finals[idx] = t.resid_final[:, 0].double()
-        diffs[idx] = (u_y - u_x).double()
-        for row, i in enumerate(indices):
-            p = prompts[i]
-            rows[i] = {
-                "prompt_index": i, "subject": p.subject, "answer": p.answer,
-                "answer_id": p.answer_id, "subject_id": p.subject_id,
-                "answer_token": decode(p.answer_id), "subject_token": decode(p.subject_id),
-                **{k: int(v[row]) for k, v in ranks.items()},
-                **{k: float(v[row]) for k, v in cos.items()},
-            }
+        return {
+            "final": t.resid_final[:, 0].double(), "diff": (u_y - u_x).double(),
+            **{k: v.astype(np.int64) for k, v in ranks.items()},
+            **{k: v.cpu().numpy().astype(np.float64) for k, v in cos.items()},
+        }
+
+    got = collect(prompts, pad_id, config.batch_size, measure, "intercept: redirect test", progress)
+    finals, diffs = got.pop("final"), got.pop("diff")
+    rows = {
+        "prompt_index": np.arange(N), "subject": [p.subject for p in prompts], "answer": [p.answer for p in prompts],
+        "answer_id": [p.answer_id for p in prompts], "subject_id": [p.subject_id for p in prompts],
+        "answer_token": [decode(p.answer_id) for p in prompts], "subject_token": [decode(p.subject_id) for p in prompts],
+        **got,
+    }
     frame = pd.DataFrame(rows)
 
     # The logit lens of b, and of random directions of the same norm, with one reference.
@@ -220,7 +218,7 @@ def analyse_intercept(
     in_domain = torch.isin(top.indices, domain)
     top_tokens = tuple(
         {"token": decode(int(i)), "token_id": int(i), "logit": float(v), "in_domain": bool(d)}
-        for i, v, d in zip(top.indices.tolist(), top.values.tolist(), in_domain.tolist())
+        for i, v, d in zip(top.indices.tolist(), top.values.tolist(), in_domain.tolist(), strict=True)
     )
     share = float(in_domain.float().mean())
     cos_b = float(_cos(b.expand(N, -1), diffs).mean())
@@ -279,22 +277,7 @@ def figures(frame: pd.DataFrame, summary: dict) -> list:
     return figs
 
 
-# ----------------------------------------------------------------------------- pipeline
-def compute(ctx: StageContext) -> InterceptResult:
-    config: InterceptConfig = ctx.config("intercept")
-    layer, b = intercept_from_frame(ctx.frame("decompose"))
-    prompts = ctx.known_prompts()
-    tok = ctx.model.tokenizer
-    return analyse_intercept(
-        ctx.model.view, prompts.prompts, torch.as_tensor(b), layer, prompts.answer_ids, config, seed=ctx.run.seed,
-        pad_id=tok.pad_token_id, decode=lambda t: tok.decode([t]), progress=ctx.progress,
-    )
-
-
 def check_config(config: InterceptConfig, model=None) -> None:
+    """The settings that the declared constraints do not cover (none depend on the model today)."""
     if config.top_k < 1 or config.n_random < 1:
         raise UserError(f"intercept: top_k and n_random must be >= 1, got {config.top_k} and {config.n_random}")
-
-
-register(Stage("intercept", ("decompose",), InterceptConfig, compute, "the intercept as function application; redirect test",
-               check=check_config))

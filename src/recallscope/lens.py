@@ -18,17 +18,15 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .models.arch import norm_scale
+from .models.arch import norm_scale, norm_weight
 from .models.view import ModelView
 
 LensMode = Literal["linearised", "normalised"]
 
 
 def final_norm_weight(view: ModelView) -> Tensor | None:
-    w = view.weights.ln_final.weight
-    if w is not None and view.cfg.norm == "rmsnorm_plus1":
-        return 1.0 + w
-    return w
+    """The final norm's weight as applied (1 + w for Gemma; see :func:`~.models.arch.norm_weight`)."""
+    return norm_weight(view.weights.ln_final, view.cfg.norm)
 
 
 def logit_lens(
@@ -72,6 +70,16 @@ def unembed_direction(view: ModelView, token_ids: Tensor, centred: bool = True) 
     if centred:
         cols = cols - W_U.mean(dim=1)
     return cols
+
+
+def token_direction(view: ModelView, token_ids: Tensor) -> Tensor:
+    """u_t = w_f ⊙ (W_U[:, t] − mean column of W_U), [..., d]: the centred unembedding of each
+    token with the final norm's weight folded in (TransformerLens's folded, centred W_U; the
+    paper's code multiplies a head's output by it). The one place these directions are built:
+    movers projects head outputs on u_X, intercept compares b and m with u_Y, u_X."""
+    u = unembed_direction(view, token_ids.to(view.device), centred=True)
+    w = final_norm_weight(view)
+    return u * w if w is not None else u
 
 
 def recall_metric(logits: Tensor, answer_ids: Tensor) -> Tensor:

@@ -52,19 +52,21 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Callable, ClassVar, Literal, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
+from .components import head_label, top_heads
+from .constraints import NON_NEGATIVE, POSITIVE, PROBABILITY, Interval, Options
 from .errors import UserError
-from .lens import final_norm_weight, logit_lens, token_rank, unembed_direction
+from .lens import logit_lens, token_direction, token_rank
 from .models.view import ModelView
-from .pipeline import Stage, StageContext, register
 from .progress import track
-from .tasks.prompts import Prompt, batches
+from .stats import pearson
+from .tasks.collect import collect
+from .tasks.prompts import Prompt
 
 OV_TOP_K = 5  # "top-5 share": the share of X's whose OV rank is below this
 
@@ -87,6 +89,12 @@ class MoversConfig:
     # scatter's attention is to that token, not summed over the subject span.
     subject_token: Literal["last", "first"] = "last"
 
+    constraints: ClassVar[dict] = {
+        "top_k": POSITIVE, "layer": NON_NEGATIVE, "head": NON_NEGATIVE, "min_attention_to_subject": PROBABILITY,
+        "min_projection_corr": Interval(-1, 1), "max_p_value": PROBABILITY, "min_ov_top5_share": PROBABILITY,
+        "batch_size": POSITIVE, "subject_token": Options("last", "first"),
+    }
+
     def thresholds(self) -> dict:
         return {
             "min_attention_to_subject": self.min_attention_to_subject,
@@ -94,69 +102,6 @@ class MoversConfig:
             "max_p_value": self.max_p_value,
             "min_ov_top5_share": self.min_ov_top5_share,
         }
-
-
-# ----------------------------------------------------------------------------- statistics
-def _betacf(a: float, b: float, x: float, max_iter: int = 300, eps: float = 1e-15) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, max_iter + 1):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Pearson r and its two-sided p-value (t = r √((n−2)/(1−r²)), n − 2 degrees of freedom).
-
-    With df = n − 2, P(|T| ≥ t) = I_{df/(df+t²)}(df/2, 1/2). NaN when n < 3 or an input is
-    constant (r is undefined).
-    """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    n = len(x)
-    if n < 3:
-        return float("nan"), float("nan")
-    xc, yc = x - x.mean(), y - y.mean()
-    denom = math.sqrt(float(xc @ xc) * float(yc @ yc))
-    if denom == 0.0 or not math.isfinite(denom):
-        return float("nan"), float("nan")
-    r = max(-1.0, min(1.0, float(xc @ yc) / denom))
-    df = n - 2
-    if abs(r) >= 1.0:
-        return r, 0.0
-    t2 = r * r * df / (1.0 - r * r)
-    return r, betainc(df / 2.0, 0.5, df / (df + t2))
 
 
 # ----------------------------------------------------------------------------- OV circuit
@@ -193,13 +138,6 @@ def ov_ranks(view: ModelView, layer: int, head: int, token_ids: Tensor) -> Tenso
     return token_rank(logits, token_ids.to(logits.device)).cpu()
 
 
-def projection_directions(view: ModelView, token_ids: Tensor) -> Tensor:
-    """w_f ⊙ (W_U[:, X] − mean W_U) for each X, [n, d]: TransformerLens's folded, centred W_U."""
-    directions = unembed_direction(view, token_ids.to(view.device), centred=True)
-    weight = final_norm_weight(view)
-    return directions * weight if weight is not None else directions
-
-
 # ----------------------------------------------------------------------------- result
 @dataclass(frozen=True)
 class MoversResult:
@@ -213,11 +151,15 @@ class MoversResult:
     def movers(self) -> list[tuple[int, int]]:
         return [(h["layer"], h["head"]) for h in self.heads if h["is_mover"]]
 
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The stage's tables by name (one: the main table, ``to_frame()``)."""
+        return {"movers": self.to_frame()}
+
     def to_frame(self) -> pd.DataFrame:
         return self.frame.copy()
 
     def to_dict(self) -> dict:
-        names = [f"L{h['layer']}H{h['head']}" for h in self.heads if h["is_mover"]]
+        names = [head_label(h["layer"], h["head"]) for h in self.heads if h["is_mover"]]
         n_prompts = int(self.frame["prompt_index"].nunique()) if len(self.frame) else 0
         return {
             "movers": names,
@@ -308,21 +250,15 @@ def find_movers(
     candidates = [(int(l), int(h)) for l, h in candidates]
     for l, h in candidates:
         if not (0 <= l < cfg.n_layers and 0 <= h < cfg.n_heads):
-            raise UserError(f"head L{l}H{h} out of range: the model has {cfg.n_layers} layers × {cfg.n_heads} heads")
+            raise UserError(f"head {head_label(l, h)} out of range: the model has {cfg.n_layers} layers × {cfg.n_heads} heads")
     if not candidates:
         raise UserError("movers: no candidate head")
     layers = torch.tensor([l for l, _ in candidates], device=view.device)
     heads = torch.tensor([h for _, h in candidates], device=view.device)
-    C, N = len(candidates), len(prompts)
-    att_subject = torch.zeros(C, N)
-    att_last = torch.zeros(C, N)
-    att_first = torch.zeros(C, N)
-    top_is_subject = torch.zeros(C, N, dtype=torch.bool)
-    projection = torch.zeros(C, N)
+    C = len(candidates)
     example_rows: dict[int, tuple[Tensor, int]] = {}  # prompt -> (attention [C, n_tokens], pad)
 
-    groups = list(batches(prompts, pad_id, config.batch_size))
-    for indices, batch in track(groups, "movers", total=len(groups), enabled=progress):
+    def measure(indices, batch) -> dict:
         trace = view.trace(batch.input_ids, batch.attention_mask, record=["pattern", "head_out"])
         # pattern [B, L, H, 1, S] -> the candidates' attention from the end: [B, C, S]
         pattern = trace.pattern[:, layers, heads, 0].float()
@@ -337,17 +273,17 @@ def find_movers(
         # head_out [B, 1, L, H, d] -> [B, C, d]; projected on each prompt's X direction
         out = trace.head_out[:, 0, layers, heads].float()
         x_batch = torch.tensor([_x_id(p, config) for p in batch.prompts])
-        directions = projection_directions(view, x_batch).float()  # [B, d]
+        directions = token_direction(view, x_batch).float()  # [B, d]
         proj = torch.einsum("bcd,bd->bc", out, directions)
-        idx = torch.tensor(indices)
-        att_subject[:, idx] = a_sub.T.cpu()
-        att_last[:, idx] = a_last.T.cpu()
-        att_first[:, idx] = a_first.T.cpu()
-        top_is_subject[:, idx] = top_sub.T.cpu()
-        projection[:, idx] = proj.T.cpu()
         for row, i in enumerate(indices):
             n = prompts[i].n_tokens
             example_rows[i] = (pattern[row, :, -n:].cpu(), n)
+        return {"att_subject": a_sub.cpu(), "att_last": a_last.cpu(), "att_first": a_first.cpu(), "top_is_subject": top_sub.cpu(),
+                "projection": proj.cpu()}
+
+    got = collect(prompts, pad_id, config.batch_size, measure, "movers", progress)
+    att_subject, att_last, att_first = got["att_subject"].T, got["att_last"].T, got["att_first"].T  # [C, N]
+    top_is_subject, projection = got["top_is_subject"].T, got["projection"].T
 
     x_ids = torch.tensor([_x_id(p, config) for p in prompts])
     distinct_x = torch.unique(x_ids)
@@ -357,12 +293,12 @@ def find_movers(
     summaries = []
     for c, (l, h) in enumerate(track(candidates, "movers: OV circuits", total=C, enabled=progress)):
         ranks_all = ov_ranks(view, l, h, distinct_subject)
-        rank_of = dict(zip(distinct_subject.tolist(), ranks_all.tolist()))
+        rank_of = dict(zip(distinct_subject.tolist(), ranks_all.tolist(), strict=True))
         ov_x = torch.tensor([rank_of[int(t)] for t in distinct_x])
         effect = None if effects is None or (l, h) not in effects else float(effects[(l, h)])
         head_rows = pd.DataFrame(
             {
-                "component": f"L{l}H{h}",
+                "component": head_label(l, h),
                 "layer": l,
                 "head": h,
                 "prompt_index": [p.index for p in prompts],
@@ -420,13 +356,11 @@ def all_heads(n_layers: int, n_heads: int) -> list[tuple[int, int]]:
 
 def top_heads_from_patch(patch: pd.DataFrame, top_k: int) -> tuple[list[tuple[int, int]], dict]:
     """The top_k heads by |mean effect_pct| over prompts in the patch table, and every head's mean."""
-    heads = patch[patch["kind"] == "head"]
-    if heads.empty:
+    ranked = top_heads(patch)
+    if ranked.empty:
         raise UserError("movers: the patch table has no head rows (patch with --components heads)")
-    mean = heads.groupby(["layer", "head"])["effect_pct"].mean()
-    effects = {(int(l), int(h)): float(v) for (l, h), v in mean.items()}
-    ranked = sorted(effects, key=lambda k: -abs(effects[k]))
-    return ranked[:top_k], effects
+    effects = {(c.layer, c.head): float(v) for c, v in sorted(ranked.items(), key=lambda item: (item[0].layer, item[0].head))}
+    return [(c.layer, c.head) for c in ranked.index[:top_k]], effects
 
 
 def check_config(config: MoversConfig, n_layers: int, n_heads: int) -> None:
@@ -497,7 +431,7 @@ def figures(frame: pd.DataFrame, summary: dict) -> list:
             )
         )
         fig.update_layout(
-            title=f"L{h['layer']}H{h['head']} — {label}: r = {h['projection_corr']:.3f}, p = {h['projection_p_value']:.2g}",
+            title=f"{head_label(h['layer'], h['head'])} — {label}: r = {h['projection_corr']:.3f}, p = {h['projection_p_value']:.2g}",
             xaxis_title="attention from end to the subject tokens",
             yaxis_title="a[l,h] · W_U[X] (folded, centred)",
         )
@@ -510,23 +444,8 @@ def figures(frame: pd.DataFrame, summary: dict) -> list:
         fig = go.Figure(go.Bar(x=labels, y=ex["attention"], marker_color=colors))
         state = "mover" if ex["is_mover"] else "best candidate, not a mover"
         fig.update_layout(
-            title=f"Attention of L{ex['layer']}H{ex['head']} ({state}) from the end position, prompt {ex['prompt_index']} (subject in red)",
+            title=f"Attention of {head_label(ex['layer'], ex['head'])} ({state}) from the end position, prompt {ex['prompt_index']} (subject in red)",
             xaxis_title="key position", yaxis_title="attention probability",
         )
         figs.append(fig)
     return figs
-
-
-# ----------------------------------------------------------------------------- pipeline
-def compute(ctx: StageContext) -> MoversResult:
-    config: MoversConfig = ctx.config("movers")
-    try:
-        patch = ctx.frame("patch")
-    except KeyError:
-        patch = None
-    prompts = ctx.known_prompts()
-    return movers(ctx.model, prompts, config, patch=patch, progress=ctx.progress)
-
-
-register(Stage("movers", ("patch",), MoversConfig, compute, "mover heads: attention to the subject, projection, OV copying",
-               check=lambda config, model: check_config(config, model.cfg.n_layers, model.cfg.n_heads)))

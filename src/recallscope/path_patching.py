@@ -38,11 +38,11 @@ run as one batch, layer by layer, a sender joining at its layer.
 - **Parallel residual** (GPT-NeoX/Pythia, GPT-J): the MLP of layer l reads r[l], not r_mid[l],
   so a head of layer l reaches its first MLP at layer l+1 (r[l+1] = r[l+1]_clean + change),
   and every MLP j reads r[j] (frozen heads add their clean attention output beside it).
-- **Post-attention norm** (Gemma): a head's write is its share of the *normed* attention
-  output, scaled by the norm's factor of the clean sum (see ``models/view.py``); frozen heads
-  mean the attention output is frozen at its clean value, and the sender's change is its scaled
-  write minus the clean one (the norm is not recomputed for the patched sum — neither is it in
-  the authors' code, where ``hook_result`` is patched after the per-head projection).
+- **Post-attention norm** (Gemma 3; the authors' code has no such model): frozen heads mean
+  every head's write at the output projection is frozen, so every layer's attention output is
+  frozen at its clean value — except the sender's layer, where the sender's write (its value at
+  the projection, ``RunRecord.head_out``) replaces the clean one and the norm of the sum is
+  recomputed: the change is norm(raw + δ) − norm(raw), the intervention on the sender's z.
 
 **The sender mean** (``sender_mean="dataset"``) is the mean, over the corrupted prompts, of the
 sender's output at *each corrupted prompt's own end position*. The authors' code averages the
@@ -110,6 +110,20 @@ def path_final_resid(view: ModelView, clean: EndRecord, sender: EndRecord, sende
     def value(x: Tensor) -> Tensor:
         return x.expand(B, *x.shape[1:]) if x.shape[0] == 1 else x
 
+    heads_by_layer: dict[int, list[int]] = {}
+    for i, s in enumerate(senders):
+        if s.kind == "head":
+            heads_by_layer.setdefault(s.layer, []).append(i)
+    head_change: dict[int, Tensor] = {}  # sender index -> the change of the layer's attention output, [B, d]
+    for layer, idx in heads_by_layer.items():
+        # ``head_out`` is each head's write at the output projection (before a post-attention
+        # norm): the frozen heads' writes and the sender's are summed with b_O and the norm of the
+        # sum recomputed — the intervention on the sender's z (elsewhere the norm is the identity).
+        hs = [senders[i].head for i in idx]
+        raw = view.attn_raw(layer, heads=clean.head_out[:, layer])  # [B, d] the clean projection output
+        raw = raw[:, None] + value(sender.head_out[:, layer, hs]) - clean.head_out[:, layer, hs]  # [B, h, d]
+        changes = view.post_attn(layer, raw) - attn[:, layer, None]
+        head_change.update({i: changes[:, j] for j, i in enumerate(idx)})
     for i, s in enumerate(senders):
         layer = s.layer
         if s.kind == "resid":
@@ -118,7 +132,7 @@ def path_final_resid(view: ModelView, clean: EndRecord, sender: EndRecord, sende
             join_pre.setdefault(layer + 1, []).append((i, clean.resid_mid[:, layer] + value(sender.mlp_out[:, layer])))
         elif s.kind in ("head", "attn"):
             if s.kind == "head":
-                change = value(sender.head_out[:, layer, s.head]) - clean.head_out[:, layer, s.head]
+                change = head_change[i]
             else:  # the whole attention output of the layer
                 change = value(sender.resid_mid[:, layer] - sender.resid_pre[:, layer]) - attn[:, layer]
             if cfg.parallel_residual:  # MLP l reads r[l]: the head reaches MLP l+1 first
@@ -163,31 +177,26 @@ def frozen_heads_pi(
 ) -> Tensor:
     """π(Y) with every head frozen and one sender patched, one full forward per sender, [B, C].
 
-    The authors' ``path_patching`` as ``ModelView.trace`` edits: the clean run's head outputs
-    (every layer, every position) are re-imposed on the ``head_out`` site of every layer and the
-    clean attention output on ``attn_out`` (what frozen queries, keys and values give), the
-    sender's value is written at the end position (the last column of the left-padded batch),
-    and the MLPs run freely. Used as the reference of :func:`path_final_resid`.
+    The authors' ``path_patching`` as ``ModelView.trace`` edits: the clean run's head writes
+    (every layer, every position) are re-imposed on the ``head_out`` site of every layer (what
+    frozen queries, keys and values give), the sender's value is written at the end position
+    (the last column of the left-padded batch), and the MLPs run freely. Used as the reference of :func:`path_final_resid`.
     """
     cfg = view.cfg
     B, S = input_ids.shape
     positions = torch.arange(S, device=view.device).expand(B, S)
-    clean = view.trace(input_ids, attention_mask, positions=positions, record=["head_out", "attn_out"])
-    heads_clean, attn_clean = clean.head_out, clean.attn_out  # [B, S, L, H, d], [B, S, L, d]
+    clean = view.trace(input_ids, attention_mask, positions=positions, record=["z", "attn_out"])
+    attn_clean = clean.attn_out  # [B, S, L, d]
     answer_ids = answer_ids.to(view.device)
 
     def frozen(edits: dict, layer: int, head: int | None = None, end_value: Tensor | None = None) -> None:
-        heads = heads_clean[:, :, layer]
-        attn = attn_clean[:, :, layer]
+        # the ``head_out`` site is each head's write at the output projection; the model sums them
+        # with b_O and applies the post-attention norm (if any) to the sum
+        heads = view.head_writes(layer, clean.z[:, :, layer])  # [B, S, H, d]
         if head is not None:
             heads = heads.clone()
             heads[:, -1, head] = end_value
-            attn = attn.clone()
-            attn[:, -1] += end_value - heads_clean[:, -1, layer, head]
         edits[("head_out", layer)] = lambda _x: heads
-        # The attention output too: with a post-attention norm, the part of it that belongs to no
-        # head (b_O) is scaled by the norm's factor of the real sum, which a frozen head keeps clean.
-        edits[("attn_out", layer)] = lambda _x: attn
 
     def at_end(end_value: Tensor):
         def edit(x: Tensor) -> Tensor:

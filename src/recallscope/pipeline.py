@@ -1,32 +1,46 @@
-"""The run layer: stages in dependency order over one run directory, resumable.
+"""The run layer: the one stage table, and the stages in dependency order over one run directory, resumable.
 
-Stages are pure functions (model + prompts + config → result); this module is the only one that
-reads or writes files. Each stage is registered as a :class:`Stage`: its name, the stages it
-needs, its config dataclass, and a ``compute(ctx)`` that returns a result object with
-``to_frame()`` and ``to_dict()``. A stage reads what earlier stages found through
-``ctx.frame(name)`` / ``ctx.summary(name)``, which work the same whether the earlier stage ran in
-this process or was loaded from the run directory.
+Stages are pure functions of the analysis modules (model + prompts + config → result); this module
+is the only one that chooses what each stage reads and where its results go. :data:`STAGES`
+declares every stage once, in pipeline order: its name, the stages it requires and reads, its
+config dataclass, the function that feeds it, its report title, its CLI help and flags, and the
+check of its settings against the model. Adding a stage is its module plus one entry here.
+
+A stage reads what earlier stages found through ``ctx.table(name)`` / ``ctx.summary(name)``, which
+work the same whether the earlier stage ran in this process or was loaded from the run directory.
+
+Seeds: every random choice of a run derives from the run's ``--seed``. The prompts are sampled
+with the seed itself; each stage gets its own seed, :func:`stage_seed` (a NumPy ``SeedSequence``
+of the run seed and the stage's name), passed to the stage function or written into the stage
+config's ``seed`` field when the user did not set that field. The manifest lists each derived seed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import hashlib
 import importlib.metadata
+import json
 import platform
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
+import numpy as np
 import pandas as pd
+import torch
 
-from . import __version__
-from .errors import UserError
+from . import claims, decompose, intercept, movers, patch, recall, suppress
+from .constraints import coerce
+from .errors import EXIT_INCOMPLETE, UserError
 from .models import Model, load_model
-from .recall import RecallConfig, RecallResult, recall
+from .presets import get_preset, merge
 from .rundir import RunDir, dumps
 from .tasks import PromptSet, Relation, build_prompts, load_relation
+from .version import __version__
 
 
 @dataclass(frozen=True)
@@ -38,25 +52,60 @@ class RunConfig:
     max_prompts: int | None = None
     device: str = "cpu"
     dtype: str = "float32"
+    preset: str = "recallscope"  # the set of definitions (recallscope.presets); "paper": the paper's code's
+    demonstrations: str = "template"  # build_prompts(demonstrations=...); the preset may set it
 
     def identity(self) -> dict:
-        """What makes two runs' results comparable (device is not part of it)."""
+        """What makes two runs' results comparable (device is not part of it; the relation's
+        content hash and the model hash are added by :func:`run_identity`)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "device"}
 
 
+def relation_hash(relation: Relation) -> str:
+    """SHA-256 of the relation's content (templates and samples), not of its path: an edited file is another run."""
+    content = {
+        "name": relation.name,
+        "templates": list(relation.templates),
+        "templates_zs": list(relation.templates_zs),
+        "samples": [[s.subject, s.object] for s in relation.samples],
+    }
+    return hashlib.sha256(json.dumps(content, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def run_identity(run: RunConfig, model: Model, relation: Relation) -> dict:
+    return {**run.identity(), "relation_hash": relation_hash(relation), "model_hash": model.model_hash}
+
+
+def stage_seed(run_seed: int, stage: str) -> int:
+    """The seed of ``stage`` in a run with ``--seed run_seed``: a 32-bit integer, the same on every platform."""
+    return int(np.random.SeedSequence([int(run_seed), zlib.crc32(stage.encode("utf-8"))]).generate_state(1)[0])
+
+
+# ----------------------------------------------------------------------------- the stage table
 @dataclass(frozen=True)
 class Stage:
+    """One entry of the stage table."""
+
     name: str
-    requires: tuple[str, ...]
+    title: str  # the report's section heading
+    help: str  # the CLI verb's help
     config_type: type
-    compute: Callable[["StageContext"], Any]
-    description: str = ""
-    # Stages whose results this one reads when they exist, without requiring them to run;
-    # a stage is recomputed whenever anything it requires or reads was recomputed.
+    compute: Callable[["StageContext"], Any]  # feeds the stage function from the context
+    requires: tuple[str, ...] = ()  # must run first (and are run by `recallscope <name>`)
+    # Read when they exist, without being run for this stage; a stage is recomputed whenever
+    # anything it requires or reads was recomputed.
     reads: tuple[str, ...] = ()
-    # Checks the stage's config against the model (layer/head ranges, choices) before any stage
-    # runs, so a bad flag fails in a second rather than after the stages before it.
+    # Requirements that depend on the stage's config (e.g. movers needs patch only to choose its heads).
+    requires_when: Callable[[Any], tuple[str, ...]] | None = None
+    # Checks the config against the model (layer/head ranges) before any stage runs.
     check: Callable[[Any, Model], None] | None = None
+    # CLI flags of this stage's verb → the setting each sets (e.g. `intercept --layer` sets decompose.layer).
+    flags: Mapping[str, str] = field(default_factory=dict)
+    verb: bool = True  # has its own CLI verb
+
+    def needs(self, config) -> tuple[str, ...]:
+        extra = self.requires_when(config) if self.requires_when is not None and config is not None else ()
+        return tuple(dict.fromkeys(self.requires + tuple(extra)))
 
 
 @dataclass
@@ -67,6 +116,7 @@ class StageContext:
     run: RunConfig
     prompts: PromptSet  # every prompt built for the relation
     configs: dict[str, Any]  # stage name -> its config dataclass instance
+    seeds: dict[str, int] = field(default_factory=dict)  # stage name -> its derived seed
     rundir: RunDir | None = None
     progress: bool = True
     results: dict[str, Any] = field(default_factory=dict)  # results computed in this process
@@ -75,86 +125,216 @@ class StageContext:
     def config(self, stage: str):
         return self.configs[stage]
 
-    def frame(self, stage: str) -> pd.DataFrame:
+    def table(self, stage: str, name: str | None = None) -> pd.DataFrame:
+        """A table of an earlier stage (``name`` None: its main table), from memory or the run directory."""
         if stage in self.results:
-            return self.results[stage].to_frame()
-        if self.rundir is not None and self.rundir.table_path(stage).is_file():
-            return self.rundir.read_table(stage)
+            tables = self.results[stage].tables()
+            return tables[name] if name is not None else next(iter(tables.values()))
+        if self.rundir is not None and self.rundir.has_table(stage, name):
+            return self.rundir.read_table(stage, name)
         raise KeyError(f"stage {stage!r} has not run")
+
+    def table_or_none(self, stage: str, name: str | None = None) -> pd.DataFrame | None:
+        try:
+            return self.table(stage, name)
+        except KeyError:
+            return None
 
     def summary(self, stage: str) -> dict:
         return self.summaries[stage]
 
+    def _recall(self) -> recall.RecallResult:
+        table = self.table("recall")
+        if len(table) != len(self.prompts) or ("text" in table and list(table["text"]) != [p.text for p in self.prompts.prompts]):
+            raise RuntimeError(
+                f"the recall table holds {len(table)} prompts, the prompt set {len(self.prompts)}: "
+                "a stale table was read (the run identity should have caught it)"
+            )
+        return recall.RecallResult(self.prompts, table, self.configs["recall"])
+
     def known_prompts(self) -> PromptSet:
         """Prompts the model knows (from the recall stage's table)."""
-        table = self.frame("recall")
-        tmp = RecallResult(self.prompts, table, self.configs["recall"])
-        return tmp.known_prompts()
+        return self._recall().known_prompts()
 
     def unknown_prompts(self) -> PromptSet:
-        table = self.frame("recall")
-        return RecallResult(self.prompts, table, self.configs["recall"]).unknown_prompts()
+        return self._recall().unknown_prompts()
 
 
-def _recall_stage(ctx: StageContext) -> RecallResult:
-    return recall(ctx.model, ctx.prompts, ctx.config("recall"), progress=ctx.progress)
+def _recall(ctx: StageContext) -> recall.RecallResult:
+    return recall.recall(ctx.model, ctx.prompts, ctx.config("recall"), progress=ctx.progress)
 
 
-STAGES: dict[str, Stage] = {}
+def _patch(ctx: StageContext) -> patch.PatchResult:
+    config = ctx.config("patch")
+    return patch.patch(ctx.model, patch.stage_prompts(ctx, config), config, progress=ctx.progress)
 
 
-def register(stage: Stage) -> Stage:
-    STAGES[stage.name] = stage
-    return stage
+def _movers(ctx: StageContext) -> movers.MoversResult:
+    return movers.movers(
+        ctx.model, ctx.known_prompts(), ctx.config("movers"), patch=ctx.table_or_none("patch"), progress=ctx.progress
+    )
 
 
-register(Stage("recall", (), RecallConfig, _recall_stage, "score the prompts; keep the known ones"))
+def _decompose(ctx: StageContext) -> decompose.DecomposeResult:
+    config: decompose.DecomposeConfig = ctx.config("decompose")
+    cfg = ctx.model.cfg
+    if config.layer is not None:
+        layer, reason = decompose.choose_layer(config, cfg.n_layers, cfg.mlp_reads_own_heads(), None, None)
+    else:
+        movers_summary = ctx.summaries.get("movers")
+        layer, reason = decompose.choose_layer(
+            config, cfg.n_layers, cfg.mlp_reads_own_heads(), movers_summary, ctx.table_or_none("patch")
+        )
+    prompts = ctx.known_prompts()
+    acts = decompose.end_activations(
+        ctx.model.view, prompts.prompts, ctx.model.tokenizer.pad_token_id, config.batch_size, ctx.progress
+    )
+    return decompose.decompose(acts, layer, config, seed=ctx.seeds["decompose"], layer_reason=reason, progress=ctx.progress)
 
-# Stages of later modules register themselves on import; the order here is the pipeline's order.
-PIPELINE_ORDER = ("recall", "patch", "movers", "decompose", "intercept", "suppress", "claims")
+
+def _intercept(ctx: StageContext) -> intercept.InterceptResult:
+    layer, b = decompose.intercept_from_table(ctx.table("decompose", "intercept"))
+    prompts = ctx.known_prompts()
+    tok = ctx.model.tokenizer
+    return intercept.analyse_intercept(
+        ctx.model.view,
+        prompts.prompts,
+        torch.as_tensor(b),
+        layer,
+        prompts.answer_ids,
+        ctx.config("intercept"),
+        seed=ctx.seeds["intercept"],
+        pad_id=tok.pad_token_id,
+        decode=lambda t: tok.decode([t]),
+        progress=ctx.progress,
+    )
 
 
-def _load_stage_modules() -> None:
-    for name in PIPELINE_ORDER[1:]:
-        try:
-            importlib.import_module(f"recallscope.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"recallscope.{name}":
-                raise
+def _suppress(ctx: StageContext) -> suppress.SuppressResult:
+    return suppress.suppress(ctx.model, ctx.known_prompts(), ctx.unknown_prompts(), ctx.config("suppress"), progress=ctx.progress)
+
+
+def _claims(ctx: StageContext) -> claims.ClaimsResult:
+    tables = {
+        "movers": ctx.table_or_none("movers"),
+        "decompose_folds": ctx.table_or_none("decompose", "folds"),
+        "intercept": ctx.table_or_none("intercept"),
+    }
+    return claims.ClaimsResult(tuple(claims.run_claims(dict(ctx.summaries), tables, ctx.config("claims"))), ctx.config("claims"))
+
+
+_PATCH_FLAGS = {"layers": "patch.layers", "components": "patch.components"}
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage(
+            "recall",
+            "Recall — does the model know the fact?",
+            "Score the prompts: accuracy, p(Y), rank, π; keep the known ones.",
+            recall.RecallConfig,
+            _recall,
+        ),
+        Stage(
+            "patch",
+            "Patch — causal mediation at the end position",
+            "Causal mediation: patch every head and MLP at the end position.",
+            patch.PatchConfig,
+            _patch,
+            requires=("recall",),
+            check=patch.check_config,
+            flags={**_PATCH_FLAGS, "top_k": "patch.top_k", "mode": "patch.mode", "prompts": "patch.prompts"},
+        ),
+        Stage(
+            "movers",
+            "Movers — heads that move the topic to the end",
+            "Mover heads: attention to the subject, projection on its unembedding, OV copying.",
+            movers.MoversConfig,
+            _movers,
+            requires=("recall",),
+            reads=("patch",),
+            # heads="top" chooses the candidates from the patch table; a given layer or heads="all" does not
+            requires_when=lambda c: ("patch",) if c.layer is None and c.heads == "top" else (),
+            check=lambda config, model: movers.check_config(config, model.cfg.n_layers, model.cfg.n_heads),
+            flags={**_PATCH_FLAGS, "layer": "movers.layer", "head": "movers.head", "top_k": "movers.top_k"},
+        ),
+        Stage(
+            "decompose",
+            "Decompose — the MLP as per-head coefficients plus an intercept",
+            "Fit the MLP output as per-head coefficients plus an intercept.",
+            decompose.DecomposeConfig,
+            _decompose,
+            requires=("movers",),
+            reads=("patch",),
+            check=decompose.check_config,
+            flags={**_PATCH_FLAGS, "layer": "decompose.layer", "solver": "decompose.solver"},
+        ),
+        Stage(
+            "intercept",
+            "Intercept — function application",
+            "Function application: logit lens of the intercept and the redirect test.",
+            intercept.InterceptConfig,
+            _intercept,
+            requires=("decompose",),
+            check=intercept.check_config,
+            flags={**_PATCH_FLAGS, "layer": "decompose.layer", "solver": "decompose.solver", "top_k": "intercept.top_k"},
+        ),
+        Stage(
+            "suppress",
+            "Suppress — anti-overconfidence in the final layer",
+            "Anti-overconfidence in the final layer, and its mitigation.",
+            suppress.SuppressConfig,
+            _suppress,
+            requires=("recall",),
+            check=suppress.check_config,
+            flags={"layers": "suppress.layers"},
+        ),
+        Stage(
+            "claims",
+            "Claims — does the paper's story hold on this run?",
+            "The paper's claims: figure, interval, verdict.",
+            claims.ClaimsConfig,
+            _claims,
+            requires=("recall",),
+            reads=("patch", "movers", "decompose", "intercept", "suppress"),
+            verb=False,
+        ),
+    )
+}
 
 
 def available_stages() -> list[str]:
-    _load_stage_modules()
-    return [s for s in PIPELINE_ORDER if s in STAGES]
+    return list(STAGES)
 
 
-def resolve(targets: list[str]) -> list[str]:
-    """The targets and everything they need, in pipeline order."""
-    _load_stage_modules()
+def resolve(targets: list[str], configs: dict[str, Any] | None = None) -> list[str]:
+    """The targets and everything they need (under ``configs``; default configs without), in pipeline order."""
     needed: set[str] = set()
 
     def visit(name: str) -> None:
         if name not in STAGES:
-            raise UserError(f"unknown stage {name!r}; available: {', '.join(available_stages())}")
+            raise UserError(f"unknown stage {name!r}; available: {', '.join(STAGES)}")
         if name in needed:
             return
-        for dep in STAGES[name].requires:
-            visit(dep)
         needed.add(name)
+        for dep in STAGES[name].needs((configs or {}).get(name, STAGES[name].config_type())):
+            visit(dep)
 
     for t in targets:
         visit(t)
-    return [s for s in PIPELINE_ORDER if s in needed]
+    return [s for s in STAGES if s in needed]
 
 
-def make_configs(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Every registered stage's config, with overrides applied to each config that has the field.
+def make_configs(overrides: dict[str, Any] | None = None, seed: int | None = None) -> dict[str, Any]:
+    """Every stage's config, with overrides parsed, range-checked and applied to each config that has the field.
 
     Keys of ``overrides`` are either ``field`` (applied to every stage config that has it) or
-    ``stage.field`` (one stage only).
+    ``stage.field`` (one stage only); each value is parsed to the field's type and checked against
+    the constraint declared beside the field (UserError: one line naming the setting, the value and
+    what is allowed). With ``seed`` (the run's), a config's ``seed`` field not set by the user
+    holds the stage's derived seed.
     """
-    _load_stage_modules()
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    overrides = dict(overrides or {})
     configs = {}
     used = set()
     for name, stage in STAGES.items():
@@ -162,23 +342,38 @@ def make_configs(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         kwargs = {}
         for key, value in overrides.items():
             stage_name, _, field_name = key.rpartition(".")
-            if (stage_name in ("", name)) and field_name in names:
-                kwargs[field_name] = value
+            if stage_name in ("", name) and field_name in names:
+                kwargs[field_name] = coerce(stage.config_type, field_name, value, setting=f"{name}.{field_name}")
                 used.add(key)
+        if seed is not None and "seed" in names and "seed" not in kwargs:
+            kwargs["seed"] = stage_seed(seed, name)
         configs[name] = stage.config_type(**kwargs)
     unused = set(overrides) - used
     if unused:
-        raise UserError(f"unknown setting(s) {', '.join(sorted(unused))} for the stages {', '.join(available_stages())}")
+        raise UserError(f"unknown setting(s) {', '.join(sorted(unused))} for the stages {', '.join(STAGES)}")
     return configs
 
 
 def check_stages(targets: list[str], configs: dict[str, Any], model: Model) -> list[str]:
     """Check each needed stage's config against the model before anything runs; the stages in order."""
-    order = resolve(targets)
+    order = resolve(targets, configs)
     for name in order:
         if STAGES[name].check is not None:
             STAGES[name].check(configs[name], model)
     return order
+
+
+def check_positions(prompts: PromptSet, model: Model) -> None:
+    """Refuse prompts longer than the model's position table (one line, before any stage runs)."""
+    limit = getattr(model.cfg, "max_positions", None)
+    if limit is None or not len(prompts):
+        return
+    longest = max(prompts.prompts, key=lambda p: len(p.input_ids))
+    if len(longest.input_ids) > limit:
+        raise UserError(
+            f"the longest prompt of {prompts.relation.name!r} at {prompts.shots} shots has {len(longest.input_ids)} tokens; "
+            f"the model {model.name!r} has positions for {limit}: use fewer --shots or a model with a longer context"
+        )
 
 
 def versions() -> dict[str, str]:
@@ -191,12 +386,47 @@ def versions() -> dict[str, str]:
     return out
 
 
+def stage_list() -> list[dict]:
+    """The stage table as the manifest lists it (the report reads titles from here, without importing the stages)."""
+    return [{"name": s.name, "title": s.title, "requires": list(s.requires), "reads": list(s.reads)} for s in STAGES.values()]
+
+
+def seeds_of(run: RunConfig) -> dict[str, int]:
+    return {name: stage_seed(run.seed, name) for name in STAGES}
+
+
+def apply_preset(run: RunConfig, overrides: dict[str, Any] | None) -> tuple[RunConfig, dict[str, Any]]:
+    """The run and stage settings with ``run.preset``'s definitions under the user's own settings.
+
+    The preset's stage settings go under ``overrides`` (a ``--set`` or flag wins); its
+    demonstrations format replaces the default one. UserError for an unknown preset.
+    """
+    preset = get_preset(run.preset)
+    demonstrations = preset.run_settings().get("demonstrations")
+    if demonstrations is not None and run.demonstrations == "template":
+        run = dataclasses.replace(run, demonstrations=demonstrations)
+    return run, merge(preset, dict(overrides or {}))
+
+
+def preset_record(run: RunConfig) -> dict:
+    """For the manifest and the summary: the preset that ran and every definition it selected."""
+    return get_preset(run.preset).to_dict()
+
+
 def manifest(run: RunConfig, model: Model, configs: dict[str, Any], relation: Relation) -> dict:
     return {
-        "identity": {**run.identity(), "model_hash": model.model_hash},
+        "identity": run_identity(run, model, relation),
         "run": dataclasses.asdict(run),
+        "preset": preset_record(run),
         "model": model.describe(),
-        "relation": {"name": relation.name, "source": relation.source, "n_samples": len(relation.samples)},
+        "relation": {
+            "name": relation.name,
+            "source": relation.source,
+            "n_samples": len(relation.samples),
+            "sha256": relation_hash(relation),
+        },
+        "seeds": {"prompts": run.seed, **seeds_of(run)},
+        "stages": stage_list(),
         "stage_configs": {k: dataclasses.asdict(v) for k, v in configs.items()},
         "versions": versions(),
     }
@@ -209,7 +439,23 @@ def summary_header(run: RunConfig, model: Model, prompts: PromptSet) -> dict:
         "relation": prompts.relation.name,
         "shots": run.shots,
         "seed": run.seed,
+        "preset": preset_record(run),
     }
+
+
+def _tables(result) -> dict[str, pd.DataFrame]:
+    return result.tables()
+
+
+def _dependents(failed: str, order: list[str], configs: dict[str, Any]) -> list[str]:
+    """Stages of ``order`` that require ``failed`` (transitively)."""
+    out: list[str] = []
+    bad = {failed}
+    for name in order:
+        if name != failed and set(STAGES[name].needs(configs.get(name))) & bad:
+            bad.add(name)
+            out.append(name)
+    return out
 
 
 def execute(
@@ -221,30 +467,42 @@ def execute(
     model: Model | None = None,
     progress: bool = True,
     log: Callable[[str], None] = lambda _msg: None,
+    prompts: PromptSet | None = None,
+    incomplete_ok: bool = False,
 ) -> tuple[StageContext, dict]:
     """Run ``targets`` (and what they need) for one relation and shot count.
 
     With ``out``, finished stages found there are reused (unless ``force``) and every new
     result is written there atomically. Returns the context (results in memory) and the summary.
+    With ``incomplete_ok`` (a cell of a sweep), a stage whose data cannot support it (a
+    UserError raised while it runs, after every setting was checked) is recorded under
+    ``summary["not_measurable"]`` with its dependents, and the other stages go on.
     """
     rundir = RunDir(out) if out else None
-    relation = load_relation(run.relation)
-    configs = make_configs(overrides)
+    run, overrides = apply_preset(run, overrides)
+    relation = prompts.relation if prompts is not None else load_relation(run.relation)
+    configs = make_configs(overrides, seed=run.seed)
     if model is None:
         model = load_model(run.model, device=run.device, dtype=run.dtype)
-    prompts = build_prompts(relation, model.tokenizer, shots=run.shots, seed=run.seed, max_prompts=run.max_prompts)
-    ctx = StageContext(model=model, run=run, prompts=prompts, configs=configs, rundir=rundir, progress=progress)
+    if prompts is None:
+        prompts = build_prompts(relation, model.tokenizer, shots=run.shots, seed=run.seed, max_prompts=run.max_prompts,
+                                demonstrations=run.demonstrations)
+    check_positions(prompts, model)
     order = check_stages(targets, configs, model)
+    ctx = StageContext(
+        model=model, run=run, prompts=prompts, configs=configs, seeds=seeds_of(run), rundir=rundir, progress=progress
+    )
     summary = summary_header(run, model, prompts)
     summary["stages"] = {}
     # As JSON reads them back (tuples become lists), so a saved config compares equal to its own.
     stage_configs = json.loads(dumps({k: dataclasses.asdict(v) for k, v in configs.items()}))
+    identity = run_identity(run, model, relation)
     if rundir is not None:
-        rundir.check_same_config({**run.identity(), "model_hash": model.model_hash}, force)
+        rundir.check_same_config(identity, force)
         rundir.create()
         old = rundir.summary()
         old_manifest = rundir.manifest() or {}
-        same_run = old_manifest.get("identity") == {**run.identity(), "model_hash": model.model_hash}
+        same_run = old_manifest.get("identity") == identity
         # A finished stage is kept when the run and its own config are unchanged; --force
         # redoes the stages asked for (and what they need), and keeps the others.
         for name, data in old.get("stages", {}).items():
@@ -255,8 +513,11 @@ def execute(
         ctx.summaries.update(summary["stages"])
         rundir.write_manifest(manifest(run, model, configs, relation))
     recomputed: set[str] = set()
+    skipped: dict[str, str] = {}
     for name in order:
-        upstream = _upstream(name)
+        if name in skipped:
+            continue
+        upstream = _upstream(name, configs)
         if name in summary["stages"] and rundir is not None and rundir.has_stage(name) and not (upstream & recomputed):
             ctx.summaries[name] = summary["stages"][name]
             log(f"{name}: reused from {rundir.path}")
@@ -264,46 +525,64 @@ def execute(
         recomputed.add(name)
         summary["stages"].pop(name, None)
         start = time.perf_counter()
-        result = STAGES[name].compute(ctx)
+        try:
+            result = STAGES[name].compute(ctx)
+        except UserError as exc:
+            if not incomplete_ok:
+                raise
+            skipped[name] = str(exc)
+            for dep in _dependents(name, order, configs):
+                skipped.setdefault(dep, f"needs {name}, which is not measurable here")
+            log(f"{name}: not measurable here ({exc})")
+            continue
         data = result.to_dict()
         data["wall_seconds"] = round(time.perf_counter() - start, 3)
         ctx.results[name] = result
         ctx.summaries[name] = data
         summary["stages"][name] = data
         if rundir is not None:
-            rundir.write_table(name, result.to_frame())
+            rundir.write_tables(name, _tables(result))
             _update_top_level(summary, ctx)
             rundir.write_summary(summary)
         log(f"{name}: done in {data['wall_seconds']:.1f} s")
+    if skipped:
+        summary["not_measurable"] = _not_measurable(skipped, summary, prompts)
     _update_top_level(summary, ctx)
     if rundir is not None:
         rundir.write_summary(summary)
     return ctx, summary
 
 
-def _shot_claims(relations, shots, patch_frames, overrides) -> list[dict]:
-    """Claim 6 (few-shot engages the same heads earlier), per relation: fewest vs most shots."""
-    from .claims import shot_claim
+def _not_measurable(skipped: dict[str, str], summary: dict, prompts: PromptSet | None) -> dict:
+    counts = {
+        "n_prompts": summary.get("n_prompts", len(prompts) if prompts is not None else 0),
+        "n_known": summary.get("n_known"),
+    }
+    return {name: {"reason": why, **counts} for name, why in skipped.items()}
 
-    cfg = make_configs(overrides)["claims"]
+
+def _shot_claims(relations, shots, patch_frames, configs) -> list[dict]:
+    """Claim 6 (few-shot engages the same heads earlier), per relation: fewest vs most shots."""
+    cfg = configs["claims"]
     out = []
     for rel in relations:
         low, high = shots[0], shots[-1]
-        claim = shot_claim(_slug(rel), (low, patch_frames.get((rel, low))), (high, patch_frames.get((rel, high))), cfg)
+        claim = claims.shot_claim(_slug(rel), (low, patch_frames.get((rel, low))), (high, patch_frames.get((rel, high))), cfg)
         out.append({**dataclasses.asdict(claim), "relation": _slug(rel)})
     return out
 
 
-def _upstream(name: str) -> set[str]:
+def _upstream(name: str, configs: dict[str, Any] | None = None) -> set[str]:
     """Every stage ``name`` requires or reads, transitively."""
+    configs = configs or {}
     seen: set[str] = set()
-    todo = list(STAGES[name].requires + STAGES[name].reads)
+    todo = list(STAGES[name].needs(configs.get(name)) + STAGES[name].reads)
     while todo:
         dep = todo.pop()
         if dep in seen or dep not in STAGES:
             continue
         seen.add(dep)
-        todo += STAGES[dep].requires + STAGES[dep].reads
+        todo += STAGES[dep].needs(configs.get(dep)) + STAGES[dep].reads
     return seen
 
 
@@ -312,21 +591,25 @@ def _update_top_level(summary: dict, ctx: StageContext) -> None:
     if rec:
         for key in ("n_prompts", "n_known", "accuracy", "mean_p_answer"):
             summary[key] = rec[key]
-    claims = summary["stages"].get("claims")
-    if claims:
-        summary["claims"] = claims["claims"]
+    claims_entry = summary["stages"].get("claims")
+    if claims_entry:
+        summary["claims"] = claims_entry["claims"]
 
 
 def _slug(text: str) -> str:
-    from pathlib import Path
-
     name = Path(text).stem if text.endswith(".json") else text
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:80] or "relation"
 
 
-def _combined_identity(base: RunConfig, model: Model, relations: list[str], shots_list: list[int]) -> dict:
+def _combined_identity(base: RunConfig, model: Model, relations: list[Relation], shots_list: list[int]) -> dict:
     shared = {k: v for k, v in base.identity().items() if k not in ("relation", "shots")}
-    return {**shared, "model_hash": model.model_hash, "relations": relations, "shots": shots_list}
+    return {
+        **shared,
+        "model_hash": model.model_hash,
+        "relations": [r.source for r in relations],
+        "relation_hashes": [relation_hash(r) for r in relations],
+        "shots": shots_list,
+    }
 
 
 def execute_many(
@@ -344,65 +627,123 @@ def execute_many(
 
     With one relation and one shot count the run directory is ``out`` itself; otherwise
     ``out/<relation>/<k>shot`` holds each sub-run and ``out/summary.json`` lists them all.
-    """
-    from pathlib import Path
 
+    In a sweep (several cells) a cell whose data cannot support a stage (too few prompts, no
+    known prompt, no usable sample) records why under its ``not_measurable`` entry, with the
+    counts, and the sweep goes on; the combined summary lists those cells under ``incomplete``
+    and holds ``exit_code`` :data:`~recallscope.errors.EXIT_INCOMPLETE`. A single cell keeps the
+    error (exit 2). Bad input (an unknown stage, setting, relation or an out-of-range value, a
+    prompt longer than the model's positions) is refused before any stage runs in either case.
+    """
     if not relations:
         raise UserError("--relation: give at least one relation")
     if not shots_list:
         raise UserError("--shots: give at least one shot count")
     if any(k < 0 for k in shots_list):
         raise UserError(f"--shots must be >= 0, got {shots_list}")
-    resolve(targets)  # fail early, before the model loads, on an unknown stage or setting
-    make_configs(overrides)
-    for rel in relations:
-        load_relation(rel)  # ... or relation
+    base, overrides = apply_preset(base, overrides)  # an unknown preset fails here
+    configs = make_configs(overrides, seed=base.seed)  # fail early, before the model loads, on a bad setting ...
+    resolve(targets, configs)  # ... or stage
+    loaded = [load_relation(rel) for rel in relations]  # ... or relation
     if out is not None:
         RunDir(out)  # refuses a file
     model = load_model(base.model, device=base.device, dtype=base.dtype)
     single = len(relations) == 1 and len(shots_list) == 1
     # Everything that can be refused is refused before the first stage runs: stage settings out of
-    # range for the model, and a sub-run directory holding another configuration.
-    check_stages(targets, make_configs(overrides), model)
-    if out is not None:
-        if not single:
-            RunDir(out).check_same_config(_combined_identity(base, model, relations, shots_list), force)
-        for rel in relations:
-            for k in shots_list:
-                sub = out if single else str(Path(out) / _slug(rel) / f"{k}shot")
-                identity = {**dataclasses.replace(base, relation=rel, shots=k).identity(), "model_hash": model.model_hash}
-                RunDir(sub).check_same_config(identity, force)
-        RunDir(out).create()  # an unwritable --out fails here, before any stage
-    runs = []
-    patch_frames: dict[tuple[str, int], Any] = {}
-    for rel in relations:
+    # range for the model, prompts longer than its positions, a sub-run directory holding another configuration.
+    check_stages(targets, configs, model)
+    cells = []
+    for rel, relation in zip(relations, loaded, strict=True):
         for k in shots_list:
             run = dataclasses.replace(base, relation=rel, shots=k)
             sub = out if (single or out is None) else str(Path(out) / _slug(rel) / f"{k}shot")
-            log(f"— {rel}, {k}-shot" + (f" → {sub}" if sub else ""))
-            ctx, summary = execute(run, targets, out=sub, overrides=overrides, force=force, model=model,
-                                   progress=progress, log=log)
             try:
-                patch_frames[(rel, k)] = ctx.frame("patch")
-            except KeyError:
-                pass
-            if not single and sub is not None:
-                summary = {**summary, "path": str(Path(sub).relative_to(out))}
-            runs.append(summary)
+                prompts = build_prompts(relation, model.tokenizer, shots=k, seed=base.seed, max_prompts=base.max_prompts,
+                                        demonstrations=base.demonstrations)
+            except UserError as exc:
+                if single:
+                    raise
+                cells.append((rel, k, run, sub, None, str(exc)))
+                continue
+            check_positions(prompts, model)
+            cells.append((rel, k, run, sub, prompts, None))
+    if out is not None:
+        if not single:
+            RunDir(out).check_same_config(_combined_identity(base, model, loaded, shots_list), force)
+        for rel, k, run, sub, prompts, _ in cells:
+            if prompts is not None:
+                RunDir(sub).check_same_config(run_identity(run, model, prompts.relation), force)
+        RunDir(out).create()  # an unwritable --out fails here, before any stage
+    runs = []
+    incomplete = []
+    patch_frames: dict[tuple[str, int], Any] = {}
+    order = resolve(targets, configs)
+    relation_of = dict(zip(relations, loaded, strict=True))
+    for rel, k, run, sub, prompts, why in cells:
+        log(f"— {rel}, {k}-shot" + (f" → {sub}" if sub else ""))
+        if prompts is None:
+            summary = {
+                "model": model.name,
+                "model_hash": model.model_hash,
+                "relation": relation_of[rel].name,
+                "shots": k,
+                "seed": base.seed,
+                "stages": {},
+                "not_measurable": {name: {"reason": why, "n_prompts": 0, "n_known": None} for name in order},
+            }
+            log(f"{rel}, {k}-shot: not measurable here ({why})")
+            if sub is not None:  # the cell's folder says why it is empty
+                RunDir(sub).create()
+                RunDir(sub).write_summary(summary)
+        else:
+            ctx, summary = execute(
+                run,
+                targets,
+                out=sub,
+                overrides=overrides,
+                force=force,
+                model=model,
+                progress=progress,
+                log=log,
+                prompts=prompts,
+                incomplete_ok=not single,
+            )
+            frame = ctx.table_or_none("patch")
+            if frame is not None:
+                patch_frames[(rel, k)] = frame
+        if summary.get("not_measurable"):
+            incomplete.append(
+                {
+                    "relation": summary.get("relation"),
+                    "shots": k,
+                    "stages": {n: e["reason"] for n, e in summary["not_measurable"].items()},
+                }
+            )
+        if not single and sub is not None:
+            summary = {**summary, "path": str(Path(sub).relative_to(out))}
+        runs.append(summary)
     if single:
         return runs[0]
-    combined = {"model": model.name, "model_hash": model.model_hash, "runs": runs}
-    if "claims" in STAGES and len(set(shots_list)) > 1:
-        combined["claims"] = _shot_claims(relations, sorted(set(shots_list)), patch_frames, overrides)
+    combined = {"model": model.name, "model_hash": model.model_hash, "preset": preset_record(base), "runs": runs}
+    if "claims" in order and len(set(shots_list)) > 1:
+        combined["claims"] = _shot_claims(relations, sorted(set(shots_list)), patch_frames, configs)
+    if incomplete:
+        combined["incomplete"] = incomplete
+        combined["exit_code"] = EXIT_INCOMPLETE
     if out is not None:
         rundir = RunDir(out)
         rundir.create()
-        rundir.write_manifest({
-            "identity": _combined_identity(base, model, relations, shots_list),
-            "run": dataclasses.asdict(base),
-            "model": model.describe(),
-            "versions": versions(),
-        })
+        rundir.write_manifest(
+            {
+                "identity": _combined_identity(base, model, loaded, shots_list),
+                "run": dataclasses.asdict(base),
+                "preset": preset_record(base),
+                "model": model.describe(),
+                "seeds": {"prompts": base.seed, **seeds_of(base)},
+                "stages": stage_list(),
+                "versions": versions(),
+            }
+        )
         rundir.write_summary(combined)
     return combined
 
@@ -435,16 +776,22 @@ def run(
     dtype: str = "float32",
     force: bool = False,
     progress: bool = True,
+    preset: str = "recallscope",
     **settings: Any,
 ) -> Study:
     """The whole study (or ``stages`` and what they need) for one relation and shot count.
 
     ``settings`` are stage settings, e.g. ``run(..., **{"decompose.solver": "sgd"})`` or
-    ``run(..., n_corruptions=5)``. With ``out`` the run directory is written (and resumed).
+    ``run(..., n_corruptions=5)``; each is parsed and range-checked as ``--set`` is. With ``out``
+    the run directory is written (and resumed). ``preset``: "recallscope" (the defaults) or
+    "paper" (the paper's definitions, :mod:`recallscope.presets`; ``settings`` still win).
+    Raises UserError on bad input.
     """
     loaded = model if isinstance(model, Model) else None
     name = loaded.name if loaded else model
-    config = RunConfig(model=name, relation=relation, shots=shots, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype)
-    ctx, summary = execute(config, stages or available_stages(), out=out, overrides=settings, force=force,
-                           model=loaded, progress=progress)
+    config = RunConfig(model=name, relation=relation, shots=shots, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype,
+                       preset=preset)
+    ctx, summary = execute(
+        config, stages or available_stages(), out=out, overrides=settings, force=force, model=loaded, progress=progress
+    )
     return Study(results=ctx.results, summary=summary, prompts=ctx.prompts, model=ctx.model)

@@ -8,16 +8,17 @@ stages work on the known prompts; the result says how many were dropped and why.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .constraints import POSITIVE
 from .errors import UserError
 from .lens import answer_stats
 from .models import Model
-from .progress import track
-from .tasks import PromptSet, batches
+from .tasks import PromptSet, collect
 from .tasks.prompts import DROP_UNKNOWN
 
 
@@ -25,6 +26,8 @@ from .tasks.prompts import DROP_UNKNOWN
 class RecallConfig:
     known_top_k: int = 1  # a prompt is "known" when rank(Y) < known_top_k
     batch_size: int = 64
+
+    constraints: ClassVar[dict] = {"known_top_k": POSITIVE, "batch_size": POSITIVE}
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,10 @@ class RecallResult:
 
     def unknown_prompts(self) -> PromptSet:
         return self.prompts.subset(~self.known)
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The stage's tables by name (one: the main table, ``to_frame()``)."""
+        return {"recall": self.to_frame()}
 
     def to_frame(self) -> pd.DataFrame:
         return self.frame.copy()
@@ -86,34 +93,35 @@ def recall(model: Model, prompts: PromptSet, config: RecallConfig = RecallConfig
     if len(prompts) == 0:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(prompts.dropped.items()) if v) or "the relation has no samples"
         raise UserError(f"no prompt left for relation {prompts.relation.name!r} after filtering ({reasons})")
-    rows: list[dict] = [None] * len(prompts)  # type: ignore[list-item]
     tok = model.tokenizer
-    pad_id = tok.pad_token_id
-    groups = list(batches(prompts.prompts, pad_id, config.batch_size))
-    for indices, batch in track(groups, "recall", total=len(groups), enabled=progress):
+
+    def measure(indices, batch) -> dict:
         trace = model.view.trace(batch.input_ids, batch.attention_mask, record=["logits"])
         stats = answer_stats(trace.logits[:, 0], batch.answer_ids().to(model.device))
-        stats = {k: v.cpu().numpy() for k, v in stats.items()}
-        for row, i in enumerate(indices):
-            p = prompts.prompts[i]
-            rows[i] = {
-                "prompt_index": i,
-                "subject": p.subject,
-                "answer": p.answer,
-                "template": p.template,
-                "text": p.text,
-                "n_tokens": p.n_tokens,
-                "subject_tokens": p.subject_n_tokens,
-                "answer_id": p.answer_id,
-                "answer_token": tok.decode([p.answer_id]),
-                "subject_token": tok.decode([p.subject_id]),
-                "p_answer": float(stats["p_answer"][row]),
-                "rank_answer": int(stats["rank_answer"][row]),
-                "pi_answer": float(stats["pi_answer"][row]),
-                "top1_id": int(stats["top1_id"][row]),
-                "top1_token": tok.decode([int(stats["top1_id"][row])]),
-                "p_top1": float(stats["p_top1"][row]),
-            }
+        return {k: v.cpu().numpy() for k, v in stats.items()}
+
+    stats = collect(prompts.prompts, tok.pad_token_id, config.batch_size, measure, "recall", progress)
+    rows = [
+        {
+            "prompt_index": i,
+            "subject": p.subject,
+            "answer": p.answer,
+            "template": p.template,
+            "text": p.text,
+            "n_tokens": p.n_tokens,
+            "subject_tokens": p.subject_n_tokens,
+            "answer_id": p.answer_id,
+            "answer_token": tok.decode([p.answer_id]),
+            "subject_token": tok.decode([p.subject_id]),
+            "p_answer": float(stats["p_answer"][i]),
+            "rank_answer": int(stats["rank_answer"][i]),
+            "pi_answer": float(stats["pi_answer"][i]),
+            "top1_id": int(stats["top1_id"][i]),
+            "top1_token": tok.decode([int(stats["top1_id"][i])]),
+            "p_top1": float(stats["p_top1"][i]),
+        }
+        for i, p in enumerate(prompts.prompts)
+    ]
     frame = pd.DataFrame(rows)
     frame["correct"] = frame["rank_answer"] == 0
     frame["known"] = frame["rank_answer"] < config.known_top_k

@@ -1,7 +1,8 @@
-"""The run directory: manifest, summary, one Parquet table per stage — written atomically.
+"""The run directory: manifest, summary, the Parquet tables of each stage — written atomically.
 
 Every file is written to a temporary name in the same folder and renamed into place, so an
-interrupted run leaves only complete files. A stage counts as finished when its table exists
+interrupted run leaves only complete files. A stage's main table is ``<stage>.parquet``, its other
+tables ``<stage>/<name>.parquet``. A stage counts as finished when its tables exist
 and ``summary.json`` has its entry; re-running the same command skips finished stages.
 """
 
@@ -157,25 +158,58 @@ class RunDir:
             )
 
     # ------------------------------------------------------------- stage tables
-    def table_path(self, stage: str) -> Path:
-        return self.path / f"{stage}.parquet"
+    def table_path(self, stage: str, name: str | None = None) -> Path:
+        """``<stage>.parquet`` for the main table (``name`` None or the stage's name), else ``<stage>/<name>.parquet``."""
+        if name is None or name == stage:
+            return self.path / f"{stage}.parquet"
+        return self.path / stage / f"{name}.parquet"
 
-    def write_table(self, stage: str, frame: pd.DataFrame) -> None:
-        atomic_write_parquet(self.table_path(stage), frame)
+    def write_tables(self, stage: str, tables: dict[str, pd.DataFrame]) -> None:
+        """A stage's tables: the first is its main table; the others go to ``<stage>/<name>.parquet``.
 
-    def read_table(self, stage: str) -> pd.DataFrame:
-        return pd.read_parquet(self.table_path(stage))
+        The other tables are written first and the main table last (it marks the stage finished);
+        tables of an earlier run of the stage that are not in ``tables`` are removed.
+        """
+        if not tables:
+            raise ValueError(f"stage {stage!r} returned no table")
+        names = list(tables)
+        folder = self.path / stage
+        for name in names[1:]:
+            atomic_write_parquet(self.table_path(stage, name), tables[name])
+        if folder.is_dir():
+            for old in folder.glob("*.parquet"):
+                if old.stem not in names[1:]:
+                    old.unlink(missing_ok=True)
+        atomic_write_parquet(self.table_path(stage), tables[names[0]])
+
+    def read_table(self, stage: str, name: str | None = None) -> pd.DataFrame:
+        return pd.read_parquet(self.table_path(stage, name))
+
+    def read_tables(self, stage: str) -> dict[str, pd.DataFrame]:
+        """Every table of a stage, the main one first (under the stage's name)."""
+        out = {stage: self.read_table(stage)}
+        folder = self.path / stage
+        if folder.is_dir():
+            out.update({p.stem: pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))})
+        return out
+
+    def has_table(self, stage: str, name: str | None = None) -> bool:
+        return _complete_parquet(self.table_path(stage, name))
 
     def has_stage(self, stage: str) -> bool:
-        """The stage's table is a complete Parquet file and the summary has its entry."""
-        return _complete_parquet(self.table_path(stage)) and stage in self.summary().get("stages", {})
-
-    def forget_stage(self, stage: str) -> None:
-        self.table_path(stage).unlink(missing_ok=True)
+        """Every table of the stage is a complete Parquet file and the summary has its entry."""
+        folder = self.path / stage
+        others = list(folder.glob("*.parquet")) if folder.is_dir() else []
+        return (
+            _complete_parquet(self.table_path(stage))
+            and all(_complete_parquet(p) for p in others)
+            and stage in self.summary().get("stages", {})
+        )
 
 
 def without_timings(value):
-    """A summary with every wall-time entry (keys containing "seconds") removed, for comparing runs."""
+    """A summary with every wall-time entry (keys containing "seconds") removed, for comparing runs:
+    timings live only in the summary and the manifest, never in a table."""
     if isinstance(value, dict):
         return {k: without_timings(v) for k, v in value.items() if "seconds" not in k}
     if isinstance(value, list):

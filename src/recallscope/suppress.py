@@ -48,19 +48,23 @@ from __future__ import annotations
 
 import html
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
+from .components import Component
+from .constraints import LEVEL, NON_NEGATIVE, POSITIVE, Interval, Options
 from .errors import UserError
 from .lens import answer_stats, logit_lens, recall_metric
-from .pipeline import Stage, StageContext, register
 from .progress import track
+from .stats import assign_folds as stats_assign_folds
 from .stats import bootstrap_ci
-from .tasks import PromptSet, batches
+from .models import load_model
+from .recall import recall
+from .tasks import PromptSet, batches, build_prompts, collect, load_relation
 
 MODES = ("zero", "mean", "scale")
 POPULATIONS = ("known", "unknown", "all")
@@ -83,19 +87,14 @@ class SuppressConfig:
     seed: int = 0
     batch_size: int = 32
 
+    constraints: ClassVar[dict] = {
+        "last_layers": POSITIVE, "layers": NON_NEGATIVE, "threshold_share": Interval(0, 1, "left"),
+        "modes": Options(*MODES), "scale_factor": Interval(), "positions": Options("end", "all"), "folds": Interval(2, None),
+        "n_bootstrap": POSITIVE, "ci_level": LEVEL, "ece_bins": POSITIVE, "seed": NON_NEGATIVE, "batch_size": POSITIVE,
+    }
+
 
 # ----------------------------------------------------------------------------- attribution
-@dataclass(frozen=True)
-class Component:
-    kind: str  # "head" or "mlp"
-    layer: int
-    head: int | None = None
-
-    @property
-    def name(self) -> str:
-        return f"L{self.layer}H{self.head}" if self.kind == "head" else f"L{self.layer} MLP"
-
-
 def direct_logit_attribution(view, writes: Tensor, resid_final: Tensor, answer_ids: Tensor) -> Tensor:
     """DLA [B, C] of writes [B, C, d] to Y: the linearised logit lens (at the prompt's real final
     residual [B, d]) read at Y minus its mean over the vocabulary."""
@@ -158,32 +157,42 @@ class _Clean:
 
     dla: np.ndarray  # [N, C] per candidate component
     layer_total: np.ndarray  # [N, n_attr_layers] DLA of attn_out + mlp_out of each attributed layer
-    writes: np.ndarray  # [N, C, d] the candidates' end-position writes (for mean-ablation)
+    writes: np.ndarray  # [N, C, d] the candidates' end-position writes at the edit site (for mean-ablation)
     stats: dict[str, np.ndarray]  # answer_stats of the real logits
 
 
 @torch.no_grad()
 def measure_clean(model, prompts: list, comps: list[Component], layers: list[int], batch_size: int, progress: bool = True) -> _Clean:
     view = model.view
-    N, C = len(prompts), len(comps)
-    d = model.cfg.d_model
-    dla = np.zeros((N, C))
-    layer_total = np.zeros((N, len(layers)))
-    writes = np.zeros((N, C, d), dtype=np.float32)
-    stats: dict[str, np.ndarray] = {}
-    groups = list(batches(prompts, model.tokenizer.pad_token_id, batch_size))
-    for indices, batch in track(groups, "suppress: attribution", total=len(groups), enabled=progress):
-        tr = view.trace(batch.input_ids, batch.attention_mask, record=["head_out", "mlp_out", "attn_out", "resid_final", "logits"])
+
+    def measure(indices, batch) -> dict:
+        tr = view.trace(batch.input_ids, batch.attention_mask, record=["head_out", "mlp_out", "attn_out", "resid_final", "logits"]
+                        + (["z"] if model.cfg.post_attn_norm else []))
         y = batch.answer_ids().to(view.device)
         w = torch.stack([tr.head_out[:, 0, c.layer, c.head] if c.kind == "head" else tr.mlp_out[:, 0, c.layer] for c in comps], dim=1)
+        if model.cfg.post_attn_norm:
+            # mean-ablation replaces a head's write at the trace's head_out edit site, which is
+            # before the post-attention norm (Gemma 3): the mean of those writes, not of the
+            # norm-scaled shares that DLA reads
+            edit_writes = torch.stack([
+                view.head_writes(c.layer, tr.z[:, 0, c.layer])[:, c.head] if c.kind == "head" else tr.mlp_out[:, 0, c.layer]
+                for c in comps
+            ], dim=1)
+        else:
+            edit_writes = w
         totals = torch.stack([tr.attn_out[:, 0, l] + tr.mlp_out[:, 0, l] for l in layers], dim=1)
         rf = tr.resid_final[:, 0]
-        dla[indices] = direct_logit_attribution(view, w, rf, y).cpu().numpy()
-        layer_total[indices] = direct_logit_attribution(view, totals, rf, y).cpu().numpy()
-        writes[indices] = w.float().cpu().numpy()
-        for k, v in answer_stats(tr.logits[:, 0], y).items():
-            stats.setdefault(k, np.zeros(N, dtype=v.cpu().numpy().dtype))[indices] = v.cpu().numpy()
-    return _Clean(dla, layer_total, writes, stats)
+        out = {
+            "dla": direct_logit_attribution(view, w, rf, y).cpu().numpy().astype(np.float64),
+            "layer_total": direct_logit_attribution(view, totals, rf, y).cpu().numpy().astype(np.float64),
+            "writes": edit_writes.float().cpu().numpy(),
+        }
+        out.update({f"stats.{k}": v.cpu().numpy() for k, v in answer_stats(tr.logits[:, 0], y).items()})
+        return out
+
+    got = collect(prompts, model.tokenizer.pad_token_id, batch_size, measure, "suppress: attribution", progress)
+    stats = {k.removeprefix("stats."): v for k, v in got.items() if k.startswith("stats.")}
+    return _Clean(got["dla"], got["layer_total"], got["writes"], stats)
 
 
 def summarise_dla(values: np.ndarray, config: SuppressConfig) -> dict:
@@ -211,7 +220,7 @@ def make_edits(
     """``view.trace`` edits that zero, mean-ablate or rescale the chosen components' writes."""
     cols = slice(-1, None) if config.positions == "end" else slice(None)
     by_site: dict[tuple[str, int], list[tuple[int | None, Tensor | None]]] = {}
-    for c, comp, keep in zip(range(len(comps)), comps, chosen):
+    for c, comp, keep in zip(range(len(comps)), comps, chosen, strict=True):
         if not keep:
             continue
         site = ("head_out", comp.layer) if comp.kind == "head" else ("mlp_out", comp.layer)
@@ -240,18 +249,17 @@ def make_edits(
 def evaluate(model, prompts: list, edits: dict, before_top1: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
     """answer_stats after the edits, plus p of each prompt's *unedited* top-1 token."""
     view = model.view
-    N = len(prompts)
-    out: dict[str, np.ndarray] = {}
-    for indices, batch in batches(prompts, model.tokenizer.pad_token_id, batch_size):
+
+    def measure(indices, batch) -> dict:
         tr = view.trace(batch.input_ids, batch.attention_mask, record=["logits"], edits=edits)
         logits = tr.logits[:, 0].float()
         y = batch.answer_ids().to(view.device)
         stats = answer_stats(logits, y)
         prev = torch.as_tensor(before_top1[indices], device=view.device)
         stats["p_before_top1"] = torch.softmax(logits, -1).gather(-1, prev[:, None]).squeeze(-1)
-        for k, v in stats.items():
-            out.setdefault(k, np.zeros(N, dtype=v.cpu().numpy().dtype))[indices] = v.cpu().numpy()
-    return out
+        return {k: v.cpu().numpy() for k, v in stats.items()}
+
+    return collect(prompts, model.tokenizer.pad_token_id, batch_size, measure)
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
@@ -287,17 +295,9 @@ def calibration_metrics(rows: pd.DataFrame, bins: int) -> dict:
 
 
 def assign_folds(subjects: Sequence[str], folds: int, by_subject: bool, seed: int) -> np.ndarray:
-    """[N] fold of each prompt; whole subjects go to one fold when ``by_subject`` (and possible)."""
-    rng = np.random.default_rng(seed)
-    unique = sorted(set(subjects))
-    if by_subject and len(unique) >= folds:
-        order = rng.permutation(len(unique))
-        fold_of = {unique[i]: r % folds for r, i in enumerate(order)}
-        return np.array([fold_of[s] for s in subjects], dtype=int)
-    order = rng.permutation(len(subjects))
-    out = np.zeros(len(subjects), dtype=int)
-    out[order] = np.arange(len(subjects)) % folds
-    return out
+    """[N] fold of each prompt; whole subjects go to one fold when ``by_subject`` (and possible)
+    — :func:`recallscope.stats.assign_folds`, the one fold assignment."""
+    return stats_assign_folds(len(subjects), folds, seed, groups=list(subjects) if by_subject else None)
 
 
 # ----------------------------------------------------------------------------- result
@@ -312,12 +312,18 @@ class SuppressResult:
     layer_totals: list = field(repr=False)  # dicts: layer, mean_dla, ci_low, ci_high, share_negative
     mitigation: dict = field(repr=False)  # mode -> population -> before/after metrics
     fold_suppressors: list = field(repr=False)  # per fold: list of component names chosen
-    frame: pd.DataFrame = field(repr=False)
+    dla: pd.DataFrame = field(repr=False)  # per known prompt × component: the DLA to Y (the main table)
+    evals: pd.DataFrame = field(repr=False)  # per prompt × mode: p(Y), π(Y), correctness before/after the edit
     n_known: int = 0
     n_unknown: int = 0
 
     def to_frame(self) -> pd.DataFrame:
-        return self.frame.copy()
+        """The main table: one row per known prompt and component (``dla``: its DLA to Y)."""
+        return self.dla.copy()
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """``suppress`` (the DLA table, main) and ``eval`` (before/after each mitigation, per held-out prompt)."""
+        return {"suppress": self.to_frame(), "eval": self.evals.copy()}
 
     def suppression_present(self) -> dict:
         final = next(t for t in self.layer_totals if t["layer"] == self.final_layer)
@@ -352,11 +358,11 @@ class SuppressResult:
         }
 
     def plot(self):
-        return figures(self.frame, self.to_dict())[0]
+        return figures(self.dla, self.to_dict())[0]
 
 
-def _mitigation_summary(frame: pd.DataFrame, config: SuppressConfig) -> dict:
-    evals = frame[frame["table"] == "eval"].astype({"correct": bool})
+def _mitigation_summary(evals: pd.DataFrame, config: SuppressConfig) -> dict:
+    evals = evals.astype({"correct": bool})
     before = evals[evals["mode"] == "before"]
     out = {}
     for mode in config.modes:
@@ -409,7 +415,7 @@ def suppress(
     components = []
     for c, comp in enumerate(comps):
         components.append({
-            "component": comp.name, "kind": comp.kind, "layer": comp.layer, "head": comp.head,
+            "component": comp.label, "kind": comp.kind, "layer": comp.layer, "head": comp.head,
             **summarise_dla(kdla[:, c], config), "is_suppressor": bool(chosen_all[c]),
         })
     layer_totals = [{"layer": l, **summarise_dla(clean.layer_total[is_known, i], config)} for i, l in enumerate(total_layers)]
@@ -433,7 +439,7 @@ def suppress(
         chosen = choose_suppressors(clean.dla[select], config.threshold_share)
         if mode == config.modes[0]:
             fold_suppressors.append({"fold": f, "n_selection": int(select.sum()), "n_held_out": int(len(held)),
-                                     "suppressors": [comps[c].name for c in np.flatnonzero(chosen)]})
+                                     "suppressors": [comps[c].label for c in np.flatnonzero(chosen)]})
         if len(held) == 0:
             continue
         mean_writes = clean.writes[fold != f].mean(0) if mode == "mean" else None
@@ -451,30 +457,26 @@ def suppress(
             "n_suppressors": int(chosen.sum()),
         }))
     evals = pd.concat(eval_frames, ignore_index=True)
-    evals["table"] = "eval"
+    evals["correct"] = evals["correct"].astype("boolean")
 
     # ---- the per-prompt DLA table (known prompts)
     kidx = np.flatnonzero(is_known)
     dla_rows = pd.DataFrame({
-        "table": "dla",
         "population": "known",
         "prompt_index": np.repeat(local_index[kidx], len(comps)),
         "subject": np.repeat(np.array(base["subject"], dtype=object)[kidx], len(comps)),
         "fold": np.repeat(fold[kidx], len(comps)),
-        "component": [c.name for c in comps] * len(kidx),
+        "component": [c.label for c in comps] * len(kidx),
         "layer": [c.layer for c in comps] * len(kidx),
         "head": pd.array([c.head for c in comps] * len(kidx), dtype="Int64"),
         "dla": kdla.reshape(-1),
     })
-    frame = pd.concat([dla_rows, evals], ignore_index=True)
-    frame["head"] = frame["head"].astype("Int64")
-    frame["correct"] = frame["correct"].astype("boolean")
-    result_frame = frame
-    mitigation = _mitigation_summary(result_frame, config)
+    dla_rows["head"] = dla_rows["head"].astype("Int64")
+    mitigation = _mitigation_summary(evals, config)
     return SuppressResult(
         relation=known.relation.name, shots=known.shots, config=config, layers=tuple(layers), final_layer=final_layer,
         components=components, layer_totals=layer_totals, mitigation=mitigation, fold_suppressors=fold_suppressors,
-        frame=result_frame, n_known=int(is_known.sum()), n_unknown=int((~is_known).sum()),
+        dla=dla_rows, evals=evals, n_known=int(is_known.sum()), n_unknown=int((~is_known).sum()),
     )
 
 
@@ -564,10 +566,6 @@ def sweep(
     log: Callable[[str], None] = lambda _msg: None,
 ) -> pd.DataFrame:
     """One row per model × relation × shots × mitigation mode with the stage's headline figures."""
-    from . import load_model
-    from .recall import recall
-    from .tasks import build_prompts, load_relation
-
     rows = []
     for model_name in models:
         model = load_model(model_name, device=device)
@@ -640,15 +638,6 @@ def sweep_figure(frame: pd.DataFrame):
     return fig
 
 
-# ----------------------------------------------------------------------------- pipeline
-def compute(ctx: StageContext) -> SuppressResult:
-    return suppress(ctx.model, ctx.known_prompts(), ctx.unknown_prompts(), ctx.config("suppress"), progress=ctx.progress)
-
-
 def check_config(config: SuppressConfig, model) -> None:
     validate(config)
     resolve_layers(config, model.cfg.n_layers)
-
-
-register(Stage("suppress", ("recall",), SuppressConfig, compute, "anti-overconfidence: final-layer DLA to Y, suppressors, mitigation",
-               check=check_config))

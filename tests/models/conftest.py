@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from helpers.tiny import left_pad
 from recallscope.models.view import ModelView, position_ids_from_mask
 
 
@@ -29,19 +30,9 @@ class Measured:
     alone_max_abs: float  # (e)
 
 
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = torch.tensor(prompt)
-        mask[row, width - len(prompt):] = 1
-    return ids, mask
-
-
 def _head_bias(view: ModelView, z: torch.Tensor, layer: int):
     # With a post-attention norm the bias is scaled by the norm's factor of the real sum.
-    attn_raw = view._attn_raw(layer, z) if view.cfg.post_attn_norm else None
+    attn_raw = view.attn_raw(layer, z) if view.cfg.post_attn_norm else None
     return view.head_bias(layer, attn_raw)
 
 

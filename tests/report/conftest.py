@@ -82,6 +82,10 @@ def write_run(path: Path, relation: str = END_SCRIPT, shots: int = 0, extra_stag
         "model": {"name": "tiny", "family": BREAKOUT, "n_layers": 2, "n_heads": 4},
         "versions": {"python": "3.11", "recallscope": "0.1.0", "plotly": "x", IMG: SCRIPT},
         "stage_configs": {"recall": {"known_top_k": 1, "batch_size": 64}},
+        # as recallscope.pipeline.stage_list() writes it: the report takes the order and titles from here
+        "stages": [{"name": "recall", "title": "Recall — does the model know the fact?", "requires": [], "reads": []},
+                   {"name": "claims", "title": "Claims — does the paper's story hold on this run?", "requires": ["recall"],
+                    "reads": []}],
     }
     (path / "summary.json").write_text(json.dumps(summary, ensure_ascii=False), encoding="utf-8")
     (path / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")

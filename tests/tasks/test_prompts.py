@@ -36,7 +36,7 @@ def test_demonstrations_follow_the_seed(tok):
     b = build_prompts(rel, tok, shots=3, seed=0)
     c = build_prompts(rel, tok, shots=3, seed=1)
     assert [p.text for p in a.prompts] == [p.text for p in b.prompts]
-    assert sum(x.text != y.text for x, y in zip(a.prompts, c.prompts)) > 100
+    assert sum(x.text != y.text for x, y in zip(a.prompts, c.prompts, strict=True)) > 100
 
 
 def test_multi_token_subjects_and_answers(tok, lre_dir):

@@ -35,6 +35,7 @@ from ..models import load_model
 from ..models.view import ModelView
 from ..path_patching import flop_counts
 from ..recall import recall
+from ..stats import spearman
 from ..tasks import build_prompts, load_relation
 from ._child import common_args, run_cli
 
@@ -130,7 +131,7 @@ def _exact_vs_naive_lines(model, options, shots, known, config, comps, sample) -
         "attribution_seconds": round(attr_s, 2),
         "exact_seconds": round(exact_s, 2),
         "ratio": round(exact_s / attr_s, 1),
-        "spearman": round(P.spearman(exact.mean(0), attribution.mean(0)), 3),
+        "spearman": round(spearman(exact.mean(0), attribution.mean(0)), 3),
         "top10_overlap": P.top_overlap(exact.mean(0), attribution.mean(0), 10),
     }
 

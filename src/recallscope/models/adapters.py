@@ -16,6 +16,15 @@ local and global layers use different bases), so every rope variant is reproduce
 A config function refuses, with a :class:`UserError`, the variants of a family that the neutral
 forward pass does not describe (e.g. OPT-350m's post-norm layers), instead of computing
 something silently different.
+
+Every field of a model's config is accounted for at load (:func:`check_config_fields`): it is
+honoured (the adapter's ``honoured`` list and :data:`COMMON_HONOURED`: read into
+:class:`ArchConfig`, or reproduced because the weights or the rotary module carry it), known not
+to change an eval-mode forward pass (``irrelevant``, :data:`COMMON_IRRELEVANT`), or at the value
+a fresh config of its class has — the value the parity tests run. Any other value, including a
+field a newer transformers adds, is refused in one line naming the field and the value. A new
+field whose *default* changes the forward pass is what the parity tests against transformers
+(tests/models/test_architectures.py, tests/models/test_config_fields.py) are there to catch.
 """
 
 from __future__ import annotations
@@ -51,6 +60,12 @@ class Adapter:
     layer_rotary: Callable[[nn.Module, object, int], tuple[Tensor, float]] | None = None
     extra_norms: dict[str, str] = field(default_factory=dict)  # q_norm, k_norm, post_attn_norm, post_mlp_norm
     config: Callable[[object], dict] = lambda hf: {}
+    # The config fields this family's forward pass depends on and that ``config`` (or the
+    # weights and rotary module read by ``extract``) reproduces, and the fields known not to
+    # change an eval-mode forward pass. Any other field with a non-default value is refused
+    # (see :func:`check_config_fields`).
+    honoured: frozenset[str] = frozenset()
+    irrelevant: frozenset[str] = frozenset()
 
 
 def _get(module: nn.Module, path: str):
@@ -59,14 +74,49 @@ def _get(module: nn.Module, path: str):
     return module
 
 
+def _layer_windows(hf, family: str) -> tuple[int | None, ...]:
+    """Per-layer sliding windows from ``layer_types`` (Qwen2, SmolLM3, Gemma 3): HF builds the
+    sliding mask from ``config.sliding_window`` for the layers typed ``sliding_attention``."""
+    layer_types = getattr(hf, "layer_types", None)
+    if not layer_types:
+        return ()
+    other = sorted(set(layer_types) - {"full_attention", "sliding_attention"})
+    if other:
+        raise _refuse(family, f"layer_types with {other[0]!r} layers", "use a model whose layers are full or sliding attention")
+    if "sliding_attention" in layer_types and not getattr(hf, "sliding_window", None):
+        raise _refuse(family, f"sliding_attention layers with sliding_window={getattr(hf, 'sliding_window', None)!r}",
+                      "give sliding_window a positive size")
+    return tuple(hf.sliding_window if t == "sliding_attention" else None for t in layer_types)
+
+
 def _llama_config(hf) -> dict:
+    if hf.model_type == "mistral":
+        # MistralModel masks every layer with config.sliding_window (None: full attention);
+        # it never reads layer_types.
+        window = getattr(hf, "sliding_window", None)
+        windows = (window,) * hf.num_hidden_layers if window else ()
+    elif hf.model_type in ("qwen2", "smollm3"):
+        windows = _layer_windows(hf, hf.model_type)
+    else:  # LlamaModel applies no window whatever the config says
+        windows = ()
     return dict(
         norm="rmsnorm",
         norm_eps=hf.rms_norm_eps,
         act=_act_name(getattr(hf, "hidden_act", "silu")),
         gated_mlp=True,
         positional="rotary",
+        sliding_window=windows if any(w is not None for w in windows) else (),
     )
+
+
+def _llama_layer_rotary(rotary: nn.Module, hf, layer: int) -> tuple[Tensor, float]:
+    """SmolLM3's ``no_rope_layers[l] == 0`` layers skip the rotation: zero frequencies (cos 1,
+    sin 0, scale 1) leave q and k exactly unchanged."""
+    inv_freq, scaling = rotary.inv_freq, float(getattr(rotary, "attention_scaling", 1.0))
+    no_rope = getattr(hf, "no_rope_layers", None)
+    if hf.model_type == "smollm3" and no_rope is not None and not no_rope[layer]:
+        return torch.zeros_like(inv_freq), 1.0
+    return inv_freq, scaling
 
 
 def _act_name(name: str) -> str:
@@ -94,7 +144,14 @@ LLAMA = Adapter(
     attn={"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj"},
     mlp={"in": "mlp.up_proj", "gate": "mlp.gate_proj", "out": "mlp.down_proj"},
     rotary="model.rotary_emb",
+    layer_rotary=_llama_layer_rotary,
     config=_llama_config,
+    honoured=frozenset({
+        "attention_bias", "mlp_bias",  # the biases are read from the weights, whatever the flags say
+        "sliding_window", "use_sliding_window", "max_window_layers", "layer_types",  # -> per-layer windows
+        "no_rope_layers", "no_rope_layer_interval",  # SmolLM3 -> zero rotary frequencies
+    }),
+    irrelevant=frozenset({"pretraining_tp"}),  # transformers 5's Llama no longer reads it
 )
 
 
@@ -114,6 +171,7 @@ def _gpt2_config(hf) -> dict:
         act=_act_name(hf.activation_function),
         gated_mlp=False,
         positional="learned",
+        max_positions=hf.n_positions,
         d_mlp=hf.n_inner or 4 * hf.hidden_size,
         # scale_attn_weights=False leaves q·k unscaled (attn_scale 0 would mean the default)
         attn_scale=0.0 if getattr(hf, "scale_attn_weights", True) else 1.0,
@@ -137,6 +195,7 @@ def _opt_config(hf) -> dict:
         positional="learned",
         # OPTLearnedPositionalEmbedding looks position p up at row p + 2 (a fairseq legacy)
         learned_pos_offset=2,
+        max_positions=hf.max_position_embeddings,
         d_mlp=hf.ffn_dim,
     )
 
@@ -159,7 +218,6 @@ def _neox_config(hf) -> dict:
 def _gemma3_config(hf) -> dict:
     if getattr(hf, "use_bidirectional_attention", False):
         raise _refuse("gemma3", "use_bidirectional_attention=True (an embedding model)", "use a causal Gemma 3 LM")
-    layer_types = list(hf.layer_types)
     return dict(
         norm="rmsnorm_plus1",
         norm_eps=hf.rms_norm_eps,
@@ -171,7 +229,7 @@ def _gemma3_config(hf) -> dict:
         post_attn_norm=True,
         post_mlp_norm=True,
         embed_scale=hf.hidden_size**0.5,
-        sliding_window=tuple(hf.sliding_window if t == "sliding_attention" else None for t in layer_types),
+        sliding_window=_layer_windows(hf, "gemma3"),
         # HF's Gemma3Attention stores attn_logit_softcapping but never passes it to the attention
         # (Gemma 3 replaced it by q/k norms; its checkpoints set it to null): mirror HF, not the config.
         attn_softcap=None,
@@ -200,6 +258,19 @@ GPT2 = Adapter(
     mlp={"in": "mlp.c_fc", "out": "mlp.c_proj"},
     mlp_layout="conv1d",
     config=_gpt2_config,
+    honoured=frozenset({
+        "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function", "layer_norm_epsilon", "scale_attn_weights",
+        "scale_attn_by_inverse_layer_idx", "add_cross_attention",  # refused when set
+        # upcasts q·k to float32 before the softmax: the view's softmax runs in float32 anyway
+        "reorder_and_upcast_attn",
+    }),
+    irrelevant=frozenset({
+        "resid_pdrop", "embd_pdrop", "attn_pdrop", "n_ctx",
+        # the OpenAI-GPT double-heads settings gpt2-medium/large/xl still carry; GPT2LMHeadModel ignores them
+        "n_special", "predict_special_tokens",
+        # the sequence-classification head's settings; a causal LM has no such head
+        "summary_type", "summary_use_proj", "summary_activation", "summary_proj_to_labels", "summary_first_dropout",
+    }),
 )
 
 OPT = Adapter(
@@ -216,6 +287,11 @@ OPT = Adapter(
     attn={"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.out_proj"},
     mlp={"in": "fc1", "out": "fc2"},
     config=_opt_config,
+    honoured=frozenset({
+        "ffn_dim", "activation_function", "do_layer_norm_before", "word_embed_proj_dim", "_remove_final_layer_norm",
+        "enable_bias", "layer_norm_elementwise_affine",  # read from the weights (absent bias / norm weight)
+    }),
+    irrelevant=frozenset({"dropout", "layerdrop", "init_std", "prefix", "activation_dropout"}),
 )
 
 GPT_NEOX = Adapter(
@@ -232,6 +308,11 @@ GPT_NEOX = Adapter(
     mlp={"in": "mlp.dense_h_to_4h", "out": "mlp.dense_4h_to_h"},
     rotary="gpt_neox.rotary_emb",
     config=_neox_config,
+    honoured=frozenset({
+        "hidden_act", "layer_norm_eps", "use_parallel_residual", "rotary_pct", "rotary_emb_base",
+        "attention_bias",  # read from the weights
+    }),
+    irrelevant=frozenset({"hidden_dropout", "classifier_dropout"}),
 )
 
 # Gemma 3 names its four norms per layer differently from Llama: ``post_attention_layernorm``
@@ -258,6 +339,11 @@ GEMMA3 = Adapter(
         "post_mlp_norm": "post_feedforward_layernorm",
     },
     config=_gemma3_config,
+    honoured=frozenset({
+        "hidden_activation", "query_pre_attn_scalar", "sliding_window", "layer_types", "_sliding_window_pattern",
+        "sliding_window_pattern", "final_logit_softcapping", "attn_logit_softcapping", "use_bidirectional_attention",
+        "rope_local_base_freq", "attention_bias",
+    }),
 )
 
 # The multimodal wrapper (Gemma3ForConditionalGeneration): the same text model one level down;
@@ -272,6 +358,96 @@ GEMMA3_MULTIMODAL = replace(
 )
 
 ADAPTERS: list[Adapter] = [LLAMA, GPT2, OPT, GPT_NEOX, GEMMA3, GEMMA3_MULTIMODAL]
+
+
+# Fields every family reads the same way: the shapes (``arch_config``), the rotary module's
+# settings (its inv_freq and attention_scaling are read, so every static rope variant is exact),
+# and tied embeddings (the tied matrix is read through the unembedding module).
+COMMON_HONOURED = frozenset({
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "hidden_act", "rms_norm_eps", "tie_word_embeddings",
+    "rope_parameters", "rope_scaling", "rope_theta", "partial_rotary_factor",
+    # the position table's size: the view looks positions up in the same table
+    "max_position_embeddings",
+})
+# Fields that do not change an eval-mode forward pass: dropout (off in eval), initialisation,
+# the KV cache, token ids, bookkeeping, and the outputs asked for.
+COMMON_IRRELEVANT = frozenset({
+    "attention_dropout", "initializer_range", "use_cache", "dtype", "torch_dtype", "architectures",
+    "transformers_version", "_name_or_path", "_model_name_or_path", "id2label", "label2id", "problem_type",
+    "return_dict", "output_attentions", "output_hidden_states", "chunk_size_feed_forward",
+    "task_specific_params", "_attn_implementation_autoset", "model_type", "num_labels", "_num_labels", "output_past",
+    "finetuning_task", "tokenizer_class", "is_decoder", "use_bfloat16", "torchscript", "tf_legacy_loss",
+    # generation settings older checkpoints keep in config.json: they pick tokens, not logits
+    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups", "temperature",
+    "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "diversity_penalty",
+    "output_scores", "return_dict_in_generate", "remove_invalid_values", "exponential_decay_length_penalty",
+    "suppress_tokens", "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id",
+})
+# Rope types whose frequencies depend on the sequence length (recomputed inside the forward
+# pass), so the rotary module's stored inv_freq is not what every prompt uses.
+DYNAMIC_ROPE = ("dynamic", "longrope")
+
+
+def _is_irrelevant(name: str) -> bool:
+    return name in COMMON_IRRELEVANT or name.endswith("_token_id") or name.endswith("_token_ids")
+
+
+_ABSENT = object()
+
+
+def _class_defaults(config_class) -> dict:
+    try:
+        return config_class().to_dict()
+    except Exception:  # a config class that cannot be built without arguments: no defaults known
+        return {}
+
+
+def _rope_types(rope) -> list[str]:
+    if not isinstance(rope, dict):
+        return []
+    if "rope_type" in rope or "type" in rope:
+        return [str(rope.get("rope_type", rope.get("type")))]
+    return [t for value in rope.values() for t in _rope_types(value)]  # per layer type (Gemma 3)
+
+
+def check_config_fields(adapter: Adapter, hf_config) -> None:
+    """Refuse a config that sets a field the exact view does not reproduce.
+
+    Every field of the (text) config is either honoured by the adapter (``adapter.honoured``,
+    ``COMMON_HONOURED``), known not to change an eval-mode forward pass (``adapter.irrelevant``,
+    ``COMMON_IRRELEVANT``, token ids), or at the value a fresh config of the same class has
+    (the value the parity tests check). Anything else — including a field a newer
+    transformers adds — raises a :class:`UserError` naming the field and its value, so the
+    view is never silently different from the model.
+
+    Raises:
+        UserError: one line, ``<family>: config field <name>=<value> ...``.
+    """
+    values = hf_config.to_dict()
+    defaults = _class_defaults(type(hf_config))
+    known = adapter.honoured | adapter.irrelevant | COMMON_HONOURED
+    for name, value in sorted(values.items()):
+        if name in known or _is_irrelevant(name):
+            continue
+        default = defaults.get(name, _ABSENT)
+        if value == default or (default is _ABSENT and value in (None, False, [], {})):
+            continue
+        raise UserError(
+            f"{adapter.family}: config field {name}={value!r} may change the forward pass and recallscope's exact "
+            f"model view does not implement it; use a model without it (or with its default, "
+            f"{'unset' if default is _ABSENT else repr(default)})"
+        )
+    for source in ("rope_parameters", "rope_scaling"):
+        for rope_type in _rope_types(values.get(source)):
+            if rope_type in DYNAMIC_ROPE:
+                raise _refuse(adapter.family, f"config field {source} with rope_type={rope_type!r} (frequencies that depend "
+                              "on the sequence length)", "use a model with a static rope type (default, linear, llama3, yarn)")
+    quantization = values.get("quantization_config")
+    if quantization is not None and (quantization or {}).get("quant_method") != "gguf":
+        raise _refuse(adapter.family, f"config field quantization_config={quantization!r} (quantised weights)",
+                      "load the model unquantised (--dtype float32 or bfloat16)")
 
 
 def adapter_for(model_type: str) -> Adapter:
@@ -348,11 +524,13 @@ def _mlp_weights(adapter: Adapter, block: nn.Module) -> dict:
         W_out=_linear_t(mods["out"]),
         b_out=_bias(mods["out"]),
         W_gate=_linear_t(mods["gate"]) if "gate" in mods else None,
+        b_gate=_bias(mods["gate"]) if "gate" in mods else None,
     )
 
 
 def arch_config(adapter: Adapter, hf_config) -> ArchConfig:
     text = getattr(hf_config, "text_config", None) or hf_config
+    check_config_fields(adapter, text)
     H = text.num_attention_heads
     d = text.hidden_size
     dh = getattr(text, "head_dim", None) or d // H
@@ -374,7 +552,8 @@ def arch_config(adapter: Adapter, hf_config) -> ArchConfig:
 def extract(hf_model: nn.Module, adapter: Adapter | None = None) -> tuple[ArchConfig, Weights]:
     """Read a Hugging Face causal LM into the neutral (config, weights) pair.
 
-    The tensors are views of the model's own parameters where the layout allows (no copy).
+    The tensors are views of the model's own parameters where the layout allows (no copy),
+    detached from autograd (see :meth:`Weights.detach`).
     """
     adapter = adapter or adapter_for(hf_model.config.model_type)
     cfg = arch_config(adapter, hf_model.config)
@@ -412,4 +591,4 @@ def extract(hf_model: nn.Module, adapter: Adapter | None = None) -> tuple[ArchCo
         W_U=unembed.weight.T,
         b_U=_bias(unembed),
     )
-    return cfg, weights
+    return cfg, weights.detach()

@@ -50,6 +50,7 @@ class ArchConfig:
     sliding_window: tuple[int | None, ...] = ()  # per layer; None = global attention
     attn_softcap: float | None = None
     final_softcap: float | None = None
+    max_positions: int | None = None  # rows of a learned position table; None: no table (rotary)
 
     @property
     def group_size(self) -> int:
@@ -91,6 +92,7 @@ class LayerWeights:
     W_out: Tensor
     b_out: Tensor | None
     W_gate: Tensor | None = None
+    b_gate: Tensor | None = None  # Llama with mlp_bias=True
     q_norm: Norm | None = None
     k_norm: Norm | None = None
     post_attn_norm: Norm | None = None
@@ -122,6 +124,17 @@ class Weights:
             return t.to(device) if device is not None else t
 
         return _map(self, conv)
+
+    def detach(self) -> "Weights":
+        """The same tensors (shared storage, no copy) cut from autograd.
+
+        A model's parameters require grad; a view built on them would carry that into every
+        quantity computed outside ``torch.no_grad`` (and ``.numpy()`` then fails). recallscope
+        never trains a model, and the stages that need gradients (attribution patching, the
+        SGD solver) take them with respect to activations or their own coefficients, never
+        the weights.
+        """
+        return _map(self, lambda t: t.detach())
 
 
 def _walk(obj):
@@ -166,8 +179,20 @@ def rms_or_layer_norm(x: Tensor, norm: Norm, kind: NormKind, eps: float) -> Tens
         return out
     x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     if kind == "rmsnorm_plus1":
-        return (x * (1.0 + norm.weight.to(x.dtype))).to(dtype)
+        return (x * norm_weight(norm, kind, x.dtype)).to(dtype)
     return norm.weight * x.to(dtype)
+
+
+def norm_weight(norm: Norm, kind: NormKind, dtype: torch.dtype | None = None) -> Tensor | None:
+    """The norm's multiplicative weight as applied: Gemma's ``rmsnorm_plus1`` stores w and
+    multiplies by (1 + w) (Hugging Face's ``Gemma3RMSNorm``); the other norms multiply by w.
+    ``dtype``: cast w before adding 1 (the reference adds 1 in float32). None when the norm has no weight."""
+    w = norm.weight
+    if w is None:
+        return None
+    if dtype is not None:
+        w = w.to(dtype)
+    return 1.0 + w if kind == "rmsnorm_plus1" else w
 
 
 def norm_scale(x: Tensor, kind: NormKind, eps: float) -> Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import logging
 import os
 import sys
@@ -99,7 +98,10 @@ def default_threads() -> None:
 
 @contextlib.contextmanager
 def _quiet():
-    """transformers prints progress bars and warnings while de-quantising; keep stdout clean."""
+    """Libraries print progress bars and warnings while loading (transformers' GGUF converter
+    runs its own tqdm bar on stderr, outside transformers' progress-bar switch): stdout is the
+    --json channel and stderr carries recallscope's own lines only, so both are captured here.
+    A failure still raises its exception."""
     from transformers.utils import logging as hf_logging
 
     logger = logging.getLogger("transformers")
@@ -109,7 +111,7 @@ def _quiet():
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 yield
     finally:
         logger.setLevel(level)
@@ -144,17 +146,18 @@ def load_embedded(alias: str, dtype: torch.dtype, use_cache: bool = True):
     source = EMBEDDED[alias]
     directory = gguf.cache_dir(source)
     info = {"gguf_sha256": source.sha256}
+    cached = use_cache and gguf.cache_is_valid(directory)
+    if use_cache and not cached and directory.exists():
+        # stdout is the --json channel; a note on stderr says why this load is slow.
+        print(f"recallscope: the weight cache {directory} failed its hash check; rebuilding it from the GGUF file",
+              file=sys.stderr)
+        info["cache_rebuilt"] = True
     with _quiet():
-        if use_cache and gguf.cache_is_valid(directory):
+        if cached:
             model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
             tokenizer = AutoTokenizer.from_pretrained(directory)
             info["loaded_from"] = "cache"
         else:
-            if use_cache and directory.exists():
-                # stdout is the --json channel; a note on stderr says why this load is slow.
-                print(f"recallscope: the weight cache {directory} failed its hash check; rebuilding it from the GGUF file",
-                      file=sys.stderr)
-                info["cache_rebuilt"] = True
             path = gguf.gguf_file(source)
             model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -244,6 +247,9 @@ def load_model(
             "or a hub id (e.g. gpt2, org/name) or a local model directory"
         )
     hf.eval()
+    # recallscope never trains: parameters that require grad would leak autograd history
+    # into every quantity computed outside no_grad (the view's weights are detached too).
+    hf.requires_grad_(False)
     if device_map is None:
         hf.to(torch_device)
     cfg, weights = extract(hf)
@@ -293,6 +299,3 @@ def model_catalog() -> list[dict]:
         })
     return rows
 
-
-def describe_json(model: Model) -> str:
-    return json.dumps(model.describe())

@@ -30,23 +30,14 @@ from typing import Any
 
 import pandas as pd
 
-from ..pipeline import PIPELINE_ORDER
 from ..rundir import MANIFEST, SUMMARY, atomic_write_bytes
 from .style import CSS, PLOT_SCRIPT
 
 log = logging.getLogger(__name__)
 
 REPORT = "report.html"
-STAGE_ORDER = PIPELINE_ORDER + tuple(s for s in ("claims",) if s not in PIPELINE_ORDER)
-STAGE_TITLES = {
-    "recall": "Recall — does the model know the fact?",
-    "patch": "Patch — causal mediation at the end position",
-    "movers": "Movers — heads that move the topic to the end",
-    "decompose": "Decompose — the MLP as per-head coefficients plus an intercept",
-    "intercept": "Intercept — function application",
-    "suppress": "Suppress — anti-overconfidence in the final layer",
-    "claims": "Claims — does the paper's story hold on this run?",
-}
+# The stages' order and titles come from the run's manifest ("stages", written from the stage table
+# of recallscope.pipeline), so rendering a run directory does not import the stages (nor torch).
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; font-src data:"
 TEXT_LIMIT = 160  # characters of one string shown in a table cell; the rest is cut with a note
 LIST_LIMIT = 30  # items of a list of scalars shown inline
@@ -295,8 +286,13 @@ class Run:
 
     def stages(self) -> list[str]:
         found = list((self.summary.get("stages") or {}).keys())
-        known = [s for s in STAGE_ORDER if s in found]
-        return known + sorted(s for s in found if s not in STAGE_ORDER)
+        order = [s.get("name") for s in (self.manifest or {}).get("stages") or [] if isinstance(s, dict)]
+        known = [s for s in order if s in found]
+        return known + [s for s in found if s not in order]
+
+    def title(self, stage: str) -> str:
+        titles = {s.get("name"): s.get("title") for s in (self.manifest or {}).get("stages") or [] if isinstance(s, dict)}
+        return titles.get(stage) or stage
 
 
 def _read_json(path: Path) -> dict:
@@ -379,7 +375,7 @@ def stage_section(run: Run, stage: str, anchor: str, page: Page) -> str:
     entry = entry if isinstance(entry, dict) else {"value": entry}
     wall = entry.get("wall_seconds")
     wall_html = f'<span class="wall">{number(float(wall))} s</span>' if isinstance(wall, (int, float)) else ""
-    title = STAGE_TITLES.get(stage, stage)
+    title = run.title(stage)
     body = ""
     if stage == "claims":
         claims = claims_rows(run.summary)
@@ -508,7 +504,7 @@ def findings_table(runs: list[Run]) -> str:
     body = "".join(
         f'<tr><td><a href="#run-{i}">{text(run.summary.get("relation", run.path.name), 80)}</a></td>'
         f"<td>{cell(run.summary.get('shots'))}</td>" + "".join(f"<td>{cell(row.get(c))}</td>" for c in columns) + "</tr>"
-        for i, (run, row) in enumerate(zip(runs, values))
+        for i, (run, row) in enumerate(zip(runs, values, strict=True))
     )
     return (
         '<h3 class="sub">What each run found</h3><div class="scroll"><table class="grid">'

@@ -1,7 +1,8 @@
 """Tasks: relations (built-in and LRE files), k-shot prompts, corruptions, padded batches."""
 
+from .collect import collect
 from .prompts import Batch, Prompt, PromptSet, batches, build_prompts, corruptions, make_batch
 from .relation import Relation, Sample, builtin_names, load_relation
 
-__all__ = ["Batch", "Prompt", "PromptSet", "batches", "build_prompts", "corruptions", "make_batch",
+__all__ = ["collect", "Batch", "Prompt", "PromptSet", "batches", "build_prompts", "corruptions", "make_batch",
            "Relation", "Sample", "builtin_names", "load_relation"]

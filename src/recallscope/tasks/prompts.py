@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .relation import Relation, Sample
+from .relation import Relation, Sample, Template
 
 DROP_SHARED_FIRST_TOKEN = "answer_first_token_shared"
 DROP_AMBIGUOUS_SUBJECT = "subject_with_several_answers"
@@ -30,6 +30,9 @@ DROP_SUBJECT_NOT_FOUND = "subject_tokens_not_found"
 DROP_EMPTY = "empty_subject_or_answer"
 DROP_SUBSAMPLED = "over_max_prompts"
 DROP_UNKNOWN = "unknown_to_model"
+# A corruption whose own answer starts with the clean answer's first token would still be
+# scored on that token: it does not remove the fact, so it is not used as a corruption.
+EXCLUDE_SAME_ANSWER = "corruption_with_the_same_answer_first_token"
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ class PromptSet:
     prompts: tuple[Prompt, ...]
     dropped: dict = field(default_factory=dict)  # reason -> count of prompts
     answer_ids: tuple[int, ...] = ()  # first tokens of every answer of the relation (the answer domain)
+    # reason -> candidate corrupted prompts left out (filled by whoever draws corruptions)
+    corruptions_excluded: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -74,7 +79,7 @@ class PromptSet:
     def subset(self, keep, reason: str | None = None) -> "PromptSet":
         """Keep prompts where ``keep`` (a bool sequence) is true; count the rest under ``reason``."""
         keep = list(keep)
-        kept = tuple(replace(p, index=i) for i, p in enumerate(p for p, k in zip(self.prompts, keep) if k))
+        kept = tuple(replace(p, index=i) for i, p in enumerate(p for p, k in zip(self.prompts, keep, strict=True) if k))
         dropped = dict(self.dropped)
         if reason is not None and len(kept) < len(self.prompts):
             dropped[reason] = dropped.get(reason, 0) + len(self.prompts) - len(kept)
@@ -87,7 +92,7 @@ def stable_seed(*parts) -> int:
 
 
 def demo_sentence(template: str, sample: Sample) -> str:
-    return f"{template.format(sample.subject)} {sample.object}."
+    return f"{Template.parse(template).format(sample.subject)} {sample.object}."
 
 
 def prompt_text(template: str, subject: str, demos: tuple[Sample, ...], demo_template: str | None = None) -> str:
@@ -97,17 +102,53 @@ def prompt_text(template: str, subject: str, demos: tuple[Sample, ...], demo_tem
     of X' is Y'. " before any lead-in: ``add_a_shot`` in the authors' fact_dataset.py), else the
     query's own template.
     """
-    parts = [demo_sentence(demo_template or template, d) for d in demos] + [template.format(subject)]
-    return " ".join(parts)
+    return _prompt_text_and_subject_start(template, subject, demos, demo_template)[0]
+
+
+def _prompt_text_and_subject_start(template: str, subject: str, demos: tuple[Sample, ...],
+                                   demo_template: str | None = None) -> tuple[str, int]:
+    """The prompt and the character where its query subject starts, both from one parse of the template."""
+    parsed = Template.parse(template)
+    lead = "".join(demo_sentence(demo_template or template, d) + " " for d in demos)
+    return lead + parsed.format(subject), len(lead) + len(parsed.prefix)
 
 
 def _encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of a prompt, with the special tokens the tokenizer adds
+    at the start (BOS) kept and those it adds at the end (an EOS or ``<|im_end|>`` appended by
+    a post-processor) removed: the last token must be the prompt's own, the position the
+    answer is read from.
+
+    Raises:
+        UserError: the tokenizer adds special tokens in the middle of the text, so the
+            prompt's own tokens cannot be told from them.
+    """
     enc = tokenizer(text, return_offsets_mapping=True)
-    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    plain = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if ids == plain:
+        return ids, offsets
+    n_trailing = _trailing_added(ids, plain)
+    if n_trailing is None:
+        added = [t for t in ids if t not in plain]
+        raise UserError(
+            f"the tokenizer adds special tokens {tokenizer.convert_ids_to_tokens(added)} inside the prompt {text!r}; "
+            "recallscope needs the prompt's own tokens to end the sequence"
+        )
+    return (ids[: len(ids) - n_trailing], offsets[: len(ids) - n_trailing]) if n_trailing else (ids, offsets)
+
+
+def _trailing_added(ids: list[int], plain: list[int]) -> int | None:
+    """How many tokens the tokenizer appended after the text's own tokens (``ids`` = added
+    prefix + ``plain`` + added suffix), or None when ``ids`` is not of that form."""
+    for lead in range(len(ids) - len(plain) + 1):
+        if ids[lead: lead + len(plain)] == plain:
+            return len(ids) - lead - len(plain)
+    return None
 
 
 def _answer_id(tokenizer, text: str, ids: list[int], answer: str) -> int:
-    full = tokenizer(text + " " + answer)["input_ids"]
+    full = _encode(tokenizer, text + " " + answer)[0]
     if len(full) > len(ids) and list(full[: len(ids)]) == ids:
         return int(full[len(ids)])
     # The answer merged with the prompt's last token; score the answer on its own.
@@ -121,9 +162,9 @@ def _subject_span(offsets: list[tuple[int, int]], start: int, stop: int) -> tupl
 
 def make_prompt(tokenizer, template: str, subject: str, answer: str, demos: tuple[Sample, ...],
                 demo_template: str | None = None) -> Prompt | None:
-    text = prompt_text(template, subject, demos, demo_template)
+    text, start = _prompt_text_and_subject_start(template, subject, demos, demo_template)
+    assert text[start:start + len(subject)] == subject
     ids, offsets = _encode(tokenizer, text)
-    start = len(text) - len(template.format(subject)) + template.index("{}")
     span = _subject_span(offsets, start, start + len(subject))
     if span is None:
         return None
@@ -170,6 +211,11 @@ def build_prompts(
     demo_template = None
     if demonstrations == "plain":
         demo_template = relation.properties.get("demonstration_template") or (relation.templates_zs or relation.templates)[0]
+    for template in relation.templates_for(shots):  # a Relation built in Python has not met the loader's check
+        try:
+            Template.parse(template)
+        except ValueError as exc:
+            raise UserError(f"relation {relation.name!r}: template {template!r} {exc}") from None
     dropped: Counter = Counter()
     answers_of: dict[str, set[str]] = {}
     for s in relation.samples:
@@ -194,7 +240,8 @@ def build_prompts(
     dropped[DROP_SHARED_FIRST_TOKEN] += len(samples) - len(usable)
     if shots > 0 and len(usable) - 1 < shots:
         raise UserError(
-            f"--shots {shots} needs at least {shots + 1} usable samples in relation {relation.name!r}; it has {len(usable)}"
+            f"--shots {shots} needs at least {shots + 1} usable samples in relation {relation.name!r}; it has {len(usable)} "
+            f"of {len(relation.samples)} ({_drop_reasons(dropped, owners, tokenizer)})"
         )
     templates = relation.templates_for(shots)
     prompts: list[Prompt] = []
@@ -220,19 +267,45 @@ def build_prompts(
     return PromptSet(relation, shots, seed, tuple(prompts), dict(dropped), answer_ids)
 
 
-def corruptions(prompt: Prompt, prompt_set: PromptSet, tokenizer, limit: int | None = None) -> list[Prompt]:
+def _drop_reasons(dropped: Counter, owners: dict[int, set[str]], tokenizer) -> str:
+    """"answer_first_token_shared: 19 (every answer starts with the token ' 1')": the counts per
+    reason, and which first tokens the dropped answers share."""
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items()) if v) or "none dropped"
+    shared = sorted((t for t, objs in owners.items() if len(objs) > 1), key=lambda t: -len(owners[t]))
+    if not shared:
+        return reasons
+    if len(shared) == 1 and len(owners) == 1:
+        return f"{reasons}; every answer starts with the token {tokenizer.decode([shared[0]])!r}"
+    tokens = ", ".join(f"{tokenizer.decode([t])!r} ({len(owners[t])} answers)" for t in shared[:3])
+    return f"{reasons}; shared first tokens: {tokens}{', ...' if len(shared) > 3 else ''}"
+
+
+def corruptions(
+    prompt: Prompt, prompt_set: PromptSet, tokenizer, limit: int | None = None, excluded: dict[str, int] | None = None
+) -> list[Prompt]:
     """The prompt with its subject swapped for other subjects of the relation.
 
     Only swaps that keep the whole prompt's token count and change nothing but the subject
-    tokens are kept, so every position (end included) lines up with the clean prompt.
+    tokens are kept, so every position (end included) lines up with the clean prompt. A
+    subject whose answer has the clean answer's first token (on person → sport, about a quarter
+    of the swaps: another footballer) is left out and counted in ``excluded`` under
+    :data:`EXCLUDE_SAME_ANSWER`: its run still predicts Y, so it would dilute the corrupted mean.
     """
     out = []
+    clean_first = first_token(tokenizer, prompt.answer)
+    answers_of: dict[str, set[str]] = {}
+    for s in prompt_set.relation.samples:
+        answers_of.setdefault(s.subject, set()).add(s.object)
     subjects = sorted({s.subject for s in prompt_set.relation.samples if s.subject != prompt.subject})
     rng = np.random.default_rng(stable_seed(prompt_set.seed, "corrupt", prompt.subject, prompt.template))
     rng.shuffle(subjects)
     lo, hi = prompt.subject_span
     for subject in subjects:
         if any(d.subject == subject for d in prompt.demos):
+            continue
+        if any(first_token(tokenizer, answer) == clean_first for answer in answers_of[subject]):
+            if excluded is not None:
+                excluded[EXCLUDE_SAME_ANSWER] = excluded.get(EXCLUDE_SAME_ANSWER, 0) + 1
             continue
         other = make_prompt(tokenizer, prompt.template, subject, prompt.answer, prompt.demos, prompt.demo_template)
         if other is None or other.n_tokens != prompt.n_tokens or other.subject_span != prompt.subject_span:
@@ -253,10 +326,6 @@ class Batch:
     input_ids: Tensor  # [B, S]
     attention_mask: Tensor  # [B, S]
     pad: Tensor  # [B] padding added on the left of each row
-
-    @property
-    def end(self) -> int:
-        return self.input_ids.shape[1] - 1
 
     def subject_mask(self) -> Tensor:
         """[B, S] true at the query subject's tokens."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -22,6 +24,50 @@ _ESCAPED = re.compile(r"\\u([0-9a-fA-F]{4})")
 def unescape(text: str) -> str:
     """Undo a second level of JSON escaping ("Bras\\u00edlia" → "Brasília")."""
     return _ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), text)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A relation template, parsed once: the literal text around its one subject slot ``{}``.
+
+    The one parser of templates (the loader validates with it, prompts are formatted with it),
+    with ``str.format``'s grammar: ``{{`` and ``}}`` are literal braces, ``{}`` is the subject,
+    and any other field (``{note}``, ``{0}``, ``{:>9}``, ``{!r}``) or a lone brace is refused.
+    ``format(subject)`` equals ``text.format(subject)``, and the subject starts at character
+    ``len(prefix)`` of it.
+    """
+
+    text: str  # as written in the relation file
+    prefix: str  # literal text before the slot (braces unescaped)
+    suffix: str  # literal text after it
+
+    @staticmethod
+    @lru_cache(maxsize=4096)
+    def parse(text: str) -> "Template":
+        """Raises ValueError (a reason, for the loader's message) unless ``text`` has exactly one ``{}``."""
+        pieces: list[str] = []
+        slots = 0
+        try:
+            parsed = list(string.Formatter().parse(text))
+        except ValueError as exc:  # a lone '{' or '}'
+            raise ValueError(f"has a lone brace ({exc}); write literal braces as '{{{{' and '}}}}'") from None
+        for literal, name, spec, conversion in parsed:
+            pieces.append(literal)
+            if name is None:
+                continue
+            if name != "" or spec or conversion:
+                field_text = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                raise ValueError(f"has the field {field_text!r}; the subject slot is '{{}}' and literal braces are "
+                                 "written '{{' and '}}'")
+            slots += 1
+            pieces.append(None)  # the slot
+        if slots != 1:
+            raise ValueError(f"must contain exactly one '{{}}' for the subject (it has {slots})")
+        cut = pieces.index(None)
+        return Template(text, "".join(pieces[:cut]), "".join(pieces[cut + 1:]))
+
+    def format(self, subject: str) -> str:
+        return self.prefix + subject + self.suffix
 
 
 @dataclass(frozen=True)
@@ -72,8 +118,10 @@ def _templates(data: dict, key: str, where: str, required: bool) -> tuple[str, .
     for i, template in enumerate(values):
         if not isinstance(template, str):
             raise UserError(f"{where}: {key}[{i}] must be a string, got {type(template).__name__}")
-        if template.count("{}") != 1:
-            raise UserError(f"{where}: {key}[{i}] must contain exactly one '{{}}' for the subject: {template!r}")
+        try:
+            Template.parse(template.strip())
+        except ValueError as exc:
+            raise UserError(f"{where}: {key}[{i}] {exc}: {template!r}") from None
         out.append(template.strip())
     if required and not out:
         raise UserError(f"{where}: field {key!r} is empty")
