@@ -37,7 +37,7 @@ browser:
 	fi
 
 demo: install
-	$(BIN)/recallscope run --model smollm2-135m --relation country_capital --shots 0 --out $(OUT)
+	$(BIN)/recallscope run --model smollm2-135m --relation country_capital_extended --shots 0 --out $(OUT)
 
 # ruff (lint and format, configured in pyproject.toml) and the import-direction check.
 lint: install-test

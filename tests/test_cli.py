@@ -25,7 +25,7 @@ def assert_one_line_error(proc, fragment):
 
 
 def test_unknown_relation_lists_builtins():
-    assert_one_line_error(cli("recall", "--relation", "nope"), "country_capital")
+    assert_one_line_error(cli("recall", "--relation", "nope"), "country_capital_extended")
 
 
 def test_unknown_model_names_the_default():
@@ -58,7 +58,7 @@ def test_relations_json():
     proc = cli("relations", "--json")
     assert proc.returncode == 0
     names = [r["relation"] for r in json.loads(proc.stdout)["relations"]]
-    assert "country_capital" in names and len(names) >= 7
+    assert "country_capital_extended" in names and len(names) >= 7
 
 
 def test_models_json_reports_embedded_install_state():
@@ -74,7 +74,7 @@ def test_recall_json_and_resume(tmp_path):
     proc = cli("recall", "--max-prompts", "30", "--json", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)  # exactly one JSON object on stdout
-    assert summary["n_prompts"] == 30 and summary["relation"] == "country_capital"
+    assert summary["n_prompts"] == 30 and summary["relation"] == "country_capital_extended"
     assert set(summary) >= {"model", "relation", "shots", "n_prompts", "n_known", "accuracy", "mean_p_answer", "stages"}
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["accuracy"] == summary["accuracy"]

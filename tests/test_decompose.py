@@ -188,7 +188,7 @@ def smollm2_layer23(smollm2):
     from recallscope.recall import recall
     from recallscope.tasks import build_prompts, load_relation
 
-    ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=0, seed=0, max_prompts=48)
+    ps = build_prompts(load_relation("country_capital_extended"), smollm2.tokenizer, shots=0, seed=0, max_prompts=48)
     known = recall(smollm2, ps, progress=False).known_prompts()
     acts = end_activations(smollm2.view, known.prompts, smollm2.tokenizer.pad_token_id, 48, progress=False)
     return acts.regressors(23)

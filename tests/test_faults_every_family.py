@@ -93,7 +93,7 @@ def model_dirs(smollm2, tmp_path_factory):
 
 def run_cli(model_dir, out, *extra):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "default"}
-    args = [sys.executable, "-m", "recallscope", "run", "--model", str(model_dir), "--relation", "country_capital",
+    args = [sys.executable, "-m", "recallscope", "run", "--model", str(model_dir), "--relation", "country_capital_extended",
             "--max-prompts", str(MAX_PROMPTS), "--out", str(out), "--json",
             "--set", "recall.known_top_k=49152", "--set", "decompose.layer=1", *extra]
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
@@ -119,7 +119,7 @@ def test_fault_B_run_every_stage_on_every_family(family, model_dirs, tmp_path):
 
     # recall's π(Y) = logit[Y] − mean logit, against a plain transformers forward on the same tokens
     model = load_model(str(model_dirs[family]))
-    prompts = build_prompts(load_relation("country_capital"), model.tokenizer, shots=0, max_prompts=MAX_PROMPTS)
+    prompts = build_prompts(load_relation("country_capital_extended"), model.tokenizer, shots=0, max_prompts=MAX_PROMPTS)
     assert [p.text for p in prompts.prompts] == recall["text"].tolist()
     worst = 0.0
     end_tokens = set()

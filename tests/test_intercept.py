@@ -22,7 +22,7 @@ def known_prompts(smollm2):
     from recallscope.recall import recall
     from recallscope.tasks import build_prompts, load_relation
 
-    ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=0, seed=0, max_prompts=24)
+    ps = build_prompts(load_relation("country_capital_extended"), smollm2.tokenizer, shots=0, seed=0, max_prompts=24)
     return ps, recall(smollm2, ps, progress=False)
 
 

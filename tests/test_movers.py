@@ -205,7 +205,7 @@ def test_real_model_movers_figures_are_consistent(smollm2):
     from recallscope.movers import movers
     from recallscope.tasks import build_prompts, load_relation
 
-    ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=0, seed=0, max_prompts=12)
+    ps = build_prompts(load_relation("country_capital_extended"), smollm2.tokenizer, shots=0, seed=0, max_prompts=12)
     result = movers(smollm2, ps, MoversConfig(layer=23), progress=False)
     f = result.to_frame()
     assert len(f) == 12 * smollm2.cfg.n_heads

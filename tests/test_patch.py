@@ -215,7 +215,7 @@ def test_exact_equals_naive_on_smollm2_subset(smollm2, shots):
     """float64 view, so the comparison measures the algorithm, not float32 rounding."""
     view = ModelView(smollm2.cfg, smollm2.view.weights.to(dtype=torch.float64))
     model64 = dataclasses.replace(smollm2, view=view)
-    ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=shots, max_prompts=2)
+    ps = build_prompts(load_relation("country_capital_extended"), smollm2.tokenizer, shots=shots, max_prompts=2)
     config = P.PatchConfig(batch_size=2, n_corruptions=2, components=("heads", "mlp", "resid"))
     prepared = P.prepare(model64, ps, config)
     comps = P.select_components(smollm2.cfg, ["heads", "mlp", "resid"], [0, 29])[:: 2 if shots == 0 else 4]
@@ -231,7 +231,7 @@ def test_exact_equals_naive_on_smollm2_subset(smollm2, shots):
 
 @pytest.mark.slow
 def test_patch_stage_table_summary_and_attribution_agreement(smollm2):
-    ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=0, max_prompts=12)
+    ps = build_prompts(load_relation("country_capital_extended"), smollm2.tokenizer, shots=0, max_prompts=12)
     result = P.patch(smollm2, ps, P.PatchConfig(batch_size=12, layers=tuple(range(0, 30, 3))), progress=False)
     frame = result.to_frame()
     n = result.effects.shape[0]
@@ -252,8 +252,8 @@ def test_patch_stage_table_summary_and_attribution_agreement(smollm2):
 
 @pytest.mark.slow
 def test_denoise_mode_restores_the_gap(smollm2):
-    ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=0, max_prompts=6)
-    result = P.patch(smollm2, ps, P.PatchConfig(mode="denoise", components=("resid",), layers=(0, 29), attribution=False), progress=False)
+    ps = build_prompts(load_relation("country_capital_extended"), smollm2.tokenizer, shots=0, max_prompts=6)
+    result = P.patch(smollm2, ps, P.PatchConfig(direction="denoise", components=("resid",), layers=(0, 29), attribution=False), progress=False)
     means = dict(zip((c.name for c in result.components), result.mean_effects(), strict=True))
     # the clean residual entering the last layer restores nearly the whole gap (only that
     # layer's attention still reads the corrupted subject); the layer-0 residual at the end
@@ -295,7 +295,7 @@ class _FakeRelation:
 def test_cuda_out_of_memory_halves_the_batch_and_retries(smollm2, monkeypatch):
     """Preparation and engines split a batch in halves on torch.cuda.OutOfMemoryError (raised
     here by stand-ins above a size limit); the table is the one of the unsplit run."""
-    ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=0, max_prompts=8)
+    ps = build_prompts(load_relation("country_capital_extended"), smollm2.tokenizer, shots=0, max_prompts=8)
     config = P.PatchConfig(batch_size=8, layers=(23, 29))
     whole = P.patch(smollm2, ps, config, progress=False)
     real_prepare, real_exact = P._prepare_batch, P.ENGINE_FUNCTIONS["exact"]

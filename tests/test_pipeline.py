@@ -186,7 +186,7 @@ def test_bad_settings_fail_before_the_model_loads(tmp_path):
 def test_prompts_longer_than_the_position_table_are_refused_before_any_stage(tiny_gpt2, tmp_path):
     out = tmp_path / "run"
     line = one_line_error(cli("run", "--model", str(tiny_gpt2), "--shots", "2", "--max-prompts", "4", "--out", str(out)))
-    assert "has positions for 12" in line and "country_capital" in line
+    assert "has positions for 12" in line and "country_capital_extended" in line
     longest = int(line.split(" tokens;")[0].rsplit(" ", 1)[1])
     assert longest > 12
     assert not list(out.glob("*.parquet"))  # no stage ran
@@ -198,14 +198,14 @@ def test_prompts_longer_than_the_position_table_are_refused_before_any_stage(tin
 def test_a_sweep_goes_on_past_cells_without_data_and_exits_3(tiny_gpt2_long, lre_dir, tmp_path):
     out = tmp_path / "sweep"
     # Every prompt counts as known (the random model knows nothing), so patch and movers run on
-    # country_capital; 3 prompts are too few for decompose's 4 folds; presidents_birth_year has no
+    # country_capital_extended; 3 prompts are too few for decompose's 4 folds; presidents_birth_year has no
     # usable sample at 1 shot (every answer shares its first token), so that whole cell is empty.
     proc = cli(
         "run",
         "--model",
         str(tiny_gpt2_long),
         "--relation",
-        f"country_capital,{lre_dir / 'presidents_birth_year.json'}",
+        f"country_capital_extended,{lre_dir / 'presidents_birth_year.json'}",
         "--shots",
         "0,1",
         "--max-prompts",
@@ -229,12 +229,12 @@ def test_a_sweep_goes_on_past_cells_without_data_and_exits_3(tiny_gpt2_long, lre
     assert on_disk["exit_code"] == EXIT_INCOMPLETE and len(on_disk["runs"]) == 4
     cells = {(r["relation"], r["shots"]): r for r in combined["runs"]}
     for k in (0, 1):
-        cell = cells[("country_capital", k)]
+        cell = cells[("country_capital_extended", k)]
         assert set(cell["stages"]) == {"recall", "patch", "movers"}  # done
         assert cell["n_prompts"] == 3
         entry = cell["not_measurable"]["decompose"]
         assert "too few" in entry["reason"] and entry["n_prompts"] == 3 and entry["n_known"] == 3
-        assert (out / "country_capital" / f"{k}shot" / "movers.parquet").is_file()
+        assert (out / "country_capital_extended" / f"{k}shot" / "movers.parquet").is_file()
     empty = cells[("president_birth_year", 1)]  # the relation's name, as every cell shows it
     assert (
         json.loads((out / "presidents_birth_year" / "1shot" / "summary.json").read_text())["not_measurable"]
@@ -242,7 +242,7 @@ def test_a_sweep_goes_on_past_cells_without_data_and_exits_3(tiny_gpt2_long, lre
     )
     assert empty["stages"] == {} and set(empty["not_measurable"]) == {"recall", "patch", "movers", "decompose"}
     assert "usable" in empty["not_measurable"]["recall"]["reason"]
-    assert {(c["relation"], c["shots"]) for c in combined["incomplete"]} >= {("country_capital", 0), ("president_birth_year", 1)}
+    assert {(c["relation"], c["shots"]) for c in combined["incomplete"]} >= {("country_capital_extended", 0), ("president_birth_year", 1)}
     assert (out / "report.html").is_file()
 
 

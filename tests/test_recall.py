@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def paper_zero_shot(smollm2):
-    ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=0)
+    ps = build_prompts(load_relation("country_capital_extended"), smollm2.tokenizer, shots=0)
     return recall(smollm2, ps, progress=False)
 
 
@@ -51,7 +51,7 @@ def test_france_is_paris(paper_zero_shot):
 
 
 def test_top_k_known_rule(smollm2):
-    ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, max_prompts=40)
+    ps = build_prompts(load_relation("country_capital_extended"), smollm2.tokenizer, max_prompts=40)
     strict = recall(smollm2, ps, RecallConfig(known_top_k=1), progress=False).to_dict()
     loose = recall(smollm2, ps, RecallConfig(known_top_k=5), progress=False).to_dict()
     assert loose["n_known"] >= strict["n_known"]

@@ -105,7 +105,7 @@ def _prompts(model, n, shots=0):
     from recallscope.recall import recall
     from recallscope.tasks import build_prompts, load_relation
 
-    ps = build_prompts(load_relation("country_capital"), model.tokenizer, shots=shots, seed=0, max_prompts=n)
+    ps = build_prompts(load_relation("country_capital_extended"), model.tokenizer, shots=shots, seed=0, max_prompts=n)
     rec = recall(model, ps, progress=False)
     return rec.known_prompts(), rec.unknown_prompts()
 
@@ -114,7 +114,7 @@ def _prompts(model, n, shots=0):
 def test_dla_of_every_write_sums_to_pi(smollm2):
     from recallscope.tasks import build_prompts, load_relation
 
-    ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=1, seed=0, max_prompts=5)
+    ps = build_prompts(load_relation("country_capital_extended"), smollm2.tokenizer, shots=1, seed=0, max_prompts=5)
     total, pi = attribution_identity(smollm2, list(ps.prompts))
     assert np.abs(pi).min() > 1.0
     np.testing.assert_allclose(total, pi, atol=1e-3)

@@ -1,7 +1,7 @@
 """recallscope: how a transformer language model recalls a fact (Lv et al. 2024), end to end.
 
     import recallscope
-    study = recallscope.run(relation="country_capital", shots=3)   # every stage
+    study = recallscope.run(relation="country_capital_extended", shots=3)   # every stage
     study["patch"].to_frame(); study["movers"].plot(); study.claims()
 
 Per stage: ``recallscope.recall``, ``.patch``, ``.movers``, ``.decompose``, ``.intercept``,

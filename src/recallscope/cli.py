@@ -104,7 +104,18 @@ FLAG_HELP = {
     "components": "Components to patch: heads,mlp,resid.",
     "solver": "decompose solver: lstsq or sgd.",
     "top_k": "How many top components/heads/tokens.",
+    "mode": "patch: total (every later component recomputes) or path (every head frozen: the paper's path patching).",
+    "prompts": "patch: known (the prompts the model gets right) or all (the paper's).",
 }
+PRESET_HELP = "Definitions: recallscope (the defaults) or paper (the paper's code's; see recallscope.presets)."
+RELATION_DEFAULT = "country_capital_extended"
+
+
+def _relation(relation: Optional[str], preset: str) -> str:
+    """The --relation given, else the preset's relation, else recallscope's default (UserError: unknown preset)."""
+    from .presets import get_preset
+
+    return relation or get_preset(preset).run_settings().get("relation") or RELATION_DEFAULT
 
 
 def _flag_overrides(stage: str, flags: dict[str, Any], stages: dict) -> dict[str, Any]:
@@ -137,7 +148,9 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
     def stage_command(stage: str):
         def command(
             model: str = MODEL_OPTION,
-            relation: str = typer.Option("country_capital", "--relation", "-r", help="Built-in relation name or LRE JSON path."),
+            relation: Optional[str] = typer.Option(
+                None, "--relation", "-r", help=f"Built-in relation name or LRE JSON path (default: the preset's, else {RELATION_DEFAULT})."
+            ),
             shots: int = typer.Option(0, "--shots", "-k", help="In-context demonstrations per prompt."),
             out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (resumable)."),
             seed: int = SEED_OPTION,
@@ -153,7 +166,10 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
             components: Optional[str] = typer.Option(None, "--components", help=FLAG_HELP["components"]),
             solver: Optional[str] = typer.Option(None, "--solver", help=FLAG_HELP["solver"]),
             top_k: Optional[int] = typer.Option(None, "--top-k", help=FLAG_HELP["top_k"]),
-            settings: list[str] = typer.Option([], "--set", help="Stage setting, e.g. --set patch.mode=denoise (repeatable)."),
+            mode: Optional[str] = typer.Option(None, "--mode", help=FLAG_HELP["mode"]),
+            prompts: Optional[str] = typer.Option(None, "--prompts", help=FLAG_HELP["prompts"]),
+            preset: str = typer.Option("recallscope", "--preset", help=PRESET_HELP),
+            settings: list[str] = typer.Option([], "--set", help="Stage setting, e.g. --set patch.direction=denoise (repeatable)."),
         ) -> None:
             _check_common(max_prompts, threads)
             if shots < 0:
@@ -169,13 +185,16 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
                         "components": _split_list(components) or None,
                         "solver": solver,
                         "top_k": top_k,
+                        "mode": mode,
+                        "prompts": prompts,
                     },
                     pipeline.STAGES,
                 )
             )
             _set_threads(threads)
             run = pipeline.RunConfig(
-                model=model, relation=relation, shots=shots, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype
+                model=model, relation=_relation(relation, preset), shots=shots, seed=seed, max_prompts=max_prompts,
+                device=device, dtype=dtype, preset=preset,
             )
             _, summary = pipeline.execute(run, [stage], out=out, overrides=overrides, force=force, progress=True, log=_note)
             _print_summary(stage, summary, as_json)
@@ -190,7 +209,9 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
     @target.command("run")
     def run_command(
         model: str = MODEL_OPTION,
-        relation: str = typer.Option("country_capital", "--relation", "-r", help="Relation names or LRE paths, comma-separated."),
+        relation: Optional[str] = typer.Option(
+            None, "--relation", "-r", help=f"Relation names or LRE paths, comma-separated (default: the preset's, else {RELATION_DEFAULT})."
+        ),
         shots: str = typer.Option("0", "--shots", "-k", help="Shot counts, comma-separated (e.g. 0,1,3)."),
         out: str = typer.Option("runs/latest", "--out", "-o", help="Run directory (resumable)."),
         seed: int = SEED_OPTION,
@@ -202,6 +223,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         threads: Optional[int] = THREADS_OPTION,
         stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated subset of stages (default: all but the opt-in trace and knockout)."),
         report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
+        preset: str = typer.Option("recallscope", "--preset", help=PRESET_HELP),
         settings: list[str] = typer.Option([], "--set", help="Stage setting, e.g. --set decompose.solver=sgd (repeatable)."),
     ) -> None:
         """The whole study: every stage, for each relation and shot count, and the HTML report.
@@ -210,10 +232,10 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         _check_common(max_prompts, threads)
         targets = _split_list(stages) or pipeline.default_stages()
         _set_threads(threads)
-        base = pipeline.RunConfig(model=model, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype)
+        base = pipeline.RunConfig(model=model, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype, preset=preset)
         summary = pipeline.execute_many(
             base,
-            _split_list(relation),
+            _split_list(_relation(relation, preset)),
             _split_list(shots, int),
             targets,
             out=out,
@@ -348,16 +370,20 @@ def relations_command(as_json: bool = typer.Option(False, "--json")) -> None:
 def bench_command(
     names: list[str] = typer.Argument(None, help="Benchmarks to run (default: all)."),
     model: str = typer.Option("smollm2-135m", "--model", "-m"),
-    relation: str = typer.Option("country_capital", "--relation", "-r"),
+    relation: Optional[str] = typer.Option(None, "--relation", "-r", help="Default: each benchmark's own relation."),
     shots: str = typer.Option("0,3", "--shots", help="Comma-separated shot counts."),
     seed: int = typer.Option(0, "--seed"),
     max_prompts: Optional[int] = typer.Option(None, "--max-prompts"),
     device: str = typer.Option("cpu", "--device"),
     quick: bool = typer.Option(False, "--quick", help="Small samples: a smoke run, not for BENCHMARKS.md."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line on stdout."),
+    mode: str = typer.Option("total", "--mode", help="patch: total (exact vs naive) or path (path engine vs frozen-heads loop)."),
 ) -> None:
     """The performance benchmarks, one JSON line each (ratios measured side by side)."""
     from . import benchmarks
+
+    if mode not in ("total", "path"):
+        raise UserError(f"--mode must be one of total, path, got {mode!r}")
 
     available = benchmarks.names()
     chosen = names or available
@@ -372,6 +398,7 @@ def bench_command(
         max_prompts=max_prompts,
         device=device,
         quick=quick,
+        mode=mode,
     )
     for name in chosen:
         for line in benchmarks.run(name, options):

@@ -59,7 +59,7 @@ import torch
 from torch import Tensor
 
 from .components import head_label, top_heads
-from .constraints import NON_NEGATIVE, POSITIVE, PROBABILITY, Interval
+from .constraints import NON_NEGATIVE, POSITIVE, PROBABILITY, Interval, Options
 from .errors import UserError
 from .figures import movers as movers_figures
 from .lens import logit_lens, token_direction, token_rank
@@ -84,11 +84,16 @@ class MoversConfig:
     max_p_value: float = 0.01  # two-sided p-value of that r
     min_ov_top5_share: float = 0.5  # share of distinct X's with OV rank < 5 (≈ median rank < 5)
     batch_size: int = 32
+    # X, the subject token projected on and ranked: "last" (recallscope: the token that has read
+    # the whole subject), or "first" (the paper's scatter: scatter_attention_and_contribution in
+    # the authors' fact_utils.py reads word_idx["N"], the nation's first token); with "first" the
+    # scatter's attention is to that token, not summed over the subject span.
+    subject_token: Literal["last", "first"] = "last"
 
     constraints: ClassVar[dict] = {
         "top_k": POSITIVE, "layer": NON_NEGATIVE, "head": NON_NEGATIVE, "min_attention_to_subject": PROBABILITY,
         "min_projection_corr": Interval(-1, 1), "max_p_value": PROBABILITY, "min_ov_top5_share": PROBABILITY,
-        "batch_size": POSITIVE,
+        "batch_size": POSITIVE, "subject_token": Options("last", "first"),
     }
 
     def thresholds(self) -> dict:
@@ -173,7 +178,11 @@ class MoversResult:
             "subject_at_first_token_share": (
                 float((self.frame.groupby("prompt_index")["subject_start"].first() == 0).mean()) if len(self.frame) else 0.0
             ),
-            "subject_token": "X = the subject's last token; attention is summed over all subject tokens",
+            "subject_token": (
+                "X = the subject's first token (the paper's scatter); attention to that token"
+                if self.config.subject_token == "first"
+                else "X = the subject's last token; attention is summed over all subject tokens"
+            ),
             "projection": "a[l,h] · (w_f ⊙ (W_U[:,X] − mean W_U)), the folded, centred unembedding",
             "ov_rank": "rank of X in its own OV-circuit logits, 0 = top-1; median over distinct X",
             "heads": [dict(h) for h in self.heads],
@@ -185,9 +194,15 @@ class MoversResult:
         return movers_figures.figures(self.tables(), self.to_dict())[0]
 
 
+def _x_id(prompt, config: MoversConfig) -> int:
+    """X of a prompt: its subject's first or last token (``config.subject_token``)."""
+    return prompt.input_ids[prompt.subject_span[0]] if config.subject_token == "first" else prompt.subject_id
+
+
 def _head_summary(rows: pd.DataFrame, ov_x: Tensor, ov_all: Tensor, effect: float | None, cfg: MoversConfig) -> dict:
-    r, p = pearson(rows["attention_to_subject"].to_numpy(), rows["projection"].to_numpy())
-    att = float(rows["attention_to_subject"].mean())
+    attention = rows["attention_to_first_subject" if cfg.subject_token == "first" else "attention_to_subject"]
+    r, p = pearson(attention.to_numpy(), rows["projection"].to_numpy())
+    att = float(attention.mean())
     top5 = float((ov_x < OV_TOP_K).float().mean())
     checks = {
         "attention": att >= cfg.min_attention_to_subject,
@@ -253,22 +268,26 @@ def find_movers(
         last = batch.subject_last().to(pattern.device)
         a_sub = (pattern * mask[:, None]).sum(-1)
         a_last = pattern.gather(2, last[:, None, None].expand(-1, C, 1))[..., 0]
+        first = torch.tensor([p.subject_span[0] + int(batch.pad[r]) for r, p in enumerate(batch.prompts)], device=pattern.device)
+        a_first = pattern.gather(2, first[:, None, None].expand(-1, C, 1))[..., 0]
         top = pattern.argmax(-1)
         top_sub = mask.gather(1, top)
         # head_out [B, 1, L, H, d] -> [B, C, d]; projected on each prompt's X direction
         out = trace.head_out[:, 0, layers, heads].float()
-        directions = token_direction(view, batch.subject_ids()).float()  # [B, d]
+        x_batch = torch.tensor([_x_id(p, config) for p in batch.prompts])
+        directions = token_direction(view, x_batch).float()  # [B, d]
         proj = torch.einsum("bcd,bd->bc", out, directions)
         for row, i in enumerate(indices):
             n = prompts[i].n_tokens
             example_rows[i] = (pattern[row, :, -n:].cpu(), n)
-        return {"att_subject": a_sub.cpu(), "att_last": a_last.cpu(), "top_is_subject": top_sub.cpu(), "projection": proj.cpu()}
+        return {"att_subject": a_sub.cpu(), "att_last": a_last.cpu(), "att_first": a_first.cpu(), "top_is_subject": top_sub.cpu(),
+                "projection": proj.cpu()}
 
     got = collect(prompts, pad_id, config.batch_size, measure, "movers", progress)
-    att_subject, att_last = got["att_subject"].T, got["att_last"].T  # [C, N]
+    att_subject, att_last, att_first = got["att_subject"].T, got["att_last"].T, got["att_first"].T  # [C, N]
     top_is_subject, projection = got["top_is_subject"].T, got["projection"].T
 
-    x_ids = torch.tensor([p.subject_id for p in prompts])
+    x_ids = torch.tensor([_x_id(p, config) for p in prompts])
     distinct_x = torch.unique(x_ids)
     distinct_subject = torch.unique(torch.tensor([t for p in prompts for t in p.input_ids[slice(*p.subject_span)]]))
 
@@ -292,6 +311,7 @@ def find_movers(
                 "subject_start": [p.subject_span[0] for p in prompts],
                 "attention_to_subject": att_subject[c].numpy(),
                 "attention_to_last_subject": att_last[c].numpy(),
+                "attention_to_first_subject": att_first[c].numpy(),
                 "subject_is_top_attended": top_is_subject[c].numpy(),
                 "projection": projection[c].numpy(),
                 "ov_rank_x": [rank_of[int(t)] for t in x_ids],
@@ -355,6 +375,8 @@ def check_config(config: MoversConfig, n_layers: int, n_heads: int) -> None:
         raise UserError(f"--head {config.head} out of range: the model has heads 0..{n_heads - 1}")
     if config.heads not in ("top", "all"):
         raise UserError(f"movers.heads must be 'top' or 'all', got {config.heads!r}")
+    if config.subject_token not in ("last", "first"):
+        raise UserError(f"movers.subject_token must be 'last' or 'first', got {config.subject_token!r}")
     if config.top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {config.top_k}")
 

@@ -22,11 +22,41 @@ clean answer's; its effect is the share of the clean–corrupted gap the compone
 (π_corrupted, not π_clean, is the run being changed; dividing by it, as the noising formula
 does by π_clean, would divide by a number near zero.)
 
-Three engines compute the same table:
+**Path patching** (``mode="path"``, the paper's measurement) freezes every attention head to
+the clean run, so the patched sender reaches the logits only directly and through the MLPs at
+the end position; see :mod:`recallscope.path_patching`. ``mode="total"`` (the default) lets
+every later component recompute (the total effect, classic activation patching).
+
+The value patched in (``sender_mean``): ``per_prompt`` (default) — the mean over same-length
+corruptions of the prompt itself (positions line up); ``dataset`` — the authors' choice, one
+mean over the whole corrupted dataset (each prompt with its subject swapped for another one),
+each corrupted prompt read at its own end position (see :mod:`recallscope.path_patching` for
+how the authors' code differs).
+
+Aggregation over prompts (``aggregate`` picks the headline; both are in the ``components``
+table, with per-prompt quantiles and bootstrap intervals):
+
+``mean_of_ratios`` (default)
+    the mean over prompts of the per-prompt effect above: every prompt weighs the same.
+``ratio_of_means`` (the paper's figure, ``plot_path_patching`` in the authors' fact_utils.py)
+    ``100 · (mean π_patched − mean π_clean) / mean π_clean`` over the prompts (denoising:
+    ``100 · (mean π_patched − mean π_base) / (mean π_clean − mean π_base)``): prompts with a
+    large π weigh more.
+
+``prompts``: ``known`` (default) patches the prompts the model answers correctly (a component
+cannot carry a fact the model does not recall); ``all`` patches every prompt, as the paper's
+code does.
+
+recallscope's defaults (total effect, per-prompt same-length corruptions, mean of per-prompt
+ratios, known prompts) answer "which components does *this* recall depend on, prompt by
+prompt"; the ``paper`` preset (:mod:`recallscope.presets`) selects the paper's definitions.
+
+Three engines compute the total-effect table (path mode: ``exact`` and ``naive`` only):
 
 ``naive``
     one full forward per component (``view.trace`` with an edit at the end position), batched
-    over prompts — the method of the paper's code and of TransformerLens's patching helpers, and
+    over prompts — the loop structure of the paper's code (a forward per sender) and of
+    TransformerLens's patching helpers, and
     the reference in the tests.
 ``exact`` (default)
     a change at the end position alters nothing at earlier positions (attention is causal) and
@@ -67,30 +97,42 @@ from .figures import patch as patch_figures
 from .lens import recall_metric
 from .models import Model
 from .models.view import ModelView, position_ids_from_mask
+from .path_patching import frozen_heads_pi, path_final_resid, swapped_subject_prompts
 from .progress import track
 from .stats import spearman
 from .tasks import PromptSet
 from .tasks.prompts import Prompt, batches, corruptions, make_batch
 
-MODES = ("noise", "denoise")
+MODES = ("total", "path")
+DIRECTIONS = ("noise", "denoise")
+SENDER_MEANS = ("per_prompt", "dataset")
+PROMPT_SETS = ("known", "all")
+AGGREGATES = ("mean_of_ratios", "ratio_of_means")
 COMPONENT_KINDS = ("heads", "mlp", "resid")
 ENGINES = ("exact", "naive", "attribution")
 
 
 @dataclass(frozen=True)
 class PatchConfig:
-    mode: str = "noise"  # "noise": clean run, corrupted mean patched in (the paper); "denoise": the reverse
+    mode: str = "total"  # "total": later components recompute; "path": every head frozen (the paper's path patching)
+    direction: str = "noise"  # "noise": clean run, corrupted mean patched in (the paper); "denoise": the reverse
+    sender_mean: str = "per_prompt"  # "per_prompt": same-length corruptions; "dataset": one mean over the corrupted dataset
+    prompts: str = "known"  # "known": prompts the model gets right; "all": every prompt (the paper)
+    aggregate: str = "mean_of_ratios"  # headline over prompts: "mean_of_ratios" or "ratio_of_means" (the paper)
+    n_bootstrap: int = 1000  # resamples of the prompts for the intervals in the components table
     components: tuple[str, ...] = ("heads", "mlp")  # from "heads", "mlp", "resid"
     layers: tuple[int, ...] | None = None  # None: every layer
     top_k: int = 10  # components listed in the summary
     n_corruptions: int = 10  # corrupted prompts averaged per clean prompt (same token count)
     engine: str = "exact"
-    attribution: bool = True  # also run attribution patching and report its agreement with exact
+    attribution: bool = True  # also run attribution patching (total mode) and report its agreement with exact
     batch_size: int = 16  # clean prompts per batch (each carries one variant per component)
     min_prompts: int = 2  # fewer prompts with a same-length corruption than this is an error
 
     constraints: ClassVar[dict] = {
-        "mode": Options("noise", "denoise"), "components": Options("heads", "mlp", "resid"), "layers": NON_NEGATIVE,
+        "mode": Options(*MODES), "direction": Options(*DIRECTIONS), "sender_mean": Options(*SENDER_MEANS),
+        "prompts": Options(*PROMPT_SETS), "aggregate": Options(*AGGREGATES), "n_bootstrap": POSITIVE,
+        "components": Options("heads", "mlp", "resid"), "layers": NON_NEGATIVE,
         "top_k": POSITIVE, "n_corruptions": POSITIVE, "engine": Options("exact", "naive", "attribution"),
         "batch_size": POSITIVE, "min_prompts": POSITIVE,
     }
@@ -387,7 +429,20 @@ def attribution_pi(view: ModelView, base: BaseRun, patch: RunRecord, components:
     return torch.stack(out, dim=1)
 
 
+@torch.no_grad()
+def path_exact_pi(view: ModelView, base: BaseRun, patch: RunRecord, components: Sequence[Component]) -> Tensor:
+    """π of every path-patched variant (every head frozen), [B, C]: ``path_patching.path_final_resid``."""
+    return recall_pi(view, path_final_resid(view, base.record, patch, components), base.answer_ids)
+
+
+@torch.no_grad()
+def path_naive_pi(view: ModelView, base: BaseRun, patch: RunRecord, components: Sequence[Component]) -> Tensor:
+    """π of every path-patched variant, one full frozen-heads forward each: ``path_patching.frozen_heads_pi``."""
+    return frozen_heads_pi(view, base.input_ids, base.attention_mask, base.answer_ids, patch, components)
+
+
 ENGINE_FUNCTIONS = {"exact": exact_pi, "naive": naive_pi, "attribution": attribution_pi}
+PATH_ENGINE_FUNCTIONS = {"exact": path_exact_pi, "naive": path_naive_pi}
 
 
 # --------------------------------------------------------------------------- preparing the batches
@@ -401,9 +456,9 @@ class PatchBatch:
     pi_clean: Tensor  # [B] π of the clean prompt
     pi_base: Tensor  # [B] π of the unpatched base run (clean in noise mode, corrupted in denoise)
 
-    def effect_pct(self, pi_patched: Tensor, mode: str) -> Tensor:
-        """[B, C] per-prompt effect (see the module docstring for both modes)."""
-        scale = self.pi_clean if mode == "noise" else self.pi_clean - self.pi_base
+    def effect_pct(self, pi_patched: Tensor, direction: str) -> Tensor:
+        """[B, C] per-prompt effect (see the module docstring for both directions)."""
+        scale = self.pi_clean if direction == "noise" else self.pi_clean - self.pi_base
         return 100.0 * (pi_patched - self.pi_base[:, None]) / scale[:, None]
 
 
@@ -467,14 +522,27 @@ def prepare_batches(model: Model, prompts: PromptSet, config: PatchConfig, progr
     check_config(config, model)
     view = view if view is not None else engine_view(model.view)
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    kept, found, n_dropped = with_corruptions(prompts, model.tokenizer, config.n_corruptions, config.min_prompts)
+    mean = None
+    if config.sender_mean == "dataset":
+        if len(prompts) < max(1, config.min_prompts):
+            raise UserError(f"patch needs at least {max(1, config.min_prompts)} prompts; {prompts.relation.name!r} has {len(prompts)}")
+        kept, n_dropped = prompts, 0
+        corrupted = swapped_subject_prompts(prompts, model.tokenizer)
+        if not corrupted:
+            raise UserError(f"patch.sender_mean=dataset: no prompt of {prompts.relation.name!r} has another subject to swap in")
+        mean = dataset_mean(view, corrupted, pad_id, config.batch_size)
+        found = [[]] * len(kept)
+        n_corr = [len(corrupted)] * len(kept)
+    else:
+        kept, found, n_dropped = with_corruptions(prompts, model.tokenizer, config.n_corruptions, config.min_prompts)
+        n_corr = [len(c) for c in found]
     groups = list(batches(kept.prompts, pad_id, config.batch_size))
 
     def prepared(indices: list[int]) -> Iterator[PatchBatch]:
         """The batch of these prompts; on CUDA out-of-memory, its two halves (recursively)."""
         try:
             batch = make_batch([kept.prompts[i] for i in indices], pad_id)
-            pb = _prepare_batch(view, pad_id, indices, batch, [found[i] for i in indices], config)
+            pb = _prepare_batch(view, pad_id, indices, batch, [found[i] for i in indices], config, mean)
         except torch.cuda.OutOfMemoryError:
             if len(indices) == 1:
                 raise
@@ -489,13 +557,37 @@ def prepare_batches(model: Model, prompts: PromptSet, config: PatchConfig, progr
         for indices, _ in track(groups, "patch: clean and corrupted runs, patched runs", total=len(groups), enabled=progress):
             yield from prepared(list(indices))
 
-    return kept, each(), n_dropped, [len(c) for c in found]
+    return kept, each(), n_dropped, n_corr
 
 
 @torch.no_grad()
-def _prepare_batch(view: ModelView, pad_id: int, indices, batch, corrupt: list[list[Prompt]], config: PatchConfig) -> PatchBatch:
+def dataset_mean(view: ModelView, prompts: Sequence[Prompt], pad_id: int, batch_size: int) -> RunRecord:
+    """The mean over ``prompts`` of their end-position record, each read at its own end, [1, ...]."""
+    total: list[Tensor] | None = None
+    n = 0
+    for _, batch in batches(list(prompts), pad_id, batch_size):
+        rec = record_run(view, batch.input_ids, batch.attention_mask, batch.answer_ids(), prefix=False)
+        sums = [getattr(rec, f.name).sum(0, keepdim=True) for f in dataclasses.fields(RunRecord)]
+        total = sums if total is None else [a + b for a, b in zip(total, sums, strict=True)]
+        n += batch.input_ids.shape[0]
+    return RunRecord(*(t / n for t in total))
+
+
+@torch.no_grad()
+def _prepare_batch(view: ModelView, pad_id: int, indices, batch, corrupt: list[list[Prompt]], config: PatchConfig,
+                   mean: RunRecord | None = None) -> PatchBatch:
     answers = batch.answer_ids().to(view.device)
-    if config.mode == "noise":
+    if config.direction == "noise" and mean is not None:
+        # the path engine needs no cached keys/values; the total-effect engine does
+        prefix = config.mode == "total"
+        base = record_run(view, batch.input_ids, batch.attention_mask, answers, prefix=prefix)
+        if not prefix:
+            base = BaseRun(batch.input_ids.to(view.device), batch.attention_mask.to(view.device), answers, base, [])
+        B = batch.input_ids.shape[0]
+        patch = RunRecord(*(getattr(mean, f.name).expand(B, *getattr(mean, f.name).shape[1:]) for f in dataclasses.fields(RunRecord)))
+        pi_clean = recall_pi(view, base.record.resid_final[:, None], answers)[:, 0]
+        pi_base = pi_clean
+    elif config.direction == "noise":
         base = record_run(view, batch.input_ids, batch.attention_mask, answers, prefix=True)
         ids, weight = _aligned_corruptions(batch, corrupt)
         patch = corrupted_mean(view, base, ids, weight)
@@ -529,10 +621,17 @@ def _aligned_corruptions(batch, corrupt: list[list[Prompt]]) -> tuple[Tensor, Te
 
 
 def check_config(config: PatchConfig, model: Model) -> None:
-    if config.mode not in MODES:
-        raise UserError(f"patch.mode must be one of {', '.join(MODES)}, got {config.mode!r}")
-    if config.engine not in ENGINES:
-        raise UserError(f"patch.engine must be one of {', '.join(ENGINES)}, got {config.engine!r}")
+    for name, choices in (("mode", MODES), ("direction", DIRECTIONS), ("sender_mean", SENDER_MEANS),
+                          ("prompts", PROMPT_SETS), ("aggregate", AGGREGATES), ("engine", ENGINES)):
+        value = getattr(config, name)
+        if value not in choices:
+            raise UserError(f"patch.{name} must be one of {', '.join(choices)}, got {value!r}")
+    if config.mode == "path" and config.engine == "attribution":
+        raise UserError("patch.engine=attribution estimates the total effect; path mode has the engines exact and naive")
+    if config.direction == "denoise" and config.sender_mean == "dataset":
+        raise UserError("patch.direction=denoise patches each prompt's own clean value; it takes patch.sender_mean=per_prompt")
+    if config.n_bootstrap < 1:
+        raise UserError(f"patch.n_bootstrap must be >= 1, got {config.n_bootstrap}")
     if config.batch_size < 1:
         raise UserError(f"patch.batch_size must be >= 1, got {config.batch_size}")
     if config.top_k < 1:
@@ -540,31 +639,28 @@ def check_config(config: PatchConfig, model: Model) -> None:
     select_components(model.cfg, config.components, config.layers)
 
 
-def run_engine(view: ModelView, prepared: Prepared, components: Sequence[Component], engine: str, mode: str) -> np.ndarray:
-    """Per-prompt effects [n_prompts, C] of ``engine`` over every prepared batch."""
-    return effects_from_pi(prepared, engine_pi(view, prepared, components, engine), mode)
+def run_engine(view: ModelView, prepared: Prepared, components: Sequence[Component], engine: str, direction: str,
+               mode: str = "total") -> np.ndarray:
+    """Per-prompt effects [n_prompts, C] of ``engine`` (in ``mode``) over every prepared batch."""
+    return effects_from_pi(prepared, engine_pi(view, prepared, components, engine, mode), direction)
 
 
-def engine_pi(view: ModelView, prepared: Prepared, components: Sequence[Component], engine: str) -> list[Tensor]:
+def engine_pi(view: ModelView, prepared: Prepared, components: Sequence[Component], engine: str, mode: str = "total") -> list[Tensor]:
     """π of every patched variant, one [B, C] tensor per prepared batch."""
-    return [batch_pi(view, pb, components, engine) for pb in prepared.batches]
+    return [batch_pi(view, pb, components, engine, mode) for pb in prepared.batches]
 
 
-def batch_pi(view: ModelView, pb: PatchBatch, components: Sequence[Component], engine: str) -> Tensor:
+def batch_pi(view: ModelView, pb: PatchBatch, components: Sequence[Component], engine: str, mode: str = "total") -> Tensor:
     """π of every patched variant of one prepared batch, [B, C] (CUDA out-of-memory: halves)."""
-    fn = ENGINE_FUNCTIONS[engine]
+    fn = (PATH_ENGINE_FUNCTIONS if mode == "path" else ENGINE_FUNCTIONS)[engine]
     return _with_oom_retry(lambda b: fn(view, b.base, b.patch, components), pb)
 
 
-def _batch_effects(view: ModelView, pb: PatchBatch, components: Sequence[Component], engine: str, mode: str) -> np.ndarray:
-    return pb.effect_pct(batch_pi(view, pb, components, engine), mode).double().cpu().numpy()
-
-
-def effects_from_pi(prepared: Prepared, pis: Sequence[Tensor], mode: str) -> np.ndarray:
+def effects_from_pi(prepared: Prepared, pis: Sequence[Tensor], direction: str) -> np.ndarray:
     """Per-prompt effects [n_prompts, C] from the per-batch π of ``engine_pi``."""
     effects = np.zeros((len(prepared.prompts), pis[0].shape[1] if pis else 0))
     for pb, pi in zip(prepared.batches, pis, strict=True):
-        effects[pb.indices] = pb.effect_pct(pi, mode).double().cpu().numpy()
+        effects[pb.indices] = pb.effect_pct(pi, direction).double().cpu().numpy()
     return effects
 
 
@@ -607,7 +703,7 @@ def top_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> int:
 class PatchResult:
     prompts: PromptSet
     components: tuple[Component, ...]
-    effects: np.ndarray = field(repr=False)  # [n_prompts, C] effect_pct of the main engine
+    effects: np.ndarray = field(repr=False)  # [n_prompts, C] per-prompt effect_pct of the main engine
     pi_clean: np.ndarray = field(repr=False)  # [n_prompts]
     pi_base: np.ndarray = field(repr=False)  # [n_prompts]
     config: PatchConfig = PatchConfig()
@@ -618,37 +714,93 @@ class PatchResult:
     attribution_effects: np.ndarray | None = field(default=None, repr=False)
     engine_seconds: float = 0.0
     attribution_seconds: float | None = None
+    pi_patched: np.ndarray | None = field(default=None, repr=False)  # [n_prompts, C]
 
-    def mean_effects(self) -> np.ndarray:
+    def _pi_patched(self) -> np.ndarray:
+        if self.pi_patched is not None:
+            return self.pi_patched
+        return self.pi_base[:, None] + self.effects * self._scale()[:, None] / 100.0
+
+    def _scale(self) -> np.ndarray:
+        return self.pi_clean if self.config.direction == "noise" else self.pi_clean - self.pi_base
+
+    def mean_of_ratios(self) -> np.ndarray:
+        """[C] mean over prompts of the per-prompt effect (%)."""
         return self.effects.mean(axis=0)
 
-    def tables(self) -> dict[str, pd.DataFrame]:
-        """The stage's tables by name (one: the main table, ``to_frame()``)."""
-        return {"patch": self.to_frame()}
+    def ratio_of_means(self) -> np.ndarray:
+        """[C] 100 · (mean π_patched − mean π_base) / mean scale: the paper's figure (``plot_path_patching``)."""
+        return 100.0 * (self._pi_patched().mean(axis=0) - self.pi_base.mean()) / self._scale().mean()
+
+    def mean_effects(self) -> np.ndarray:
+        """[C] the headline effect (%) over prompts: ``config.aggregate``."""
+        return self.ratio_of_means() if self.config.aggregate == "ratio_of_means" else self.mean_of_ratios()
+
+    def bootstrap(self, level: float = 0.95, seed: int = 0) -> dict[str, np.ndarray]:
+        """Percentile bootstrap intervals over prompts (as ``stats.bootstrap_ci``) of both aggregates.
+
+        The prompts are resampled with replacement ``config.n_bootstrap`` times (the same
+        resamples for every component and both statistics); returns ``{stat: [2, C]}``.
+        """
+        n = len(self.pi_clean)
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, n, size=(self.config.n_bootstrap, n))
+        weights = np.zeros((self.config.n_bootstrap, n))
+        np.add.at(weights, (np.arange(self.config.n_bootstrap)[:, None], idx), 1.0 / n)
+        ratios = weights @ self.effects  # [R, C]
+        base = weights @ self.pi_base
+        of_means = 100.0 * (weights @ self._pi_patched() - base[:, None]) / (weights @ self._scale())[:, None]
+        alpha = (1.0 - level) / 2.0
+        return {
+            "mean_of_ratios": np.quantile(ratios, [alpha, 1.0 - alpha], axis=0),
+            "ratio_of_means": np.quantile(of_means, [alpha, 1.0 - alpha], axis=0),
+        }
+
+    def components_frame(self) -> pd.DataFrame:
+        """One row per component: both aggregates, their 95% bootstrap intervals, the per-prompt distribution."""
+        ci = self.bootstrap()
+        q = np.quantile(self.effects, [0.1, 0.25, 0.5, 0.75, 0.9], axis=0) if len(self.effects) else np.full((5, len(self.components)), np.nan)
+        frame = pd.DataFrame({
+            **component_columns(list(self.components)),
+            "effect": self.mean_effects(),
+            "effect_ratio_of_means": self.ratio_of_means(),
+            "ratio_of_means_ci_low": ci["ratio_of_means"][0],
+            "ratio_of_means_ci_high": ci["ratio_of_means"][1],
+            "effect_mean_of_ratios": self.mean_of_ratios(),
+            "mean_of_ratios_ci_low": ci["mean_of_ratios"][0],
+            "mean_of_ratios_ci_high": ci["mean_of_ratios"][1],
+            "effect_std": self.effects.std(axis=0, ddof=1) if len(self.effects) > 1 else np.zeros(len(self.components)),
+            "effect_p10": q[0], "effect_p25": q[1], "effect_median": q[2], "effect_p75": q[3], "effect_p90": q[4],
+            "share_negative": (self.effects < 0).mean(axis=0),
+            "n_prompts": np.full(len(self.components), len(self.effects), dtype=np.int64),
+        })
+        return frame
 
     def to_frame(self) -> pd.DataFrame:
         n, C = self.effects.shape
         comp = np.repeat(np.arange(C), n)
         prompt = np.tile(np.arange(n), C)
-        pi_base = self.pi_base[prompt]
-        scale = self.pi_clean[prompt] if self.config.mode == "noise" else self.pi_clean[prompt] - pi_base
         effect = self.effects.T.reshape(-1)
         frame = pd.DataFrame({
             **component_columns([self.components[c] for c in comp]),
             "prompt_index": prompt.astype(np.int64),
             "pi_clean": self.pi_clean[prompt],
-            "pi_base": pi_base,
-            "pi_patched": pi_base + effect * scale / 100.0,
+            "pi_base": self.pi_base[prompt],
+            "pi_patched": self._pi_patched().T.reshape(-1),
             "effect_pct": effect,
         })
         if self.attribution_effects is not None:
             frame["effect_attribution_pct"] = self.attribution_effects.T.reshape(-1)
         return frame
 
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The per-(component, prompt) table first, then the per-component aggregates."""
+        return {"patch": self.to_frame(), "components": self.components_frame()}
+
     def agreement(self) -> dict | None:
         if self.attribution_effects is None or self.config.engine == "attribution":
             return None
-        exact = self.mean_effects()
+        exact = self.mean_of_ratios()
         approx = self.attribution_effects.mean(axis=0)
         return {
             "spearman": spearman(exact, approx),
@@ -658,11 +810,14 @@ class PatchResult:
         }
 
     def to_dict(self) -> dict:
-        mean = self.mean_effects()
-        std = self.effects.std(axis=0, ddof=1) if len(self.effects) > 1 else np.zeros_like(mean)
-        order = np.argsort(-np.abs(mean))[: self.config.top_k]
+        comps = self.components_frame()
+        order = np.argsort(-np.abs(comps["effect"].to_numpy()))[: self.config.top_k]
         out = {
             "mode": self.config.mode,
+            "direction": self.config.direction,
+            "sender_mean": self.config.sender_mean,
+            "prompts": self.config.prompts,
+            "aggregate": self.config.aggregate,
             "engine": self.config.engine,
             "components": list(self.config.components),
             "n_components": len(self.components),
@@ -673,19 +828,25 @@ class PatchResult:
             "mean_pi_clean": float(self.pi_clean.mean()),
             "top_components": [
                 {
-                    "component": self.components[i].label,
-                    "layer": self.components[i].layer,
-                    "head": self.components[i].head,
-                    "effect": float(mean[i]),
-                    "std": float(std[i]),
+                    "component": r.component,
+                    "layer": int(r.layer),
+                    "head": None if pd.isna(r.head) else int(r.head),
+                    "effect": float(r.effect),
+                    "effect_ratio_of_means": float(r.effect_ratio_of_means),
+                    "effect_mean_of_ratios": float(r.effect_mean_of_ratios),
+                    "ci": [float(r.ratio_of_means_ci_low), float(r.ratio_of_means_ci_high)]
+                    if self.config.aggregate == "ratio_of_means" else [float(r.mean_of_ratios_ci_low), float(r.mean_of_ratios_ci_high)],
+                    "std": float(r.effect_std),
                 }
-                for i in order
+                for r in comps.iloc[order].itertuples()
             ],
             "engine_seconds": round(self.engine_seconds, 3),
         }
         agreement = self.agreement()
         if agreement is not None:
             out["attribution"] = agreement
+        elif self.config.mode == "path":
+            out["attribution"] = "not run: attribution patching estimates the total effect (path mode is exact at MLP cost)"
         return out
 
     def plot(self) -> go.Figure:
@@ -695,24 +856,32 @@ class PatchResult:
 
 # --------------------------------------------------------------------------- the stage
 def patch(model: Model, prompts: PromptSet, config: PatchConfig = PatchConfig(), progress: bool = True) -> PatchResult:
-    """Patch every selected component at the end position of every prompt (see the module docstring)."""
+    """Patch every selected component at the end position of every prompt (see the module docstring).
+
+    ``prompts`` are patched as given (the stage passes the known prompts or all of them,
+    ``config.prompts``: :func:`stage_prompts`). Raises UserError on a bad config or too few usable prompts.
+    """
     check_config(config, model)
     components = select_components(model.cfg, config.components, config.layers)
     view = engine_view(model.view)  # float32 for half-precision models
     kept, prepared_batches, n_dropped, n_corruptions = prepare_batches(model, prompts, config, progress=progress, view=view)
     n = len(kept)
     effects = np.zeros((n, len(components)))
-    attribution = np.zeros((n, len(components))) if config.attribution or config.engine == "attribution" else None
+    pi_patched = np.zeros((n, len(components)))
+    with_attribution = config.mode == "total" and (config.attribution or config.engine == "attribution")
+    attribution = np.zeros((n, len(components))) if with_attribution else None
     pi_clean = np.zeros(n)
     pi_base = np.zeros(n)
     engine_seconds = attribution_seconds = 0.0
     for pb in prepared_batches:  # one batch of cached keys/values held at a time
         start = time.perf_counter()
-        effects[pb.indices] = _batch_effects(view, pb, components, config.engine, config.mode)
+        pi = batch_pi(view, pb, components, config.engine, config.mode)
+        effects[pb.indices] = pb.effect_pct(pi, config.direction).double().cpu().numpy()
+        pi_patched[pb.indices] = pi.double().cpu().numpy()
         engine_seconds += time.perf_counter() - start
         if attribution is not None and config.engine != "attribution":
             start = time.perf_counter()
-            attribution[pb.indices] = _batch_effects(view, pb, components, "attribution", config.mode)
+            attribution[pb.indices] = pb.effect_pct(batch_pi(view, pb, components, "attribution"), config.direction).double().cpu().numpy()
             attribution_seconds += time.perf_counter() - start
         pi_clean[pb.indices] = pb.pi_clean.double().cpu().numpy()
         pi_base[pb.indices] = pb.pi_base.double().cpu().numpy()
@@ -736,6 +905,15 @@ def patch(model: Model, prompts: PromptSet, config: PatchConfig = PatchConfig(),
         attribution_effects=attribution,
         engine_seconds=engine_seconds,
         attribution_seconds=attribution_seconds,
+        pi_patched=pi_patched,
     )
 
 
+def stage_prompts(ctx, config: PatchConfig) -> PromptSet:
+    """The prompts the stage patches: the known ones, or every built prompt (``config.prompts``)."""
+    if config.prompts == "known":
+        return ctx.known_prompts()
+    if not len(ctx.prompts):
+        dropped = ", ".join(f"{k}: {v}" for k, v in sorted(ctx.prompts.dropped.items())) or "none built"
+        raise UserError(f"patch --prompts all: no prompt of {ctx.prompts.relation.name!r} has a valid answer token ({dropped})")
+    return ctx.prompts

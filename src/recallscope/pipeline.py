@@ -37,6 +37,7 @@ from . import causal_trace, claims, decompose, intercept, knockout, movers, patc
 from .constraints import coerce
 from .errors import EXIT_INCOMPLETE, UserError
 from .models import Model, load_model
+from .presets import get_preset, merge
 from .rundir import RunDir, dumps
 from .tasks import PromptSet, Relation, build_prompts, load_relation
 from .version import __version__
@@ -45,12 +46,14 @@ from .version import __version__
 @dataclass(frozen=True)
 class RunConfig:
     model: str = "smollm2-135m"
-    relation: str = "country_capital"
+    relation: str = "country_capital_extended"
     shots: int = 0
     seed: int = 0
     max_prompts: int | None = None
     device: str = "cpu"
     dtype: str = "float32"
+    preset: str = "recallscope"  # the set of definitions (recallscope.presets); "paper": the paper's code's
+    demonstrations: str = "template"  # build_prompts(demonstrations=...); the preset may set it
 
     def identity(self) -> dict:
         """What makes two runs' results comparable (device is not part of it; the relation's
@@ -164,7 +167,8 @@ def _recall(ctx: StageContext) -> recall.RecallResult:
 
 
 def _patch(ctx: StageContext) -> patch.PatchResult:
-    return patch.patch(ctx.model, ctx.known_prompts(), ctx.config("patch"), progress=ctx.progress)
+    config = ctx.config("patch")
+    return patch.patch(ctx.model, patch.stage_prompts(ctx, config), config, progress=ctx.progress)
 
 
 def _movers(ctx: StageContext) -> movers.MoversResult:
@@ -265,7 +269,7 @@ STAGES: dict[str, Stage] = {
             _patch,
             requires=("recall",),
             check=patch.check_config,
-            flags={**_PATCH_FLAGS, "top_k": "patch.top_k"},
+            flags={**_PATCH_FLAGS, "top_k": "patch.top_k", "mode": "patch.mode", "prompts": "patch.prompts"},
         ),
         Stage(
             "movers",
@@ -443,10 +447,29 @@ def seeds_of(run: RunConfig) -> dict[str, int]:
     return {name: stage_seed(run.seed, name) for name in STAGES}
 
 
+def apply_preset(run: RunConfig, overrides: dict[str, Any] | None) -> tuple[RunConfig, dict[str, Any]]:
+    """The run and stage settings with ``run.preset``'s definitions under the user's own settings.
+
+    The preset's stage settings go under ``overrides`` (a ``--set`` or flag wins); its
+    demonstrations format replaces the default one. UserError for an unknown preset.
+    """
+    preset = get_preset(run.preset)
+    demonstrations = preset.run_settings().get("demonstrations")
+    if demonstrations is not None and run.demonstrations == "template":
+        run = dataclasses.replace(run, demonstrations=demonstrations)
+    return run, merge(preset, dict(overrides or {}))
+
+
+def preset_record(run: RunConfig) -> dict:
+    """For the manifest and the summary: the preset that ran and every definition it selected."""
+    return get_preset(run.preset).to_dict()
+
+
 def manifest(run: RunConfig, model: Model, configs: dict[str, Any], relation: Relation) -> dict:
     return {
         "identity": run_identity(run, model, relation),
         "run": dataclasses.asdict(run),
+        "preset": preset_record(run),
         "model": model.describe(),
         "relation": {
             "name": relation.name,
@@ -468,6 +491,7 @@ def summary_header(run: RunConfig, model: Model, prompts: PromptSet) -> dict:
         "relation": prompts.relation.name,
         "shots": run.shots,
         "seed": run.seed,
+        "preset": preset_record(run),
     }
 
 
@@ -507,12 +531,14 @@ def execute(
     ``summary["not_measurable"]`` with its dependents, and the other stages go on.
     """
     rundir = RunDir(out) if out else None
+    run, overrides = apply_preset(run, overrides)
     relation = prompts.relation if prompts is not None else load_relation(run.relation)
     configs = make_configs(overrides, seed=run.seed)
     if model is None:
         model = load_model(run.model, device=run.device, dtype=run.dtype)
     if prompts is None:
-        prompts = build_prompts(relation, model.tokenizer, shots=run.shots, seed=run.seed, max_prompts=run.max_prompts)
+        prompts = build_prompts(relation, model.tokenizer, shots=run.shots, seed=run.seed, max_prompts=run.max_prompts,
+                                demonstrations=run.demonstrations)
     check_positions(prompts, model)
     order = check_stages(targets, configs, model)
     ctx = StageContext(
@@ -667,6 +693,7 @@ def execute_many(
         raise UserError("--shots: give at least one shot count")
     if any(k < 0 for k in shots_list):
         raise UserError(f"--shots must be >= 0, got {shots_list}")
+    base, overrides = apply_preset(base, overrides)  # an unknown preset fails here
     configs = make_configs(overrides, seed=base.seed)  # fail early, before the model loads, on a bad setting ...
     resolve(targets, configs)  # ... or stage
     loaded = [load_relation(rel) for rel in relations]  # ... or relation
@@ -683,7 +710,8 @@ def execute_many(
             run = dataclasses.replace(base, relation=rel, shots=k)
             sub = out if (single or out is None) else str(Path(out) / _slug(rel) / f"{k}shot")
             try:
-                prompts = build_prompts(relation, model.tokenizer, shots=k, seed=base.seed, max_prompts=base.max_prompts)
+                prompts = build_prompts(relation, model.tokenizer, shots=k, seed=base.seed, max_prompts=base.max_prompts,
+                                        demonstrations=base.demonstrations)
             except UserError as exc:
                 if single:
                     raise
@@ -748,7 +776,7 @@ def execute_many(
         runs.append(summary)
     if single:
         return runs[0]
-    combined = {"model": model.name, "model_hash": model.model_hash, "runs": runs}
+    combined = {"model": model.name, "model_hash": model.model_hash, "preset": preset_record(base), "runs": runs}
     if "claims" in order and len(set(shots_list)) > 1:
         combined["claims"] = _shot_claims(relations, sorted(set(shots_list)), patch_frames, configs)
     if incomplete:
@@ -761,6 +789,7 @@ def execute_many(
             {
                 "identity": _combined_identity(base, model, loaded, shots_list),
                 "run": dataclasses.asdict(base),
+                "preset": preset_record(base),
                 "model": model.describe(),
                 "seeds": {"prompts": base.seed, **seeds_of(base)},
                 "stages": stage_list(),
@@ -789,7 +818,7 @@ class Study:
 
 def run(
     model: str | Model = "smollm2-135m",
-    relation: str = "country_capital",
+    relation: str = "country_capital_extended",
     shots: int = 0,
     stages: list[str] | None = None,
     out: str | None = None,
@@ -799,17 +828,21 @@ def run(
     dtype: str = "float32",
     force: bool = False,
     progress: bool = True,
+    preset: str = "recallscope",
     **settings: Any,
 ) -> Study:
     """The whole study (or ``stages`` and what they need) for one relation and shot count.
 
     ``settings`` are stage settings, e.g. ``run(..., **{"decompose.solver": "sgd"})`` or
     ``run(..., n_corruptions=5)``; each is parsed and range-checked as ``--set`` is. With ``out``
-    the run directory is written (and resumed). Raises UserError on bad input.
+    the run directory is written (and resumed). ``preset``: "recallscope" (the defaults) or
+    "paper" (the paper's definitions, :mod:`recallscope.presets`; ``settings`` still win).
+    Raises UserError on bad input.
     """
     loaded = model if isinstance(model, Model) else None
     name = loaded.name if loaded else model
-    config = RunConfig(model=name, relation=relation, shots=shots, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype)
+    config = RunConfig(model=name, relation=relation, shots=shots, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype,
+                       preset=preset)
     ctx, summary = execute(
         config, stages or default_stages(), out=out, overrides=settings, force=force, model=loaded, progress=progress
     )

@@ -129,7 +129,7 @@ def test_sections_follow_the_pipeline_with_wall_times_and_tables(h, hostile_run)
 
 
 def test_claims_have_coloured_verdicts(h, tmp_path):
-    run = h.write_run(tmp_path / "r", relation="country_capital")
+    run = h.write_run(tmp_path / "r", relation="country_capital_extended")
     summary = json.loads((run / "summary.json").read_text())
     for where in ("top", "stage", "stage-dict"):
         summary.pop("claims", None)

@@ -16,7 +16,7 @@ def tok(smollm2):
 
 
 def test_paper_prompts_zero_and_three_shot(tok):
-    rel = load_relation("country_capital")
+    rel = load_relation("country_capital_extended")
     zero = build_prompts(rel, tok, shots=0)
     three = build_prompts(rel, tok, shots=3, seed=0)
     assert len(zero) == len(three) == 225
@@ -31,7 +31,7 @@ def test_paper_prompts_zero_and_three_shot(tok):
 
 
 def test_demonstrations_follow_the_seed(tok):
-    rel = load_relation("country_capital")
+    rel = load_relation("country_capital_extended")
     a = build_prompts(rel, tok, shots=3, seed=0)
     b = build_prompts(rel, tok, shots=3, seed=0)
     c = build_prompts(rel, tok, shots=3, seed=1)
@@ -64,7 +64,7 @@ def test_too_many_shots_is_refused(tok, lre_dir):
 
 
 def test_corruptions_change_only_the_subject(tok):
-    ps = build_prompts(load_relation("country_capital"), tok, shots=1, seed=0)
+    ps = build_prompts(load_relation("country_capital_extended"), tok, shots=1, seed=0)
     p = ps.prompts[5]
     corrupted = corruptions(p, ps, tok)
     assert corrupted
@@ -93,7 +93,7 @@ def test_left_padding_keeps_end_and_subject_aligned(smollm2, tok, lre_dir):
 
 
 def test_batches_cover_every_prompt_once(tok):
-    ps = build_prompts(load_relation("country_capital"), tok, shots=1)
+    ps = build_prompts(load_relation("country_capital_extended"), tok, shots=1)
     seen = []
     for indices, batch in batches(ps.prompts, tok.pad_token_id, batch_size=50):
         assert batch.input_ids.shape[0] == len(indices) <= 50

@@ -9,9 +9,9 @@ from recallscope.tasks.relation import unescape
 
 def test_builtin_relations_include_the_paper_task_and_six_more():
     names = builtin_names()
-    assert "country_capital" in names
+    assert "country_capital_extended" in names
     assert len(names) >= 7
-    rel = load_relation("country_capital")
+    rel = load_relation("country_capital_extended")
     assert len(rel.samples) == 15 and len(rel.templates) == 15
     assert all(t.endswith("the capital of {} is") or t.endswith("The capital of {} is") for t in rel.templates)
 
@@ -58,7 +58,7 @@ def test_malformed_relation_files_name_file_and_field(tmp_path, content, fragmen
 def test_unknown_relation_lists_builtins():
     with pytest.raises(UserError) as err:
         load_relation("no_such_relation")
-    assert "country_capital" in str(err.value)
+    assert "country_capital_extended" in str(err.value)
 
 
 def test_relation_files_are_data_only(tmp_path):

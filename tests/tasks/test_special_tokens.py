@@ -31,7 +31,7 @@ def test_fault_E_appended_eos_is_not_the_end_position(smollm2):
     plain_tok = smollm2.tokenizer
     eos_tok = with_post_processor(plain_tok, "$A <|im_end|>")
     assert eos_tok("The capital of France is").input_ids[-1] == eos_tok.convert_tokens_to_ids("<|im_end|>")
-    rel = load_relation("country_capital")
+    rel = load_relation("country_capital_extended")
     for shots in (0, 1):
         plain = build_prompts(rel, plain_tok, shots=shots, max_prompts=20)
         appended = build_prompts(rel, eos_tok, shots=shots, max_prompts=20)
@@ -45,7 +45,7 @@ def test_fault_E_bos_at_the_start_is_kept(smollm2):
     plain_tok = smollm2.tokenizer
     both = with_post_processor(plain_tok, "<|im_start|> $A <|im_end|>")
     bos = both.convert_tokens_to_ids("<|im_start|>")
-    rel = load_relation("country_capital")
+    rel = load_relation("country_capital_extended")
     plain = build_prompts(rel, plain_tok, max_prompts=10)
     wrapped = build_prompts(rel, both, max_prompts=10)
     for a, b in zip(plain.prompts, wrapped.prompts, strict=True):

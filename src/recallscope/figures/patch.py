@@ -13,15 +13,24 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
     """[heatmap of the mean % change of π(Y) per layer × head, plus an MLP and a RES row when patched].
 
     Reads the main table's ``kind``, ``layer``, ``head`` and ``effect_pct`` (percent) columns and
-    the summary's ``mode``.
+    the summary's ``mode``, ``direction`` and ``aggregate`` (with ``ratio_of_means``, the
+    ``pi_clean``, ``pi_base`` and ``pi_patched`` columns).
     """
     frame = main_table(tables)
-    means = frame.groupby(["kind", "layer", "head"], sort=True, dropna=False)["effect_pct"].mean().reset_index()
+    keys = ["kind", "layer", "head"]
+    if summary.get("aggregate") == "ratio_of_means":
+        # the paper's figure: 100 · (mean π_patched − mean π_base) / mean π_clean (or the clean–corrupted gap when denoising)
+        g = frame.groupby(keys, sort=True, dropna=False)
+        clean = g["pi_clean"].mean()
+        scale = clean if summary.get("direction", "noise") == "noise" else clean - g["pi_base"].mean()
+        means = (100.0 * (g["pi_patched"].mean() - g["pi_base"].mean()) / scale).rename("effect_pct").reset_index()
+    else:
+        means = frame.groupby(keys, sort=True, dropna=False)["effect_pct"].mean().reset_index()
     layers = sorted(means["layer"].unique())
     heads = sorted(means.loc[means["kind"] == "head", "head"].unique())
     rows = [f"H{h}" for h in heads]
-    kinds = [k for k in ("mlp", "resid") if (means["kind"] == k).any()]
-    rows += [{"mlp": "MLP", "resid": "RES"}[k] for k in kinds]
+    kinds = [k for k in ("attn", "mlp", "resid") if (means["kind"] == k).any()]
+    rows += [{"attn": "ATTN", "mlp": "MLP", "resid": "RES"}[k] for k in kinds]
     z = np.full((len(rows), len(layers)), np.nan)
     col = {layer: i for i, layer in enumerate(layers)}
     for r in means.itertuples():
@@ -41,9 +50,10 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
             hovertemplate="layer %{x}, %{y}: %{z:.2f}%<extra></extra>",
         )
     )
-    mode = summary.get("mode", "noise")
+    kind = "path patching (heads frozen)" if summary.get("mode") == "path" else "activation patching (total effect)"
+    aggregate = summary.get("aggregate", "mean_of_ratios").replace("_", " ")
     fig.update_layout(
-        title=f"Activation patching ({mode}) at the end position: mean % change of π(Y)",
+        title=f"{kind.capitalize()}, {summary.get('direction', 'noise')}, at the end position: % change of π(Y) ({aggregate})",
         xaxis_title="layer",
         yaxis_title="component",
         yaxis={"autorange": "reversed"},

@@ -46,6 +46,7 @@ class Prompt:
     subject_span: tuple[int, int]  # [start, stop) token indices of the query subject
     answer_id: int  # Y: first token of " " + answer after the prompt
     index: int = 0  # position in its PromptSet
+    demo_template: str | None = None  # the demonstrations' template; None: the query's own
 
     @property
     def subject_id(self) -> int:
@@ -94,15 +95,21 @@ def demo_sentence(template: str, sample: Sample) -> str:
     return f"{Template.parse(template).format(sample.subject)} {sample.object}."
 
 
-def prompt_text(template: str, subject: str, demos: tuple[Sample, ...]) -> str:
-    """"The capital of Japan is Tokyo. The capital of France is" for one demonstration."""
-    return _prompt_text_and_subject_start(template, subject, demos)[0]
+def prompt_text(template: str, subject: str, demos: tuple[Sample, ...], demo_template: str | None = None) -> str:
+    """"The capital of Japan is Tokyo. The capital of France is" for one demonstration.
+
+    Demonstrations use ``demo_template`` when given (the paper's one-shot format is "The capital
+    of X' is Y'. " before any lead-in: ``add_a_shot`` in the authors' fact_dataset.py), else the
+    query's own template.
+    """
+    return _prompt_text_and_subject_start(template, subject, demos, demo_template)[0]
 
 
-def _prompt_text_and_subject_start(template: str, subject: str, demos: tuple[Sample, ...]) -> tuple[str, int]:
+def _prompt_text_and_subject_start(template: str, subject: str, demos: tuple[Sample, ...],
+                                   demo_template: str | None = None) -> tuple[str, int]:
     """The prompt and the character where its query subject starts, both from one parse of the template."""
     parsed = Template.parse(template)
-    lead = "".join(demo_sentence(template, d) + " " for d in demos)
+    lead = "".join(demo_sentence(demo_template or template, d) + " " for d in demos)
     return lead + parsed.format(subject), len(lead) + len(parsed.prefix)
 
 
@@ -153,8 +160,9 @@ def _subject_span(offsets: list[tuple[int, int]], start: int, stop: int) -> tupl
     return (hits[0], hits[-1] + 1) if hits else None
 
 
-def make_prompt(tokenizer, template: str, subject: str, answer: str, demos: tuple[Sample, ...]) -> Prompt | None:
-    text, start = _prompt_text_and_subject_start(template, subject, demos)
+def make_prompt(tokenizer, template: str, subject: str, answer: str, demos: tuple[Sample, ...],
+                demo_template: str | None = None) -> Prompt | None:
+    text, start = _prompt_text_and_subject_start(template, subject, demos, demo_template)
     assert text[start:start + len(subject)] == subject
     ids, offsets = _encode(tokenizer, text)
     span = _subject_span(offsets, start, start + len(subject))
@@ -169,6 +177,7 @@ def make_prompt(tokenizer, template: str, subject: str, answer: str, demos: tupl
         input_ids=tuple(ids),
         subject_span=span,
         answer_id=_answer_id(tokenizer, text, ids, answer),
+        demo_template=demo_template,
     )
 
 
@@ -182,15 +191,26 @@ def build_prompts(
     shots: int = 0,
     seed: int = 0,
     max_prompts: int | None = None,
+    demonstrations: str = "template",
 ) -> PromptSet:
     """Every (template, sample) prompt of a relation with ``shots`` seeded demonstrations.
 
     Demonstrations are drawn, per prompt, from the *other* subjects of the relation with a
     seed derived from ``seed``, the subject and the template, so a prompt's demonstrations do
     not depend on which other prompts are built.
+
+    ``demonstrations``: "template" (default) writes each demonstration in the query's own
+    template; "plain" writes them in the relation's plain template — its
+    ``properties.demonstration_template`` (``paper_country_capital``: "The capital of {} is",
+    the paper's one-shot format), else its first zero-shot template.
     """
     if shots < 0:
         raise UserError(f"--shots must be >= 0, got {shots}")
+    if demonstrations not in ("template", "plain"):
+        raise UserError(f"demonstrations must be 'template' or 'plain', got {demonstrations!r}")
+    demo_template = None
+    if demonstrations == "plain":
+        demo_template = relation.properties.get("demonstration_template") or (relation.templates_zs or relation.templates)[0]
     for template in relation.templates_for(shots):  # a Relation built in Python has not met the loader's check
         try:
             Template.parse(template)
@@ -232,7 +252,7 @@ def build_prompts(
                 rng = np.random.default_rng(stable_seed(seed, sample.subject, template))
                 others = [s for s in usable if s.subject != sample.subject]
                 demos = tuple(others[i] for i in rng.choice(len(others), size=shots, replace=False))
-            prompt = make_prompt(tokenizer, template, sample.subject, sample.object, demos)
+            prompt = make_prompt(tokenizer, template, sample.subject, sample.object, demos, demo_template if shots else None)
             if prompt is None:
                 dropped[DROP_SUBJECT_NOT_FOUND] += 1
                 continue
@@ -287,7 +307,7 @@ def corruptions(
             if excluded is not None:
                 excluded[EXCLUDE_SAME_ANSWER] = excluded.get(EXCLUDE_SAME_ANSWER, 0) + 1
             continue
-        other = make_prompt(tokenizer, prompt.template, subject, prompt.answer, prompt.demos)
+        other = make_prompt(tokenizer, prompt.template, subject, prompt.answer, prompt.demos, prompt.demo_template)
         if other is None or other.n_tokens != prompt.n_tokens or other.subject_span != prompt.subject_span:
             continue
         if other.input_ids[:lo] != prompt.input_ids[:lo] or other.input_ids[hi:] != prompt.input_ids[hi:]:

@@ -1,0 +1,130 @@
+"""Presets and the paper's definitions they select: every definition's default is recallscope's
+real default, the paper preset's settings are valid stage settings, the paper's task has the
+paper's 15 nations and capitals in the paper's form, the paper's demonstration format, the movers
+scatter on the subject's first token, and bad input (unknown preset, mode, no prompt) is one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import types
+
+import numpy as np
+import pytest
+
+from recallscope import patch as P
+from recallscope import presets
+from recallscope.errors import UserError
+from recallscope.movers import MoversConfig, check_config, find_movers
+from recallscope.pipeline import make_configs
+from recallscope.tasks import build_prompts, load_relation
+from recallscope.tasks.prompts import PromptSet
+from test_cli import assert_one_line_error, cli  # noqa: E402  (tests/ is on sys.path)
+from test_movers import PAD, all_heads, hand_built_model, token_prompts, L, H  # noqa: E402
+
+NATIONS = ["China", "USA", "Russia", "England", "France", "Japan", "Italy", "Canada", "Australia", "Spain",
+           "Egypt", "Portugal", "Austria", "Greece", "Thailand"]
+CAPITALS = ["Beijing", "Washington", "Moscow", "London", "Paris", "Tokyo", "Rome", "Ottawa", "Canberra", "Madrid",
+            "Cairo", "Lisbon", "Vienna", "Athens", "Bangkok"]
+
+
+def test_every_definition_names_recallscopes_real_default():
+    configs = make_configs({})
+    for d in presets.PAPER.definitions:
+        scope, field = d.setting.split(".")
+        if scope == "run":
+            continue
+        assert getattr(configs[scope], field) == d.default, d.setting
+        assert d.value != d.default and d.source and d.description
+    import inspect
+
+    assert inspect.signature(build_prompts).parameters["demonstrations"].default == "template"
+    assert presets.get_preset(None) is presets.RECALLSCOPE and presets.RECALLSCOPE.stage_settings() == {}
+
+
+def test_paper_preset_selects_the_papers_definitions_and_user_settings_win():
+    configs = make_configs(presets.PAPER.stage_settings())
+    patch = configs["patch"]
+    assert (patch.mode, patch.sender_mean, patch.aggregate, patch.prompts) == ("path", "dataset", "ratio_of_means", "all")
+    assert configs["movers"].subject_token == "first"
+    assert presets.PAPER.run_settings() == {"demonstrations": "plain", "relation": "paper_country_capital"}
+    merged = presets.merge(presets.PAPER, {"patch.prompts": "known"})
+    assert merged["patch.prompts"] == "known" and merged["patch.mode"] == "path"
+    listed = presets.PAPER.to_dict()
+    assert listed["name"] == "paper" and len(listed["definitions"]) == 7
+    json.dumps(listed)  # the manifest can hold it
+
+
+def test_unknown_preset_and_bad_patch_choices_are_user_errors():
+    with pytest.raises(UserError, match="unknown preset 'nope'; available: paper, recallscope"):
+        presets.get_preset("nope")
+    model = types.SimpleNamespace(cfg=types.SimpleNamespace(n_layers=2, n_heads=2))
+    for field, value in (("mode", "both"), ("direction", "up"), ("sender_mean", "x"), ("prompts", "some"), ("aggregate", "max")):
+        with pytest.raises(UserError, match=f"patch.{field} must be one of"):
+            P.check_config(dataclasses.replace(P.PatchConfig(), **{field: value}), model)
+    with pytest.raises(UserError, match="takes patch.sender_mean=per_prompt"):
+        P.check_config(P.PatchConfig(direction="denoise", sender_mean="dataset"), model)
+    with pytest.raises(UserError, match="path mode has the engines exact and naive"):
+        P.check_config(P.PatchConfig(mode="path", engine="attribution"), model)
+
+
+def test_prompts_all_with_no_valid_prompt_is_a_user_error():
+    rel = load_relation("paper_country_capital")
+    empty = PromptSet(rel, 0, 0, (), {"answer_first_token_shared": 15})
+    ctx = types.SimpleNamespace(prompts=empty)
+    with pytest.raises(UserError, match="no prompt of 'paper_country_capital' has a valid answer token"):
+        P.stage_prompts(ctx, P.PatchConfig(prompts="all"))
+
+
+def test_paper_task_has_the_papers_nations_in_the_papers_form(smollm2):
+    rel = load_relation("paper_country_capital")
+    assert [s.subject for s in rel.samples] == NATIONS and [s.object for s in rel.samples] == CAPITALS
+    assert len(rel.templates) == len(set(rel.templates)) == 15
+    assert all(re.fullmatch(r"[^{}]+, the capital of \{\} is", t) for t in rel.templates)
+    ps = build_prompts(rel, smollm2.tokenizer, shots=0)
+    assert len(ps) == 225 and sum(ps.dropped.values()) == 0
+    extended = load_relation("country_capital_extended")
+    assert {s.subject for s in extended.samples} != set(NATIONS)
+    assert "paper" not in extended.name
+
+
+def test_plain_demonstrations_are_the_papers_one_shot_format(smollm2):
+    rel = load_relation("paper_country_capital")
+    ps = build_prompts(rel, smollm2.tokenizer, shots=1, seed=0, demonstrations="plain")
+    p = ps.prompts[0]
+    demo = p.demos[0]
+    assert p.text == f"The capital of {demo.subject} is {demo.object}. " + p.template.format(p.subject)
+    own = build_prompts(rel, smollm2.tokenizer, shots=1, seed=0)
+    assert own.prompts[0].text == p.template.format(demo.subject) + f" {demo.object}. " + p.template.format(p.subject)
+    # corruptions keep the demonstration format
+    swapped = P.swapped_subject_prompts(ps, smollm2.tokenizer)
+    assert len(swapped) == len(ps)
+    assert all(s.text.startswith(f"The capital of {q.demos[0].subject} is") and s.subject != q.subject for s, q in zip(swapped, ps.prompts, strict=True))
+
+
+def test_movers_first_subject_token():
+    view, prompts = hand_built_model(), token_prompts()
+    last = find_movers(view, prompts, all_heads(L, H), MoversConfig(), pad_id=PAD, progress=False)
+    first = find_movers(view, prompts, all_heads(L, H), MoversConfig(subject_token="first"), pad_id=PAD, progress=False)
+    f, l = first.frame, last.frame
+    starts = np.array([p.input_ids[p.subject_span[0]] for p in prompts])
+    assert (f.groupby("prompt_index")["x_id"].first().to_numpy() == starts).all()
+    two = np.array([p.subject_n_tokens == 2 for p in prompts])
+    assert two.any() and (~two).any()
+    lx = l.groupby("prompt_index")["x_id"].first().to_numpy()
+    assert (lx[two] != starts[two]).all() and (lx[~two] == starts[~two]).all()
+    # one-token subjects: the projection is the same; the scatter reads attention to the first token
+    assert np.allclose(f.loc[f.prompt_index.isin(np.where(~two)[0]), "projection"],
+                       l.loc[l.prompt_index.isin(np.where(~two)[0]), "projection"])
+    head = next(h for h in first.heads if (h["layer"], h["head"]) == (1, 3))
+    rows = f[f.component == "L1H3"]
+    assert head["attention_to_subject"] == pytest.approx(rows["attention_to_first_subject"].mean())
+    assert "first token" in first.to_dict()["subject_token"]
+    with pytest.raises(UserError, match="movers.subject_token"):
+        check_config(MoversConfig(subject_token="middle"), L, H)
+
+
+@pytest.mark.slow
+def test_cli_bad_mode_is_one_line():
+    assert_one_line_error(cli("patch", "--mode", "sideways", "--max-prompts", "4"), "patch.mode must be one of total, path")
