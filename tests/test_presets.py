@@ -128,3 +128,20 @@ def test_movers_first_subject_token():
 @pytest.mark.slow
 def test_cli_bad_mode_is_one_line():
     assert_one_line_error(cli("patch", "--mode", "sideways", "--max-prompts", "4"), "patch.mode must be one of total, path")
+
+
+def test_cli_unknown_preset_is_one_line_before_the_model_loads():
+    for verb in (("run", "--out", "unused-out"), ("patch",)):
+        assert_one_line_error(cli(*verb, "--preset", "nope"), "unknown preset 'nope'; available: paper, recallscope")
+
+
+def test_apply_preset_fills_run_settings_and_user_settings_win():
+    from recallscope.pipeline import RunConfig, apply_preset, preset_record
+
+    run, overrides = apply_preset(RunConfig(preset="paper"), {"patch.prompts": "known"})
+    assert run.demonstrations == "plain" and overrides["patch.mode"] == "path" and overrides["patch.prompts"] == "known"
+    assert preset_record(run)["name"] == "paper"
+    plain, none = apply_preset(RunConfig(), None)
+    assert plain == RunConfig() and none == {}
+    with pytest.raises(UserError, match="unknown preset"):
+        apply_preset(RunConfig(preset="nope"), {})
