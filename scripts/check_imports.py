@@ -46,7 +46,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "knockout",
         ),
     ),
-    ("core", ("models", "tasks", "lens", "components", "stats", "figures", "errors", "progress", "constraints", "version")),
+    (
+        "core",
+        ("models", "tasks", "lens", "components", "stats", "figures", "errors", "progress", "constraints", "version", "presets"),
+    ),
 ]
 # These must not reach torch (or transformers) through the package imports that run when they are
 # imported: the report re-renders a run directory without loading the model stack.

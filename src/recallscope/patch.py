@@ -774,10 +774,6 @@ class PatchResult:
         })
         return frame
 
-    def tables(self) -> dict[str, pd.DataFrame]:
-        """The stage's tables by name (one: the main table, ``to_frame()``)."""
-        return {"patch": self.to_frame()}
-
     def to_frame(self) -> pd.DataFrame:
         n, C = self.effects.shape
         comp = np.repeat(np.arange(C), n)
