@@ -30,7 +30,7 @@ PACKAGE = "recallscope"
 # relative to the package; "report" covers recallscope.report and every module under it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("__init__", "__main__", "cli")),
-    ("run layer", ("pipeline", "presets", "rundir", "sweeps", "report", "benchmarks")),
+    ("run layer", ("pipeline", "rundir", "sweeps", "report", "benchmarks")),
     (
         "analysis",
         (
@@ -46,7 +46,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "knockout",
         ),
     ),
-    ("core", ("models", "tasks", "lens", "components", "stats", "figures", "errors", "progress", "constraints", "version")),
+    (
+        "core",
+        ("models", "tasks", "lens", "components", "stats", "figures", "errors", "progress", "constraints", "version", "presets"),
+    ),
 ]
 # These must not reach torch (or transformers) through the package imports that run when they are
 # imported: the report re-renders a run directory without loading the model stack.

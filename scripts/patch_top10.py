@@ -119,7 +119,7 @@ def main() -> None:
               f"mean π(Y) {pp['mean_pi_clean']:.2f}, engine {pp['engine_seconds']:.1f} s (timings on a shared machine).\n")
         print("| rank | total: component | effect % (mean of ratios) | path: component | effect % (ratio of means) | 95% CI |")
         print("|---|---|---|---|---|---|")
-        for i, (a, b) in enumerate(zip(tp["top_components"], pp["top_components"], strict=True), 1):
+        for i, (a, b) in enumerate(zip(tp["top_components"], pp["top_components"], strict=False), 1):
             print(f"| {i} | {a['component']} | {a['effect']:+.2f} | {b['component']} | {b['effect']:+.2f} | "
                   f"[{b['ci'][0]:+.2f}, {b['ci'][1]:+.2f}] |")
         print()

@@ -45,7 +45,9 @@ def test_exact_engine_equals_rome_naive_loop_on_tiny_models(name):
 
 def test_restoring_the_last_layer_output_at_the_last_token_gives_the_clean_probability():
     model = tiny("llama_gqa")
-    result = CT.trace(model, tiny_prompts(model=model), CT.TraceConfig(n_samples=2, window=2, noise=1.0, kinds=("resid",)), progress=False)
+    result = CT.trace(
+        model, tiny_prompts(model=model), CT.TraceConfig(n_samples=2, window=2, noise=1.0, kinds=("resid",)), progress=False
+    )
     f = result.to_frame()
     L = model.cfg.n_layers
     last_layer = f[f["component"] == f"RES{L}"]  # ROME's h_{L-1}: the final residual
@@ -77,8 +79,14 @@ def test_rome_windows_and_position_groups():
     assert list(CT.window_layers(5, 9, 30)) == list(range(1, 10))  # Geva's k = 9: [l - 4, l + 5)
     p = tiny_prompts(lengths=(9,), spans=((2, 6),)).prompts[0]
     g = CT.position_groups(p)
-    assert g == {"first subject token": [2], "middle subject tokens": [3, 4], "last subject token": [5],
-                 "first subsequent token": [6], "further tokens": [7], "last token": [8]}
+    assert g == {
+        "first subject token": [2],
+        "middle subject tokens": [3, 4],
+        "last subject token": [5],
+        "first subsequent token": [6],
+        "further tokens": [7],
+        "last token": [8],
+    }
     p = tiny_prompts(lengths=(4,), spans=((2, 3),)).prompts[0]  # one-token subject right before the last token
     g = CT.position_groups(p)
     assert g["first subject token"] == g["last subject token"] == [2]
@@ -120,12 +128,15 @@ def test_noise_is_three_times_the_subject_embedding_std_and_seeded():
     assert not np.array_equal(result.to_frame()["p_corrupted"], other.to_frame()["p_corrupted"])
 
 
-@pytest.mark.parametrize("config, match", [
-    (CT.TraceConfig(noise=0.0), "noise must be > 0"),
-    (CT.TraceConfig(noise=-1.0), "noise must be > 0"),
-    (CT.TraceConfig(window=4), "larger than the model"),
-    (CT.TraceConfig(kinds=("heads",)), "unknown"),
-])
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        (CT.TraceConfig(noise=0.0), "noise must be > 0"),
+        (CT.TraceConfig(noise=-1.0), "noise must be > 0"),
+        (CT.TraceConfig(window=4), "larger than the model"),
+        (CT.TraceConfig(kinds=("heads",)), "unknown"),
+    ],
+)
 def test_bad_settings_are_user_errors(config, match):
     with pytest.raises(UserError, match=match):
         CT.trace(tiny("gpt2"), tiny_prompts(), config, progress=False)
@@ -140,12 +151,15 @@ def test_a_subject_not_located_before_the_last_token_is_a_user_error():
         CT.trace(tiny("gpt2"), empty, CT.TraceConfig(window=1), progress=False)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--set", "trace.noise=0"], "trace.noise"),
-    (["--set", "trace.noise=-1"], "trace.noise"),
-    (["--set", "trace.window=0"], "trace.window"),
-    (["--set", "trace.kinds=heads"], "trace.kinds"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--set", "trace.noise=0"], "trace.noise"),
+        (["--set", "trace.noise=-1"], "trace.noise"),
+        (["--set", "trace.window=0"], "trace.window"),
+        (["--set", "trace.kinds=heads"], "trace.kinds"),
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_2(args, needle, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["trace", "--max-prompts", "3", *args])
@@ -159,8 +173,20 @@ def test_figures_from_tables_heatmap_cells_hold_the_grouped_means():
     from recallscope import figures
     from recallscope.figures import causal_trace as FT
 
-    rows = [{"kind": k, "group": g, "layer": layer, "mean_indirect_effect": 0.1 * i + 0.01 * layer, "ci_low": 0.0,
-             "ci_high": 1.0, "n_prompts": 3} for k in CT.KINDS for i, g in enumerate(CT.GROUPS) for layer in range(3)]
+    rows = [
+        {
+            "kind": k,
+            "group": g,
+            "layer": layer,
+            "mean_indirect_effect": 0.1 * i + 0.01 * layer,
+            "ci_low": 0.0,
+            "ci_high": 1.0,
+            "n_prompts": 3,
+        }
+        for k in CT.KINDS
+        for i, g in enumerate(CT.GROUPS)
+        for layer in range(3)
+    ]
     figs = FT.figures({"trace": pd.DataFrame(), "grouped": pd.DataFrame(rows)}, {"window": 2, "n_prompts": 3})
     assert len(figs) == 4 and figures.for_stage("trace") is FT.figures
     heat = figs[1]  # mlp

@@ -49,8 +49,13 @@ def test_blocked_edges_get_zero_attention_in_every_query_head_and_nothing_else_c
     S = batch.input_ids.shape[1]
     positions = torch.arange(S)[None].expand(len(prompts), S)
     clean = model.view.trace(batch.input_ids, batch.attention_mask, positions=positions, record=["pattern", "resid_pre"])
-    blocked = model.view.trace(batch.input_ids, batch.attention_mask, positions=positions, record=["pattern", "resid_pre"],
-                               edits={("attn_bias", 0): K.block_edit(keys)})
+    blocked = model.view.trace(
+        batch.input_ids,
+        batch.attention_mask,
+        positions=positions,
+        record=["pattern", "resid_pre"],
+        edits={("attn_bias", 0): K.block_edit(keys)},
+    )
     last = blocked.pattern[:, 0, :, -1]  # [B, H, S] the last query at layer 0, every query head
     assert last[keys[:, None].expand_as(last)].abs().max().item() == 0.0
     assert torch.allclose(last.sum(-1), torch.ones_like(last.sum(-1)))
@@ -83,7 +88,8 @@ def test_relative_change_and_intervals():
     assert np.allclose(f["relative_change_pct"], 100 * (f["p_blocked"] - f["p_clean"]) / f["p_clean"])
     row = w[(w["block"] == "subject") & (w["layer"] == 0)].iloc[0]
     assert row["mean_relative_change_pct"] == pytest.approx(
-        f[(f["block"] == "subject") & (f["layer"] == 0)]["relative_change_pct"].mean(), abs=1e-12)
+        f[(f["block"] == "subject") & (f["layer"] == 0)]["relative_change_pct"].mean(), abs=1e-12
+    )
     assert row["ci_low"] <= row["mean_relative_change_pct"] <= row["ci_high"]
 
 
@@ -98,11 +104,14 @@ def test_reads_subject_claim():
     assert K.reads_subject_claim(None, None, [1]).verdict == "not measurable here"
 
 
-@pytest.mark.parametrize("config, match", [
-    (K.KnockoutConfig(window=3), "larger than the model"),
-    (K.KnockoutConfig(window=0), ">= 1"),
-    (K.KnockoutConfig(blocks=("verb",)), "unknown"),
-])
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        (K.KnockoutConfig(window=3), "larger than the model"),
+        (K.KnockoutConfig(window=0), ">= 1"),
+        (K.KnockoutConfig(blocks=("verb",)), "unknown"),
+    ],
+)
 def test_bad_settings_are_user_errors(config, match):
     with pytest.raises(UserError, match=match):
         K.knockout(tiny("gpt2"), tiny_prompts(), config, progress=False)
@@ -113,10 +122,13 @@ def test_a_subject_not_located_is_a_user_error():
         K.knockout(tiny("gpt2"), tiny_prompts(lengths=(5,), spans=((3, 5),)), K.KnockoutConfig(window=1), progress=False)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--set", "knockout.window=0"], "knockout.window"),
-    (["--set", "knockout.blocks=verb"], "knockout.blocks"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--set", "knockout.window=0"], "knockout.window"),
+        (["--set", "knockout.blocks=verb"], "knockout.blocks"),
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_2(args, needle, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["knockout", "--max-prompts", "3", *args])
@@ -130,9 +142,23 @@ def test_figure_from_tables_one_line_per_block_and_mover_layers_marked():
     from recallscope import figures
     from recallscope.figures import knockout as FK
 
-    rows = [{"block": b, "layer": layer, "first_layer": layer, "last_layer": layer, "mean_relative_change_pct": -10.0 * i - layer,
-             "ci_low": -50.0, "ci_high": 0.0, "n_prompts": 3} for i, b in enumerate(K.BLOCKS) for layer in range(4)]
-    fig = FK.figures({"knockout": pd.DataFrame(), "windows": pd.DataFrame(rows)}, {"window": 1, "n_prompts": 3, "mover_layers": [2]})[0]
+    rows = [
+        {
+            "block": b,
+            "layer": layer,
+            "first_layer": layer,
+            "last_layer": layer,
+            "mean_relative_change_pct": -10.0 * i - layer,
+            "ci_low": -50.0,
+            "ci_high": 0.0,
+            "n_prompts": 3,
+        }
+        for i, b in enumerate(K.BLOCKS)
+        for layer in range(4)
+    ]
+    fig = FK.figures(
+        {"knockout": pd.DataFrame(), "windows": pd.DataFrame(rows)}, {"window": 1, "n_prompts": 3, "mover_layers": [2]}
+    )[0]
     assert figures.for_stage("knockout") is FK.figures
     lines = [t for t in fig.data if t.mode == "lines+markers"]
     assert [t.name for t in lines] == [FK.NAMES[b] for b in K.BLOCKS]

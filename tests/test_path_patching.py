@@ -124,7 +124,7 @@ def test_path_engine_equals_frozen_heads_loop_on_smollm2_subset(smollm2, shots):
     cb = make_batch(corrupted, pad)
     mean = P.record_run(view, cb.input_ids, cb.attention_mask, cb.answer_ids(), prefix=False)
     mean = P.RunRecord(*(getattr(mean, f.name).mean(0, keepdim=True) for f in dataclasses.fields(P.RunRecord)))
-    comps = P.select_components(smollm2.cfg, ["heads", "mlp"], [0, 14, 28, 29])[:: 3]
+    comps = P.select_components(smollm2.cfg, ["heads", "mlp"], [0, 14, 28, 29])[::3]
     exact = P.recall_pi(view, PP.path_final_resid(view, base, mean, comps), batch.answer_ids())
     naive = PP.frozen_heads_pi(view, batch.input_ids, batch.attention_mask, batch.answer_ids(), mean, comps)
     assert (exact - naive).abs().max().item() <= 1e-6
@@ -139,8 +139,15 @@ def test_aggregates_ratio_of_means_mean_of_ratios_and_bootstrap():
     pi_clean = rng.uniform(1.0, 20.0, n)
     pi_patched = pi_clean[:, None] * np.stack([rng.uniform(0.5, 0.9, n), rng.uniform(0.95, 1.2, n)], axis=1)
     effects = 100 * (pi_patched - pi_clean[:, None]) / pi_clean[:, None]
-    result = P.PatchResult(prompts=PromptSet(load_relation("paper_country_capital"), 0, 0, ()), components=comps, effects=effects, pi_clean=pi_clean, pi_base=pi_clean,
-                           config=P.PatchConfig(aggregate="ratio_of_means", n_bootstrap=500), pi_patched=pi_patched)
+    result = P.PatchResult(
+        prompts=PromptSet(load_relation("paper_country_capital"), 0, 0, ()),
+        components=comps,
+        effects=effects,
+        pi_clean=pi_clean,
+        pi_base=pi_clean,
+        config=P.PatchConfig(aggregate="ratio_of_means", n_bootstrap=500),
+        pi_patched=pi_patched,
+    )
     table = result.tables()["components"]
     rom = 100 * (pi_patched.mean(0) - pi_clean.mean()) / pi_clean.mean()
     assert np.allclose(table["effect_ratio_of_means"], rom) and np.allclose(table["effect"], rom)
@@ -165,8 +172,9 @@ def test_path_stage_exact_equals_naive_on_smollm2(smollm2):
     view = ModelView(smollm2.cfg, smollm2.view.weights.to(dtype=torch.float64))
     model64 = dataclasses.replace(smollm2, view=view)
     ps = build_prompts(load_relation("paper_country_capital"), smollm2.tokenizer, shots=1, max_prompts=4, demonstrations="plain")
-    config = P.PatchConfig(mode="path", sender_mean="dataset", prompts="all", aggregate="ratio_of_means",
-                           layers=(0, 23, 29), batch_size=4)
+    config = P.PatchConfig(
+        mode="path", sender_mean="dataset", prompts="all", aggregate="ratio_of_means", layers=(0, 23, 29), batch_size=4
+    )
     exact = P.patch(model64, ps, config, progress=False)
     naive = P.patch(model64, ps, dataclasses.replace(config, engine="naive"), progress=False)
     assert np.abs(exact.effects - naive.effects).max() <= 1e-8

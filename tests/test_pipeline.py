@@ -242,7 +242,10 @@ def test_a_sweep_goes_on_past_cells_without_data_and_exits_3(tiny_gpt2_long, lre
     )
     assert empty["stages"] == {} and set(empty["not_measurable"]) == {"recall", "patch", "movers", "decompose"}
     assert "usable" in empty["not_measurable"]["recall"]["reason"]
-    assert {(c["relation"], c["shots"]) for c in combined["incomplete"]} >= {("country_capital_extended", 0), ("president_birth_year", 1)}
+    assert {(c["relation"], c["shots"]) for c in combined["incomplete"]} >= {
+        ("country_capital_extended", 0),
+        ("president_birth_year", 1),
+    }
     assert (out / "report.html").is_file()
 
 

@@ -23,10 +23,40 @@ from recallscope.tasks.prompts import PromptSet
 from test_cli import assert_one_line_error, cli  # noqa: E402  (tests/ is on sys.path)
 from test_movers import PAD, all_heads, hand_built_model, token_prompts, L, H  # noqa: E402
 
-NATIONS = ["China", "USA", "Russia", "England", "France", "Japan", "Italy", "Canada", "Australia", "Spain",
-           "Egypt", "Portugal", "Austria", "Greece", "Thailand"]
-CAPITALS = ["Beijing", "Washington", "Moscow", "London", "Paris", "Tokyo", "Rome", "Ottawa", "Canberra", "Madrid",
-            "Cairo", "Lisbon", "Vienna", "Athens", "Bangkok"]
+NATIONS = [
+    "China",
+    "USA",
+    "Russia",
+    "England",
+    "France",
+    "Japan",
+    "Italy",
+    "Canada",
+    "Australia",
+    "Spain",
+    "Egypt",
+    "Portugal",
+    "Austria",
+    "Greece",
+    "Thailand",
+]
+CAPITALS = [
+    "Beijing",
+    "Washington",
+    "Moscow",
+    "London",
+    "Paris",
+    "Tokyo",
+    "Rome",
+    "Ottawa",
+    "Canberra",
+    "Madrid",
+    "Cairo",
+    "Lisbon",
+    "Vienna",
+    "Athens",
+    "Bangkok",
+]
 
 
 def test_every_definition_names_recallscopes_real_default():
@@ -100,7 +130,10 @@ def test_plain_demonstrations_are_the_papers_one_shot_format(smollm2):
     # corruptions keep the demonstration format
     swapped = P.swapped_subject_prompts(ps, smollm2.tokenizer)
     assert len(swapped) == len(ps)
-    assert all(s.text.startswith(f"The capital of {q.demos[0].subject} is") and s.subject != q.subject for s, q in zip(swapped, ps.prompts, strict=True))
+    assert all(
+        s.text.startswith(f"The capital of {q.demos[0].subject} is") and s.subject != q.subject
+        for s, q in zip(swapped, ps.prompts, strict=True)
+    )
 
 
 def test_movers_first_subject_token():
@@ -115,8 +148,9 @@ def test_movers_first_subject_token():
     lx = l.groupby("prompt_index")["x_id"].first().to_numpy()
     assert (lx[two] != starts[two]).all() and (lx[~two] == starts[~two]).all()
     # one-token subjects: the projection is the same; the scatter reads attention to the first token
-    assert np.allclose(f.loc[f.prompt_index.isin(np.where(~two)[0]), "projection"],
-                       l.loc[l.prompt_index.isin(np.where(~two)[0]), "projection"])
+    assert np.allclose(
+        f.loc[f.prompt_index.isin(np.where(~two)[0]), "projection"], l.loc[l.prompt_index.isin(np.where(~two)[0]), "projection"]
+    )
     head = next(h for h in first.heads if (h["layer"], h["head"]) == (1, 3))
     rows = f[f.component == "L1H3"]
     assert head["attention_to_subject"] == pytest.approx(rows["attention_to_first_subject"].mean())
@@ -128,3 +162,20 @@ def test_movers_first_subject_token():
 @pytest.mark.slow
 def test_cli_bad_mode_is_one_line():
     assert_one_line_error(cli("patch", "--mode", "sideways", "--max-prompts", "4"), "patch.mode must be one of total, path")
+
+
+def test_cli_unknown_preset_is_one_line_before_the_model_loads():
+    for verb in (("run", "--out", "unused-out"), ("patch",)):
+        assert_one_line_error(cli(*verb, "--preset", "nope"), "unknown preset 'nope'; available: paper, recallscope")
+
+
+def test_apply_preset_fills_run_settings_and_user_settings_win():
+    from recallscope.pipeline import RunConfig, apply_preset, preset_record
+
+    run, overrides = apply_preset(RunConfig(preset="paper"), {"patch.prompts": "known"})
+    assert run.demonstrations == "plain" and overrides["patch.mode"] == "path" and overrides["patch.prompts"] == "known"
+    assert preset_record(run)["name"] == "paper"
+    plain, none = apply_preset(RunConfig(), None)
+    assert plain == RunConfig() and none == {}
+    with pytest.raises(UserError, match="unknown preset"):
+        apply_preset(RunConfig(preset="nope"), {})

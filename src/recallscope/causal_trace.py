@@ -111,9 +111,15 @@ class TraceConfig:
     level: float = 0.95
 
     constraints: ClassVar[dict] = {
-        "n_samples": POSITIVE, "noise": Interval(0, None, closed="neither"), "noise_scale": Interval(0, None, closed="neither"),
-        "window": POSITIVE, "kinds": Options(*KINDS), "engine": Options(*ENGINES), "batch_size": POSITIVE,
-        "n_bootstrap": POSITIVE, "level": LEVEL,
+        "n_samples": POSITIVE,
+        "noise": Interval(0, None, closed="neither"),
+        "noise_scale": Interval(0, None, closed="neither"),
+        "window": POSITIVE,
+        "kinds": Options(*KINDS),
+        "engine": Options(*ENGINES),
+        "batch_size": POSITIVE,
+        "n_bootstrap": POSITIVE,
+        "level": LEVEL,
     }
 
 
@@ -136,7 +142,9 @@ def check_config(config: TraceConfig, model: Model | None = None) -> None:
     if config.window < 1:
         raise UserError(f"trace.window must be >= 1, got {config.window}")
     if model is not None and config.window > model.cfg.n_layers:
-        raise UserError(f"trace.window {config.window} is larger than the model ({model.cfg.n_layers} layers); set --set trace.window=N with N <= {model.cfg.n_layers}")
+        raise UserError(
+            f"trace.window {config.window} is larger than the model ({model.cfg.n_layers} layers); set --set trace.window=N with N <= {model.cfg.n_layers}"
+        )
 
 
 def window_layers(centre: int, window: int, n_layers: int) -> range:
@@ -250,6 +258,7 @@ def naive_prompt(view: ModelView, prompt: Prompt, noise: Tensor, kinds, window: 
             x = x.clone()
             x[1:, p] = x[0, p]  # ROME: h[1:, t] = h[0, t]
             return x
+
         return edit
 
     def run(extra: dict) -> Tensor:
@@ -297,24 +306,40 @@ def _record_runs(view: ModelView, prompts: list[Prompt], noise: list[Tensor]) ->
     ids = torch.tensor([p.input_ids for p in prompts], device=view.device)
     answer = torch.tensor([p.answer_id for p in prompts], device=view.device)
     positions = torch.arange(T, device=view.device)[None]
-    clean = view.trace(ids, positions=positions.expand(B, T), record=["resid_pre", "attn_out", "mlp_out", "resid_final", "logits"],
-                       return_kv=True)
+    clean = view.trace(
+        ids,
+        positions=positions.expand(B, T),
+        record=["resid_pre", "attn_out", "mlp_out", "resid_final", "logits"],
+        return_kv=True,
+    )
     rows = ids.repeat_interleave(n, dim=0)
 
     def corrupt(x: Tensor) -> Tensor:
         x = x.clone()
         for b, p in enumerate(prompts):
             lo, hi = p.subject_span
-            x[b * n:(b + 1) * n, lo:hi] += noise[b].to(device=x.device, dtype=x.dtype)
+            x[b * n : (b + 1) * n, lo:hi] += noise[b].to(device=x.device, dtype=x.dtype)
         return x
 
-    noised = view.trace(rows, positions=positions.expand(B * n, T), record=["resid_pre", "resid_final", "logits"],
-                        edits={("resid_pre", 0): corrupt}, return_kv=True)
+    noised = view.trace(
+        rows,
+        positions=positions.expand(B * n, T),
+        record=["resid_pre", "resid_final", "logits"],
+        edits={("resid_pre", 0): corrupt},
+        return_kv=True,
+    )
     p_clean = answer_prob(view, clean.logits[:, -1], answer)
     p_noised = answer_prob(view, noised.logits[:, -1], answer.repeat_interleave(n))
-    return _Runs(ids, answer, {"resid_pre": clean.resid_pre, "attn_out": clean.attn_out, "mlp_out": clean.mlp_out,
-                               "final": clean.resid_final},
-                 noised.resid_pre, noised.resid_final, noised.kv, p_clean, p_noised.view(B, n).mean(1))
+    return _Runs(
+        ids,
+        answer,
+        {"resid_pre": clean.resid_pre, "attn_out": clean.attn_out, "mlp_out": clean.mlp_out, "final": clean.resid_final},
+        noised.resid_pre,
+        noised.resid_final,
+        noised.kv,
+        p_clean,
+        p_noised.view(B, n).mean(1),
+    )
 
 
 @torch.no_grad()
@@ -349,7 +374,7 @@ def exact_group(view: ModelView, prompts: list[Prompt], noise: list[Tensor], kin
         by_entry.setdefault((p, entry), []).append((kind, layer))
     for (p, entry), variants in by_entry.items():
         if entry == L:  # h_{L-1} restored: only the logits of position p change
-            (_, layer), = variants
+            ((_, layer),) = variants
             if p < T - 1:
                 out["resid"][:, p, layer] = p_corrupted
             else:
@@ -382,6 +407,7 @@ def _restore_variants(variants: list[int], clean: Tensor):
         x = x.clone()
         x[:, index, 0] = clean[:, None].to(x.dtype)
         return x
+
     return edit
 
 
@@ -427,8 +453,13 @@ class TraceResult:
         if not len(g):
             return None
         row = g.loc[g["mean_indirect_effect"].idxmax()]
-        return {"group": row["group"], "layer": int(row["layer"]), "mean_indirect_effect": float(row["mean_indirect_effect"]),
-                "ci_low": float(row["ci_low"]), "ci_high": float(row["ci_high"])}
+        return {
+            "group": row["group"],
+            "layer": int(row["layer"]),
+            "mean_indirect_effect": float(row["mean_indirect_effect"]),
+            "ci_low": float(row["ci_low"]),
+            "ci_high": float(row["ci_high"]),
+        }
 
     def to_dict(self) -> dict:
         pp = self.per_prompt
@@ -439,8 +470,11 @@ class TraceResult:
             "n_layers": self.n_layers,
             "n_samples": self.config.n_samples,
             "noise": self.noise,
-            "noise_rule": ("set by trace.noise" if self.config.noise is not None
-                           else f"{self.config.noise_scale:g} x std of the subject tokens' embeddings (ROME)"),
+            "noise_rule": (
+                "set by trace.noise"
+                if self.config.noise is not None
+                else f"{self.config.noise_scale:g} x std of the subject tokens' embeddings (ROME)"
+            ),
             "embedding_std": self.embedding_std,
             "window": self.config.window,
             "kinds": list(self.config.kinds),
@@ -483,8 +517,11 @@ def trace(model: Model, prompts: PromptSet, config: TraceConfig = TraceConfig(),
         for group in track(groups, "trace", total=len(groups), enabled=progress):
             got = exact_group(view, group, [noise[p.index] for p in group], kinds, config.window)
             for b, p in enumerate(group):
-                results[p.index] = {"p_clean": float(got["p_clean"][b]), "p_corrupted": float(got["p_corrupted"][b]),
-                                    "p_restored": {k: got["p_restored"][k][b] for k in kinds}}
+                results[p.index] = {
+                    "p_clean": float(got["p_clean"][b]),
+                    "p_corrupted": float(got["p_corrupted"][b]),
+                    "p_restored": {k: got["p_restored"][k][b] for k in kinds},
+                }
     seconds = time.perf_counter() - start
     frame, per_prompt = _tables(model, prompts, results, kinds, L)
     grouped = group_means(frame, prompts, config)
@@ -497,13 +534,26 @@ def _length_groups(prompts, batch_size: int):
         by_length.setdefault(p.n_tokens, []).append(p)
     for _, group in sorted(by_length.items()):
         for i in range(0, len(group), batch_size):
-            yield group[i:i + batch_size]
+            yield group[i : i + batch_size]
 
 
 def _tables(model: Model, prompts: PromptSet, results: dict, kinds, L: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     tok = model.tokenizer
-    columns: dict[str, list] = {k: [] for k in ("prompt_index", "kind", "component", "layer", "position", "token", "groups",
-                                                  "p_restored", "p_corrupted", "p_clean")}
+    columns: dict[str, list] = {
+        k: []
+        for k in (
+            "prompt_index",
+            "kind",
+            "component",
+            "layer",
+            "position",
+            "token",
+            "groups",
+            "p_restored",
+            "p_corrupted",
+            "p_clean",
+        )
+    }
     rows = []
     for p in prompts.prompts:
         r = results[p.index]
@@ -530,9 +580,20 @@ def _tables(model: Model, prompts: PromptSet, results: dict, kinds, L: int) -> t
                     columns["p_restored"].append(float(table[pos, layer]))
                     columns["p_corrupted"].append(r["p_corrupted"])
                     columns["p_clean"].append(r["p_clean"])
-        rows.append({"prompt_index": p.index, "subject": p.subject, "answer": p.answer, "text": p.text, "n_tokens": T,
-                     "subject_start": p.subject_span[0], "subject_stop": p.subject_span[1],
-                     "p_clean": r["p_clean"], "p_corrupted": r["p_corrupted"], "total_effect": r["p_clean"] - r["p_corrupted"]})
+        rows.append(
+            {
+                "prompt_index": p.index,
+                "subject": p.subject,
+                "answer": p.answer,
+                "text": p.text,
+                "n_tokens": T,
+                "subject_start": p.subject_span[0],
+                "subject_stop": p.subject_span[1],
+                "p_clean": r["p_clean"],
+                "p_corrupted": r["p_corrupted"],
+                "total_effect": r["p_clean"] - r["p_corrupted"],
+            }
+        )
     frame = pd.DataFrame(columns)
     frame.insert(frame.columns.get_loc("layer") + 1, "head", pd.array([pd.NA] * len(frame), dtype="Int64"))
     frame["indirect_effect"] = frame["p_restored"] - frame["p_corrupted"]
@@ -556,8 +617,17 @@ def group_means(frame: pd.DataFrame, prompts: PromptSet, config: TraceConfig) ->
     for (kind, group, layer), values in per_prompt.groupby(level=[0, 1, 2], sort=False):
         v = values.to_numpy(float)
         lo, hi = bootstrap_ci(v, n=config.n_bootstrap, level=config.level, seed=config.seed)
-        rows.append({"kind": kind, "group": group, "layer": int(layer), "mean_indirect_effect": float(v.mean()),
-                     "ci_low": lo, "ci_high": hi, "n_prompts": len(v)})
+        rows.append(
+            {
+                "kind": kind,
+                "group": group,
+                "layer": int(layer),
+                "mean_indirect_effect": float(v.mean()),
+                "ci_low": lo,
+                "ci_high": hi,
+                "n_prompts": len(v),
+            }
+        )
     out = pd.DataFrame(rows)
     out["group"] = pd.Categorical(out["group"], categories=list(GROUPS), ordered=True)
     out = out.sort_values(["kind", "group", "layer"]).reset_index(drop=True)
@@ -591,7 +661,10 @@ def mlp_peak_claim(grouped: pd.DataFrame | None, summary: dict | None, band: tup
     last = grouped[(grouped["kind"] == "mlp") & (grouped["group"] == GROUPS[5]) & (grouped["layer"] == layer)]
     at_last = float(last["mean_indirect_effect"].iloc[0]) if len(last) else float("nan")
     return Claim(
-        CLAIM_MLP_PEAK, float(row["mean_indirect_effect"]), float(row["ci_low"]), float(row["ci_high"]),
+        CLAIM_MLP_PEAK,
+        float(row["mean_indirect_effect"]),
+        float(row["ci_low"]),
+        float(row["ci_high"]),
         HOLDS if holds else FAILS,
         "largest mean indirect effect on p(Y) of restoring MLP outputs at the last subject token",
         f"interval > 0 and window centre in [{low:g}, {high:g}) of {L} layers",

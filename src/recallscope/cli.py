@@ -149,7 +149,10 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         def command(
             model: str = MODEL_OPTION,
             relation: Optional[str] = typer.Option(
-                None, "--relation", "-r", help=f"Built-in relation name or LRE JSON path (default: the preset's, else {RELATION_DEFAULT})."
+                None,
+                "--relation",
+                "-r",
+                help=f"Built-in relation name or LRE JSON path (default: the preset's, else {RELATION_DEFAULT}).",
             ),
             shots: int = typer.Option(0, "--shots", "-k", help="In-context demonstrations per prompt."),
             out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (resumable)."),
@@ -169,7 +172,9 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
             mode: Optional[str] = typer.Option(None, "--mode", help=FLAG_HELP["mode"]),
             prompts: Optional[str] = typer.Option(None, "--prompts", help=FLAG_HELP["prompts"]),
             preset: str = typer.Option("recallscope", "--preset", help=PRESET_HELP),
-            settings: list[str] = typer.Option([], "--set", help="Stage setting, e.g. --set patch.direction=denoise (repeatable)."),
+            settings: list[str] = typer.Option(
+                [], "--set", help="Stage setting, e.g. --set patch.direction=denoise (repeatable)."
+            ),
         ) -> None:
             _check_common(max_prompts, threads)
             if shots < 0:
@@ -193,8 +198,14 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
             )
             _set_threads(threads)
             run = pipeline.RunConfig(
-                model=model, relation=_relation(relation, preset), shots=shots, seed=seed, max_prompts=max_prompts,
-                device=device, dtype=dtype, preset=preset,
+                model=model,
+                relation=_relation(relation, preset),
+                shots=shots,
+                seed=seed,
+                max_prompts=max_prompts,
+                device=device,
+                dtype=dtype,
+                preset=preset,
             )
             _, summary = pipeline.execute(run, [stage], out=out, overrides=overrides, force=force, progress=True, log=_note)
             _print_summary(stage, summary, as_json)
@@ -210,7 +221,10 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
     def run_command(
         model: str = MODEL_OPTION,
         relation: Optional[str] = typer.Option(
-            None, "--relation", "-r", help=f"Relation names or LRE paths, comma-separated (default: the preset's, else {RELATION_DEFAULT})."
+            None,
+            "--relation",
+            "-r",
+            help=f"Relation names or LRE paths, comma-separated (default: the preset's, else {RELATION_DEFAULT}).",
         ),
         shots: str = typer.Option("0", "--shots", "-k", help="Shot counts, comma-separated (e.g. 0,1,3)."),
         out: str = typer.Option("runs/latest", "--out", "-o", help="Run directory (resumable)."),
@@ -221,7 +235,9 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         as_json: bool = JSON_OPTION,
         force: bool = FORCE_OPTION,
         threads: Optional[int] = THREADS_OPTION,
-        stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated subset of stages (default: all but the opt-in trace and knockout)."),
+        stages: Optional[str] = typer.Option(
+            None, "--stages", help="Comma-separated subset of stages (default: all but the opt-in trace and knockout)."
+        ),
         report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
         preset: str = typer.Option("recallscope", "--preset", help=PRESET_HELP),
         settings: list[str] = typer.Option([], "--set", help="Stage setting, e.g. --set decompose.solver=sgd (repeatable)."),

@@ -83,8 +83,12 @@ class KnockoutConfig:
     seed: int = 0
 
     constraints: ClassVar[dict] = {
-        "window": POSITIVE, "blocks": Options(*BLOCKS), "engine": Options(*ENGINES), "batch_size": POSITIVE,
-        "n_bootstrap": POSITIVE, "level": LEVEL,
+        "window": POSITIVE,
+        "blocks": Options(*BLOCKS),
+        "engine": Options(*ENGINES),
+        "batch_size": POSITIVE,
+        "n_bootstrap": POSITIVE,
+        "level": LEVEL,
     }
 
 
@@ -105,7 +109,9 @@ def check_config(config: KnockoutConfig, model: Model | None = None) -> None:
     if config.window is not None and config.window < 1:
         raise UserError(f"knockout.window must be >= 1, got {config.window}")
     if model is not None and config.window is not None and config.window > model.cfg.n_layers:
-        raise UserError(f"knockout.window {config.window} is larger than the model ({model.cfg.n_layers} layers); set --set knockout.window=N with N <= {model.cfg.n_layers}")
+        raise UserError(
+            f"knockout.window {config.window} is larger than the model ({model.cfg.n_layers} layers); set --set knockout.window=N with N <= {model.cfg.n_layers}"
+        )
 
 
 def blocked_keys(batch: Batch, block: str) -> Tensor:
@@ -127,11 +133,13 @@ def blocked_keys(batch: Batch, block: str) -> Tensor:
 
 def block_edit(keys: Tensor):
     """An ``attn_bias`` edit: the last query's entries at ``keys`` [B, S] := dtype min (blocked)."""
+
     def edit(bias: Tensor) -> Tensor:
         bias = bias.clone()
         last = bias[:, :, -1, :]
         bias[:, :, -1, :] = last.masked_fill(keys[:, None, :].to(bias.device), torch.finfo(bias.dtype).min)
         return bias
+
     return edit
 
 
@@ -166,8 +174,7 @@ def exact_batch(view: ModelView, batch: Batch, blocks, window: int) -> tuple[np.
     nb = len(blocks)
     y = batch.answer_ids().to(view.device)
     positions = torch.full((B, 1), S - 1)
-    clean = view.trace(batch.input_ids, batch.attention_mask, record=["logits", "resid_pre"], return_kv=True,
-                       positions=positions)
+    clean = view.trace(batch.input_ids, batch.attention_mask, record=["logits", "resid_pre"], return_kv=True, positions=positions)
     p_clean = answer_prob(view, clean.logits[:, 0], y).cpu().numpy()
 
     def rows(x: Tensor) -> Tensor:  # row r = block r // B, prompt r % B
@@ -181,10 +188,11 @@ def exact_batch(view: ModelView, batch: Batch, blocks, window: int) -> tuple[np.
     edit = block_edit(keys)
     for centre in range(L):
         layers = window_layers(centre, window, L)
-        tr = view.forward_from(resid[:, layers[0]][:, None], layers[0], mask, past, record=["logits"],
-                               edits={("attn_bias", m): edit for m in layers})
+        tr = view.forward_from(
+            resid[:, layers[0]][:, None], layers[0], mask, past, record=["logits"], edits={("attn_bias", m): edit for m in layers}
+        )
         table[:, centre] = answer_prob(view, tr.logits[:, -1], rows(y)).cpu().numpy()
-    return p_clean, {block: table[i * B:(i + 1) * B] for i, block in enumerate(blocks)}
+    return p_clean, {block: table[i * B : (i + 1) * B] for i, block in enumerate(blocks)}
 
 
 @dataclass(frozen=True)
@@ -219,9 +227,14 @@ class KnockoutResult:
         if not len(w):
             return None
         row = w.loc[w["mean_relative_change_pct"].idxmin()]
-        return {"layer": int(row["layer"]), "first_layer": int(row["first_layer"]), "last_layer": int(row["last_layer"]),
-                "mean_relative_change_pct": float(row["mean_relative_change_pct"]),
-                "ci_low": float(row["ci_low"]), "ci_high": float(row["ci_high"])}
+        return {
+            "layer": int(row["layer"]),
+            "first_layer": int(row["first_layer"]),
+            "last_layer": int(row["last_layer"]),
+            "mean_relative_change_pct": float(row["mean_relative_change_pct"]),
+            "ci_low": float(row["ci_low"]),
+            "ci_high": float(row["ci_high"]),
+        }
 
     def to_dict(self) -> dict:
         return {
@@ -230,8 +243,11 @@ class KnockoutResult:
             "n_prompts": int(self.frame["prompt_index"].nunique()),
             "n_layers": self.n_layers,
             "window": self.window,
-            "window_rule": ("set by knockout.window" if self.config.window is not None
-                            else "max(1, round(9 · L / 48)): Geva et al.'s 9 of GPT-2 XL's 48 layers, scaled"),
+            "window_rule": (
+                "set by knockout.window"
+                if self.config.window is not None
+                else "max(1, round(9 · L / 48)): Geva et al.'s 9 of GPT-2 XL's 48 layers, scaled"
+            ),
             "blocks": list(self.config.blocks),
             "engine": self.config.engine,
             "dips": {block: self.dip(block) for block in self.config.blocks},
@@ -242,8 +258,13 @@ class KnockoutResult:
         return knockout_figures.figures(self.tables(), self.to_dict())[0]
 
 
-def knockout(model: Model, prompts: PromptSet, config: KnockoutConfig = KnockoutConfig(), progress: bool = True,
-             mover_layers: tuple[int, ...] = ()) -> KnockoutResult:
+def knockout(
+    model: Model,
+    prompts: PromptSet,
+    config: KnockoutConfig = KnockoutConfig(),
+    progress: bool = True,
+    mover_layers: tuple[int, ...] = (),
+) -> KnockoutResult:
     """Attention knockout for every prompt, blocked set and window (see the module docstring).
 
     ``mover_layers`` (optional, from the movers stage) are carried into the summary for the
@@ -256,10 +277,10 @@ def knockout(model: Model, prompts: PromptSet, config: KnockoutConfig = Knockout
     k = config.window if config.window is not None else default_window(L)
     blocks = tuple(b for b in BLOCKS if b in config.blocks)
     engine = exact_batch if config.engine == "exact" else naive_batch
-    rows: dict[str, list] = {c: [] for c in ("prompt_index", "block", "layer", "first_layer", "last_layer", "n_edges",
-                                              "p_clean", "p_blocked")}
-    groups = list(batches(prompts.prompts, model.tokenizer.pad_token_id if model.tokenizer is not None else 0,
-                          config.batch_size))
+    rows: dict[str, list] = {
+        c: [] for c in ("prompt_index", "block", "layer", "first_layer", "last_layer", "n_edges", "p_clean", "p_blocked")
+    }
+    groups = list(batches(prompts.prompts, model.tokenizer.pad_token_id if model.tokenizer is not None else 0, config.batch_size))
     start = time.perf_counter()
     for indices, batch in track(groups, "knockout", total=len(groups), enabled=progress):
         p_clean, blocked = engine(view, batch, blocks, k)
@@ -288,9 +309,18 @@ def window_means(frame: pd.DataFrame, config: KnockoutConfig) -> pd.DataFrame:
     for (block, layer), g in frame.groupby(["block", "layer"], sort=False):
         v = g["relative_change_pct"].to_numpy(float)
         lo, hi = bootstrap_ci(v, n=config.n_bootstrap, level=config.level, seed=config.seed)
-        out.append({"block": block, "layer": int(layer), "first_layer": int(g["first_layer"].iloc[0]),
-                    "last_layer": int(g["last_layer"].iloc[0]), "mean_relative_change_pct": float(v.mean()),
-                    "ci_low": lo, "ci_high": hi, "n_prompts": len(v)})
+        out.append(
+            {
+                "block": block,
+                "layer": int(layer),
+                "first_layer": int(g["first_layer"].iloc[0]),
+                "last_layer": int(g["last_layer"].iloc[0]),
+                "mean_relative_change_pct": float(v.mean()),
+                "ci_low": lo,
+                "ci_high": hi,
+                "n_prompts": len(v),
+            }
+        )
     return pd.DataFrame(out).sort_values(["block", "layer"]).reset_index(drop=True)
 
 
@@ -319,13 +349,33 @@ def reads_subject_claim(windows: pd.DataFrame | None, summary: dict | None, move
     control_mean = float(control["mean_relative_change_pct"].iloc[0]) if len(control) else float("nan")
     measure = "lowest mean change of p(Y) (%) when the last position's edges to the subject are blocked"
     rule = "interval < 0, below the non-subject control, and a mover head's layer inside the blocked window"
-    detail = (f"dip at window {first}..{last} (centre {centre}, k = {summary.get('window')}); non-subject control there: "
-              f"{control_mean:.1f}%; mover heads' layers: {mover_layers or 'none'}")
+    detail = (
+        f"dip at window {first}..{last} (centre {centre}, k = {summary.get('window')}); non-subject control there: "
+        f"{control_mean:.1f}%; mover heads' layers: {mover_layers or 'none'}"
+    )
     if not mover_layers:
-        return Claim(CLAIM_READS_SUBJECT, float(row["mean_relative_change_pct"]), float(row["ci_low"]), float(row["ci_high"]),
-                     NOT_MEASURABLE, measure, rule, detail + " (no mover head found: run the movers stage)", stage)
+        return Claim(
+            CLAIM_READS_SUBJECT,
+            float(row["mean_relative_change_pct"]),
+            float(row["ci_low"]),
+            float(row["ci_high"]),
+            NOT_MEASURABLE,
+            measure,
+            rule,
+            detail + " (no mover head found: run the movers stage)",
+            stage,
+        )
     inside = any(first <= m <= last for m in mover_layers)
     below_control = not np.isfinite(control_mean) or row["mean_relative_change_pct"] < control_mean
     holds = bool(row["ci_high"] < 0 and below_control and inside)
-    return Claim(CLAIM_READS_SUBJECT, float(row["mean_relative_change_pct"]), float(row["ci_low"]), float(row["ci_high"]),
-                 HOLDS if holds else FAILS, measure, rule, detail, stage)
+    return Claim(
+        CLAIM_READS_SUBJECT,
+        float(row["mean_relative_change_pct"]),
+        float(row["ci_low"]),
+        float(row["ci_high"]),
+        HOLDS if holds else FAILS,
+        measure,
+        rule,
+        detail,
+        stage,
+    )

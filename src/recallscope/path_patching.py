@@ -276,7 +276,11 @@ def flop_counts(view: ModelView, n_tokens: float, senders: Sequence[Sender]) -> 
     naive = len(senders) * n_tokens * cfg.n_layers * (attn_proj + attn_mix + mlp)
     path = 0.0
     for s in senders:
-        first = s.layer if s.kind in ("head", "attn", "resid") and not (s.kind in ("head", "attn") and cfg.parallel_residual) else s.layer + 1
+        first = (
+            s.layer
+            if s.kind in ("head", "attn", "resid") and not (s.kind in ("head", "attn") and cfg.parallel_residual)
+            else s.layer + 1
+        )
         path += max(0, cfg.n_layers - first) * mlp
     return {
         "naive_macs": float(naive),

@@ -537,8 +537,14 @@ def execute(
     if model is None:
         model = load_model(run.model, device=run.device, dtype=run.dtype)
     if prompts is None:
-        prompts = build_prompts(relation, model.tokenizer, shots=run.shots, seed=run.seed, max_prompts=run.max_prompts,
-                                demonstrations=run.demonstrations)
+        prompts = build_prompts(
+            relation,
+            model.tokenizer,
+            shots=run.shots,
+            seed=run.seed,
+            max_prompts=run.max_prompts,
+            demonstrations=run.demonstrations,
+        )
     check_positions(prompts, model)
     order = check_stages(targets, configs, model)
     ctx = StageContext(
@@ -710,8 +716,14 @@ def execute_many(
             run = dataclasses.replace(base, relation=rel, shots=k)
             sub = out if (single or out is None) else str(Path(out) / _slug(rel) / f"{k}shot")
             try:
-                prompts = build_prompts(relation, model.tokenizer, shots=k, seed=base.seed, max_prompts=base.max_prompts,
-                                        demonstrations=base.demonstrations)
+                prompts = build_prompts(
+                    relation,
+                    model.tokenizer,
+                    shots=k,
+                    seed=base.seed,
+                    max_prompts=base.max_prompts,
+                    demonstrations=base.demonstrations,
+                )
             except UserError as exc:
                 if single:
                     raise
@@ -841,8 +853,9 @@ def run(
     """
     loaded = model if isinstance(model, Model) else None
     name = loaded.name if loaded else model
-    config = RunConfig(model=name, relation=relation, shots=shots, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype,
-                       preset=preset)
+    config = RunConfig(
+        model=name, relation=relation, shots=shots, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype, preset=preset
+    )
     ctx, summary = execute(
         config, stages or default_stages(), out=out, overrides=settings, force=force, model=loaded, progress=progress
     )

@@ -47,8 +47,13 @@ class Definition:
     source: str  # where the paper's code does it
 
     def to_dict(self) -> dict:
-        return {"setting": self.setting, "value": self.value, "default": self.default,
-                "description": self.description, "source": self.source}
+        return {
+            "setting": self.setting,
+            "value": self.value,
+            "default": self.default,
+            "description": self.description,
+            "source": self.source,
+        }
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ class Preset:
 
     def run_settings(self) -> dict[str, Any]:
         """``{"demonstrations": "plain", "relation": ...}``: how the preset builds prompts."""
-        return {d.setting[len("run."):]: d.value for d in self.definitions if d.setting.startswith("run.")}
+        return {d.setting[len("run.") :]: d.value for d in self.definitions if d.setting.startswith("run.")}
 
     def to_dict(self) -> dict:
         """For the manifest and the summary: the preset's name and every definition it selects."""
@@ -75,33 +80,63 @@ FACT_DATASET = "easy_transformer/fact_dataset.py"
 
 PAPER = Preset(
     name="paper",
-    description=("The definitions of the paper's released code (trestad/Factual-Recall-Mechanism) wherever they "
-                 "differ from recallscope's defaults."),
+    description=(
+        "The definitions of the paper's released code (trestad/Factual-Recall-Mechanism) wherever they "
+        "differ from recallscope's defaults."
+    ),
     definitions=(
-        Definition("patch.mode", "path", "total",
-                   "path patching: every head's queries, keys and values frozen to the clean run, MLPs free",
-                   f"{FACT_UTILS}: path_patching (hook_q/hook_k/hook_v of every layer frozen; freeze_mlps=False "
-                   "as plot_path_patching passes)"),
-        Definition("patch.sender_mean", "dataset", "per_prompt",
-                   "the sender's value: its mean over the whole corrupted dataset (the nation swapped)",
-                   f"{FACT_UTILS}: path_patching (torch.mean(sender_cache[hook_name], dim=0)); recallscope reads each "
-                   "corrupted prompt at its own end position, the authors' code averages absolute positions of "
-                   "right-padded prompts"),
-        Definition("patch.aggregate", "ratio_of_means", "mean_of_ratios",
-                   "100 · (mean π_patched − mean π_clean) / mean π_clean over the prompts",
-                   f"{FACT_UTILS}: plot_path_patching with logit_diff(metric='iw') averaged by handle_all_and_std"),
-        Definition("patch.prompts", "all", "known",
-                   "every prompt is patched, not only those the model answers correctly",
-                   f"{FACT_DATASET}: FactDataset (no filtering on the model's answer)"),
-        Definition("movers.subject_token", "first", "last",
-                   "the movers scatter reads the subject's first token (attention to it, a · W_U[it])",
-                   f"{FACT_UTILS}: scatter_attention_and_contribution (word_idx['N'], the first token of ' ' + nation)"),
-        Definition("run.demonstrations", "plain", "template",
-                   "demonstrations in the relation's plain template: \"The capital of X' is Y'. \" before the lead-in",
-                   f"{FACT_DATASET}: FactDataset.add_a_shot"),
-        Definition("run.relation", "paper_country_capital", "country_capital_extended",
-                   "the paper's 15 nations and capitals (lead-ins written by recallscope), when no relation is given",
-                   f"{FACT_DATASET}: NATIONS, CITIES"),
+        Definition(
+            "patch.mode",
+            "path",
+            "total",
+            "path patching: every head's queries, keys and values frozen to the clean run, MLPs free",
+            f"{FACT_UTILS}: path_patching (hook_q/hook_k/hook_v of every layer frozen; freeze_mlps=False "
+            "as plot_path_patching passes)",
+        ),
+        Definition(
+            "patch.sender_mean",
+            "dataset",
+            "per_prompt",
+            "the sender's value: its mean over the whole corrupted dataset (the nation swapped)",
+            f"{FACT_UTILS}: path_patching (torch.mean(sender_cache[hook_name], dim=0)); recallscope reads each "
+            "corrupted prompt at its own end position, the authors' code averages absolute positions of "
+            "right-padded prompts",
+        ),
+        Definition(
+            "patch.aggregate",
+            "ratio_of_means",
+            "mean_of_ratios",
+            "100 · (mean π_patched − mean π_clean) / mean π_clean over the prompts",
+            f"{FACT_UTILS}: plot_path_patching with logit_diff(metric='iw') averaged by handle_all_and_std",
+        ),
+        Definition(
+            "patch.prompts",
+            "all",
+            "known",
+            "every prompt is patched, not only those the model answers correctly",
+            f"{FACT_DATASET}: FactDataset (no filtering on the model's answer)",
+        ),
+        Definition(
+            "movers.subject_token",
+            "first",
+            "last",
+            "the movers scatter reads the subject's first token (attention to it, a · W_U[it])",
+            f"{FACT_UTILS}: scatter_attention_and_contribution (word_idx['N'], the first token of ' ' + nation)",
+        ),
+        Definition(
+            "run.demonstrations",
+            "plain",
+            "template",
+            "demonstrations in the relation's plain template: \"The capital of X' is Y'. \" before the lead-in",
+            f"{FACT_DATASET}: FactDataset.add_a_shot",
+        ),
+        Definition(
+            "run.relation",
+            "paper_country_capital",
+            "country_capital_extended",
+            "the paper's 15 nations and capitals (lead-ins written by recallscope), when no relation is given",
+            f"{FACT_DATASET}: NATIONS, CITIES",
+        ),
     ),
 )
 

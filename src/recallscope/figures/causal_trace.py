@@ -53,18 +53,28 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
         z = np.full((len(GROUPS), len(layers)), np.nan)
         for r in g.itertuples():
             z[GROUPS.index(r.group), layers.index(r.layer)] = r.mean_indirect_effect
-        fig = go.Figure(go.Heatmap(
-            z=z, x=[str(layer) for layer in layers], y=list(GROUPS), colorscale=SCALES[kind], zmin=0, zmax=max(top, 1e-9),
-            colorbar={"title": "mean IE"}, hovertemplate="layer %{x}, %{y}: IE %{z:.4f}<extra></extra>",
-        ))
+        fig = go.Figure(
+            go.Heatmap(
+                z=z,
+                x=[str(layer) for layer in layers],
+                y=list(GROUPS),
+                colorscale=SCALES[kind],
+                zmin=0,
+                zmax=max(top, 1e-9),
+                colorbar={"title": "mean IE"},
+                hovertemplate="layer %{x}, %{y}: IE %{z:.4f}<extra></extra>",
+            )
+        )
         fig.update_layout(
             title=f"Causal tracing: mean indirect effect on p(Y) of restoring the {TITLES[kind].format(w=window)} — {n} prompts",
             xaxis_title="l: the residual r[l] entering layer l" if kind == "resid" else "centre of the window of restored layers",
-            yaxis_title="position", yaxis={"autorange": "reversed"},
+            yaxis_title="position",
+            yaxis={"autorange": "reversed"},
         )
         out.append(fig)
-    lines = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True,
-                          subplot_titles=[html.escape(TITLES[k].format(w=window)) for k in kinds])
+    lines = make_subplots(
+        rows=1, cols=len(kinds), shared_yaxes=True, subplot_titles=[html.escape(TITLES[k].format(w=window)) for k in kinds]
+    )
     for col, kind in enumerate(kinds, start=1):
         g = grouped[grouped["kind"] == kind]
         for i, group in enumerate(GROUPS):
@@ -73,11 +83,34 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
                 continue
             x = rows["layer"].tolist()
             colour = COLOURS[i]
-            lines.add_trace(go.Scatter(x=x + x[::-1], y=rows["ci_high"].tolist() + rows["ci_low"].tolist()[::-1],
-                                       fill="toself", fillcolor=colour, opacity=0.2, line={"width": 0},
-                                       hoverinfo="skip", showlegend=False, legendgroup=group), row=1, col=col)
-            lines.add_trace(go.Scatter(x=x, y=rows["mean_indirect_effect"], mode="lines", name=group, line={"color": colour},
-                                       legendgroup=group, showlegend=col == 1), row=1, col=col)
+            lines.add_trace(
+                go.Scatter(
+                    x=x + x[::-1],
+                    y=rows["ci_high"].tolist() + rows["ci_low"].tolist()[::-1],
+                    fill="toself",
+                    fillcolor=colour,
+                    opacity=0.2,
+                    line={"width": 0},
+                    hoverinfo="skip",
+                    showlegend=False,
+                    legendgroup=group,
+                ),
+                row=1,
+                col=col,
+            )
+            lines.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=rows["mean_indirect_effect"],
+                    mode="lines",
+                    name=group,
+                    line={"color": colour},
+                    legendgroup=group,
+                    showlegend=col == 1,
+                ),
+                row=1,
+                col=col,
+            )
         lines.update_xaxes(title_text="layer", row=1, col=col)
     lines.update_yaxes(title_text="mean indirect effect on p(Y)", row=1, col=1)
     lines.update_layout(title=f"Causal tracing: mean indirect effect per position group, 95% bootstrap intervals — {n} prompts")

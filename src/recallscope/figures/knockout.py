@@ -26,17 +26,31 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
         rows = w[w["block"] == block].sort_values("layer")
         x = rows["layer"].tolist()
         colour = COLOURS[block]
-        fig.add_trace(go.Scatter(x=x + x[::-1], y=rows["ci_high"].tolist() + rows["ci_low"].tolist()[::-1], fill="toself",
-                                 fillcolor=colour, opacity=0.2, line={"width": 0}, hoverinfo="skip", showlegend=False))
-        fig.add_trace(go.Scatter(x=x, y=rows["mean_relative_change_pct"], mode="lines+markers", name=NAMES[block],
-                                 line={"color": colour}))
+        fig.add_trace(
+            go.Scatter(
+                x=x + x[::-1],
+                y=rows["ci_high"].tolist() + rows["ci_low"].tolist()[::-1],
+                fill="toself",
+                fillcolor=colour,
+                opacity=0.2,
+                line={"width": 0},
+                hoverinfo="skip",
+                showlegend=False,
+            )
+        )
+        fig.add_trace(
+            go.Scatter(x=x, y=rows["mean_relative_change_pct"], mode="lines+markers", name=NAMES[block], line={"color": colour})
+        )
     for layer in summary.get("mover_layers") or []:
         fig.add_vline(x=layer, line_dash="dot", line_color="#868e96")
     fig.add_hline(y=0, line_color="#adb5bd")
     fig.update_layout(
-        title=(f"Attention knockout: last position → blocked positions, window of {summary.get('window', '?')} layers "
-               f"— {summary.get('n_prompts', '?')} prompts"),
-        xaxis_title="centre of the window of blocked layers", yaxis_title="mean change of p(Y), % (95% bootstrap interval)",
+        title=(
+            f"Attention knockout: last position → blocked positions, window of {summary.get('window', '?')} layers "
+            f"— {summary.get('n_prompts', '?')} prompts"
+        ),
+        xaxis_title="centre of the window of blocked layers",
+        yaxis_title="mean change of p(Y), % (95% bootstrap interval)",
         legend_title="edges blocked to",
     )
     return [fig]
