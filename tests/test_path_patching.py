@@ -161,7 +161,7 @@ def test_aggregates_ratio_of_means_mean_of_ratios_and_bootstrap():
     assert summary["aggregate"] == "ratio_of_means" and summary["top_components"][0]["component"] == "L0H0"
     assert summary["top_components"][0]["effect"] == pytest.approx(rom[0])
     # the heatmap shows the headline aggregate, rebuilt from the long table alone
-    fig = P.figures(result.to_frame(), summary)[0]
+    fig = result.plot()
     assert np.nanmax(np.abs(np.array(fig.data[0].z, dtype=float))) == pytest.approx(np.abs(rom).max())
 
 
