@@ -301,11 +301,11 @@ def test_cuda_out_of_memory_halves_the_batch_and_retries(smollm2, monkeypatch):
     real_prepare, real_exact = P._prepare_batch, P.ENGINE_FUNCTIONS["exact"]
     prepared_sizes, engine_sizes = [], []
 
-    def prepare_at_most_4(view, pad_id, indices, batch, corrupt, config):
+    def prepare_at_most_4(view, pad_id, indices, batch, corrupt, config, mean=None):
         if len(indices) > 4:
             raise torch.cuda.OutOfMemoryError("stand-in: prepare above 4 prompts")
         prepared_sizes.append(len(indices))
-        return real_prepare(view, pad_id, indices, batch, corrupt, config)
+        return real_prepare(view, pad_id, indices, batch, corrupt, config, mean)
 
     def exact_at_most_2(view, base, patch, components):
         if base.size > 2:

@@ -161,7 +161,10 @@ def test_movers_first_subject_token():
 
 @pytest.mark.slow
 def test_cli_bad_mode_is_one_line():
-    assert_one_line_error(cli("patch", "--mode", "sideways", "--max-prompts", "4"), "patch.mode must be one of total, path")
+    assert_one_line_error(
+        cli("patch", "--mode", "sideways", "--max-prompts", "4"),
+        "--mode sideways is not allowed: --mode must be one of total, path",
+    )
 
 
 def test_cli_unknown_preset_is_one_line_before_the_model_loads():
