@@ -16,7 +16,7 @@ import pandas as pd
 from recallscope.figures.suppress import sweep_figure
 from recallscope.suppress import SuppressConfig, sweep
 
-BUILTIN = ["country_capital", "country_language", "country_currency", "landmark_country", "city_country",
+BUILTIN = ["paper_country_capital", "country_capital_extended", "country_language", "country_currency", "landmark_country", "city_country",
            "company_headquarters", "person_sport"]
 
 

@@ -196,10 +196,10 @@ def test_figures_from_tables_heatmap_cells_hold_the_grouped_means():
 
 @pytest.mark.slow
 def test_exact_equals_naive_on_smollm2_in_float64(smollm2):
-    """One country_capital prompt, every restoration by the exact engine; ROME's loop (float64,
+    """One paper_country_capital prompt, every restoration by the exact engine; ROME's loop (float64,
     one forward of 1 + n rows each) on 45 restorations spread over kinds, positions and layers."""
     view = ModelView(smollm2.cfg, smollm2.view.weights.to(dtype=torch.float64))
-    ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=0, seed=0, max_prompts=3)
+    ps = build_prompts(load_relation("paper_country_capital"), smollm2.tokenizer, shots=0, seed=0, max_prompts=3)
     prompt = ps.prompts[0]
     L, d = smollm2.cfg.n_layers, smollm2.cfg.d_model
     sigma = 3 * CT.subject_embedding_std(view, ps)

@@ -169,7 +169,7 @@ def test_figure_from_tables_one_line_per_block_and_mover_layers_marked():
 @pytest.mark.slow
 def test_exact_equals_naive_on_smollm2_subset_in_float64(smollm2):
     model = dataclasses.replace(smollm2, view=ModelView(smollm2.cfg, smollm2.view.weights.to(dtype=torch.float64)))
-    ps = build_prompts(load_relation("country_capital"), smollm2.tokenizer, shots=0, seed=0, max_prompts=2)
+    ps = build_prompts(load_relation("paper_country_capital"), smollm2.tokenizer, shots=0, seed=0, max_prompts=2)
     config = K.KnockoutConfig()  # k = 6 of 30 layers
     exact = K.knockout(model, ps, config, progress=False)
     naive = K.knockout(model, ps, dataclasses.replace(config, engine="naive"), progress=False)

@@ -9,7 +9,7 @@ view's parity with the Hugging Face module holds for them as for any Llama. Both
 SmolLM2-135M's tokenizer (vocabulary V = 49,152), read from the embedded model's weight cache
 (or its GGUF file when there is no cache yet); no download, built in a few seconds.
 
-``planted`` — made for one relation (``country_capital``; any relation with at most 15 distinct
+``planted`` — made for one relation (``paper_country_capital``; any relation with at most 15 distinct
 subject tokens X and answer tokens Y works). Llama shape: 3 layers, 4 query heads, 2 key/value
 heads (grouped-query attention), d = 64, head width 16, MLP width 64, untied embeddings, RMS
 norms with weight 1, rope θ = 10⁴. Only the relation's tokens are embedded: every other token has a
@@ -125,7 +125,7 @@ P = slice(34, 34 + N_SLOTS)
 Q = slice(49, 49 + N_SLOTS)
 
 PLANTED: dict = {
-    "relation": "country_capital",
+    "relation": "paper_country_capital",
     "mover": "L1H0",  # attends end -> subject, OV maps X's representation to W_U[X]
     "mlp_layer": 1,  # m[1] = Σ_h c_h a[1,h] + b (up to a factor within 4e-7 of 1)
     "coefficients": {"L1H0": 2.5, "L1H1": 0.5, "L1H2": -1.5},  # amplified, attenuated, reversed
@@ -143,7 +143,7 @@ RANDOM_SEED = 0
 
 CONTROLS: dict[str, str] = {
     "planted": "control: 3-layer Llama on SmolLM2's tokenizer with the paper's mechanisms planted "
-               "(mover L1H0, MLP 1 = Σ c·a + b, suppressor L2H0) for country_capital; no download",
+               "(mover L1H0, MLP 1 = Σ c·a + b, suppressor L2H0) for paper_country_capital; no download",
     "random": f"control: the planted model's shape (3-layer Llama, d=64) with random init (seed {RANDOM_SEED}), "
               "SmolLM2's tokenizer: no mechanism; no download",
 }
