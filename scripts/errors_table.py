@@ -248,6 +248,10 @@ CASES: tuple[Case, ...] = (
     Case("--set: not one of the choices", ("recall", "--set", "patch.mode=both"), "patch.mode must be one of noise, denoise"),
     Case("--set: a word for a switch", ("recall", "--set", "patch.attribution=yes"), "must be a boolean (true or false)"),
     Case("--threads 0", ("recall", "--threads", "0"), "--threads must be >= 1, got 0"),
+    # issue 13: path patching flags and presets
+    Case("--mode unknown", ("patch", "--mode", "sideways"), "--mode must be one of total, path"),
+    Case("--prompts unknown", ("patch", "--prompts", "some"), "--prompts must be one of known, all"),
+    Case("--preset unknown", ("run", "--preset", "nope", "--out", "run"), "unknown preset 'nope'; available: paper, recallscope"),
     Case(
         "a sweep with cells its data cannot support",
         ("run", "--relation", "small.json,years.json", "--max-prompts", "3", "--stages", "recall", "--no-report", "--out", "run"),
