@@ -185,7 +185,7 @@ def test_hostile_relation_through_every_stage_in_headless_chromium(smollm2, tmp_
 
     import pandas as pd
 
-    from recallscope.pipeline import RunConfig, available_stages, execute
+    from recallscope.pipeline import RunConfig, default_stages, execute
 
     samples = [
         ("France", "Paris" + h.SCRIPT), (h.SCRIPT, "Lisbon"), ('"</div><b>', "Vienna"),
@@ -200,8 +200,8 @@ def test_hostile_relation_through_every_stage_in_headless_chromium(smollm2, tmp_
         "samples": [{"subject": s, "object": o} for s, o in samples],
     }, ensure_ascii=False), encoding="utf-8")
     run_dir = tmp_path / "run"
-    ctx, summary = execute(RunConfig(relation=str(path)), available_stages(), out=str(run_dir), model=smollm2, progress=False)
-    assert set(summary["stages"]) == set(available_stages()) == {
+    ctx, summary = execute(RunConfig(relation=str(path)), default_stages(), out=str(run_dir), model=smollm2, progress=False)
+    assert set(summary["stages"]) == set(default_stages()) == {
         "recall", "patch", "movers", "decompose", "intercept", "suppress", "claims"}
     recall = pd.read_parquet(run_dir / "recall.parquet")
     assert list(recall["subject"]) == [s for s, _ in samples]  # every hostile subject kept, byte for byte
@@ -225,8 +225,8 @@ def test_hostile_relation_through_every_stage_in_headless_chromium(smollm2, tmp_
         section = page.split(f'<section class="stage" id="{anchor}">', 1)[1].split("</section>", 1)[0]
         block = re.search(r'<script type="application/json" id="plot-\d+-json">(.*?)</script>', section, flags=re.S)
         firsts[name] = json.loads(block.group(1))
-    assert set(firsts) == set(available_stages())
-    for name in available_stages():
+    assert set(firsts) == set(default_stages())
+    for name in default_stages():
         fig = ctx.results[name].plot()
         assert isinstance(fig, go.Figure), name
         assert json.loads(fig.to_json())["data"] == firsts[name]["data"], name
