@@ -245,7 +245,7 @@ CASES: tuple[Case, ...] = (
         "intercept.level=1.5 is not allowed: intercept.level must be a number in (0, 1)",
     ),
     Case("--set: a fraction for a count", ("recall", "--set", "decompose.folds=2.5"), "decompose.folds must be an integer >= 2"),
-    Case("--set: not one of the choices", ("recall", "--set", "patch.mode=both"), "patch.mode must be one of noise, denoise"),
+    Case("--set: not one of the choices", ("recall", "--set", "patch.mode=both"), "patch.mode must be one of total, path"),
     Case("--set: a word for a switch", ("recall", "--set", "patch.attribution=yes"), "must be a boolean (true or false)"),
     Case("--threads 0", ("recall", "--threads", "0"), "--threads must be >= 1, got 0"),
     # issue 13: path patching flags and presets

@@ -133,8 +133,8 @@ def test_fault_B_run_every_stage_on_every_family(family, model_dirs, tmp_path):
     assert end_tokens == {" is"}  # never <|im_end|>, even where the tokenizer appends it
 
     # two stages, one quantity: suppress's "before" π is recall's π, prompt by prompt
-    suppress = pd.read_parquet(tmp_path / "run" / "suppress.parquet")
-    before = suppress[(suppress["table"] == "eval") & (suppress["mode"] == "before")].sort_values("prompt_index")
+    evaluation = pd.read_parquet(tmp_path / "run" / "suppress" / "eval.parquet")
+    before = evaluation[evaluation["mode"] == "before"].sort_values("prompt_index")
     assert len(before) == MAX_PROMPTS
     assert before["pi_answer"].to_numpy() == pytest.approx(recall["pi_answer"].to_numpy(), abs=1e-4)
 

@@ -64,7 +64,7 @@ def interrupt_during_patch(out: Path, sig: int) -> tuple[int, str]:
 
 
 def assert_only_complete_files(out: Path) -> list[str]:
-    """Every file parses; returns the names of the stage tables."""
+    """Every file parses; returns the stage tables as paths without suffix (``patch``, ``patch/components``)."""
     files = [p for p in out.rglob("*") if p.is_file()]
     assert not [p for p in files if p.name.endswith(".tmp")], files
     for path in files:
@@ -74,7 +74,7 @@ def assert_only_complete_files(out: Path) -> list[str]:
             json.loads(path.read_text(encoding="utf-8"))
         elif path.suffix == ".html":
             assert path.read_text(encoding="utf-8").rstrip().endswith("</html>")
-    return sorted(p.stem for p in files if p.suffix == ".parquet")
+    return sorted(p.relative_to(out).with_suffix("").as_posix() for p in files if p.suffix == ".parquet")
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_interrupted_run_resumes_to_the_same_summary(sig, reference, tmp_path):
 
     summary, stderr = run_to_end(out)
     assert "recall: reused" in stderr and "patch: done" in stderr  # resumed where it stopped
-    assert assert_only_complete_files(out) == ["movers", "patch", "recall", "suppress"]
+    assert assert_only_complete_files(out) == ["movers", "patch", "patch/components", "recall", "suppress", "suppress/eval"]
     assert without_timings(summary) == without_timings(reference)
     on_disk = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert without_timings(on_disk) == without_timings(summary)
