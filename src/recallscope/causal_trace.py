@@ -73,6 +73,9 @@ from torch import Tensor
 
 from .claims import FAILS, HOLDS, NOT_MEASURABLE, Claim
 from .components import Component
+
+# ROME's position groups, named once in the torch-free figures module (which the report reads)
+from .figures.causal_trace import GROUPS
 from .constraints import LEVEL, POSITIVE, Interval, Options
 from .errors import UserError
 from .figures import causal_trace as causal_trace_figures
@@ -87,14 +90,6 @@ from .tasks.prompts import Prompt, stable_seed
 KINDS = ("resid", "mlp", "attn")
 ENGINES = ("exact", "naive")
 SITE = {"mlp": "mlp_out", "attn": "attn_out"}
-GROUPS = (
-    "first subject token",
-    "middle subject tokens",
-    "last subject token",
-    "first subsequent token",
-    "further tokens",
-    "last token",
-)
 
 
 @dataclass(frozen=True)
