@@ -16,7 +16,15 @@ import pytest
 
 from recallscope import cli, pipeline
 from recallscope.claims import (
-    CLAIM_INTERCEPT, CLAIM_MITIGATE, CLAIM_MLP, CLAIM_MOVERS, CLAIM_SHOTS, CLAIM_SUPPRESS, FAILS, HOLDS, NOT_MEASURABLE,
+    CLAIM_INTERCEPT,
+    CLAIM_MITIGATE,
+    CLAIM_MLP,
+    CLAIM_MOVERS,
+    CLAIM_SHOTS,
+    CLAIM_SUPPRESS,
+    FAILS,
+    HOLDS,
+    NOT_MEASURABLE,
 )
 from recallscope.models import controls
 from recallscope.rundir import RunDir
@@ -29,8 +37,9 @@ PER_RUN = [CLAIM_MOVERS, CLAIM_MLP, CLAIM_INTERCEPT, CLAIM_SUPPRESS, CLAIM_MITIG
 
 def _sweep(model: str, out, **settings) -> dict:
     base = pipeline.RunConfig(model=model, max_prompts=60)
-    return pipeline.execute_many(base, [RELATION], SHOTS, pipeline.default_stages(), out=str(out), overrides=settings,
-                                 progress=False)
+    return pipeline.execute_many(
+        base, [RELATION], SHOTS, pipeline.default_stages(), out=str(out), overrides=settings, progress=False
+    )
 
 
 @pytest.fixture(scope="module")
