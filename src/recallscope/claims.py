@@ -508,15 +508,15 @@ def shot_claim(relation: str, low: tuple[int, pd.DataFrame], high: tuple[int, pd
     def top(mean_abs: np.ndarray) -> np.ndarray:  # [..., n] -> [..., k] head indices, ties by label order
         return np.argsort(-mean_abs, axis=-1, kind="stable")[..., :k]
 
-    m0, m1 = np.abs(np.nanmean(a0, 0)), np.abs(np.nanmean(a1, 0))  # |mean effect| per head
+    m0, m1 = np.nanmean(np.abs(a0), 0), np.nanmean(np.abs(a1), 0)
     t0, t1 = top(m0), top(m1)
     overlap = len(set(t0) & set(t1))
     rng = np.random.default_rng(cfg.seed)
     B = max(1, cfg.n_bootstrap // 4)
     i0 = rng.integers(0, len(a0), size=(B, len(a0)))
     i1 = rng.integers(0, len(a1), size=(B, len(a1)))
-    b0 = np.stack([np.abs(np.nanmean(a0[i], 0)) for i in i0])
-    b1 = np.stack([np.abs(np.nanmean(a1[i], 0)) for i in i1])
+    b0 = np.stack([np.nanmean(np.abs(a0[i]), 0) for i in i0])
+    b1 = np.stack([np.nanmean(np.abs(a1[i]), 0) for i in i1])
     boot = np.array([len(set(x) & set(y)) for x, y in zip(top(b0), top(b1), strict=True)], dtype=float)
     alpha = (1 - cfg.level) / 2
     ci = tuple(float(v) for v in np.quantile(boot, [alpha, 1 - alpha]))
