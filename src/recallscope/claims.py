@@ -60,8 +60,11 @@ The claims (``claim`` column; "the paper" = Lv et al. 2024, arXiv 2403.19521)
    prompts after ``mitigation_mode``-ablating the suppressors chosen on the other fold. Rule:
    interval lower end > ``min_mitigation_delta_p``.
 6. *Few-shot prompts employ the same heads* (patch at two shot counts; :func:`shot_claim`).
-   Primary: the overlap of the top-k heads by |mean patching effect| at the fewest and the
-   most shots (k = min(``top_heads``, ⌊heads/4⌋)), bootstrap interval (prompts of both runs
+   Primary: the overlap of the top-k heads at the fewest and the most shots, heads ranked by
+   the mean over prompts of |patching effect| (the size of a head's effect on a typical prompt:
+   a head whose effect changes sign from prompt to prompt is still used; ranking by |mean
+   effect| instead let heads with tiny, sign-changing effects trade places at the k-th rank on
+   the planted control) (k = min(``top_heads``, ⌊heads/4⌋)), bootstrap interval (prompts of both runs
    resampled). Rule: its lower end > the ``level`` quantile of the overlap of two random
    k-sets of heads (hypergeometric: the permutation null of the head labels, exact, from
    ``scipy.stats.hypergeom``). Column: the shift of the effect-weighted mean head layer (more
@@ -508,7 +511,7 @@ def shot_claim(relation: str, low: tuple[int, pd.DataFrame], high: tuple[int, pd
     def top(mean_abs: np.ndarray) -> np.ndarray:  # [..., n] -> [..., k] head indices, ties by label order
         return np.argsort(-mean_abs, axis=-1, kind="stable")[..., :k]
 
-    m0, m1 = np.nanmean(np.abs(a0), 0), np.nanmean(np.abs(a1), 0)
+    m0, m1 = np.nanmean(np.abs(a0), 0), np.nanmean(np.abs(a1), 0)  # mean |effect| per head (module docstring)
     t0, t1 = top(m0), top(m1)
     overlap = len(set(t0) & set(t1))
     rng = np.random.default_rng(cfg.seed)
@@ -532,7 +535,7 @@ def shot_claim(relation: str, low: tuple[int, pd.DataFrame], high: tuple[int, pd
               f"{_weighted_layer(m0, layers):.2f} → {_weighted_layer(m1, layers):.2f}")
     evidence = {"null_overlap": q, "layer_shift": shift, "layer_shift_ci_low": s_lo, "layer_shift_ci_high": s_hi}
     return decide(CLAIM_SHOTS, "patch", f"top-{k} heads",
-                  f"heads among the top {k} by |mean patching effect| at both {k0} and {k1} shots", overlap, ci, conds,
+                  f"heads among the top {k} by mean |patching effect| at both {k0} and {k1} shots", overlap, ci, conds,
                   detail, evidence)
 
 
