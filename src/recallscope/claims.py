@@ -244,11 +244,18 @@ def decide(claim: str, stage: str, about: str | None, measure: str, value, ci: t
     primary = conditions[0]
     holds = all(c.holds() for c in conditions)
     others = all(c.holds() for c in conditions[1:])
+    unmet = [f"{c.name} = {_g(c.statistic)}, needs {c.op} {c.threshold:.4g}" for c in conditions if not c.holds()]
+    if unmet:  # the row's margin is the primary condition's: say which condition decides a failure
+        detail = f"{detail}; not met: {'; '.join(unmet)}"
     return Claim(
         claim, _f(value), _f(ci[0]), _f(ci[1]), HOLDS if holds else FAILS, measure,
         " and ".join(c.text() for c in conditions), detail, stage, about, primary.threshold, primary.margin(),
         primary.flip_value() if others else None, tuple(conditions), evidence,
     )
+
+
+def _g(x) -> str:
+    return "none" if x is None else f"{x:.4g}"
 
 
 def _f(x) -> float | None:
