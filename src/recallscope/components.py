@@ -114,7 +114,7 @@ def top_heads(patch_table: pd.DataFrame, k: int | None = None) -> pd.Series:
     given); ties keep (layer, head) order. Empty when the table has no head rows.
     """
     rows = patch_table[patch_table["kind"] == "head"]
-    if "prompt_index" in rows:
+    if "effect_pct" in rows:  # per (component, prompt)
         mean, name = rows.groupby(["layer", "head"])["effect_pct"].mean(), "mean_of_ratios"
     else:  # the components table: ``effect`` is one of the two aggregate columns, bit for bit
         mean = rows.set_index(["layer", "head"])["effect"]
