@@ -27,6 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pandas as pd
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from recallscope.presets import PAPER  # noqa: E402
 
@@ -64,7 +66,13 @@ def run(relation: str, shots: int, extra: list[str], max_prompts: int | None) ->
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-2000:]}")
-        return json.loads(proc.stdout)
+        out = json.loads(proc.stdout)
+        # every component's headline effect and the model's depth, for the sentences under each table
+        run_dir = Path(tmp) / "run"
+        components = pd.read_parquet(run_dir / "patch" / "components.parquet")
+        out["effects"] = dict(zip(components["component"], components["effect"].astype(float), strict=True))
+        out["n_layers"] = json.loads((run_dir / "manifest.json").read_text())["model"]["n_layers"]
+        return out
 
 
 def shown(relation: str) -> str:
@@ -76,24 +84,49 @@ def command(relation: str, shots: int, extra: list[str], max_prompts: int | None
     return f"recallscope patch --relation {shown(relation)} --shots {shots}{tail} " + " ".join(extra)
 
 
-def differs(total: list[dict], path: list[dict]) -> str:
-    """One generated sentence: what the two top-10 lists share and where the others sit."""
-    t = [c["component"] for c in total]
-    p = [c["component"] for c in path]
+def differs(total: dict, path: dict, n_layers: int | None) -> str:
+    """Generated sentences: what the two top-10 lists share, which components only one has, and why.
+
+    ``total`` / ``path`` are the two runs' ``--json`` outputs (``effects``: every component's
+    headline effect, when the run directory could be read). Path mode keeps only the sender's
+    direct write and what the end-position MLPs above it make of it; total mode also what later
+    heads carry or offset. A component in the last layer has no head after it, so its move
+    between the lists can only come from the other definitions path mode uses.
+    """
+    tp, pp = total["stages"]["patch"], path["stages"]["patch"]
+    t = [c["component"] for c in tp["top_components"]]
+    p = [c["component"] for c in pp["top_components"]]
     shared = [c for c in t if c in p]
-    only_total = [c for c in total if c["component"] not in p]
-    only_path = [c for c in path if c["component"] not in t]
+    only_total = [c for c in tp["top_components"] if c["component"] not in p]
+    only_path = [c for c in pp["top_components"] if c["component"] not in t]
 
-    def layers(items):
-        return f"layers {min(c['layer'] for c in items)}–{max(c['layer'] for c in items)}" if items else "—"
+    def listed(items, other: dict | None, mode: str) -> str:
+        if not items:
+            return "none"
+        names = ", ".join(
+            c["component"] + (f" ({mode}: {other[c['component']]:+.2f}%)" if other and c["component"] in other else "")
+            for c in items
+        )
+        return f"{names} (layers {min(c['layer'] for c in items)}–{max(c['layer'] for c in items)})"
 
-    return (
+    n_prompts = total.get("n_prompts", pp["n_prompts"])
+    n_unknown = n_prompts - tp["n_prompts"] - tp["n_dropped_no_corruption"]
+    last = [c["component"] for c in only_total + only_path if n_layers is not None and c["layer"] == n_layers - 1]
+    text = (
         f"{len(shared)} of the 10 are in both lists ({', '.join(shared) or 'none'}). Only in total mode: "
-        f"{', '.join(c['component'] for c in only_total) or 'none'} ({layers(only_total)}): their effect reaches the "
-        f"logits through later heads, which path patching freezes, so it does not count there. Only in path mode: "
-        f"{', '.join(c['component'] for c in only_path) or 'none'} ({layers(only_path)}): with the heads after them frozen "
-        f"nothing can compensate for them, and the dataset-mean sender, the ratio of means and the unknown prompts also "
-        f"move the ranking."
+        f"{listed(only_total, path.get('effects'), 'path')}; only in path mode: {listed(only_path, total.get('effects'), 'total')}. "
+        "Why they can differ: path mode counts a component's direct write and what the end-position MLPs above it "
+        "make of it (every head frozen), total mode also what later heads carry or offset"
+    )
+    if last:
+        text += (
+            f"; {', '.join(last)} {'is' if len(last) == 1 else 'are'} in the last layer, where no head follows, so "
+            f"{'its' if len(last) == 1 else 'their'} move comes only from the other definitions"
+        )
+    return text + (
+        f". Path mode also patches in the dataset-mean sender (not same-length corruptions of each prompt), takes the "
+        f"ratio of means (prompts with a large π weigh more) and patches the {n_unknown} of {n_prompts} prompts the "
+        "model does not know, which total mode leaves out."
     )
 
 
@@ -163,7 +196,7 @@ def main() -> None:
                 f"[{b['ci'][0]:+.2f}, {b['ci'][1]:+.2f}] |"
             )
         print()
-        print(differs(tp["top_components"], pp["top_components"]) + "\n")
+        print(differs(total, path, total.get("n_layers")) + "\n")
 
 
 if __name__ == "__main__":
