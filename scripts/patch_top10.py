@@ -107,7 +107,8 @@ def differs(total: dict, path: dict, n_layers: int | None) -> str:
             c["component"] + (f" ({mode}: {other[c['component']]:+.2f}%)" if other and c["component"] in other else "")
             for c in items
         )
-        return f"{names} (layers {min(c['layer'] for c in items)}–{max(c['layer'] for c in items)})"
+        lo, hi = min(c["layer"] for c in items), max(c["layer"] for c in items)
+        return f"{names} ({f'layer {lo}' if lo == hi else f'layers {lo}–{hi}'})"
 
     n_prompts = total.get("n_prompts", pp["n_prompts"])
     n_unknown = n_prompts - tp["n_prompts"] - tp["n_dropped_no_corruption"]
