@@ -22,8 +22,9 @@ Which heads and which residual
     coefficient is what the MLP does to them *on top of* c_r).
 
 The default layer is the MLP after the strongest mover head (the mover with the largest
-|mean patching effect|, from the movers stage's summary); when no head is a mover, the head with
-the largest |mean patching effect| (from the patch table), and the summary says so
+|patching effect|, from the movers stage's summary); when no head is a mover, the head with
+the largest |patching effect| (from the patch stage's ``components`` table: the aggregate the
+run's ``patch.aggregate`` selected, the ratio of means under the ``paper`` preset), and the summary says so
 (``layer_reason``). ``layer`` overrides both.
 
 The least-squares problem and its two solvers
@@ -699,8 +700,9 @@ def mlp_after(head_layer: int, mlp_reads_own_heads: bool, n_layers: int) -> int:
 
 
 def strongest_head(movers_summary: dict | None, patch: pd.DataFrame | None) -> tuple[tuple[int, int], str]:
-    """((layer, head), why): the mover with the largest |mean patching effect| (candidate order
-    when effects are missing), else the head with the largest |mean patching effect|."""
+    """((layer, head), why): the mover with the largest |patching effect| (candidate order
+    when effects are missing), else the head with the largest |patching effect| in ``patch`` (the
+    patch stage's ``components`` table, ranked by the run's aggregate; see ``components.top_heads``)."""
     heads = (movers_summary or {}).get("heads") or []
     movers = [h for h in heads if h.get("is_mover")]
     if movers:
@@ -711,13 +713,14 @@ def strongest_head(movers_summary: dict | None, patch: pd.DataFrame | None) -> t
         _, best = min(enumerate(movers), key=strength)
         return (int(best["layer"]), int(best["head"])), (
             f"the strongest mover head {head_label(best['layer'], best['head'])}"
-            + (f" (mean patching effect {best['effect']:.1f}%)" if best.get("effect") is not None else "")
+            + (f" (patching effect {best['effect']:.1f}%)" if best.get("effect") is not None else "")
         )
     if patch is not None and "kind" in patch and (patch["kind"] == "head").any():
-        best = top_heads(patch, 1)
+        best = top_heads(patch, 1)  # by the aggregate the run's patch config selected
         comp, effect = best.index[0], float(best.iloc[0])
         return (comp.layer, comp.head), (
-            f"no head is a mover; the head with the largest |mean patching effect| is {comp.label} ({effect:.1f}%)"
+            f"no head is a mover; the head with the largest |patching effect| ({best.name.replace('_', ' ')}) "
+            f"is {comp.label} ({effect:.1f}%)"
         )
     raise UserError("decompose: no mover head and no patching result to choose a layer from; give --layer")
 

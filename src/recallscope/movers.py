@@ -432,7 +432,9 @@ def all_heads(n_layers: int, n_heads: int) -> list[tuple[int, int]]:
 
 
 def top_heads_from_patch(patch: pd.DataFrame, top_k: int) -> tuple[list[tuple[int, int]], dict]:
-    """The top_k heads by |mean effect_pct| over prompts in the patch table, and every head's mean."""
+    """The top_k heads by |patching effect| and every head's effect (%), from the patch stage's
+    ``components`` table (the aggregate the run's ``patch.aggregate`` selected: ratio of means
+    under the ``paper`` preset) or its per-prompt table (mean of ratios); see :func:`components.top_heads`."""
     ranked = top_heads(patch)
     if ranked.empty:
         raise UserError("movers: the patch table has no head rows (patch with --components heads)")
@@ -472,7 +474,7 @@ def candidates_for(config: MoversConfig, n_layers: int, n_heads: int, patch: pd.
     if patch is None:
         raise UserError("movers with heads='top' needs the patch stage's table")
     chosen, effects = top_heads_from_patch(patch, config.top_k)
-    return chosen, effects, f"top {len(chosen)} heads by |mean patching effect|"
+    return chosen, effects, f"top {len(chosen)} heads by |patching effect| ({top_heads(patch).name.replace('_', ' ')})"
 
 
 def movers(model, prompts, config: MoversConfig = MoversConfig(), patch: pd.DataFrame | None = None, progress: bool = True) -> MoversResult:

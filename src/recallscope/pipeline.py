@@ -173,7 +173,8 @@ def _patch(ctx: StageContext) -> patch.PatchResult:
 
 def _movers(ctx: StageContext) -> movers.MoversResult:
     return movers.movers(
-        ctx.model, ctx.known_prompts(), ctx.config("movers"), patch=ctx.table_or_none("patch"), progress=ctx.progress
+        ctx.model, ctx.known_prompts(), ctx.config("movers"), patch=ctx.table_or_none("patch", "components"),
+        progress=ctx.progress,
     )
 
 
@@ -185,7 +186,7 @@ def _decompose(ctx: StageContext) -> decompose.DecomposeResult:
     else:
         movers_summary = ctx.summaries.get("movers")
         layer, reason = decompose.choose_layer(
-            config, cfg.n_layers, cfg.mlp_reads_own_heads(), movers_summary, ctx.table_or_none("patch")
+            config, cfg.n_layers, cfg.mlp_reads_own_heads(), movers_summary, ctx.table_or_none("patch", "components")
         )
     prompts = ctx.known_prompts()
     acts = decompose.end_activations(

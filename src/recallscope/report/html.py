@@ -355,6 +355,16 @@ def run_view(run: Run, anchor: str, label: str, prefix: str, page: Page) -> RunV
     return RunView(anchor, label, idents, model_hash, headline(run.summary), sections)
 
 
+def preset_view(summary: dict, manifest: dict) -> dict | None:
+    """The preset that ran and the definitions it selected (``presets.Preset.to_dict``), from the
+    summary (else the manifest); None for a run directory written before presets existed."""
+    preset = summary.get("preset") or manifest.get("preset")
+    if not isinstance(preset, dict) or not preset.get("name"):
+        return None
+    definitions = [d for d in preset.get("definitions") or [] if isinstance(d, dict)]
+    return {"name": preset["name"], "description": preset.get("description") or "", "definitions": definitions}
+
+
 def manifest_blocks(manifest: dict) -> list[dict]:
     """The manifest's model description, package versions and stage settings, each collapsible."""
     blocks = []
@@ -490,6 +500,7 @@ def render_report(run_dir: str | Path) -> str:
             "model_hash": model_hash,
             "tiles": [],
             "manifest": manifest_blocks(top.manifest or subs[0].manifest),
+            "preset": preset_view(top.summary, top.manifest or subs[0].manifest),
         }
         context["overview"] = overview(subs, root, page)
         context["shot_claims"] = claims_rows(top.summary)
@@ -508,6 +519,7 @@ def render_report(run_dir: str | Path) -> str:
             "model_hash": view.model_hash,
             "tiles": view.tiles,
             "manifest": manifest_blocks(top.manifest),
+            "preset": preset_view(top.summary, top.manifest),
         }
         context["overview"] = None
         context["shot_claims"] = None
