@@ -238,3 +238,21 @@ def test_band_line_is_one_helper_for_the_trace_and_knockout_line_plots():
     )
     (knock,) = FK.figures({"knockout": pd.DataFrame(), "windows": windows}, {"window": 2, "n_prompts": 3})
     assert list(knock.data[0].y) == [-3.0, -6.0, -12.0, -7.0] and list(knock.data[1].y) == [-5.0, -9.0]
+
+
+def test_exact_engine_in_chunks_equals_one_batch_and_skips_only_no_ops():
+    """max_rows=1 splits every position's restorations into chunks of one: the same numbers;
+    prompts of one length whose subjects start at different positions share a group."""
+    model = tiny("llama_gqa")
+    prompts = [p for p in tiny_prompts(model=model).prompts if p.n_tokens == 7]
+    assert {p.subject_span[0] for p in prompts} == {1, 2}
+    d, L = model.cfg.d_model, model.cfg.n_layers
+    noise = [torch.from_numpy(CT.noise_draws(p, 3, d, 0)) for p in prompts]
+    whole = CT.exact_group(model.view, prompts, noise, CT.KINDS, 2)
+    chunked = CT.exact_group(model.view, prompts, noise, CT.KINDS, 2, max_rows=1)
+    for kind in CT.KINDS:
+        assert np.abs(whole["p_restored"][kind] - chunked["p_restored"][kind]).max() <= 1e-12
+    for b, p in enumerate(prompts):
+        naive = CT.naive_prompt(model.view, p, noise[b], CT.KINDS, 2)
+        for kind in CT.KINDS:
+            assert np.abs(whole["p_restored"][kind][b] - naive["p_restored"][kind]).max() <= 1e-10

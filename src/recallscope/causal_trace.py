@@ -52,12 +52,18 @@ Engines (equal to each other; tests hold them to 1e-5 of p in float64):
     restoration (``view.trace`` with edits: noise on ``resid_pre[0]`` rows 1..n, restored
     rows := row 0 at the restored sites).
 ``exact`` (default)
-    every restoration of a group of prompts of one token length, batched; the clean run and
-    the n noised runs are computed once. A restoration at position p entering at layer s
-    (s = l + 1 for ``resid``, the window's first layer for ``mlp``/``attn``) changes nothing
-    at positions < p (attention is causal) and nothing below layer s, so it runs only positions
-    [p:] from layer s upward, over the noised runs' keys/values of positions [:p]
-    (``ModelView.forward_from``). The saving is bounded by T·L / mean((T − p)(L − s)).
+    every restoration of a group of prompts of one token length, batched; the clean run once,
+    the n noised runs once (over the clean run's keys/values before the subject, where they
+    equal it). A restoration at position p entering at layer s (s = l + 1 for ``resid``, the
+    window's first layer for ``mlp``/``attn``) changes nothing at positions < p (attention is
+    causal) and nothing below layer s, so it runs only positions [p:] from layer s upward, over
+    the noised runs' keys/values of [:p] (``ModelView.forward_from``); all restorations of one
+    position walk the layers together in one batch that grows as they enter (L calls of one
+    layer per position). Restorations that change nothing are not run: at a position before the
+    prompt's first subject token the noised runs equal the clean run (p_restored = p_corrupted),
+    and the last layer's output is read only at the last position (there: p_clean). The bound
+    T·L / mean((T − p)(L − s)) is what reusing the unchanged prefix can save; skipping the
+    no-ops saves more (``recallscope bench trace`` writes both).
 """
 
 from __future__ import annotations
@@ -156,8 +162,9 @@ def check_subjects(prompts: PromptSet) -> None:
         lo, hi = p.subject_span
         if not 0 <= lo < hi <= p.n_tokens - 1:
             raise UserError(
-                f"the subject {p.subject!r} cannot be located before the last token of prompt {p.index} "
-                f"(tokens {lo}..{hi} of {p.n_tokens})"
+                f"the subject {p.subject!r} cannot be located before the last token of prompt {p.index} ({p.text!r}: "
+                f"subject tokens {lo}..{hi - 1}, last token {p.n_tokens - 1}); tracing and knockout read the subject "
+                "from a later position: use a template with text after the subject"
             )
 
 
