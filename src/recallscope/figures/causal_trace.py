@@ -24,6 +24,7 @@ TITLES = {
     "mlp": "MLP outputs (window of {w} layers, centred on l)",
     "attn": "attention outputs (window of {w} layers, centred on l)",
 }
+SHORT = {"resid": "residual stream r[l]", "mlp": "MLP outputs, window of {w}", "attn": "attention outputs, window of {w}"}
 SCALES = {"resid": "Purples", "mlp": "Greens", "attn": "Reds"}  # ROME's colour maps
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#d62728")
 
@@ -109,7 +110,7 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
         )
         out.append(fig)
     lines = make_subplots(
-        rows=1, cols=len(kinds), shared_yaxes=True, subplot_titles=[html.escape(TITLES[k].format(w=window)) for k in kinds]
+        rows=1, cols=len(kinds), shared_yaxes=True, subplot_titles=[html.escape(SHORT[k].format(w=window)) for k in kinds]  # short: side by side
     )
     for col, kind in enumerate(kinds, start=1):
         g = grouped[grouped["kind"] == kind]
