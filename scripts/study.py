@@ -1,0 +1,669 @@
+"""The study: the paper's claims on two real models, several relations, 0/1/3 shots, both presets.
+
+    python scripts/study.py                  # run every sweep (resuming finished cells), then render
+    python scripts/study.py --render-only    # re-render docs/study.md and README.md from the run directories
+    python scripts/study.py --models smollm2-135m --max-prompts 8 --out runs/study-try   # a small try
+
+For each model × preset it runs ONE sweep in a child process (the model loads once per sweep)::
+
+    recallscope run --model M --preset P --relation R1,...,R6 --shots 0,1,3 --max-prompts N \\
+        --no-report --out <out>/<M>/<P> --json
+
+The run layer resumes a sweep: rerunning the script reuses every finished stage of every cell,
+so an interrupted study continues where it stopped. Sweeps run one after the other (never two
+at once). Each sweep's command, commit, start and end date, wall time, load average and exit
+code are appended to ``<out>/study.json``; its stderr goes to ``<out>/<M>/<P>.log``.
+
+Rendering reads only files (no model, no torch): per cell the claims stage's main table
+(``claims.parquet``: value, interval, verdict and whatever other columns the claims stage writes)
+and the cell's ``summary.json`` (prompt counts); per sweep the combined ``summary.json`` (the
+few-shot claim, which compares shot counts) and ``<out>/study.json``. Nothing is recomputed: a
+figure in docs/study.md is a value of those files, formatted. The README's claims section is
+the block between ``<!-- study:begin -->`` and ``<!-- study:end -->``, rewritten from the same
+data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from recallscope.rundir import RunDir, atomic_write_text, dumps  # noqa: E402  (torch-free)
+
+LRE = "../shared/data/lre"  # relative to the repository root, as the README and CI reach it
+MODELS = ("smollm2-135m", "gemma3-270m")
+PRESETS = ("recallscope", "paper")
+RELATIONS = (
+    "paper_country_capital",
+    f"{LRE}/country_capital_city.json",
+    f"{LRE}/city_in_country.json",
+    f"{LRE}/country_language.json",
+    f"{LRE}/landmark_in_country.json",
+    f"{LRE}/country_currency.json",
+)
+SHOTS = (0, 1, 3)
+MAX_PROMPTS = 32
+OUT = "runs/study"
+DOC = "docs/study.md"
+README = "README.md"
+BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
+RECORD = "study.json"
+OK_EXIT = (0, 3)  # 3: the sweep finished, some cells lacked the data for some stage (listed in its summary)
+
+HOLDS, FAILS = "holds", "does not hold"
+MARK = {HOLDS: "✓", FAILS: "✗"}
+
+
+# --------------------------------------------------------------------------- running
+def slug(relation: str) -> str:
+    """The cell folder of a relation in a sweep (as ``recallscope.pipeline._slug`` names it)."""
+    name = Path(relation).stem if relation.endswith(".json") else relation
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:80] or "relation"
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def sweep_command(model: str, preset: str, relations, shots, max_prompts: int, out: Path, stages: str | None,
+                  threads: int | None) -> list[str]:
+    """The ``recallscope run`` arguments of one sweep (without the interpreter)."""
+    cmd = ["recallscope", "run", "--model", model, "--preset", preset, "--relation", ",".join(relations),
+           "--shots", ",".join(str(k) for k in shots), "--max-prompts", str(max_prompts), "--no-report",
+           "--out", str(out), "--json"]
+    if stages:
+        cmd += ["--stages", stages]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    return cmd
+
+
+def read_record(out: Path) -> dict:
+    path = out / RECORD
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"attempts": []}
+
+
+def write_record(out: Path, record: dict) -> None:
+    atomic_write_text(out / RECORD, dumps(record) + "\n")
+
+
+def out_path(args) -> Path:
+    """The study's folder (``--out``, relative to the repository root unless absolute)."""
+    return Path(args.out) if Path(args.out).is_absolute() else ROOT / args.out
+
+
+def run_sweep(args, model: str, preset: str) -> int:
+    """One model × preset sweep in a child process; its attempt is appended to ``<out>/study.json``."""
+    out = out_path(args)
+    (out / model).mkdir(parents=True, exist_ok=True)
+    # the command as recorded runs from the repository root (the child's working directory)
+    cmd = sweep_command(model, preset, args.relations, args.shots, args.max_prompts, Path(args.out) / model / preset,
+                        args.stages, args.threads)
+    attempt = {
+        "model": model,
+        "preset": preset,
+        "command": shlex.join(cmd),
+        "commit": _git("rev-parse", "--short=12", "HEAD"),
+        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "start": now(),
+        "load_before": round(os.getloadavg()[0], 2),
+    }
+    print(f"study: {attempt['command']}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    with open(out / model / f"{preset}.log", "a", encoding="utf-8") as log, \
+            open(out / model / f"{preset}.json", "w", encoding="utf-8") as stdout:
+        log.write(f"\n=== {attempt['start']} {attempt['command']}\n")
+        log.flush()
+        proc = subprocess.run([sys.executable, "-m", "recallscope", *cmd[1:]], cwd=ROOT, stdout=stdout, stderr=log)
+    attempt.update(end=now(), wall_s=round(time.perf_counter() - start, 1), load_after=round(os.getloadavg()[0], 2),
+                   returncode=proc.returncode)
+    record = read_record(out)
+    record["attempts"].append(attempt)
+    write_record(out, record)
+    print(f"study: {model} / {preset}: exit {proc.returncode} after {attempt['wall_s']} s", file=sys.stderr, flush=True)
+    return proc.returncode
+
+
+# --------------------------------------------------------------------------- reading
+@dataclass
+class Cell:
+    model: str
+    preset: str
+    relation: str  # slug
+    shots: int
+    summary: dict
+    claims: pd.DataFrame | None  # the claims stage's main table, None when it did not run
+
+    @property
+    def known(self) -> str:
+        n, k = self.summary.get("n_prompts"), self.summary.get("n_known")
+        return f"{k}/{n}" if n is not None and k is not None else "—"
+
+
+@dataclass
+class Sweep:
+    model: str
+    preset: str
+    path: Path
+    cells: list[Cell] = field(default_factory=list)
+    shot_claims: list[dict] = field(default_factory=list)  # the combined summary's claims (across shot counts)
+    finished: bool = False  # the combined summary exists (the sweep ran to its end)
+    incomplete: list[dict] = field(default_factory=list)
+
+
+def read_sweep(out: Path, model: str, preset: str, relations, shots) -> Sweep:
+    path = out / model / preset
+    sweep = Sweep(model, preset, path)
+    combined = RunDir(path).summary() if path.is_dir() else {}
+    sweep.finished = "runs" in combined
+    sweep.shot_claims = list(combined.get("claims", []))
+    sweep.incomplete = list(combined.get("incomplete", []))
+    for rel in relations:
+        for k in shots:
+            cell = RunDir(path / slug(rel) / f"{k}shot")
+            summary = cell.summary() if cell.path.is_dir() else {}
+            claims = cell.read_table("claims") if cell.has_stage("claims") else None
+            sweep.cells.append(Cell(model, preset, slug(rel), k, summary, claims))
+    return sweep
+
+
+# --------------------------------------------------------------------------- formatting
+def num(x) -> str:
+    """A figure as the study prints it: 3 significant digits, '—' when missing."""
+    if x is None or (isinstance(x, float) and x != x):
+        return "—"
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, (int,)) and not isinstance(x, bool):
+        return str(x)
+    x = float(x)
+    return f"{x:.3g}" if x != 0 else "0"
+
+
+def interval(lo, hi) -> str:
+    return "—" if lo is None or hi is None or lo != lo or hi != hi else f"[{num(lo)}, {num(hi)}]"
+
+
+def cell_text(text) -> str:
+    """A value inside a markdown table cell: one line, pipes escaped."""
+    return re.sub(r"\s+", " ", str(text if text is not None else "")).replace("|", "\\|").strip()
+
+
+def verdict_of(row) -> str:
+    return str(row.get("verdict", ""))
+
+
+def mark(verdict: str) -> str:
+    return MARK.get(verdict, "–")
+
+
+def _g(row, key):
+    value = row.get(key) if hasattr(row, "get") else None
+    if value is None:
+        return None
+    try:
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return value
+
+
+def claim_names(sweeps: list[Sweep]) -> list[str]:
+    """Every claim text, in the order the claims tables list them (C1, C2, …)."""
+    names: list[str] = []
+    for s in sweeps:
+        for c in s.cells:
+            if c.claims is not None:
+                for name in c.claims["claim"]:
+                    if name not in names:
+                        names.append(name)
+        for row in s.shot_claims:
+            if row.get("claim") not in names:
+                names.append(row.get("claim"))
+    return names
+
+
+def _where(cells: list[tuple[str, int]]) -> str:
+    """"paper_country_capital at 0 and 3 shots; country_language at 3 shots"."""
+    by: dict[str, list[int]] = {}
+    for rel, k in cells:
+        by.setdefault(rel, []).append(k)
+    parts = []
+    for rel, ks in by.items():
+        ks = sorted(ks)
+        shots = ", ".join(str(k) for k in ks[:-1]) + (" and " if len(ks) > 1 else "") + str(ks[-1])
+        parts.append(f"{rel} at {shots} shot{'s' if len(ks) > 1 or ks[0] != 1 else ''}")
+    return "; ".join(parts)
+
+
+@dataclass
+class Tally:
+    holds: list = field(default_factory=list)  # (relation, shots)
+    fails: list = field(default_factory=list)
+    missing: list = field(default_factory=list)
+
+    @property
+    def measured(self) -> int:
+        return len(self.holds) + len(self.fails)
+
+    def short(self) -> str:
+        if not self.measured and not self.missing:
+            return "—"
+        text = f"{len(self.holds)}/{self.measured}"
+        return text + (f" ({len(self.missing)} n/m)" if self.missing else "")
+
+
+def across_shots(sweeps: list[Sweep]) -> set[str]:
+    """The claims that compare shot counts (one verdict per relation, in the sweep's combined summary)."""
+    return {row.get("claim") for s in sweeps for row in s.shot_claims}
+
+
+def tally(sweep: Sweep, claim: str, across: bool = False) -> Tally:
+    """Where ``claim`` holds, fails, or is not measurable in ``sweep``: cells, or relations when ``across``."""
+    t = Tally()
+    for c in ([] if across else sweep.cells):
+        rows = c.claims[c.claims["claim"] == claim] if c.claims is not None else None
+        if rows is None or not len(rows):
+            if c.claims is None:
+                t.missing.append((c.relation, c.shots))
+            continue
+        v = verdict_of(rows.iloc[0])
+        (t.holds if v == HOLDS else t.fails if v == FAILS else t.missing).append((c.relation, c.shots))
+    for row in sweep.shot_claims:
+        if row.get("claim") != claim:
+            continue
+        v = row.get("verdict")
+        (t.holds if v == HOLDS else t.fails if v == FAILS else t.missing).append((row.get("relation"), "across"))
+    return t
+
+
+def _shot_where(items) -> str:
+    return ", ".join(str(rel) for rel, _ in items)
+
+
+def sentence(sweep: Sweep, claim: str, t: Tally) -> str:
+    """The plain-words line of one claim on one sweep, from its tally."""
+    who = f"**{sweep.model}, {sweep.preset} preset**"
+    across = any(k == "across" for _, k in t.holds + t.fails + t.missing)
+    where = _shot_where if across else _where
+    unit = "relation" if across else "cell"
+    if not t.measured:
+        return f"{who}: not measurable in any {unit}."
+    if not t.holds:
+        text = f"{who}: does not hold in any of the {t.measured} measured {unit}s"
+    elif not t.fails:
+        text = f"{who}: holds in every measured {unit} ({t.measured})"
+    else:
+        text = f"{who}: holds in {len(t.holds)} of {t.measured} measured {unit}s ({where(t.holds)})"
+    if t.missing:
+        text += f"; not measurable in {len(t.missing)} ({where(t.missing)})"
+    return text + "."
+
+
+def nearest_flip(sweep: Sweep, claim: str) -> str | None:
+    """The measured cell whose verdict is closest to flipping (smallest |margin|), where a margin column exists."""
+    best = None
+    for c in sweep.cells:
+        if c.claims is None or "margin" not in c.claims:
+            continue
+        rows = c.claims[(c.claims["claim"] == claim) & c.claims["verdict"].isin([HOLDS, FAILS])]
+        for _, row in rows.iterrows():
+            m = _g(row, "margin")
+            if m is not None and (best is None or abs(float(m)) < abs(best[0])):
+                best = (float(m), c, verdict_of(row))
+    if best is None:
+        return None
+    m, c, v = best
+    return f"closest to flipping: {c.relation} at {c.shots} shots ({v}, margin {num(m)})"
+
+
+# --------------------------------------------------------------------------- rendering
+def legend(names: list[str]) -> list[str]:
+    return [f"- **C{i + 1}** — {cell_text(n)}" for i, n in enumerate(names)]
+
+
+def summary_table(sweeps: list[Sweep], names: list[str]) -> list[str]:
+    """Claims × (model, preset): holds in how many of the measured cells."""
+    head = "| claim | " + " | ".join(f"{s.model} · {s.preset}" for s in sweeps) + " |"
+    lines = [head, "|---|" + "---|" * len(sweeps)]
+    across = across_shots(sweeps)
+    for i, name in enumerate(names):
+        lines.append(f"| C{i + 1} | " + " | ".join(tally(s, name, name in across).short() for s in sweeps) + " |")
+    return lines
+
+
+def grid(sweep: Sweep, names: list[str], across: set[str]) -> list[str]:
+    """One row per cell: known prompts, then each claim's value, interval and verdict mark."""
+    per_cell = [n for n in names if n not in across]
+    lines = ["| relation | shots | known/prompts | " + " | ".join(f"C{names.index(n) + 1}" for n in per_cell) + " |",
+             "|---|---|---|" + "---|" * len(per_cell)]
+    for c in sweep.cells:
+        parts = []
+        for n in per_cell:
+            rows = c.claims[c.claims["claim"] == n] if c.claims is not None else None
+            if rows is None or not len(rows):
+                parts.append("–")
+                continue
+            row = rows.iloc[0]
+            v = verdict_of(row)
+            if v in (HOLDS, FAILS):
+                parts.append(f"{mark(v)} {num(_g(row, 'value'))} {interval(_g(row, 'ci_low'), _g(row, 'ci_high'))}")
+            else:
+                parts.append("n/m")
+        lines.append(f"| {c.relation} | {c.shots} | {c.known} | " + " | ".join(parts) + " |")
+    return lines
+
+
+DETAIL_COLUMNS = ("value", "ci_low", "ci_high", "verdict", "margin", "measure", "rule", "detail")
+
+
+def detail_table(sweep: Sweep, names: list[str]) -> list[str]:
+    """Every claims row of every cell, the claims stage's own columns (value, interval, verdict, margin, rule, …)."""
+    sample = next((c.claims for c in sweep.cells if c.claims is not None), None)
+    extra = [] if sample is None else [col for col in sample.columns
+                                       if col not in ("claim", "stage", *DETAIL_COLUMNS) and not col.startswith("_")]
+    cols = ["value", "interval", "verdict"] + (["margin"] if sample is not None and "margin" in sample else [])
+    cols += extra + ["measure", "rule", "detail"]
+    lines = ["| relation | shots | claim | " + " | ".join(cols) + " |", "|---|---|---|" + "---|" * len(cols)]
+
+    def row_line(rel, k, row):
+        name = row.get("claim")
+        out = []
+        for col in cols:
+            if col == "interval":
+                out.append(interval(_g(row, "ci_low"), _g(row, "ci_high")))
+            elif col in ("value", "margin"):
+                out.append(num(_g(row, col)))
+            else:
+                value = _g(row, col)
+                out.append(cell_text(num(value) if isinstance(value, float) else value if value is not None else ""))
+        label = f"C{names.index(name) + 1}" if name in names else cell_text(name)
+        return f"| {rel} | {k} | {label} | " + " | ".join(out) + " |"
+
+    for c in sweep.cells:
+        if c.claims is None:
+            why = "; ".join(f"{k}: {v.get('reason')}" for k, v in (c.summary.get("not_measurable") or {}).items())
+            lines.append(f"| {c.relation} | {c.shots} | — | " + " | ".join(
+                [cell_text(why or "the claims stage has not run in this cell")] + [""] * (len(cols) - 1)) + " |")
+            continue
+        for _, row in c.claims.iterrows():
+            lines.append(row_line(c.relation, c.shots, row))
+    for row in sweep.shot_claims:
+        lines.append(row_line(row.get("relation"), "0→3", row))
+    return lines
+
+
+def provenance(out: Path, sweeps: list[Sweep], args) -> list[str]:
+    record = read_record(out)
+    attempts = record.get("attempts", [])
+    lines = [
+        "Regenerate (resumes: finished cells are reused; `--render-only` re-renders without a model):",
+        "",
+        "```bash",
+        study_command(args),
+        "python scripts/study.py --render-only" + (f" --out {args.out}" if args.out != OUT else ""),
+        "```",
+        "",
+    ]
+    if attempts:
+        total = sum(a.get("wall_s") or 0 for a in attempts)
+        lines += [
+            f"Each model × preset is one sweep (one model load) run by the script; {len(attempts)} attempt(s), "
+            f"{num(total / 60)} min of wall time in all, on a machine whose cores were shared with other work "
+            "(the load averages say how much; the times are contended, not benchmarks):",
+            "",
+            "| model | preset | started (UTC) | wall s | load before → after | exit | commit | command |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for a in attempts:
+            lines.append(
+                f"| {a['model']} | {a['preset']} | {a['start']} | {num(a.get('wall_s'))} | "
+                f"{num(a.get('load_before'))} → {num(a.get('load_after'))} | {a.get('returncode')} | "
+                f"{a.get('commit')}{' (dirty)' if a.get('dirty') else ''} | `{cell_text(a['command'])}` |"
+            )
+        lines.append("")
+    else:
+        lines += ["No sweep has been run by this script in this output folder yet.", ""]
+    for s in sweeps:
+        if not s.finished:
+            lines.append(f"- {s.model} · {s.preset}: the sweep has not finished (its combined summary is missing); "
+                         "cells without a claims table show as not run.")
+    return lines
+
+
+def study_command(args) -> str:
+    parts: list[str] = []
+    if tuple(args.models) != MODELS:
+        parts += ["--models", ",".join(args.models)]
+    if tuple(args.presets) != PRESETS:
+        parts += ["--presets", ",".join(args.presets)]
+    if tuple(args.relations) != RELATIONS:
+        parts += ["--relations", ",".join(args.relations)]
+    if tuple(args.shots) != SHOTS:
+        parts += ["--shots", ",".join(str(k) for k in args.shots)]
+    parts += ["--max-prompts", str(args.max_prompts)]
+    if args.stages:
+        parts += ["--stages", args.stages]
+    if args.out != OUT:
+        parts += ["--out", args.out]
+    return "python scripts/study.py " + shlex.join(parts)
+
+
+def sample_sizes(sweeps: list[Sweep], args) -> str:
+    known = [c.summary.get("n_known") for s in sweeps for c in s.cells if c.summary.get("n_known") is not None]
+    text = (f"Sample: at most {args.max_prompts} prompts per cell (`--max-prompts {args.max_prompts}`: a seeded "
+            f"subsample of the relation's template × subject prompts), seed 0; the stages after recall use the "
+            f"prompts the model knows (top-1 = answer)")
+    if known:
+        text += f", {min(known)} to {max(known)} per cell here (the `known/prompts` column)"
+    return text + ". Intervals are the claims stage's (95%, bootstrap over prompts unless its `measure` says otherwise)."
+
+
+def headline(sweeps: list[Sweep], names: list[str]) -> list[str]:
+    """Plain words per claim: where it holds, from the tallies."""
+    lines = []
+    across = across_shots(sweeps)
+    for i, name in enumerate(names):
+        lines.append(f"**C{i + 1}. {cell_text(name)}.**")
+        lines.append("")
+        holds_somewhere = []
+        for s in sweeps:
+            t = tally(s, name, name in across)
+            flip = nearest_flip(s, name)
+            lines.append(f"- {sentence(s, name, t)}" + (f" The verdict {flip}." if flip else ""))
+            if t.holds:
+                holds_somewhere.append(f"{s.model} · {s.preset}")
+        models_holding = {s.model for s in sweeps if tally(s, name, name in across).holds}
+        lines.append("")
+        if not holds_somewhere:
+            lines.append(f"In short: C{i + 1} holds nowhere in this study.")
+        elif len(models_holding) == len({s.model for s in sweeps}):
+            lines.append(f"In short: C{i + 1} holds somewhere on every model studied ({', '.join(holds_somewhere)}).")
+        else:
+            lines.append(f"In short: C{i + 1} holds only on {', '.join(sorted(models_holding))}.")
+        lines.append("")
+    return lines
+
+
+def preset_disagreements(sweeps: list[Sweep], names: list[str]) -> list[str]:
+    """Cells where the two presets give different verdicts for one model, relation and shot count."""
+    by = {(s.model, s.preset): s for s in sweeps}
+    lines = []
+    for model in dict.fromkeys(s.model for s in sweeps):
+        pair = [by.get((model, p)) for p in PRESETS]
+        if None in pair:
+            continue
+        diffs = []
+        for a, b in zip(pair[0].cells, pair[1].cells):
+            if a.claims is None or b.claims is None:
+                continue
+            va = dict(zip(a.claims["claim"], a.claims["verdict"]))
+            vb = dict(zip(b.claims["claim"], b.claims["verdict"]))
+            for n in names:
+                if n in va and n in vb and va[n] != vb[n] and {va[n], vb[n]} <= {HOLDS, FAILS}:
+                    diffs.append(f"C{names.index(n) + 1} on {a.relation} at {a.shots} shots ({PRESETS[0]}: {va[n]}, "
+                                 f"{PRESETS[1]}: {vb[n]})")
+        if diffs:
+            lines.append(f"- {model}: the presets disagree in {len(diffs)} verdict(s): " + "; ".join(diffs) + ".")
+        else:
+            lines.append(f"- {model}: the presets agree on every verdict measured under both.")
+    return lines
+
+
+def render_doc(out: Path, sweeps: list[Sweep], args) -> str:
+    names = claim_names(sweeps)
+    lines = [
+        "# The paper's claims across models, relations, shot counts and presets",
+        "",
+        "Generated by `scripts/study.py` from the run directories it wrote — no figure here is typed by hand. "
+        "Each row of a claims table is the claims stage's own output (`claims.parquet` of the cell's run "
+        "directory; the few-shot claim compares the shot counts of a relation and is in the sweep's "
+        "`summary.json`). Presets: `recallscope` (the defaults) and `paper` (the paper's code's definitions: "
+        "path patching, dataset means, ratio of means, every prompt, first subject token, plain demonstrations; "
+        "see `recallscope.presets`).",
+        "",
+        f"Rendered {now()} at commit {_git('rev-parse', '--short=12', 'HEAD') or 'unknown'}.",
+        "",
+        sample_sizes(sweeps, args),
+        "",
+        "## Claims",
+        "",
+        *legend(names),
+        "",
+        "## Summary: in how many cells each claim holds",
+        "",
+        "Cells are relation × shot count; `k/n` = holds in k of the n cells where it was measurable, "
+        "`n/m` = not measurable (a stage lacked data, e.g. too few known prompts). The few-shot claim is one "
+        "per relation (0 vs 3 shots).",
+        "",
+        *summary_table(sweeps, names),
+        "",
+        "## Which claims hold where, in words",
+        "",
+        *headline(sweeps, names),
+        "### recallscope's definitions vs the paper's",
+        "",
+        *preset_disagreements(sweeps, names),
+        "",
+        "## Per cell: value [95% interval] and verdict (✓ holds, ✗ does not hold, n/m not measurable)",
+        "",
+    ]
+    for s in sweeps:
+        lines += [f"### {s.model} · {s.preset} preset", "", *grid(s, names, across_shots(sweeps)), ""]
+    lines += ["## Every claims row", "", "The claims stage's columns as written in each cell's `claims.parquet`.", ""]
+    for s in sweeps:
+        lines += [f"### {s.model} · {s.preset} preset (`{args.out}/{s.model}/{s.preset}`)", "", *detail_table(s, names), ""]
+    lines += ["## How it was run", "", *provenance(out, sweeps, args), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_readme_block(sweeps: list[Sweep], args) -> str:
+    names = claim_names(sweeps)
+    lines = [
+        BEGIN,
+        "<!-- generated by scripts/study.py from the study's run directories: edit the script, not this block -->",
+        "",
+        f"Measured by `{study_command(args)}` on {', '.join(dict.fromkeys(s.model for s in sweeps))}: "
+        f"{len(args.relations)} relations (the paper's task and LRE relations) × shots "
+        f"{', '.join(str(k) for k in args.shots)} × presets {' and '.join(dict.fromkeys(s.preset for s in sweeps))}, "
+        f"at most {args.max_prompts} prompts per cell. The whole study — every value with its interval, "
+        "margin and rule — is [docs/study.md](docs/study.md).",
+        "",
+        *legend(names),
+        "",
+        "Holds in k of the n measurable cells (relation × shot count; `n/m` = not measurable):",
+        "",
+        *summary_table(sweeps, names),
+        "",
+    ]
+    across = across_shots(sweeps)
+    for i, name in enumerate(names):
+        for s in sweeps:
+            t = tally(s, name, name in across)
+            lines.append(f"- C{i + 1}: {sentence(s, name, t)}")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def replace_block(text: str, block: str) -> str:
+    """``text`` with the part between the study markers (markers included) replaced by ``block``."""
+    start, stop = text.find(BEGIN), text.find(END)
+    if start < 0 or stop < start:
+        raise SystemExit(f"{README}: the markers {BEGIN} … {END} are missing; add them where the claims section goes")
+    return text[:start] + block + text[stop + len(END):]
+
+
+def render(args) -> None:
+    out = out_path(args)
+    sweeps = [read_sweep(out, m, p, args.relations, args.shots) for m in args.models for p in args.presets]
+    doc = ROOT / args.doc if not Path(args.doc).is_absolute() else Path(args.doc)
+    atomic_write_text(doc, render_doc(out, sweeps, args))
+    print(f"study: wrote {doc}", file=sys.stderr)
+    if args.readme:
+        readme = ROOT / args.readme if not Path(args.readme).is_absolute() else Path(args.readme)
+        readme.write_text(replace_block(readme.read_text(encoding="utf-8"), render_readme_block(sweeps, args)),
+                          encoding="utf-8")
+        print(f"study: rewrote the study block of {readme}", file=sys.stderr)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    csv = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+    p.add_argument("--models", type=csv, default=list(MODELS))
+    p.add_argument("--presets", type=csv, default=list(PRESETS))
+    p.add_argument("--relations", type=csv, default=list(RELATIONS))
+    p.add_argument("--shots", type=lambda s: [int(x) for x in csv(s)], default=list(SHOTS))
+    p.add_argument("--max-prompts", type=int, default=MAX_PROMPTS)
+    p.add_argument("--stages", default=None, help="comma-separated stages (default: the run's default stages)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=OUT, help="the study's run directories (relative to the repository root)")
+    p.add_argument("--doc", default=DOC)
+    p.add_argument("--readme", default=README, help="README whose study block is rewritten ('' to leave it)")
+    p.add_argument("--render-only", action="store_true", help="no run: re-render from the run directories")
+    args = p.parse_args(argv)
+    if args.max_prompts < 1:
+        p.error("--max-prompts must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    out = out_path(args)
+    failed = []
+    if not args.render_only:
+        out.mkdir(parents=True, exist_ok=True)
+        for m in args.models:
+            for p in args.presets:
+                rc = run_sweep(args, m, p)
+                if rc not in OK_EXIT:
+                    failed.append(f"{m} · {p} (exit {rc}; see {out / m / p}.log)")
+    render(args)
+    if failed:
+        print("study: sweeps that failed: " + "; ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
