@@ -160,7 +160,7 @@ def test_table_round_trip_keeps_the_intercept_and_figures_rebuild(tmp_path):
     run = RunDir(tmp_path)
     run.write_tables("decompose", result.tables())
     tables = run.read_tables("decompose")
-    assert list(tables) == ["decompose", "fold_coefficients", "folds", "intercept", "sgd_trace", "sweep"]
+    assert list(tables) == ["decompose", "fold_coefficients", "folds", "heldout", "intercept", "sgd_trace", "sweep"]
     assert (tmp_path / "decompose.parquet").is_file() and (tmp_path / "decompose" / "folds.parquet").is_file()
     layer, b = intercept_from_table(tables["intercept"])
     assert layer == 1

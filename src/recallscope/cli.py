@@ -217,6 +217,43 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         if stage.verb:
             target.command(stage.name, help=stage.help)(stage_command(stage.name))
 
+    @target.command("claims")
+    def claims_command(
+        run_dir: str = typer.Argument(..., help="A run directory written by `recallscope run` (or a sweep's parent)."),
+        sensitivity: bool = typer.Option(
+            False, "--sensitivity", help="Also list every condition of every rule and the setting value where the verdict flips."
+        ),
+        as_json: bool = JSON_OPTION,
+        settings: list[str] = typer.Option([], "--set", help="Claims setting, e.g. --set claims.min_suppression_logits=0.2."),
+    ) -> None:
+        """The paper's claims of a finished run, evaluated again from its files (no model; nothing written)."""
+        from pathlib import Path
+
+        if not Path(run_dir).is_dir():
+            raise UserError(f"{run_dir}: not a run directory")
+        overrides = _parse_set(settings)
+        bad = [k for k in overrides if not k.startswith("claims.")]
+        if bad:
+            raise UserError(f"--set {bad[0]}: `recallscope claims` takes claims settings only (claims.<field>)")
+        got = pipeline.claims_of_rundir(run_dir, overrides)
+        if as_json:
+            payload = {
+                "runs": [
+                    {"path": r["path"], "relation": r["relation"], "shots": r["shots"],
+                     **{k: v for k, v in r["claims"].to_dict().items() if k in ("claims", "sensitivity")}}
+                    for r in got["runs"]
+                ],
+                "shot_claims": got["shot_claims"],
+            }
+            sys.stdout.write(json.dumps(_json_ready(payload), ensure_ascii=False) + "\n")
+            return
+        for r in got["runs"]:
+            _print_claims(r["claims"].to_dict()["claims"], f"claims — {r['relation']} · {r['shots']}-shot · {r['path']}")
+            if sensitivity:
+                _print_sensitivity(r["claims"].to_dict()["sensitivity"])
+        if got["shot_claims"]:
+            _print_claims(got["shot_claims"], "claims across shot counts")
+
     @target.command("run")
     def run_command(
         model: str = MODEL_OPTION,
@@ -326,14 +363,30 @@ def _print_run(summary: dict) -> None:
     out_console.print(table)
     claims = summary.get("claims") or summary.get("stages", {}).get("claims", {}).get("claims")
     if claims:
-        ct = Table(title="the paper's claims on this run")
-        for col in ("claim", "value", "95% CI", "verdict"):
-            ct.add_column(col)
-        for c in claims:
-            ci = f"[{_fmt(c.get('ci_low'))}, {_fmt(c.get('ci_high'))}]" if c.get("ci_low") is not None else "—"
-            name = str(c.get("claim")) + (f" ({c['relation']})" if c.get("relation") else "")
-            ct.add_row(name, _fmt(c.get("value")), ci, str(c.get("verdict")))
-        out_console.print(ct)
+        _print_claims(claims, "the paper's claims on this run")
+
+
+def _print_claims(claims: list[dict], title: str) -> None:
+    ct = Table(title=title)
+    for col in ("claim", "about", "value", "95% CI", "threshold", "margin", "flips at", "verdict"):
+        ct.add_column(col)
+    for c in claims:
+        ci = f"[{_fmt(c.get('ci_low'))}, {_fmt(c.get('ci_high'))}]" if c.get("ci_low") is not None else "—"
+        name = str(c.get("claim")) + (f" ({c['relation']})" if c.get("relation") else "")
+        ct.add_row(name, _fmt(c.get("about")), _fmt(c.get("value")), ci, _fmt(c.get("threshold")), _fmt(c.get("margin")),
+                   _fmt(c.get("flips_at")), str(c.get("verdict")))
+    out_console.print(ct)
+
+
+def _print_sensitivity(rows: list[dict]) -> None:
+    st = Table(title="sensitivity: each condition, its margin, and the setting value where the verdict flips")
+    for col in ("claim", "condition", "setting", "now", "statistic", "threshold", "margin", "flips at"):
+        st.add_column(col)
+    for r in rows:
+        st.add_row(str(r.get("claim"))[:48], str(r.get("condition")), _fmt(r.get("setting")), _fmt(r.get("setting_value")),
+                   _fmt(r.get("statistic")), f"{r.get('op')} {_fmt(r.get('threshold'))}", _fmt(r.get("margin")),
+                   _fmt(r.get("flips_at")))
+    out_console.print(st)
 
 
 @app.command("models")
