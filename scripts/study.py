@@ -4,23 +4,34 @@
     python scripts/study.py --render-only    # re-render docs/study.md and README.md from the run directories
     python scripts/study.py --models smollm2-135m --max-prompts 8 --out runs/study-try   # a small try
 
-For each model × preset it runs ONE sweep in a child process (the model loads once per sweep)::
+Each model × preset × relation is ONE sweep over the shot counts, run in a child process::
 
-    recallscope run --model M --preset P --relation R1,...,R6 --shots 0,1,3 --max-prompts N \\
-        --no-report --out <out>/<M>/<P> --json
+    recallscope run --model M --preset P --relation R --shots 0,1,3 --max-prompts N \\
+        --no-report --out <out>/<M>/<P>/<R> --json --set ...
+
+(cells in ``<out>/<M>/<P>/<R>/<R>/<k>shot``; the sweep's own ``summary.json`` holds the few-shot
+claim, which compares the shot counts). The sweeps run relation by relation — every model and
+preset on the paper's task first, then the next relation — so that a study cut short by the
+machine's time covers whole relations on every model, and they run one after the other (never
+two at once). A model loads once per sweep (from recallscope's safetensors cache: seconds).
 
 The run layer resumes a sweep: rerunning the script reuses every finished stage of every cell,
-so an interrupted study continues where it stopped. Sweeps run one after the other (never two
-at once). Each sweep's command, commit, start and end date, wall time, load average and exit
-code are appended to ``<out>/study.json``; its stderr goes to ``<out>/<M>/<P>.log``.
+so an interrupted study continues where it stopped (same ``--max-prompts`` and settings; a
+different one is refused by the run directory). Each sweep's command, commit, start and end
+date, wall time, load average and exit code are appended to ``<out>/study.json``; its stderr
+goes to ``<out>/<M>/<P>/<R>.log``.
+
+``STUDY_SETTINGS`` (passed as ``--set`` to every sweep, both presets) only trim work the claims do
+not read: no attribution patching (the claims read the exact engine), the zero-ablation
+mitigation only (the mitigation claim's ``mitigation_mode``), 200 random directions for the
+intercept's baseline instead of 1000. They are printed in docs/study.md with the commands.
 
 Rendering reads only files (no model, no torch): per cell the claims stage's main table
-(``claims.parquet``: value, interval, verdict and whatever other columns the claims stage writes)
-and the cell's ``summary.json`` (prompt counts); per sweep the combined ``summary.json`` (the
-few-shot claim, which compares shot counts) and ``<out>/study.json``. Nothing is recomputed: a
-figure in docs/study.md is a value of those files, formatted. The README's claims section is
-the block between ``<!-- study:begin -->`` and ``<!-- study:end -->``, rewritten from the same
-data.
+(``claims.parquet``: value, interval, threshold, margin, verdict, rule, …) and the cell's
+``summary.json`` (prompt counts); per sweep the combined ``summary.json`` (the few-shot claim)
+and ``<out>/study.json``. Nothing is recomputed: a figure in docs/study.md is a value of those
+files, formatted. The README's claims section is the block between ``<!-- study:begin -->`` and
+``<!-- study:end -->``, rewritten from the same data.
 """
 
 from __future__ import annotations
@@ -52,10 +63,11 @@ RELATIONS = (
     f"{LRE}/city_in_country.json",
     f"{LRE}/country_language.json",
     f"{LRE}/landmark_in_country.json",
-    f"{LRE}/country_currency.json",
+    f"{LRE}/person_plays_pro_sport.json",
 )
 SHOTS = (0, 1, 3)
-MAX_PROMPTS = 32
+MAX_PROMPTS = 24
+STUDY_SETTINGS = ("patch.attribution=false", "suppress.modes=zero", "intercept.n_random=200")
 OUT = "runs/study"
 DOC = "docs/study.md"
 README = "README.md"
@@ -86,11 +98,13 @@ def now() -> str:
 
 
 def sweep_command(model: str, preset: str, relations, shots, max_prompts: int, out: Path, stages: str | None,
-                  threads: int | None) -> list[str]:
+                  threads: int | None, settings=()) -> list[str]:
     """The ``recallscope run`` arguments of one sweep (without the interpreter)."""
     cmd = ["recallscope", "run", "--model", model, "--preset", preset, "--relation", ",".join(relations),
            "--shots", ",".join(str(k) for k in shots), "--max-prompts", str(max_prompts), "--no-report",
            "--out", str(out), "--json"]
+    for setting in settings:
+        cmd += ["--set", setting]
     if stages:
         cmd += ["--stages", stages]
     if threads:
@@ -112,16 +126,18 @@ def out_path(args) -> Path:
     return Path(args.out) if Path(args.out).is_absolute() else ROOT / args.out
 
 
-def run_sweep(args, model: str, preset: str) -> int:
-    """One model × preset sweep in a child process; its attempt is appended to ``<out>/study.json``."""
+def run_sweep(args, model: str, preset: str, relation: str) -> int:
+    """One model × preset × relation sweep over the shot counts, in a child process; its attempt is
+    appended to ``<out>/study.json``."""
     out = out_path(args)
-    (out / model).mkdir(parents=True, exist_ok=True)
+    (out / model / preset).mkdir(parents=True, exist_ok=True)
     # the command as recorded runs from the repository root (the child's working directory)
-    cmd = sweep_command(model, preset, args.relations, args.shots, args.max_prompts, Path(args.out) / model / preset,
-                        args.stages, args.threads)
+    cmd = sweep_command(model, preset, [relation], args.shots, args.max_prompts,
+                        Path(args.out) / model / preset / slug(relation), args.stages, args.threads, args.settings)
     attempt = {
         "model": model,
         "preset": preset,
+        "relation": slug(relation),
         "command": shlex.join(cmd),
         "commit": _git("rev-parse", "--short=12", "HEAD"),
         "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
@@ -130,8 +146,8 @@ def run_sweep(args, model: str, preset: str) -> int:
     }
     print(f"study: {attempt['command']}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    with open(out / model / f"{preset}.log", "a", encoding="utf-8") as log, \
-            open(out / model / f"{preset}.json", "w", encoding="utf-8") as stdout:
+    base = out / model / preset / slug(relation)
+    with open(f"{base}.log", "a", encoding="utf-8") as log, open(f"{base}.json", "w", encoding="utf-8") as stdout:
         log.write(f"\n=== {attempt['start']} {attempt['command']}\n")
         log.flush()
         proc = subprocess.run([sys.executable, "-m", "recallscope", *cmd[1:]], cwd=ROOT, stdout=stdout, stderr=log)
@@ -140,7 +156,8 @@ def run_sweep(args, model: str, preset: str) -> int:
     record = read_record(out)
     record["attempts"].append(attempt)
     write_record(out, record)
-    print(f"study: {model} / {preset}: exit {proc.returncode} after {attempt['wall_s']} s", file=sys.stderr, flush=True)
+    print(f"study: {model} / {preset} / {slug(relation)}: exit {proc.returncode} after {attempt['wall_s']} s",
+          file=sys.stderr, flush=True)
     return proc.returncode
 
 
@@ -167,20 +184,26 @@ class Sweep:
     path: Path
     cells: list[Cell] = field(default_factory=list)
     shot_claims: list[dict] = field(default_factory=list)  # the combined summary's claims (across shot counts)
-    finished: bool = False  # the combined summary exists (the sweep ran to its end)
+    finished: bool = False  # every relation's combined summary exists (its sweep ran to its end)
+    unfinished: list[str] = field(default_factory=list)  # relations whose sweep has not finished
     incomplete: list[dict] = field(default_factory=list)
 
 
 def read_sweep(out: Path, model: str, preset: str, relations, shots) -> Sweep:
+    """Every relation's sweep of one model and preset, as one list of cells (relation-major)."""
     path = out / model / preset
     sweep = Sweep(model, preset, path)
-    combined = RunDir(path).summary() if path.is_dir() else {}
-    sweep.finished = "runs" in combined
-    sweep.shot_claims = list(combined.get("claims", []))
-    sweep.incomplete = list(combined.get("incomplete", []))
+    sweep.finished = True
     for rel in relations:
+        root = path / slug(rel)
+        combined = RunDir(root).summary() if root.is_dir() else {}
+        if "runs" not in combined:
+            sweep.finished = False
+            sweep.unfinished.append(slug(rel))
+        sweep.shot_claims += [{**row, "relation": row.get("relation") or slug(rel)} for row in combined.get("claims", [])]
+        sweep.incomplete += list(combined.get("incomplete", []))
         for k in shots:
-            cell = RunDir(path / slug(rel) / f"{k}shot")
+            cell = RunDir(root / slug(rel) / f"{k}shot")
             summary = cell.summary() if cell.path.is_dir() else {}
             claims = cell.read_table("claims") if cell.has_stage("claims") else None
             sweep.cells.append(Cell(model, preset, slug(rel), k, summary, claims))
@@ -375,16 +398,14 @@ def grid(sweep: Sweep, names: list[str], across: set[str]) -> list[str]:
     return lines
 
 
-DETAIL_COLUMNS = ("value", "ci_low", "ci_high", "verdict", "margin", "measure", "rule", "detail")
+DETAIL_COLUMNS = ("about", "value", "interval", "threshold", "margin", "flips_at", "verdict", "rule", "detail")
 
 
 def detail_table(sweep: Sweep, names: list[str]) -> list[str]:
-    """Every claims row of every cell, the claims stage's own columns (value, interval, verdict, margin, rule, …)."""
+    """Every claims row of every cell: the claims stage's columns (value, interval, threshold, margin, verdict, rule, …)."""
     sample = next((c.claims for c in sweep.cells if c.claims is not None), None)
-    extra = [] if sample is None else [col for col in sample.columns
-                                       if col not in ("claim", "stage", *DETAIL_COLUMNS) and not col.startswith("_")]
-    cols = ["value", "interval", "verdict"] + (["margin"] if sample is not None and "margin" in sample else [])
-    cols += extra + ["measure", "rule", "detail"]
+    present = set() if sample is None else set(sample.columns) | {"interval"}
+    cols = [col for col in DETAIL_COLUMNS if col in present or col in ("value", "interval", "verdict")]
     lines = ["| relation | shots | claim | " + " | ".join(cols) + " |", "|---|---|---|" + "---|" * len(cols)]
 
     def row_line(rel, k, row):
@@ -393,7 +414,7 @@ def detail_table(sweep: Sweep, names: list[str]) -> list[str]:
         for col in cols:
             if col == "interval":
                 out.append(interval(_g(row, "ci_low"), _g(row, "ci_high")))
-            elif col in ("value", "margin"):
+            elif col in ("value", "margin", "threshold", "flips_at"):
                 out.append(num(_g(row, col)))
             else:
                 value = _g(row, col)
@@ -429,16 +450,17 @@ def provenance(out: Path, sweeps: list[Sweep], args) -> list[str]:
     if attempts:
         total = sum(a.get("wall_s") or 0 for a in attempts)
         lines += [
-            f"Each model × preset is one sweep (one model load) run by the script; {len(attempts)} attempt(s), "
+            f"Each model × preset × relation is one sweep over the shot counts (one model load) run by the script; "
+            f"{len(attempts)} attempt(s), "
             f"{num(total / 60)} min of wall time in all, on a machine whose cores were shared with other work "
             "(the load averages say how much; the times are contended, not benchmarks):",
             "",
-            "| model | preset | started (UTC) | wall s | load before → after | exit | commit | command |",
-            "|---|---|---|---|---|---|---|---|",
+            "| model | preset | relation | started (UTC) | wall s | load before → after | exit | commit | command |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for a in attempts:
             lines.append(
-                f"| {a['model']} | {a['preset']} | {a['start']} | {num(a.get('wall_s'))} | "
+                f"| {a['model']} | {a['preset']} | {a.get('relation', '')} | {a['start']} | {num(a.get('wall_s'))} | "
                 f"{num(a.get('load_before'))} → {num(a.get('load_after'))} | {a.get('returncode')} | "
                 f"{a.get('commit')}{' (dirty)' if a.get('dirty') else ''} | `{cell_text(a['command'])}` |"
             )
@@ -447,8 +469,9 @@ def provenance(out: Path, sweeps: list[Sweep], args) -> list[str]:
         lines += ["No sweep has been run by this script in this output folder yet.", ""]
     for s in sweeps:
         if not s.finished:
-            lines.append(f"- {s.model} · {s.preset}: the sweep has not finished (its combined summary is missing); "
-                         "cells without a claims table show as not run.")
+            lines.append(f"- {s.model} · {s.preset}: not run to the end for {', '.join(s.unfinished)} (no combined "
+                         "summary yet): cells without a claims table show as not measurable (n/m) or not run, and "
+                         "the few-shot claim of those relations is missing. The command above resumes them.")
     return lines
 
 
@@ -465,6 +488,8 @@ def study_command(args) -> str:
     parts += ["--max-prompts", str(args.max_prompts)]
     if args.stages:
         parts += ["--stages", args.stages]
+    if tuple(args.settings) != STUDY_SETTINGS:
+        parts += [a for setting in args.settings for a in ("--set", setting)]
     if args.out != OUT:
         parts += ["--out", args.out]
     return "python scripts/study.py " + shlex.join(parts)
@@ -477,6 +502,9 @@ def sample_sizes(sweeps: list[Sweep], args) -> str:
             f"prompts the model knows (top-1 = answer)")
     if known:
         text += f", {min(known)} to {max(known)} per cell here (the `known/prompts` column)"
+    if args.settings:
+        text += (". Every sweep also gets " + ", ".join(f"`--set {x}`" for x in args.settings)
+                 + " (work the claims do not read, left out to fit the machine's time)")
     return text + ". Intervals are the claims stage's (95%, bootstrap over prompts unless its `measure` says otherwise)."
 
 
@@ -637,11 +665,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-prompts", type=int, default=MAX_PROMPTS)
     p.add_argument("--stages", default=None, help="comma-separated stages (default: the run's default stages)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--set", dest="settings", action="append", default=None,
+                   help=f"stage setting for every sweep (repeatable; default: {' '.join(STUDY_SETTINGS)})")
     p.add_argument("--out", default=OUT, help="the study's run directories (relative to the repository root)")
     p.add_argument("--doc", default=DOC)
     p.add_argument("--readme", default=README, help="README whose study block is rewritten ('' to leave it)")
     p.add_argument("--render-only", action="store_true", help="no run: re-render from the run directories")
     args = p.parse_args(argv)
+    args.settings = list(STUDY_SETTINGS) if args.settings is None else args.settings
     if args.max_prompts < 1:
         p.error("--max-prompts must be >= 1")
     return args
@@ -653,11 +684,12 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     if not args.render_only:
         out.mkdir(parents=True, exist_ok=True)
-        for m in args.models:
-            for p in args.presets:
-                rc = run_sweep(args, m, p)
-                if rc not in OK_EXIT:
-                    failed.append(f"{m} · {p} (exit {rc}; see {out / m / p}.log)")
+        for rel in args.relations:
+            for m in args.models:
+                for p in args.presets:
+                    rc = run_sweep(args, m, p, rel)
+                    if rc not in OK_EXIT:
+                        failed.append(f"{m} · {p} · {slug(rel)} (exit {rc}; see {out / m / p / slug(rel)}.log)")
     render(args)
     if failed:
         print("study: sweeps that failed: " + "; ".join(failed), file=sys.stderr)
