@@ -185,14 +185,15 @@ class Sweep:
     cells: list[Cell] = field(default_factory=list)
     shot_claims: list[dict] = field(default_factory=list)  # the combined summary's claims (across shot counts)
     finished: bool = False  # every relation's combined summary exists (its sweep ran to its end)
-    unfinished: list[str] = field(default_factory=list)  # relations whose sweep has not finished
+    unfinished: list[str] = field(default_factory=list)
+    shots: list[int] = field(default_factory=lambda: [0])  # relations whose sweep has not finished
     incomplete: list[dict] = field(default_factory=list)
 
 
 def read_sweep(out: Path, model: str, preset: str, relations, shots) -> Sweep:
     """Every relation's sweep of one model and preset, as one list of cells (relation-major)."""
     path = out / model / preset
-    sweep = Sweep(model, preset, path)
+    sweep = Sweep(model, preset, path, shots=list(shots))
     sweep.finished = True
     for rel in relations:
         root = path / slug(rel)
@@ -431,7 +432,7 @@ def detail_table(sweep: Sweep, names: list[str]) -> list[str]:
         for _, row in c.claims.iterrows():
             lines.append(row_line(c.relation, c.shots, row))
     for row in sweep.shot_claims:
-        lines.append(row_line(row.get("relation"), "0→3", row))
+        lines.append(row_line(row.get("relation"), f"{min(sweep.shots)}→{max(sweep.shots)}", row))
     return lines
 
 
@@ -583,7 +584,7 @@ def render_doc(out: Path, sweeps: list[Sweep], args) -> str:
         "",
         "Cells are relation × shot count; `k/n` = holds in k of the n cells where it was measurable, "
         "`n/m` = not measurable (a stage lacked data, e.g. too few known prompts). The few-shot claim is one "
-        "per relation (0 vs 3 shots).",
+        f"per relation ({min(args.shots)} vs {max(args.shots)} shots).",
         "",
         *summary_table(sweeps, names),
         "",

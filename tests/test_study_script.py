@@ -31,8 +31,10 @@ SHOTS = [0, 3]
 
 
 def claim_row(claim, value, lo, hi, verdict, margin, rule):
-    return {"claim": claim, "value": value, "ci_low": lo, "ci_high": hi, "verdict": verdict, "margin": margin,
-            "measure": f"measure of {claim[:10]}", "rule": rule, "detail": "d", "stage": "s"}
+    # the claims stage's columns (recallscope.claims.COLUMNS; evidence columns beside them are not shown in the study)
+    return {"claim": claim, "stage": "s", "about": "L23H4", "measure": f"measure of {claim[:10]}", "value": value,
+            "ci_low": lo, "ci_high": hi, "threshold": 0.5, "margin": margin, "flips_at": None, "verdict": verdict,
+            "rule": rule, "detail": "d", "r_first": 0.123}
 
 
 # per (model, preset, relation slug, shots): the two per-cell claims; figures chosen so 3 significant digits are exact
@@ -57,7 +59,7 @@ RULES = {C_MOVERS: "a head passes every mover threshold", C_SUPPRESS: "interval 
 def study_dir(tmp_path: Path) -> Path:
     out = tmp_path / "study"
     for (model, preset, rel, k), figures in FIGURES.items():
-        cell = RunDir(out / model / preset / rel / f"{k}shot")
+        cell = RunDir(out / model / preset / rel / rel / f"{k}shot")
         cell.create()
         summary = {"model": model, "relation": rel, "shots": k, "n_prompts": 32, "n_known": 10 + k, "stages": {}}
         if figures is None:
@@ -69,11 +71,12 @@ def study_dir(tmp_path: Path) -> Path:
             summary["stages"]["claims"] = {"claims": rows}
         cell.write_summary(summary)
     for (model, preset), rows in SHOT_FIGURES.items():
-        combined = {"model": model, "runs": [{"path": "x"}],
-                    "claims": [{**claim_row(C_SHOTS, *r[1:], "top heads overlap above chance"), "relation": r[0]} for r in rows]}
-        RunDir(out / model / preset).write_summary(combined)
+        for r in rows:  # one sweep per relation over the shot counts; its combined summary holds the few-shot claim
+            combined = {"model": model, "runs": [{"path": "x"}],
+                        "claims": [{**claim_row(C_SHOTS, *r[1:], "top heads overlap above chance"), "relation": r[0]}]}
+            RunDir(out / model / preset / r[0]).write_summary(combined)
     (out / "study.json").write_text(json.dumps({"attempts": [
-        {"model": "m1", "preset": p, "command": f"recallscope run --model m1 --preset {p}", "commit": "abc123",
+        {"model": "m1", "preset": p, "relation": "paper_country_capital", "command": f"recallscope run --model m1 --preset {p}", "commit": "abc123",
          "dirty": False, "start": "2026-11-30T09:00:00+00:00", "end": "2026-11-30T09:10:00+00:00",
          "wall_s": 600.0, "load_before": 3.5, "load_after": 4.25, "returncode": 0} for p in ("recallscope", "paper")]}))
     return out
@@ -102,15 +105,15 @@ def test_every_figure_of_the_claims_tables_reaches_the_page(study_dir, tmp_path)
             # the detail table has one line per cell and claim with value, interval, verdict and margin
             line = next(l for l in doc.splitlines()
                         if l.startswith(f"| {rel} | {k} | {label} |") and f"{study.num(value)} | [{study.num(lo)}, {study.num(hi)}]" in l)
-            assert f"| {verdict} |" in line
-            assert f"| {'—' if margin is None else study.num(margin)} |" in line
-            assert RULES[claim] in line
+            assert f"| L23H4 | {study.num(value)} | [{study.num(lo)}, {study.num(hi)}] | 0.5 | " \
+                   f"{'—' if margin is None else study.num(margin)} | — | {verdict} | {RULES[claim]} | d |" in line
     for rows in SHOT_FIGURES.values():
         for rel, value, lo, hi, verdict, margin in rows:
-            assert f"| {rel} | 0→3 | C3 | {value} | [{lo}, {hi}] | {verdict} | {margin} |" in doc
+            assert f"| {rel} | 0→3 | C3 | L23H4 | {value} | [{lo}, {hi}] | 0.5 | {margin} | — | {verdict} |" in doc
     # the literal figures, as printed
-    assert "| 0.812 | [0.75, 0.87] | holds | 0.25 |" in doc
-    assert "| -1.25 | [-2.5, -0.125] | holds | 0.125 |" in doc
+    assert "| 0.812 | [0.75, 0.87] | 0.5 | 0.25 | — | holds |" in doc
+    assert "| -1.25 | [-2.5, -0.125] | 0.5 | 0.125 | — | holds |" in doc
+    assert "0.123" not in doc  # evidence columns stay in the run directory
     # the cell that lacks the claims stage says why, and counts as not measurable
     assert "no known prompt left for relation 'country_language'" in doc
     # sample sizes and provenance
@@ -119,6 +122,9 @@ def test_every_figure_of_the_claims_tables_reaches_the_page(study_dir, tmp_path)
     assert "`recallscope run --model m1 --preset paper`" in doc and "abc123" in doc and "2026-11-30T09:00:00+00:00" in doc
     assert "20 min of wall time" in doc  # 2 × 600 s
     assert "python scripts/study.py --models m1" in doc and "--max-prompts 32" in doc
+    # the paper preset's country_language sweep has no combined summary: said so
+    assert "m1 · paper: not run to the end for country_language" in doc
+    assert "`--set patch.attribution=false`" in doc
 
 
 def test_the_summary_counts_and_sentences_follow_the_verdicts(study_dir, tmp_path):
@@ -169,7 +175,9 @@ def test_missing_markers_are_an_error(study_dir, tmp_path):
 
 
 def test_the_sweep_command_is_one_run_per_model_and_preset():
-    cmd = study.sweep_command("gemma3-270m", "paper", RELATIONS, [0, 1, 3], 24, Path("runs/study/gemma3-270m/paper"), None, None)
-    assert cmd == ["recallscope", "run", "--model", "gemma3-270m", "--preset", "paper", "--relation", ",".join(RELATIONS),
-                   "--shots", "0,1,3", "--max-prompts", "24", "--no-report", "--out", "runs/study/gemma3-270m/paper", "--json"]
+    cmd = study.sweep_command("gemma3-270m", "paper", RELATIONS[1:], [0, 1, 3], 24,
+                              Path("runs/study/gemma3-270m/paper/country_language"), None, None, ["suppress.modes=zero"])
+    assert cmd == ["recallscope", "run", "--model", "gemma3-270m", "--preset", "paper", "--relation", RELATIONS[1],
+                   "--shots", "0,1,3", "--max-prompts", "24", "--no-report", "--out",
+                   "runs/study/gemma3-270m/paper/country_language", "--json", "--set", "suppress.modes=zero"]
     assert study.slug("../shared/data/lre/country_language.json") == "country_language"
