@@ -285,17 +285,20 @@ def _where(cells: list[tuple[str, int]]) -> str:
 class Tally:
     holds: list = field(default_factory=list)  # (relation, shots)
     fails: list = field(default_factory=list)
-    missing: list = field(default_factory=list)
+    missing: list = field(default_factory=list)  # not measurable (the run says why)
+    not_run: list = field(default_factory=list)  # no result yet (the sweep has not reached it)
+    across: bool = False  # one verdict per relation (compares shot counts), not per cell
 
     @property
     def measured(self) -> int:
         return len(self.holds) + len(self.fails)
 
     def short(self) -> str:
-        if not self.measured and not self.missing:
+        if not self.measured and not self.missing and not self.not_run:
             return "—"
         text = f"{len(self.holds)}/{self.measured}"
-        return text + (f" ({len(self.missing)} n/m)" if self.missing else "")
+        notes = ([f"{len(self.missing)} n/m"] if self.missing else []) + ([f"{len(self.not_run)} not run"] if self.not_run else [])
+        return text + (f" ({', '.join(notes)})" if notes else "")
 
 
 def across_shots(sweeps: list[Sweep]) -> set[str]:
@@ -304,21 +307,24 @@ def across_shots(sweeps: list[Sweep]) -> set[str]:
 
 
 def tally(sweep: Sweep, claim: str, across: bool = False) -> Tally:
-    """Where ``claim`` holds, fails, or is not measurable in ``sweep``: cells, or relations when ``across``."""
-    t = Tally()
-    for c in ([] if across else sweep.cells):
-        rows = c.claims[c.claims["claim"] == claim] if c.claims is not None else None
-        if rows is None or not len(rows):
-            if c.claims is None:
-                t.missing.append((c.relation, c.shots))
+    """Where ``claim`` holds, fails, is not measurable, or has not run in ``sweep``: cells, or relations when ``across``."""
+    t = Tally(across=across)
+    if across:
+        for row in sweep.shot_claims:
+            if row.get("claim") == claim:
+                v = row.get("verdict")
+                (t.holds if v == HOLDS else t.fails if v == FAILS else t.missing).append((row.get("relation"), None))
+        t.not_run += [(rel, None) for rel in sweep.unfinished]
+        return t
+    for c in sweep.cells:
+        if c.claims is None:
+            (t.missing if c.summary.get("not_measurable") else t.not_run).append((c.relation, c.shots))
+            continue
+        rows = c.claims[c.claims["claim"] == claim]
+        if not len(rows):
             continue
         v = verdict_of(rows.iloc[0])
         (t.holds if v == HOLDS else t.fails if v == FAILS else t.missing).append((c.relation, c.shots))
-    for row in sweep.shot_claims:
-        if row.get("claim") != claim:
-            continue
-        v = row.get("verdict")
-        (t.holds if v == HOLDS else t.fails if v == FAILS else t.missing).append((row.get("relation"), "across"))
     return t
 
 
@@ -326,40 +332,47 @@ def _shot_where(items) -> str:
     return ", ".join(str(rel) for rel, _ in items)
 
 
+def _count(n: int, unit: str) -> str:
+    return f"{n} {unit}{'s' if n != 1 else ''}"
+
+
 def sentence(sweep: Sweep, claim: str, t: Tally) -> str:
     """The plain-words line of one claim on one sweep, from its tally."""
     who = f"**{sweep.model}, {sweep.preset} preset**"
-    across = any(k == "across" for _, k in t.holds + t.fails + t.missing)
-    where = _shot_where if across else _where
-    unit = "relation" if across else "cell"
+    where = _shot_where if t.across else _where
+    unit = "relation" if t.across else "cell"
     if not t.measured:
-        return f"{who}: not measurable in any {unit}."
-    if not t.holds:
-        text = f"{who}: does not hold in any of the {t.measured} measured {unit}s"
+        text = f"{who}: measured in no {unit}"
+    elif not t.holds:
+        text = f"{who}: does not hold in any of the {_count(t.measured, 'measured ' + unit)}"
     elif not t.fails:
         text = f"{who}: holds in every measured {unit} ({t.measured})"
     else:
         text = f"{who}: holds in {len(t.holds)} of {t.measured} measured {unit}s ({where(t.holds)})"
     if t.missing:
-        text += f"; not measurable in {len(t.missing)} ({where(t.missing)})"
+        text += f"; not measurable in {_count(len(t.missing), unit)} ({where(t.missing)})"
+    if t.not_run:
+        text += f"; {_count(len(t.not_run), unit)} not run yet"
     return text + "."
 
 
 def nearest_flip(sweep: Sweep, claim: str) -> str | None:
-    """The measured cell whose verdict is closest to flipping (smallest |margin|), where a margin column exists."""
+    """Among the measured cells where the primary condition alone decides (``flips_at`` set), the one
+    whose margin is smallest: the verdict nearest to flipping (None without such a cell)."""
     best = None
     for c in sweep.cells:
-        if c.claims is None or "margin" not in c.claims:
+        if c.claims is None or "margin" not in c.claims or "flips_at" not in c.claims:
             continue
         rows = c.claims[(c.claims["claim"] == claim) & c.claims["verdict"].isin([HOLDS, FAILS])]
         for _, row in rows.iterrows():
-            m = _g(row, "margin")
-            if m is not None and (best is None or abs(float(m)) < abs(best[0])):
-                best = (float(m), c, verdict_of(row))
+            m, f = _g(row, "margin"), _g(row, "flips_at")
+            if m is not None and f is not None and (best is None or abs(float(m)) < abs(best[0])):
+                best = (float(m), c, verdict_of(row), f)
     if best is None:
         return None
-    m, c, v = best
-    return f"closest to flipping: {c.relation} at {c.shots} shots ({v}, margin {num(m)})"
+    m, c, v, f = best
+    return (f"The verdict nearest to flipping: {c.relation} at {c.shots} shots ({v}, margin {num(m)}; "
+            f"the threshold's setting would flip it at {num(f)}).")
 
 
 # --------------------------------------------------------------------------- rendering
@@ -385,8 +398,11 @@ def grid(sweep: Sweep, names: list[str], across: set[str]) -> list[str]:
     for c in sweep.cells:
         parts = []
         for n in per_cell:
-            rows = c.claims[c.claims["claim"] == n] if c.claims is not None else None
-            if rows is None or not len(rows):
+            if c.claims is None:
+                parts.append("n/m" if c.summary.get("not_measurable") else "not run")
+                continue
+            rows = c.claims[c.claims["claim"] == n]
+            if not len(rows):
                 parts.append("–")
                 continue
             row = rows.iloc[0]
@@ -520,13 +536,13 @@ def headline(sweeps: list[Sweep], names: list[str]) -> list[str]:
         for s in sweeps:
             t = tally(s, name, name in across)
             flip = nearest_flip(s, name)
-            lines.append(f"- {sentence(s, name, t)}" + (f" The verdict {flip}." if flip else ""))
+            lines.append(f"- {sentence(s, name, t)}" + (f" {flip}" if flip else ""))
             if t.holds:
                 holds_somewhere.append(f"{s.model} · {s.preset}")
         models_holding = {s.model for s in sweeps if tally(s, name, name in across).holds}
         lines.append("")
         if not holds_somewhere:
-            lines.append(f"In short: C{i + 1} holds nowhere in this study.")
+            lines.append(f"In short: C{i + 1} holds in none of the cells measured.")
         elif len(models_holding) == len({s.model for s in sweeps}):
             lines.append(f"In short: C{i + 1} holds somewhere on every model studied ({', '.join(holds_somewhere)}).")
         else:
@@ -583,7 +599,8 @@ def render_doc(out: Path, sweeps: list[Sweep], args) -> str:
         "## Summary: in how many cells each claim holds",
         "",
         "Cells are relation × shot count; `k/n` = holds in k of the n cells where it was measurable, "
-        "`n/m` = not measurable (a stage lacked data, e.g. too few known prompts). The few-shot claim is one "
+        "`n/m` = not measurable (a stage lacked data, e.g. too few known prompts), `not run` = the study has not "
+        "reached the cell yet (rerun the command to resume). The few-shot claim is one "
         f"per relation ({min(args.shots)} vs {max(args.shots)} shots).",
         "",
         *summary_table(sweeps, names),
@@ -621,7 +638,8 @@ def render_readme_block(sweeps: list[Sweep], args) -> str:
         "",
         *legend(names),
         "",
-        "Holds in k of the n measurable cells (relation × shot count; `n/m` = not measurable):",
+        "Holds in k of the n measurable cells (relation × shot count; `n/m` = not measurable; `not run` = "
+        "not reached yet by the study):",
         "",
         *summary_table(sweeps, names),
         "",

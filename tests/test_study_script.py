@@ -138,21 +138,22 @@ def test_the_summary_counts_and_sentences_follow_the_verdicts(study_dir, tmp_pat
     assert table == [
         "| C1 | 2/3 (1 n/m) | 1/3 (1 n/m) |",
         "| C2 | 1/3 (1 n/m) | 2/4 |",
-        "| C3 | 1/2 | 1/1 |",
+        "| C3 | 1/2 | 1/1 (1 not run) |",
     ]
     assert ("**m1, recallscope preset**: holds in 2 of 3 measured cells (paper_country_capital at 0 shots; "
-            "country_language at 3 shots); not measurable in 1 (country_language at 0 shots).") in doc
+            "country_language at 3 shots); not measurable in 1 cell (country_language at 0 shots).") in doc
     assert "**m1, paper preset**: holds in 1 of 3 measured cells (country_language at 3 shots)" in doc
     assert "**m1, recallscope preset**: holds in 1 of 2 measured relations (paper_country_capital)." in doc
-    assert "**m1, paper preset**: holds in every measured relation (1)." in doc
+    assert "**m1, paper preset**: holds in every measured relation (1); 1 relation not run yet." in doc
     # nearest flip: the smallest |margin| among measured verdicts
-    assert "closest to flipping: paper_country_capital at 3 shots (does not hold, margin -0.05)" in doc
+    # the nearest flip is only named where the primary condition alone decides (flips_at set)
+    assert "nearest to flipping" not in doc
     # presets compared cell by cell ((language, 0) is not compared: no claims table under recallscope)
     assert ("the presets disagree in 2 verdict(s): C1 on paper_country_capital at 0 shots (recallscope: holds, paper: "
             "does not hold); C2 on country_language at 3 shots (recallscope: does not hold, paper: holds).") in doc
     # the per-cell grid: verdict mark, value and interval
     assert "| paper_country_capital | 0 | 10/32 | ✓ 0.812 [0.75, 0.87] | ✓ -1.25 [-2.5, -0.125] |" in doc
-    assert "| country_language | 0 | 1/32 | – | – |" in doc
+    assert "| country_language | 0 | 1/32 | n/m | n/m |" in doc
     assert "| country_language | 0 | 10/32 | n/m | ✗ 0.125 [-0.5, 0.875] |" in doc
 
 
