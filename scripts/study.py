@@ -690,6 +690,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--doc", default=DOC)
     p.add_argument("--readme", default=README, help="README whose study block is rewritten ('' to leave it)")
     p.add_argument("--render-only", action="store_true", help="no run: re-render from the run directories")
+    p.add_argument("--redo-claims", action="store_true",
+                   help="recompute every cell's claims stage (after a change to the claim rules); other stages are reused")
     args = p.parse_args(argv)
     args.settings = list(STUDY_SETTINGS) if args.settings is None else args.settings
     if args.max_prompts < 1:
@@ -697,10 +699,34 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def drop_claims(out: Path, args) -> int:
+    """Remove every cell's claims tables, so that the next run recomputes the claims stage alone.
+
+    The run layer reuses a stage whose config is unchanged; a change to the claim rules in code
+    (not in ``ClaimsConfig``) needs this. Every other stage is still reused. Returns the number of
+    cells touched.
+    """
+    n = 0
+    for m in args.models:
+        for p in args.presets:
+            for rel in args.relations:
+                for k in args.shots:
+                    cell = out / m / p / slug(rel) / slug(rel) / f"{k}shot"
+                    main_table = cell / "claims.parquet"
+                    if main_table.exists():
+                        main_table.unlink()
+                        for extra in (cell / "claims").glob("*.parquet") if (cell / "claims").is_dir() else []:
+                            extra.unlink()
+                        n += 1
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     out = out_path(args)
     failed = []
+    if args.redo_claims and not args.render_only:
+        print(f"study: dropped the claims tables of {drop_claims(out, args)} cells (recomputed below)", file=sys.stderr)
     if not args.render_only:
         out.mkdir(parents=True, exist_ok=True)
         for rel in args.relations:
