@@ -532,23 +532,32 @@ def headline(sweeps: list[Sweep], names: list[str]) -> list[str]:
     for i, name in enumerate(names):
         lines.append(f"**C{i + 1}. {cell_text(name)}.**")
         lines.append("")
-        holds_somewhere = []
         for s in sweeps:
             t = tally(s, name, name in across)
             flip = nearest_flip(s, name)
             lines.append(f"- {sentence(s, name, t)}" + (f" {flip}" if flip else ""))
-            if t.holds:
-                holds_somewhere.append(f"{s.model} · {s.preset}")
-        models_holding = {s.model for s in sweeps if tally(s, name, name in across).holds}
-        lines.append("")
-        if not holds_somewhere:
-            lines.append(f"In short: C{i + 1} holds in none of the cells measured.")
-        elif len(models_holding) == len({s.model for s in sweeps}):
-            lines.append(f"In short: C{i + 1} holds somewhere on every model studied ({', '.join(holds_somewhere)}).")
-        else:
-            lines.append(f"In short: C{i + 1} holds only on {', '.join(sorted(models_holding))}.")
-        lines.append("")
+        lines += ["", f"In short: {in_short(sweeps, name, i, across)}", ""]
     return lines
+
+
+def in_short(sweeps: list[Sweep], name: str, i: int, across: set[str]) -> str:
+    """One sentence per claim over the whole study: holds in how many measured cells, per model."""
+    unit = "relation" if name in across else "cell"
+    per_model: dict[str, list[int]] = {}
+    for s in sweeps:
+        t = tally(s, name, name in across)
+        h, m = per_model.setdefault(s.model, [0, 0])
+        per_model[s.model] = [h + len(t.holds), m + t.measured]
+    held = sum(h for h, _ in per_model.values())
+    measured = sum(m for _, m in per_model.values())
+    if not measured:
+        return f"C{i + 1} was measured in no {unit} yet."
+    models = ", ".join(f"{model} {h}/{m}" for model, (h, m) in per_model.items())
+    if not held:
+        return f"C{i + 1} holds in none of the {_count(measured, 'measured ' + unit)} ({models})."
+    if held == measured:
+        return f"C{i + 1} holds in every one of the {_count(measured, 'measured ' + unit)} ({models})."
+    return f"C{i + 1} holds in {held} of {measured} measured {unit}s ({models})."
 
 
 def preset_disagreements(sweeps: list[Sweep], names: list[str]) -> list[str]:
@@ -645,10 +654,7 @@ def render_readme_block(sweeps: list[Sweep], args) -> str:
         "",
     ]
     across = across_shots(sweeps)
-    for i, name in enumerate(names):
-        for s in sweeps:
-            t = tally(s, name, name in across)
-            lines.append(f"- C{i + 1}: {sentence(s, name, t)}")
+    lines += [f"- {in_short(sweeps, name, i, across)}" for i, name in enumerate(names)]
     lines += ["", END]
     return "\n".join(lines)
 

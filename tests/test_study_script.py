@@ -164,6 +164,9 @@ def test_the_readme_block_is_replaced_and_the_rest_kept(study_dir, tmp_path):
     assert "0.89" not in readme  # the hand-typed block is gone
     assert "| C1 | 2/3 (1 n/m) | 1/3 (1 n/m) |" in readme
     assert "[docs/study.md](docs/study.md)" in readme
+    # C1 over both presets: holds in 2 + 1 of 3 + 3 measured cells
+    assert "- C1 holds in 3 of 6 measured cells (m1 3/6)." in readme
+    assert "- C3 holds in 2 of 3 measured relations (m1 2/3)." in readme
     assert readme.count(study.BEGIN) == 1 and readme.count(study.END) == 1
     # rendering twice gives the same block (idempotent), apart from nothing
     _, again = render(study_dir, tmp_path)
