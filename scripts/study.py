@@ -344,9 +344,11 @@ def sentence(sweep: Sweep, claim: str, t: Tally) -> str:
     if not t.measured:
         text = f"{who}: measured in no {unit}"
     elif not t.holds:
-        text = f"{who}: does not hold in any of the {_count(t.measured, 'measured ' + unit)}"
+        text = f"{who}: does not hold in " + (f"the one measured {unit}" if t.measured == 1
+                                              else f"any of the {t.measured} measured {unit}s")
     elif not t.fails:
-        text = f"{who}: holds in every measured {unit} ({t.measured})"
+        text = f"{who}: holds in " + (f"the one measured {unit}" if t.measured == 1
+                                      else f"every measured {unit} ({t.measured})")
     else:
         text = f"{who}: holds in {len(t.holds)} of {t.measured} measured {unit}s ({where(t.holds)})"
     if t.missing:
@@ -372,7 +374,7 @@ def nearest_flip(sweep: Sweep, claim: str) -> str | None:
         return None
     m, c, v, f = best
     return (f"The verdict nearest to flipping: {c.relation} at {c.shots} shots ({v}, margin {num(m)}; "
-            f"the threshold's setting would flip it at {num(f)}).")
+            f"it flips with the threshold's setting at {num(f)}).")
 
 
 # --------------------------------------------------------------------------- rendering
@@ -556,7 +558,8 @@ def in_short(sweeps: list[Sweep], name: str, i: int, across: set[str]) -> str:
     if not held:
         return f"C{i + 1} holds in none of the {_count(measured, 'measured ' + unit)} ({models})."
     if held == measured:
-        return f"C{i + 1} holds in every one of the {_count(measured, 'measured ' + unit)} ({models})."
+        what = f"the one measured {unit}" if measured == 1 else f"all {measured} measured {unit}s"
+        return f"C{i + 1} holds in {what} ({models})."
     return f"C{i + 1} holds in {held} of {measured} measured {unit}s ({models})."
 
 

@@ -30,10 +30,13 @@ RELATIONS = ["paper_country_capital", "../shared/data/lre/country_language.json"
 SHOTS = [0, 3]
 
 
-def claim_row(claim, value, lo, hi, verdict, margin, rule):
+FLIPS = {("m1", "recallscope", "paper_country_capital", 3, "C1"): 0.45}  # flips_at where the primary condition alone decides
+
+
+def claim_row(claim, value, lo, hi, verdict, margin, rule, flips_at=None):
     # the claims stage's columns (recallscope.claims.COLUMNS; evidence columns beside them are not shown in the study)
     return {"claim": claim, "stage": "s", "about": "L23H4", "measure": f"measure of {claim[:10]}", "value": value,
-            "ci_low": lo, "ci_high": hi, "threshold": 0.5, "margin": margin, "flips_at": None, "verdict": verdict,
+            "ci_low": lo, "ci_high": hi, "threshold": 0.5, "margin": margin, "flips_at": flips_at, "verdict": verdict,
             "rule": rule, "detail": "d", "r_first": 0.123}
 
 
@@ -66,7 +69,8 @@ def study_dir(tmp_path: Path) -> Path:
             summary["n_known"] = 1
             summary["not_measurable"] = {"claims": {"reason": "no known prompt left for relation 'country_language'"}}
         else:
-            rows = [claim_row(C_MOVERS, *figures[0], RULES[C_MOVERS]), claim_row(C_SUPPRESS, *figures[1], RULES[C_SUPPRESS])]
+            rows = [claim_row(C_MOVERS, *figures[0], RULES[C_MOVERS], FLIPS.get((model, preset, rel, k, "C1"))),
+                    claim_row(C_SUPPRESS, *figures[1], RULES[C_SUPPRESS])]
             cell.write_tables("claims", {"claims": pd.DataFrame(rows)})
             summary["stages"]["claims"] = {"claims": rows}
         cell.write_summary(summary)
@@ -105,8 +109,9 @@ def test_every_figure_of_the_claims_tables_reaches_the_page(study_dir, tmp_path)
             # the detail table has one line per cell and claim with value, interval, verdict and margin
             line = next(l for l in doc.splitlines()
                         if l.startswith(f"| {rel} | {k} | {label} |") and f"{study.num(value)} | [{study.num(lo)}, {study.num(hi)}]" in l)
+            flips = FLIPS.get((model, preset, rel, k, label))
             assert f"| L23H4 | {study.num(value)} | [{study.num(lo)}, {study.num(hi)}] | 0.5 | " \
-                   f"{'—' if margin is None else study.num(margin)} | — | {verdict} | {RULES[claim]} | d |" in line
+                   f"{'—' if margin is None else study.num(margin)} | {study.num(flips)} | {verdict} | {RULES[claim]} | d |" in line
     for rows in SHOT_FIGURES.values():
         for rel, value, lo, hi, verdict, margin in rows:
             assert f"| {rel} | 0→3 | C3 | L23H4 | {value} | [{lo}, {hi}] | 0.5 | {margin} | — | {verdict} |" in doc
@@ -144,10 +149,12 @@ def test_the_summary_counts_and_sentences_follow_the_verdicts(study_dir, tmp_pat
             "country_language at 3 shots); not measurable in 1 cell (country_language at 0 shots).") in doc
     assert "**m1, paper preset**: holds in 1 of 3 measured cells (country_language at 3 shots)" in doc
     assert "**m1, recallscope preset**: holds in 1 of 2 measured relations (paper_country_capital)." in doc
-    assert "**m1, paper preset**: holds in every measured relation (1); 1 relation not run yet." in doc
+    assert "**m1, paper preset**: holds in the one measured relation; 1 relation not run yet." in doc
     # nearest flip: the smallest |margin| among measured verdicts
     # the nearest flip is only named where the primary condition alone decides (flips_at set)
-    assert "nearest to flipping" not in doc
+    assert doc.count("nearest to flipping") == 1
+    assert ("The verdict nearest to flipping: paper_country_capital at 3 shots (does not hold, margin -0.05; "
+            "it flips with the threshold's setting at 0.45).") in doc
     # presets compared cell by cell ((language, 0) is not compared: no claims table under recallscope)
     assert ("the presets disagree in 2 verdict(s): C1 on paper_country_capital at 0 shots (recallscope: holds, paper: "
             "does not hold); C2 on country_language at 3 shots (recallscope: does not hold, paper: holds).") in doc
