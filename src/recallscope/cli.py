@@ -239,8 +239,12 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         if as_json:
             payload = {
                 "runs": [
-                    {"path": r["path"], "relation": r["relation"], "shots": r["shots"],
-                     **{k: v for k, v in r["claims"].to_dict().items() if k in ("claims", "sensitivity")}}
+                    {
+                        "path": r["path"],
+                        "relation": r["relation"],
+                        "shots": r["shots"],
+                        **{k: v for k, v in r["claims"].to_dict().items() if k in ("claims", "sensitivity")},
+                    }
                     for r in got["runs"]
                 ],
                 "shot_claims": got["shot_claims"],
@@ -373,8 +377,16 @@ def _print_claims(claims: list[dict], title: str) -> None:
     for c in claims:
         ci = f"[{_fmt(c.get('ci_low'))}, {_fmt(c.get('ci_high'))}]" if c.get("ci_low") is not None else "—"
         name = str(c.get("claim")) + (f" ({c['relation']})" if c.get("relation") else "")
-        ct.add_row(name, _fmt(c.get("about")), _fmt(c.get("value")), ci, _fmt(c.get("threshold")), _fmt(c.get("margin")),
-                   _fmt(c.get("flips_at")), str(c.get("verdict")))
+        ct.add_row(
+            name,
+            _fmt(c.get("about")),
+            _fmt(c.get("value")),
+            ci,
+            _fmt(c.get("threshold")),
+            _fmt(c.get("margin")),
+            _fmt(c.get("flips_at")),
+            str(c.get("verdict")),
+        )
     out_console.print(ct)
 
 
@@ -383,9 +395,16 @@ def _print_sensitivity(rows: list[dict]) -> None:
     for col in ("claim", "condition", "setting", "now", "statistic", "threshold", "margin", "flips at"):
         st.add_column(col)
     for r in rows:
-        st.add_row(str(r.get("claim"))[:48], str(r.get("condition")), _fmt(r.get("setting")), _fmt(r.get("setting_value")),
-                   _fmt(r.get("statistic")), f"{r.get('op')} {_fmt(r.get('threshold'))}", _fmt(r.get("margin")),
-                   _fmt(r.get("flips_at")))
+        st.add_row(
+            str(r.get("claim"))[:48],
+            str(r.get("condition")),
+            _fmt(r.get("setting")),
+            _fmt(r.get("setting_value")),
+            _fmt(r.get("statistic")),
+            f"{r.get('op')} {_fmt(r.get('threshold'))}",
+            _fmt(r.get("margin")),
+            _fmt(r.get("flips_at")),
+        )
     out_console.print(st)
 
 

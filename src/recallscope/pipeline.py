@@ -253,10 +253,18 @@ def claims_of_rundir(path: str, overrides: dict[str, Any] | None = None) -> dict
     patch_frames: dict[tuple[str, int], Any] = {}
     for sub, sub_summary in subs:
         rundir = RunDir(sub)
-        ctx = StageContext(model=None, run=None, prompts=None, configs=configs, rundir=rundir,  # type: ignore[arg-type]
-                           progress=False, summaries=dict(rundir.summary().get("stages", {})))
-        out["runs"].append({"path": sub, "relation": sub_summary.get("relation"), "shots": sub_summary.get("shots"),
-                            "claims": _claims(ctx)})
+        ctx = StageContext(
+            model=None,
+            run=None,
+            prompts=None,
+            configs=configs,
+            rundir=rundir,  # type: ignore[arg-type]
+            progress=False,
+            summaries=dict(rundir.summary().get("stages", {})),
+        )
+        out["runs"].append(
+            {"path": sub, "relation": sub_summary.get("relation"), "shots": sub_summary.get("shots"), "claims": _claims(ctx)}
+        )
         frame = ctx.table_or_none("patch")
         if frame is not None:
             patch_frames[(str(sub_summary.get("relation")), int(sub_summary.get("shots") or 0))] = frame
