@@ -572,19 +572,25 @@ def preset_disagreements(sweeps: list[Sweep], names: list[str]) -> list[str]:
         if None in pair:
             continue
         diffs = []
+        compared = 0
         for a, b in zip(pair[0].cells, pair[1].cells):
             if a.claims is None or b.claims is None:
                 continue
             va = dict(zip(a.claims["claim"], a.claims["verdict"]))
             vb = dict(zip(b.claims["claim"], b.claims["verdict"]))
             for n in names:
+                if n in va and n in vb and {va[n], vb[n]} <= {HOLDS, FAILS}:
+                    compared += 1
                 if n in va and n in vb and va[n] != vb[n] and {va[n], vb[n]} <= {HOLDS, FAILS}:
                     diffs.append(f"C{names.index(n) + 1} on {a.relation} at {a.shots} shots ({PRESETS[0]}: {va[n]}, "
                                  f"{PRESETS[1]}: {vb[n]})")
         if diffs:
-            lines.append(f"- {model}: the presets disagree in {len(diffs)} verdict(s): " + "; ".join(diffs) + ".")
+            lines.append(f"- {model}: of the {compared} verdicts measured under both presets, {len(diffs)} differ: "
+                         + "; ".join(diffs) + ".")
+        elif compared:
+            lines.append(f"- {model}: the presets agree on all {compared} verdicts measured under both.")
         else:
-            lines.append(f"- {model}: the presets agree on every verdict measured under both.")
+            lines.append(f"- {model}: no verdict has been measured under both presets yet.")
     return lines
 
 
@@ -603,6 +609,8 @@ def render_doc(out: Path, sweeps: list[Sweep], args) -> str:
         f"Rendered {now()} at commit {_git('rev-parse', '--short=12', 'HEAD') or 'unknown'}.",
         "",
         sample_sizes(sweeps, args),
+        "",
+        coverage(sweeps),
         "",
         "## Claims",
         "",
@@ -636,6 +644,18 @@ def render_doc(out: Path, sweeps: list[Sweep], args) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def coverage(sweeps: list[Sweep]) -> str:
+    """How many cells the study has reached (a claims table, or a recorded reason it could not run)."""
+    cells = [c for s in sweeps for c in s.cells]
+    done = [c for c in cells if c.claims is not None or c.summary.get("not_measurable")]
+    text = f"{len(done)} of {len(cells)} cells have run"
+    if len(done) < len(cells):
+        reached = list(dict.fromkeys(c.relation for c in done))
+        text += (f" (relations reached so far: {', '.join(reached) or 'none'}); the others are marked `not run` and "
+                 "the same command resumes the study where it stopped")
+    return text + "."
+
+
 def render_readme_block(sweeps: list[Sweep], args) -> str:
     names = claim_names(sweeps)
     lines = [
@@ -646,7 +666,7 @@ def render_readme_block(sweeps: list[Sweep], args) -> str:
         f"{len(args.relations)} relations (the paper's task and LRE relations) × shots "
         f"{', '.join(str(k) for k in args.shots)} × presets {' and '.join(dict.fromkeys(s.preset for s in sweeps))}, "
         f"at most {args.max_prompts} prompts per cell. The whole study — every value with its interval, "
-        "margin and rule — is [docs/study.md](docs/study.md).",
+        "margin and rule — is [docs/study.md](docs/study.md). " + coverage(sweeps),
         "",
         *legend(names),
         "",

@@ -156,8 +156,9 @@ def test_the_summary_counts_and_sentences_follow_the_verdicts(study_dir, tmp_pat
     assert ("The verdict nearest to flipping: paper_country_capital at 3 shots (does not hold, margin -0.05; "
             "it flips with the threshold's setting at 0.45).") in doc
     # presets compared cell by cell ((language, 0) is not compared: no claims table under recallscope)
-    assert ("the presets disagree in 2 verdict(s): C1 on paper_country_capital at 0 shots (recallscope: holds, paper: "
-            "does not hold); C2 on country_language at 3 shots (recallscope: does not hold, paper: holds).") in doc
+    assert ("of the 6 verdicts measured under both presets, 2 differ: C1 on paper_country_capital at 0 shots (recallscope: "
+            "holds, paper: does not hold); C2 on country_language at 3 shots (recallscope: does not hold, paper: holds).") in doc
+    assert "8 of 8 cells have run." in doc
     # the per-cell grid: verdict mark, value and interval
     assert "| paper_country_capital | 0 | 10/32 | ✓ 0.812 [0.75, 0.87] | ✓ -1.25 [-2.5, -0.125] |" in doc
     assert "| country_language | 0 | 1/32 | n/m | n/m |" in doc
