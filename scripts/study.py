@@ -97,12 +97,28 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def sweep_command(model: str, preset: str, relations, shots, max_prompts: int, out: Path, stages: str | None,
-                  threads: int | None, settings=()) -> list[str]:
+def sweep_command(
+    model: str, preset: str, relations, shots, max_prompts: int, out: Path, stages: str | None, threads: int | None, settings=()
+) -> list[str]:
     """The ``recallscope run`` arguments of one sweep (without the interpreter)."""
-    cmd = ["recallscope", "run", "--model", model, "--preset", preset, "--relation", ",".join(relations),
-           "--shots", ",".join(str(k) for k in shots), "--max-prompts", str(max_prompts), "--no-report",
-           "--out", str(out), "--json"]
+    cmd = [
+        "recallscope",
+        "run",
+        "--model",
+        model,
+        "--preset",
+        preset,
+        "--relation",
+        ",".join(relations),
+        "--shots",
+        ",".join(str(k) for k in shots),
+        "--max-prompts",
+        str(max_prompts),
+        "--no-report",
+        "--out",
+        str(out),
+        "--json",
+    ]
     for setting in settings:
         cmd += ["--set", setting]
     if stages:
@@ -132,8 +148,17 @@ def run_sweep(args, model: str, preset: str, relation: str) -> int:
     out = out_path(args)
     (out / model / preset).mkdir(parents=True, exist_ok=True)
     # the command as recorded runs from the repository root (the child's working directory)
-    cmd = sweep_command(model, preset, [relation], args.shots, args.max_prompts,
-                        Path(args.out) / model / preset / slug(relation), args.stages, args.threads, args.settings)
+    cmd = sweep_command(
+        model,
+        preset,
+        [relation],
+        args.shots,
+        args.max_prompts,
+        Path(args.out) / model / preset / slug(relation),
+        args.stages,
+        args.threads,
+        args.settings,
+    )
     attempt = {
         "model": model,
         "preset": preset,
@@ -151,13 +176,20 @@ def run_sweep(args, model: str, preset: str, relation: str) -> int:
         log.write(f"\n=== {attempt['start']} {attempt['command']}\n")
         log.flush()
         proc = subprocess.run([sys.executable, "-m", "recallscope", *cmd[1:]], cwd=ROOT, stdout=stdout, stderr=log)
-    attempt.update(end=now(), wall_s=round(time.perf_counter() - start, 1), load_after=round(os.getloadavg()[0], 2),
-                   returncode=proc.returncode)
+    attempt.update(
+        end=now(),
+        wall_s=round(time.perf_counter() - start, 1),
+        load_after=round(os.getloadavg()[0], 2),
+        returncode=proc.returncode,
+    )
     record = read_record(out)
     record["attempts"].append(attempt)
     write_record(out, record)
-    print(f"study: {model} / {preset} / {slug(relation)}: exit {proc.returncode} after {attempt['wall_s']} s",
-          file=sys.stderr, flush=True)
+    print(
+        f"study: {model} / {preset} / {slug(relation)}: exit {proc.returncode} after {attempt['wall_s']} s",
+        file=sys.stderr,
+        flush=True,
+    )
     return proc.returncode
 
 
@@ -269,7 +301,7 @@ def claim_names(sweeps: list[Sweep]) -> list[str]:
 
 
 def _where(cells: list[tuple[str, int]]) -> str:
-    """"paper_country_capital at 0 and 3 shots; country_language at 3 shots"."""
+    """ "paper_country_capital at 0 and 3 shots; country_language at 3 shots"."""
     by: dict[str, list[int]] = {}
     for rel, k in cells:
         by.setdefault(rel, []).append(k)
@@ -297,7 +329,9 @@ class Tally:
         if not self.measured and not self.missing and not self.not_run:
             return "—"
         text = f"{len(self.holds)}/{self.measured}"
-        notes = ([f"{len(self.missing)} n/m"] if self.missing else []) + ([f"{len(self.not_run)} not run"] if self.not_run else [])
+        notes = ([f"{len(self.missing)} n/m"] if self.missing else []) + (
+            [f"{len(self.not_run)} not run"] if self.not_run else []
+        )
         return text + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -344,11 +378,11 @@ def sentence(sweep: Sweep, claim: str, t: Tally) -> str:
     if not t.measured:
         text = f"{who}: measured in no {unit}"
     elif not t.holds:
-        text = f"{who}: does not hold in " + (f"the one measured {unit}" if t.measured == 1
-                                              else f"any of the {t.measured} measured {unit}s")
+        text = f"{who}: does not hold in " + (
+            f"the one measured {unit}" if t.measured == 1 else f"any of the {t.measured} measured {unit}s"
+        )
     elif not t.fails:
-        text = f"{who}: holds in " + (f"the one measured {unit}" if t.measured == 1
-                                      else f"every measured {unit} ({t.measured})")
+        text = f"{who}: holds in " + (f"the one measured {unit}" if t.measured == 1 else f"every measured {unit} ({t.measured})")
     else:
         text = f"{who}: holds in {len(t.holds)} of {t.measured} measured {unit}s ({where(t.holds)})"
     if t.missing:
@@ -373,8 +407,10 @@ def nearest_flip(sweep: Sweep, claim: str) -> str | None:
     if best is None:
         return None
     m, c, v, f = best
-    return (f"The verdict nearest to flipping: {c.relation} at {c.shots} shots ({v}, margin {num(m)}; "
-            f"it flips with the threshold's setting at {num(f)}).")
+    return (
+        f"The verdict nearest to flipping: {c.relation} at {c.shots} shots ({v}, margin {num(m)}; "
+        f"it flips with the threshold's setting at {num(f)})."
+    )
 
 
 # --------------------------------------------------------------------------- rendering
@@ -395,8 +431,10 @@ def summary_table(sweeps: list[Sweep], names: list[str]) -> list[str]:
 def grid(sweep: Sweep, names: list[str], across: set[str]) -> list[str]:
     """One row per cell: known prompts, then each claim's value, interval and verdict mark."""
     per_cell = [n for n in names if n not in across]
-    lines = ["| relation | shots | known/prompts | " + " | ".join(f"C{names.index(n) + 1}" for n in per_cell) + " |",
-             "|---|---|---|" + "---|" * len(per_cell)]
+    lines = [
+        "| relation | shots | known/prompts | " + " | ".join(f"C{names.index(n) + 1}" for n in per_cell) + " |",
+        "|---|---|---|" + "---|" * len(per_cell),
+    ]
     for c in sweep.cells:
         parts = []
         for n in per_cell:
@@ -444,8 +482,11 @@ def detail_table(sweep: Sweep, names: list[str]) -> list[str]:
     for c in sweep.cells:
         if c.claims is None:
             why = "; ".join(f"{k}: {v.get('reason')}" for k, v in (c.summary.get("not_measurable") or {}).items())
-            lines.append(f"| {c.relation} | {c.shots} | — | " + " | ".join(
-                [cell_text(why or "the claims stage has not run in this cell")] + [""] * (len(cols) - 1)) + " |")
+            lines.append(
+                f"| {c.relation} | {c.shots} | — | "
+                + " | ".join([cell_text(why or "the claims stage has not run in this cell")] + [""] * (len(cols) - 1))
+                + " |"
+            )
             continue
         for _, row in c.claims.iterrows():
             lines.append(row_line(c.relation, c.shots, row))
@@ -488,9 +529,11 @@ def provenance(out: Path, sweeps: list[Sweep], args) -> list[str]:
         lines += ["No sweep has been run by this script in this output folder yet.", ""]
     for s in sweeps:
         if not s.finished:
-            lines.append(f"- {s.model} · {s.preset}: not run to the end for {', '.join(s.unfinished)} (no combined "
-                         "summary yet): cells without a claims table show as not measurable (n/m) or not run, and "
-                         "the few-shot claim of those relations is missing. The command above resumes them.")
+            lines.append(
+                f"- {s.model} · {s.preset}: not run to the end for {', '.join(s.unfinished)} (no combined "
+                "summary yet): cells without a claims table show as not measurable (n/m) or not run, and "
+                "the few-shot claim of those relations is missing. The command above resumes them."
+            )
     return lines
 
 
@@ -516,14 +559,19 @@ def study_command(args) -> str:
 
 def sample_sizes(sweeps: list[Sweep], args) -> str:
     known = [c.summary.get("n_known") for s in sweeps for c in s.cells if c.summary.get("n_known") is not None]
-    text = (f"Sample: at most {args.max_prompts} prompts per cell (`--max-prompts {args.max_prompts}`: a seeded "
-            f"subsample of the relation's template × subject prompts), seed 0; the stages after recall use the "
-            f"prompts the model knows (top-1 = answer)")
+    text = (
+        f"Sample: at most {args.max_prompts} prompts per cell (`--max-prompts {args.max_prompts}`: a seeded "
+        f"subsample of the relation's template × subject prompts), seed 0; the stages after recall use the "
+        f"prompts the model knows (top-1 = answer)"
+    )
     if known:
         text += f", {min(known)} to {max(known)} per cell here (the `known/prompts` column)"
     if args.settings:
-        text += (". Every sweep also gets " + ", ".join(f"`--set {x}`" for x in args.settings)
-                 + " (work the claims do not read, left out to fit the machine's time)")
+        text += (
+            ". Every sweep also gets "
+            + ", ".join(f"`--set {x}`" for x in args.settings)
+            + " (work the claims do not read, left out to fit the machine's time)"
+        )
     return text + ". Intervals are the claims stage's (95%, bootstrap over prompts unless its `measure` says otherwise)."
 
 
@@ -573,20 +621,24 @@ def preset_disagreements(sweeps: list[Sweep], names: list[str]) -> list[str]:
             continue
         diffs = []
         compared = 0
-        for a, b in zip(pair[0].cells, pair[1].cells):
+        for a, b in zip(pair[0].cells, pair[1].cells, strict=True):
             if a.claims is None or b.claims is None:
                 continue
-            va = dict(zip(a.claims["claim"], a.claims["verdict"]))
-            vb = dict(zip(b.claims["claim"], b.claims["verdict"]))
+            va = dict(zip(a.claims["claim"], a.claims["verdict"], strict=True))
+            vb = dict(zip(b.claims["claim"], b.claims["verdict"], strict=True))
             for n in names:
                 if n in va and n in vb and {va[n], vb[n]} <= {HOLDS, FAILS}:
                     compared += 1
                 if n in va and n in vb and va[n] != vb[n] and {va[n], vb[n]} <= {HOLDS, FAILS}:
-                    diffs.append(f"C{names.index(n) + 1} on {a.relation} at {a.shots} shots ({PRESETS[0]}: {va[n]}, "
-                                 f"{PRESETS[1]}: {vb[n]})")
+                    diffs.append(
+                        f"C{names.index(n) + 1} on {a.relation} at {a.shots} shots ({PRESETS[0]}: {va[n]}, {PRESETS[1]}: {vb[n]})"
+                    )
         if diffs:
-            lines.append(f"- {model}: of the {compared} verdicts measured under both presets, {len(diffs)} differ: "
-                         + "; ".join(diffs) + ".")
+            lines.append(
+                f"- {model}: of the {compared} verdicts measured under both presets, {len(diffs)} differ: "
+                + "; ".join(diffs)
+                + "."
+            )
         elif compared:
             lines.append(f"- {model}: the presets agree on all {compared} verdicts measured under both.")
         else:
@@ -651,8 +703,10 @@ def coverage(sweeps: list[Sweep]) -> str:
     text = f"{len(done)} of {len(cells)} cells have run"
     if len(done) < len(cells):
         reached = list(dict.fromkeys(c.relation for c in done))
-        text += (f" (relations reached so far: {', '.join(reached) or 'none'}); the others are marked `not run` and "
-                 "the same command resumes the study where it stopped")
+        text += (
+            f" (relations reached so far: {', '.join(reached) or 'none'}); the others are marked `not run` and "
+            "the same command resumes the study where it stopped"
+        )
     return text + "."
 
 
@@ -687,7 +741,7 @@ def replace_block(text: str, block: str) -> str:
     start, stop = text.find(BEGIN), text.find(END)
     if start < 0 or stop < start:
         raise SystemExit(f"{README}: the markers {BEGIN} … {END} are missing; add them where the claims section goes")
-    return text[:start] + block + text[stop + len(END):]
+    return text[:start] + block + text[stop + len(END) :]
 
 
 def render(args) -> None:
@@ -698,8 +752,7 @@ def render(args) -> None:
     print(f"study: wrote {doc}", file=sys.stderr)
     if args.readme:
         readme = ROOT / args.readme if not Path(args.readme).is_absolute() else Path(args.readme)
-        readme.write_text(replace_block(readme.read_text(encoding="utf-8"), render_readme_block(sweeps, args)),
-                          encoding="utf-8")
+        readme.write_text(replace_block(readme.read_text(encoding="utf-8"), render_readme_block(sweeps, args)), encoding="utf-8")
         print(f"study: rewrote the study block of {readme}", file=sys.stderr)
 
 
@@ -713,14 +766,22 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-prompts", type=int, default=MAX_PROMPTS)
     p.add_argument("--stages", default=None, help="comma-separated stages (default: the run's default stages)")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--set", dest="settings", action="append", default=None,
-                   help=f"stage setting for every sweep (repeatable; default: {' '.join(STUDY_SETTINGS)})")
+    p.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=None,
+        help=f"stage setting for every sweep (repeatable; default: {' '.join(STUDY_SETTINGS)})",
+    )
     p.add_argument("--out", default=OUT, help="the study's run directories (relative to the repository root)")
     p.add_argument("--doc", default=DOC)
     p.add_argument("--readme", default=README, help="README whose study block is rewritten ('' to leave it)")
     p.add_argument("--render-only", action="store_true", help="no run: re-render from the run directories")
-    p.add_argument("--redo-claims", action="store_true",
-                   help="recompute every cell's claims stage (after a change to the claim rules); other stages are reused")
+    p.add_argument(
+        "--redo-claims",
+        action="store_true",
+        help="recompute every cell's claims stage (after a change to the claim rules); other stages are reused",
+    )
     args = p.parse_args(argv)
     args.settings = list(STUDY_SETTINGS) if args.settings is None else args.settings
     if args.max_prompts < 1:

@@ -35,24 +35,55 @@ FLIPS = {("m1", "recallscope", "paper_country_capital", 3, "C1"): 0.45}  # flips
 
 def claim_row(claim, value, lo, hi, verdict, margin, rule, flips_at=None):
     # the claims stage's columns (recallscope.claims.COLUMNS; evidence columns beside them are not shown in the study)
-    return {"claim": claim, "stage": "s", "about": "L23H4", "measure": f"measure of {claim[:10]}", "value": value,
-            "ci_low": lo, "ci_high": hi, "threshold": 0.5, "margin": margin, "flips_at": flips_at, "verdict": verdict,
-            "rule": rule, "detail": "d", "r_first": 0.123}
+    return {
+        "claim": claim,
+        "stage": "s",
+        "about": "L23H4",
+        "measure": f"measure of {claim[:10]}",
+        "value": value,
+        "ci_low": lo,
+        "ci_high": hi,
+        "threshold": 0.5,
+        "margin": margin,
+        "flips_at": flips_at,
+        "verdict": verdict,
+        "rule": rule,
+        "detail": "d",
+        "r_first": 0.123,
+    }
 
 
 # per (model, preset, relation slug, shots): the two per-cell claims; figures chosen so 3 significant digits are exact
 FIGURES = {
-    ("m1", "recallscope", "paper_country_capital", 0): [(0.812, 0.75, 0.87, "holds", 0.25), (-1.25, -2.5, -0.125, "holds", 0.125)],
-    ("m1", "recallscope", "paper_country_capital", 3): [(0.431, 0.25, 0.55, "does not hold", -0.05), (2.5, 1.75, 3.25, "does not hold", -1.75)],
+    ("m1", "recallscope", "paper_country_capital", 0): [
+        (0.812, 0.75, 0.87, "holds", 0.25),
+        (-1.25, -2.5, -0.125, "holds", 0.125),
+    ],
+    ("m1", "recallscope", "paper_country_capital", 3): [
+        (0.431, 0.25, 0.55, "does not hold", -0.05),
+        (2.5, 1.75, 3.25, "does not hold", -1.75),
+    ],
     ("m1", "recallscope", "country_language", 0): None,  # the claims stage did not run: too few known prompts
     ("m1", "recallscope", "country_language", 3): [(0.625, 0.5, 0.7, "holds", 0.1), (0.375, -0.25, 1.5, "does not hold", -0.25)],
-    ("m1", "paper", "paper_country_capital", 0): [(0.333, 0.125, 0.5, "does not hold", -0.375), (-1.5, -2.75, -0.5, "holds", 0.5)],
-    ("m1", "paper", "paper_country_capital", 3): [(0.444, 0.25, 0.6, "does not hold", -0.2), (3.5, 2.25, 4.75, "does not hold", -2.25)],
-    ("m1", "paper", "country_language", 0): [(0.555, 0.375, 0.75, "not measurable here", None), (0.125, -0.5, 0.875, "does not hold", -0.5)],
+    ("m1", "paper", "paper_country_capital", 0): [
+        (0.333, 0.125, 0.5, "does not hold", -0.375),
+        (-1.5, -2.75, -0.5, "holds", 0.5),
+    ],
+    ("m1", "paper", "paper_country_capital", 3): [
+        (0.444, 0.25, 0.6, "does not hold", -0.2),
+        (3.5, 2.25, 4.75, "does not hold", -2.25),
+    ],
+    ("m1", "paper", "country_language", 0): [
+        (0.555, 0.375, 0.75, "not measurable here", None),
+        (0.125, -0.5, 0.875, "does not hold", -0.5),
+    ],
     ("m1", "paper", "country_language", 3): [(0.666, 0.5, 0.8, "holds", 0.3), (-0.875, -1.25, -0.625, "holds", 0.625)],
 }
 SHOT_FIGURES = {
-    ("m1", "recallscope"): [("paper_country_capital", 0.9, 0.8, 0.95, "holds", 0.3), ("country_language", 0.2, 0.1, 0.3, "does not hold", -0.2)],
+    ("m1", "recallscope"): [
+        ("paper_country_capital", 0.9, 0.8, 0.95, "holds", 0.3),
+        ("country_language", 0.2, 0.1, 0.3, "does not hold", -0.2),
+    ],
     ("m1", "paper"): [("paper_country_capital", 0.7, 0.6, 0.8, "holds", 0.1)],
 }
 RULES = {C_MOVERS: "a head passes every mover threshold", C_SUPPRESS: "interval below 0 on most prompts"}
@@ -69,32 +100,91 @@ def study_dir(tmp_path: Path) -> Path:
             summary["n_known"] = 1
             summary["not_measurable"] = {"claims": {"reason": "no known prompt left for relation 'country_language'"}}
         else:
-            rows = [claim_row(C_MOVERS, *figures[0], RULES[C_MOVERS], FLIPS.get((model, preset, rel, k, "C1"))),
-                    claim_row(C_SUPPRESS, *figures[1], RULES[C_SUPPRESS])]
+            rows = [
+                claim_row(C_MOVERS, *figures[0], RULES[C_MOVERS], FLIPS.get((model, preset, rel, k, "C1"))),
+                claim_row(C_SUPPRESS, *figures[1], RULES[C_SUPPRESS]),
+            ]
             cell.write_tables("claims", {"claims": pd.DataFrame(rows)})
             summary["stages"]["claims"] = {"claims": rows}
         cell.write_summary(summary)
     for (model, preset), rows in SHOT_FIGURES.items():
         for r in rows:  # one sweep per relation over the shot counts; its combined summary holds the few-shot claim
-            combined = {"model": model, "runs": [{"path": "x"}],
-                        "claims": [{**claim_row(C_SHOTS, *r[1:], "top heads overlap above chance"), "relation": r[0]}]}
+            combined = {
+                "model": model,
+                "runs": [{"path": "x"}],
+                "claims": [{**claim_row(C_SHOTS, *r[1:], "top heads overlap above chance"), "relation": r[0]}],
+            }
             RunDir(out / model / preset / r[0]).write_summary(combined)
-    (out / "study.json").write_text(json.dumps({"attempts": [
-        {"model": "m1", "preset": p, "relation": "paper_country_capital", "command": f"recallscope run --model m1 --preset {p}", "commit": "abc123",
-         "dirty": False, "start": "2026-11-30T09:00:00+00:00", "end": "2026-11-30T09:10:00+00:00",
-         "wall_s": 600.0, "load_before": 3.5, "load_after": 4.25, "returncode": 0} for p in ("recallscope", "paper")]}))
+    (out / "study.json").write_text(
+        json.dumps(
+            {
+                "attempts": [
+                    {
+                        "model": "m1",
+                        "preset": p,
+                        "relation": "paper_country_capital",
+                        "command": f"recallscope run --model m1 --preset {p}",
+                        "commit": "abc123",
+                        "dirty": False,
+                        "start": "2026-11-30T09:00:00+00:00",
+                        "end": "2026-11-30T09:10:00+00:00",
+                        "wall_s": 600.0,
+                        "load_before": 3.5,
+                        "load_after": 4.25,
+                        "returncode": 0,
+                    }
+                    for p in ("recallscope", "paper")
+                ]
+            }
+        )
+    )
     return out
 
 
 def render(study_dir: Path, tmp_path: Path) -> tuple[str, str]:
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\nbefore\n\n{study.BEGIN}\nold hand-typed figure 0.89\n{study.END}\n\nafter\n")
-    args = study.parse(["--render-only", "--models", "m1", "--relations", ",".join(RELATIONS), "--shots", "0,3",
-                        "--max-prompts", "32", "--out", str(study_dir), "--doc", str(tmp_path / "study.md"),
-                        "--readme", str(readme)])
-    assert study.main(["--render-only", "--models", "m1", "--relations", ",".join(RELATIONS), "--shots", "0,3",
-                       "--max-prompts", "32", "--out", str(study_dir), "--doc", str(tmp_path / "study.md"),
-                       "--readme", str(readme)]) == 0
+    args = study.parse(
+        [
+            "--render-only",
+            "--models",
+            "m1",
+            "--relations",
+            ",".join(RELATIONS),
+            "--shots",
+            "0,3",
+            "--max-prompts",
+            "32",
+            "--out",
+            str(study_dir),
+            "--doc",
+            str(tmp_path / "study.md"),
+            "--readme",
+            str(readme),
+        ]
+    )
+    assert (
+        study.main(
+            [
+                "--render-only",
+                "--models",
+                "m1",
+                "--relations",
+                ",".join(RELATIONS),
+                "--shots",
+                "0,3",
+                "--max-prompts",
+                "32",
+                "--out",
+                str(study_dir),
+                "--doc",
+                str(tmp_path / "study.md"),
+                "--readme",
+                str(readme),
+            ]
+        )
+        == 0
+    )
     assert args.render_only
     return (tmp_path / "study.md").read_text(), readme.read_text()
 
@@ -104,14 +194,19 @@ def test_every_figure_of_the_claims_tables_reaches_the_page(study_dir, tmp_path)
     for (model, preset, rel, k), figures in FIGURES.items():
         if figures is None:
             continue
-        for (value, lo, hi, verdict, margin), claim in zip(figures, (C_MOVERS, C_SUPPRESS)):
+        for (value, lo, hi, verdict, margin), claim in zip(figures, (C_MOVERS, C_SUPPRESS), strict=True):
             label = "C1" if claim == C_MOVERS else "C2"
             # the detail table has one line per cell and claim with value, interval, verdict and margin
-            line = next(l for l in doc.splitlines()
-                        if l.startswith(f"| {rel} | {k} | {label} |") and f"{study.num(value)} | [{study.num(lo)}, {study.num(hi)}]" in l)
+            line = next(
+                l
+                for l in doc.splitlines()
+                if l.startswith(f"| {rel} | {k} | {label} |") and f"{study.num(value)} | [{study.num(lo)}, {study.num(hi)}]" in l
+            )
             flips = FLIPS.get((model, preset, rel, k, label))
-            assert f"| L23H4 | {study.num(value)} | [{study.num(lo)}, {study.num(hi)}] | 0.5 | " \
-                   f"{'—' if margin is None else study.num(margin)} | {study.num(flips)} | {verdict} | {RULES[claim]} | d |" in line
+            assert (
+                f"| L23H4 | {study.num(value)} | [{study.num(lo)}, {study.num(hi)}] | 0.5 | "
+                f"{'—' if margin is None else study.num(margin)} | {study.num(flips)} | {verdict} | {RULES[claim]} | d |" in line
+            )
     for rows in SHOT_FIGURES.values():
         for rel, value, lo, hi, verdict, margin in rows:
             assert f"| {rel} | 0→3 | C3 | L23H4 | {value} | [{lo}, {hi}] | 0.5 | {margin} | — | {verdict} |" in doc
@@ -145,19 +240,25 @@ def test_the_summary_counts_and_sentences_follow_the_verdicts(study_dir, tmp_pat
         "| C2 | 1/3 (1 n/m) | 2/4 |",
         "| C3 | 1/2 | 1/1 (1 not run) |",
     ]
-    assert ("**m1, recallscope preset**: holds in 2 of 3 measured cells (paper_country_capital at 0 shots; "
-            "country_language at 3 shots); not measurable in 1 cell (country_language at 0 shots).") in doc
+    assert (
+        "**m1, recallscope preset**: holds in 2 of 3 measured cells (paper_country_capital at 0 shots; "
+        "country_language at 3 shots); not measurable in 1 cell (country_language at 0 shots)."
+    ) in doc
     assert "**m1, paper preset**: holds in 1 of 3 measured cells (country_language at 3 shots)" in doc
     assert "**m1, recallscope preset**: holds in 1 of 2 measured relations (paper_country_capital)." in doc
     assert "**m1, paper preset**: holds in the one measured relation; 1 relation not run yet." in doc
     # nearest flip: the smallest |margin| among measured verdicts
     # the nearest flip is only named where the primary condition alone decides (flips_at set)
     assert doc.count("nearest to flipping") == 1
-    assert ("The verdict nearest to flipping: paper_country_capital at 3 shots (does not hold, margin -0.05; "
-            "it flips with the threshold's setting at 0.45).") in doc
+    assert (
+        "The verdict nearest to flipping: paper_country_capital at 3 shots (does not hold, margin -0.05; "
+        "it flips with the threshold's setting at 0.45)."
+    ) in doc
     # presets compared cell by cell ((language, 0) is not compared: no claims table under recallscope)
-    assert ("of the 6 verdicts measured under both presets, 2 differ: C1 on paper_country_capital at 0 shots (recallscope: "
-            "holds, paper: does not hold); C2 on country_language at 3 shots (recallscope: does not hold, paper: holds).") in doc
+    assert (
+        "of the 6 verdicts measured under both presets, 2 differ: C1 on paper_country_capital at 0 shots (recallscope: "
+        "holds, paper: does not hold); C2 on country_language at 3 shots (recallscope: does not hold, paper: holds)."
+    ) in doc
     assert "8 of 8 cells have run." in doc
     # the per-cell grid: verdict mark, value and interval
     assert "| paper_country_capital | 0 | 10/32 | ✓ 0.812 [0.75, 0.87] | ✓ -1.25 [-2.5, -0.125] |" in doc
@@ -187,9 +288,35 @@ def test_missing_markers_are_an_error(study_dir, tmp_path):
 
 
 def test_the_sweep_command_is_one_run_per_model_and_preset():
-    cmd = study.sweep_command("gemma3-270m", "paper", RELATIONS[1:], [0, 1, 3], 24,
-                              Path("runs/study/gemma3-270m/paper/country_language"), None, None, ["suppress.modes=zero"])
-    assert cmd == ["recallscope", "run", "--model", "gemma3-270m", "--preset", "paper", "--relation", RELATIONS[1],
-                   "--shots", "0,1,3", "--max-prompts", "24", "--no-report", "--out",
-                   "runs/study/gemma3-270m/paper/country_language", "--json", "--set", "suppress.modes=zero"]
+    cmd = study.sweep_command(
+        "gemma3-270m",
+        "paper",
+        RELATIONS[1:],
+        [0, 1, 3],
+        24,
+        Path("runs/study/gemma3-270m/paper/country_language"),
+        None,
+        None,
+        ["suppress.modes=zero"],
+    )
+    assert cmd == [
+        "recallscope",
+        "run",
+        "--model",
+        "gemma3-270m",
+        "--preset",
+        "paper",
+        "--relation",
+        RELATIONS[1],
+        "--shots",
+        "0,1,3",
+        "--max-prompts",
+        "24",
+        "--no-report",
+        "--out",
+        "runs/study/gemma3-270m/paper/country_language",
+        "--json",
+        "--set",
+        "suppress.modes=zero",
+    ]
     assert study.slug("../shared/data/lre/country_language.json") == "country_language"
