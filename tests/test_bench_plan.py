@@ -55,7 +55,7 @@ def test_contention_ratios_and_interleaving(monkeypatch):
     # every step runs both policies in turn: the machine's drift touches both alike
     assert calls == [("alone", "before"), ("alone", "after"), ("competitor", "before"), ("competitor", "after"),
                      ("pair", "before"), ("pair", "after"), ("alone", "before"), ("alone", "after")]
-    by = {(x["bench"], x["policy"]): x for x in lines}
+    by = {(x["bench"], x.get("policy")): x for x in lines}
     assert by["contention_competitor", "before"]["ratio"] == 3.0  # 63 / mean(20, 22)
     assert by["contention_competitor", "before"]["target_met"] is False
     assert by["contention_competitor", "after"]["ratio"] == 1.5 and by["contention_competitor", "after"]["target_met"]
@@ -66,6 +66,9 @@ def test_contention_ratios_and_interleaving(monkeypatch):
     assert by["contention_competitor", "after"]["max_prompts"] == 16
     assert "--threads" in by["contention_competitor", "before"]["command"]
     assert "--threads" not in by["contention_competitor", "after"]["command"]
+    (policy,) = [x for x in lines if x["bench"] == "contention_policy"]
+    assert policy["ratios"] == {"alone": round(42 / 22, 2), "with_competitor": round(63 / 16.5, 2), "pair_together": round(100 / 23.1, 2)}
+    assert policy["ratio"] == policy["ratios"]["with_competitor"]
 
 
 def test_contention_child_environment(monkeypatch):

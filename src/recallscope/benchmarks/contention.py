@@ -21,6 +21,9 @@ after, ...) so a machine whose load drifts affects both policies alike. Per poli
 - ``contention_pair``: ``ratio`` = seconds until both of two stages started together are done /
   the two alone runs' seconds added (running them one after the other). Target ≤ 1.1.
 
+- ``contention_policy``: before / after seconds of each case (alone, beside the competitor, the
+  pair together), from the same runs.
+
 Each line carries the 1-minute load average when its policy's first run started: measured on a
 machine that other work shares, the seconds are slow; the ratios compare runs under the same load.
 """
@@ -194,6 +197,30 @@ def run(options) -> Iterator[dict]:
             "target_met": bool(ratio <= PAIR_TARGET),
             "peak_rss_gb": _peak(runs),
         }
+    if "before" in POLICIES and "after" in POLICIES and not any(
+        r.returncode for n in names for r in (*alone[n], competitor[n], *pair[n][1])
+    ):
+        yield _policy_line(alone, competitor, pair, load)
+
+
+def _policy_line(alone, competitor, pair, load) -> dict:
+    """before / after seconds of each case: what the thread policy changed, measured side by side."""
+    cases = {
+        "alone": (sum(r.seconds for r in alone["before"]), sum(r.seconds for r in alone["after"])),
+        "with_competitor": (competitor["before"].seconds, competitor["after"].seconds),
+        "pair_together": (pair["before"][0], pair["after"][0]),
+    }
+    ratios = {case: round(b / a, 2) for case, (b, a) in cases.items()}
+    return {
+        "bench": "contention_policy",
+        "before_seconds": {case: round(b, 1) for case, (b, _) in cases.items()},
+        "after_seconds": {case: round(a, 1) for case, (_, a) in cases.items()},
+        "ratios": ratios,
+        "ratio": ratios["with_competitor"],
+        "ratio_is": "before / after seconds beside one competitor (ratios: every case; > 1: the policy made it faster)",
+        "load_1m_at_start": load["before"],
+        "cpus": len(os.sched_getaffinity(0)),
+    }
 
 
 def _peak(runs: list[ChildRun]) -> float | None:
