@@ -29,6 +29,7 @@ spec-sheet float32 rate, utilisation assumed equal; each line writes the arithme
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Iterator
 
@@ -151,7 +152,9 @@ def _measure(what: str, n: int, shots: int, model: str, options, cache: dict) ->
         return {"n_prompts": n, "shots": shots, "model": model, "seconds": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
     child = run_cli([*ARGS[what], *common_args(opts, shots), "--out", "{out}", "--json"])
     out = {"n_prompts": n, "shots": shots, "model": model, "mean_tokens": round(mean_tokens, 2),
-           "n_params": facts["n_params"], "layers": facts["layers"], "heads": facts["heads"]}
+           "n_params": facts["n_params"], "layers": facts["layers"], "heads": facts["heads"],
+           # the children inherit it: torch's threads are the CLI's choice unless it is set
+           "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     if child.returncode != 0:
         return {**out, "seconds": None, "error": child.error()[:300]}
     return {**out, "seconds": round(child.seconds, 2),
