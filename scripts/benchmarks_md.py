@@ -75,7 +75,7 @@ def sections(records: list[Record]) -> dict[str, Section]:
     return out
 
 
-def fmt(value, digits: int = 3) -> str:
+def fmt(value, digits: int = 4) -> str:
     """One figure as text: None → "—", floats to ``digits`` significant digits (small ones in e-notation)."""
     if value is None:
         return "—"
@@ -90,8 +90,7 @@ def fmt(value, digits: int = 3) -> str:
             return "0"
         if abs(value) < 1e-3 or abs(value) >= 1e7:
             return f"{value:.1e}"
-        text = f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:,.0f}"
-        return text
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
     if isinstance(value, (list, tuple)):
         return ", ".join(fmt(v, digits) for v in value)
     if isinstance(value, dict):

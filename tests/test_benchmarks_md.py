@@ -51,16 +51,16 @@ def test_renders_a_sample_record(md, tmp_path):
     write_record(tmp_path)
     text = md.render(tmp_path)
     # the record: command, commit, date, load before → after, wall, peak RSS, exit code
-    row = "| sample | `recallscope bench contention --quick --json` | 0123456789ab | 2026-11-30T08:00:00+00:00 | 2 | 3.25 → 4.5 | 412.7 | 1876.2 | 0 |"
+    row = "| sample | `recallscope bench contention --quick --json` | 0123456789ab | 2026-11-30T08:00:00+00:00 | 2 | 3.25 → 4.5 | 412.7 | 1,876 | 0 |"
     assert row in text
     # every figure from the lines, in its section's table
     assert "| sample | before | 16 | 21.5, 22.5 | 61.6 | 2.8 | <= 1.6 | no | 3.25 | 1.23 |" in text
-    assert "| sample | after | 44 | 47.3 | 46.9, 47.3 | 1.07 | <= 1.1 | yes | 3.5 | 1.21 |" in text
-    assert "| sample | 3 | 48 | 17.2 | 1,824 | 106 | 83.5 | 1.27 | — | 2.6e-13 | — | — |" in text
+    assert "| sample | after | 44 | 47.3 | 46.9, 47.3 | 1.075 | <= 1.1 | yes | 3.5 | 1.21 |" in text
+    assert "| sample | 3 | 48 | 17.25 | 1,824 | 105.8 | 83.5 | 1.27 | — | 2.6e-13 | — | — |" in text
     # the arithmetic written on the line is shown with it
     assert "`flop_ratio_arithmetic`: naive: T=32.0 positions x L=30 layers ... ratio 83.5" in text
     # a kind the template has no prose for still appears, with its scalar fields
-    assert "## something_new" in text and "| record | ratio | speed |" in text and "| sample | 7.12 | 1.2e-04 |" in text
+    assert "## something_new" in text and "| record | ratio | speed |" in text and "| sample | 7.125 | 1.2e-04 |" in text
     # and every raw line
     for line in LINES:
         assert json.dumps(line) in text
@@ -85,7 +85,7 @@ def test_a_file_without_a_header_is_refused(md, tmp_path):
 
 def test_formatting(md):
     assert [md.fmt(x) for x in (None, True, 3, 12345, 0.0, 1.2345e-13, 2.5, 123.456, 98765.4, "a|b", [1.5, 2], {"L1H2": 0.5})] == [
-        "—", "yes", "3", "12,345", "0", "1.2e-13", "2.5", "123", "98,765", "a\\|b", "1.5, 2", "L1H2 0.5"]
+        "—", "yes", "3", "12,345", "0", "1.2e-13", "2.5", "123.5", "98,765", "a\\|b", "1.5, 2", "L1H2 0.5"]
 
 
 def test_benchmarks_md_in_the_repo_is_the_generated_one():
