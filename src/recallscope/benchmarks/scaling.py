@@ -135,6 +135,10 @@ def run(options) -> Iterator[dict]:
                 done[key] = _measure(what, n, shots, model, options, cache)
             line = {"bench": "scaling", "what": what, "axis": axis,
                     "value": {"prompts": n, "shots": shots, "model": model}[axis], **done[key]}
+            first = next((m for m in measured if m["what"] == what and m["axis"] == axis), line)
+            line["ratio"] = (round(line["seconds"] / first["seconds"], 3)
+                             if line.get("seconds") and first.get("seconds") else None)
+            line["ratio_is"] = "seconds / seconds at the axis's first value"
             measured.append(line)
             yield line
         yield from _fits(what, [m for m in measured if m["what"] == what])
