@@ -456,40 +456,49 @@ def relations_command(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @app.command("bench")
 def bench_command(
-    names: list[str] = typer.Argument(None, help="Benchmarks to run (default: all)."),
+    names: list[str] = typer.Argument(None, help="Benchmarks to run (default: all but the opt-in scaling; patch in both modes)."),
     model: str = typer.Option("smollm2-135m", "--model", "-m"),
     relation: Optional[str] = typer.Option(None, "--relation", "-r", help="Default: each benchmark's own relation."),
-    shots: str = typer.Option("0,3", "--shots", help="Comma-separated shot counts."),
+    shots: Optional[str] = typer.Option(None, "--shots", help="Comma-separated shot counts (default 0,3; with --quick 0; scaling 0,1,3,5)."),
     seed: int = typer.Option(0, "--seed"),
     max_prompts: Optional[int] = typer.Option(None, "--max-prompts"),
     device: str = typer.Option("cpu", "--device"),
-    quick: bool = typer.Option(False, "--quick", help="Small samples: a smoke run, not for BENCHMARKS.md."),
+    quick: bool = typer.Option(False, "--quick", help="Small samples: a smoke run of every benchmark in minutes."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line on stdout."),
-    mode: str = typer.Option("total", "--mode", help="patch: total (exact vs naive) or path (path engine vs frozen-heads loop)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="patch: total (exact vs naive) or path (path engine vs frozen-heads loop); default total."),
+    models: Optional[str] = typer.Option(None, "--models", help="scaling: comma-separated models of the model-size axis."),
+    stages: Optional[str] = typer.Option(None, "--stages", help="scaling: which of patch_total, patch_path, trace, run."),
 ) -> None:
     """The performance benchmarks, one JSON line each (ratios measured side by side)."""
     from . import benchmarks
 
-    if mode not in ("total", "path"):
+    if mode not in (None, "total", "path"):
         raise UserError(f"--mode must be one of total, path, got {mode!r}")
-
+    _check_common(max_prompts, None)
     available = benchmarks.names()
-    chosen = names or available
-    unknown = [n for n in chosen if n not in available]
+    unknown = [n for n in names or [] if n not in available]
     if unknown:
         raise UserError(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(available)}")
+    shot_counts = tuple(_split_list(shots, int)) if shots else ()  # (): each benchmark's own
+    if any(k < 0 for k in shot_counts):
+        raise UserError(f"--shots must be >= 0, got {shots}")
     options = benchmarks.BenchOptions(
         model=model,
         relation=relation,
-        shots=tuple(_split_list(shots, int)),
+        shots=shot_counts,
         seed=seed,
         max_prompts=max_prompts,
         device=device,
         quick=quick,
-        mode=mode,
+        mode=mode or "total",
+        models=tuple(_split_list(models)) if models else (),
+        stages=tuple(_split_list(stages)) if stages else (),
     )
-    for name in chosen:
-        for line in benchmarks.run(name, options):
+    plan = benchmarks.plan(names, options)
+    if mode is not None and not names:
+        plan = [(n, o) for n, o in plan if n != "patch" or o.mode == mode]  # --mode picks patch's mode
+    for name, opts in plan:
+        for line in benchmarks.run(name, opts):
             if as_json:
                 sys.stdout.write(json.dumps(_json_ready(line), ensure_ascii=False) + "\n")
                 sys.stdout.flush()
