@@ -288,11 +288,11 @@ def stage_section(run: Run, stage: str, anchor: str, page: Page) -> StageSection
         section.figures = page.draw(stage, make, tables, entry)
     if stage == CLAIMS:
         section.claims = claims_rows(run.summary) or []
-        section.summary = {k: v for k, v in entry.items() if k not in ("claims", "wall_seconds")}
+        section.summary = {k: v for k, v in entry.items() if k not in ("claims", "wall_seconds", "cpu_seconds")}
         return section
     verdict = entry.get("verdict")
     section.lead = verdict if isinstance(verdict, str) else None
-    section.summary = {k: v for k, v in entry.items() if k not in ("wall_seconds", "verdict")}
+    section.summary = {k: v for k, v in entry.items() if k not in ("wall_seconds", "cpu_seconds", "verdict")}
     if tables is None:
         section.missing_table = True
     else:
