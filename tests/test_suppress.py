@@ -255,5 +255,49 @@ def test_cached_mitigation_equals_full_forwards_on_smollm2(smollm2):
     config = SuppressConfig(last_layers=2, n_bootstrap=50)
     res = suppress(model64, known, unknown, config, progress=False)
     delta = _max_delta(res, _naive_evals(model64, known, unknown, config))
-    print(f"smollm2-135m float64: max |delta| cached vs full forwards = {delta:.3g}")
-    assert delta < 1e-6
+    logits = _replay_vs_full(model64, list(known.prompts)[:6] + list(unknown.prompts)[:3], [28, 29], "end")
+    print(f"smollm2-135m float64: max |delta| cached vs full forwards: eval table {delta:.3g}, logits {logits:.3g}")
+    assert delta < 1e-6 and logits < 1e-6
+
+
+def _replay_vs_full(model, prompts, layers, positions) -> float:
+    """max |Δ logits| between the cache replay and ``view.trace`` with the same edits (every other
+    head and MLP of ``layers`` zeroed, then scaled by 0.3), on a subset of each batch's rows."""
+    from recallscope.suppress import candidate_components, measure_clean
+
+    cfg = model.cfg
+    comps = candidate_components(cfg.n_layers, cfg.n_heads, layers)
+    clean = measure_clean(model, prompts, comps, layers, 3, False, replay_from=layers[0], positions=positions)
+    chosen = np.arange(len(comps)) % 2 == 0
+    config = SuppressConfig(positions=positions, scale_factor=0.3, modes=("zero", "scale"))
+    pad = model.tokenizer.pad_token_id
+    worst = 0.0
+    for mode in config.modes:
+        edits = make_edits(comps, chosen, mode, config, None, model.device)
+        for rb in clean.replay.batches:
+            sub = rb.rows(np.arange(len(rb.indices)) != 0) if len(rb.indices) > 1 else rb  # a subset of rows, as per fold
+            replayed = model.view.forward_from(sub.resid, layers[0], sub.attention_mask, sub.past, record=["logits"], edits=edits)
+            S = sub.attention_mask.shape[1]
+            ids = torch.stack([torch.nn.functional.pad(torch.tensor(prompts[i].input_ids), (S - prompts[i].n_tokens, 0), value=pad)
+                               for i in sub.indices])
+            full = model.view.trace(ids, sub.attention_mask, record=["logits"], edits=edits)
+            clean_full = model.view.trace(ids, sub.attention_mask, record=["logits"])
+            assert (full.logits - clean_full.logits).abs().max() > 1e-3  # the edits change the logits
+            worst = max(worst, float((replayed.logits - full.logits).abs().max()))
+    return worst
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox_parallel", "llama_gqa", "gemma3_text_softcap_bias"])
+@pytest.mark.parametrize("positions", ["end", "all"])
+def test_replayed_logits_equal_the_full_forward(family, positions):
+    """The logits themselves (float64, before any statistic): cache replay vs ``view.trace`` with the edits."""
+    import types
+
+    from helpers.localise import tiny
+
+    model = dataclasses.replace(tiny(family), tokenizer=types.SimpleNamespace(pad_token_id=0))
+    known, unknown = _tiny_suppress_prompts(model)
+    worst = _replay_vs_full(model, list(known.prompts) + list(unknown.prompts), [model.cfg.n_layers - 2, model.cfg.n_layers - 1],
+                            positions)
+    print(f"{family} positions={positions}: max |delta logits| = {worst:.3g}")
+    assert worst < 1e-10
