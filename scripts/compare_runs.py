@@ -98,10 +98,14 @@ def main(argv: list[str]) -> int:
         other = {c: v for c, v in cols.items() if not (isinstance(v, dict) and "max_abs_diff" in v)}
         worst = max(nums.items(), key=lambda kv: kv[1]) if nums else ("-", 0.0)
         bad = {c: v for c, v in other.items() if v != {"differing_cells": 0}}
-        print(f"{name:28s} rows {r['rows'][0]}/{r['rows'][1]}  max |diff| {worst[1]:.3g} ({worst[0]})"
-              + (f"  other columns differing: {bad}" if bad else ""))
-    print(f"summary.json: max |diff| {report['summary']['max_abs_diff']:.3g}; largest {report['summary']['largest'][:3]}; "
-          f"non-numeric differences {report['summary']['non_numeric_differences'][:10]}")
+        print(
+            f"{name:28s} rows {r['rows'][0]}/{r['rows'][1]}  max |diff| {worst[1]:.3g} ({worst[0]})"
+            + (f"  other columns differing: {bad}" if bad else "")
+        )
+    print(
+        f"summary.json: max |diff| {report['summary']['max_abs_diff']:.3g}; largest {report['summary']['largest'][:3]}; "
+        f"non-numeric differences {report['summary']['non_numeric_differences'][:10]}"
+    )
     if report["only_in_a"] or report["only_in_b"]:
         print(f"only in {a}: {report['only_in_a']}; only in {b}: {report['only_in_b']}")
     return 0
