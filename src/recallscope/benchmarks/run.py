@@ -114,6 +114,11 @@ def _patch_flops(options, summary: dict) -> dict:
     }
 
 
+def _attribution_seconds(patch: dict) -> float | None:
+    attribution = patch.get("attribution")
+    return attribution.get("seconds") if isinstance(attribution, dict) else None
+
+
 def run(options) -> Iterator[dict]:
     for shots in options.shots:
         load_before = round(os.getloadavg()[0], 2)
@@ -136,7 +141,7 @@ def run(options) -> Iterator[dict]:
             "other_seconds": round(child.seconds - sum(v for v in wall.values() if v is not None), 1),
             "cpu_seconds": round(cpu_seconds, 1), "stage_cpu_seconds": cpu,
             "patch_engine_seconds": stages.get("patch", {}).get("engine_seconds"),
-            "patch_attribution_seconds": stages.get("patch", {}).get("attribution_seconds"),
+            "patch_attribution_seconds": _attribution_seconds(stages.get("patch", {})),
             "peak_rss_gb": None if child.peak_rss_gb is None else round(child.peak_rss_gb, 2),
             "ratio": round(TARGET_SECONDS / child.seconds, 2),
             "target": f"<= {TARGET_SECONDS:.0f} s and <= {TARGET_RSS_GB} GB on 2 idle CPU cores",
