@@ -625,7 +625,7 @@ def execute(
             continue
         recomputed.add(name)
         summary["stages"].pop(name, None)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         try:
             result = STAGES[name].compute(ctx)
         except UserError as exc:
@@ -638,6 +638,9 @@ def execute(
             continue
         data = result.to_dict()
         data["wall_seconds"] = round(time.perf_counter() - start, 3)
+        # CPU seconds of every thread of this process: on a shared machine the work a stage did,
+        # which its wall time (stretched by the other processes) is not.
+        data["cpu_seconds"] = round(time.process_time() - cpu_start, 3)
         ctx.results[name] = result
         ctx.summaries[name] = data
         summary["stages"][name] = data
