@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .constraints import coerce
-from .errors import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USER, UserError
+from .errors import EXIT_BUG, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USER, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -241,6 +241,15 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
         preset: str = typer.Option("recallscope", "--preset", help=PRESET_HELP),
         settings: list[str] = typer.Option([], "--set", help="Stage setting, e.g. --set decompose.solver=sgd (repeatable)."),
+        executor: str = typer.Option(
+            "serial",
+            "--executor",
+            help="serial (in this process), ray (each cell a Ray task on a new local cluster) or ray://HOST:PORT.",
+        ),
+        ray_address: Optional[str] = typer.Option(
+            None, "--ray-address", help="Run the cells on this running Ray cluster: auto, HOST:PORT or ray://HOST:PORT."
+        ),
+        cpus_per_cell: int = typer.Option(1, "--cpus-per-cell", help="CPUs each Ray task declares (and its torch threads)."),
     ) -> None:
         """The whole study: every stage, for each relation and shot count, and the HTML report.
 
@@ -248,6 +257,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         _check_common(max_prompts, threads)
         targets = _split_list(stages) or pipeline.default_stages()
         _set_threads(threads)
+        cells_on = _executor(executor, ray_address, cpus_per_cell)
         base = pipeline.RunConfig(model=model, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype, preset=preset)
         summary = pipeline.execute_many(
             base,
@@ -259,6 +269,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
             force=force,
             progress=True,
             log=_note,
+            executor=cells_on,
         )
         if report:
             path = _write_report(out)
@@ -277,6 +288,18 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
                 soft_wrap=True,
             )
             raise typer.Exit(EXIT_INCOMPLETE)
+
+
+def _executor(executor: str, ray_address: Optional[str], cpus_per_cell: int):
+    """None (the serial executor) or a RayExecutor; Ray is imported only here, only when asked for."""
+    from . import executors
+
+    address = executors.parse_executor(executor, ray_address)
+    if address is None:
+        if cpus_per_cell != 1:
+            raise UserError("--cpus-per-cell applies to the Ray executor (--executor ray)")
+        return None
+    return executors.RayExecutor(address, cpus_per_cell=cpus_per_cell)
 
 
 @app.command("report")
@@ -466,6 +489,12 @@ def _set_threads(threads: Optional[int]) -> None:
     torch.set_num_threads(threads or _usable_cpus())
 
 
+def _cell_failed() -> tuple[type, ...]:
+    """The executors' "a cell failed on every try" error, where that module was loaded (a sweep asked for Ray)."""
+    module = sys.modules.get("recallscope.executors")
+    return (module.CellFailed,) if module is not None else ()
+
+
 _VERBS_ADDED: list[bool] = []
 
 
@@ -506,6 +535,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err_console.print("recallscope: interrupted; rerun the same command to resume", highlight=False)
         sys.exit(EXIT_INTERRUPTED)
+    except _cell_failed() as exc:
+        err_console.print(f"recallscope: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(EXIT_BUG)
     except BrokenPipeError:
         sys.exit(0)
 

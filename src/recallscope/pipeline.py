@@ -670,6 +670,36 @@ def _combined_identity(base: RunConfig, model: Model, relations: list[Relation],
     }
 
 
+@dataclass(frozen=True)
+class CellJob:
+    """One cell of a sweep as an executor other than the serial one runs it (in another process,
+    maybe on another node): :func:`execute` of its run into its sub-run directory ``out``, with
+    the prompts the driver built (so a worker builds nothing differently). Calling it returns the
+    cell's summary; ``log`` receives its progress lines."""
+
+    run: RunConfig
+    targets: tuple[str, ...]
+    out: str
+    prompts: PromptSet
+    overrides: dict[str, Any]
+    force: bool
+    incomplete_ok: bool
+
+    def __call__(self, log: Callable[[str], None] = lambda _msg: None) -> dict:
+        _, summary = execute(
+            self.run,
+            list(self.targets),
+            out=self.out,
+            overrides=self.overrides,
+            force=self.force,
+            progress=False,
+            log=log,
+            prompts=self.prompts,
+            incomplete_ok=self.incomplete_ok,
+        )
+        return summary
+
+
 def execute_many(
     base: RunConfig,
     relations: list[str],
@@ -680,6 +710,7 @@ def execute_many(
     force: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = lambda _msg: None,
+    executor: Any = None,
 ) -> dict:
     """Every relation × shot count, one model load; one sub-run directory each.
 
@@ -692,7 +723,15 @@ def execute_many(
     and holds ``exit_code`` :data:`~recallscope.errors.EXIT_INCOMPLETE`. A single cell keeps the
     error (exit 2). Bad input (an unknown stage, setting, relation or an out-of-range value, a
     prompt longer than the model's positions) is refused before any stage runs in either case.
+
+    ``executor`` (None: every cell in this process, one after the other) has
+    ``run(cells: list[CellJob], root: str, log) -> list[dict]``: it runs the cells (each
+    resumes from its sub-run directory as here) and returns their summaries in order; the
+    combined summary, the few-shot claims (from the cells' patch tables on disk) and the manifest
+    are then built here as for the serial run (:mod:`recallscope.executors`: Ray). Needs ``out``.
     """
+    if executor is not None and out is None:
+        raise UserError("a distributed sweep needs a run directory (--out) that every node sees")
     if not relations:
         raise UserError("--relation: give at least one relation")
     if not shots_list:
@@ -743,6 +782,13 @@ def execute_many(
     patch_frames: dict[tuple[str, int], Any] = {}
     order = resolve(targets, configs)
     relation_of = dict(zip(relations, loaded, strict=True))
+    if executor is not None:  # every runnable cell at once; their summaries are read below in order
+        jobs = {
+            (rel, k): CellJob(run, tuple(targets), sub, prompts, dict(overrides or {}), force, not single)
+            for rel, k, run, sub, prompts, _ in cells
+            if prompts is not None
+        }
+        done = dict(zip(jobs, executor.run(list(jobs.values()), str(out), log), strict=True))
     for rel, k, run, sub, prompts, why in cells:
         log(f"— {rel}, {k}-shot" + (f" → {sub}" if sub else ""))
         if prompts is None:
@@ -759,6 +805,10 @@ def execute_many(
             if sub is not None:  # the cell's folder says why it is empty
                 RunDir(sub).create()
                 RunDir(sub).write_summary(summary)
+        elif executor is not None:
+            summary = done[(rel, k)]
+            if RunDir(sub).has_table("patch"):
+                patch_frames[(rel, k)] = RunDir(sub).read_table("patch")
         else:
             ctx, summary = execute(
                 run,
