@@ -109,7 +109,7 @@ def test_an_executor_gets_every_cell_and_the_sweep_equals_the_serial_one(tiny_gp
     other = execute_many(base, RELATIONS, SHOTS, TARGETS, out=str(tmp_path / "other"), overrides=overrides, executor=fake)
     assert [(c.run.relation, c.run.shots) for c in fake.cells] == [(r, k) for r in RELATIONS for k in SHOTS]
     assert _untimed(other) == _untimed(serial) and len(other["claims"]) == len(RELATIONS)  # the few-shot claim per relation
-    assert assert_same_run(tmp_path / "serial", tmp_path / "other") == 4 * 3  # recall, patch, patch/components per cell
+    assert assert_same_run(tmp_path / "serial", tmp_path / "other") == 4 * 4  # recall, patch, patch/components, claims per cell
 
 
 # ----------------------------------------------------------------------------- a real local Ray cluster
@@ -156,9 +156,7 @@ def test_a_ray_sweep_equals_the_serial_one_and_resumes_after_a_crash(tmp_path):
 
     serial = tmp_path / "serial"
     settings = [x for k, v in SETTINGS.items() for x in ("--set", f"{k}={v}")]
-    execute_many(
-        RunConfig(max_prompts=2), RELATIONS, SHOTS, TARGETS, out=str(serial), overrides=SETTINGS, progress=False
-    )
+    execute_many(RunConfig(max_prompts=2), RELATIONS, SHOTS, TARGETS, out=str(serial), overrides=SETTINGS, progress=False)
     ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     try:
         address = ray.get_runtime_context().gcs_address
@@ -189,7 +187,7 @@ def test_a_ray_sweep_equals_the_serial_one_and_resumes_after_a_crash(tmp_path):
         assert stderr.count("reused from") >= len(done) * len(TARGETS), stderr
         # Nothing lost: the cells written before the crash were not rewritten, and every table equals the serial run's.
         assert {p: p.stat().st_mtime_ns for p in kept} == kept
-        assert assert_same_run(serial, out) == 4 * 3
+        assert assert_same_run(serial, out) == 4 * 4
         claims = json.loads((out / "summary.json").read_text())["claims"]
         assert [c["relation"] for c in claims] == RELATIONS  # the few-shot claims across cells
     finally:

@@ -92,6 +92,9 @@ SEED_OPTION = typer.Option(0, "--seed", help="Every random choice of the run der
 MAX_PROMPTS_OPTION = typer.Option(None, "--max-prompts")
 DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto.")
 DTYPE_OPTION = typer.Option("float32", "--dtype")
+DEVICE_MAP_OPTION = typer.Option(
+    None, "--device-map", help="auto or balanced: split a model bigger than one device over the visible devices (accelerate)."
+)
 JSON_OPTION = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout.")
 FORCE_OPTION = typer.Option(False, "--force", help="Redo stages already in --out.")
 THREADS_OPTION = typer.Option(None, "--threads", help="torch intra-op threads (default: the CPUs this process may use).")
@@ -160,6 +163,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
             max_prompts: Optional[int] = MAX_PROMPTS_OPTION,
             device: str = DEVICE_OPTION,
             dtype: str = DTYPE_OPTION,
+            device_map: Optional[str] = DEVICE_MAP_OPTION,
             as_json: bool = JSON_OPTION,
             force: bool = FORCE_OPTION,
             threads: Optional[int] = THREADS_OPTION,
@@ -206,6 +210,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
                 device=device,
                 dtype=dtype,
                 preset=preset,
+                device_map=_device_map(device_map),
             )
             _, summary = pipeline.execute(run, [stage], out=out, overrides=overrides, force=force, progress=True, log=_note)
             _print_summary(stage, summary, as_json)
@@ -232,6 +237,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         max_prompts: Optional[int] = MAX_PROMPTS_OPTION,
         device: str = DEVICE_OPTION,
         dtype: str = DTYPE_OPTION,
+        device_map: Optional[str] = DEVICE_MAP_OPTION,
         as_json: bool = JSON_OPTION,
         force: bool = FORCE_OPTION,
         threads: Optional[int] = THREADS_OPTION,
@@ -258,7 +264,15 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         targets = _split_list(stages) or pipeline.default_stages()
         _set_threads(threads)
         cells_on = _executor(executor, ray_address, cpus_per_cell)
-        base = pipeline.RunConfig(model=model, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype, preset=preset)
+        base = pipeline.RunConfig(
+            model=model,
+            seed=seed,
+            max_prompts=max_prompts,
+            device=device,
+            dtype=dtype,
+            preset=preset,
+            device_map=_device_map(device_map),
+        )
         summary = pipeline.execute_many(
             base,
             _split_list(_relation(relation, preset)),
@@ -288,6 +302,15 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
                 soft_wrap=True,
             )
             raise typer.Exit(EXIT_INCOMPLETE)
+
+
+DEVICE_MAPS = ("auto", "balanced")
+
+
+def _device_map(value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in DEVICE_MAPS:
+        raise UserError(f"--device-map must be one of {', '.join(DEVICE_MAPS)}, got {value!r}")
+    return value
 
 
 def _executor(executor: str, ray_address: Optional[str], cpus_per_cell: int):

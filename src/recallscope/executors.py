@@ -84,9 +84,7 @@ def check_shared(root: str, token: str) -> None:
         found = None
     if found != token:
         what = "cannot read" if found is None else "reads another run's"
-        raise UserError(
-            f"node {socket.gethostname()} {what} {path}: the run directory must be on a filesystem every node shares"
-        )
+        raise UserError(f"node {socket.gethostname()} {what} {path}: the run directory must be on a filesystem every node shares")
 
 
 def run_cell(job: CellJob, root: str, token: str, cwd: str) -> tuple[dict, list[str], str, float]:
@@ -162,8 +160,11 @@ class RayExecutor:
         tries = dict.fromkeys(range(len(jobs)), 0)
         pending = {remote.options(**options).remote(job, root, token, cwd): i for i, job in enumerate(jobs)}
         results: dict[int, dict] = {}
-        log(f"ray: {len(jobs)} cells as tasks of {self.cpus_per_cell} CPU{'s' if self.cpus_per_cell > 1 else ''}"
-            + (" and 1 GPU" if gpu else "") + f" on {ray.cluster_resources().get('CPU', 0):g} CPUs")
+        log(
+            f"ray: {len(jobs)} cells as tasks of {self.cpus_per_cell} CPU{'s' if self.cpus_per_cell > 1 else ''}"
+            + (" and 1 GPU" if gpu else "")
+            + f" on {ray.cluster_resources().get('CPU', 0):g} CPUs"
+        )
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             i = pending.pop(ready[0])

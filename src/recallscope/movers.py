@@ -120,7 +120,7 @@ def ov_vector(view: ModelView, layer: int, head: int, token_ids: Tensor) -> Tens
         x = x - view.weights.W_pos[cfg.learned_pos_offset]
     x = view.norm(x, lw.ln1)
     kv = head // cfg.group_size
-    out = (x @ lw.W_V[kv]) @ lw.W_O[head]
+    out = ((x.to(lw.W_V.device) @ lw.W_V[kv]) @ lw.W_O[head]).to(x.device)  # on the layer's device where the model is split
     if cfg.post_attn_norm:
         out = view.norm(out, lw.post_attn_norm)
     return out

@@ -54,11 +54,12 @@ class RunConfig:
     dtype: str = "float32"
     preset: str = "recallscope"  # the set of definitions (recallscope.presets); "paper": the paper's code's
     demonstrations: str = "template"  # build_prompts(demonstrations=...); the preset may set it
+    device_map: str | None = None  # "auto" / "balanced": the model split over devices (load_model)
 
     def identity(self) -> dict:
-        """What makes two runs' results comparable (device is not part of it; the relation's
-        content hash and the model hash are added by :func:`run_identity`)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "device"}
+        """What makes two runs' results comparable (where the weights sit — device, device_map — is not
+        part of it; the relation's content hash and the model hash are added by :func:`run_identity`)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("device", "device_map")}
 
 
 def relation_hash(relation: Relation) -> str:
@@ -535,7 +536,7 @@ def execute(
     relation = prompts.relation if prompts is not None else load_relation(run.relation)
     configs = make_configs(overrides, seed=run.seed)
     if model is None:
-        model = load_model(run.model, device=run.device, dtype=run.dtype)
+        model = load_model(run.model, device=run.device, dtype=run.dtype, device_map=run.device_map)
     if prompts is None:
         prompts = build_prompts(
             relation,
@@ -744,7 +745,7 @@ def execute_many(
     loaded = [load_relation(rel) for rel in relations]  # ... or relation
     if out is not None:
         RunDir(out)  # refuses a file
-    model = load_model(base.model, device=base.device, dtype=base.dtype)
+    model = load_model(base.model, device=base.device, dtype=base.dtype, device_map=base.device_map)
     single = len(relations) == 1 and len(shots_list) == 1
     # Everything that can be refused is refused before the first stage runs: stage settings out of
     # range for the model, prompts longer than its positions, a sub-run directory holding another configuration.
