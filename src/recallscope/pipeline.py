@@ -791,7 +791,8 @@ def execute_many(
         }
         done = dict(zip(jobs, executor.run(list(jobs.values()), str(out), log), strict=True))
     for rel, k, run, sub, prompts, why in cells:
-        log(f"— {rel}, {k}-shot" + (f" → {sub}" if sub else ""))
+        if executor is None:  # (an executor logged each cell as it finished)
+            log(f"— {rel}, {k}-shot" + (f" → {sub}" if sub else ""))
         if prompts is None:
             summary = {
                 "model": model.name,
