@@ -124,7 +124,12 @@ def measure(args) -> None:
     with tempfile.TemporaryDirectory() as out:
         for stage in default_stages():
             with meter() as m:
-                execute(run, [stage], out=out, model=model, progress=False, overrides=dict(args.set or {}))
+                _, summary = execute(
+                    run, [stage], out=out, model=model, progress=False, overrides=dict(args.set or {}), incomplete_ok=True
+                )
+            if stage not in summary["stages"]:  # not measurable on these prompts: no row
+                print(f"{args.model} {args.prompts} prompts {stage}: not measurable here", file=sys.stderr)
+                continue
             rows.append({**common, "stage": stage, "base_mb": m.base, "peak_mb": m.peak})
             print(f"{args.model} {args.prompts} prompts {stage}: base {m.base:.0f} MB, peak {m.peak:.0f} MB", file=sys.stderr)
     DATA.parent.mkdir(parents=True, exist_ok=True)
@@ -159,9 +164,7 @@ def render(_args) -> None:
     ]
     for (model, dtype, device, prompts), by_stage in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][3])):
         any_row = next(iter(by_stage.values()))
-        cells = [
-            f"{_mb(by_stage[s]['peak_mb'])} (+{_mb(by_stage[s]['stage_mb'])})" if s in by_stage else "—" for s in stages
-        ]
+        cells = [f"{_mb(by_stage[s]['peak_mb'])} (+{_mb(by_stage[s]['stage_mb'])})" if s in by_stage else "—" for s in stages]
         lines.append(
             f"| {model} | {any_row['parameters'] / 1e6:.0f} M | {dtype} | {device} | {prompts} | "
             + " | ".join(cells)
