@@ -4,7 +4,8 @@
     python scripts/memory_table.py measure --model smollm2-135m --prompts 8 [--device cpu] [--dtype float32]
     python scripts/memory_table.py render
 
-``measure`` loads the model once, then runs the default stages one at a time, in pipeline order,
+``measure`` loads the model once (made resident: every weight touched, one 2-token forward pass
+to build the view's caches — all counted in the ``load`` row), then runs the default stages one at a time, in pipeline order,
 in this process (each stage reads the earlier ones from a temporary run directory, as a resumed
 run does) and appends one JSON line per stage to docs/scaling/memory.jsonl: the model, its
 parameter count, dtype, device, prompts, the stage, ``base_mb`` (the process's memory when the
@@ -104,6 +105,13 @@ def measure(args) -> None:
     meter = CudaPeak if args.device.startswith("cuda") else Peak
     with meter() as loading:
         model = load_model(args.model, device=args.device, dtype=args.dtype)
+        # Make the weights resident (a cached model's safetensors are memory-mapped and paged in on first
+        # use) and build the view's per-layer caches with one 2-token forward pass, so that the stages'
+        # figures below are their own working memory, not the model's first touch.
+        import torch
+
+        model.view.trace(torch.tensor([[1, 2]]))
+        float(sum(p.detach().float().sum() for p in model.hf.parameters()))
     cfg = model.cfg
     params = sum(p.numel() for p in model.hf.parameters())
     run = RunConfig(model=args.model, relation=args.relation, max_prompts=args.prompts, device=args.device, dtype=args.dtype)

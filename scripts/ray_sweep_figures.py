@@ -70,15 +70,24 @@ def compare(a: Path, b: Path) -> dict:
     return {"tables": len(tables), "equal": same}
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def workers() -> list[int]:
+    """Ray workers running a cell on the cluster this process started (worker → raylet → this process)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "cmdline").read_bytes().split(b"\0")[0].startswith(b"ray::run_cell"):
-                    found.append(int(entry.name))
+                title = (entry / "cmdline").read_bytes().split(b"\0")[0]
             except OSError:
                 continue
+            if title.startswith(b"ray::run_cell") and _parent(_parent(int(entry.name))) == os.getpid():
+                found.append(int(entry.name))
     return found
 
 

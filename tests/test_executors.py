@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from recallscope import executors
 from recallscope.errors import EXIT_INCOMPLETE, EXIT_USER, UserError
@@ -113,16 +114,26 @@ def test_an_executor_gets_every_cell_and_the_sweep_equals_the_serial_one(tiny_gp
 
 
 # ----------------------------------------------------------------------------- a real local Ray cluster
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _ray_workers(task: str = "run_cell") -> list[int]:
-    """PIDs of this machine's Ray worker processes running ``task`` (Ray titles them ``ray::<task>``)."""
+    """PIDs of the Ray worker processes running ``task`` (Ray titles them ``ray::<task>``) of the cluster
+    this process started (a worker's parent is the raylet, whose parent is this process): no other Ray
+    on the machine is touched."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace").startswith(f"ray::{task}"):
-                    found.append(int(entry.name))
+                title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
             except OSError:
                 continue
+            if title.startswith(f"ray::{task}") and _parent(_parent(int(entry.name))) == os.getpid():
+                found.append(int(entry.name))
     return found
 
 
@@ -156,7 +167,12 @@ def test_a_ray_sweep_equals_the_serial_one_and_resumes_after_a_crash(tmp_path):
 
     serial = tmp_path / "serial"
     settings = [x for k, v in SETTINGS.items() for x in ("--set", f"{k}={v}")]
-    execute_many(RunConfig(max_prompts=2), RELATIONS, SHOTS, TARGETS, out=str(serial), overrides=SETTINGS, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each Ray task (1 CPU): the same reductions, so the same floats bit for bit
+    try:
+        execute_many(RunConfig(max_prompts=2), RELATIONS, SHOTS, TARGETS, out=str(serial), overrides=SETTINGS, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     try:
         address = ray.get_runtime_context().gcs_address
