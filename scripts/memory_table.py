@@ -165,7 +165,8 @@ def render(_args) -> None:
     lines = [
         "Measured (`python scripts/memory_table.py measure ...`, one process per row, the stages in pipeline order; "
         "each cell: the peak during the stage, and in brackets what the stage added above the memory it started with). "
-        "`load` starts from the interpreter with torch imported.",
+        "`load` starts from the interpreter with torch imported and includes making the weights resident and one "
+        "2-token forward pass (the view's caches).",
         "",
         "| model | parameters | dtype | device | prompts | " + " | ".join(stages) + " | measured |",
         "|---|---|---|---|---|" + "---|" * len(stages) + "---|",
@@ -178,31 +179,33 @@ def render(_args) -> None:
             + " | ".join(cells)
             + f" | {any_row['date'][:10]}, commit {any_row['commit']}, load {any_row['load_before']} |"
         )
-    # Extrapolation from the largest measured model (its largest prompt count).
-    ref_key = max(groups, key=lambda k: (next(iter(groups[k].values()))["parameters"], k[3]))
-    ref = groups[ref_key]
-    ref_row = next(iter(ref.values()))
-    work = {s: ref[s]["stage_mb"] for s in stages if s != "load" and s in ref}
-    ref_scale = ref_row["n_layers"] * ref_row["d_model"] * ref_row["prompts"]
+    # Extrapolation: per stage, the largest working memory per unit of n_layers × d_model × prompts measured (float32).
+    work = {}
+    for (_, dtype, _, prompts), by_stage in groups.items():
+        for s, r in by_stage.items():
+            if s != "load":
+                unit = r["stage_mb"] / (r["n_layers"] * r["d_model"] * prompts) / BYTES[dtype]
+                if unit >= work.get(s, (0.0, None))[0]:
+                    work[s] = (unit, f"{r['model']} at {prompts} prompts")
     lines += [
         "",
-        f"**Extrapolated, not measured**: weights = parameters × bytes per parameter; each stage's working memory = "
-        f"{ref_row['model']}'s at {ref_row['prompts']} prompts ({ref_row['dtype']}) × (n_layers × d_model × prompts) / "
-        f"({ref_row['n_layers']} × {ref_row['d_model']} × {ref_row['prompts']}) × (bytes per parameter / "
-        f"{BYTES[ref_row['dtype']]}). Peak ≈ weights + the largest stage's working memory. A rough guide for sizing "
-        "nodes; measure on the target (`--device cuda` uses CUDA's own peak counter).",
+        "**Extrapolated, not measured**: weights = parameters × bytes per parameter; each stage's working memory = "
+        "the largest measured above per unit of n_layers × d_model × prompts × bytes per parameter, times the target's. "
+        "Peak ≈ weights + the largest stage's working memory. A rough guide for sizing nodes (the stages' activations "
+        "grow with the prompts' length too, and with the vocabulary for the logits); measure on the target "
+        "(`--device cuda` uses CUDA's own peak counter).",
         "",
-        "| model | parameters | dtype | prompts | weights | largest stage (working memory) | peak ≈ |",
+        "| model | parameters | dtype | prompts | weights | largest stage (working memory; scaled from) | peak ≈ |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, params, n_layers, d_model in TARGETS:
         for dtype in ("float32", "bfloat16"):
-            prompts = ref_row["prompts"]
+            prompts = max(k[3] for k in groups)
             weights = params * BYTES[dtype] / 2**20
-            factor = n_layers * d_model * prompts / ref_scale * BYTES[dtype] / BYTES[ref_row["dtype"]]
-            stage, mb = max(((s, v * factor) for s, v in work.items()), key=lambda sv: sv[1])
+            stage, (unit, source) = max(work.items(), key=lambda kv: kv[1][0])
+            mb = unit * n_layers * d_model * prompts * BYTES[dtype]
             lines.append(
-                f"| {name} | {params / 1e9:.1f} B | {dtype} | {prompts} | {_mb(weights)} | {stage}: {_mb(mb)} | "
+                f"| {name} | {params / 1e9:.1f} B | {dtype} | {prompts} | {_mb(weights)} | {stage}: {_mb(mb)} ({source}) | "
                 f"{_mb(weights + mb)} |"
             )
     text = DOC.read_text(encoding="utf-8")
