@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .constraints import coerce
-from .errors import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USER, UserError
+from .errors import EXIT_BUG, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USER, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -92,6 +92,9 @@ SEED_OPTION = typer.Option(0, "--seed", help="Every random choice of the run der
 MAX_PROMPTS_OPTION = typer.Option(None, "--max-prompts")
 DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto.")
 DTYPE_OPTION = typer.Option("float32", "--dtype")
+DEVICE_MAP_OPTION = typer.Option(
+    None, "--device-map", help="auto or balanced: split a model bigger than one device over the visible devices (accelerate)."
+)
 JSON_OPTION = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout.")
 FORCE_OPTION = typer.Option(False, "--force", help="Redo stages already in --out.")
 THREADS_OPTION = typer.Option(None, "--threads", help="torch intra-op threads (default: the CPUs this process may use).")
@@ -160,6 +163,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
             max_prompts: Optional[int] = MAX_PROMPTS_OPTION,
             device: str = DEVICE_OPTION,
             dtype: str = DTYPE_OPTION,
+            device_map: Optional[str] = DEVICE_MAP_OPTION,
             as_json: bool = JSON_OPTION,
             force: bool = FORCE_OPTION,
             threads: Optional[int] = THREADS_OPTION,
@@ -206,6 +210,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
                 device=device,
                 dtype=dtype,
                 preset=preset,
+                device_map=_device_map(device_map),
             )
             _, summary = pipeline.execute(run, [stage], out=out, overrides=overrides, force=force, progress=True, log=_note)
             _print_summary(stage, summary, as_json)
@@ -273,6 +278,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         max_prompts: Optional[int] = MAX_PROMPTS_OPTION,
         device: str = DEVICE_OPTION,
         dtype: str = DTYPE_OPTION,
+        device_map: Optional[str] = DEVICE_MAP_OPTION,
         as_json: bool = JSON_OPTION,
         force: bool = FORCE_OPTION,
         threads: Optional[int] = THREADS_OPTION,
@@ -282,6 +288,15 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
         preset: str = typer.Option("recallscope", "--preset", help=PRESET_HELP),
         settings: list[str] = typer.Option([], "--set", help="Stage setting, e.g. --set decompose.solver=sgd (repeatable)."),
+        executor: str = typer.Option(
+            "serial",
+            "--executor",
+            help="serial (in this process), ray (each cell a Ray task on a new local cluster) or ray://HOST:PORT.",
+        ),
+        ray_address: Optional[str] = typer.Option(
+            None, "--ray-address", help="Run the cells on this running Ray cluster: auto, HOST:PORT or ray://HOST:PORT."
+        ),
+        cpus_per_cell: int = typer.Option(1, "--cpus-per-cell", help="CPUs each Ray task declares (and its torch threads)."),
     ) -> None:
         """The whole study: every stage, for each relation and shot count, and the HTML report.
 
@@ -289,7 +304,16 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         _check_common(max_prompts, threads)
         targets = _split_list(stages) or pipeline.default_stages()
         _set_threads(threads)
-        base = pipeline.RunConfig(model=model, seed=seed, max_prompts=max_prompts, device=device, dtype=dtype, preset=preset)
+        cells_on = _executor(executor, ray_address, cpus_per_cell)
+        base = pipeline.RunConfig(
+            model=model,
+            seed=seed,
+            max_prompts=max_prompts,
+            device=device,
+            dtype=dtype,
+            preset=preset,
+            device_map=_device_map(device_map),
+        )
         summary = pipeline.execute_many(
             base,
             _split_list(_relation(relation, preset)),
@@ -300,6 +324,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
             force=force,
             progress=True,
             log=_note,
+            executor=cells_on,
         )
         if report:
             path = _write_report(out)
@@ -318,6 +343,27 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
                 soft_wrap=True,
             )
             raise typer.Exit(EXIT_INCOMPLETE)
+
+
+DEVICE_MAPS = ("auto", "balanced")
+
+
+def _device_map(value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in DEVICE_MAPS:
+        raise UserError(f"--device-map must be one of {', '.join(DEVICE_MAPS)}, got {value!r}")
+    return value
+
+
+def _executor(executor: str, ray_address: Optional[str], cpus_per_cell: int):
+    """None (the serial executor) or a RayExecutor; Ray is imported only here, only when asked for."""
+    from . import executors
+
+    address = executors.parse_executor(executor, ray_address)
+    if address is None:
+        if cpus_per_cell != 1:
+            raise UserError("--cpus-per-cell applies to the Ray executor (--executor ray)")
+        return None
+    return executors.RayExecutor(address, cpus_per_cell=cpus_per_cell)
 
 
 @app.command("report")
@@ -547,6 +593,12 @@ def _set_threads(threads: Optional[int]) -> None:
     torch.set_num_threads(threads or _usable_cpus())
 
 
+def _cell_failed() -> tuple[type, ...]:
+    """The executors' "a cell failed on every try" error, where that module was loaded (a sweep asked for Ray)."""
+    module = sys.modules.get("recallscope.executors")
+    return (module.CellFailed,) if module is not None else ()
+
+
 _VERBS_ADDED: list[bool] = []
 
 
@@ -587,6 +639,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err_console.print("recallscope: interrupted; rerun the same command to resume", highlight=False)
         sys.exit(EXIT_INTERRUPTED)
+    except _cell_failed() as exc:
+        err_console.print(f"recallscope: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(EXIT_BUG)
     except BrokenPipeError:
         sys.exit(0)
 

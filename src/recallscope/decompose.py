@@ -489,7 +489,7 @@ def end_activations(view: ModelView, prompts: Sequence[Prompt], pad_id: int, bat
     got = collect(prompts, pad_id, batch_size, measure, "decompose: activations", progress)
     head_out, resid_pre, mlp_out = got["head_out"], got["resid_pre"], got["mlp_out"]
     # b_O (Gemma's post-attention norm has no b_O, so the plain bias is right wherever it exists).
-    bias = tuple(view.layer(l).b_O.float() if view.layer(l).b_O is not None else None for l in range(cfg.n_layers))
+    bias = tuple(view.layer(l).b_O.float().to(view.device) if view.layer(l).b_O is not None else None for l in range(cfg.n_layers))
     return EndActivations(head_out, resid_pre, mlp_out, bool(cfg.parallel_residual), bias)
 
 

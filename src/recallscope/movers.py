@@ -146,14 +146,15 @@ def ov_vector(view: ModelView, layer: int, head: int, token_ids: Tensor) -> Tens
 def ov_write(view: ModelView, layer: int, head: int, resid: Tensor) -> Tensor:
     """What head (layer, head) writes, [..., d], when it attends fully to one position whose
     residual (entering its layer) is ``resid`` [..., d]: ln1 → W_V of the head's key/value head
-    (no bias) → W_O[h] → post-attention norm applied to this vector, if any."""
+    (no bias) → W_O[h] → post-attention norm applied to this vector, if any. Computed on the
+    layer's device (a model split over devices) and returned on ``resid``'s."""
     cfg = view.cfg
     lw = view.layer(layer)
-    x = view.norm(resid.to(lw.W_V.dtype), lw.ln1)
+    x = view.norm(resid.to(device=lw.W_V.device, dtype=lw.W_V.dtype), lw.ln1)
     out = (x @ lw.W_V[head // cfg.group_size]) @ lw.W_O[head]
     if cfg.post_attn_norm:
         out = view.norm(out, lw.post_attn_norm)
-    return out
+    return out.to(resid.device)
 
 
 def ov_ranks_of(view: ModelView, layer: int, head: int, resid: Tensor, token_ids: Tensor) -> Tensor:
