@@ -37,9 +37,28 @@ NAMES = ("trace_resid.png", "trace_mlp.png", "trace_attn.png", "trace_groups.png
 
 
 def run_stages(out: Path, max_prompts: int, n_samples: int, seed: int) -> list[str]:
-    cmd = ["recallscope", "run", "--model", "smollm2-135m", "--relation", "paper_country_capital", "--shots", "0",
-           "--max-prompts", str(max_prompts), "--seed", str(seed), "--stages", "recall,trace,knockout",
-           "--set", f"trace.n_samples={n_samples}", "--no-report", "--out", str(out), "--json"]
+    cmd = [
+        "recallscope",
+        "run",
+        "--model",
+        "smollm2-135m",
+        "--relation",
+        "paper_country_capital",
+        "--shots",
+        "0",
+        "--max-prompts",
+        str(max_prompts),
+        "--seed",
+        str(seed),
+        "--stages",
+        "recall,trace,knockout",
+        "--set",
+        f"trace.n_samples={n_samples}",
+        "--no-report",
+        "--out",
+        str(out),
+        "--json",
+    ]
     proc = subprocess.run([sys.executable, "-m", "recallscope", *cmd[1:]], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
@@ -133,7 +152,7 @@ def export_png(figures: list, paths: list[Path], width: int = 1000, height: int 
                 )
             finally:
                 browser.close()
-    for url, path in zip(urls, paths):
+    for url, path in zip(urls, paths, strict=True):
         path.write_bytes(base64.b64decode(url.split(",", 1)[1]))
 
 
@@ -176,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "positions grouped as ROME groups them; the line plot adds 95% bootstrap intervals over prompts.",
         "",
     ]
-    for kind, name in zip(("resid", "mlp", "attn"), NAMES[:3]):
+    for kind, name in zip(("resid", "mlp", "attn"), NAMES[:3], strict=True):
         lines += [f"![{KINDS[kind]}]({name})", "", trace_sentence(grouped, kind, int(ts["window"])), ""]
     lines += [f"![every group with intervals]({NAMES[3]})", ""]
     lines += [

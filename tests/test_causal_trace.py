@@ -17,6 +17,7 @@ from helpers.localise import FAMILIES, tiny, tiny_prompts
 from recallscope import causal_trace as CT
 from recallscope.cli import main
 from recallscope.errors import UserError
+from recallscope.figures.causal_trace import GROUPS
 from recallscope.models import Model
 from recallscope.models.view import ModelView
 from recallscope.tasks import build_prompts, load_relation
@@ -233,8 +234,16 @@ def test_band_line_is_one_helper_for_the_trace_and_knockout_line_plots():
     assert list(line.y) == [0.1, 0.3, 0.2] and band.legendgroup == line.legendgroup == "g" and not band.showlegend
     assert FK.add_band_line is FT.add_band_line
     windows = pd.DataFrame(
-        {"block": "subject", "layer": [0, 1], "first_layer": 0, "last_layer": 1, "mean_relative_change_pct": [-5.0, -9.0],
-         "ci_low": [-7.0, -12.0], "ci_high": [-3.0, -6.0], "n_prompts": 3}
+        {
+            "block": "subject",
+            "layer": [0, 1],
+            "first_layer": 0,
+            "last_layer": 1,
+            "mean_relative_change_pct": [-5.0, -9.0],
+            "ci_low": [-7.0, -12.0],
+            "ci_high": [-3.0, -6.0],
+            "n_prompts": 3,
+        }
     )
     (knock,) = FK.figures({"knockout": pd.DataFrame(), "windows": windows}, {"window": 2, "n_prompts": 3})
     assert list(knock.data[0].y) == [-3.0, -6.0, -12.0, -7.0] and list(knock.data[1].y) == [-5.0, -9.0]
@@ -246,7 +255,7 @@ def test_exact_engine_in_chunks_equals_one_batch_and_skips_only_no_ops():
     model = tiny("llama_gqa")
     prompts = [p for p in tiny_prompts(model=model).prompts if p.n_tokens == 7]
     assert {p.subject_span[0] for p in prompts} == {1, 2}
-    d, L = model.cfg.d_model, model.cfg.n_layers
+    d = model.cfg.d_model
     noise = [torch.from_numpy(CT.noise_draws(p, 3, d, 0)) for p in prompts]
     whole = CT.exact_group(model.view, prompts, noise, CT.KINDS, 2)
     chunked = CT.exact_group(model.view, prompts, noise, CT.KINDS, 2, max_rows=1)
@@ -256,3 +265,28 @@ def test_exact_engine_in_chunks_equals_one_batch_and_skips_only_no_ops():
         naive = CT.naive_prompt(model.view, p, noise[b], CT.KINDS, 2)
         for kind in CT.KINDS:
             assert np.abs(whole["p_restored"][kind][b] - naive["p_restored"][kind]).max() <= 1e-10
+
+
+@pytest.mark.parametrize(
+    ("peak", "ci_low", "layer", "verdict"),
+    [
+        (0.30, 0.20, 6, "holds"),  # a mid-layer MLP peak of 20+ points of probability
+        (2.3e-9, 5e-10, 6, "does not hold"),  # a random model: interval above 0, far under the 0.01 floor
+        (0.30, 0.20, 1, "does not hold"),  # an early peak
+    ],
+)
+def test_mlp_peak_claim_floor_and_band(peak, ci_low, layer, verdict):
+    rows = [
+        {
+            "kind": "mlp",
+            "group": GROUPS[2],
+            "layer": ell,
+            "mean_indirect_effect": peak if ell == layer else 0.0,
+            "ci_low": ci_low if ell == layer else -0.01,
+            "ci_high": peak + 0.1 if ell == layer else 0.01,
+        }
+        for ell in range(12)
+    ]
+    claim = CT.mlp_peak_claim(pd.DataFrame(rows), {"n_layers": 12, "window": 3, "n_prompts": 20, "noise": 0.3})
+    assert (claim.verdict, claim.about) == (verdict, f"MLP{layer}")
+    assert claim.margin == pytest.approx(ci_low - 0.01)

@@ -26,6 +26,8 @@ from recallscope.claims import (
     HOLDS,
     NOT_MEASURABLE,
 )
+from recallscope.causal_trace import CLAIM_MLP_PEAK
+from recallscope.knockout import CLAIM_READS_SUBJECT
 from recallscope.models import controls
 from recallscope.rundir import RunDir
 
@@ -118,3 +120,28 @@ def test_claims_verb_reevaluates_a_run_and_lists_where_verdicts_flip(planted, ca
     again = json.loads(capsys.readouterr().out)
     assert {c["claim"]: c["verdict"] for c in again["runs"][0]["claims"]}[CLAIM_SUPPRESS] == FAILS
     assert got["shot_claims"][0]["verdict"] == HOLDS
+
+
+@pytest.mark.parametrize(("model", "settings"), [("planted", {}), ("random", {"recall.known_top_k": 49152})])
+def test_trace_and_knockout_rows_on_the_controls(model, settings, tmp_path):
+    """The other localisations' rows on the controls (windows of 1 layer: the controls have 3).
+    ``planted`` moves the subject with L1H0, so blocking the last position's edges to the subject
+    in layer 1 removes the fact (knockout holds); it stores no fact in MLP states at the subject,
+    so causal tracing's MLP peak is nil (does not hold). ``random``: the trace peak is ~1e-9 of
+    probability, under the 0.01 floor (it said *holds* before the floor); no mover, so knockout is
+    not measurable."""
+    _, summary = pipeline.execute(
+        pipeline.RunConfig(model=model, relation=RELATION, max_prompts=20),
+        [*pipeline.default_stages(), "trace", "knockout"],
+        out=str(tmp_path),
+        overrides={"trace.window": 1, "knockout.window": 1, **settings},
+        progress=False,
+    )
+    rows = {c["claim"]: c for c in summary["claims"]}
+    trace_row, knockout_row = rows[CLAIM_MLP_PEAK], rows[CLAIM_READS_SUBJECT]
+    assert trace_row["verdict"] == FAILS and trace_row["value"] < 1e-6 and trace_row["margin"] < 0
+    if model == "planted":
+        assert knockout_row["verdict"] == HOLDS and knockout_row["value"] < -90
+        assert knockout_row["about"] == "layers 1..1"
+    else:
+        assert knockout_row["verdict"] == NOT_MEASURABLE

@@ -176,3 +176,51 @@ def test_exact_equals_naive_on_smollm2_subset_in_float64(smollm2):
     a, b = exact.to_frame(), naive.to_frame()
     assert np.abs(a["p_blocked"].to_numpy() - b["p_blocked"].to_numpy()).max() <= 1e-10
     assert np.abs(a["relative_change_pct"]).max() > 1.0
+
+
+def _windows(dip: float, ci_high: float, control: float) -> pd.DataFrame:
+    """A knockout windows table of a 12-layer model: the subject curve dips at the window 4..6."""
+    rows = []
+    for centre in range(1, 11):
+        first, last = centre - 1, centre + 1
+        sub = dip if centre == 5 else -0.1
+        rows.append(
+            {
+                "block": "subject",
+                "layer": centre,
+                "first_layer": first,
+                "last_layer": last,
+                "mean_relative_change_pct": sub,
+                "ci_low": sub - 2.0,
+                "ci_high": ci_high if centre == 5 else 0.5,
+            }
+        )
+        rows.append(
+            {
+                "block": "non_subject",
+                "layer": centre,
+                "first_layer": first,
+                "last_layer": last,
+                "mean_relative_change_pct": control,
+                "ci_low": control - 1,
+                "ci_high": control + 1,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(
+    ("dip", "ci_high", "control", "movers", "verdict", "margin"),
+    [
+        (-60.0, -50.0, -5.0, [5], "holds", 40.0),  # a mechanism: a deep dip where the mover sits
+        (-0.5, -0.01, 0.0, [5], "does not hold", -9.99),  # a random model: below 0 but under the 10% floor
+        (-60.0, -50.0, -5.0, [9], "does not hold", 40.0),  # the dip is not where the mover is
+        (-60.0, -50.0, -80.0, [5], "does not hold", 40.0),  # the non-subject control drops more
+    ],
+)
+def test_reads_subject_claim_floor_and_conditions(dip, ci_high, control, movers, verdict, margin):
+    claim = K.reads_subject_claim(_windows(dip, ci_high, control), {"window": 3}, movers)
+    assert (claim.verdict, claim.value) == (verdict, dip)
+    assert claim.margin == pytest.approx(margin)  # the primary condition: the interval's high end against −10%
+    if verdict == "does not hold" and margin < 0:
+        assert claim.flips_at == pytest.approx(-ci_high)  # holds for any floor up to the dip's interval

@@ -77,7 +77,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .claims import FAILS, HOLDS, NOT_MEASURABLE, Claim
+from .claims import NOT_MEASURABLE, Claim, ClaimsConfig, Condition, decide
 from .components import Component
 
 # ROME's position groups, named once in the torch-free figures module (which the report reads)
@@ -352,7 +352,7 @@ def _record_runs(view: ModelView, prompts: list[Prompt], noise: list[Tensor]) ->
         record=["resid_pre", "resid_final"],
         return_kv=True,
     )
-    kv = [(torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)) for (pk, pv), (k, v) in zip(past, noised.kv)]
+    kv = [(torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)) for (pk, pv), (k, v) in zip(past, noised.kv, strict=True)]
     p_clean = answer_prob_from_resid(view, clean.resid_final[:, -1], answer)
     p_noised = answer_prob_from_resid(view, noised.resid_final[:, -1], answer.repeat_interleave(n))
     return _Runs(
@@ -367,7 +367,9 @@ def _record_runs(view: ModelView, prompts: list[Prompt], noise: list[Tensor]) ->
 
 
 @torch.no_grad()
-def exact_group(view: ModelView, prompts: list[Prompt], noise: list[Tensor], kinds, window: int, max_rows: int = MAX_ROWS) -> dict:
+def exact_group(
+    view: ModelView, prompts: list[Prompt], noise: list[Tensor], kinds, window: int, max_rows: int = MAX_ROWS
+) -> dict:
     """Every restoration of prompts of one token length T, over the cached noised runs.
 
     ``noise`` per prompt [n, subject tokens, d] (× σ). What is computed, and what is reused:
@@ -448,7 +450,9 @@ def _walk(view: ModelView, runs: _Runs, rows: Tensor, pos: int, chunk: list, win
             index = [c for c, (k, centre) in enumerate(active) if k == kind and layer in window_layers(centre, window, L)]
             if index:
                 edits[(SITE[kind], layer)] = _restore_variants(index, clean_site[kind][:, layer])
-        x = view.forward_from(x, layer, mask, past, stop=layer + 1, positions=positions, record=["resid_final"], edits=edits).resid_final
+        x = view.forward_from(
+            x, layer, mask, past, stop=layer + 1, positions=positions, record=["resid_final"], edits=edits
+        ).resid_final
     final = x[:, :, -1]  # [R, C, d]
     C = final.shape[1]
     prob = answer_prob_from_resid(view, final.reshape(R * C, -1), runs.answer[prompt_of].repeat_interleave(C))
@@ -695,14 +699,22 @@ def group_means(frame: pd.DataFrame, prompts: PromptSet, config: TraceConfig) ->
 CLAIM_MLP_PEAK = "The subject's last-token MLP states matter at middle layers (causal tracing)"
 
 
-def mlp_peak_claim(grouped: pd.DataFrame | None, summary: dict | None, band: tuple[float, float] = (0.25, 0.75)) -> Claim:
+def mlp_peak_claim(
+    grouped: pd.DataFrame | None,
+    summary: dict | None,
+    cfg: ClaimsConfig = ClaimsConfig(),
+    band: tuple[float, float] = (0.25, 0.75),
+) -> Claim:
     """ROME's finding (§2.2, Fig. 1–2): restoring a window of MLP outputs at the *last subject
     token* has its largest effect at middle layers.
 
     Figure: the largest mean IE of the MLP windows at the last subject token (probability
-    units), its bootstrap interval over prompts. Holds when the interval is above 0 and its
-    layer (window centre) lies in ``band`` × L (recallscope's reading of "middle layers":
-    the middle half of the depth by default; ROME's GPT-2 XL peak is near layer 15 of 48)."""
+    units), its bootstrap interval over prompts. Holds when the interval's low end is at least
+    ``cfg.min_trace_effect`` (an effect-size floor chosen by recallscope, default 0.01 = one
+    percentage point of p(Y): without it a randomly initialised model, whose restorations move
+    p(Y) by ~1e-9, passed "interval > 0") and its layer (window centre) lies in ``band`` × L
+    (recallscope's reading of "middle layers": the middle half of the depth by default; ROME's
+    GPT-2 XL peak is near layer 15 of 48)."""
     if grouped is None or summary is None or not len(grouped):
         return Claim(CLAIM_MLP_PEAK, None, None, None, NOT_MEASURABLE, "", "", "the trace stage did not run", "trace")
     g = grouped[(grouped["kind"] == "mlp") & (grouped["group"] == GROUPS[2])].dropna(subset=["mean_indirect_effect"])
@@ -712,19 +724,24 @@ def mlp_peak_claim(grouped: pd.DataFrame | None, summary: dict | None, band: tup
     row = g.loc[g["mean_indirect_effect"].idxmax()]
     layer = int(row["layer"])
     low, high = band[0] * L, band[1] * L
-    mid = low <= layer < high
-    holds = bool(row["ci_low"] > 0 and mid)
     last = grouped[(grouped["kind"] == "mlp") & (grouped["group"] == GROUPS[5]) & (grouped["layer"] == layer)]
     at_last = float(last["mean_indirect_effect"].iloc[0]) if len(last) else float("nan")
-    return Claim(
+    conditions = [
+        Condition(
+            "IE interval low", "claims.min_trace_effect", cfg.min_trace_effect, float(row["ci_low"]), ">=", cfg.min_trace_effect
+        ),
+        Condition("peak window centre", None, None, float(layer), ">=", low),
+        Condition("peak window centre", None, None, float(layer), "<", high),
+    ]
+    return decide(
         CLAIM_MLP_PEAK,
-        float(row["mean_indirect_effect"]),
-        float(row["ci_low"]),
-        float(row["ci_high"]),
-        HOLDS if holds else FAILS,
-        "largest mean indirect effect on p(Y) of restoring MLP outputs at the last subject token",
-        f"interval > 0 and window centre in [{low:g}, {high:g}) of {L} layers",
-        f"peak at layer {layer} (window of {summary.get('window')}); same window at the last token: {at_last:.4f}; "
-        f"{summary.get('n_prompts')} prompts, noise σ = {summary.get('noise', float('nan')):.4g}",
         "trace",
+        f"MLP{layer}",
+        "largest mean indirect effect on p(Y) of restoring MLP outputs at the last subject token",
+        float(row["mean_indirect_effect"]),
+        (float(row["ci_low"]), float(row["ci_high"])),
+        conditions,
+        f"peak at layer {layer} (window of {summary.get('window')}) of {L} layers; same window at the last token: "
+        f"{at_last:.4f}; {summary.get('n_prompts')} prompts, noise σ = {summary.get('noise', float('nan')):.4g}",
+        {},
     )

@@ -155,6 +155,8 @@ class ClaimsConfig:
     min_suppression_logits: float = 0.1  # effect-size floor of a suppressor (logits; module docstring)
     min_share_negative: float = 0.5  # a suppressor is negative on more than this share of prompts
     min_mitigation_delta_p: float = 0.01  # effect-size floor of the mitigation (probability; module docstring)
+    min_trace_effect: float = 0.01  # effect-size floor of the causal-tracing peak (probability; causal_trace.mlp_peak_claim)
+    min_knockout_drop_pct: float = 10.0  # effect-size floor of the knockout dip (% of p(Y); knockout.reads_subject_claim)
     mitigation_mode: str = "zero"
     top_heads: int = 10  # heads compared across shot counts (at most a quarter of the model's heads)
     n_bootstrap: int = 2000
@@ -164,7 +166,8 @@ class ClaimsConfig:
     constraints: ClassVar[dict] = {
         "mover_top_heads": POSITIVE, "min_heldout_gain": Interval(None, 1), "min_coef_departure": NON_NEGATIVE,
         "min_redirect_share": PROBABILITY, "min_suppression_logits": NON_NEGATIVE, "min_share_negative": PROBABILITY,
-        "min_mitigation_delta_p": Interval(0, 1), "mitigation_mode": Options("zero", "mean", "scale"),
+        "min_mitigation_delta_p": Interval(0, 1), "min_trace_effect": Interval(0, 1),
+        "min_knockout_drop_pct": Interval(0, 100), "mitigation_mode": Options("zero", "mean", "scale"),
         "top_heads": POSITIVE, "n_bootstrap": POSITIVE, "level": LEVEL, "seed": NON_NEGATIVE,
     }
 

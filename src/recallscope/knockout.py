@@ -57,7 +57,7 @@ import torch
 from torch import Tensor
 
 from .causal_trace import answer_prob, check_subjects, window_layers
-from .claims import FAILS, HOLDS, NOT_MEASURABLE, Claim
+from .claims import NOT_MEASURABLE, Claim, ClaimsConfig, Condition, decide
 from .constraints import LEVEL, POSITIVE, Options
 from .errors import UserError
 from .figures import knockout as knockout_figures
@@ -328,14 +328,19 @@ def window_means(frame: pd.DataFrame, config: KnockoutConfig) -> pd.DataFrame:
 CLAIM_READS_SUBJECT = "The last position reads the subject in the layers where the mover heads sit (attention knockout)"
 
 
-def reads_subject_claim(windows: pd.DataFrame | None, summary: dict | None, mover_layers) -> Claim:
+def reads_subject_claim(
+    windows: pd.DataFrame | None, summary: dict | None, mover_layers, cfg: ClaimsConfig = ClaimsConfig()
+) -> Claim:
     """Geva et al. §4 against the paper's mover heads: blocking the last position's edges to the
     subject lowers p(Y) most in a window that contains a mover head's layer.
 
     Figure: the subject curve's lowest mean relative change of p(Y) (%) with its bootstrap
-    interval. Holds when that interval is below 0, below the non-subject control's mean at the
-    same window (when that control ran), and the window [first, last layer] holds a mover head.
-    ``mover_layers`` from the movers stage (empty: not measurable)."""
+    interval. Holds when that interval's high end is at most −``cfg.min_knockout_drop_pct``
+    (an effect-size floor chosen by recallscope, default a 10% drop: Geva et al. report drops of
+    tens of percent; without a floor any noise-level dip passed "interval < 0"), the dip is below
+    the non-subject control's mean at the same window (when that control ran), and the window
+    [first, last layer] holds a mover head. ``mover_layers`` from the movers stage (empty: not
+    measurable)."""
     stage = "knockout"
     if windows is None or summary is None or not len(windows):
         return Claim(CLAIM_READS_SUBJECT, None, None, None, NOT_MEASURABLE, "", "", "the knockout stage did not run", stage)
@@ -348,7 +353,7 @@ def reads_subject_claim(windows: pd.DataFrame | None, summary: dict | None, move
     control = windows[(windows["block"] == "non_subject") & (windows["layer"] == centre)]
     control_mean = float(control["mean_relative_change_pct"].iloc[0]) if len(control) else float("nan")
     measure = "lowest mean change of p(Y) (%) when the last position's edges to the subject are blocked"
-    rule = "interval < 0, below the non-subject control, and a mover head's layer inside the blocked window"
+    value, ci = float(row["mean_relative_change_pct"]), (float(row["ci_low"]), float(row["ci_high"]))
     detail = (
         f"dip at window {first}..{last} (centre {centre}, k = {summary.get('window')}); non-subject control there: "
         f"{control_mean:.1f}%; mover heads' layers: {mover_layers or 'none'}"
@@ -356,26 +361,27 @@ def reads_subject_claim(windows: pd.DataFrame | None, summary: dict | None, move
     if not mover_layers:
         return Claim(
             CLAIM_READS_SUBJECT,
-            float(row["mean_relative_change_pct"]),
-            float(row["ci_low"]),
-            float(row["ci_high"]),
+            value,
+            *ci,
             NOT_MEASURABLE,
             measure,
-            rule,
+            "",
             detail + " (no mover head found: run the movers stage)",
             stage,
         )
     inside = any(first <= m <= last for m in mover_layers)
-    below_control = not np.isfinite(control_mean) or row["mean_relative_change_pct"] < control_mean
-    holds = bool(row["ci_high"] < 0 and below_control and inside)
-    return Claim(
-        CLAIM_READS_SUBJECT,
-        float(row["mean_relative_change_pct"]),
-        float(row["ci_low"]),
-        float(row["ci_high"]),
-        HOLDS if holds else FAILS,
-        measure,
-        rule,
-        detail,
-        stage,
-    )
+    conditions = [
+        Condition(
+            "change interval high (%)",
+            "claims.min_knockout_drop_pct",
+            cfg.min_knockout_drop_pct,
+            ci[1],
+            "<=",
+            -cfg.min_knockout_drop_pct,
+            sign=-1.0,
+        ),
+        Condition("mover heads inside the window", None, None, float(inside), ">=", 1.0),
+    ]
+    if np.isfinite(control_mean):
+        conditions.append(Condition("mean change (%) against the non-subject control", None, None, value, "<", control_mean))
+    return decide(CLAIM_READS_SUBJECT, stage, f"layers {first}..{last}", measure, value, ci, conditions, detail, {})

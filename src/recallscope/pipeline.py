@@ -174,7 +174,10 @@ def _patch(ctx: StageContext) -> patch.PatchResult:
 
 def _movers(ctx: StageContext) -> movers.MoversResult:
     return movers.movers(
-        ctx.model, ctx.known_prompts(), ctx.config("movers"), patch=ctx.table_or_none("patch", "components"),
+        ctx.model,
+        ctx.known_prompts(),
+        ctx.config("movers"),
+        patch=ctx.table_or_none("patch", "components"),
         progress=ctx.progress,
     )
 
@@ -228,10 +231,14 @@ def _claims(ctx: StageContext) -> claims.ClaimsResult:
     rows = list(claims.run_claims(dict(ctx.summaries), tables, ctx.config("claims")))
     # The other localisations' claims, where those opt-in stages ran (rows only then).
     if "trace" in ctx.summaries:
-        rows.append(causal_trace.mlp_peak_claim(ctx.table_or_none("trace", "grouped"), ctx.summaries["trace"]))
+        rows.append(
+            causal_trace.mlp_peak_claim(ctx.table_or_none("trace", "grouped"), ctx.summaries["trace"], ctx.config("claims"))
+        )
     if "knockout" in ctx.summaries:
         rows.append(
-            knockout.reads_subject_claim(ctx.table_or_none("knockout", "windows"), ctx.summaries["knockout"], _mover_layers(ctx))
+            knockout.reads_subject_claim(
+                ctx.table_or_none("knockout", "windows"), ctx.summaries["knockout"], _mover_layers(ctx), ctx.config("claims")
+            )
         )
     return claims.ClaimsResult(tuple(rows), ctx.config("claims"))
 

@@ -110,7 +110,10 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
         )
         out.append(fig)
     lines = make_subplots(
-        rows=1, cols=len(kinds), shared_yaxes=True, subplot_titles=[html.escape(SHORT[k].format(w=window)) for k in kinds]  # short: side by side
+        rows=1,
+        cols=len(kinds),
+        shared_yaxes=True,
+        subplot_titles=[html.escape(SHORT[k].format(w=window)) for k in kinds],  # short: side by side
     )
     for col, kind in enumerate(kinds, start=1):
         g = grouped[grouped["kind"] == kind]
