@@ -251,6 +251,13 @@ CASES: tuple[Case, ...] = (
     # issue 13: path patching flags and presets
     Case("--mode unknown", ("patch", "--mode", "sideways"), "--mode must be one of total, path"),
     Case("--prompts unknown", ("patch", "--prompts", "some"), "--prompts must be one of known, all"),
+    Case(
+        "--prompts all, no prompt with a valid answer token",
+        ("patch", "--prompts", "all", "--relation", "years.json"),
+        "no prompt left for relation 'years' after filtering (answer_first_token_shared: 3)",
+        files={"years.json": SHARED_FIRST_TOKEN},
+        model=True,
+    ),
     Case("--preset unknown", ("run", "--preset", "nope", "--out", "run"), "unknown preset 'nope'; available: paper, recallscope"),
     # issue 15: causal tracing and attention knockout
     Case(
