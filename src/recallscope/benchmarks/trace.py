@@ -66,10 +66,17 @@ def default_relation(options) -> str:
     return "paper_country_capital"  # the paper's task (issue 15: "on the paper task")
 
 
+def default_shots(options) -> tuple[int, ...]:
+    # 0-shot: the issue's setting. With demonstrations (--shots 3) the subject still sits two tokens
+    # before the end of a ~4x longer prompt, so nearly every restoration is a no-op and the naive
+    # loop's forwards take ~4x longer: the ratio says more about the prompt than about the engine.
+    return (0,)
+
+
 def run(options) -> Iterator[dict]:
     model = load_model(options.model, device=options.device)
     relation = load_relation(options.relation)
-    max_prompts = options.max_prompts or (4 if options.quick else 12)
+    max_prompts = options.max_prompts or (4 if options.quick else 8)
     per_prompt_sample = 12 if options.quick else 24
     for shots in options.shots:
         ps = build_prompts(relation, model.tokenizer, shots=shots, seed=options.seed, max_prompts=max_prompts)
