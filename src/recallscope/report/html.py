@@ -246,6 +246,7 @@ class StageSection:
     preview: Preview | None = None
     missing_table: bool = False
     claims: list[dict] | None = None
+    sensitivity: list[dict] | None = None  # the claims stage: one row per condition of each rule
 
 
 def preview(stage: str, frame: pd.DataFrame) -> Preview:
@@ -288,11 +289,14 @@ def stage_section(run: Run, stage: str, anchor: str, page: Page) -> StageSection
         section.figures = page.draw(stage, make, tables, entry)
     if stage == CLAIMS:
         section.claims = claims_rows(run.summary) or []
-        section.summary = {k: v for k, v in entry.items() if k not in ("claims", "wall_seconds")}
+        section.sensitivity = entry.get("sensitivity") if is_records(entry.get("sensitivity")) else None
+        section.summary = {
+            k: v for k, v in entry.items() if k not in ("claims", "wall_seconds", "cpu_seconds", "sensitivity")
+        }
         return section
     verdict = entry.get("verdict")
     section.lead = verdict if isinstance(verdict, str) else None
-    section.summary = {k: v for k, v in entry.items() if k not in ("wall_seconds", "verdict")}
+    section.summary = {k: v for k, v in entry.items() if k not in ("wall_seconds", "cpu_seconds", "verdict")}
     if tables is None:
         section.missing_table = True
     else:
