@@ -22,7 +22,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[test]' torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test,ray]' torch==2.13.0
 	touch $@
 
 install: $(VENV)/.installed

@@ -30,7 +30,7 @@ PACKAGE = "recallscope"
 # relative to the package; "report" covers recallscope.report and every module under it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("__init__", "__main__", "cli")),
-    ("run layer", ("pipeline", "rundir", "sweeps", "report", "benchmarks")),
+    ("run layer", ("pipeline", "rundir", "sweeps", "executors", "report", "benchmarks")),
     (
         "analysis",
         (

@@ -54,11 +54,12 @@ class RunConfig:
     dtype: str = "float32"
     preset: str = "recallscope"  # the set of definitions (recallscope.presets); "paper": the paper's code's
     demonstrations: str = "template"  # build_prompts(demonstrations=...); the preset may set it
+    device_map: str | None = None  # "auto" / "balanced": the model split over devices (load_model)
 
     def identity(self) -> dict:
-        """What makes two runs' results comparable (device is not part of it; the relation's
-        content hash and the model hash are added by :func:`run_identity`)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "device"}
+        """What makes two runs' results comparable (where the weights sit — device, device_map — is not
+        part of it; the relation's content hash and the model hash are added by :func:`run_identity`)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("device", "device_map")}
 
 
 def relation_hash(relation: Relation) -> str:
@@ -173,7 +174,8 @@ def _patch(ctx: StageContext) -> patch.PatchResult:
 
 def _movers(ctx: StageContext) -> movers.MoversResult:
     return movers.movers(
-        ctx.model, ctx.known_prompts(), ctx.config("movers"), patch=ctx.table_or_none("patch"), progress=ctx.progress
+        ctx.model, ctx.known_prompts(), ctx.config("movers"), patch=ctx.table_or_none("patch", "components"),
+        progress=ctx.progress,
     )
 
 
@@ -185,7 +187,7 @@ def _decompose(ctx: StageContext) -> decompose.DecomposeResult:
     else:
         movers_summary = ctx.summaries.get("movers")
         layer, reason = decompose.choose_layer(
-            config, cfg.n_layers, cfg.mlp_reads_own_heads(), movers_summary, ctx.table_or_none("patch")
+            config, cfg.n_layers, cfg.mlp_reads_own_heads(), movers_summary, ctx.table_or_none("patch", "components")
         )
     prompts = ctx.known_prompts()
     acts = decompose.end_activations(
@@ -219,7 +221,8 @@ def _suppress(ctx: StageContext) -> suppress.SuppressResult:
 def _claims(ctx: StageContext) -> claims.ClaimsResult:
     tables = {
         "movers": ctx.table_or_none("movers"),
-        "decompose_folds": ctx.table_or_none("decompose", "folds"),
+        "decompose": ctx.table_or_none("decompose"),
+        "decompose_heldout": ctx.table_or_none("decompose", "heldout"),
         "intercept": ctx.table_or_none("intercept"),
     }
     rows = list(claims.run_claims(dict(ctx.summaries), tables, ctx.config("claims")))
@@ -231,6 +234,47 @@ def _claims(ctx: StageContext) -> claims.ClaimsResult:
             knockout.reads_subject_claim(ctx.table_or_none("knockout", "windows"), ctx.summaries["knockout"], _mover_layers(ctx))
         )
     return claims.ClaimsResult(tuple(rows), ctx.config("claims"))
+
+
+def claims_of_rundir(path: str, overrides: dict[str, Any] | None = None) -> dict:
+    """The claims of a finished run directory, evaluated again from its files (no model).
+
+    ``overrides``: claims settings (e.g. ``{"claims.min_suppression_logits": 0.2}``), checked as
+    ``--set`` is. Returns ``{"runs": [{"path", "claims": ClaimsResult}], "shot_claims": [rows]}``;
+    a sweep's parent directory gives one entry per sub-run and the few-shot claims across them.
+    Nothing is written. UserError when ``path`` holds no finished run.
+    """
+    top = RunDir(path)
+    summary = top.summary()
+    if not summary:
+        raise UserError(f"{path}: no summary.json (not a finished run directory)")
+    seed = int((top.manifest() or {}).get("run", {}).get("seed", summary.get("seed", 0)) or 0)
+    configs = make_configs(overrides, seed=seed)
+    subs = [(str(Path(path) / r["path"]), r) for r in summary.get("runs", []) if r.get("path")] or [(path, summary)]
+    out: dict = {"runs": [], "shot_claims": []}
+    patch_frames: dict[tuple[str, int], Any] = {}
+    for sub, sub_summary in subs:
+        rundir = RunDir(sub)
+        ctx = StageContext(
+            model=None,
+            run=None,
+            prompts=None,
+            configs=configs,
+            rundir=rundir,  # type: ignore[arg-type]
+            progress=False,
+            summaries=dict(rundir.summary().get("stages", {})),
+        )
+        out["runs"].append(
+            {"path": sub, "relation": sub_summary.get("relation"), "shots": sub_summary.get("shots"), "claims": _claims(ctx)}
+        )
+        frame = ctx.table_or_none("patch")
+        if frame is not None:
+            patch_frames[(str(sub_summary.get("relation")), int(sub_summary.get("shots") or 0))] = frame
+    relations = list(dict.fromkeys(r for r, _ in patch_frames))
+    shots = sorted({k for _, k in patch_frames})
+    if len(shots) > 1:
+        out["shot_claims"] = _shot_claims(relations, shots, patch_frames, configs)
+    return out
 
 
 def _mover_layers(ctx: StageContext) -> tuple[int, ...]:
@@ -535,7 +579,7 @@ def execute(
     relation = prompts.relation if prompts is not None else load_relation(run.relation)
     configs = make_configs(overrides, seed=run.seed)
     if model is None:
-        model = load_model(run.model, device=run.device, dtype=run.dtype)
+        model = load_model(run.model, device=run.device, dtype=run.dtype, device_map=run.device_map)
     if prompts is None:
         prompts = build_prompts(
             relation,
@@ -629,7 +673,7 @@ def _shot_claims(relations, shots, patch_frames, configs) -> list[dict]:
     for rel in relations:
         low, high = shots[0], shots[-1]
         claim = claims.shot_claim(_slug(rel), (low, patch_frames.get((rel, low))), (high, patch_frames.get((rel, high))), cfg)
-        out.append({**dataclasses.asdict(claim), "relation": _slug(rel)})
+        out.append({**claim.row(), "relation": _slug(rel)})
     return out
 
 
@@ -673,6 +717,36 @@ def _combined_identity(base: RunConfig, model: Model, relations: list[Relation],
     }
 
 
+@dataclass(frozen=True)
+class CellJob:
+    """One cell of a sweep as an executor other than the serial one runs it (in another process,
+    maybe on another node): :func:`execute` of its run into its sub-run directory ``out``, with
+    the prompts the driver built (so a worker builds nothing differently). Calling it returns the
+    cell's summary; ``log`` receives its progress lines."""
+
+    run: RunConfig
+    targets: tuple[str, ...]
+    out: str
+    prompts: PromptSet
+    overrides: dict[str, Any]
+    force: bool
+    incomplete_ok: bool
+
+    def __call__(self, log: Callable[[str], None] = lambda _msg: None) -> dict:
+        _, summary = execute(
+            self.run,
+            list(self.targets),
+            out=self.out,
+            overrides=self.overrides,
+            force=self.force,
+            progress=False,
+            log=log,
+            prompts=self.prompts,
+            incomplete_ok=self.incomplete_ok,
+        )
+        return summary
+
+
 def execute_many(
     base: RunConfig,
     relations: list[str],
@@ -683,6 +757,7 @@ def execute_many(
     force: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = lambda _msg: None,
+    executor: Any = None,
 ) -> dict:
     """Every relation × shot count, one model load; one sub-run directory each.
 
@@ -695,7 +770,15 @@ def execute_many(
     and holds ``exit_code`` :data:`~recallscope.errors.EXIT_INCOMPLETE`. A single cell keeps the
     error (exit 2). Bad input (an unknown stage, setting, relation or an out-of-range value, a
     prompt longer than the model's positions) is refused before any stage runs in either case.
+
+    ``executor`` (None: every cell in this process, one after the other) has
+    ``run(cells: list[CellJob], root: str, log) -> list[dict]``: it runs the cells (each
+    resumes from its sub-run directory as here) and returns their summaries in order; the
+    combined summary, the few-shot claims (from the cells' patch tables on disk) and the manifest
+    are then built here as for the serial run (:mod:`recallscope.executors`: Ray). Needs ``out``.
     """
+    if executor is not None and out is None:
+        raise UserError("a distributed sweep needs a run directory (--out) that every node sees")
     if not relations:
         raise UserError("--relation: give at least one relation")
     if not shots_list:
@@ -708,7 +791,7 @@ def execute_many(
     loaded = [load_relation(rel) for rel in relations]  # ... or relation
     if out is not None:
         RunDir(out)  # refuses a file
-    model = load_model(base.model, device=base.device, dtype=base.dtype)
+    model = load_model(base.model, device=base.device, dtype=base.dtype, device_map=base.device_map)
     single = len(relations) == 1 and len(shots_list) == 1
     # Everything that can be refused is refused before the first stage runs: stage settings out of
     # range for the model, prompts longer than its positions, a sub-run directory holding another configuration.
@@ -746,8 +829,16 @@ def execute_many(
     patch_frames: dict[tuple[str, int], Any] = {}
     order = resolve(targets, configs)
     relation_of = dict(zip(relations, loaded, strict=True))
+    if executor is not None:  # every runnable cell at once; their summaries are read below in order
+        jobs = {
+            (rel, k): CellJob(run, tuple(targets), sub, prompts, dict(overrides or {}), force, not single)
+            for rel, k, run, sub, prompts, _ in cells
+            if prompts is not None
+        }
+        done = dict(zip(jobs, executor.run(list(jobs.values()), str(out), log), strict=True))
     for rel, k, run, sub, prompts, why in cells:
-        log(f"— {rel}, {k}-shot" + (f" → {sub}" if sub else ""))
+        if executor is None:  # (an executor logged each cell as it finished)
+            log(f"— {rel}, {k}-shot" + (f" → {sub}" if sub else ""))
         if prompts is None:
             summary = {
                 "model": model.name,
@@ -762,6 +853,10 @@ def execute_many(
             if sub is not None:  # the cell's folder says why it is empty
                 RunDir(sub).create()
                 RunDir(sub).write_summary(summary)
+        elif executor is not None:
+            summary = done[(rel, k)]
+            if RunDir(sub).has_table("patch"):
+                patch_frames[(rel, k)] = RunDir(sub).read_table("patch")
         else:
             ctx, summary = execute(
                 run,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import logging
@@ -216,6 +217,22 @@ def _fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _globals_beside_embedding(name: str, weights):
+    """A split model's weights with the position table, final norm and unembedding on the embedding's device."""
+    home = weights.W_E.device
+
+    def near(t):
+        return t.to(home) if t is not None else None
+
+    return dataclasses.replace(
+        weights,
+        W_pos=near(weights.W_pos),
+        ln_final=dataclasses.replace(weights.ln_final, weight=near(weights.ln_final.weight), bias=near(weights.ln_final.bias)),
+        W_U=near(weights.W_U),
+        b_U=near(weights.b_U),
+    )
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     device: str = "cpu",
@@ -225,12 +242,21 @@ def load_model(
 ) -> Model:
     """Load a model by alias (``smollm2-135m``), hub id (``gpt2``) or local directory.
 
-    Offline, a hub id fails with one clear line (:class:`OfflineError`). ``device_map="auto"``
-    spreads a large model over GPUs (needs accelerate).
+    Offline, a hub id fails with one clear line (:class:`OfflineError`). ``device_map`` ("auto",
+    "balanced", or a dict of module name → device, as ``transformers``' ``from_pretrained`` takes
+    it; placed by accelerate) spreads a model bigger than one device over the visible devices,
+    layer by layer, for hub ids and local directories (the embedded models fit on one device:
+    UserError). Each layer then computes on its own device and the view hands every tensor out on
+    the embedding's device (:mod:`~.view`); the final norm and the unembedding are copied there
+    too, so that the logit lens reads them beside the recorded residuals. A map that leaves any
+    weight off the devices (offloaded to disk: the model does not fit) is refused (UserError): the
+    view reads the weights directly, not through accelerate's offload hooks.
     """
     default_threads()
     torch_dtype = _dtype(dtype)
     torch_device = _device(device)
+    if device_map is not None and (name in EMBEDDED or name in controls.CONTROLS):
+        raise UserError(f"--device-map applies to hub and local models; {name!r} is built in and fits on one device")
     start = time.perf_counter()
     if name in EMBEDDED:
         hf, tokenizer, info = load_embedded(name, torch_dtype, use_cache=use_cache)
@@ -241,6 +267,11 @@ def load_model(
         model_hash, source = "weights:" + _fingerprint(hf)[:32], "control"
     elif Path(name).expanduser().is_dir() or _looks_like_hub_id(name):
         hf, tokenizer, info = load_hf(name, torch_dtype, device_map=device_map)
+        if device_map is not None and any(p.device.type == "meta" for p in hf.parameters()):
+            raise UserError(
+                f"--device-map: {name!r} does not fit on the visible devices (accelerate offloaded weights to disk); "
+                "recallscope does not run offloaded weights: use more or larger devices, or a smaller --dtype"
+            )
         commit = getattr(hf.config, "_commit_hash", None)
         model_hash = f"commit:{commit}" if commit else "weights:" + _fingerprint(hf)[:32]
         source = "local" if Path(name).expanduser().is_dir() else "hub"
@@ -256,6 +287,10 @@ def load_model(
     if device_map is None:
         hf.to(torch_device)
     cfg, weights = extract(hf)
+    if device_map is not None:
+        weights = _globals_beside_embedding(name, weights)
+        info = {**info, "device_map": device_map if isinstance(device_map, str) else "explicit",
+                "layer_devices": [str(layer.W_Q.device) for layer in weights.layers]}
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

@@ -26,6 +26,13 @@ edits; :meth:`ModelView.attend` is the one attention implementation both use.
 
 Batches are left-padded: the last position of every row is the prompt's end, and position ids
 come from the attention mask, so padding never shifts a position.
+
+Devices: a model split over devices (``load_model(..., device_map="auto")``) keeps each layer's
+weights where they were placed. Each layer computes on its own weights' device (the residual
+stream, the mask and the cached keys/values hop there); everything the view hands out — recorded
+quantities, the tensors an edit function receives, ``kv`` — is on :attr:`ModelView.device` (the
+embedding's device), so callers see one device whatever the split. On one device every hop is a
+no-op.
 """
 
 from __future__ import annotations
@@ -102,7 +109,12 @@ class ModelView:
 
     @property
     def device(self) -> torch.device:
+        """The embedding's device: where every tensor the view hands out lives."""
         return self.weights.W_E.device
+
+    def layer_device(self, index: int) -> torch.device:
+        """The device of layer ``index``'s weights (where that layer computes)."""
+        return self.layer(index).W_Q.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -113,7 +125,9 @@ class ModelView:
 
     # ----------------------------------------------------------------- pieces
     def norm(self, x: Tensor, norm) -> Tensor:
-        return rms_or_layer_norm(x, norm, self.cfg.norm, self.cfg.norm_eps)
+        """The model's norm ``norm`` of x, computed on the norm's device, returned on x's."""
+        on = norm.weight.device if norm.weight is not None else x.device
+        return rms_or_layer_norm(x.to(on), norm, self.cfg.norm, self.cfg.norm_eps).to(x.device)
 
     def embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
         w = self.weights
@@ -123,7 +137,7 @@ class ModelView:
             # sqrt(640) rounds to 25.25, and the model was trained with that).
             x = x * torch.tensor(self.cfg.embed_scale, dtype=torch.float32).to(x.dtype)
         if self.cfg.positional == "learned":
-            x = x + w.W_pos[position_ids + self.cfg.learned_pos_offset]
+            x = x + w.W_pos[(position_ids + self.cfg.learned_pos_offset).to(w.W_pos.device)].to(x.device)
         return x
 
     def rotary(self, layer: int, position_ids: Tensor) -> tuple[Tensor, Tensor]:
@@ -233,9 +247,10 @@ class ModelView:
         heads add up to (with b_O) *before* a post-attention norm (Gemma 3), so that replacing a
         head here and recomputing the norm of the sum is the intervention "replace the head's z at
         the output projection's input". Without a post-attention norm it equals
-        :meth:`head_outputs`.
+        :meth:`head_outputs`. Computed on the layer's device, returned on z's (as every piece below).
         """
-        return torch.einsum("...he,hed->...hd", z, self.layer(layer).W_O)
+        W_O = self.layer(layer).W_O
+        return torch.einsum("...he,hed->...hd", z.to(W_O.device), W_O).to(z.device)
 
     def head_outputs(self, layer: int, z: Tensor, attn_raw: Tensor | None = None) -> Tensor:
         """a[l,h] [..., H, d] from z [..., H, dh]: each head's share of what attention adds to the
@@ -258,13 +273,13 @@ class ModelView:
         """Σ_h z[h] · W_O[h] + b_O, [..., d]: the output projection, before any post-attention norm —
         from z [..., H, dh], or from the heads' writes ``heads`` [..., H, d] (:meth:`head_writes`)."""
         lw = self.layer(layer)
-        out = torch.einsum("...he,hed->...d", z, lw.W_O) if heads is None else heads.sum(-2)
-        return out + lw.b_O if lw.b_O is not None else out
+        out = torch.einsum("...he,hed->...d", z.to(lw.W_O.device), lw.W_O).to(z.device) if heads is None else heads.sum(-2)
+        return out + lw.b_O.to(out.device) if lw.b_O is not None else out
 
     def _post_norm_factor(self, raw: Tensor, norm) -> Tensor:
         """The per-position factor f with norm(raw) = f ⊙ raw (RMS norms have no shift)."""
         scale = norm_scale(raw, self.cfg.norm, self.cfg.norm_eps)
-        return (scale * norm_weight(norm, self.cfg.norm, scale.dtype)).to(raw.dtype)
+        return (scale * norm_weight(norm, self.cfg.norm, scale.dtype).to(scale.device)).to(raw.dtype)
 
     def post_attn(self, layer: int, raw: Tensor) -> Tensor:
         """What attention adds to the residual stream given the projection's output ``raw`` [..., d]
@@ -283,12 +298,14 @@ class ModelView:
         if lw.b_O is None:
             return None
         if self.cfg.post_attn_norm:
-            return lw.b_O * self._post_norm_factor(attn_raw, lw.post_attn_norm)
+            return lw.b_O.to(attn_raw.device) * self._post_norm_factor(attn_raw, lw.post_attn_norm)
         return lw.b_O
 
     def mlp(self, layer: int, resid: Tensor) -> Tensor:
-        """The MLP's write into the residual stream, given the residual it reads."""
+        """The MLP's write into the residual stream, given the residual it reads (computed on the layer's device, returned on resid's)."""
         lw = self.layer(layer)
+        if resid.device != lw.W_in.device:
+            return self.mlp(layer, resid.to(lw.W_in.device)).to(resid.device)
         x = self.norm(resid, lw.ln2)
         pre = x @ lw.W_in
         if lw.b_in is not None:
@@ -306,10 +323,13 @@ class ModelView:
         return out
 
     def final_norm(self, resid: Tensor) -> Tensor:
-        return self.norm(resid, self.weights.ln_final)
+        """The final norm, on its weights' device (where the model is split, the last layer's)."""
+        w = self.weights.ln_final.weight
+        return self.norm(resid if w is None else resid.to(w.device), self.weights.ln_final)
 
     def unembed(self, x_normed: Tensor) -> Tensor:
-        logits = x_normed @ self.weights.W_U
+        """Logits on the unembedding's device."""
+        logits = x_normed.to(self.weights.W_U.device) @ self.weights.W_U
         if self.weights.b_U is not None:
             logits = logits + self.weights.b_U
         if self.cfg.final_softcap:
@@ -317,7 +337,8 @@ class ModelView:
         return logits
 
     def logits_from_resid(self, resid: Tensor) -> Tensor:
-        return self.unembed(self.final_norm(resid))
+        """Logits of a residual stream, on the residual's device."""
+        return self.unembed(self.final_norm(resid)).to(resid.device)
 
     # ----------------------------------------------------------------- whole model
     @torch.no_grad()
@@ -449,6 +470,7 @@ class ModelView:
         R = positions.shape[1]
         rel = positions - p  # indices into the computed positions
         tdim = len(lead)
+        home = self.device  # where recorded tensors, edit inputs and kv go (see the module docstring)
 
         def at(x: Tensor) -> Tensor:  # [*lead, T, ...] -> [*lead, R, ...]
             idx = rel.reshape(B, *([1] * (tdim - 1)), R, *([1] * (x.dim() - tdim - 1)))
@@ -456,7 +478,10 @@ class ModelView:
 
         def edit(site: str, layer: int, x: Tensor) -> Tensor:
             fn = edits.get((site, layer))
-            return fn(x) if fn is not None else x
+            return fn(x.to(home)).to(x.device) if fn is not None else x
+
+        def keep(name: str, x: Tensor) -> None:
+            stash[name].append(x.to(home))
 
         flat_positions = position_ids.repeat_interleave(C, dim=0) if variants else position_ids
         masks: dict[int | None, Tensor] = {}
@@ -464,9 +489,13 @@ class ModelView:
         kv: list[tuple[Tensor, Tensor] | None] = [None] * cfg.n_layers
         for layer in range(start, stop):
             lw = self.layer(layer)
+            if resid.device != lw.W_Q.device:  # a model split over devices: this layer computes where its weights are
+                dev = lw.W_Q.device
+                resid, attention_mask, flat_positions, rel = (t.to(dev) for t in (resid, attention_mask, flat_positions, rel))
+                masks = {}
             resid = edit("resid_pre", layer, resid)
             if "resid_pre" in record:
-                stash["resid_pre"].append(at(resid))
+                keep("resid_pre", at(resid))
             window = cfg.window(layer)
             if window not in masks:
                 masks[window] = causal_mask_bias(attention_mask, n_queries=T, window=window, dtype=self.dtype)
@@ -475,32 +504,35 @@ class ModelView:
             if variants:
                 q, k, v = (t.reshape(B, C, *t.shape[1:]) for t in (q, k, v))
             if return_kv:
-                kv[layer] = (k, v)
+                kv[layer] = (k.to(home), v.to(home))
             cached = past[layer] if past is not None and p > 0 else None
+            if cached is not None and cached[0].device != k.device:
+                cached = (cached[0].to(k.device), cached[1].to(k.device))
             z, pattern = self.attend(layer, q, k, v, edit("attn_bias", layer, masks[window]), cached)
             if "z" in record:
-                stash["z"].append(at(z))
+                keep("z", at(z))
             if "pattern" in record:
                 idx = rel.reshape(B, *([1] * tdim), R, 1).expand(*lead, cfg.n_heads, R, S)
-                stash["pattern"].append(pattern.gather(tdim + 1, idx))
+                keep("pattern", pattern.gather(tdim + 1, idx))
             attn_raw = self.attn_raw(layer, z)
             if ("head_out", layer) in edits:  # the heads' writes at the projection; the norm of their sum recomputed
                 heads = edit("head_out", layer, self.head_writes(layer, z))
                 attn_raw = self.attn_raw(layer, heads=heads)
                 if "head_out" in record:
-                    stash["head_out"].append(self._scaled(layer, at(heads), at(attn_raw)))
+                    keep("head_out", self._scaled(layer, at(heads), at(attn_raw)))
             elif "head_out" in record:
-                stash["head_out"].append(self.head_outputs(layer, at(z), at(attn_raw)))
+                keep("head_out", self.head_outputs(layer, at(z), at(attn_raw)))
             attn = edit("attn_out", layer, self.post_attn(layer, attn_raw))
             if "attn_out" in record:
-                stash["attn_out"].append(at(attn))
+                keep("attn_out", at(attn))
             resid_mid = edit("resid_mid", layer, resid + attn)
             if "resid_mid" in record:
-                stash["resid_mid"].append(at(resid_mid))
+                keep("resid_mid", at(resid_mid))
             mlp = edit("mlp_out", layer, self.mlp(layer, resid if cfg.parallel_residual else resid_mid))
             if "mlp_out" in record:
-                stash["mlp_out"].append(at(mlp))
+                keep("mlp_out", at(mlp))
             resid = resid_mid + mlp
+        resid, rel = resid.to(home), rel.to(home)
 
         trace = Trace(positions=positions)
         for name in ("resid_pre", "resid_mid", "attn_out", "mlp_out", "head_out", "z"):
