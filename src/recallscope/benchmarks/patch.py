@@ -43,6 +43,9 @@ from ..stats import spearman
 from ..tasks import build_prompts, load_relation
 from ._child import common_args, run_cli
 
+FLOAT64_BATCH = 8  # prompts per batch of the float64 checks (memory, not speed: they are not timed)
+
+
 def _stage_memory(options, shots: int) -> dict:
     """The patch stage as a user runs it (``recallscope patch``, a child process): seconds, peak RSS."""
     child = run_cli(["patch", *common_args(options, shots), "--out", "{out}", "--json"])
@@ -169,6 +172,8 @@ def _exact_vs_naive_lines(model, options, shots, known, config, comps, sample) -
 def _float64_diff(model, known, config, components) -> float:
     """max |exact − naive| (effect %) with both engines in float64 on the same prompts, batch by batch."""
     view = ModelView(model.cfg, model.view.weights.to(dtype=torch.float64))
+    # small batches: float64 activations of every component's patched run take twice float32's room
+    config = dataclasses.replace(config, batch_size=min(config.batch_size, FLOAT64_BATCH))
     _, batches, _ = _streamed(dataclasses.replace(model, view=view), known, config, view)
     worst = 0.0
     for pb, _ in batches:
@@ -377,6 +382,7 @@ def _path_float64_diff(model, ps, config, components, n_prompts: int) -> tuple[f
     """max |exact − naive| (effect %) of the path engines in float64 on the first ``n_prompts`` prompts."""
     view = ModelView(model.cfg, model.view.weights.to(dtype=torch.float64))
     subset = ps.subset([i < n_prompts for i in range(len(ps))])
+    config = dataclasses.replace(config, batch_size=min(config.batch_size, FLOAT64_BATCH))
     _, batches, _ = _streamed(dataclasses.replace(model, view=view), subset, config, view)
     worst = 0.0
     for pb, _ in batches:

@@ -209,6 +209,10 @@ def _predictions(measured: list[dict]) -> Iterator[dict]:
     cpu = _cpu_matmul_gflops()
     factor = GPU_FP32_GFLOPS / cpu
     for what, (exponent, largest) in sorted(fits.items()):
+        if exponent <= 0:  # cost cannot fall with size: the points were measured under unequal load
+            yield {"bench": "scaling_prediction", "what": what, "prediction": True, "ratio": None,
+                   "skipped": f"fitted model-size exponent {exponent:.2f} <= 0: not a usable fit (contended or too few points)"}
+            continue
         for name, spec in PREDICTED.items():
             scale = (spec["n_params"] / largest["n_params"]) ** exponent
             cpu_s = largest["seconds"] * scale
