@@ -129,18 +129,26 @@ def test_ctrl_c_in_a_command_exits_130_with_a_resume_hint(monkeypatch, capsys):
 
 
 def test_threads_follow_the_cpus_this_process_may_use(monkeypatch):
+    """--threads is kept through a model load (a load used to reset it to os.cpu_count())."""
     import torch
 
+    from recallscope import load_model
     from recallscope import cli as cli_module
+    from recallscope.models import loading
 
-    usable = cli_module._usable_cpus()
+    usable = loading.usable_cpus()
     assert 1 <= usable <= len(os.sched_getaffinity(0))
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(loading, "_THREADS_CHOSEN", [])
     before = torch.get_num_threads()
     try:
         cli_module._set_threads(None)
         assert torch.get_num_threads() == usable
+        torch.set_num_threads(usable + 3)
+        load_model("planted")  # no count chosen: the load applies the usable CPUs
+        assert torch.get_num_threads() == usable
         cli_module._set_threads(1)
+        load_model("planted")
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

@@ -505,13 +505,17 @@ def bench_command(
     names: list[str] = typer.Argument(None, help="Benchmarks to run (default: all but the opt-in scaling; patch in both modes)."),
     model: str = typer.Option("smollm2-135m", "--model", "-m"),
     relation: Optional[str] = typer.Option(None, "--relation", "-r", help="Default: each benchmark's own relation."),
-    shots: Optional[str] = typer.Option(None, "--shots", help="Comma-separated shot counts (default 0,3; with --quick 0; scaling 0,1,3,5)."),
+    shots: Optional[str] = typer.Option(
+        None, "--shots", help="Comma-separated shot counts (default 0,3; with --quick 0; scaling 0,1,3,5)."
+    ),
     seed: int = typer.Option(0, "--seed"),
     max_prompts: Optional[int] = typer.Option(None, "--max-prompts"),
     device: str = typer.Option("cpu", "--device"),
     quick: bool = typer.Option(False, "--quick", help="Small samples: a smoke run of every benchmark in minutes."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line on stdout."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="patch: total (exact vs naive) or path (path engine vs frozen-heads loop); default total."),
+    mode: Optional[str] = typer.Option(
+        None, "--mode", help="patch: total (exact vs naive) or path (path engine vs frozen-heads loop); default total."
+    ),
     models: Optional[str] = typer.Option(None, "--models", help="scaling: comma-separated models of the model-size axis."),
     stages: Optional[str] = typer.Option(None, "--stages", help="scaling: which of patch_total, patch_path, trace, run."),
 ) -> None:
@@ -568,29 +572,12 @@ def _click_exceptions(name: str) -> tuple[type, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def _usable_cpus() -> int:
-    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota where one is set."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    try:
-        quota, period = open("/sys/fs/cgroup/cpu.max", encoding="ascii").read().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1, int(int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cpus)
-
-
 def _set_threads(threads: Optional[int]) -> None:
-    """torch's intra-op threads: --threads, else OMP_NUM_THREADS when the user set it, else the usable CPUs
-    (torch's own default counts every core of the machine, not the ones this process may use)."""
-    import torch
+    """torch's intra-op threads (:func:`recallscope.models.loading.set_threads`); imported here, not at
+    the top, because ``recallscope report`` must run without torch."""
+    from .models.loading import set_threads
 
-    if threads is None and os.environ.get("OMP_NUM_THREADS"):
-        return
-    torch.set_num_threads(threads or _usable_cpus())
+    set_threads(threads)
 
 
 def _cell_failed() -> tuple[type, ...]:

