@@ -251,7 +251,37 @@ CASES: tuple[Case, ...] = (
     # issue 13: path patching flags and presets
     Case("--mode unknown", ("patch", "--mode", "sideways"), "--mode must be one of total, path"),
     Case("--prompts unknown", ("patch", "--prompts", "some"), "--prompts must be one of known, all"),
+    Case(
+        "--prompts all, no prompt with a valid answer token",
+        ("patch", "--prompts", "all", "--relation", "years.json"),
+        "no prompt left for relation 'years' after filtering (answer_first_token_shared: 3)",
+        files={"years.json": SHARED_FIRST_TOKEN},
+        model=True,
+    ),
     Case("--preset unknown", ("run", "--preset", "nope", "--out", "run"), "unknown preset 'nope'; available: paper, recallscope"),
+    # issue 15: causal tracing and attention knockout
+    Case(
+        "trace: the subject is the prompt's last token",
+        ("trace", "--relation", "endsubj.json", "--set", "recall.known_top_k=1000"),
+        "cannot be located before the last token of prompt 0 ('The capital city of France': subject tokens 4..4, last token 4)",
+        files={"endsubj.json": REL([("France", "Paris"), ("Italy", "Rome"), ("Japan", "Tokyo")], ("The capital city of {}",))},
+        progress_lines=1,
+        model=True,
+    ),
+    Case(
+        "trace: window larger than the model",
+        ("trace", "--set", "trace.window=31"),
+        "trace.window 31 is larger than the model (30 layers)",
+        model=True,
+    ),
+    Case(
+        "knockout: window larger than the model",
+        ("knockout", "--set", "knockout.window=31"),
+        "knockout.window 31 is larger than the model (30 layers)",
+        model=True,
+    ),
+    Case("trace: noise 0", ("trace", "--set", "trace.noise=0"), "trace.noise must be a number > 0"),
+    Case("trace: noise negative", ("trace", "--set", "trace.noise=-1"), "trace.noise must be a number > 0"),
     Case(
         "a sweep with cells its data cannot support",
         ("run", "--relation", "small.json,years.json", "--max-prompts", "3", "--stages", "recall", "--no-report", "--out", "run"),

@@ -25,3 +25,18 @@ def test_bench_patch_lines_on_smollm2(smollm2):
         assert tl["skipped"]
     else:
         assert tl["max_abs_diff_pi"] <= 1e-3 and tl["transformerlens_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_bench_trace_line_on_smollm2(smollm2):
+    """The trace bench on two paper-task prompts: the float64 equality, the FLOP arithmetic it writes, the no-op count."""
+    options = benchmarks.BenchOptions(shots=(0,), max_prompts=2, quick=True)
+    (line,) = list(benchmarks.run("trace", options))
+    assert line["bench"] == "trace_exact_vs_naive" and line["relation"] == "paper_country_capital"
+    assert line["max_abs_diff"] <= 1e-5 and line["max_abs_diff_float32"] <= 1e-4
+    naive, exact = (float(x) for x in line["flop_ratio_arithmetic"].split(" = ")[1].split(" (")[0].split(" / "))
+    assert line["flop_ratio"] == pytest.approx(naive / exact, abs=0.006)
+    assert line["n_restorations"] % (3 * 30) == 0  # 3 kinds × T positions × 30 layers per prompt
+    assert 0 < line["n_noop_restorations"] < line["n_restorations"]
+    assert line["flop_ratio_engine"] > line["flop_ratio"] and line["ratio"] > 1.0
+    assert line["share_of_flop_ratio"] == pytest.approx(line["ratio"] / line["flop_ratio"], abs=0.01)

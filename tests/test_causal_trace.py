@@ -216,3 +216,43 @@ def test_exact_equals_naive_on_smollm2_in_float64(smollm2):
         moved = max(moved, float(np.abs(exact["p_restored"][kind][0] - exact["p_corrupted"][0]).max()))
     assert diff <= 1e-5, diff
     assert moved > 0.01  # the noise and the restorations matter on the real model
+
+
+def test_band_line_is_one_helper_for_the_trace_and_knockout_line_plots():
+    """figures.causal_trace.add_band_line draws both stages' curves: band = [ci_low, ci_high], line = the means."""
+    import plotly.graph_objects as go
+
+    from recallscope.figures import causal_trace as FT
+    from recallscope.figures import knockout as FK
+
+    rows = pd.DataFrame({"layer": [0, 1, 2], "m": [0.1, 0.3, 0.2], "ci_low": [0.0, 0.2, 0.1], "ci_high": [0.2, 0.4, 0.3]})
+    fig = go.Figure()
+    FT.add_band_line(fig, rows, "m", "#123456", "g")
+    band, line = fig.data
+    assert list(band.x) == [0, 1, 2, 2, 1, 0] and list(band.y) == [0.2, 0.4, 0.3, 0.1, 0.2, 0.0]
+    assert list(line.y) == [0.1, 0.3, 0.2] and band.legendgroup == line.legendgroup == "g" and not band.showlegend
+    assert FK.add_band_line is FT.add_band_line
+    windows = pd.DataFrame(
+        {"block": "subject", "layer": [0, 1], "first_layer": 0, "last_layer": 1, "mean_relative_change_pct": [-5.0, -9.0],
+         "ci_low": [-7.0, -12.0], "ci_high": [-3.0, -6.0], "n_prompts": 3}
+    )
+    (knock,) = FK.figures({"knockout": pd.DataFrame(), "windows": windows}, {"window": 2, "n_prompts": 3})
+    assert list(knock.data[0].y) == [-3.0, -6.0, -12.0, -7.0] and list(knock.data[1].y) == [-5.0, -9.0]
+
+
+def test_exact_engine_in_chunks_equals_one_batch_and_skips_only_no_ops():
+    """max_rows=1 splits every position's restorations into chunks of one: the same numbers;
+    prompts of one length whose subjects start at different positions share a group."""
+    model = tiny("llama_gqa")
+    prompts = [p for p in tiny_prompts(model=model).prompts if p.n_tokens == 7]
+    assert {p.subject_span[0] for p in prompts} == {1, 2}
+    d, L = model.cfg.d_model, model.cfg.n_layers
+    noise = [torch.from_numpy(CT.noise_draws(p, 3, d, 0)) for p in prompts]
+    whole = CT.exact_group(model.view, prompts, noise, CT.KINDS, 2)
+    chunked = CT.exact_group(model.view, prompts, noise, CT.KINDS, 2, max_rows=1)
+    for kind in CT.KINDS:
+        assert np.abs(whole["p_restored"][kind] - chunked["p_restored"][kind]).max() <= 1e-12
+    for b, p in enumerate(prompts):
+        naive = CT.naive_prompt(model.view, p, noise[b], CT.KINDS, 2)
+        for kind in CT.KINDS:
+            assert np.abs(whole["p_restored"][kind][b] - naive["p_restored"][kind]).max() <= 1e-10

@@ -160,7 +160,7 @@ def test_table_round_trip_keeps_the_intercept_and_figures_rebuild(tmp_path):
     run = RunDir(tmp_path)
     run.write_tables("decompose", result.tables())
     tables = run.read_tables("decompose")
-    assert list(tables) == ["decompose", "fold_coefficients", "folds", "intercept", "sgd_trace", "sweep"]
+    assert list(tables) == ["decompose", "fold_coefficients", "folds", "heldout", "intercept", "sgd_trace", "sweep"]
     assert (tmp_path / "decompose.parquet").is_file() and (tmp_path / "decompose" / "folds.parquet").is_file()
     layer, b = intercept_from_table(tables["intercept"])
     assert layer == 1
@@ -214,3 +214,52 @@ def test_smollm2_lstsq_in_sample_r2_is_never_below_sgd(smollm2_layer23):
     assert sgd.loss >= exact.loss * (1 - 1e-12)
     raw = fit_sgd(reg.values, reg.target, DecomposeConfig(solver="sgd", sgd_standardise=False, sgd_steps=3000))
     assert np.isnan(raw.r2) or exact.r2 >= raw.r2
+
+
+# ----------------------------------------------------------------------------- intervals and held-out figures
+def test_bootstrap_coefficients_equal_refits_on_the_resampled_prompts():
+    """The per-prompt normal equations give, for each resample, exactly the lstsq fit on it."""
+    from recallscope.decompose import bootstrap_coefficients
+
+    x, m, coef, _ = synthetic(n=40, noise=0.05)
+    boot = bootstrap_coefficients(x, m, n=3, seed=7)
+    rng = np.random.default_rng(7)
+    draws = rng.integers(0, 40, size=(3, 40))
+    for row, idx in zip(boot, draws, strict=True):
+        c, _ = solve_lstsq(x[torch.as_tensor(idx)], m[torch.as_tensor(idx)])
+        assert np.abs(row - c.numpy()).max() < 1e-9
+
+
+def test_coefficient_intervals_cover_the_truth_and_flag_what_is_not_identifiable():
+    x, m, coef, _ = synthetic(n=120, k=5, noise=0.05)
+    x[:, 4] = 0.0  # a head that writes nothing: its c is the minimum-norm 0, not a finding
+    acts = EndActivations(head_out=x[:, None, :4].float(), resid_pre=x[:, None, 4].float(), mlp_out=m[:, None].float(),
+                          parallel_residual=False, head_bias=(None,))
+    result = decompose(acts, 0, DecomposeConfig(n_bootstrap=300), seed=0, progress=False)
+    rows = {r["regressor"]: r for r in result.coefficients()}
+    for k, name in enumerate(["L0H0", "L0H1", "L0H2", "L0H3"]):
+        assert rows[name]["ci_low"] <= coef[k].item() <= rows[name]["ci_high"], name
+        assert rows[name]["identifiable"]
+    assert not rows["resid"]["identifiable"] and rows["resid"]["coef"] == 0.0
+    assert rows["L0H0"]["departs_stable"] and rows["L0H2"]["departs_stable"]  # 2.5 and -1.2: one side of 1 on every fold
+    assert not rows["L0H3"]["departs_stable"]  # c = 1: pass-through, folds on both sides
+
+
+def test_heldout_table_gives_the_gain_over_the_intercept_only_model():
+    x, m, coef, b = synthetic(n=120, k=5, noise=0.05)
+    acts = EndActivations(head_out=x[:, None, :4].float(), resid_pre=x[:, None, 4].float(), mlp_out=m[:, None].float(),
+                          parallel_residual=False, head_bias=(None,))
+    result = decompose(acts, 0, DecomposeConfig(n_bootstrap=10), seed=3, progress=False)
+    held = result.tables()["heldout"]
+    assert list(held.columns) == ["prompt", "fold", "sq_err", "sq_err_intercept", "sq_err_no_heads", "sq_norm"]
+    assert len(held) == 120 and sorted(held["fold"].unique()) == [0, 1, 2, 3]
+    summary = result.to_dict()
+    gain = 1 - held["sq_err"].sum() / held["sq_err_intercept"].sum()
+    assert abs(summary["heldout_gain"] - gain) < 1e-12 and gain > 0.99  # the heads carry all the variation
+    # the intercept-only model's held-out error on a fold is its squared distance to the training mean
+    fold0 = held[held["fold"] == 0]["prompt"].to_numpy().copy()
+    train = np.setdiff1d(np.arange(120), fold0)
+    mean = m[torch.as_tensor(train)].float().double().mean(0)
+    expected = ((m[torch.as_tensor(fold0)].float().double() - mean) ** 2).sum(-1).numpy()
+    assert np.abs(held[held["fold"] == 0]["sq_err_intercept"].to_numpy() - expected).max() < 1e-6 * expected.max()
+    assert abs(summary["cv_r2_uncentred"] - (1 - held["sq_err"].sum() / held["sq_norm"].sum())) < 1e-12

@@ -222,3 +222,24 @@ def test_real_model_movers_figures_are_consistent(smollm2):
     d = result.to_dict()
     assert d["thresholds"] == MoversConfig().thresholds()
     assert {"layer", "head", "attention_to_subject", "projection_corr", "ov_copy_rank", "is_mover"} <= set(d["heads"][0])
+
+
+def test_ov_in_context_of_a_layer0_head_is_the_embedding_reading():
+    """Layer 0 reads the embedding itself, so its in-context OV rank equals the raw-embedding one,
+    prompt by prompt; ov_ranks_of on the embedding is ov_ranks; the hand-built mover copies in context too."""
+    from recallscope.movers import ov_ranks, ov_ranks_of
+
+    view = hand_built_model()
+    prompts = token_prompts(24)
+    result = find_movers(view, prompts, [(0, 0), (0, 1), MOVER], MoversConfig(), pad_id=PAD, progress=False)
+    frame = result.to_frame()
+    layer0 = frame[frame["layer"] == 0]
+    assert (layer0["ov_rank_context"] == layer0["ov_rank_x"]).all()
+    assert frame["ov_rank_context"].dtype == "int64" and (frame["ov_rank_effective"] >= 0).all()
+    ids = torch.tensor([p.subject_id for p in prompts[:5]])
+    emb = view.embed(ids[None], torch.zeros_like(ids)[None])[0]
+    assert torch.equal(ov_ranks_of(view, 1, 3, emb, ids), ov_ranks(view, 1, 3, ids))
+    heads = {(h["layer"], h["head"]): h for h in result.heads}
+    mover_rows = frame[frame["component"] == "L1H3"]
+    assert heads[MOVER]["ov_top5_share_context"] == float((mover_rows["ov_rank_context"] < 5).mean()) == 1.0
+    assert heads[MOVER]["is_mover"] and heads[MOVER]["ov_input"] == "context"

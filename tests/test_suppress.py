@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -154,3 +156,148 @@ def test_suppress_on_real_model_identities(smollm2):
         m = same.to_dict()["mitigation"]["scale"][pop]
         assert m["after"]["p_answer"] == pytest.approx(m["before"]["p_answer"], abs=1e-5)
         assert m["after"]["accuracy"] == m["before"]["accuracy"]
+
+
+# ----------------------------------------------------------------------------- the cached mitigation
+def _naive_evals(model, known, unknown, config):
+    """The mitigation as the stage computed it before the cache: one full forward per held-out prompt
+    and variant (``evaluate``), the suppressors and mean writes chosen as the stage chooses them."""
+    from recallscope.suppress import candidate_components, evaluate, measure_clean
+
+    layers = resolve_layers(config, model.cfg.n_layers)
+    comps = candidate_components(model.cfg.n_layers, model.cfg.n_heads, layers)
+    prompts = list(known.prompts) + list(unknown.prompts)
+    is_known = np.array([True] * len(known) + [False] * len(unknown))
+    clean = measure_clean(model, prompts, comps, sorted(set(layers) | {model.cfg.n_layers - 1}), config.batch_size, False)
+    fold = assign_folds([p.subject for p in prompts], config.folds, config.group_by_subject, config.seed)
+    rows = []
+    for f in range(config.folds):
+        held = np.flatnonzero(fold == f)
+        chosen = choose_suppressors(clean.dla[(fold != f) & is_known], config.threshold_share)
+        for mode in config.modes:
+            mean_writes = clean.writes[fold != f].mean(0) if mode == "mean" else None
+            edits = make_edits(comps, chosen, mode, config, mean_writes, model.device)
+            if not edits or not len(held):
+                continue
+            after = evaluate(model, [prompts[i] for i in held], edits, clean.stats["top1_id"][held], config.batch_size)
+            for j, i in enumerate(held):
+                rows.append({"mode": mode, "population": "known" if is_known[i] else "unknown",
+                             "prompt_index": i if is_known[i] else i - len(known),
+                             **{k: float(after[k][j]) for k in ("p_answer", "pi_answer", "p_top1", "p_before_top1", "top1_id")}})
+    return pd.DataFrame(rows)
+
+
+def _max_delta(res, naive) -> float:
+    ev = res.tables()["eval"]
+    ev = ev[ev["mode"] != "before"]
+    merged = naive.merge(ev, on=["mode", "population", "prompt_index"], suffixes=("_naive", ""))
+    assert len(merged) == len(naive) > 0
+    assert (merged["top1_id_naive"] == merged["top1_id"]).all()
+    return max(float(np.abs(merged[f"{k}_naive"] - merged[k]).max()) for k in ("p_answer", "pi_answer", "p_top1", "p_before_top1"))
+
+
+def _tiny_suppress_prompts(model, n: int = 8):
+    """n random-token prompts of different lengths (left padding differs per row), 4 subjects."""
+    from recallscope.tasks.prompts import Prompt, PromptSet
+    from recallscope.tasks.relation import Relation, Sample
+
+    gen = torch.Generator().manual_seed(3)
+    relation = Relation("tiny", ("{} is",), ("{} is",), (Sample("s", "o"),), "test")
+    prompts = []
+    for i in range(n):
+        ids = tuple(torch.randint(3, 200, (5 + (3 * i) % 7,), generator=gen).tolist())
+        logits = model.view.trace(torch.tensor([ids]), record=["logits"]).logits[0, 0]
+        answer = int(logits.argmax()) if i % 3 else int(logits.argsort()[-2])  # top-1 ("known") or runner-up
+        prompts.append(Prompt(text=f"p{i}", subject=f"s{i % 4}", answer="o", template="{} is", demos=(), input_ids=ids,
+                              subject_span=(0, 1), answer_id=answer, index=i))
+    known = PromptSet(relation, 0, 0, tuple(p for i, p in enumerate(prompts) if i % 3))
+    unknown = PromptSet(relation, 0, 0, tuple(p for i, p in enumerate(prompts) if not i % 3))
+    return known.subset([True] * len(known)), unknown.subset([True] * len(unknown))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "opt", "gpt_neox_parallel", "gpt_neox_sequential", "llama_gqa", "gemma3_text",
+                                    "gemma3_text_softcap_bias", "gemma3_multimodal"])
+def test_cached_mitigation_equals_full_forwards_on_every_family(family):
+    """Rerunning the edited layers from the cache gives the full forwards' numbers (float64)."""
+    import types
+
+    from helpers.localise import tiny
+
+    model = tiny(family)
+    model = dataclasses.replace(model, tokenizer=types.SimpleNamespace(pad_token_id=0))
+    known, unknown = _tiny_suppress_prompts(model)
+    worst = 0.0
+    for config in (
+        SuppressConfig(last_layers=2, threshold_share=0.0, n_bootstrap=20, batch_size=3),
+        SuppressConfig(last_layers=1, threshold_share=0.0, n_bootstrap=20, positions="all", modes=("zero", "scale")),
+        SuppressConfig(layers=(0,), threshold_share=0.0, n_bootstrap=20, folds=3, batch_size=4),
+    ):
+        res = suppress(model, known, unknown, config, progress=False)
+        naive = _naive_evals(model, known, unknown, config)
+        ev = res.tables()["eval"]
+        before = ev[ev["mode"] == "before"].set_index(["population", "prompt_index"])["pi_answer"]
+        after = naive.set_index(["population", "prompt_index"])["pi_answer"]
+        assert (after - before.reindex(after.index)).abs().max() > 1e-2  # the edits change the model
+        worst = max(worst, _max_delta(res, naive))
+    print(f"{family}: max |delta| cached vs full forwards = {worst:.3g}")
+    assert worst < 1e-10, worst
+
+
+@pytest.mark.slow
+def test_cached_mitigation_equals_full_forwards_on_smollm2(smollm2):
+    """The same on the real model in float64, on a subset (24 prompts, the final two layers)."""
+    from recallscope.models import Model
+    from recallscope.models.view import ModelView
+
+    model64 = Model(name=smollm2.name, hf=None, tokenizer=smollm2.tokenizer, cfg=smollm2.cfg,
+                    view=ModelView(smollm2.cfg, smollm2.view.weights.to(dtype=torch.float64)), model_hash="", source="test")
+    known, unknown = _prompts(model64, 24)
+    config = SuppressConfig(last_layers=2, n_bootstrap=50)
+    res = suppress(model64, known, unknown, config, progress=False)
+    delta = _max_delta(res, _naive_evals(model64, known, unknown, config))
+    logits = _replay_vs_full(model64, list(known.prompts)[:6] + list(unknown.prompts)[:3], [28, 29], "end")
+    print(f"smollm2-135m float64: max |delta| cached vs full forwards: eval table {delta:.3g}, logits {logits:.3g}")
+    assert delta < 1e-6 and logits < 1e-6
+
+
+def _replay_vs_full(model, prompts, layers, positions) -> float:
+    """max |Δ logits| between the cache replay and ``view.trace`` with the same edits (every other
+    head and MLP of ``layers`` zeroed, then scaled by 0.3), on a subset of each batch's rows."""
+    from recallscope.suppress import candidate_components, measure_clean
+
+    cfg = model.cfg
+    comps = candidate_components(cfg.n_layers, cfg.n_heads, layers)
+    clean = measure_clean(model, prompts, comps, layers, 3, False, replay_from=layers[0], positions=positions)
+    chosen = np.arange(len(comps)) % 2 == 0
+    config = SuppressConfig(positions=positions, scale_factor=0.3, modes=("zero", "scale"))
+    pad = model.tokenizer.pad_token_id
+    worst = 0.0
+    for mode in config.modes:
+        edits = make_edits(comps, chosen, mode, config, None, model.device)
+        for rb in clean.replay.batches:
+            sub = rb.rows(np.arange(len(rb.indices)) != 0) if len(rb.indices) > 1 else rb  # a subset of rows, as per fold
+            replayed = model.view.forward_from(sub.resid, layers[0], sub.attention_mask, sub.past, record=["logits"], edits=edits)
+            S = sub.attention_mask.shape[1]
+            ids = torch.stack([torch.nn.functional.pad(torch.tensor(prompts[i].input_ids), (S - prompts[i].n_tokens, 0), value=pad)
+                               for i in sub.indices])
+            full = model.view.trace(ids, sub.attention_mask, record=["logits"], edits=edits)
+            clean_full = model.view.trace(ids, sub.attention_mask, record=["logits"])
+            assert (full.logits - clean_full.logits).abs().max() > 1e-3  # the edits change the logits
+            worst = max(worst, float((replayed.logits - full.logits).abs().max()))
+    return worst
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox_parallel", "llama_gqa", "gemma3_text_softcap_bias"])
+@pytest.mark.parametrize("positions", ["end", "all"])
+def test_replayed_logits_equal_the_full_forward(family, positions):
+    """The logits themselves (float64, before any statistic): cache replay vs ``view.trace`` with the edits."""
+    import types
+
+    from helpers.localise import tiny
+
+    model = dataclasses.replace(tiny(family), tokenizer=types.SimpleNamespace(pad_token_id=0))
+    known, unknown = _tiny_suppress_prompts(model)
+    worst = _replay_vs_full(model, list(known.prompts) + list(unknown.prompts), [model.cfg.n_layers - 2, model.cfg.n_layers - 1],
+                            positions)
+    print(f"{family} positions={positions}: max |delta logits| = {worst:.3g}")
+    assert worst < 1e-10

@@ -52,12 +52,18 @@ Engines (equal to each other; tests hold them to 1e-5 of p in float64):
     restoration (``view.trace`` with edits: noise on ``resid_pre[0]`` rows 1..n, restored
     rows := row 0 at the restored sites).
 ``exact`` (default)
-    every restoration of a group of prompts of one token length, batched; the clean run and
-    the n noised runs are computed once. A restoration at position p entering at layer s
-    (s = l + 1 for ``resid``, the window's first layer for ``mlp``/``attn``) changes nothing
-    at positions < p (attention is causal) and nothing below layer s, so it runs only positions
-    [p:] from layer s upward, over the noised runs' keys/values of positions [:p]
-    (``ModelView.forward_from``). The saving is bounded by T·L / mean((T − p)(L − s)).
+    every restoration of a group of prompts of one token length, batched; the clean run once,
+    the n noised runs once (over the clean run's keys/values before the subject, where they
+    equal it). A restoration at position p entering at layer s (s = l + 1 for ``resid``, the
+    window's first layer for ``mlp``/``attn``) changes nothing at positions < p (attention is
+    causal) and nothing below layer s, so it runs only positions [p:] from layer s upward, over
+    the noised runs' keys/values of [:p] (``ModelView.forward_from``); all restorations of one
+    position walk the layers together in one batch that grows as they enter (L calls of one
+    layer per position). Restorations that change nothing are not run: at a position before the
+    prompt's first subject token the noised runs equal the clean run (p_restored = p_corrupted),
+    and the last layer's output is read only at the last position (there: p_clean). The bound
+    T·L / mean((T − p)(L − s)) is what reusing the unchanged prefix can save; skipping the
+    no-ops saves more (``recallscope bench trace`` writes both).
 """
 
 from __future__ import annotations
@@ -81,7 +87,7 @@ from .errors import UserError
 from .figures import causal_trace as causal_trace_figures
 from .models import Model
 from .models.arch import compute_dtype
-from .models.view import ModelView
+from .models.view import ModelView, position_ids_from_mask
 from .progress import track
 from .stats import bootstrap_ci
 from .tasks import PromptSet
@@ -156,8 +162,9 @@ def check_subjects(prompts: PromptSet) -> None:
         lo, hi = p.subject_span
         if not 0 <= lo < hi <= p.n_tokens - 1:
             raise UserError(
-                f"the subject {p.subject!r} cannot be located before the last token of prompt {p.index} "
-                f"(tokens {lo}..{hi} of {p.n_tokens})"
+                f"the subject {p.subject!r} cannot be located before the last token of prompt {p.index} ({p.text!r}: "
+                f"subject tokens {lo}..{hi - 1}, last token {p.n_tokens - 1}); tracing and knockout read the subject "
+                "from a later position: use a template with text after the subject"
             )
 
 
@@ -280,72 +287,106 @@ def naive_prompt(view: ModelView, prompt: Prompt, noise: Tensor, kinds, window: 
 
 
 # --------------------------------------------------------------------------- exact engine
+# Rows of one incremental forward of the exact engine (noised runs × restorations × positions
+# computed). It bounds the memory of a layer's MLP activations (about rows × d_mlp × 3 numbers:
+# ~150 MB in float32 on smollm2-135m); a position's restorations beyond it run in chunks.
+MAX_ROWS = 8192
+
+
 @dataclass
 class _Runs:
-    """Clean and noised runs of a group of prompts of one token length T (rows b = prompts)."""
+    """Clean and noised runs of a group of prompts of one token length T (rows r = b·n + i)."""
 
-    ids: Tensor  # [B, T]
     answer: Tensor  # [B]
-    clean: dict  # site -> [B, T, L, d] (resid_pre, attn_out, mlp_out); "final" -> [B, T, d]
-    noised_resid: Tensor  # [B·n, T, L, d] resid_pre of the noised runs (row = b·n + i)
-    noised_final: Tensor  # [B·n, T, d]
-    noised_kv: list  # per layer (k, v) [B·n, K, T, dh] of the noised runs
+    clean: dict  # site -> [B, T, L, d] (resid_pre, attn_out, mlp_out)
+    start: int  # the first position any noise reaches (the group's earliest subject token)
+    noised_resid: Tensor  # [B·n, T − start, L, d] resid_pre of the noised runs at positions [start:]
+    noised_kv: list  # per layer (k, v) [B·n, K, T, dh] of the noised runs ([:start] = the clean run's)
     p_clean: Tensor  # [B]
     p_corrupted: Tensor  # [B]
 
 
+def answer_prob_from_resid(view: ModelView, resid: Tensor, answer_ids: Tensor, chunk: int = 1024) -> Tensor:
+    """p(Y) [N] from final residuals [N, d]: final norm, full-vocabulary logits (the softmax needs
+    its whole denominator), softmax; ``chunk`` rows at a time, so N × V logits never coexist."""
+    return torch.cat(
+        [
+            answer_prob(view, view.logits_from_resid(resid[i : i + chunk]), answer_ids[i : i + chunk])
+            for i in range(0, resid.shape[0], chunk)
+        ]
+    )
+
+
 @torch.no_grad()
 def _record_runs(view: ModelView, prompts: list[Prompt], noise: list[Tensor]) -> _Runs:
+    """The clean run of each prompt, then its n noised runs over positions [start:] only.
+
+    Before the first subject token a noised run *is* the clean run (the noise enters at the
+    subject and attention is causal), so the noised runs read the clean run's keys/values of
+    [:start] instead of recomputing them n times."""
     B, n = len(prompts), noise[0].shape[0]
     T = prompts[0].n_tokens
     ids = torch.tensor([p.input_ids for p in prompts], device=view.device)
     answer = torch.tensor([p.answer_id for p in prompts], device=view.device)
-    positions = torch.arange(T, device=view.device)[None]
+    mask = torch.ones_like(ids)
     clean = view.trace(
         ids,
-        positions=positions.expand(B, T),
-        record=["resid_pre", "attn_out", "mlp_out", "resid_final", "logits"],
+        positions=torch.arange(T, device=view.device)[None].expand(B, T),
+        record=["resid_pre", "attn_out", "mlp_out", "resid_final"],
         return_kv=True,
     )
-    rows = ids.repeat_interleave(n, dim=0)
-
-    def corrupt(x: Tensor) -> Tensor:
-        x = x.clone()
-        for b, p in enumerate(prompts):
-            lo, hi = p.subject_span
-            x[b * n : (b + 1) * n, lo:hi] += noise[b].to(device=x.device, dtype=x.dtype)
-        return x
-
-    noised = view.trace(
-        rows,
-        positions=positions.expand(B * n, T),
-        record=["resid_pre", "resid_final", "logits"],
-        edits={("resid_pre", 0): corrupt},
+    start = min(p.subject_span[0] for p in prompts)
+    R = B * n
+    # the noise is added to the embedding, the residual entering layer 0 (ROME: the wte output)
+    emb = view.embed(ids, position_ids_from_mask(mask))[:, start:].repeat_interleave(n, dim=0)
+    for b, p in enumerate(prompts):
+        lo, hi = p.subject_span
+        emb[b * n : (b + 1) * n, lo - start : hi - start] += noise[b].to(device=emb.device, dtype=emb.dtype)
+    past = [(k[:, :, :start].repeat_interleave(n, dim=0), v[:, :, :start].repeat_interleave(n, dim=0)) for k, v in clean.kv]
+    noised = view.forward_from(
+        emb,
+        0,
+        mask.repeat_interleave(n, dim=0),
+        past if start else None,
+        positions=torch.arange(start, T, device=view.device)[None].expand(R, T - start),
+        record=["resid_pre", "resid_final"],
         return_kv=True,
     )
-    p_clean = answer_prob(view, clean.logits[:, -1], answer)
-    p_noised = answer_prob(view, noised.logits[:, -1], answer.repeat_interleave(n))
+    kv = [(torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)) for (pk, pv), (k, v) in zip(past, noised.kv)]
+    p_clean = answer_prob_from_resid(view, clean.resid_final[:, -1], answer)
+    p_noised = answer_prob_from_resid(view, noised.resid_final[:, -1], answer.repeat_interleave(n))
     return _Runs(
-        ids,
         answer,
-        {"resid_pre": clean.resid_pre, "attn_out": clean.attn_out, "mlp_out": clean.mlp_out, "final": clean.resid_final},
+        {"resid_pre": clean.resid_pre, "attn_out": clean.attn_out, "mlp_out": clean.mlp_out},
+        start,
         noised.resid_pre,
-        noised.resid_final,
-        noised.kv,
+        kv,
         p_clean,
         p_noised.view(B, n).mean(1),
     )
 
 
 @torch.no_grad()
-def exact_group(view: ModelView, prompts: list[Prompt], noise: list[Tensor], kinds, window: int) -> dict:
+def exact_group(view: ModelView, prompts: list[Prompt], noise: list[Tensor], kinds, window: int, max_rows: int = MAX_ROWS) -> dict:
     """Every restoration of prompts of one token length T, over the cached noised runs.
 
-    ``noise`` per prompt [n, subject tokens, d] (× σ). Restorations that enter at the same
-    (position p, layer s) run as the variants of one :meth:`ModelView.forward_from` call over
-    positions [p:] from layer s, whose rows are the B·n noised runs and whose prefix is their
-    keys/values of [:p]. Returns ``p_clean``, ``p_corrupted`` [B] and ``p_restored``
-    {kind: [B, T, L]} (numpy).
+    ``noise`` per prompt [n, subject tokens, d] (× σ). What is computed, and what is reused:
+
+    - the clean run once per prompt (ROME reruns it as row 0 of every restoration's forward);
+    - the n noised runs once, over positions [start:] only (:func:`_record_runs`);
+    - a restoration at a position before the prompt's first subject token is a no-op (the noised
+      runs equal the clean run there): p_restored = p_corrupted, nothing is run;
+    - the last layer's output restored at a position before the last: nothing reads it, p_corrupted;
+      at the last position: the clean logits, p_clean;
+    - every other restoration at position p runs positions [p:] from its entry layer s upward over
+      the noised runs' keys/values of [:p] (:meth:`ModelView.forward_from`). All restorations of
+      one position walk the layers *together*: one batch whose variants join at their entry
+      layer (a hidden state's restoration is its residual at layer s; a window's restorations are
+      edits of its layers' outputs), rows = the prompts' noised runs × restorations, so a
+      position costs L forwards of one layer however many restorations it has (chunks of at most
+      ``max_rows`` rows × positions). p(Y) is read at the last position only, after the walk.
+
+    Returns ``p_clean``, ``p_corrupted`` [B] and ``p_restored`` {kind: [B, T, L]} (numpy).
     """
     cfg = view.cfg
     B, n = len(prompts), noise[0].shape[0]
@@ -353,45 +394,65 @@ def exact_group(view: ModelView, prompts: list[Prompt], noise: list[Tensor], kin
     if any(p.n_tokens != T for p in prompts):
         raise ValueError("exact_group takes prompts of one token length")
     runs = _record_runs(view, prompts, noise)
-    R = B * n
-    mask = torch.ones(R, T, dtype=torch.long, device=view.device)
-    y = runs.answer.repeat_interleave(n)
-
-    def per_row(x: Tensor) -> Tensor:  # a clean prompt's value for each of its n noised rows
-        return x.repeat_interleave(n, dim=0)
-
-    clean_resid = per_row(runs.clean["resid_pre"])  # [R, T, L, d]
-    clean_site = {kind: per_row(runs.clean[SITE[kind]]) for kind in kinds if kind != "resid"}
+    p_clean = runs.p_clean.cpu().numpy()
     p_corrupted = runs.p_corrupted.cpu().numpy()
-    out = {kind: np.zeros((B, T, L)) for kind in kinds}
-    by_entry: dict[tuple[int, int], list[tuple[str, int]]] = {}
-    for kind, p, layer, entry in restorations(kinds, T, L, window):
-        by_entry.setdefault((p, entry), []).append((kind, layer))
-    for (p, entry), variants in by_entry.items():
-        if entry == L:  # h_{L-1} restored: only the logits of position p change
-            ((_, layer),) = variants
-            if p < T - 1:
-                out["resid"][:, p, layer] = p_corrupted
-            else:
-                prob = answer_prob(view, view.logits_from_resid(per_row(runs.clean["final"])[:, p]), y)
-                out["resid"][:, p, layer] = prob.view(B, n).mean(1).cpu().numpy()
-            continue
-        C = len(variants)
-        resid = runs.noised_resid[:, p:, entry][:, None].repeat(1, C, 1, 1)  # [R, C, T - p, d]
-        sites: dict[tuple[str, int], list[int]] = {}
-        for c, (kind, layer) in enumerate(variants):
-            if kind == "resid":
-                resid[:, c, 0] = clean_resid[:, p, entry]  # h_{entry-1} = the residual entering layer `entry`
-            else:
-                for m in window_layers(layer, window, L):
-                    sites.setdefault((kind, m), []).append(c)
-        edits = {(SITE[kind], m): _restore_variants(idx, clean_site[kind][:, p, m]) for (kind, m), idx in sites.items()}
-        past = [(k[:, :, :p], v[:, :, :p]) for k, v in runs.noised_kv] if p else None
-        trace = view.forward_from(resid, entry, mask, past, record=["logits"], edits=edits)
-        prob = answer_prob(view, trace.logits[:, :, -1], y[:, None].expand(R, C)).view(B, n, C).mean(1).cpu().numpy()
-        for c, (kind, layer) in enumerate(variants):
-            out[kind][:, p, layer] = prob[:, c]
-    return {"p_clean": runs.p_clean.cpu().numpy(), "p_corrupted": p_corrupted, "p_restored": out}
+    # no-op restorations (before the subject, or the last layer's output before the last position)
+    out = {kind: np.repeat(p_corrupted[:, None, None], T, axis=1).repeat(L, axis=2) for kind in kinds}
+    if "resid" in kinds:
+        out["resid"][:, T - 1, L - 1] = p_clean
+    # one position's restorations, by entry layer: (kind, layer, entry)
+    variants = sorted(
+        ((kind, layer, entry) for kind, _, layer, entry in restorations(kinds, 1, L, window) if entry < L), key=lambda v: v[2]
+    )
+    first = [p.subject_span[0] for p in prompts]
+    for pos in range(runs.start, T):
+        live = [b for b in range(B) if first[b] <= pos]  # prompts whose noise reaches pos
+        rows = torch.tensor([b * n + i for b in live for i in range(n)], device=view.device)
+        size = max(1, max_rows // (len(rows) * (T - pos)))
+        for c in range(0, len(variants), size):
+            chunk = variants[c : c + size]
+            prob = _walk(view, runs, rows, pos, chunk, window).view(len(live), n, len(chunk)).mean(1).cpu().numpy()
+            for j, (kind, layer, _) in enumerate(chunk):
+                out[kind][live, pos, layer] = prob[:, j]
+    return {"p_clean": p_clean, "p_corrupted": p_corrupted, "p_restored": out}
+
+
+def _walk(view: ModelView, runs: _Runs, rows: Tensor, pos: int, chunk: list, window: int) -> Tensor:
+    """p(Y) [R, C] of the restorations ``chunk`` [(kind, layer, entry)] at position ``pos`` on
+    the noised runs ``rows`` [R]: layers from the first entry upward, one layer per call, the
+    batch growing by the restorations that enter at each layer."""
+    L = view.cfg.n_layers
+    n = runs.noised_resid.shape[0] // len(runs.answer)
+    T = runs.noised_kv[0][0].shape[2]
+    R = len(rows)
+    prompt_of = rows // n  # each noised run's prompt (its clean values)
+    mask = torch.ones(R, T, dtype=torch.long, device=view.device)
+    positions = torch.arange(pos, T, device=view.device)[None].expand(R, T - pos)
+    past = [(k[rows, :, :pos], v[rows, :, :pos]) for k, v in runs.noised_kv] if pos else None
+    noised = runs.noised_resid[rows, pos - runs.start :]  # [R, T - pos, L, d]
+    clean_resid = runs.clean["resid_pre"][prompt_of, pos]  # [R, L, d]
+    clean_site = {kind: runs.clean[SITE[kind]][prompt_of, pos] for kind in SITE}
+    x = None  # [R, C, T - pos, d]: the residual of the restorations that have entered
+    active: list[tuple[str, int]] = []
+    for layer in range(chunk[0][2], L):
+        joining = [(kind, centre) for kind, centre, entry in chunk if entry == layer]
+        if joining:
+            enter = noised[:, :, layer][:, None].repeat(1, len(joining), 1, 1)
+            for j, (kind, _) in enumerate(joining):
+                if kind == "resid":  # h_(layer-1) restored: the clean residual entering this layer at pos
+                    enter[:, j, 0] = clean_resid[:, layer]
+            x = enter if x is None else torch.cat([x, enter], dim=1)
+            active += joining
+        edits = {}
+        for kind in SITE:
+            index = [c for c, (k, centre) in enumerate(active) if k == kind and layer in window_layers(centre, window, L)]
+            if index:
+                edits[(SITE[kind], layer)] = _restore_variants(index, clean_site[kind][:, layer])
+        x = view.forward_from(x, layer, mask, past, stop=layer + 1, positions=positions, record=["resid_final"], edits=edits).resid_final
+    final = x[:, :, -1]  # [R, C, d]
+    C = final.shape[1]
+    prob = answer_prob_from_resid(view, final.reshape(R * C, -1), runs.answer[prompt_of].repeat_interleave(C))
+    return prob.view(R, C)
 
 
 def _restore_variants(variants: list[int], clean: Tensor):

@@ -222,6 +222,47 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         if stage.verb:
             target.command(stage.name, help=stage.help)(stage_command(stage.name))
 
+    @target.command("claims")
+    def claims_command(
+        run_dir: str = typer.Argument(..., help="A run directory written by `recallscope run` (or a sweep's parent)."),
+        sensitivity: bool = typer.Option(
+            False, "--sensitivity", help="Also list every condition of every rule and the setting value where the verdict flips."
+        ),
+        as_json: bool = JSON_OPTION,
+        settings: list[str] = typer.Option([], "--set", help="Claims setting, e.g. --set claims.min_suppression_logits=0.2."),
+    ) -> None:
+        """The paper's claims of a finished run, evaluated again from its files (no model; nothing written)."""
+        from pathlib import Path
+
+        if not Path(run_dir).is_dir():
+            raise UserError(f"{run_dir}: not a run directory")
+        overrides = _parse_set(settings)
+        bad = [k for k in overrides if not k.startswith("claims.")]
+        if bad:
+            raise UserError(f"--set {bad[0]}: `recallscope claims` takes claims settings only (claims.<field>)")
+        got = pipeline.claims_of_rundir(run_dir, overrides)
+        if as_json:
+            payload = {
+                "runs": [
+                    {
+                        "path": r["path"],
+                        "relation": r["relation"],
+                        "shots": r["shots"],
+                        **{k: v for k, v in r["claims"].to_dict().items() if k in ("claims", "sensitivity")},
+                    }
+                    for r in got["runs"]
+                ],
+                "shot_claims": got["shot_claims"],
+            }
+            sys.stdout.write(json.dumps(_json_ready(payload), ensure_ascii=False) + "\n")
+            return
+        for r in got["runs"]:
+            _print_claims(r["claims"].to_dict()["claims"], f"claims — {r['relation']} · {r['shots']}-shot · {r['path']}")
+            if sensitivity:
+                _print_sensitivity(r["claims"].to_dict()["sensitivity"])
+        if got["shot_claims"]:
+            _print_claims(got["shot_claims"], "claims across shot counts")
+
     @target.command("run")
     def run_command(
         model: str = MODEL_OPTION,
@@ -372,14 +413,45 @@ def _print_run(summary: dict) -> None:
     out_console.print(table)
     claims = summary.get("claims") or summary.get("stages", {}).get("claims", {}).get("claims")
     if claims:
-        ct = Table(title="the paper's claims on this run")
-        for col in ("claim", "value", "95% CI", "verdict"):
-            ct.add_column(col)
-        for c in claims:
-            ci = f"[{_fmt(c.get('ci_low'))}, {_fmt(c.get('ci_high'))}]" if c.get("ci_low") is not None else "—"
-            name = str(c.get("claim")) + (f" ({c['relation']})" if c.get("relation") else "")
-            ct.add_row(name, _fmt(c.get("value")), ci, str(c.get("verdict")))
-        out_console.print(ct)
+        _print_claims(claims, "the paper's claims on this run")
+
+
+def _print_claims(claims: list[dict], title: str) -> None:
+    ct = Table(title=title)
+    for col in ("claim", "about", "value", "95% CI", "threshold", "margin", "flips at", "verdict"):
+        ct.add_column(col)
+    for c in claims:
+        ci = f"[{_fmt(c.get('ci_low'))}, {_fmt(c.get('ci_high'))}]" if c.get("ci_low") is not None else "—"
+        name = str(c.get("claim")) + (f" ({c['relation']})" if c.get("relation") else "")
+        ct.add_row(
+            name,
+            _fmt(c.get("about")),
+            _fmt(c.get("value")),
+            ci,
+            _fmt(c.get("threshold")),
+            _fmt(c.get("margin")),
+            _fmt(c.get("flips_at")),
+            str(c.get("verdict")),
+        )
+    out_console.print(ct)
+
+
+def _print_sensitivity(rows: list[dict]) -> None:
+    st = Table(title="sensitivity: each condition, its margin, and the setting value where the verdict flips")
+    for col in ("claim", "condition", "setting", "now", "statistic", "threshold", "margin", "flips at"):
+        st.add_column(col)
+    for r in rows:
+        st.add_row(
+            str(r.get("claim"))[:48],
+            str(r.get("condition")),
+            _fmt(r.get("setting")),
+            _fmt(r.get("setting_value")),
+            _fmt(r.get("statistic")),
+            f"{r.get('op')} {_fmt(r.get('threshold'))}",
+            _fmt(r.get("margin")),
+            _fmt(r.get("flips_at")),
+        )
+    out_console.print(st)
 
 
 @app.command("models")
@@ -430,40 +502,49 @@ def relations_command(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @app.command("bench")
 def bench_command(
-    names: list[str] = typer.Argument(None, help="Benchmarks to run (default: all)."),
+    names: list[str] = typer.Argument(None, help="Benchmarks to run (default: all but the opt-in scaling; patch in both modes)."),
     model: str = typer.Option("smollm2-135m", "--model", "-m"),
     relation: Optional[str] = typer.Option(None, "--relation", "-r", help="Default: each benchmark's own relation."),
-    shots: str = typer.Option("0,3", "--shots", help="Comma-separated shot counts."),
+    shots: Optional[str] = typer.Option(None, "--shots", help="Comma-separated shot counts (default 0,3; with --quick 0; scaling 0,1,3,5)."),
     seed: int = typer.Option(0, "--seed"),
     max_prompts: Optional[int] = typer.Option(None, "--max-prompts"),
     device: str = typer.Option("cpu", "--device"),
-    quick: bool = typer.Option(False, "--quick", help="Small samples: a smoke run, not for BENCHMARKS.md."),
+    quick: bool = typer.Option(False, "--quick", help="Small samples: a smoke run of every benchmark in minutes."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line on stdout."),
-    mode: str = typer.Option("total", "--mode", help="patch: total (exact vs naive) or path (path engine vs frozen-heads loop)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="patch: total (exact vs naive) or path (path engine vs frozen-heads loop); default total."),
+    models: Optional[str] = typer.Option(None, "--models", help="scaling: comma-separated models of the model-size axis."),
+    stages: Optional[str] = typer.Option(None, "--stages", help="scaling: which of patch_total, patch_path, trace, run."),
 ) -> None:
     """The performance benchmarks, one JSON line each (ratios measured side by side)."""
     from . import benchmarks
 
-    if mode not in ("total", "path"):
+    if mode not in (None, "total", "path"):
         raise UserError(f"--mode must be one of total, path, got {mode!r}")
-
+    _check_common(max_prompts, None)
     available = benchmarks.names()
-    chosen = names or available
-    unknown = [n for n in chosen if n not in available]
+    unknown = [n for n in names or [] if n not in available]
     if unknown:
         raise UserError(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(available)}")
+    shot_counts = tuple(_split_list(shots, int)) if shots else ()  # (): each benchmark's own
+    if any(k < 0 for k in shot_counts):
+        raise UserError(f"--shots must be >= 0, got {shots}")
     options = benchmarks.BenchOptions(
         model=model,
         relation=relation,
-        shots=tuple(_split_list(shots, int)),
+        shots=shot_counts,
         seed=seed,
         max_prompts=max_prompts,
         device=device,
         quick=quick,
-        mode=mode,
+        mode=mode or "total",
+        models=tuple(_split_list(models)) if models else (),
+        stages=tuple(_split_list(stages)) if stages else (),
     )
-    for name in chosen:
-        for line in benchmarks.run(name, options):
+    plan = benchmarks.plan(names, options)
+    if mode is not None and not names:
+        plan = [(n, o) for n, o in plan if n != "patch" or o.mode == mode]  # --mode picks patch's mode
+    for name, opts in plan:
+        for line in benchmarks.run(name, opts):
             if as_json:
                 sys.stdout.write(json.dumps(_json_ready(line), ensure_ascii=False) + "\n")
                 sys.stdout.flush()

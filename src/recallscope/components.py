@@ -9,7 +9,7 @@ everything that is not a head), so tables of different stages join on ``componen
 
 Also here, because several stages read them: :func:`head_label` (the one place a head's label
 is spelled), :func:`component_columns` (the four columns of a table) and :func:`head_effects`
-/ :func:`top_heads` (the heads of a patch table ranked by their mean effect).
+/ :func:`top_heads` (the heads of a patch table ranked by the run's aggregate effect).
 """
 
 from __future__ import annotations
@@ -102,14 +102,25 @@ def head_effects(patch_table: pd.DataFrame) -> pd.DataFrame:
 
 
 def top_heads(patch_table: pd.DataFrame, k: int | None = None) -> pd.Series:
-    """The heads of a patch table ranked by |mean effect_pct| over prompts, strongest first.
+    """The heads of a patch table ranked by |effect|, strongest first.
 
-    Returns a Series of mean effects indexed by :class:`Component` (the first ``k`` when given);
-    ties keep (layer, head) order. Empty when the table has no head rows.
+    ``patch_table`` is either the patch stage's ``components`` table (one row per component):
+    the effect is its ``effect`` column, the aggregate the run's ``patch.aggregate`` selected
+    (mean of per-prompt ratios by default, ratio of means under the ``paper`` preset, as the
+    authors' ``plot_path_patching``); or the per-(component, prompt) main table: the mean of
+    ``effect_pct`` over prompts (the mean of ratios, the only aggregate it can tell without
+    the run's config). Returns a Series of effects (%) indexed by :class:`Component` and named
+    after the aggregate (``"ratio_of_means"`` or ``"mean_of_ratios"``; the first ``k`` when
+    given); ties keep (layer, head) order. Empty when the table has no head rows.
     """
     rows = patch_table[patch_table["kind"] == "head"]
-    mean = rows.groupby(["layer", "head"])["effect_pct"].mean()
+    if "effect_pct" in rows:  # per (component, prompt)
+        mean, name = rows.groupby(["layer", "head"])["effect_pct"].mean(), "mean_of_ratios"
+    else:  # the components table: ``effect`` is one of the two aggregate columns, bit for bit
+        mean = rows.set_index(["layer", "head"])["effect"]
+        name = "ratio_of_means" if rows["effect"].equals(rows.get("effect_ratio_of_means")) else "mean_of_ratios"
     order = np.argsort(-np.abs(mean.to_numpy()), kind="stable")
-    ranked = pd.Series(mean.to_numpy()[order], index=[Component("head", int(l), int(h)) for l, h in mean.index[order]],
-                       dtype=float)
+    ranked = pd.Series(
+        mean.to_numpy()[order], index=[Component("head", int(l), int(h)) for l, h in mean.index[order]], dtype=float, name=name
+    )
     return ranked if k is None else ranked.iloc[:k]

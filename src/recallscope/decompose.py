@@ -22,8 +22,9 @@ Which heads and which residual
     coefficient is what the MLP does to them *on top of* c_r).
 
 The default layer is the MLP after the strongest mover head (the mover with the largest
-|mean patching effect|, from the movers stage's summary); when no head is a mover, the head with
-the largest |mean patching effect| (from the patch table), and the summary says so
+|patching effect|, from the movers stage's summary); when no head is a mover, the head with
+the largest |patching effect| (from the patch stage's ``components`` table: the aggregate the
+run's ``patch.aggregate`` selected, the ratio of means under the ``paper`` preset), and the summary says so
 (``layer_reason``). ``layer`` overrides both.
 
 The least-squares problem and its two solvers
@@ -61,6 +62,32 @@ Quality of the fit
     coefficients give each coefficient's mean ± std. The coefficients reported as ``coef`` are
     the fit on every prompt. ``sweep`` fits every layer (always with ``lstsq``) for a per-layer
     R² table.
+
+Held-out prediction against simpler models (recallscope's, for the claims table)
+    Every prompt is held out once in the cross-validation; per prompt the ``heldout`` table keeps
+    the squared error ‖m − m̂‖² of three fits made on the other folds: the decomposition
+    (``sq_err``), the **intercept-only** model m̂ = mean of the training m (``sq_err_intercept``)
+    and the model without head terms, c_r · r + b (``sq_err_no_heads``; with ``lstsq``), beside
+    ‖m‖² (``sq_norm``). Pooled over the held-out prompts:
+
+    - centred R² of the intercept-only model ≈ 0 by construction, so the centred R² asks how much
+      of the *across-prompt variation* of m the heads explain;
+    - **uncentred** R² = 1 − Σ‖m − m̂‖² / Σ‖m‖²: how much of m itself the fit reproduces, with
+      the intercept-only model's uncentred R² beside it (a large constant part of m is the
+      intercept's, not the heads');
+    - **gain** over the intercept-only model = 1 − Σ sq_err / Σ sq_err_intercept (the share of
+      the intercept-only model's held-out error the head and residual terms remove; > 0: they
+      improve prediction), and ``gain_over_no_heads`` = 1 − Σ sq_err / Σ sq_err_no_heads (the
+      head terms' own share). The claims table puts a bootstrap interval (over prompts) on them.
+
+Coefficient intervals
+    ``ci_low``/``ci_high``: percentile bootstrap interval of each coefficient of the ``lstsq``
+    fit over prompts (``n_bootstrap`` resamples, ``level``; each resample refits through the
+    per-prompt K × K normal equations, so no activation is re-read), beside the per-fold values.
+    ``identifiable`` is False for a regressor that does not vary across prompts (a head that
+    writes nothing, a constant residual): its coefficient is the minimum-norm 0, not a finding.
+    ``departs_stable``: every fold's coefficient lies on the same side of the pass-through
+    value c = 1 (c − 1 of one sign on every fold).
 """
 
 from __future__ import annotations
@@ -77,7 +104,7 @@ import torch
 from torch import Tensor
 
 from .components import head_label, top_heads
-from .constraints import NON_NEGATIVE, POSITIVE, Interval
+from .constraints import LEVEL, NON_NEGATIVE, POSITIVE, Interval
 from .errors import UserError
 from .figures import decompose as decompose_figures
 from .models.view import ModelView
@@ -106,11 +133,13 @@ class DecomposeConfig:
     sgd_tolerance: float = 1e-3  # converged: loss ≤ (1 + tol) · least-squares loss
     sgd_log_every: int = 1000  # record the SGD loss every this many steps
     batch_size: int = 32
+    n_bootstrap: int = 1000  # resamples of the coefficients' bootstrap interval (lstsq refits)
+    level: float = 0.95  # the intervals' confidence level
 
     constraints: ClassVar[dict] = {
         "layer": NON_NEGATIVE, "earlier_layers": NON_NEGATIVE, "folds": Interval(2, None), "sgd_lr": Interval(0, None, "neither"),
         "sgd_momentum": Interval(0, 1, "left"), "sgd_steps": POSITIVE, "sgd_init": Interval(), "sgd_tolerance": Interval(0, None),
-        "sgd_log_every": POSITIVE, "batch_size": POSITIVE,
+        "sgd_log_every": POSITIVE, "batch_size": POSITIVE, "n_bootstrap": POSITIVE, "level": LEVEL,
     }
 
 
@@ -304,12 +333,41 @@ class CrossValidation:
     r2: np.ndarray  # [folds], held out
     cosine: np.ndarray  # [folds], held out
     converged: tuple[bool | None, ...]
+    # per prompt [N], each from the fold that held it out (module docstring: held-out prediction)
+    fold: np.ndarray | None = None
+    sq_err: np.ndarray | None = None
+    sq_err_intercept: np.ndarray | None = None
+    sq_err_no_heads: np.ndarray | None = None
+    sq_norm: np.ndarray | None = None
+
+    def pooled(self) -> dict:
+        """Held-out figures pooled over every prompt (module docstring); NaN without per-prompt errors."""
+        if self.sq_err is None:
+            return {}
+        err, base, no_heads, norm = (float(np.sum(a)) for a in (self.sq_err, self.sq_err_intercept, self.sq_err_no_heads,
+                                                               self.sq_norm))
+        ratio = lambda a, b: float(1.0 - a / b) if b > 0 else float("nan")  # noqa: E731
+        return {
+            "cv_r2_uncentred": ratio(err, norm),
+            "intercept_only_cv_r2_uncentred": ratio(base, norm),
+            "heldout_gain": ratio(err, base),
+            "heldout_gain_over_no_heads": ratio(err, no_heads),
+        }
 
 
-def cross_validate(regressors: Tensor, target: Tensor, config: DecomposeConfig, seed: int) -> CrossValidation:
+def _sq(a: Tensor, b: Tensor) -> np.ndarray:
+    return ((a.double() - b.double()) ** 2).sum(-1).cpu().numpy()
+
+
+def cross_validate(regressors: Tensor, target: Tensor, config: DecomposeConfig, seed: int,
+                   no_heads: Sequence[int] = ()) -> CrossValidation:
+    """K-fold cross-validation; ``no_heads``: the regressors (indices) of the model without head terms."""
     N = regressors.shape[0]
     coefs, r2s, coss, conv = [], [], [], []
-    for held in fold_indices(N, config.folds, seed):
+    fold = np.zeros(N, dtype=np.int64)
+    sq_err, sq_int, sq_nh = np.zeros(N), np.zeros(N), np.zeros(N)
+    keep = torch.as_tensor(list(no_heads), dtype=torch.long, device=regressors.device)
+    for k, held in enumerate(fold_indices(N, config.folds, seed)):
         train = np.setdiff1d(np.arange(N), held)
         tr, te = torch.as_tensor(train, device=regressors.device), torch.as_tensor(held, device=regressors.device)
         f = fit(regressors[tr], target[tr], config)
@@ -318,7 +376,41 @@ def cross_validate(regressors: Tensor, target: Tensor, config: DecomposeConfig, 
         r2s.append(r_squared(target[te], pred))
         coss.append(mean_cosine(target[te], pred))
         conv.append(f.converged)
-    return CrossValidation(np.stack(coefs), np.array(r2s), np.array(coss), tuple(conv))
+        fold[held] = k
+        sq_err[held] = _sq(target[te], pred)
+        sq_int[held] = _sq(target[te], target[tr].double().mean(0, keepdim=True))
+        if len(keep):
+            c_nh, b_nh = solve_lstsq(regressors[tr][:, keep], target[tr])
+            sq_nh[held] = _sq(target[te], predict(regressors[te][:, keep].double(), c_nh, b_nh))
+        else:
+            sq_nh[held] = sq_int[held]
+    norm = (target.double() ** 2).sum(-1).cpu().numpy()
+    return CrossValidation(np.stack(coefs), np.array(r2s), np.array(coss), tuple(conv), fold, sq_err, sq_int, sq_nh, norm)
+
+
+def bootstrap_coefficients(regressors: Tensor, target: Tensor, n: int, seed: int) -> np.ndarray:
+    """Coefficients [n, K] of the exact (``lstsq``) fit on ``n`` bootstrap resamples of the prompts.
+
+    A resample with multiplicities w_i (Σ w = N) has the centred normal equations
+    G = Σ w_i X_i X_iᵀ − S Sᵀ / N, g = Σ w_i X_i m_i − S · (Σ w_i m_i) / N with S = Σ w_i X_i
+    (X_i [K, d] the prompt's regressors), so the per-prompt K × K and K products are computed
+    once and each resample costs O(N K d) for S only. Percentiles of the rows give the interval
+    (the percentile bootstrap, as :func:`recallscope.stats.bootstrap_ci`).
+    """
+    x, m = regressors.double().cpu(), target.double().cpu()
+    N = x.shape[0]
+    gram_n = torch.einsum("nkd,njd->nkj", x, x)
+    cross_n = torch.einsum("nkd,nd->nk", x, m)
+    rng = np.random.default_rng(seed)
+    out = []
+    for start in range(0, n, 250):  # resamples in chunks: S is [chunk, K, d]
+        draws = rng.integers(0, N, size=(min(250, n - start), N))
+        w = torch.as_tensor(np.stack([np.bincount(row, minlength=N) for row in draws]), dtype=torch.float64)
+        S, Sm = torch.einsum("bn,nkd->bkd", w, x), w @ m
+        G = torch.einsum("bn,nkj->bkj", w, gram_n) - torch.einsum("bkd,bjd->bkj", S, S) / N
+        g = w @ cross_n - torch.einsum("bkd,bd->bk", S, Sm) / N
+        out.append(torch.linalg.lstsq(G, g[..., None], driver="gelsd").solution[..., 0])
+    return torch.cat(out).numpy()
 
 
 def verdict(coef: float) -> str:
@@ -414,13 +506,21 @@ class DecomposeResult:
     lstsq_reference: Fit | None = field(default=None, repr=False)  # sgd runs: the exact fit beside it
     sweep: pd.DataFrame | None = field(default=None, repr=False)  # layer, r2, cv_r2, cv_cosine
     n_prompts: int = 0
+    bootstrap: np.ndarray | None = field(default=None, repr=False)  # [n_bootstrap, K] lstsq coefficients
 
     def coefficients(self) -> list[dict]:
         rows = []
+        x = self.regressors.values.double()
+        spread = ((x - x.mean(0)) ** 2).sum(dim=(0, 2)).cpu().numpy()  # [K] centred sum of squares
+        alpha = (1.0 - self.config.level) / 2
         for k, name in enumerate(self.regressors.names):
             c = float(self.full.coef[k])
             folds = self.cv.coef[:, k]
             fold_verdicts = {verdict(float(v)) for v in folds}
+            if self.bootstrap is not None:
+                lo, hi = (float(v) for v in np.quantile(self.bootstrap[:, k], [alpha, 1 - alpha]))
+            else:
+                lo = hi = float("nan")
             rows.append({
                 "regressor": name,
                 "layer": self.regressors.layers[k],
@@ -430,6 +530,10 @@ class DecomposeResult:
                 "cv_std": float(folds.std(ddof=1)) if len(folds) > 1 else 0.0,
                 "verdict": verdict(c),
                 "verdict_stable": len(fold_verdicts) == 1,
+                "ci_low": lo,
+                "ci_high": hi,
+                "departs_stable": bool(np.all(folds > 1) or np.all(folds < 1)),
+                "identifiable": bool(spread[k] > 1e-12 * max(float(spread.max()), np.finfo(float).tiny)),
                 **({"coef_lstsq": float(self.lstsq_reference.coef[k])} if self.lstsq_reference is not None else {}),
             })
         return rows
@@ -445,12 +549,16 @@ class DecomposeResult:
         """Tidy tables, one kind of row each (the main one first):
 
         - ``decompose``: per regressor: ``regressor, layer, head, coef, cv_mean, cv_std, verdict,
-          verdict_stable`` (and ``coef_lstsq`` beside an SGD fit);
+          verdict_stable, ci_low, ci_high, departs_stable, identifiable`` (and ``coef_lstsq``
+          beside an SGD fit; module docstring: coefficient intervals);
         - ``fold_coefficients``: per fold and regressor: ``fold, regressor, layer, head, coef``;
         - ``folds``: per fold: ``fold, r2, cosine`` on the held-out prompts;
         - ``intercept``: the intercept vector b of MLP ``layer``: ``layer, dim, value`` (d rows);
         - ``sgd_trace``: ``step, loss`` (empty for lstsq);
-        - ``sweep``: per MLP layer: ``layer, r2, cv_r2, cv_cosine`` (empty without ``sweep``).
+        - ``sweep``: per MLP layer: ``layer, r2, cv_r2, cv_cosine`` (empty without ``sweep``);
+        - ``heldout``: per prompt (its position among the fitted prompts): ``prompt, fold, sq_err,
+          sq_err_intercept, sq_err_no_heads, sq_norm`` (squared norms, residual-stream units²;
+          module docstring: held-out prediction).
         """
         reg = self.regressors
         heads = pd.array([h if h >= 0 else None for h in reg.heads], dtype="Int64")
@@ -474,8 +582,17 @@ class DecomposeResult:
                  if self.sweep is not None else
                  pd.DataFrame({"layer": pd.Series(dtype="int64"), "r2": pd.Series(dtype="float64"),
                                "cv_r2": pd.Series(dtype="float64"), "cv_cosine": pd.Series(dtype="float64")}))
+        cv = self.cv
+        n = len(cv.sq_err) if cv.sq_err is not None else 0
+        heldout = pd.DataFrame({
+            "prompt": np.arange(n, dtype="int64"),
+            "fold": np.asarray(cv.fold if n else [], dtype="int64"),
+            **{name: np.asarray(getattr(cv, name) if n else [], dtype="float64")
+               for name in ("sq_err", "sq_err_intercept", "sq_err_no_heads", "sq_norm")},
+        })
         return {"decompose": self.to_frame(), "fold_coefficients": fold_coefficients, "folds": folds,
-                "intercept": intercept, "sgd_trace": trace, "sweep": sweep[["layer", "r2", "cv_r2", "cv_cosine"]]}
+                "intercept": intercept, "sgd_trace": trace, "sweep": sweep[["layer", "r2", "cv_r2", "cv_cosine"]],
+                "heldout": heldout}
 
     def to_dict(self) -> dict:
         out = {
@@ -490,6 +607,7 @@ class DecomposeResult:
             "cv_r2_std": float(self.cv.r2.std(ddof=1)),
             "cv_cosine": float(self.cv.cosine.mean()),
             "cv_cosine_std": float(self.cv.cosine.std(ddof=1)),
+            **self.cv.pooled(),
             "folds": int(len(self.cv.r2)),
             "coefficients": self.coefficients(),
             "intercept_norm": float(np.linalg.norm(self.full.intercept)),
@@ -551,7 +669,9 @@ def decompose(
     N = reg.values.shape[0]
     reference = fit_lstsq(reg.values, reg.target)
     full = reference if config.solver == "lstsq" else fit_sgd(reg.values, reg.target, config, reference=reference)
-    cv = cross_validate(reg.values, reg.target, config, seed)
+    no_heads = [k for k, h in enumerate(reg.heads) if h < 0]
+    cv = cross_validate(reg.values, reg.target, config, seed, no_heads=no_heads)
+    boot = bootstrap_coefficients(reg.values, reg.target, config.n_bootstrap, int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]))
     sweep = None
     if config.sweep:
         lstsq_cfg = DecomposeConfig(solver="lstsq", folds=config.folds, earlier_layers=config.earlier_layers)
@@ -567,6 +687,7 @@ def decompose(
     return DecomposeResult(
         layer=layer, head_layer=activations.head_layer(layer), layer_reason=layer_reason, regressors=reg, full=full,
         cv=cv, config=config, lstsq_reference=reference if config.solver == "sgd" else None, sweep=sweep, n_prompts=N,
+        bootstrap=boot,
     )
 
 
@@ -579,8 +700,9 @@ def mlp_after(head_layer: int, mlp_reads_own_heads: bool, n_layers: int) -> int:
 
 
 def strongest_head(movers_summary: dict | None, patch: pd.DataFrame | None) -> tuple[tuple[int, int], str]:
-    """((layer, head), why): the mover with the largest |mean patching effect| (candidate order
-    when effects are missing), else the head with the largest |mean patching effect|."""
+    """((layer, head), why): the mover with the largest |patching effect| (candidate order
+    when effects are missing), else the head with the largest |patching effect| in ``patch`` (the
+    patch stage's ``components`` table, ranked by the run's aggregate; see ``components.top_heads``)."""
     heads = (movers_summary or {}).get("heads") or []
     movers = [h for h in heads if h.get("is_mover")]
     if movers:
@@ -591,13 +713,14 @@ def strongest_head(movers_summary: dict | None, patch: pd.DataFrame | None) -> t
         _, best = min(enumerate(movers), key=strength)
         return (int(best["layer"]), int(best["head"])), (
             f"the strongest mover head {head_label(best['layer'], best['head'])}"
-            + (f" (mean patching effect {best['effect']:.1f}%)" if best.get("effect") is not None else "")
+            + (f" (patching effect {best['effect']:.1f}%)" if best.get("effect") is not None else "")
         )
     if patch is not None and "kind" in patch and (patch["kind"] == "head").any():
-        best = top_heads(patch, 1)
+        best = top_heads(patch, 1)  # by the aggregate the run's patch config selected
         comp, effect = best.index[0], float(best.iloc[0])
         return (comp.layer, comp.head), (
-            f"no head is a mover; the head with the largest |mean patching effect| is {comp.label} ({effect:.1f}%)"
+            f"no head is a mover; the head with the largest |patching effect| ({best.name.replace('_', ' ')}) "
+            f"is {comp.label} ({effect:.1f}%)"
         )
     raise UserError("decompose: no mover head and no patching result to choose a layer from; give --layer")
 

@@ -20,7 +20,7 @@ heads with the largest patching effects (or for every head):
    contribution to π(X) = logit[X] − mean logit, up to the final norm's per-prompt 1/σ (left
    out, so that the figure is a plain dot product as in the paper). If a head copies what it
    reads, the more it looks at X, the more X it writes: r is high.
-3. **How it copies** — the OV circuit. X's embedding is carried through the head's OV circuit
+3. **How it copies** — the OV circuit. A vector is carried through the head's OV circuit
    alone: normalised by the layer's input norm (ln1) as if it were the whole residual, times
    W_V of the head's key/value head (grouped-query attention: kv head = h // (H / K)), times
    the head's slice W_O[h], through the post-attention norm where the architecture has one
@@ -28,15 +28,32 @@ heads with the largest patching effects (or for every head):
    (:func:`recallscope.lens.logit_lens` with the vector as its own reference, no biases:
    biases write the same vector for every token, so they carry no token identity). The rank
    of X in these logits (0 = top-1, the convention of :func:`recallscope.lens.token_rank`) is
-   low for a copying head. This reads the token embedding, not what earlier layers wrote at the
-   subject position (the usual "full OV circuit" simplification). Ranks are summarised over
-   the distinct X's of the prompts (each token counted once): the median and the share with
-   rank < 5 (top-5).
+   low for a copying head. Three vectors are read, one column each:
+
+   - ``context`` (the default for the mover test): the residual stream r[l] entering the
+     head's own layer at X's position in the prompt — what the head actually reads there
+     when it attends to X. A deep head does not read the raw embedding: 20 layers have
+     written at the subject position by then. Per prompt; summarised over prompts.
+   - ``effective``: the residual after the first block (r[1]) at X's position — the
+     "effective embedding" of the IOI analysis (Wang et al. 2022, the name-mover copy
+     scores), which adds what layer 0 writes (in many models MLP 0 acts as an extended
+     embedding). Per prompt.
+   - ``embedding``: X's token embedding alone (the usual "full OV circuit" simplification),
+     summarised over the distinct X's of the prompts (each token counted once).
+
+   Each is summarised as the median rank and the share with rank < 5 (top-5).
 
 A head is a **mover** when all of: mean attention to the subject ≥ ``min_attention_to_subject``,
-r ≥ ``min_projection_corr`` with p ≤ ``max_p_value``, and the OV top-5 share of X ≥
-``min_ov_top5_share``. The paper states no numeric thresholds; the defaults below are ours,
-printed in the summary, and configurable.
+r ≥ ``min_projection_corr`` with p ≤ ``max_p_value``, and the OV top-5 share of X (read from
+``ov_input``, default ``context``) ≥ ``min_ov_top5_share``. The paper states no numeric
+thresholds; the defaults below are recallscope's, printed in the summary, and configurable.
+
+Per head the summary also gives the scatter's r at both ends of a multi-token subject:
+``projection_corr_first`` (attention to the subject's first token against a·u of that token: the
+paper's scatter, ``scatter_attention_and_contribution`` in the authors' fact_utils.py reads the
+nation's first token) and ``projection_corr_last`` (attention to the last subject token against
+a·u of X = the last token); ``projection_corr`` is the one ``subject_token`` selects, with the
+attention summed over the subject span for ``last``.
 
 Multi-token subjects: attention is summed over every subject token; X, the token whose
 unembedding is projected on and whose OV copy is ranked, is the subject's *last* token
@@ -82,7 +99,11 @@ class MoversConfig:
     min_attention_to_subject: float = 0.3  # mean attention from end to the subject span
     min_projection_corr: float = 0.5  # Pearson r(attention, a·W_U[X]) across prompts
     max_p_value: float = 0.01  # two-sided p-value of that r
-    min_ov_top5_share: float = 0.5  # share of distinct X's with OV rank < 5 (≈ median rank < 5)
+    min_ov_top5_share: float = 0.5  # share with OV rank < 5 (≈ median rank < 5), of the ``ov_input`` reading
+    # which vector the OV test carries through the head: "context" (r[l] at X's position in the
+    # prompt: what the head reads), "effective" (r[1] there: IOI's effective embedding) or
+    # "embedding" (X's token embedding alone)
+    ov_input: Literal["context", "effective", "embedding"] = "context"
     batch_size: int = 32
     # X, the subject token projected on and ranked: "last" (recallscope: the token that has read
     # the whole subject), or "first" (the paper's scatter: scatter_attention_and_contribution in
@@ -94,6 +115,7 @@ class MoversConfig:
         "top_k": POSITIVE, "layer": NON_NEGATIVE, "head": NON_NEGATIVE, "min_attention_to_subject": PROBABILITY,
         "min_projection_corr": Interval(-1, 1), "max_p_value": PROBABILITY, "min_ov_top5_share": PROBABILITY,
         "batch_size": POSITIVE, "subject_token": Options("last", "first"),
+        "ov_input": Options("context", "effective", "embedding"),
     }
 
     def thresholds(self) -> dict:
@@ -102,6 +124,7 @@ class MoversConfig:
             "min_projection_corr": self.min_projection_corr,
             "max_p_value": self.max_p_value,
             "min_ov_top5_share": self.min_ov_top5_share,
+            "ov_input": self.ov_input,
         }
 
 
@@ -113,17 +136,33 @@ def ov_vector(view: ModelView, layer: int, head: int, token_ids: Tensor) -> Tens
     key/value head (no bias) → W_O[h] → post-attention norm applied to this vector, if any.
     """
     cfg = view.cfg
-    lw = view.layer(layer)
     ids = token_ids.to(view.device)
     x = view.embed(ids[None], torch.zeros_like(ids)[None])[0]
     if cfg.positional == "learned":  # the OV circuit reads the token's identity, not its position
         x = x - view.weights.W_pos[cfg.learned_pos_offset]
-    x = view.norm(x, lw.ln1)
-    kv = head // cfg.group_size
-    out = ((x.to(lw.W_V.device) @ lw.W_V[kv]) @ lw.W_O[head]).to(x.device)  # on the layer's device where the model is split
+    return ov_write(view, layer, head, x)
+
+
+def ov_write(view: ModelView, layer: int, head: int, resid: Tensor) -> Tensor:
+    """What head (layer, head) writes, [..., d], when it attends fully to one position whose
+    residual (entering its layer) is ``resid`` [..., d]: ln1 → W_V of the head's key/value head
+    (no bias) → W_O[h] → post-attention norm applied to this vector, if any. Computed on the
+    layer's device (a model split over devices) and returned on ``resid``'s."""
+    cfg = view.cfg
+    lw = view.layer(layer)
+    x = view.norm(resid.to(device=lw.W_V.device, dtype=lw.W_V.dtype), lw.ln1)
+    out = (x @ lw.W_V[head // cfg.group_size]) @ lw.W_O[head]
     if cfg.post_attn_norm:
         out = view.norm(out, lw.post_attn_norm)
-    return out
+    return out.to(resid.device)
+
+
+def ov_ranks_of(view: ModelView, layer: int, head: int, resid: Tensor, token_ids: Tensor) -> Tensor:
+    """Rank (0 = top-1) of ``token_ids`` [n] in the OV-circuit logits of ``resid`` [n, d] (the
+    residual read at the token's position), the logit lens at the write's own scale, no biases."""
+    out = ov_write(view, layer, head, resid)
+    logits = logit_lens(view, out, reference=out, mode="linearised", include_bias=False).float()
+    return token_rank(logits, token_ids.to(logits.device)).cpu()
 
 
 def ov_logits(view: ModelView, layer: int, head: int, token_ids: Tensor) -> Tensor:
@@ -184,7 +223,9 @@ class MoversResult:
                 else "X = the subject's last token; attention is summed over all subject tokens"
             ),
             "projection": "a[l,h] · (w_f ⊙ (W_U[:,X] − mean W_U)), the folded, centred unembedding",
-            "ov_rank": "rank of X in its own OV-circuit logits, 0 = top-1; median over distinct X",
+            "ov_rank": "rank of X in its own OV-circuit logits, 0 = top-1: ov_copy_rank reads X's embedding (median over "
+                       "distinct X), ov_copy_rank_context r[l] at X's position (median over prompts), "
+                       "ov_copy_rank_effective r[1] there; the mover test reads ov_input",
             "heads": [dict(h) for h in self.heads],
             "example": self.example,
         }
@@ -202,14 +243,27 @@ def _x_id(prompt, config: MoversConfig) -> int:
 def _head_summary(rows: pd.DataFrame, ov_x: Tensor, ov_all: Tensor, effect: float | None, cfg: MoversConfig) -> dict:
     attention = rows["attention_to_first_subject" if cfg.subject_token == "first" else "attention_to_subject"]
     r, p = pearson(attention.to_numpy(), rows["projection"].to_numpy())
+    r_first, _ = pearson(rows["attention_to_first_subject"].to_numpy(), rows["projection_first"].to_numpy())
+    r_last, _ = pearson(rows["attention_to_last_subject"].to_numpy(), rows["projection_last"].to_numpy())
     att = float(attention.mean())
     top5 = float((ov_x < OV_TOP_K).float().mean())
+    top5_context = float((rows["ov_rank_context"] < OV_TOP_K).mean())
+    top5_effective = float((rows["ov_rank_effective"] < OV_TOP_K).mean())
+    ov_share = {"context": top5_context, "effective": top5_effective, "embedding": top5}[cfg.ov_input]
     checks = {
         "attention": att >= cfg.min_attention_to_subject,
         "correlation": bool(math.isfinite(r) and r >= cfg.min_projection_corr and p <= cfg.max_p_value),
-        "ov_copy": top5 >= cfg.min_ov_top5_share,
+        "ov_copy": ov_share >= cfg.min_ov_top5_share,
     }
     return {
+        "attention_to_first_subject": float(rows["attention_to_first_subject"].mean()),
+        "projection_corr_first": r_first,
+        "projection_corr_last": r_last,
+        "ov_copy_rank_context": float(rows["ov_rank_context"].median()),
+        "ov_top5_share_context": top5_context,
+        "ov_copy_rank_effective": float(rows["ov_rank_effective"].median()),
+        "ov_top5_share_effective": top5_effective,
+        "ov_input": cfg.ov_input,
         "attention_to_subject": att,
         "attention_to_last_subject": float(rows["attention_to_last_subject"].mean()),
         "top_attended_share": float(rows["subject_is_top_attended"].mean()),
@@ -260,9 +314,16 @@ def find_movers(
     C = len(candidates)
     example_rows: dict[int, tuple[Tensor, int]] = {}  # prompt -> (attention [C, n_tokens], pad)
 
+    effective_layer = min(1, cfg.n_layers - 1)  # r[1]: the residual after the first block
+
     def measure(indices, batch) -> dict:
-        trace = view.trace(batch.input_ids, batch.attention_mask, record=["pattern", "head_out"])
-        # pattern [B, L, H, 1, S] -> the candidates' attention from the end: [B, C, S]
+        S = batch.input_ids.shape[1]
+        x_pos = (batch.subject_last() if config.subject_token == "last" else
+                 torch.tensor([p.subject_span[0] + int(batch.pad[r]) for r, p in enumerate(batch.prompts)]))
+        positions = torch.stack([torch.full_like(x_pos, S - 1), x_pos], 1)  # [B, 2]: the end, X's position
+        trace = view.trace(batch.input_ids, batch.attention_mask, positions=positions,
+                           record=["pattern", "head_out", "resid_pre"])
+        # pattern [B, L, H, 2, S] -> the candidates' attention from the end: [B, C, S]
         pattern = trace.pattern[:, layers, heads, 0].float()
         mask = batch.subject_mask().to(pattern.device)
         last = batch.subject_last().to(pattern.device)
@@ -275,17 +336,28 @@ def find_movers(
         # head_out [B, 1, L, H, d] -> [B, C, d]; projected on each prompt's X direction
         out = trace.head_out[:, 0, layers, heads].float()
         x_batch = torch.tensor([_x_id(p, config) for p in batch.prompts])
-        directions = token_direction(view, x_batch).float()  # [B, d]
-        proj = torch.einsum("bcd,bd->bc", out, directions)
+        first_ids = torch.tensor([p.input_ids[p.subject_span[0]] for p in batch.prompts])
+        last_ids = torch.tensor([p.subject_id for p in batch.prompts])
+        project = lambda ids: torch.einsum("bcd,bd->bc", out, token_direction(view, ids).float())  # noqa: E731
+        proj, proj_first, proj_last = project(x_batch), project(first_ids), project(last_ids)
+        # OV copying of what each candidate reads at X's position: r[l] of its own layer, and r[1]
+        resid_x = trace.resid_pre[:, 1]  # [B, L, d]
+        rank_context = torch.stack([ov_ranks_of(view, l, h, resid_x[:, l], x_batch) for l, h in candidates], 1)
+        rank_effective = torch.stack(
+            [ov_ranks_of(view, l, h, resid_x[:, effective_layer], x_batch) for l, h in candidates], 1
+        )
         for row, i in enumerate(indices):
             n = prompts[i].n_tokens
             example_rows[i] = (pattern[row, :, -n:].cpu(), n)
         return {"att_subject": a_sub.cpu(), "att_last": a_last.cpu(), "att_first": a_first.cpu(), "top_is_subject": top_sub.cpu(),
-                "projection": proj.cpu()}
+                "projection": proj.cpu(), "projection_first": proj_first.cpu(), "projection_last": proj_last.cpu(),
+                "rank_context": rank_context, "rank_effective": rank_effective}
 
     got = collect(prompts, pad_id, config.batch_size, measure, "movers", progress)
     att_subject, att_last, att_first = got["att_subject"].T, got["att_last"].T, got["att_first"].T  # [C, N]
     top_is_subject, projection = got["top_is_subject"].T, got["projection"].T
+    projection_first, projection_last = got["projection_first"].T, got["projection_last"].T
+    rank_context, rank_effective = got["rank_context"].T, got["rank_effective"].T  # [C, N]
 
     x_ids = torch.tensor([_x_id(p, config) for p in prompts])
     distinct_x = torch.unique(x_ids)
@@ -314,7 +386,11 @@ def find_movers(
                 "attention_to_first_subject": att_first[c].numpy(),
                 "subject_is_top_attended": top_is_subject[c].numpy(),
                 "projection": projection[c].numpy(),
+                "projection_first": projection_first[c].numpy(),
+                "projection_last": projection_last[c].numpy(),
                 "ov_rank_x": [rank_of[int(t)] for t in x_ids],
+                "ov_rank_context": rank_context[c].numpy().astype("int64"),
+                "ov_rank_effective": rank_effective[c].numpy().astype("int64"),
             }
         )
         summary = {"layer": l, "head": h, **_head_summary(head_rows, ov_x, ranks_all, effect, config)}
@@ -357,7 +433,9 @@ def all_heads(n_layers: int, n_heads: int) -> list[tuple[int, int]]:
 
 
 def top_heads_from_patch(patch: pd.DataFrame, top_k: int) -> tuple[list[tuple[int, int]], dict]:
-    """The top_k heads by |mean effect_pct| over prompts in the patch table, and every head's mean."""
+    """The top_k heads by |patching effect| and every head's effect (%), from the patch stage's
+    ``components`` table (the aggregate the run's ``patch.aggregate`` selected: ratio of means
+    under the ``paper`` preset) or its per-prompt table (mean of ratios); see :func:`components.top_heads`."""
     ranked = top_heads(patch)
     if ranked.empty:
         raise UserError("movers: the patch table has no head rows (patch with --components heads)")
@@ -397,7 +475,7 @@ def candidates_for(config: MoversConfig, n_layers: int, n_heads: int, patch: pd.
     if patch is None:
         raise UserError("movers with heads='top' needs the patch stage's table")
     chosen, effects = top_heads_from_patch(patch, config.top_k)
-    return chosen, effects, f"top {len(chosen)} heads by |mean patching effect|"
+    return chosen, effects, f"top {len(chosen)} heads by |patching effect| ({top_heads(patch).name.replace('_', ' ')})"
 
 
 def movers(model, prompts, config: MoversConfig = MoversConfig(), patch: pd.DataFrame | None = None, progress: bool = True) -> MoversResult:

@@ -174,7 +174,8 @@ def _patch(ctx: StageContext) -> patch.PatchResult:
 
 def _movers(ctx: StageContext) -> movers.MoversResult:
     return movers.movers(
-        ctx.model, ctx.known_prompts(), ctx.config("movers"), patch=ctx.table_or_none("patch"), progress=ctx.progress
+        ctx.model, ctx.known_prompts(), ctx.config("movers"), patch=ctx.table_or_none("patch", "components"),
+        progress=ctx.progress,
     )
 
 
@@ -186,7 +187,7 @@ def _decompose(ctx: StageContext) -> decompose.DecomposeResult:
     else:
         movers_summary = ctx.summaries.get("movers")
         layer, reason = decompose.choose_layer(
-            config, cfg.n_layers, cfg.mlp_reads_own_heads(), movers_summary, ctx.table_or_none("patch")
+            config, cfg.n_layers, cfg.mlp_reads_own_heads(), movers_summary, ctx.table_or_none("patch", "components")
         )
     prompts = ctx.known_prompts()
     acts = decompose.end_activations(
@@ -220,7 +221,8 @@ def _suppress(ctx: StageContext) -> suppress.SuppressResult:
 def _claims(ctx: StageContext) -> claims.ClaimsResult:
     tables = {
         "movers": ctx.table_or_none("movers"),
-        "decompose_folds": ctx.table_or_none("decompose", "folds"),
+        "decompose": ctx.table_or_none("decompose"),
+        "decompose_heldout": ctx.table_or_none("decompose", "heldout"),
         "intercept": ctx.table_or_none("intercept"),
     }
     rows = list(claims.run_claims(dict(ctx.summaries), tables, ctx.config("claims")))
@@ -232,6 +234,47 @@ def _claims(ctx: StageContext) -> claims.ClaimsResult:
             knockout.reads_subject_claim(ctx.table_or_none("knockout", "windows"), ctx.summaries["knockout"], _mover_layers(ctx))
         )
     return claims.ClaimsResult(tuple(rows), ctx.config("claims"))
+
+
+def claims_of_rundir(path: str, overrides: dict[str, Any] | None = None) -> dict:
+    """The claims of a finished run directory, evaluated again from its files (no model).
+
+    ``overrides``: claims settings (e.g. ``{"claims.min_suppression_logits": 0.2}``), checked as
+    ``--set`` is. Returns ``{"runs": [{"path", "claims": ClaimsResult}], "shot_claims": [rows]}``;
+    a sweep's parent directory gives one entry per sub-run and the few-shot claims across them.
+    Nothing is written. UserError when ``path`` holds no finished run.
+    """
+    top = RunDir(path)
+    summary = top.summary()
+    if not summary:
+        raise UserError(f"{path}: no summary.json (not a finished run directory)")
+    seed = int((top.manifest() or {}).get("run", {}).get("seed", summary.get("seed", 0)) or 0)
+    configs = make_configs(overrides, seed=seed)
+    subs = [(str(Path(path) / r["path"]), r) for r in summary.get("runs", []) if r.get("path")] or [(path, summary)]
+    out: dict = {"runs": [], "shot_claims": []}
+    patch_frames: dict[tuple[str, int], Any] = {}
+    for sub, sub_summary in subs:
+        rundir = RunDir(sub)
+        ctx = StageContext(
+            model=None,
+            run=None,
+            prompts=None,
+            configs=configs,
+            rundir=rundir,  # type: ignore[arg-type]
+            progress=False,
+            summaries=dict(rundir.summary().get("stages", {})),
+        )
+        out["runs"].append(
+            {"path": sub, "relation": sub_summary.get("relation"), "shots": sub_summary.get("shots"), "claims": _claims(ctx)}
+        )
+        frame = ctx.table_or_none("patch")
+        if frame is not None:
+            patch_frames[(str(sub_summary.get("relation")), int(sub_summary.get("shots") or 0))] = frame
+    relations = list(dict.fromkeys(r for r, _ in patch_frames))
+    shots = sorted({k for _, k in patch_frames})
+    if len(shots) > 1:
+        out["shot_claims"] = _shot_claims(relations, shots, patch_frames, configs)
+    return out
 
 
 def _mover_layers(ctx: StageContext) -> tuple[int, ...]:
@@ -583,7 +626,7 @@ def execute(
             continue
         recomputed.add(name)
         summary["stages"].pop(name, None)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         try:
             result = STAGES[name].compute(ctx)
         except UserError as exc:
@@ -596,6 +639,9 @@ def execute(
             continue
         data = result.to_dict()
         data["wall_seconds"] = round(time.perf_counter() - start, 3)
+        # CPU seconds of every thread of this process: on a shared machine the work a stage did,
+        # which its wall time (stretched by the other processes) is not.
+        data["cpu_seconds"] = round(time.process_time() - cpu_start, 3)
         ctx.results[name] = result
         ctx.summaries[name] = data
         summary["stages"][name] = data
@@ -627,7 +673,7 @@ def _shot_claims(relations, shots, patch_frames, configs) -> list[dict]:
     for rel in relations:
         low, high = shots[0], shots[-1]
         claim = claims.shot_claim(_slug(rel), (low, patch_frames.get((rel, low))), (high, patch_frames.get((rel, high))), cfg)
-        out.append({**dataclasses.asdict(claim), "relation": _slug(rel)})
+        out.append({**claim.row(), "relation": _slug(rel)})
     return out
 
 

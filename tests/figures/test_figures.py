@@ -203,10 +203,28 @@ def test_claims_one_marker_per_measured_claim_coloured_by_verdict():
             "measure": ["m1", "m2", "m3"],
         }
     )
-    (fig,) = claims.figures({"claims": frame}, {})
+    fig, empty = claims.figures({"claims": frame}, {})
+    assert len(empty.data) == 0  # no margin column
     assert [t.y[0] for t in fig.data] == ["a &lt;b&gt;", "c"]
     assert [t.marker.color for t in fig.data] == ["#2e7d32", "#c62828"]
     assert list(fig.data[0].error_x.array) == pytest.approx([0.1]) and list(fig.data[1].error_x.arrayminus) == [0]
+
+
+def test_claims_margins_one_bar_per_decided_claim():
+    frame = pd.DataFrame(
+        {
+            "claim": ["a", "b", "c"],
+            "value": [0.8, None, -0.1],
+            "ci_low": [0.7, None, None],
+            "ci_high": [0.9, None, 0.0],
+            "margin": [0.2, None, -0.05],
+            "rule": ["x > 0.5", "", "y < 0.05"],
+            "verdict": ["holds", "not measurable here", "does not hold"],
+        }
+    )
+    _, bars = claims.figures({"claims": frame}, {})
+    assert list(bars.data[0].x) == [0.2, -0.05] and list(bars.data[0].y) == ["a", "c"]
+    assert list(bars.data[0].marker.color) == ["#2e7d32", "#c62828"]
 
 
 def test_shots_lines_per_relation_and_none_for_one_run():

@@ -4,6 +4,10 @@ The peak is the child's ``VmHWM`` (the high-water mark of its own address space,
 /proc when it exits). ``getrusage``/``wait4`` would not do: Linux carries the forking parent's
 high-water mark into the child's ``ru_maxrss`` at exec, so a benchmark process holding a few GB
 would be charged to the command it starts.
+
+:func:`start_cli` starts one without waiting (several at once: the contention benchmark), with
+environment overrides and, for the "before" thread policy, torch imported before recallscope's
+CLI sets its OpenMP wait policy (libgomp reads ``OMP_WAIT_POLICY`` once, when torch loads it).
 """
 
 from __future__ import annotations
@@ -39,21 +43,56 @@ def _write_status(path=sys.argv[1]):
         pass
 
 atexit.register(_write_status)
-sys.argv = ["recallscope", *sys.argv[2:]]
+if sys.argv[2] == "preload-torch":
+    import torch  # the OpenMP runtime starts with the environment as given, before the CLI sets its policy
+sys.argv = ["recallscope", *sys.argv[3:]]
 from recallscope.cli import main
 main()
 """
 
 
-def run_cli(args: list[str]) -> ChildRun:
-    """``recallscope <args>`` in a fresh interpreter (``{out}`` in args → a temporary directory)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        status_file = os.path.join(tmp, "status")
-        cmd = [sys.executable, "-c", _WRAPPER, status_file, *(a.replace("{out}", os.path.join(tmp, "out")) for a in args)]
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        seconds = time.perf_counter() - start
-        return ChildRun(proc.returncode, proc.stdout, proc.stderr, seconds, _vm_hwm_gb(status_file))
+class Child:
+    """A started ``recallscope`` child process; :meth:`wait` gives its :class:`ChildRun`."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, preload_torch: bool = False):
+        self._tmp = tempfile.TemporaryDirectory()
+        self._status = os.path.join(self._tmp.name, "status")
+        argv = [a.replace("{out}", os.path.join(self._tmp.name, "out")) for a in args]
+        cmd = [sys.executable, "-c", _WRAPPER, self._status, "preload-torch" if preload_torch else "-", *argv]
+        # output to files, not pipes: a child started beside others never blocks on a full pipe
+        self._out = open(os.path.join(self._tmp.name, "stdout"), "w+")
+        self._err = open(os.path.join(self._tmp.name, "stderr"), "w+")
+        self._start = time.perf_counter()
+        self._proc = subprocess.Popen(cmd, stdout=self._out, stderr=self._err, text=True, env=env)
+
+    def wait(self) -> ChildRun:
+        returncode = self._proc.wait()
+        seconds = time.perf_counter() - self._start
+        try:
+            texts = []
+            for f in (self._out, self._err):
+                f.seek(0)
+                texts.append(f.read())
+                f.close()
+            return ChildRun(returncode, texts[0], texts[1], seconds, _vm_hwm_gb(self._status))
+        finally:
+            self._tmp.cleanup()
+
+    def kill(self) -> None:
+        """Stop the child (used when a benchmark is interrupted)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self.wait()
+
+
+def start_cli(args: list[str], env: dict[str, str] | None = None, preload_torch: bool = False) -> Child:
+    """Start ``recallscope <args>`` in a fresh interpreter (``{out}`` in args → its own temporary directory)."""
+    return Child(args, env, preload_torch)
+
+
+def run_cli(args: list[str], env: dict[str, str] | None = None, preload_torch: bool = False) -> ChildRun:
+    """``recallscope <args>`` in a fresh interpreter, waited for."""
+    return start_cli(args, env, preload_torch).wait()
 
 
 def _vm_hwm_gb(path: str) -> float | None:

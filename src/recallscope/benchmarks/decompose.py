@@ -3,7 +3,7 @@
 Both solve min Σ‖m − Σ c a − c_r r − b‖². ``ratio`` is the paper's recipe — torch.optim.SGD,
 lr 0.005, momentum 0.99, 60,000 full-batch steps that each predict every prompt (the "data"
 engine) — over lstsq. Running the recipe in full takes hours on two cores, so it is timed over
-``DATA_STEPS`` steps and scaled to 60,000, and the line says so (``sgd_recipe_extrapolated``).
+``DATA_STEPS`` steps (``QUICK_DATA_STEPS`` with --quick) and scaled to 60,000, and the line says so (``sgd_recipe_extrapolated``).
 ``ratio_vs_gram_engine`` compares lstsq with recallscope's own SGD engine ("gram": the same
 steps computed from precomputed sums), run in full; its coefficients give ``max_coef_diff`` and
 ``sgd_converged``. The target (≥ 1000×, max |Δc| ≤ 0.01) is claimed only when SGD converged.
@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 
 DATA_STEPS = 500
+QUICK_DATA_STEPS = 100
 
 
 def run(options) -> Iterator[dict]:
@@ -36,9 +37,10 @@ def run(options) -> Iterator[dict]:
         fit_lstsq(reg.values, reg.target)  # warm-up (LAPACK initialisation)
         exact = min((fit_lstsq(reg.values, reg.target) for _ in range(5)), key=lambda f: f.seconds)
         sgd = fit_sgd(reg.values, reg.target, DecomposeConfig(solver="sgd"), reference=exact)
+        data_steps = QUICK_DATA_STEPS if options.quick else DATA_STEPS
         start = time.perf_counter()
-        fit_sgd(reg.values, reg.target, DecomposeConfig(solver="sgd", sgd_engine="data", sgd_steps=DATA_STEPS), reference=exact)
-        data_per_step = (time.perf_counter() - start) / DATA_STEPS
+        fit_sgd(reg.values, reg.target, DecomposeConfig(solver="sgd", sgd_engine="data", sgd_steps=data_steps), reference=exact)
+        data_per_step = (time.perf_counter() - start) / data_steps
         diff = float(np.abs(sgd.coef - exact.coef).max())
         recipe_seconds = data_per_step * DecomposeConfig().sgd_steps
         ratio = recipe_seconds / exact.seconds
@@ -48,7 +50,7 @@ def run(options) -> Iterator[dict]:
             "n_prompts": len(known), "n_regressors": int(reg.values.shape[1]),
             "lstsq_seconds": round(exact.seconds, 5), "sgd_seconds": round(sgd.seconds, 3),
             "ratio": round(ratio, 1), "sgd_recipe_seconds": round(recipe_seconds, 1),
-            "sgd_recipe_extrapolated": f"torch.optim.SGD timed over {DATA_STEPS} steps, scaled to 60,000",
+            "sgd_recipe_extrapolated": f"torch.optim.SGD timed over {data_steps} steps, scaled to 60,000",
             "ratio_vs_gram_engine": round(sgd.seconds / exact.seconds, 1),
             "max_coef_diff": diff, "sgd_converged": sgd.converged,
             "sgd_loss": sgd.loss, "lstsq_loss": exact.loss, "r2_lstsq": exact.r2, "r2_sgd": sgd.r2,

@@ -1,6 +1,6 @@
 """Patching engines side by side: exact vs the naive loop, vs TransformerLens, attribution vs exact.
 
-Both engines start from the same prepared clean run and corrupted means (``patch.prepare``,
+Both engines start from the same prepared clean run and corrupted means (``patch.prepare_batches``,
 timed once and reported as ``prepare_seconds``) and are timed batch by batch in turn, so that
 a machine whose speed drifts (shared cores) slows both alike; ``ratio`` compares the patched runs
 themselves, ``ratio_end_to_end`` adds the shared preparation to both sides. The naive loop
@@ -13,6 +13,10 @@ float64 copy of the model and TransformerLens.
 and sampled components with both engines rerun in float64, so it measures the algorithm; the
 float32 figure of the timed runs is reported beside it (``max_abs_diff_float32``) together with
 the float32 noise floor: the naive loop against itself when only its batch size changes.
+
+Memory: every check streams the prepared batches (one batch of cached keys/values held at a
+time, as the stage does) and keeps only per-prompt effects; holding every prepared batch, in
+float32 and again in float64, took this benchmark to 15.7 GB at 0 and 3 shots.
 
 TransformerLens patches a clean activation into a corrupted run (denoising), one forward per
 component, on prompts of one token length at a time (its helpers take no attention mask). It
@@ -80,31 +84,57 @@ def run(options) -> Iterator[dict]:
         yield _transformerlens_line(model, options, shots, known, comps, sample)
 
 
+def _streamed(model, prompts, config, view=None) -> tuple[object, Iterator[tuple[object, float]], float]:
+    """(kept prompts, the prepared batches one at a time with the seconds each took to prepare,
+    the seconds of the shared set-up). Only the batch in use is held (its cached keys/values):
+    the benchmark's memory stays that of one batch, as the stage's does."""
+    start = time.perf_counter()
+    kept, batches, _, _ = P.prepare_batches(model, prompts, config, view=view)
+    setup_s = time.perf_counter() - start
+
+    def each():
+        it = iter(batches)
+        while True:
+            start = time.perf_counter()
+            pb = next(it, None)
+            if pb is None:
+                return
+            yield pb, time.perf_counter() - start
+
+    return kept, each(), setup_s
+
+
 def _exact_vs_naive_lines(model, options, shots, known, config, comps, sample) -> tuple[dict, dict]:
-    view = model.view
-    prepared, prep_s = _timed(lambda: P.prepare(model, known, config))
+    view = P.engine_view(model.view)
     picked = [comps[i] for i in sample]
-    # batch by batch, the two engines in turn: both see the machine in the same state
-    exact_pi, naive_pi, exact_s, naive_sample_s = [], [], 0.0, 0.0
-    for pb in prepared.batches:
+    kept, batches, prep_s = _streamed(model, known, config, view)
+    n = len(kept)
+    exact = np.zeros((n, len(comps)))
+    naive = np.zeros((n, len(picked)))
+    attribution = np.zeros((n, len(comps)))
+    exact_s = naive_sample_s = attr_s = floor32 = 0.0
+    # batch by batch, the engines in turn: all see the machine in the same state
+    for i, (pb, s) in enumerate(batches):
+        prep_s += s
         pi, s = _timed(lambda: P.batch_pi(view, pb, comps, "exact"))
-        exact_pi.append(pi)
+        exact[pb.indices] = pb.effect_pct(pi, config.direction).double().cpu().numpy()
         exact_s += s
         pi, s = _timed(lambda: P.batch_pi(view, pb, picked, "naive"))
-        naive_pi.append(pi)
+        naive[pb.indices] = pb.effect_pct(pi, config.direction).double().cpu().numpy()
         naive_sample_s += s
-    exact = P.effects_from_pi(prepared, exact_pi, config.direction)
-    naive = P.effects_from_pi(prepared, naive_pi, config.direction)
+        pi, s = _timed(lambda: P.batch_pi(view, pb, comps, "attribution"))
+        attribution[pb.indices] = pb.effect_pct(pi, config.direction).double().cpu().numpy()
+        attr_s += s
+        if i < 2:  # the float32 noise floor on the first two batches (not timed)
+            floor32 = max(floor32, _naive_batch_floor(view, pb, picked, config.direction))
     naive_s = naive_sample_s * len(comps) / len(sample)
-    attribution, attr_s = _timed(lambda: P.run_engine(view, prepared, comps, "attribution", config.direction))
     diff64 = _float64_diff(model, known, config, picked)
-    floor32 = _naive_batch_floor(view, prepared, picked, config.direction)
     line = {
         "bench": "patch_exact_vs_naive",
         "model": options.model,
         "relation": known.relation.name,
         "shots": shots,
-        "n_prompts": len(prepared.prompts),
+        "n_prompts": n,
         "n_components": len(comps),
         "exact_seconds": round(exact_s, 2),
         "naive_seconds": round(naive_s, 2),
@@ -113,11 +143,11 @@ def _exact_vs_naive_lines(model, options, shots, known, config, comps, sample) -
         "ratio": round(naive_s / exact_s, 1),
         "ratio_end_to_end": round((naive_s + prep_s) / (exact_s + prep_s), 1),
         "max_abs_diff": diff64,
-        "max_abs_diff_over": f"{len(prepared.prompts)} prompts x {len(sample)} sampled components, both engines rerun in float64 (effect, percentage points)",
+        "max_abs_diff_over": f"{n} prompts x {len(sample)} sampled components, both engines rerun in float64 (effect, percentage points)",
         "max_abs_diff_float32": float(np.abs(exact[:, sample] - naive).max()),
         "float32_noise_floor": floor32,
         "float32_note": "the timed float32 runs; float32_noise_floor is the naive loop against itself on the first batches run in halves (only the batch shape differs)",
-        **_stage_memory(options, shots),
+        **_stage_memory(dataclasses.replace(options, max_prompts=options.max_prompts or (24 if options.quick else None)), shots),
         "device": str(model.device),
         "dtype": str(view.dtype).replace("torch.", ""),
     }
@@ -137,25 +167,25 @@ def _exact_vs_naive_lines(model, options, shots, known, config, comps, sample) -
 
 
 def _float64_diff(model, known, config, components) -> float:
-    """max |exact − naive| (effect %) with both engines in float64 on the same prompts."""
+    """max |exact − naive| (effect %) with both engines in float64 on the same prompts, batch by batch."""
     view = ModelView(model.cfg, model.view.weights.to(dtype=torch.float64))
-    prepared = P.prepare(dataclasses.replace(model, view=view), known, config)
-    exact = P.run_engine(view, prepared, components, "exact", config.direction)
-    naive = P.run_engine(view, prepared, components, "naive", config.direction)
-    return float(np.abs(exact - naive).max())
-
-
-def _naive_batch_floor(view, prepared, components, mode, n_batches: int = 2) -> float:
-    """The naive loop against itself on the first batches, whole and in halves (float32 rounding only)."""
+    _, batches, _ = _streamed(dataclasses.replace(model, view=view), known, config, view)
     worst = 0.0
-    for pb in prepared.batches[:n_batches]:
-        whole = P.naive_pi(view, pb.base, pb.patch, components)
-        half = max(1, pb.base.size // 2)
-        parts = [P._slice_batch(pb, sl) for sl in (slice(0, half), slice(half, None)) if len(pb.indices[sl])]
-        split = torch.cat([P.naive_pi(view, b.base, b.patch, components) for b in parts])
-        diff = pb.effect_pct(whole, mode) - pb.effect_pct(split, mode)
-        worst = max(worst, float(diff.abs().max()))
+    for pb, _ in batches:
+        exact = pb.effect_pct(P.batch_pi(view, pb, components, "exact"), config.direction)
+        naive = pb.effect_pct(P.batch_pi(view, pb, components, "naive"), config.direction)
+        worst = max(worst, float((exact - naive).abs().max()))
     return worst
+
+
+def _naive_batch_floor(view, pb, components, direction) -> float:
+    """The naive loop against itself on one batch, whole and in halves (float32 rounding only)."""
+    whole = P.naive_pi(view, pb.base, pb.patch, components)
+    half = max(1, pb.base.size // 2)
+    parts = [P._slice_batch(pb, sl) for sl in (slice(0, half), slice(half, None)) if len(pb.indices[sl])]
+    split = torch.cat([P.naive_pi(view, b.base, b.patch, components) for b in parts])
+    diff = pb.effect_pct(whole, direction) - pb.effect_pct(split, direction)
+    return float(diff.abs().max())
 
 
 def _transformerlens_line(model, options, shots, known, comps, sample) -> dict:
@@ -175,11 +205,16 @@ def _transformerlens_line(model, options, shots, known, comps, sample) -> dict:
     except Exception as exc:  # noqa: BLE001 - the line must say why, whatever it is
         line["skipped"] = f"TransformerLens cannot wrap {options.model}: {type(exc).__name__}: {_first_line(exc)}"
         return line
-    view = model.view
+    view = P.engine_view(model.view)
     config = P.PatchConfig(direction="denoise", attribution=False)
-    prepared, prep_s = _timed(lambda: P.prepare(model, known, config))
-    pis, exact_s = _timed(lambda: P.engine_pi(view, prepared, comps, "exact"))
-    ours = P.gather_pi(prepared, pis)
+    prepared_kept, batches, prep_s = _streamed(model, known, config, view)
+    ours = np.zeros((len(prepared_kept), len(comps)))
+    exact_s = 0.0
+    for pb, s in batches:
+        prep_s += s
+        pi, s = _timed(lambda: P.batch_pi(view, pb, comps, "exact"))
+        ours[pb.indices] = pi.double().cpu().numpy()
+        exact_s += s
     picked = [comps[i] for i in sample]
     kept, found, _ = P.with_corruptions(known, model.tokenizer, config.n_corruptions, config.min_prompts)
     theirs = np.full((len(kept), len(picked)), np.nan)
@@ -273,32 +308,36 @@ def run_path(options) -> Iterator[dict]:
 
 
 def _path_line(model, options, shots, ps, naive_sample: int) -> dict:
-    view = model.view
+    view = P.engine_view(model.view)
     config = PATH_CONFIG
     comps = P.select_components(model.cfg, config.components, None)
     sample = [int(i) for i in np.linspace(0, len(comps) - 1, naive_sample).round()]
     picked = [comps[i] for i in sample]
-    prepared, prep_s = _timed(lambda: P.prepare(model, ps, config))
-    exact_pi, naive_pi, exact_s, naive_sample_s = [], [], 0.0, 0.0
+    kept, batches, prep_s = _streamed(model, ps, config, view)
+    n = len(kept)
+    exact_pi_all = np.zeros((n, len(comps)))
+    exact = np.zeros((n, len(comps)))
+    naive = np.zeros((n, len(picked)))
+    pi_clean = np.zeros(n)
+    exact_s = naive_sample_s = 0.0
     tokens = 0
-    for pb in prepared.batches:  # the two engines in turn, batch by batch
+    for pb, s in batches:  # the two engines in turn, batch by batch, one batch held at a time
+        prep_s += s
         pi, s = _timed(lambda: P.batch_pi(view, pb, comps, "exact", "path"))
-        exact_pi.append(pi)
+        exact_pi_all[pb.indices] = pi.double().cpu().numpy()
+        exact[pb.indices] = pb.effect_pct(pi, config.direction).double().cpu().numpy()
         exact_s += s
         pi, s = _timed(lambda: P.batch_pi(view, pb, picked, "naive", "path"))
-        naive_pi.append(pi)
+        naive[pb.indices] = pb.effect_pct(pi, config.direction).double().cpu().numpy()
         naive_sample_s += s
+        pi_clean[pb.indices] = pb.pi_clean.double().cpu().numpy()
         tokens += pb.base.input_ids.numel()
-    exact = P.effects_from_pi(prepared, exact_pi, config.direction)
-    naive = P.effects_from_pi(prepared, naive_pi, config.direction)
     naive_s = naive_sample_s * len(comps) / len(sample)
-    T = tokens / len(prepared.prompts)  # positions the naive loop computes per prompt (padding included)
+    T = tokens / n  # positions the naive loop computes per prompt (padding included)
     flops = flop_counts(view, T, comps)
     ratio = naive_s / exact_s
     check_prompts = 8 if options.quick else 16
     diff64, n_checked = _path_float64_diff(model, ps, config, picked, check_prompts)
-    pi_clean = np.concatenate([pb.pi_clean.double().cpu().numpy() for pb in prepared.batches])
-    exact_pi_all = P.gather_pi(prepared, exact_pi)
     ratio_of_means = 100 * (exact_pi_all.mean(0) - pi_clean.mean()) / pi_clean.mean()
     top = np.argsort(-np.abs(ratio_of_means))[:3]
     return {
@@ -308,7 +347,7 @@ def _path_line(model, options, shots, ps, naive_sample: int) -> dict:
         "shots": shots,
         "definitions": "paper preset: heads frozen (q/k/v of every head = clean), MLPs free; sender = mean over the "
                        "corrupted dataset at each prompt's own end; all prompts; demonstrations 'The capital of X is Y.'",
-        "n_prompts": len(prepared.prompts),
+        "n_prompts": n,
         "n_components": len(comps),
         "exact_seconds": round(exact_s, 2),
         "naive_seconds": round(naive_s, 2),
@@ -338,7 +377,10 @@ def _path_float64_diff(model, ps, config, components, n_prompts: int) -> tuple[f
     """max |exact − naive| (effect %) of the path engines in float64 on the first ``n_prompts`` prompts."""
     view = ModelView(model.cfg, model.view.weights.to(dtype=torch.float64))
     subset = ps.subset([i < n_prompts for i in range(len(ps))])
-    prepared = P.prepare(dataclasses.replace(model, view=view), subset, config)
-    exact = P.run_engine(view, prepared, components, "exact", config.direction, "path")
-    naive = P.run_engine(view, prepared, components, "naive", config.direction, "path")
-    return float(np.abs(exact - naive).max()), len(subset)
+    _, batches, _ = _streamed(dataclasses.replace(model, view=view), subset, config, view)
+    worst = 0.0
+    for pb, _ in batches:
+        exact = pb.effect_pct(P.batch_pi(view, pb, components, "exact", "path"), config.direction)
+        naive = pb.effect_pct(P.batch_pi(view, pb, components, "naive", "path"), config.direction)
+        worst = max(worst, float((exact - naive).abs().max()))
+    return worst, len(subset)

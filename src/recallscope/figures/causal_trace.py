@@ -24,8 +24,45 @@ TITLES = {
     "mlp": "MLP outputs (window of {w} layers, centred on l)",
     "attn": "attention outputs (window of {w} layers, centred on l)",
 }
+SHORT = {"resid": "residual stream r[l]", "mlp": "MLP outputs, window of {w}", "attn": "attention outputs, window of {w}"}
 SCALES = {"resid": "Purples", "mlp": "Greens", "attn": "Reds"}  # ROME's colour maps
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#d62728")
+
+
+def add_band_line(
+    fig: go.Figure,
+    rows: pd.DataFrame,
+    y: str,
+    colour: str,
+    name: str,
+    showlegend: bool = True,
+    mode: str = "lines",
+    row: int | None = None,
+    col: int | None = None,
+) -> None:
+    """Add one curve with its interval to ``fig``: a shaded band from ``ci_low`` to ``ci_high``
+    and the line ``rows[y]``, both against ``rows["layer"]`` (rows sorted by layer), sharing one
+    legend entry ``name``. The line plots of the trace and knockout stages draw their curves so."""
+    x = rows["layer"].tolist()
+    where = {"row": row, "col": col} if row is not None else {}
+    fig.add_trace(
+        go.Scatter(
+            x=x + x[::-1],
+            y=rows["ci_high"].tolist() + rows["ci_low"].tolist()[::-1],
+            fill="toself",
+            fillcolor=colour,
+            opacity=0.2,
+            line={"width": 0},
+            hoverinfo="skip",
+            showlegend=False,
+            legendgroup=name,
+        ),
+        **where,
+    )
+    fig.add_trace(
+        go.Scatter(x=x, y=rows[y], mode=mode, name=name, line={"color": colour}, legendgroup=name, showlegend=showlegend),
+        **where,
+    )
 
 
 def _grouped(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -73,7 +110,7 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
         )
         out.append(fig)
     lines = make_subplots(
-        rows=1, cols=len(kinds), shared_yaxes=True, subplot_titles=[html.escape(TITLES[k].format(w=window)) for k in kinds]
+        rows=1, cols=len(kinds), shared_yaxes=True, subplot_titles=[html.escape(SHORT[k].format(w=window)) for k in kinds]  # short: side by side
     )
     for col, kind in enumerate(kinds, start=1):
         g = grouped[grouped["kind"] == kind]
@@ -81,36 +118,7 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
             rows = g[g["group"] == group].sort_values("layer")
             if not len(rows):
                 continue
-            x = rows["layer"].tolist()
-            colour = COLOURS[i]
-            lines.add_trace(
-                go.Scatter(
-                    x=x + x[::-1],
-                    y=rows["ci_high"].tolist() + rows["ci_low"].tolist()[::-1],
-                    fill="toself",
-                    fillcolor=colour,
-                    opacity=0.2,
-                    line={"width": 0},
-                    hoverinfo="skip",
-                    showlegend=False,
-                    legendgroup=group,
-                ),
-                row=1,
-                col=col,
-            )
-            lines.add_trace(
-                go.Scatter(
-                    x=x,
-                    y=rows["mean_indirect_effect"],
-                    mode="lines",
-                    name=group,
-                    line={"color": colour},
-                    legendgroup=group,
-                    showlegend=col == 1,
-                ),
-                row=1,
-                col=col,
-            )
+            add_band_line(lines, rows, "mean_indirect_effect", COLOURS[i], group, showlegend=col == 1, row=1, col=col)
         lines.update_xaxes(title_text="layer", row=1, col=col)
     lines.update_yaxes(title_text="mean indirect effect on p(Y)", row=1, col=1)
     lines.update_layout(title=f"Causal tracing: mean indirect effect per position group, 95% bootstrap intervals — {n} prompts")

@@ -14,9 +14,10 @@ VERDICT_COLOURS = {"holds": "#2e7d32", "does not hold": "#c62828", "not measurab
 
 
 def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
-    """[one marker per claim with a measured value, with its interval as error bars].
+    """[one marker per claim with a measured value, with its interval as error bars; the margins (:func:`margins`)].
 
-    Reads the main table's ``claim``, ``value``, ``ci_low``, ``ci_high``, ``verdict`` and ``measure``.
+    Reads the main table's ``claim``, ``value``, ``ci_low``, ``ci_high``, ``verdict`` and ``measure``
+    (and ``margin``, ``rule`` for the second figure).
     """
     rows = main_table(tables).dropna(subset=["value"])
     fig = go.Figure()
@@ -42,4 +43,32 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
         margin=dict(l=20, r=20, t=60, b=40),
     )
     fig.update_yaxes(automargin=True)
-    return [fig]
+    return [fig, margins(rows)]
+
+
+def margins(rows: pd.DataFrame) -> go.Figure:
+    """One bar per claim with a margin: the signed distance from its interval's relevant end to the
+    primary threshold (> 0: the rule is met with that room), in that claim's own units (hover: the rule).
+
+    Reads ``claim``, ``margin``, ``verdict`` and ``rule`` (absent columns: an empty figure)."""
+    fig = go.Figure()
+    if "margin" in rows:
+        shown = rows.dropna(subset=["margin"])
+        fig.add_trace(
+            go.Bar(
+                x=list(shown["margin"]),
+                y=[html.escape(str(c), quote=False) for c in shown["claim"]],
+                orientation="h",
+                marker=dict(color=[VERDICT_COLOURS.get(v, "#555") for v in shown["verdict"]]),
+                hovertext=[html.escape(str(r), quote=False) for r in shown.get("rule", [""] * len(shown))],
+                showlegend=False,
+            )
+        )
+    fig.update_layout(
+        title="How far each verdict is from flipping: margin of the primary condition (each row in its own units)",
+        xaxis_title="margin (> 0: holds with that room; < 0: misses by that much)",
+        height=120 + 60 * max(1, len(rows)),
+        margin=dict(l=20, r=20, t=60, b=40),
+    )
+    fig.update_yaxes(automargin=True)
+    return fig

@@ -7,6 +7,8 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
+from .causal_trace import add_band_line
+
 NAMES = {"subject": "subject positions", "non_subject": "non-subject positions", "last": "the last position itself"}
 COLOURS = {"subject": "#2ca02c", "non_subject": "#1f77b4", "last": "#d62728"}
 
@@ -24,23 +26,7 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
     fig = go.Figure()
     for block in [b for b in NAMES if (w["block"] == b).any()]:
         rows = w[w["block"] == block].sort_values("layer")
-        x = rows["layer"].tolist()
-        colour = COLOURS[block]
-        fig.add_trace(
-            go.Scatter(
-                x=x + x[::-1],
-                y=rows["ci_high"].tolist() + rows["ci_low"].tolist()[::-1],
-                fill="toself",
-                fillcolor=colour,
-                opacity=0.2,
-                line={"width": 0},
-                hoverinfo="skip",
-                showlegend=False,
-            )
-        )
-        fig.add_trace(
-            go.Scatter(x=x, y=rows["mean_relative_change_pct"], mode="lines+markers", name=NAMES[block], line={"color": colour})
-        )
+        add_band_line(fig, rows, "mean_relative_change_pct", COLOURS[block], NAMES[block], mode="lines+markers")
     for layer in summary.get("mover_layers") or []:
         fig.add_vline(x=layer, line_dash="dot", line_color="#868e96")
     fig.add_hline(y=0, line_color="#adb5bd")

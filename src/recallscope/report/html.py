@@ -246,6 +246,7 @@ class StageSection:
     preview: Preview | None = None
     missing_table: bool = False
     claims: list[dict] | None = None
+    sensitivity: list[dict] | None = None  # the claims stage: one row per condition of each rule
 
 
 def preview(stage: str, frame: pd.DataFrame) -> Preview:
@@ -288,11 +289,14 @@ def stage_section(run: Run, stage: str, anchor: str, page: Page) -> StageSection
         section.figures = page.draw(stage, make, tables, entry)
     if stage == CLAIMS:
         section.claims = claims_rows(run.summary) or []
-        section.summary = {k: v for k, v in entry.items() if k not in ("claims", "wall_seconds")}
+        section.sensitivity = entry.get("sensitivity") if is_records(entry.get("sensitivity")) else None
+        section.summary = {
+            k: v for k, v in entry.items() if k not in ("claims", "wall_seconds", "cpu_seconds", "sensitivity")
+        }
         return section
     verdict = entry.get("verdict")
     section.lead = verdict if isinstance(verdict, str) else None
-    section.summary = {k: v for k, v in entry.items() if k not in ("wall_seconds", "verdict")}
+    section.summary = {k: v for k, v in entry.items() if k not in ("wall_seconds", "cpu_seconds", "verdict")}
     if tables is None:
         section.missing_table = True
     else:
@@ -351,6 +355,16 @@ def run_view(run: Run, anchor: str, label: str, prefix: str, page: Page) -> RunV
     idents, model_hash = identity(run.summary, run.manifest)
     sections = [stage_section(run, s, f"{prefix}-{i}", page) for i, s in enumerate(run.stages())]
     return RunView(anchor, label, idents, model_hash, headline(run.summary), sections)
+
+
+def preset_view(summary: dict, manifest: dict) -> dict | None:
+    """The preset that ran and the definitions it selected (``presets.Preset.to_dict``), from the
+    summary (else the manifest); None for a run directory written before presets existed."""
+    preset = summary.get("preset") or manifest.get("preset")
+    if not isinstance(preset, dict) or not preset.get("name"):
+        return None
+    definitions = [d for d in preset.get("definitions") or [] if isinstance(d, dict)]
+    return {"name": preset["name"], "description": preset.get("description") or "", "definitions": definitions}
 
 
 def manifest_blocks(manifest: dict) -> list[dict]:
@@ -488,6 +502,7 @@ def render_report(run_dir: str | Path) -> str:
             "model_hash": model_hash,
             "tiles": [],
             "manifest": manifest_blocks(top.manifest or subs[0].manifest),
+            "preset": preset_view(top.summary, top.manifest or subs[0].manifest),
         }
         context["overview"] = overview(subs, root, page)
         context["shot_claims"] = claims_rows(top.summary)
@@ -506,6 +521,7 @@ def render_report(run_dir: str | Path) -> str:
             "model_hash": view.model_hash,
             "tiles": view.tiles,
             "manifest": manifest_blocks(top.manifest),
+            "preset": preset_view(top.summary, top.manifest),
         }
         context["overview"] = None
         context["shot_claims"] = None

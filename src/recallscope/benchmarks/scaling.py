@@ -1,0 +1,230 @@
+"""How cost grows: patch (total and path), trace and the whole run against prompts, prompt length and model size.
+
+Opt-in (``recallscope bench scaling --json``; not part of ``recallscope bench`` nor ``--quick``):
+tens of minutes on two CPU cores. Every measurement is one command in a fresh child process, as a
+user runs it (``recallscope patch``, ``recallscope patch --mode path``, ``recallscope trace``,
+``recallscope run --no-report``): wall seconds (start-up, model load and recall included) and
+the child's own peak RSS (VmHWM, ``_child``). One axis moves at a time from a base point (the
+smallest prompt count of the axis that is ≥ 50, else the largest; 0 shots; the first model):
+
+- ``prompts``: 25, 50, 100, 200 sampled prompts (``--max-prompts``; the stages work on the
+  prompts the model knows among them). trace restores every (kind, position, layer) of every
+  prompt over 10 noised runs — about a hundred times patch's work per prompt — so its axis is
+  2, 4, 8, 16 prompts (its base 4).
+- ``shots``: 0, 1, 3, 5 demonstrations; the fitted x is the mean number of tokens per prompt.
+- ``model``: smollm2-135m, gemma3-270m (where installed: an opt-in model, never a dependency);
+  the fitted x is the number of parameters. Two models of different shape (30 layers × 9 heads
+  vs 18 × 4, vocabularies of 49k and 262k) make a crude size axis; the line says so.
+
+Each axis's ``scaling_fit`` line is the least-squares slope of log(seconds) (and log(peak RSS))
+against log(x) (``numpy.polyfit``); the fixed start-up cost is inside the seconds, so at these
+small sizes the exponent understates the growth of the stage's own work. ``--max-prompts`` caps
+the prompt axis (and the base), ``--shots`` replaces the shot axis, ``--models`` the model
+axis, ``--stages`` picks among patch_total, patch_path, trace, run.
+
+``scaling_prediction`` lines are predictions, not measurements: GPT-2 XL and Llama-2-7B on one GPU
+from the model-size exponent and this machine's measured float32 matmul rate against a GPU's
+spec-sheet float32 rate, utilisation assumed equal; each line writes the arithmetic out.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import UserError
+from ._child import common_args, run_cli
+
+PROMPTS = (25, 50, 100, 200)
+TRACE_PROMPTS = (2, 4, 8, 16)
+SHOTS = (0, 1, 3, 5)
+MODELS = ("smollm2-135m", "gemma3-270m")
+WHAT = ("patch_total", "patch_path", "trace", "run")
+
+# the models predicted: parameters, layers, heads (published configurations)
+PREDICTED = {
+    "gpt2-xl": {"n_params": 1.558e9, "layers": 48, "heads": 25},
+    "llama-2-7b": {"n_params": 6.738e9, "layers": 32, "heads": 32},
+}
+# float32 (non-tensor-core) peak of one NVIDIA A100 (spec sheet), the GPU assumed for the prediction
+GPU_FP32_GFLOPS = 19500.0
+GPU_NAME = "one NVIDIA A100 (19.5 TFLOP/s float32, spec sheet)"
+
+ARGS = {
+    "patch_total": ["patch"],
+    "patch_path": ["patch", "--mode", "path"],
+    "trace": ["trace"],
+    "run": ["run", "--no-report"],
+}
+
+
+def default_relation(options) -> str:
+    return "country_capital_extended"
+
+
+def default_shots(options) -> tuple[int, ...]:
+    return SHOTS
+
+
+def _base(values: tuple[int, ...], floor: int) -> int:
+    above = [v for v in values if v >= floor]
+    return above[0] if above else values[-1]
+
+
+def _points(what: str, options) -> list[tuple[str, int, int, str]]:
+    """(axis, n prompts, shots, model) of every measurement of ``what``."""
+    values = TRACE_PROMPTS if what == "trace" else PROMPTS
+    if options.max_prompts:
+        values = tuple(v for v in values if v <= options.max_prompts) or (options.max_prompts,)
+    base_n = _base(values, 4 if what == "trace" else 50)
+    shots = options.shots or SHOTS
+    models = options.models or MODELS
+    points = [("prompts", n, shots[0], models[0]) for n in values]
+    points += [("shots", base_n, k, models[0]) for k in shots]
+    points += [("model", base_n, shots[0], m) for m in models]
+    return points
+
+
+def _model_facts(name: str, relation: str, seed: int, cache: dict) -> dict:
+    """Parameters of the model and the tokenizer to count prompt tokens (loaded once, in this process)."""
+    if name not in cache:
+        from ..models import load_model
+
+        cache.clear()  # one model held at a time
+        model = load_model(name)
+        n_params = sum(int(t.numel()) for t in model.hf.parameters()) if getattr(model, "hf", None) is not None else None
+        cache[name] = {"tokenizer": model.tokenizer, "n_params": n_params, "layers": model.cfg.n_layers, "heads": model.cfg.n_heads}
+    return cache[name]
+
+
+def _mean_tokens(facts: dict, relation: str, shots: int, seed: int, n: int) -> float:
+    from ..tasks import build_prompts, load_relation
+
+    ps = build_prompts(load_relation(relation), facts["tokenizer"], shots=shots, seed=seed, max_prompts=n)
+    return float(np.mean([p.n_tokens for p in ps.prompts]))
+
+
+def _cpu_matmul_gflops() -> float:
+    """This machine's float32 matmul rate (GFLOP/s, best of 3 of a 1024³ product, torch's threads)."""
+    import torch
+
+    a = torch.randn(1024, 1024)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return 2 * 1024**3 / best / 1e9
+
+
+def run(options) -> Iterator[dict]:
+    whats = options.stages or WHAT
+    unknown = [w for w in whats if w not in WHAT]
+    if unknown:
+        raise UserError(f"--stages for scaling must be among {', '.join(WHAT)}, got {', '.join(unknown)}")
+    cache: dict = {}
+    measured: list[dict] = []
+    for what in whats:
+        done: dict[tuple[int, int, str], dict] = {}
+        for axis, n, shots, model in _points(what, options):
+            key = (n, shots, model)
+            if key not in done:
+                done[key] = _measure(what, n, shots, model, options, cache)
+            line = {"bench": "scaling", "what": what, "axis": axis,
+                    "value": {"prompts": n, "shots": shots, "model": model}[axis], **done[key]}
+            first = next((m for m in measured if m["what"] == what and m["axis"] == axis), line)
+            line["ratio"] = (round(line["seconds"] / first["seconds"], 3)
+                             if line.get("seconds") and first.get("seconds") else None)
+            line["ratio_is"] = "seconds / seconds at the axis's first value"
+            measured.append(line)
+            yield line
+        yield from _fits(what, [m for m in measured if m["what"] == what])
+    yield from _predictions(measured)
+
+
+def _measure(what: str, n: int, shots: int, model: str, options, cache: dict) -> dict:
+    from dataclasses import replace
+
+    opts = replace(options, model=model, max_prompts=n)
+    try:
+        facts = _model_facts(model, options.relation, options.seed, cache)
+        mean_tokens = _mean_tokens(facts, options.relation, shots, options.seed, n)
+    except Exception as exc:  # noqa: BLE001 - a model that is not installed: the line says so
+        return {"n_prompts": n, "shots": shots, "model": model, "seconds": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    child = run_cli([*ARGS[what], *common_args(opts, shots), "--out", "{out}", "--json"])
+    out = {"n_prompts": n, "shots": shots, "model": model, "mean_tokens": round(mean_tokens, 2),
+           "n_params": facts["n_params"], "layers": facts["layers"], "heads": facts["heads"],
+           # the children inherit it: torch's threads are the CLI's choice unless it is set
+           "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    if child.returncode != 0:
+        return {**out, "seconds": None, "error": child.error()[:300]}
+    return {**out, "seconds": round(child.seconds, 2),
+            "peak_rss_gb": None if child.peak_rss_gb is None else round(child.peak_rss_gb, 3)}
+
+
+X_OF_AXIS = {"prompts": "n_prompts", "shots": "mean_tokens", "model": "n_params"}
+
+
+def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(slope of log y on log x, R²) by least squares."""
+    lx, ly = np.log(x), np.log(y)
+    slope, intercept = np.polyfit(lx, ly, 1)
+    resid = ly - (slope * lx + intercept)
+    total = float(((ly - ly.mean()) ** 2).sum())
+    return float(slope), (1.0 - float((resid**2).sum()) / total) if total > 0 else 1.0
+
+
+def _fits(what: str, lines: list[dict]) -> Iterator[dict]:
+    for axis, xkey in X_OF_AXIS.items():
+        ok = [m for m in lines if m["axis"] == axis and m.get("seconds") and m.get(xkey)]
+        xs = {m[xkey] for m in ok}
+        if len(xs) < 2:
+            continue
+        x = np.array([m[xkey] for m in ok], dtype=float)
+        exp_s, r2 = _fit(x, np.array([m["seconds"] for m in ok], dtype=float))
+        rss = [m.get("peak_rss_gb") for m in ok]
+        exp_m = _fit(x, np.array(rss, dtype=float))[0] if all(rss) else None
+        yield {
+            "bench": "scaling_fit", "what": what, "axis": axis, "x": xkey, "n_points": len(ok),
+            "exponent_seconds": round(exp_s, 3), "r2_seconds": round(r2, 4),
+            "exponent_peak_rss": None if exp_m is None else round(exp_m, 3),
+            "ratio": round(exp_s, 3),
+            "note": "two models of different shape: a crude size axis" if axis == "model" else
+                    "log-log least squares (numpy.polyfit); start-up and model load inside the seconds",
+        }
+
+
+def _predictions(measured: list[dict]) -> Iterator[dict]:
+    fits = {}
+    for what in {m["what"] for m in measured}:
+        ok = [m for m in measured if m["what"] == what and m["axis"] == "model" and m.get("seconds") and m.get("n_params")]
+        if len({m["n_params"] for m in ok}) >= 2:
+            x = np.array([m["n_params"] for m in ok], dtype=float)
+            fits[what] = (_fit(x, np.array([m["seconds"] for m in ok], dtype=float))[0], max(ok, key=lambda m: m["n_params"]))
+    if not fits:
+        return
+    cpu = _cpu_matmul_gflops()
+    factor = GPU_FP32_GFLOPS / cpu
+    for what, (exponent, largest) in sorted(fits.items()):
+        for name, spec in PREDICTED.items():
+            scale = (spec["n_params"] / largest["n_params"]) ** exponent
+            cpu_s = largest["seconds"] * scale
+            yield {
+                "bench": "scaling_prediction", "what": what, "model": name, "n_params": spec["n_params"],
+                "prediction": True,
+                "predicted_cpu_seconds": round(cpu_s, 1),
+                "gpu_speedup_assumed": round(factor, 1),
+                "predicted_gpu_seconds": round(cpu_s / factor, 1),
+                "ratio": None,
+                "arithmetic": (
+                    f"PREDICTION: {largest['seconds']:.1f} s ({largest['model']}, {largest['n_params'] / 1e6:.0f}M parameters, "
+                    f"{largest['n_prompts']} prompts, {largest['shots']} shots, this CPU) x ({spec['n_params'] / 1e9:.2f}e9 / "
+                    f"{largest['n_params'] / 1e9:.3f}e9)^{exponent:.2f} = {cpu_s:.0f} s on this CPU; / ({GPU_FP32_GFLOPS:.0f} GFLOP/s of "
+                    f"{GPU_NAME} / {cpu:.0f} GFLOP/s measured here for a float32 1024^3 matmul) = {cpu_s / factor:.1f} s; "
+                    "assumes equal utilisation on both and a float32 model that fits the GPU's memory "
+                    f"({spec['n_params'] * 4 / 1e9:.0f} GB of weights)"
+                ),
+            }

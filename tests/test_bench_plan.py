@@ -1,0 +1,120 @@
+"""The benchmarks' plumbing without a model: what `recallscope bench` runs, the contention and scaling arithmetic."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from recallscope import benchmarks
+from recallscope.benchmarks import contention, scaling
+from recallscope.benchmarks._child import ChildRun
+
+
+def test_all_benchmarks_plan():
+    names = benchmarks.names()
+    assert {"load", "patch", "decompose", "trace", "contention", "run", "scaling"} <= set(names)
+    plan = benchmarks.plan(None, benchmarks.BenchOptions(quick=True))
+    assert [(n, o.mode) for n, o in plan] == [
+        ("load", "total"), ("patch", "total"), ("patch", "path"), ("decompose", "total"),
+        ("trace", "total"), ("contention", "total"), ("run", "total")]
+    assert all(o.quick for _, o in plan)
+    assert "scaling" in benchmarks.OPT_IN and "scaling" not in [n for n, _ in plan]
+    assert benchmarks.plan(["scaling"], benchmarks.BenchOptions()) == [("scaling", benchmarks.BenchOptions())]
+
+
+def _child(seconds: float, rss: float = 1.0) -> ChildRun:
+    return ChildRun(0, "{}", "", seconds, rss)
+
+
+def test_contention_ratios_and_interleaving(monkeypatch):
+    calls = []
+    alone = {"before": iter([20.0, 22.0]), "after": iter([10.0, 12.0])}
+
+    def fake_alone(args, policy):
+        name = "before" if policy["preload_torch"] else "after"
+        calls.append(("alone", name))
+        return _child(next(alone[name]))
+
+    def fake_competitor(args, policy):
+        name = "before" if policy["preload_torch"] else "after"
+        calls.append(("competitor", name))
+        return _child({"before": 63.0, "after": 16.5}[name], 1.5)
+
+    def fake_pair(args, policy):
+        name = "before" if policy["preload_torch"] else "after"
+        calls.append(("pair", name))
+        together = {"before": 100.0, "after": 23.1}[name]
+        return together, [_child(together - 1), _child(together, 1.25)]
+
+    monkeypatch.setattr(contention, "_alone", fake_alone)
+    monkeypatch.setattr(contention, "_with_competitor", fake_competitor)
+    monkeypatch.setattr(contention, "_pair", fake_pair)
+    lines = list(contention.run(benchmarks.BenchOptions(quick=True, relation="country_capital_extended")))
+    # every step runs both policies in turn: the machine's drift touches both alike
+    assert calls == [("alone", "before"), ("alone", "after"), ("competitor", "before"), ("competitor", "after"),
+                     ("pair", "before"), ("pair", "after"), ("alone", "before"), ("alone", "after")]
+    by = {(x["bench"], x.get("policy")): x for x in lines}
+    assert by["contention_competitor", "before"]["ratio"] == 3.0  # 63 / mean(20, 22)
+    assert by["contention_competitor", "before"]["target_met"] is False
+    assert by["contention_competitor", "after"]["ratio"] == 1.5 and by["contention_competitor", "after"]["target_met"]
+    assert by["contention_pair", "before"]["ratio"] == round(100 / 42, 2)
+    assert by["contention_pair", "after"]["sequential_seconds"] == 22.0
+    assert by["contention_pair", "after"]["ratio"] == 1.05 and by["contention_pair", "after"]["target_met"]
+    assert by["contention_pair", "after"]["peak_rss_gb"] == 1.25
+    assert by["contention_competitor", "after"]["max_prompts"] == 16
+    assert "--threads" in by["contention_competitor", "before"]["command"]
+    assert "--threads" not in by["contention_competitor", "after"]["command"]
+    (policy,) = [x for x in lines if x["bench"] == "contention_policy"]
+    assert policy["ratios"] == {"alone": round(42 / 22, 2), "with_competitor": round(63 / 16.5, 2), "pair_together": round(100 / 23.1, 2)}
+    assert policy["ratio"] == policy["ratios"]["with_competitor"]
+
+
+def test_contention_child_environment(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    for policy in contention.POLICIES.values():
+        env = contention._env(policy)
+        assert "OMP_NUM_THREADS" not in env and "OMP_WAIT_POLICY" not in env  # the policy under test applies
+
+
+def test_scaling_fit_recovers_a_power_law():
+    x = np.array([25.0, 50, 100, 200])
+    slope, r2 = scaling._fit(x, 3.0 * x**1.5)
+    assert math.isclose(slope, 1.5, abs_tol=1e-12) and math.isclose(r2, 1.0, abs_tol=1e-12)
+
+
+def test_scaling_points_and_caps():
+    options = benchmarks.BenchOptions(shots=scaling.SHOTS)
+    points = scaling._points("patch_total", options)
+    assert [p for p in points if p[0] == "prompts"] == [("prompts", n, 0, "smollm2-135m") for n in (25, 50, 100, 200)]
+    assert [p[1:3] for p in points if p[0] == "shots"] == [(50, k) for k in (0, 1, 3, 5)]
+    assert [p[3] for p in points if p[0] == "model"] == ["smollm2-135m", "gemma3-270m"]
+    capped = scaling._points("trace", benchmarks.BenchOptions(shots=(0, 3), max_prompts=5, models=("smollm2-135m",)))
+    assert [p[1] for p in capped if p[0] == "prompts"] == [2, 4] and {p[1] for p in capped if p[0] != "prompts"} == {4}
+
+
+def test_scaling_fits_and_prediction_arithmetic(monkeypatch):
+    lines = [
+        {"what": "patch_total", "axis": "model", "seconds": 10.0, "n_params": 1e8, "n_prompts": 50, "shots": 0,
+         "model": "a", "peak_rss_gb": 1.0},
+        {"what": "patch_total", "axis": "model", "seconds": 40.0, "n_params": 2e8, "n_prompts": 50, "shots": 0,
+         "model": "b", "peak_rss_gb": 2.0},
+    ]
+    (fit,) = scaling._fits("patch_total", lines)
+    assert fit["axis"] == "model" and fit["exponent_seconds"] == 2.0 and fit["exponent_peak_rss"] == 1.0
+    monkeypatch.setattr(scaling, "_cpu_matmul_gflops", lambda: 195.0)
+    preds = {p["model"]: p for p in scaling._predictions(lines)}
+    llama = preds["llama-2-7b"]
+    expected_cpu = 40.0 * (6.738e9 / 2e8) ** 2.0
+    assert llama["prediction"] is True and llama["predicted_cpu_seconds"] == round(expected_cpu, 1)
+    assert llama["gpu_speedup_assumed"] == 100.0 and llama["predicted_gpu_seconds"] == round(expected_cpu / 100, 1)
+    assert llama["arithmetic"].startswith("PREDICTION")
+
+
+def test_scaling_refuses_an_unknown_stage():
+    from recallscope.errors import UserError
+
+    with pytest.raises(UserError, match="patch_total"):
+        list(scaling.run(benchmarks.BenchOptions(stages=("bogus",), relation="country_capital_extended")))

@@ -1,0 +1,120 @@
+"""Every claim's rule on the two control models (recallscope.models.controls): on ``planted``,
+where each mechanism of the paper is built in with known parameters, every claim holds — at 0
+and 3 shots, and the few-shot claim across them — and the stages recover the planted numbers;
+on ``random`` (same shape, random weights) no claim holds.
+
+The same as ``recallscope run --model planted --relation paper_country_capital --shots 0,3``
+and ``recallscope run --model random ... --set recall.known_top_k=49152`` (60 prompts here, to
+keep CI short).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recallscope import cli, pipeline
+from recallscope.claims import (
+    CLAIM_INTERCEPT,
+    CLAIM_MITIGATE,
+    CLAIM_MLP,
+    CLAIM_MOVERS,
+    CLAIM_SHOTS,
+    CLAIM_SUPPRESS,
+    FAILS,
+    HOLDS,
+    NOT_MEASURABLE,
+)
+from recallscope.models import controls
+from recallscope.rundir import RunDir
+
+PLANTED = controls.PLANTED
+RELATION = PLANTED["relation"]
+SHOTS = [0, 3]
+PER_RUN = [CLAIM_MOVERS, CLAIM_MLP, CLAIM_INTERCEPT, CLAIM_SUPPRESS, CLAIM_MITIGATE, CLAIM_SHOTS]
+
+
+def _sweep(model: str, out, **settings) -> dict:
+    base = pipeline.RunConfig(model=model, max_prompts=60)
+    return pipeline.execute_many(
+        base, [RELATION], SHOTS, pipeline.default_stages(), out=str(out), overrides=settings, progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("planted")
+    return out, _sweep("planted", out)
+
+
+@pytest.fixture(scope="module")
+def random_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("random")
+    # the random model knows no fact: every prompt is kept (known_top_k = V) so that every stage runs
+    return out, _sweep("random", out, **{"recall.known_top_k": 49152})
+
+
+def _verdicts(run: dict) -> dict:
+    return {c["claim"]: c["verdict"] for c in run["claims"]}
+
+
+def test_planted_every_claim_holds_at_every_shot_count(planted):
+    _, summary = planted
+    for run in summary["runs"]:
+        assert run["n_known"] == run["n_prompts"] == 60, run["shots"]
+        verdicts = _verdicts(run)
+        assert list(verdicts) == PER_RUN
+        assert all(verdicts[c] == HOLDS for c in PER_RUN[:-1]), (run["shots"], verdicts)
+        assert verdicts[CLAIM_SHOTS] == NOT_MEASURABLE  # needs two shot counts: the sweep's row below
+        assert all(c["margin"] > 0 and c["flips_at"] is not None for c in run["claims"][:-1])
+    [shots] = summary["claims"]
+    assert shots["claim"] == CLAIM_SHOTS and shots["verdict"] == HOLDS and shots["relation"] == RELATION
+    assert shots["ci_low"] > shots["threshold"] == shots["null_overlap"]
+
+
+def test_planted_numbers_are_recovered_and_named(planted):
+    out, summary = planted
+    for run in summary["runs"]:
+        rows = {c["claim"]: c for c in run["claims"]}
+        assert rows[CLAIM_MOVERS]["about"] == PLANTED["mover"] and rows[CLAIM_MOVERS]["patch_rank"] == 1
+        assert run["stages"]["movers"]["movers"] == [PLANTED["mover"]]
+        assert rows[CLAIM_SUPPRESS]["about"] == PLANTED["suppressor"] and rows[CLAIM_MITIGATE]["about"] == PLANTED["suppressor"]
+        assert rows[CLAIM_MLP]["about"] == f"MLP{PLANTED['mlp_layer']}"
+        assert (rows[CLAIM_MLP]["n_amplified"], rows[CLAIM_MLP]["n_attenuated"], rows[CLAIM_MLP]["n_reversed"]) == (1, 1, 1)
+        table = RunDir(out / run["path"]).read_table("decompose").set_index("regressor")
+        for head, c in PLANTED["coefficients"].items():
+            assert abs(table.loc[head, "coef"] - c) < 1e-3, (run["shots"], head)
+            assert table.loc[head, "ci_low"] <= c <= table.loc[head, "ci_high"] or abs(table.loc[head, "ci_low"] - c) < 1e-3
+        assert not table.loc["L1H3", "identifiable"]  # writes nothing: not counted as erased
+
+
+def test_random_no_claim_holds(random_run):
+    _, summary = random_run
+    for run in summary["runs"]:
+        assert run["n_known"] == 60 and run["accuracy"] == 0.0
+        verdicts = _verdicts(run)
+        assert all(v in (FAILS, NOT_MEASURABLE) for v in verdicts.values()), (run["shots"], verdicts)
+        assert all(verdicts[c] == FAILS for c in PER_RUN[:-1])
+        rows = {c["claim"]: c for c in run["claims"]}
+        # what the floors are for: a final-layer push of hundredths of a logit, a rise of p(Y) of ~1e-6
+        assert -0.1 < rows[CLAIM_SUPPRESS]["value"] < 0.1 and rows[CLAIM_SUPPRESS]["margin"] < 0
+        assert abs(rows[CLAIM_MITIGATE]["value"]) < 1e-3 and rows[CLAIM_MITIGATE]["margin"] < 0
+    assert [c["verdict"] for c in summary["claims"]] == [FAILS]
+
+
+def test_claims_verb_reevaluates_a_run_and_lists_where_verdicts_flip(planted, capsys):
+    out, summary = planted
+    cli.main(["claims", str(out), "--sensitivity", "--json"])
+    got = json.loads(capsys.readouterr().out)
+    assert [r["shots"] for r in got["runs"]] == SHOTS
+    first = got["runs"][0]
+    assert [c["verdict"] for c in first["claims"]] == [c["verdict"] for c in summary["runs"][0]["claims"]]
+    rows = [r for r in first["sensitivity"] if r["claim"] == CLAIM_SUPPRESS]
+    floor = next(r for r in rows if r["setting"] == "claims.min_suppression_logits")
+    assert floor["holds"] and floor["flips_at"] == pytest.approx(-floor["statistic"])
+    # raising the floor past flips_at flips the verdict
+    cli.main(["claims", str(out), "--json", "--set", f"claims.min_suppression_logits={floor['flips_at'] + 0.01}"])
+    again = json.loads(capsys.readouterr().out)
+    assert {c["claim"]: c["verdict"] for c in again["runs"][0]["claims"]}[CLAIM_SUPPRESS] == FAILS
+    assert got["shot_claims"][0]["verdict"] == HOLDS
