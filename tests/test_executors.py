@@ -110,7 +110,7 @@ def test_an_executor_gets_every_cell_and_the_sweep_equals_the_serial_one(tiny_gp
     other = execute_many(base, RELATIONS, SHOTS, TARGETS, out=str(tmp_path / "other"), overrides=overrides, executor=fake)
     assert [(c.run.relation, c.run.shots) for c in fake.cells] == [(r, k) for r in RELATIONS for k in SHOTS]
     assert _untimed(other) == _untimed(serial) and len(other["claims"]) == len(RELATIONS)  # the few-shot claim per relation
-    assert assert_same_run(tmp_path / "serial", tmp_path / "other") == 4 * 4  # recall, patch, patch/components, claims per cell
+    assert assert_same_run(tmp_path / "serial", tmp_path / "other") >= 4 * 4  # recall, patch (2+ tables), claims per cell
 
 
 # ----------------------------------------------------------------------------- a real local Ray cluster
@@ -205,7 +205,7 @@ def test_a_ray_sweep_equals_the_serial_one_and_resumes_after_a_crash(tmp_path):
         assert stderr.count("reused from") >= len(done) * len(TARGETS), stderr
         # Nothing lost: the cells written before the crash were not rewritten, and every table equals the serial run's.
         assert {p: p.stat().st_mtime_ns for p in kept} == kept
-        assert assert_same_run(serial, out) == 4 * 4
+        assert assert_same_run(serial, out) >= 4 * 2 + 3 * 2  # recall and claims per cell; patch in the 3 measurable ones
         claims = json.loads((out / "summary.json").read_text())["claims"]
         assert [c["relation"] for c in claims] == RELATIONS  # the few-shot claims across cells
     finally:
