@@ -17,8 +17,14 @@ def test_all_benchmarks_plan():
     assert {"load", "patch", "decompose", "trace", "contention", "run", "scaling"} <= set(names)
     plan = benchmarks.plan(None, benchmarks.BenchOptions(quick=True))
     assert [(n, o.mode) for n, o in plan] == [
-        ("load", "total"), ("patch", "total"), ("patch", "path"), ("decompose", "total"),
-        ("trace", "total"), ("contention", "total"), ("run", "total")]
+        ("load", "total"),
+        ("patch", "total"),
+        ("patch", "path"),
+        ("decompose", "total"),
+        ("trace", "total"),
+        ("contention", "total"),
+        ("run", "total"),
+    ]
     assert all(o.quick for _, o in plan)
     assert "scaling" in benchmarks.OPT_IN and "scaling" not in [n for n, _ in plan]
     assert benchmarks.plan(["scaling"], benchmarks.BenchOptions()) == [("scaling", benchmarks.BenchOptions())]
@@ -53,8 +59,16 @@ def test_contention_ratios_and_interleaving(monkeypatch):
     monkeypatch.setattr(contention, "_pair", fake_pair)
     lines = list(contention.run(benchmarks.BenchOptions(quick=True, relation="country_capital_extended")))
     # every step runs both policies in turn: the machine's drift touches both alike
-    assert calls == [("alone", "before"), ("alone", "after"), ("competitor", "before"), ("competitor", "after"),
-                     ("pair", "before"), ("pair", "after"), ("alone", "before"), ("alone", "after")]
+    assert calls == [
+        ("alone", "before"),
+        ("alone", "after"),
+        ("competitor", "before"),
+        ("competitor", "after"),
+        ("pair", "before"),
+        ("pair", "after"),
+        ("alone", "before"),
+        ("alone", "after"),
+    ]
     by = {(x["bench"], x.get("policy")): x for x in lines}
     assert by["contention_competitor", "before"]["ratio"] == 3.0  # 63 / mean(20, 22)
     assert by["contention_competitor", "before"]["target_met"] is False
@@ -67,7 +81,11 @@ def test_contention_ratios_and_interleaving(monkeypatch):
     assert "--threads" in by["contention_competitor", "before"]["command"]
     assert "--threads" not in by["contention_competitor", "after"]["command"]
     (policy,) = [x for x in lines if x["bench"] == "contention_policy"]
-    assert policy["ratios"] == {"alone": round(42 / 22, 2), "with_competitor": round(63 / 16.5, 2), "pair_together": round(100 / 23.1, 2)}
+    assert policy["ratios"] == {
+        "alone": round(42 / 22, 2),
+        "with_competitor": round(63 / 16.5, 2),
+        "pair_together": round(100 / 23.1, 2),
+    }
     assert policy["ratio"] == policy["ratios"]["with_competitor"]
 
 
@@ -97,10 +115,26 @@ def test_scaling_points_and_caps():
 
 def test_scaling_fits_and_prediction_arithmetic(monkeypatch):
     lines = [
-        {"what": "patch_total", "axis": "model", "seconds": 10.0, "n_params": 1e8, "n_prompts": 50, "shots": 0,
-         "model": "a", "peak_rss_gb": 1.0},
-        {"what": "patch_total", "axis": "model", "seconds": 40.0, "n_params": 2e8, "n_prompts": 50, "shots": 0,
-         "model": "b", "peak_rss_gb": 2.0},
+        {
+            "what": "patch_total",
+            "axis": "model",
+            "seconds": 10.0,
+            "n_params": 1e8,
+            "n_prompts": 50,
+            "shots": 0,
+            "model": "a",
+            "peak_rss_gb": 1.0,
+        },
+        {
+            "what": "patch_total",
+            "axis": "model",
+            "seconds": 40.0,
+            "n_params": 2e8,
+            "n_prompts": 50,
+            "shots": 0,
+            "model": "b",
+            "peak_rss_gb": 2.0,
+        },
     ]
     (fit,) = scaling._fits("patch_total", lines)
     assert fit["axis"] == "model" and fit["exponent_seconds"] == 2.0 and fit["exponent_peak_rss"] == 1.0

@@ -23,19 +23,54 @@ def md():
     return module
 
 
-HEADER = {"record": "sample", "command": "recallscope bench contention --quick --json", "commit": "0123456789ab",
-          "dirty": False, "date": "2026-11-30T08:00:00+00:00", "cpus": 2, "load_before": 3.25}
+HEADER = {
+    "record": "sample",
+    "command": "recallscope bench contention --quick --json",
+    "commit": "0123456789ab",
+    "dirty": False,
+    "date": "2026-11-30T08:00:00+00:00",
+    "cpus": 2,
+    "load_before": 3.25,
+}
 FOOTER = {"record_end": "sample", "returncode": 0, "wall_s": 412.7, "peak_rss_mb": 1876.25, "load_after": 4.5}
 LINES = [
-    {"bench": "contention_competitor", "policy": "before", "max_prompts": 16, "alone_seconds": [21.5, 22.5],
-     "with_competitor_seconds": 61.6, "ratio": 2.8, "target": "<= 1.6", "target_met": False, "load_1m_at_start": 3.25,
-     "peak_rss_gb": 1.23},
-    {"bench": "contention_pair", "policy": "after", "sequential_seconds": 44.0, "together_seconds": 47.3,
-     "together_each_seconds": [46.9, 47.3], "ratio": 1.075, "target": "<= 1.1", "target_met": True,
-     "load_1m_at_start": 3.5, "peak_rss_gb": 1.21, "command": "recallscope patch --max-prompts 16 --json"},
-    {"bench": "patch_path_exact_vs_naive", "shots": 3, "n_prompts": 48, "exact_seconds": 17.25, "naive_seconds": 1824.5,
-     "ratio": 105.8, "flop_ratio": 83.5, "share_of_flop_ratio": 1.27, "max_abs_diff": 2.6e-13,
-     "flop_ratio_arithmetic": "naive: T=32.0 positions x L=30 layers ... ratio 83.5"},
+    {
+        "bench": "contention_competitor",
+        "policy": "before",
+        "max_prompts": 16,
+        "alone_seconds": [21.5, 22.5],
+        "with_competitor_seconds": 61.6,
+        "ratio": 2.8,
+        "target": "<= 1.6",
+        "target_met": False,
+        "load_1m_at_start": 3.25,
+        "peak_rss_gb": 1.23,
+    },
+    {
+        "bench": "contention_pair",
+        "policy": "after",
+        "sequential_seconds": 44.0,
+        "together_seconds": 47.3,
+        "together_each_seconds": [46.9, 47.3],
+        "ratio": 1.075,
+        "target": "<= 1.1",
+        "target_met": True,
+        "load_1m_at_start": 3.5,
+        "peak_rss_gb": 1.21,
+        "command": "recallscope patch --max-prompts 16 --json",
+    },
+    {
+        "bench": "patch_path_exact_vs_naive",
+        "shots": 3,
+        "n_prompts": 48,
+        "exact_seconds": 17.25,
+        "naive_seconds": 1824.5,
+        "ratio": 105.8,
+        "flop_ratio": 83.5,
+        "share_of_flop_ratio": 1.27,
+        "max_abs_diff": 2.6e-13,
+        "flop_ratio_arithmetic": "naive: T=32.0 positions x L=30 layers ... ratio 83.5",
+    },
     {"bench": "something_new", "ratio": 7.125, "speed": 0.000123},
 ]
 
@@ -84,8 +119,9 @@ def test_a_file_without_a_header_is_refused(md, tmp_path):
 
 
 def test_formatting(md):
-    assert [md.fmt(x) for x in (None, True, 3, 12345, 0.0, 1.2345e-13, 2.5, 123.456, 98765.4, "a|b", [1.5, 2], {"L1H2": 0.5})] == [
-        "—", "yes", "3", "12,345", "0", "1.2e-13", "2.5", "123.5", "98,765", "a\\|b", "1.5, 2", "L1H2 0.5"]
+    assert [
+        md.fmt(x) for x in (None, True, 3, 12345, 0.0, 1.2345e-13, 2.5, 123.456, 98765.4, "a|b", [1.5, 2], {"L1H2": 0.5})
+    ] == ["—", "yes", "3", "12,345", "0", "1.2e-13", "2.5", "123.5", "98,765", "a\\|b", "1.5, 2", "L1H2 0.5"]
 
 
 def test_benchmarks_md_in_the_repo_is_the_generated_one():

@@ -290,9 +290,7 @@ def stage_section(run: Run, stage: str, anchor: str, page: Page) -> StageSection
     if stage == CLAIMS:
         section.claims = claims_rows(run.summary) or []
         section.sensitivity = entry.get("sensitivity") if is_records(entry.get("sensitivity")) else None
-        section.summary = {
-            k: v for k, v in entry.items() if k not in ("claims", "wall_seconds", "cpu_seconds", "sensitivity")
-        }
+        section.summary = {k: v for k, v in entry.items() if k not in ("claims", "wall_seconds", "cpu_seconds", "sensitivity")}
         return section
     verdict = entry.get("verdict")
     section.lead = verdict if isinstance(verdict, str) else None
