@@ -10,7 +10,7 @@ from recallscope import benchmarks
 @pytest.mark.slow
 def test_bench_patch_lines_on_smollm2(smollm2):
     options = benchmarks.BenchOptions(shots=(0,), max_prompts=6, quick=True)
-    lines = {line["bench"]: line for line in benchmarks.run("patch", options)}
+    lines = {line["bench"]: line for line in benchmarks.measure("patch", options)}
     assert set(lines) == {"patch_exact_vs_naive", "patch_attribution_vs_exact", "patch_exact_vs_transformerlens"}
     naive = lines["patch_exact_vs_naive"]
     assert naive["n_components"] == 300 and naive["n_prompts"] >= 2
@@ -31,7 +31,7 @@ def test_bench_patch_lines_on_smollm2(smollm2):
 def test_bench_trace_line_on_smollm2(smollm2):
     """The trace bench on four paper-task prompts (the first two sampled are not known to smollm2-135m; three of four are): the float64 equality, the FLOP arithmetic it writes, the no-op count."""
     options = benchmarks.BenchOptions(shots=(0,), max_prompts=4, quick=True)
-    (line,) = list(benchmarks.run("trace", options))
+    (line,) = list(benchmarks.measure("trace", options))
     assert line["bench"] == "trace_exact_vs_naive" and line["relation"] == "paper_country_capital"
     assert line["max_abs_diff"] <= 1e-5 and line["max_abs_diff_float32"] <= 1e-4
     naive, exact = (float(x) for x in line["flop_ratio_arithmetic"].split(" = ")[1].split(" (")[0].split(" / "))

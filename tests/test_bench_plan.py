@@ -152,3 +152,18 @@ def test_scaling_refuses_an_unknown_stage():
 
     with pytest.raises(UserError, match="patch_total"):
         list(scaling.run(benchmarks.BenchOptions(stages=("bogus",), relation="country_capital_extended")))
+
+
+def test_no_benchmark_module_shadows_an_attribute_of_the_package():
+    """Importing ``recallscope.benchmarks.<name>`` binds ``<name>`` on the package: a function of
+    that name (``benchmarks.run`` and the module ``benchmarks/run.py``) became a module mid-suite."""
+    import importlib
+    import types
+
+    from recallscope import benchmarks
+
+    own = {k for k, v in vars(benchmarks).items() if not isinstance(v, types.ModuleType) and not k.startswith("_")}
+    assert not own & set(benchmarks.names())
+    for name in benchmarks.names():
+        importlib.import_module(f"recallscope.benchmarks.{name}")
+    assert callable(benchmarks.measure) and not isinstance(benchmarks.measure, types.ModuleType)

@@ -548,7 +548,7 @@ def bench_command(
     if mode is not None and not names:
         plan = [(n, o) for n, o in plan if n != "patch" or o.mode == mode]  # --mode picks patch's mode
     for name, opts in plan:
-        for line in benchmarks.run(name, opts):
+        for line in benchmarks.measure(name, opts):
             if as_json:
                 sys.stdout.write(json.dumps(_json_ready(line), ensure_ascii=False) + "\n")
                 sys.stdout.flush()

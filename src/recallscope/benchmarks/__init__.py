@@ -59,8 +59,9 @@ def plan(chosen: list[str] | None, options: BenchOptions) -> list[tuple[str, Ben
 DEFAULT_RELATION = "country_capital_extended"
 
 
-def run(name: str, options: BenchOptions) -> Iterator[dict]:
-    """The lines of benchmark ``name``; without a relation, the module's ``default_relation(options)``;
+def measure(name: str, options: BenchOptions) -> Iterator[dict]:
+    """The lines of benchmark ``name`` (not called ``run``: the submodule ``benchmarks/run.py``, once
+    imported, would replace a package attribute of that name); without a relation, the module's ``default_relation(options)``;
     without shots, its ``default_shots(options)``, else 0 and 3 (0 with ``quick``)."""
     module = importlib.import_module(f"recallscope.benchmarks.{name}")
     if not options.shots:
