@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from recallscope import executors
+from recallscope.models import loading
 from recallscope.errors import EXIT_INCOMPLETE, EXIT_USER, UserError
 from recallscope.pipeline import RunConfig, execute_many
 from recallscope.rundir import dumps
@@ -162,13 +163,16 @@ def _wait(condition, timeout: float, proc=None):
 
 
 @pytest.mark.slow
-def test_a_ray_sweep_equals_the_serial_one_and_resumes_after_a_crash(tmp_path):
+def test_a_ray_sweep_equals_the_serial_one_and_resumes_after_a_crash(tmp_path, monkeypatch):
     import ray
 
     serial = tmp_path / "serial"
     settings = [x for k, v in SETTINGS.items() for x in ("--set", f"{k}={v}")]
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each Ray task (1 CPU): the same reductions, so the same floats bit for bit
+    # 1 thread, as each Ray task (1 CPU): the same reductions, so the same floats bit for bit. Chosen with
+    # set_threads, not torch's own call: the model load resets a count nobody chose to the usable CPUs.
+    monkeypatch.setattr(loading, "_THREADS_CHOSEN", [])
+    loading.set_threads(1)
     try:
         execute_many(RunConfig(max_prompts=2), RELATIONS, SHOTS, TARGETS, out=str(serial), overrides=SETTINGS, progress=False)
     finally:
