@@ -112,9 +112,15 @@ class MoversConfig:
     subject_token: Literal["last", "first"] = "last"
 
     constraints: ClassVar[dict] = {
-        "top_k": POSITIVE, "layer": NON_NEGATIVE, "head": NON_NEGATIVE, "min_attention_to_subject": PROBABILITY,
-        "min_projection_corr": Interval(-1, 1), "max_p_value": PROBABILITY, "min_ov_top5_share": PROBABILITY,
-        "batch_size": POSITIVE, "subject_token": Options("last", "first"),
+        "top_k": POSITIVE,
+        "layer": NON_NEGATIVE,
+        "head": NON_NEGATIVE,
+        "min_attention_to_subject": PROBABILITY,
+        "min_projection_corr": Interval(-1, 1),
+        "max_p_value": PROBABILITY,
+        "min_ov_top5_share": PROBABILITY,
+        "batch_size": POSITIVE,
+        "subject_token": Options("last", "first"),
         "ov_input": Options("context", "effective", "embedding"),
     }
 
@@ -157,12 +163,27 @@ def ov_write(view: ModelView, layer: int, head: int, resid: Tensor) -> Tensor:
     return out.to(resid.device)
 
 
+def write_ranks(view: ModelView, writes: Tensor, token_ids: Tensor) -> Tensor:
+    """Rank (0 = top-1) of ``token_ids`` [...] in the logits of OV-circuit writes [..., d]: the
+    logit lens at each write's own scale, no biases. The writes of many heads and prompts go
+    through the unembedding together, a chunk of rows at a time (at most 2^25 logits, 128 MB in
+    float32, per product): W_U is read once per chunk, not once per head (it is the largest
+    matrix of the model, and a product with a few rows is bound by reading it)."""
+    d = writes.shape[-1]
+    flat, ids = writes.reshape(-1, d), token_ids.reshape(-1)
+    rows = max(1, 2**25 // view.weights.W_U.shape[-1])
+    ranks = torch.empty(flat.shape[0], dtype=torch.long)
+    for start in range(0, flat.shape[0], rows):
+        chunk = flat[start : start + rows]
+        logits = logit_lens(view, chunk, reference=chunk, mode="linearised", include_bias=False).float()
+        ranks[start : start + rows] = token_rank(logits, ids[start : start + rows].to(logits.device)).cpu()
+    return ranks.reshape(token_ids.shape)
+
+
 def ov_ranks_of(view: ModelView, layer: int, head: int, resid: Tensor, token_ids: Tensor) -> Tensor:
     """Rank (0 = top-1) of ``token_ids`` [n] in the OV-circuit logits of ``resid`` [n, d] (the
     residual read at the token's position), the logit lens at the write's own scale, no biases."""
-    out = ov_write(view, layer, head, resid)
-    logits = logit_lens(view, out, reference=out, mode="linearised", include_bias=False).float()
-    return token_rank(logits, token_ids.to(logits.device)).cpu()
+    return write_ranks(view, ov_write(view, layer, head, resid), token_ids)
 
 
 def ov_logits(view: ModelView, layer: int, head: int, token_ids: Tensor) -> Tensor:
@@ -174,8 +195,7 @@ def ov_logits(view: ModelView, layer: int, head: int, token_ids: Tensor) -> Tens
 
 def ov_ranks(view: ModelView, layer: int, head: int, token_ids: Tensor) -> Tensor:
     """Rank (0 = top-1) of each token in its own OV-circuit logits, [n]."""
-    logits = ov_logits(view, layer, head, token_ids).float()
-    return token_rank(logits, token_ids.to(logits.device)).cpu()
+    return write_ranks(view, ov_vector(view, layer, head, token_ids), token_ids)
 
 
 # ----------------------------------------------------------------------------- result
@@ -224,8 +244,8 @@ class MoversResult:
             ),
             "projection": "a[l,h] · (w_f ⊙ (W_U[:,X] − mean W_U)), the folded, centred unembedding",
             "ov_rank": "rank of X in its own OV-circuit logits, 0 = top-1: ov_copy_rank reads X's embedding (median over "
-                       "distinct X), ov_copy_rank_context r[l] at X's position (median over prompts), "
-                       "ov_copy_rank_effective r[1] there; the mover test reads ov_input",
+            "distinct X), ov_copy_rank_context r[l] at X's position (median over prompts), "
+            "ov_copy_rank_effective r[1] there; the mover test reads ov_input",
             "heads": [dict(h) for h in self.heads],
             "example": self.example,
         }
@@ -318,11 +338,15 @@ def find_movers(
 
     def measure(indices, batch) -> dict:
         S = batch.input_ids.shape[1]
-        x_pos = (batch.subject_last() if config.subject_token == "last" else
-                 torch.tensor([p.subject_span[0] + int(batch.pad[r]) for r, p in enumerate(batch.prompts)]))
+        x_pos = (
+            batch.subject_last()
+            if config.subject_token == "last"
+            else torch.tensor([p.subject_span[0] + int(batch.pad[r]) for r, p in enumerate(batch.prompts)])
+        )
         positions = torch.stack([torch.full_like(x_pos, S - 1), x_pos], 1)  # [B, 2]: the end, X's position
-        trace = view.trace(batch.input_ids, batch.attention_mask, positions=positions,
-                           record=["pattern", "head_out", "resid_pre"])
+        trace = view.trace(
+            batch.input_ids, batch.attention_mask, positions=positions, record=["pattern", "head_out", "resid_pre"]
+        )
         # pattern [B, L, H, 2, S] -> the candidates' attention from the end: [B, C, S]
         pattern = trace.pattern[:, layers, heads, 0].float()
         mask = batch.subject_mask().to(pattern.device)
@@ -342,16 +366,27 @@ def find_movers(
         proj, proj_first, proj_last = project(x_batch), project(first_ids), project(last_ids)
         # OV copying of what each candidate reads at X's position: r[l] of its own layer, and r[1]
         resid_x = trace.resid_pre[:, 1]  # [B, L, d]
-        rank_context = torch.stack([ov_ranks_of(view, l, h, resid_x[:, l], x_batch) for l, h in candidates], 1)
-        rank_effective = torch.stack(
-            [ov_ranks_of(view, l, h, resid_x[:, effective_layer], x_batch) for l, h in candidates], 1
-        )
+        # [2, B, C, d]: every candidate's write of its own layer's residual, then of r[1]
+        writes = torch.stack(
+            [torch.stack([ov_write(view, l, h, resid_x[:, l]), ov_write(view, l, h, resid_x[:, effective_layer])])
+             for l, h in candidates],
+            2,
+        )  # fmt: skip
+        rank_context, rank_effective = write_ranks(view, writes, x_batch[None, :, None].expand(2, -1, C))
         for row, i in enumerate(indices):
             n = prompts[i].n_tokens
             example_rows[i] = (pattern[row, :, -n:].cpu(), n)
-        return {"att_subject": a_sub.cpu(), "att_last": a_last.cpu(), "att_first": a_first.cpu(), "top_is_subject": top_sub.cpu(),
-                "projection": proj.cpu(), "projection_first": proj_first.cpu(), "projection_last": proj_last.cpu(),
-                "rank_context": rank_context, "rank_effective": rank_effective}
+        return {
+            "att_subject": a_sub.cpu(),
+            "att_last": a_last.cpu(),
+            "att_first": a_first.cpu(),
+            "top_is_subject": top_sub.cpu(),
+            "projection": proj.cpu(),
+            "projection_first": proj_first.cpu(),
+            "projection_last": proj_last.cpu(),
+            "rank_context": rank_context,
+            "rank_effective": rank_effective,
+        }
 
     got = collect(prompts, pad_id, config.batch_size, measure, "movers", progress)
     att_subject, att_last, att_first = got["att_subject"].T, got["att_last"].T, got["att_first"].T  # [C, N]
@@ -365,8 +400,10 @@ def find_movers(
 
     rows = []
     summaries = []
-    for c, (l, h) in enumerate(track(candidates, "movers: OV circuits", total=C, enabled=progress)):
-        ranks_all = ov_ranks(view, l, h, distinct_subject)
+    embedded = torch.stack([ov_vector(view, l, h, distinct_subject) for l, h in candidates])  # [C, n, d]
+    distinct_ranks = write_ranks(view, embedded, distinct_subject[None].expand(C, -1))  # [C, n]
+    for c, (l, h) in enumerate(track(candidates, "movers: heads", total=C, enabled=progress)):
+        ranks_all = distinct_ranks[c]
         rank_of = dict(zip(distinct_subject.tolist(), ranks_all.tolist(), strict=True))
         ov_x = torch.tensor([rank_of[int(t)] for t in distinct_x])
         effect = None if effects is None or (l, h) not in effects else float(effects[(l, h)])
@@ -409,7 +446,7 @@ def _example(summaries, frame, prompts, example_rows, candidates, decode) -> dic
     prompt where its attention to the subject is the median one — a typical prompt, not the best."""
     movers = [s for s in summaries if s["is_mover"]]
     pool = movers or summaries
-    best = max(pool, key=lambda s: (s["projection_corr"] if math.isfinite(s["projection_corr"]) else -2.0))
+    best = max(pool, key=lambda s: s["projection_corr"] if math.isfinite(s["projection_corr"]) else -2.0)
     c = candidates.index((best["layer"], best["head"]))
     rows = frame[(frame["layer"] == best["layer"]) & (frame["head"] == best["head"])].reset_index(drop=True)
     order = rows["attention_to_subject"].sort_values(kind="stable").index
@@ -467,8 +504,10 @@ def candidates_for(config: MoversConfig, n_layers: int, n_heads: int, patch: pd.
         _, effects = top_heads_from_patch(patch, 1)
     if config.layer is not None:
         heads = [config.head] if config.head is not None else list(range(n_heads))
-        return [(config.layer, h) for h in heads], effects, f"layer {config.layer}" + (
-            f", head {config.head}" if config.head is not None else ", every head"
+        return (
+            [(config.layer, h) for h in heads],
+            effects,
+            f"layer {config.layer}" + (f", head {config.head}" if config.head is not None else ", every head"),
         )
     if config.heads == "all":
         return all_heads(n_layers, n_heads), effects, "all heads"
@@ -478,12 +517,21 @@ def candidates_for(config: MoversConfig, n_layers: int, n_heads: int, patch: pd.
     return chosen, effects, f"top {len(chosen)} heads by |patching effect| ({top_heads(patch).name.replace('_', ' ')})"
 
 
-def movers(model, prompts, config: MoversConfig = MoversConfig(), patch: pd.DataFrame | None = None, progress: bool = True) -> MoversResult:
+def movers(
+    model, prompts, config: MoversConfig = MoversConfig(), patch: pd.DataFrame | None = None, progress: bool = True
+) -> MoversResult:
     """The movers stage on a loaded :class:`~recallscope.models.Model` and a prompt set."""
     cfg = model.cfg
     candidates, effects, selection = candidates_for(config, cfg.n_layers, cfg.n_heads, patch)
     tok = model.tokenizer
     return find_movers(
-        model.view, list(prompts.prompts), candidates, config, pad_id=tok.pad_token_id, effects=effects,
-        decode=lambda t: tok.decode([t]), selection=selection, progress=progress,
+        model.view,
+        list(prompts.prompts),
+        candidates,
+        config,
+        pad_id=tok.pad_token_id,
+        effects=effects,
+        decode=lambda t: tok.decode([t]),
+        selection=selection,
+        progress=progress,
     )
