@@ -145,7 +145,8 @@ CASES: tuple[Case, ...] = (
     ),
     Case("--shots negative", ("recall", "--shots", "-1"), "--shots must be >= 0, got -1"),
     Case("--shots not a number", ("run", "--shots", "0,a"), "cannot read '0,a' as a comma-separated list of int"),
-    Case("--max-prompts 0", ("recall", "--max-prompts", "0"), "--max-prompts must be >= 1, got 0"),
+    Case("--max-prompts 0", ("recall", "--max-prompts", "0"), "--max-prompts must be a number >= 1 or all, got 0"),
+    Case("--max-prompts lots", ("recall", "--max-prompts", "lots"), "--max-prompts must be a number >= 1 or all, got 'lots'"),
     Case(
         "--layer out of range (movers)",
         ("movers", "--layer", "99", "--head", "0"),

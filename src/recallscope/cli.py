@@ -89,7 +89,12 @@ def _json_ready(value):
 # Options every stage verb and ``run`` share (one definition each).
 MODEL_OPTION = typer.Option("smollm2-135m", "--model", "-m", help="Alias, hub id or local directory.")
 SEED_OPTION = typer.Option(0, "--seed", help="Every random choice of the run derives from it (see manifest.json 'seeds').")
-MAX_PROMPTS_OPTION = typer.Option(None, "--max-prompts")
+MAX_PROMPTS_OPTION = typer.Option(
+    "default",
+    "--max-prompts",
+    help="Prompts sampled (seeded) from the relation: a number, or all. Default: 100 (the paper preset: all).",
+    show_default=False,
+)
 DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto.")
 DTYPE_OPTION = typer.Option("float32", "--dtype")
 DEVICE_MAP_OPTION = typer.Option(
@@ -138,9 +143,7 @@ def _flag_overrides(stage: str, flags: dict[str, Any], stages: dict) -> dict[str
     return out
 
 
-def _check_common(max_prompts: Optional[int], threads: Optional[int]) -> None:
-    if max_prompts is not None and max_prompts < 1:
-        raise UserError(f"--max-prompts must be >= 1, got {max_prompts}")
+def _check_common(threads: Optional[int]) -> None:
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be >= 1, got {threads}")
 
@@ -160,7 +163,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
             shots: int = typer.Option(0, "--shots", "-k", help="In-context demonstrations per prompt."),
             out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (resumable)."),
             seed: int = SEED_OPTION,
-            max_prompts: Optional[int] = MAX_PROMPTS_OPTION,
+            max_prompts: str = MAX_PROMPTS_OPTION,
             device: str = DEVICE_OPTION,
             dtype: str = DTYPE_OPTION,
             device_map: Optional[str] = DEVICE_MAP_OPTION,
@@ -180,7 +183,8 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
                 [], "--set", help="Stage setting, e.g. --set patch.direction=denoise (repeatable)."
             ),
         ) -> None:
-            _check_common(max_prompts, threads)
+            _check_common(threads)
+            max_prompts = pipeline.resolve_max_prompts(max_prompts, preset)
             if shots < 0:
                 raise UserError(f"--shots must be >= 0, got {shots}")
             overrides = _parse_set(settings)
@@ -275,7 +279,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         shots: str = typer.Option("0", "--shots", "-k", help="Shot counts, comma-separated (e.g. 0,1,3)."),
         out: str = typer.Option("runs/latest", "--out", "-o", help="Run directory (resumable)."),
         seed: int = SEED_OPTION,
-        max_prompts: Optional[int] = MAX_PROMPTS_OPTION,
+        max_prompts: str = MAX_PROMPTS_OPTION,
         device: str = DEVICE_OPTION,
         dtype: str = DTYPE_OPTION,
         device_map: Optional[str] = DEVICE_MAP_OPTION,
@@ -301,7 +305,8 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         """The whole study: every stage, for each relation and shot count, and the HTML report.
 
         Exit code 3 when a sweep finished but some cells lacked the data for some stages."""
-        _check_common(max_prompts, threads)
+        _check_common(threads)
+        max_prompts = pipeline.resolve_max_prompts(max_prompts, preset)
         targets = _split_list(stages) or pipeline.default_stages()
         _set_threads(threads)
         cells_on = _executor(executor, ray_address, cpus_per_cell)
@@ -524,7 +529,8 @@ def bench_command(
 
     if mode not in (None, "total", "path"):
         raise UserError(f"--mode must be one of total, path, got {mode!r}")
-    _check_common(max_prompts, None)
+    if max_prompts is not None and max_prompts < 1:
+        raise UserError(f"--max-prompts must be >= 1, got {max_prompts}")
     available = benchmarks.names()
     unknown = [n for n in names or [] if n not in available]
     if unknown:

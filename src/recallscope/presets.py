@@ -7,10 +7,10 @@ changes), ``paper`` selects the paper's definition wherever it differs. Each
 function of the authors' code it follows, so a manifest can list exactly what ran.
 
 Settings are ``"<stage>.<field>"`` (a stage config field, the same keys as ``--set``) or
-``"run.<field>"`` (how prompts are built: ``run.demonstrations``, ``run.relation``);
+``"run.<field>"`` (how prompts are built: ``run.demonstrations``, ``run.relation``, ``run.max_prompts``);
 :meth:`Preset.stage_settings` and :meth:`Preset.run_settings` split them. A user's own
-``--set`` or flag wins over the preset's value; ``run.relation`` applies only when no
-relation is given.
+``--set`` or flag wins over the preset's value; ``run.relation`` and ``run.max_prompts`` apply
+only when no relation (no ``--max-prompts``) is given.
 
 Why recallscope's defaults are what they are (the README's short version is in docs/patch.md):
 
@@ -129,6 +129,13 @@ PAPER = Preset(
             "template",
             "demonstrations in the relation's plain template: \"The capital of X' is Y'. \" before the lead-in",
             f"{FACT_DATASET}: FactDataset.add_a_shot",
+        ),
+        Definition(
+            "run.max_prompts",
+            None,
+            100,
+            "every prompt of the dataset (recallscope's default run samples 100, seeded), when --max-prompts is not given",
+            f"{FACT_DATASET}: FactDataset (the whole dataset)",
         ),
         Definition(
             "run.relation",
