@@ -300,6 +300,11 @@ def claim_names(sweeps: list[Sweep]) -> list[str]:
     return names
 
 
+def shots_text(k: int) -> str:
+    """ "1 shot", "3 shots"."""
+    return f"{k} shot{'' if k == 1 else 's'}"
+
+
 def _where(cells: list[tuple[str, int]]) -> str:
     """ "paper_country_capital at 0 and 3 shots; country_language at 3 shots"."""
     by: dict[str, list[int]] = {}
@@ -309,7 +314,7 @@ def _where(cells: list[tuple[str, int]]) -> str:
     for rel, ks in by.items():
         ks = sorted(ks)
         shots = ", ".join(str(k) for k in ks[:-1]) + (" and " if len(ks) > 1 else "") + str(ks[-1])
-        parts.append(f"{rel} at {shots} shot{'s' if len(ks) > 1 or ks[0] != 1 else ''}")
+        parts.append(f"{rel} at {shots} shot{'s' if len(ks) > 1 or ks[0] != 1 else ''}")  # "0 and 1 shots", "1 shot"
     return "; ".join(parts)
 
 
@@ -408,7 +413,7 @@ def nearest_flip(sweep: Sweep, claim: str) -> str | None:
         return None
     m, c, v, f = best
     return (
-        f"The verdict nearest to flipping: {c.relation} at {c.shots} shots ({v}, margin {num(m)}; "
+        f"The verdict nearest to flipping: {c.relation} at {shots_text(c.shots)} ({v}, margin {num(m)}; "
         f"it flips with the threshold's setting at {num(f)})."
     )
 
@@ -631,7 +636,7 @@ def preset_disagreements(sweeps: list[Sweep], names: list[str]) -> list[str]:
                     compared += 1
                 if n in va and n in vb and va[n] != vb[n] and {va[n], vb[n]} <= {HOLDS, FAILS}:
                     diffs.append(
-                        f"C{names.index(n) + 1} on {a.relation} at {a.shots} shots ({PRESETS[0]}: {va[n]}, {PRESETS[1]}: {vb[n]})"
+                        f"C{names.index(n) + 1} on {a.relation} at {shots_text(a.shots)} ({PRESETS[0]}: {va[n]}, {PRESETS[1]}: {vb[n]})"
                     )
         if diffs:
             lines.append(
