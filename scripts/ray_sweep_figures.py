@@ -209,10 +209,11 @@ def measure(args) -> None:
 def render(_args) -> None:
     r = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()][-1]
     c = r["crash_and_resume"]
+    # a load average of the CPU count or more before the first run: other work shared the cores
+    contended = " (the machine was shared: every wall time is contended)" if r["load_before"] >= r["cpus"] else " (idle cores)"
     lines = [
         f"`python scripts/ray_sweep_figures.py measure` on {r['date'][:10]} (commit {r['commit']}), {r['cpus']} CPUs, "
-        f"load average {r['load_before']} before and {r['load_after']} after (the machine was shared: every wall time is "
-        f"contended). Sweep: {r['model']}, {' and '.join(r['relations'])} × {r['shots']} shots, stages "
+        f"load average {r['load_before']} before and {r['load_after']} after{contended}. Sweep: {r['model']}, {' and '.join(r['relations'])} × {r['shots']} shots, stages "
         f"{', '.join(r['stages'])}, --max-prompts {r['max_prompts']}. Wall times include each process's start and model "
         "load (the driver's and every task's); the Ray cluster's start is not in them.",
         "",
@@ -237,9 +238,17 @@ def render(_args) -> None:
         f"| {c['cells_written_before_crash']} | {c['parquet_files_before_crash']} | {c['parquet_files_rewritten_by_rerun']} | "
         f"{c['stages_reused_by_rerun']} | {c['retries']} | {c['rerun_exit']} | {'all ' if c['equal'] else 'NOT all '}{c['tables']} |",
         "",
-        "Exit 3 is the serial run's too: at 2 prompts smollm2-135m knows no country_language prompt at 0 shots, so that "
-        "cell's patch stage is not measurable (the sweep says so and goes on).",
+        "The serial run loads the model once and runs every cell on all the process's threads; each Ray task is a "
+        "process of its own that loads the model and runs its cell on the threads of its CPUs (1 here). So 1 worker "
+        "pays a model load per cell on half the threads, and 2 workers on 2 cores at best match the serial run: "
+        "Ray pays off with more cores than one cell's threads can use, or more machines.",
     ]
+    if r["serial"]["exit"] == 3:
+        lines += [
+            "",
+            f"Exit 3 is the serial run's too: at {r['max_prompts']} prompts some cell lacks the known prompts a stage "
+            "needs, so that stage is not measurable there (the sweep says so and goes on).",
+        ]
     text = DOC.read_text(encoding="utf-8")
     head, _, rest = text.partition(BEGIN)
     _, _, tail = rest.partition(END)
