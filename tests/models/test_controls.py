@@ -40,13 +40,13 @@ def random_model():
 
 @pytest.fixture(scope="module")
 def planted_study(planted):
-    return recallscope.run(model=planted, relation=RELATION, stages=STAGES, progress=False)
+    return recallscope.run(model=planted, relation=RELATION, stages=STAGES, progress=False, max_prompts="all")
 
 
 @pytest.fixture(scope="module")
 def random_study(random_model):
     # The random model knows no fact, so every prompt is kept (known_top_k = V) for the stages to run.
-    return recallscope.run(model=random_model, relation=RELATION, stages=STAGES, progress=False,
+    return recallscope.run(model=random_model, relation=RELATION, stages=STAGES, progress=False, max_prompts="all",
                            **{"recall.known_top_k": V})
 
 
