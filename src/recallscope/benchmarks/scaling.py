@@ -211,7 +211,9 @@ def _predictions(measured: list[dict]) -> Iterator[dict]:
     for what, (exponent, largest) in sorted(fits.items()):
         if exponent <= 0:  # cost cannot fall with size: the points were measured under unequal load
             yield {"bench": "scaling_prediction", "what": what, "prediction": True, "ratio": None,
-                   "skipped": f"fitted model-size exponent {exponent:.2f} <= 0: not a usable fit (contended or too few points)"}
+                   "skipped": (f"fitted model-size exponent {exponent:.2f} <= 0: cost did not grow with parameters between "
+                               "the measured models (they differ in layers, heads, vocabulary and the prompts they "
+                               "know: size alone does not order their cost); not a usable fit")}
             continue
         for name, spec in PREDICTED.items():
             scale = (spec["n_params"] / largest["n_params"]) ** exponent
