@@ -167,3 +167,26 @@ def test_no_benchmark_module_shadows_an_attribute_of_the_package():
     for name in benchmarks.names():
         importlib.import_module(f"recallscope.benchmarks.{name}")
     assert callable(benchmarks.measure) and not isinstance(benchmarks.measure, types.ModuleType)
+
+
+def test_scaling_flop_predictions_from_the_engines_measured_share():
+    """GPT-2 XL's engine count by hand: layer = d(H+2K)dh + H dh d + 2 d d_mlp = 30.72M MAC; sum over the
+    48 layers of (H+1)(L-1-l) = 26 * 1128 = 29328 layer evaluations, plus H * mlp per layer."""
+    gpt2 = scaling.PREDICTED["gpt2-xl"]["shape"]
+    from types import SimpleNamespace
+
+    from recallscope.benchmarks.run import exact_engine_macs
+
+    assert exact_engine_macs(SimpleNamespace(**gpt2)) == 29328 * 30_720_000 + 48 * 25 * 20_480_000
+    smollm2 = {"n_layers": 30, "n_heads": 9, "n_kv_heads": 3, "d_model": 576, "d_head": 64, "d_mlp": 1536, "gated_mlp": True}
+    macs = exact_engine_macs(SimpleNamespace(**smollm2))
+    line = {"what": "patch_total", "model": "smollm2-135m", "engine_seconds": 40.0, "patched_prompts": 80, "shape": smollm2}
+    smaller = {**line, "patched_prompts": 20, "engine_seconds": 1.0}  # the basis is the point with the most prompts
+    preds = {p["model"]: p for p in scaling.flop_predictions([smaller, line], cpu_gflops=100.0)}
+    share = 2 * macs * 80 / 40.0 / 1e9 / 100.0
+    assert preds["gpt2-xl"]["engine_share_of_matmul"] == round(share, 3)
+    expected_gpu = 2 * exact_engine_macs(SimpleNamespace(**gpt2)) * 100 / 1e9 / (scaling.GPU_FP32_GFLOPS * share)
+    assert preds["gpt2-xl"]["predicted_gpu_seconds"] == round(expected_gpu, 1)
+    assert preds["gpt2-xl"]["predicted_cpu_seconds"] == round(expected_gpu * scaling.GPU_FP32_GFLOPS / 100.0, 1)
+    assert all(p["prediction"] is True and p["arithmetic"].startswith("PREDICTION") for p in preds.values())
+    assert list(scaling.flop_predictions([{"what": "trace", "seconds": 3.0}], cpu_gflops=100.0)) == []

@@ -24,19 +24,27 @@ axis, ``--stages`` picks among patch_total, patch_path, trace, run.
 
 ``scaling_prediction`` lines are predictions, not measurements: GPT-2 XL and Llama-2-7B on one GPU
 from the model-size exponent and this machine's measured float32 matmul rate against a GPU's
-spec-sheet float32 rate, utilisation assumed equal; each line writes the arithmetic out.
+spec-sheet float32 rate, utilisation assumed equal; each line writes the arithmetic out. Two
+small models of different shape often give no usable exponent (the larger one may patch fewer
+components and know fewer prompts), so the patch engine is also predicted from its FLOP count
+(``basis: "flop count"``): the exact total-effect engine's multiply-adds per known prompt for the
+target's published shape (``run.exact_engine_macs``) × 100 prompts, at the share of the matmul rate
+the engine reached here on the largest patch_total point of the first model.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from types import SimpleNamespace
 from typing import Iterator
 
 import numpy as np
 
 from ..errors import UserError
 from ._child import common_args, run_cli
+from .run import exact_engine_macs
 
 PROMPTS = (25, 50, 100, 200)
 TRACE_PROMPTS = (2, 4, 8, 16)
@@ -44,11 +52,17 @@ SHOTS = (0, 1, 3, 5)
 MODELS = ("smollm2-135m", "gemma3-270m")
 WHAT = ("patch_total", "patch_path", "trace", "run")
 
-# the models predicted: parameters, layers, heads (published configurations)
+# the models predicted: parameters, layers, heads and the shapes the patch engine's FLOP count needs
+# (published configurations: GPT-2 XL's config.json, Llama-2-7B's params.json)
 PREDICTED = {
-    "gpt2-xl": {"n_params": 1.558e9, "layers": 48, "heads": 25},
-    "llama-2-7b": {"n_params": 6.738e9, "layers": 32, "heads": 32},
+    "gpt2-xl": {"n_params": 1.558e9, "layers": 48, "heads": 25,
+                "shape": {"n_layers": 48, "n_heads": 25, "n_kv_heads": 25, "d_model": 1600, "d_head": 64,
+                          "d_mlp": 6400, "gated_mlp": False}},
+    "llama-2-7b": {"n_params": 6.738e9, "layers": 32, "heads": 32,
+                   "shape": {"n_layers": 32, "n_heads": 32, "n_kv_heads": 32, "d_model": 4096, "d_head": 128,
+                             "d_mlp": 11008, "gated_mlp": True}},
 }
+PREDICTED_PROMPTS = 100  # the FLOP-count predictions are for this many known prompts (the default run's sample)
 # float32 (non-tensor-core) peak of one NVIDIA A100 (spec sheet), the GPU assumed for the prediction
 GPU_FP32_GFLOPS = 19500.0
 GPU_NAME = "one NVIDIA A100 (19.5 TFLOP/s float32, spec sheet)"
@@ -96,7 +110,10 @@ def _model_facts(name: str, relation: str, seed: int, cache: dict) -> dict:
         cache.clear()  # one model held at a time
         model = load_model(name)
         n_params = sum(int(t.numel()) for t in model.hf.parameters()) if getattr(model, "hf", None) is not None else None
-        cache[name] = {"tokenizer": model.tokenizer, "n_params": n_params, "layers": model.cfg.n_layers, "heads": model.cfg.n_heads}
+        cfg = model.cfg
+        shape = {k: getattr(cfg, k) for k in ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp", "gated_mlp")}
+        cache[name] = {"tokenizer": model.tokenizer, "n_params": n_params, "layers": cfg.n_layers, "heads": cfg.n_heads,
+                       "shape": shape}
     return cache[name]
 
 
@@ -143,6 +160,7 @@ def run(options) -> Iterator[dict]:
             yield line
         yield from _fits(what, [m for m in measured if m["what"] == what])
     yield from _predictions(measured)
+    yield from flop_predictions(measured)
 
 
 def _measure(what: str, n: int, shots: int, model: str, options, cache: dict) -> dict:
@@ -161,8 +179,13 @@ def _measure(what: str, n: int, shots: int, model: str, options, cache: dict) ->
            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     if child.returncode != 0:
         return {**out, "seconds": None, "error": child.error()[:300]}
-    return {**out, "seconds": round(child.seconds, 2),
-            "peak_rss_gb": None if child.peak_rss_gb is None else round(child.peak_rss_gb, 3)}
+    out = {**out, "seconds": round(child.seconds, 2),
+           "peak_rss_gb": None if child.peak_rss_gb is None else round(child.peak_rss_gb, 3)}
+    if what == "patch_total":  # the engine's own seconds and prompts: the FLOP-count prediction reads them
+        summary = json.loads(child.stdout)
+        patch = summary.get("stages", {}).get("patch", summary)
+        out.update(engine_seconds=patch.get("engine_seconds"), patched_prompts=patch.get("n_prompts"), shape=facts["shape"])
+    return out
 
 
 X_OF_AXIS = {"prompts": "n_prompts", "shots": "mean_tokens", "model": "n_params"}
@@ -219,7 +242,8 @@ def _predictions(measured: list[dict]) -> Iterator[dict]:
             scale = (spec["n_params"] / largest["n_params"]) ** exponent
             cpu_s = largest["seconds"] * scale
             yield {
-                "bench": "scaling_prediction", "what": what, "model": name, "n_params": spec["n_params"],
+                "bench": "scaling_prediction", "what": what, "basis": "model-size exponent", "model": name,
+                "n_params": spec["n_params"],
                 "prediction": True,
                 "predicted_cpu_seconds": round(cpu_s, 1),
                 "gpu_speedup_assumed": round(factor, 1),
@@ -234,3 +258,43 @@ def _predictions(measured: list[dict]) -> Iterator[dict]:
                     f"({spec['n_params'] * 4 / 1e9:.0f} GB of weights)"
                 ),
             }
+
+
+def flop_predictions(measured: list[dict], cpu_gflops: float | None = None) -> Iterator[dict]:
+    """The exact total-effect engine on GPT-2 XL and Llama-2-7B, predicted from its FLOP count.
+
+    Basis: the patch_total point of the first model with the most patched prompts. There the engine
+    reached ``achieved`` = 2 · exact_engine_macs(shape) · prompts / engine seconds, a ``share`` of
+    this machine's float32 matmul rate. A target's engine time for ``PREDICTED_PROMPTS`` known
+    prompts is 2 · exact_engine_macs(target shape) · prompts / (rate · share), on this CPU and on
+    the GPU (its spec-sheet float32 rate, the same share assumed). The engine only: start-up,
+    recall and the corrupted means are left out, and the weights must fit the device.
+    """
+    base = [m for m in measured if m.get("what") == "patch_total" and m.get("engine_seconds") and m.get("patched_prompts")
+            and m.get("shape")]
+    if not base:
+        return
+    first_model = base[0]["model"]
+    b = max((m for m in base if m["model"] == first_model), key=lambda m: m["patched_prompts"])
+    cpu = cpu_gflops if cpu_gflops is not None else _cpu_matmul_gflops()
+    achieved = 2 * exact_engine_macs(SimpleNamespace(**b["shape"])) * b["patched_prompts"] / b["engine_seconds"] / 1e9
+    share = achieved / cpu
+    for name, spec in PREDICTED.items():
+        macs = exact_engine_macs(SimpleNamespace(**spec["shape"]))
+        gflop = 2 * macs * PREDICTED_PROMPTS / 1e9
+        cpu_s, gpu_s = gflop / (cpu * share), gflop / (GPU_FP32_GFLOPS * share)
+        yield {
+            "bench": "scaling_prediction", "what": "patch_total", "basis": "flop count", "model": name,
+            "n_params": spec["n_params"], "prediction": True, "n_prompts": PREDICTED_PROMPTS,
+            "engine_tmac_per_prompt": round(macs / 1e12, 4), "engine_share_of_matmul": round(share, 3),
+            "predicted_cpu_seconds": round(cpu_s, 1), "gpu_speedup_assumed": round(GPU_FP32_GFLOPS / cpu, 1),
+            "predicted_gpu_seconds": round(gpu_s, 1), "ratio": None,
+            "arithmetic": (
+                f"PREDICTION: the exact total-effect engine, {PREDICTED_PROMPTS} known prompts of {name}: "
+                f"{macs / 1e12:.3f} TMAC per prompt (sum_l [(H+1)(L-1-l) layer + H mlp] at its published shape) x 2 x "
+                f"{PREDICTED_PROMPTS} = {gflop / 1e3:.0f} TFLOP; the engine ran at {achieved:.1f} GFLOP/s here ({b['model']}, "
+                f"{b['patched_prompts']} prompts patched in {b['engine_seconds']:.1f} s) = {share:.2f} of {cpu:.0f} GFLOP/s "
+                f"(a float32 1024^3 matmul); at that share: {cpu_s:.0f} s on this CPU, {gpu_s:.1f} s on {GPU_NAME}; "
+                f"engine only, weights ({spec['n_params'] * 4 / 1e9:.0f} GB in float32) assumed to fit"
+            ),
+        }  # fmt: skip
