@@ -78,11 +78,11 @@ def test_paper_preset_selects_the_papers_definitions_and_user_settings_win():
     patch = configs["patch"]
     assert (patch.mode, patch.sender_mean, patch.aggregate, patch.prompts) == ("path", "dataset", "ratio_of_means", "all")
     assert configs["movers"].subject_token == "first"
-    assert presets.PAPER.run_settings() == {"demonstrations": "plain", "relation": "paper_country_capital"}
+    assert presets.PAPER.run_settings() == {"demonstrations": "plain", "max_prompts": "all", "relation": "paper_country_capital"}
     merged = presets.merge(presets.PAPER, {"patch.prompts": "known"})
     assert merged["patch.prompts"] == "known" and merged["patch.mode"] == "path"
     listed = presets.PAPER.to_dict()
-    assert listed["name"] == "paper" and len(listed["definitions"]) == 7
+    assert listed["name"] == "paper" and len(listed["definitions"]) == 8
     json.dumps(listed)  # the manifest can hold it
 
 

@@ -66,7 +66,7 @@ def resolve_max_prompts(value: int | str | None, preset: str | None = None) -> i
             raise UserError(f"--max-prompts must be a number >= 1 or all, got {value!r}") from None
     if value == "default":
         settings = get_preset(preset).run_settings()
-        return settings["max_prompts"] if "max_prompts" in settings else DEFAULT_MAX_PROMPTS
+        return resolve_max_prompts(settings["max_prompts"]) if "max_prompts" in settings else DEFAULT_MAX_PROMPTS
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise UserError(f"--max-prompts must be a number >= 1 or all, got {value!r}")
     return value

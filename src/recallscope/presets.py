@@ -132,7 +132,7 @@ PAPER = Preset(
         ),
         Definition(
             "run.max_prompts",
-            None,
+            "all",
             100,
             "every prompt of the dataset (recallscope's default run samples 100, seeded), when --max-prompts is not given",
             f"{FACT_DATASET}: FactDataset (the whole dataset)",
