@@ -186,13 +186,6 @@ def ov_ranks_of(view: ModelView, layer: int, head: int, resid: Tensor, token_ids
     return write_ranks(view, ov_write(view, layer, head, resid), token_ids)
 
 
-def ov_logits(view: ModelView, layer: int, head: int, token_ids: Tensor) -> Tensor:
-    """Logits [n, V] of the OV circuit's write: the logit lens normalised by the vector's own
-    scale, without biases (they are the same for every token)."""
-    out = ov_vector(view, layer, head, token_ids)
-    return logit_lens(view, out, reference=out, mode="linearised", include_bias=False)
-
-
 def ov_ranks(view: ModelView, layer: int, head: int, token_ids: Tensor) -> Tensor:
     """Rank (0 = top-1) of each token in its own OV-circuit logits, [n]."""
     return write_ranks(view, ov_vector(view, layer, head, token_ids), token_ids)

@@ -48,7 +48,7 @@ DEFAULT_MAX_PROMPTS = 100  # the default run's seeded sample of the relation's p
 
 def resolve_max_prompts(value: int | str | None, preset: str | None = None) -> int | None:
     """The prompt cap a run uses: ``value`` when given (an int >= 1, or "all" / None: every prompt),
-    else ("default") the preset's (the paper preset: every prompt, its whole dataset), else
+    else ("default") the preset's (the paper preset: every prompt of its task), else
     :data:`DEFAULT_MAX_PROMPTS`. UserError on anything else.
 
     Why a default sample: exact total-effect patching re-runs the end position from each of the
