@@ -4,8 +4,9 @@ and its figures (docs/trace_*.png).
     python scripts/trace_docs.py                      # --max-prompts 16, ROME's n = 10 noise samples
     python scripts/trace_docs.py --max-prompts 40 --n-samples 10
 
-It runs ``recallscope run --stages recall,trace,knockout`` in a child process into a temporary run
-directory, draws the stages' own figures (``recallscope.figures.causal_trace`` / ``knockout``, the
+It runs ``recallscope run --stages recall,patch,movers,trace,knockout,claims`` in a child process into
+a temporary run directory (patch and movers only so that the knockout curve can be read against the
+layers of the heads patching singles out as movers, and claims for the two rows these stages add), draws the stages' own figures (``recallscope.figures.causal_trace`` / ``knockout``, the
 ones the HTML report shows) from the run's tables, exports them as PNG with plotly.js in the
 headless Chromium that the browser tests use (Playwright; ``Plotly.toImage``: kaleido is not
 installed), and writes one sentence per figure on where its peak is. Every figure in the page is
@@ -51,7 +52,7 @@ def run_stages(out: Path, max_prompts: int, n_samples: int, seed: int) -> list[s
         "--seed",
         str(seed),
         "--stages",
-        "recall,trace,knockout",
+        "recall,patch,movers,trace,knockout,claims",
         "--set",
         f"trace.n_samples={n_samples}",
         "--no-report",
@@ -127,6 +128,49 @@ def knockout_sentence(windows: pd.DataFrame, window: int) -> str:
     )
 
 
+def gqa_sentence(model: dict) -> str:
+    """Which edges are blocked on this model (every query head's; grouped-query keys/values unchanged)."""
+    heads, kv = model.get("n_heads"), model.get("n_kv_heads")
+    shared = (
+        f" ({heads} query heads share {kv} key/value heads: the keys and values are unchanged, other positions still read them)"
+        if heads and kv and kv < heads
+        else ""
+    )
+    return f"In every layer of the window the edges from the last position's query of every head are blocked{shared}."
+
+
+def movers_sentence(stages: dict) -> str:
+    """The heads whose layers the knockout claim reads, with whether they pass the movers test."""
+    from recallscope.claims import ClaimsConfig, patching_movers
+
+    heads = patching_movers(stages.get("movers"), ClaimsConfig())
+    names = [f"L{h['layer']}H{h['head']}" + ("" if h.get("is_mover") else " (fails the movers test)") for h in heads]
+    return f"the top {len(heads)} by |patching effect|: " + ", ".join(names) if heads else "none"
+
+
+CLAIM_COLUMNS = ("claim", "verdict", "value", "ci_low", "ci_high", "about", "detail")
+
+
+def claims_section(claims: pd.DataFrame) -> list[str]:
+    """The claims rows the two localisations add, as the run's claims table states them."""
+    rows = claims[claims["stage"].isin(["trace", "knockout"])]
+    out = [
+        "## Claims rows",
+        "",
+        "The rows the two stages add to the run's claims table (rules in `recallscope.causal_trace."
+        "mlp_peak_claim` and `recallscope.knockout.reads_subject_claim`):",
+        "",
+        "| claim | verdict | value | 95% interval | where | detail |",
+        "|---|---|---|---|---|---|",
+    ]
+    for _, r in rows.iterrows():
+        out.append(
+            f"| {r['claim']} | {r['verdict']} | {r['value']:.4g} | {r['ci_low']:.4g} to {r['ci_high']:.4g} | "
+            f"{r['about'] or ''} | {str(r['detail']).replace('|', '/')} |"
+        )
+    return [*out, ""]
+
+
 def export_png(figures: list, paths: list[Path], width: int = 1000, height: int = 520) -> None:
     """PNG files of plotly figures, drawn by plotly.js (``Plotly.toImage``) in headless Chromium, offline."""
     from playwright.sync_api import sync_playwright
@@ -169,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         rundir = RunDir(out)
         stages = rundir.summary()["stages"]
         trace_tables, knock_tables = rundir.read_tables("trace"), rundir.read_tables("knockout")
+        claims = rundir.read_table("claims")
+        model = rundir.manifest()["model"]
     ts, ks = stages["trace"], stages["knockout"]
     figs = trace_figures.figures(trace_tables, ts) + knockout_figures.figures(knock_tables, ks)
     args.docs.mkdir(parents=True, exist_ok=True)
@@ -203,13 +249,19 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"The last position's attention edges to a set of positions are blocked in a window of {ks['window']} layers "
         f"({ks['window_rule']}), for every window; the curve is the mean relative change of p(Y) with 95% bootstrap "
-        "intervals. Mover-head layers are not marked: this run has no movers stage.",
+        f"intervals. {gqa_sentence(model)} The dotted lines mark the layers of the heads patching singles out as "
+        f"movers ({movers_sentence(stages)}).",
         "",
         f"![attention knockout]({NAMES[4]})",
         "",
         knockout_sentence(windows, int(ks["window"])),
         "",
+        "The non-subject control blocks the first position too; a model that parks much of the last position's attention "
+        "there (an attention sink) loses p(Y) under that control in most windows, whatever it reads from the subject "
+        "(`recallscope.knockout`'s docstring).",
+        "",
     ]
+    lines += claims_section(claims)
     (args.docs / "trace.md").write_text("\n".join(lines))
     print(f"wrote {args.docs / 'trace.md'} and {len(NAMES)} figures", file=sys.stderr)
     return 0

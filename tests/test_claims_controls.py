@@ -128,8 +128,9 @@ def test_trace_and_knockout_rows_on_the_controls(model, settings, tmp_path):
     ``planted`` moves the subject with L1H0, so blocking the last position's edges to the subject
     in layer 1 removes the fact (knockout holds); it stores no fact in MLP states at the subject,
     so causal tracing's MLP peak is nil (does not hold). ``random``: the trace peak is ~1e-9 of
-    probability, under the 0.01 floor (it said *holds* before the floor); no mover, so knockout is
-    not measurable."""
+    probability, under the 0.01 floor (it said *holds* before the floor); knockout is measured at the
+    layers of the heads patching singles out (the movers claim's heads) and its dip is under the
+    10% floor (does not hold)."""
     _, summary = pipeline.execute(
         pipeline.RunConfig(model=model, relation=RELATION, max_prompts=20),
         [*pipeline.default_stages(), "trace", "knockout"],
@@ -144,4 +145,5 @@ def test_trace_and_knockout_rows_on_the_controls(model, settings, tmp_path):
         assert knockout_row["verdict"] == HOLDS and knockout_row["value"] < -90
         assert knockout_row["about"] == "layers 1..1"
     else:
-        assert knockout_row["verdict"] == NOT_MEASURABLE
+        assert knockout_row["verdict"] == FAILS, knockout_row["detail"]
+        assert knockout_row["margin"] < 0 and abs(knockout_row["value"]) < 10

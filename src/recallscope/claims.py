@@ -292,6 +292,23 @@ def _pearson_ci(x: np.ndarray, y: np.ndarray, cfg: ClaimsConfig) -> tuple[float,
 
 
 # ----------------------------------------------------------------------------- 1. movers
+def _patching_order(heads: list[dict]) -> list[int]:
+    """Indices of the movers stage's candidate heads by |patching effect|, largest first (candidate
+    order where a head has no effect)."""
+    return sorted(range(len(heads)), key=lambda i: (-abs(heads[i]["effect"]) if _f(heads[i].get("effect")) is not None
+                                                    else math.inf, i))
+
+
+def patching_movers(summary: dict | None, cfg: ClaimsConfig) -> list[dict]:
+    """The heads patching singles out as mover heads: the ``cfg.mover_top_heads`` candidates of the
+    movers stage's summary (``heads``) with the largest |patching effect|, strongest first; [] when
+    the movers stage did not run. Lv et al. locate the mover heads by patching (§3); the movers
+    claim (C1) then tests whether these heads move X, and the knockout claim asks whether the last
+    position reads the subject in their layers."""
+    heads = (summary or {}).get("heads") or []
+    return [heads[i] for i in _patching_order(heads)[: cfg.mover_top_heads]]
+
+
 def movers_claim(summary: dict | None, frame: pd.DataFrame | None, cfg: ClaimsConfig) -> Claim:
     if not summary or frame is None or not len(frame):
         return _missing(CLAIM_MOVERS, "movers", "the movers stage did not run")
@@ -303,9 +320,7 @@ def movers_claim(summary: dict | None, frame: pd.DataFrame | None, cfg: ClaimsCo
     ov_column = {"context": "ov_rank_context", "effective": "ov_rank_effective", "embedding": "ov_rank_x"}[ov_input]
     if ov_column not in frame:
         return _missing(CLAIM_MOVERS, "movers", "the movers table predates the in-context OV columns: rerun movers with --force")
-    # the heads patching singles out: by |patching effect| (candidate order where a head has none)
-    order = sorted(range(len(heads)), key=lambda i: (-abs(heads[i]["effect"]) if _f(heads[i].get("effect")) is not None
-                                                     else math.inf, i))
+    order = _patching_order(heads)
     chosen = [heads[i] for i in order[: cfg.mover_top_heads]]
     # the attention the movers stage's scatter uses (its subject_token setting, written in its summary)
     first = str(summary.get("subject_token", "")).startswith("X = the subject's first")

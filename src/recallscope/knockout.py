@@ -339,8 +339,9 @@ def reads_subject_claim(
     (an effect-size floor chosen by recallscope, default a 10% drop: Geva et al. report drops of
     tens of percent; without a floor any noise-level dip passed "interval < 0"), the dip is below
     the non-subject control's mean at the same window (when that control ran), and the window
-    [first, last layer] holds a mover head. ``mover_layers`` from the movers stage (empty: not
-    measurable)."""
+    [first, last layer] holds a mover head. ``mover_layers``: the layers of the heads patching
+    singles out as movers (``claims.patching_movers``, the heads the movers claim tests, whether
+    or not they pass that claim's test; the pipeline passes them); empty: not measurable."""
     stage = "knockout"
     if windows is None or summary is None or not len(windows):
         return Claim(CLAIM_READS_SUBJECT, None, None, None, NOT_MEASURABLE, "", "", "the knockout stage did not run", stage)
@@ -356,7 +357,7 @@ def reads_subject_claim(
     value, ci = float(row["mean_relative_change_pct"]), (float(row["ci_low"]), float(row["ci_high"]))
     detail = (
         f"dip at window {first}..{last} (centre {centre}, k = {summary.get('window')}); non-subject control there: "
-        f"{control_mean:.1f}%; mover heads' layers: {mover_layers or 'none'}"
+        f"{control_mean:.1f}%; layers of the heads patching singles out as movers: {mover_layers or 'none'}"
     )
     if not mover_layers:
         return Claim(
@@ -366,7 +367,7 @@ def reads_subject_claim(
             NOT_MEASURABLE,
             measure,
             "",
-            detail + " (no mover head found: run the movers stage)",
+            detail + " (the movers stage did not run: add it to --stages)",
             stage,
         )
     inside = any(first <= m <= last for m in mover_layers)

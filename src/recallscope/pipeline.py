@@ -314,9 +314,10 @@ def claims_of_rundir(path: str, overrides: dict[str, Any] | None = None) -> dict
 
 
 def _mover_layers(ctx: StageContext) -> tuple[int, ...]:
-    """Layers of the heads the movers stage found to be movers (empty when it did not run)."""
-    heads = (ctx.summaries.get("movers") or {}).get("heads") or []
-    return tuple(sorted({int(h["layer"]) for h in heads if h.get("is_mover")}))
+    """Layers of the heads patching singles out as movers (``claims.patching_movers``: the same heads
+    the movers claim tests, whether or not they pass its test); empty when the movers stage did not run."""
+    heads = claims.patching_movers(ctx.summaries.get("movers"), ctx.config("claims"))
+    return tuple(sorted({int(h["layer"]) for h in heads}))
 
 
 def _trace(ctx: StageContext) -> causal_trace.TraceResult:

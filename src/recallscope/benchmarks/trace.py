@@ -49,6 +49,7 @@ Not measured here (no GPU in this session).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
@@ -105,6 +106,7 @@ def _line(model, options, shots, known, per_prompt_sample: int) -> dict:
     naive_flops = exact_flops = 0.0  # what each engine computes
     computed_naive = computed_exact = 0.0  # over the computed restorations only
     diff32, samples = 0.0, {}
+    load_before = round(os.getloadavg()[0], 2)
     for group in groups:
         start = time.perf_counter()
         got = CT.exact_group(view, group, [noise[p.index] for p in group], kinds, config.window)
@@ -133,6 +135,7 @@ def _line(model, options, shots, known, per_prompt_sample: int) -> dict:
             for kind in kinds:
                 ok = ~np.isnan(ref["p_restored"][kind])
                 diff32 = max(diff32, float(np.abs(got["p_restored"][kind][b][ok] - ref["p_restored"][kind][ok]).max(initial=0.0)))
+    load_after = round(os.getloadavg()[0], 2)
     per_forward = naive_s / n_sampled
     naive_scaled = per_forward * (n_total + len(known))
     ratio = naive_scaled / exact_s
@@ -175,7 +178,8 @@ def _line(model, options, shots, known, per_prompt_sample: int) -> dict:
         "max_abs_diff_float32": diff32,
         "max_abs_diff_float32_over": "p(Y) on every sampled restoration of the timed runs (float32)",
         "target_met": bool(ratio >= 3 and ratio >= 0.8 * flop and diff <= 1e-5),
-        "timing_note": "2 shared CPU cores, contended by other processes: timings are indicative",
+        "load_before": load_before, "load_after": load_after,
+        "timing_note": "the 1-minute load average before and after the timed engines; both engines are timed in turn per group, so a load slows both alike",
         "device": str(view.device), "dtype": str(view.dtype).replace("torch.", ""),
     }
 

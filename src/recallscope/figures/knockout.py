@@ -18,7 +18,7 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
 
     Reads the ``windows`` table (``block``, ``layer``, ``mean_relative_change_pct``,
     ``ci_low``, ``ci_high``) and the summary's ``window``, ``n_prompts`` and ``mover_layers``
-    (drawn as vertical lines when present).
+    (the layers of the heads patching singles out as movers, drawn as labelled vertical lines when present).
     """
     if "windows" not in tables:
         raise ValueError("the knockout figure needs the 'windows' table")
@@ -27,8 +27,9 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
     for block in [b for b in NAMES if (w["block"] == b).any()]:
         rows = w[w["block"] == block].sort_values("layer")
         add_band_line(fig, rows, "mean_relative_change_pct", COLOURS[block], NAMES[block], mode="lines+markers")
-    for layer in summary.get("mover_layers") or []:
-        fig.add_vline(x=layer, line_dash="dot", line_color="#868e96")
+    for i, layer in enumerate(summary.get("mover_layers") or []):  # labels alternate sides: neighbours do not overlap
+        side = "top left" if i % 2 == 0 else "top right"
+        fig.add_vline(x=layer, line_dash="dot", line_color="#868e96", annotation_text=f"mover L{layer}", annotation_position=side)
     fig.add_hline(y=0, line_color="#adb5bd")
     fig.update_layout(
         title=(
