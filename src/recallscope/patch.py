@@ -611,7 +611,7 @@ def _aligned_corruptions(batch, corrupt: list[list[Prompt]]) -> tuple[Tensor, Te
     B, S = batch.input_ids.shape
     n = max(len(cs) for cs in corrupt)
     ids = batch.input_ids[:, None].repeat(1, n, 1)
-    weight = torch.zeros(B, n)
+    weight = torch.zeros(B, n, dtype=torch.float64)  # cast to the view's dtype where used: 1/n in float32 is off by 1.5e-8
     for row, cs in enumerate(corrupt):
         pad = int(batch.pad[row])
         for j in range(n):

@@ -250,7 +250,8 @@ def measure_clean(
         out = {
             "dla": direct_logit_attribution(view, w, rf, y).cpu().numpy().astype(np.float64),
             "layer_total": direct_logit_attribution(view, totals, rf, y).cpu().numpy().astype(np.float64),
-            "writes": edit_writes.float().cpu().numpy(),
+            # float32 (numpy has no bfloat16), float64 kept: a float64 run's mean-ablation stays float64
+            "writes": (edit_writes if edit_writes.dtype == torch.float64 else edit_writes.float()).cpu().numpy(),
         }
         out.update({f"stats.{k}": v.cpu().numpy() for k, v in answer_stats(tr.logits[:, 0], y).items()})
         return out
