@@ -1,4 +1,5 @@
-"""The benchmarks' plumbing without a model: what `recallscope bench` runs, the contention and scaling arithmetic."""
+"""The benchmarks' plumbing: what `recallscope bench` runs, the contention and scaling arithmetic (without a
+model, except one slow test where a child process reads smollm2-135m's facts)."""
 
 from __future__ import annotations
 
@@ -190,3 +191,17 @@ def test_scaling_flop_predictions_from_the_engines_measured_share():
     assert preds["gpt2-xl"]["predicted_cpu_seconds"] == round(expected_gpu * scaling.GPU_FP32_GFLOPS / 100.0, 1)
     assert all(p["prediction"] is True and p["arithmetic"].startswith("PREDICTION") for p in preds.values())
     assert list(scaling.flop_predictions([{"what": "trace", "seconds": 3.0}], cpu_gflops=100.0)) == []
+
+
+@pytest.mark.slow
+def test_scaling_reads_model_facts_in_a_child_process():
+    """The scaling bench's own process loads no model (its peak RSS stays below its children's): a
+    child reports the parameters, shape and mean prompt tokens of every point."""
+    cache: dict = {}
+    facts = scaling._model_facts("smollm2-135m", "paper_country_capital", 0, [(0, 4), (1, 4)], cache)
+    assert facts["n_params"] == 134_515_008 and facts["layers"] == 30 and facts["heads"] == 9
+    assert facts["shape"]["n_kv_heads"] == 3 and facts["shape"]["d_mlp"] == 1536
+    assert 8 < facts["tokens"]["0,4"] < facts["tokens"]["1,4"] < 40
+    assert scaling._model_facts("smollm2-135m", "paper_country_capital", 0, [], cache) is facts  # once per model
+    with pytest.raises(RuntimeError):
+        scaling._model_facts("no-such-model", "paper_country_capital", 0, [(0, 4)], {})

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from types import SimpleNamespace
 from typing import Iterator
@@ -102,26 +104,39 @@ def _points(what: str, options) -> list[tuple[str, int, int, str]]:
     return points
 
 
-def _model_facts(name: str, relation: str, seed: int, cache: dict) -> dict:
-    """Parameters of the model and the tokenizer to count prompt tokens (loaded once, in this process)."""
+_FACTS = """
+import json, sys
+from recallscope.models import load_model
+from recallscope.tasks import build_prompts, load_relation
+
+name, relation, seed, points = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+model = load_model(name)
+cfg = model.cfg
+hf = getattr(model, "hf", None)
+tokens = {}
+for shots, n in points:
+    ps = build_prompts(load_relation(relation), model.tokenizer, shots=shots, seed=seed, max_prompts=n)
+    tokens[f"{shots},{n}"] = sum(p.n_tokens for p in ps.prompts) / len(ps.prompts)
+print(json.dumps({
+    "n_params": sum(int(t.numel()) for t in hf.parameters()) if hf is not None else None,
+    "layers": cfg.n_layers, "heads": cfg.n_heads,
+    "shape": {k: getattr(cfg, k) for k in ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp", "gated_mlp")},
+    "tokens": tokens,
+}))
+"""
+
+
+def _model_facts(name: str, relation: str, seed: int, points: list[tuple[int, int]], cache: dict) -> dict:
+    """Parameters, shape and mean prompt tokens at each (shots, n) of ``points``, read by a child
+    process that loads the model (so the benchmark process never holds a model: its own peak RSS
+    stays below its children's). RuntimeError with the child's last line when it fails."""
     if name not in cache:
-        from ..models import load_model
-
-        cache.clear()  # one model held at a time
-        model = load_model(name)
-        n_params = sum(int(t.numel()) for t in model.hf.parameters()) if getattr(model, "hf", None) is not None else None
-        cfg = model.cfg
-        shape = {k: getattr(cfg, k) for k in ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp", "gated_mlp")}
-        cache[name] = {"tokenizer": model.tokenizer, "n_params": n_params, "layers": cfg.n_layers, "heads": cfg.n_heads,
-                       "shape": shape}
+        proc = subprocess.run([sys.executable, "-c", _FACTS, name, relation, str(seed), json.dumps(points)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError((proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1])
+        cache[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     return cache[name]
-
-
-def _mean_tokens(facts: dict, relation: str, shots: int, seed: int, n: int) -> float:
-    from ..tasks import build_prompts, load_relation
-
-    ps = build_prompts(load_relation(relation), facts["tokenizer"], shots=shots, seed=seed, max_prompts=n)
-    return float(np.mean([p.n_tokens for p in ps.prompts]))
 
 
 def _cpu_matmul_gflops() -> float:
@@ -143,13 +158,19 @@ def run(options) -> Iterator[dict]:
     if unknown:
         raise UserError(f"--stages for scaling must be among {', '.join(WHAT)}, got {', '.join(unknown)}")
     cache: dict = {}
+    points: dict[str, list[tuple[int, int]]] = {}  # model -> every (shots, prompts) measured on it
+    for what in whats:
+        for _, n, shots, model in _points(what, options):
+            points.setdefault(model, [])
+            if (shots, n) not in points[model]:
+                points[model].append((shots, n))
     measured: list[dict] = []
     for what in whats:
         done: dict[tuple[int, int, str], dict] = {}
         for axis, n, shots, model in _points(what, options):
             key = (n, shots, model)
             if key not in done:
-                done[key] = _measure(what, n, shots, model, options, cache)
+                done[key] = _measure(what, n, shots, model, options, points[model], cache)
             line = {"bench": "scaling", "what": what, "axis": axis,
                     "value": {"prompts": n, "shots": shots, "model": model}[axis], **done[key]}
             first = next((m for m in measured if m["what"] == what and m["axis"] == axis), line)
@@ -163,13 +184,13 @@ def run(options) -> Iterator[dict]:
     yield from flop_predictions(measured)
 
 
-def _measure(what: str, n: int, shots: int, model: str, options, cache: dict) -> dict:
+def _measure(what: str, n: int, shots: int, model: str, options, points: list[tuple[int, int]], cache: dict) -> dict:
     from dataclasses import replace
 
     opts = replace(options, model=model, max_prompts=n)
     try:
-        facts = _model_facts(model, options.relation, options.seed, cache)
-        mean_tokens = _mean_tokens(facts, options.relation, shots, options.seed, n)
+        facts = _model_facts(model, options.relation, options.seed, points, cache)
+        mean_tokens = facts["tokens"][f"{shots},{n}"]
     except Exception as exc:  # noqa: BLE001 - a model that is not installed: the line says so
         return {"n_prompts": n, "shots": shots, "model": model, "seconds": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
     child = run_cli([*ARGS[what], *common_args(opts, shots), "--out", "{out}", "--json"])
