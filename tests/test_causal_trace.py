@@ -193,6 +193,14 @@ def test_figures_from_tables_heatmap_cells_hold_the_grouped_means():
     heat = figs[1]  # mlp
     assert heat.data[0].z[2][1] == pytest.approx(0.2 + 0.01)  # last subject token, layer 1
     assert list(heat.data[0].y) == list(CT.GROUPS)
+    # a one-token subject: the last subject token's curve is the first's, and the legend says so
+    same = pd.DataFrame([{**r, "mean_indirect_effect": 0.5} if r["group"] in CT.GROUPS[:3:2] else r for r in rows])
+    names = [
+        t.name
+        for t in FT.figures({"trace": pd.DataFrame(), "grouped": same}, {"window": 2, "n_prompts": 3})[3].data
+        if t.showlegend
+    ]
+    assert f"{CT.GROUPS[2]} (= {CT.GROUPS[0]})" in names and CT.GROUPS[1] in names
 
 
 @pytest.mark.slow
@@ -268,14 +276,14 @@ def test_exact_engine_in_chunks_equals_one_batch_and_skips_only_no_ops():
 
 
 @pytest.mark.parametrize(
-    ("peak", "ci_low", "layer", "verdict"),
+    ("peak", "ci_low", "layer", "verdict", "margin"),
     [
-        (0.30, 0.20, 6, "holds"),  # a mid-layer MLP peak of 20+ points of probability
-        (2.3e-9, 5e-10, 6, "does not hold"),  # a random model: interval above 0, far under the 0.01 floor
-        (0.30, 0.20, 1, "does not hold"),  # an early peak
+        (0.30, 0.20, 6, "holds", 0.19),  # a mid-layer MLP peak of 20+ points of probability
+        (2.3e-9, 5e-10, 6, "does not hold", 5e-10 - 0.01),  # a random model: interval above 0, far under the 0.01 floor
+        (0.30, 0.20, 1, "does not hold", 1 - 3.0),  # an early peak: the band (a quarter of 12 layers) decides
     ],
 )
-def test_mlp_peak_claim_floor_and_band(peak, ci_low, layer, verdict):
+def test_mlp_peak_claim_floor_and_band(peak, ci_low, layer, verdict, margin):
     rows = [
         {
             "kind": "mlp",
@@ -289,4 +297,4 @@ def test_mlp_peak_claim_floor_and_band(peak, ci_low, layer, verdict):
     ]
     claim = CT.mlp_peak_claim(pd.DataFrame(rows), {"n_layers": 12, "window": 3, "n_prompts": 20, "noise": 0.3})
     assert (claim.verdict, claim.about) == (verdict, f"MLP{layer}")
-    assert claim.margin == pytest.approx(ci_low - 0.01)
+    assert claim.margin == pytest.approx(margin)  # negative exactly when the verdict is "does not hold"

@@ -82,9 +82,10 @@ def test_suppression_is_a_component_below_the_floor_on_most_prompts():
     # the random control's size: an interval below 0 but above the 0.1-logit floor
     weak = suppress_claim(suppress_summary(-0.015, 1.0, mean=-0.021), CFG)
     assert weak.verdict == FAILS and weak.margin == pytest.approx(-0.085) and weak.flips_at == pytest.approx(0.015)
-    # negative on too few prompts: moving the floor alone cannot flip the verdict
+    # negative on too few prompts: that condition decides (its margin, its flip), not the floor
     rare = suppress_claim(suppress_summary(-0.5, 0.4), CFG)
-    assert rare.verdict == FAILS and rare.margin > 0 and rare.flips_at is None
+    assert rare.verdict == FAILS and rare.margin == pytest.approx(0.4 - 0.5) and rare.flips_at == pytest.approx(0.4)
+    assert rare.threshold == 0.5 and "(threshold and margin: " in rare.detail
     flips = {r["setting"]: r["flips_at"] for r in rare.sensitivity()}
     assert flips == {"claims.min_suppression_logits": None, "claims.min_share_negative": pytest.approx(0.4)}
 

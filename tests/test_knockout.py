@@ -214,13 +214,15 @@ def _windows(dip: float, ci_high: float, control: float) -> pd.DataFrame:
     [
         (-60.0, -50.0, -5.0, [5], "holds", 40.0),  # a mechanism: a deep dip where the mover sits
         (-0.5, -0.01, 0.0, [5], "does not hold", -9.99),  # a random model: below 0 but under the 10% floor
-        (-60.0, -50.0, -5.0, [9], "does not hold", 40.0),  # the dip is not where the mover is
-        (-60.0, -50.0, -80.0, [5], "does not hold", 40.0),  # the non-subject control drops more
+        (-60.0, -50.0, -5.0, [9], "does not hold", -1.0),  # the dip is not where the mover is (that condition decides)
+        (-60.0, -50.0, -80.0, [5], "does not hold", -20.0),  # the non-subject control drops 20 points more
     ],
 )
 def test_reads_subject_claim_floor_and_conditions(dip, ci_high, control, movers, verdict, margin):
     claim = K.reads_subject_claim(_windows(dip, ci_high, control), {"window": 3}, movers)
     assert (claim.verdict, claim.value) == (verdict, dip)
-    assert claim.margin == pytest.approx(margin)  # the primary condition: the interval's high end against −10%
-    if verdict == "does not hold" and margin < 0:
-        assert claim.flips_at == pytest.approx(-ci_high)  # holds for any floor up to the dip's interval
+    assert claim.margin == pytest.approx(margin)  # the deciding condition's: negative exactly when it does not hold
+    if verdict == "does not hold" and abs(dip) < 10:  # the floor decides: holds for any floor up to the dip's interval
+        assert claim.flips_at == pytest.approx(-ci_high)
+    elif verdict == "does not hold":  # a derived threshold decides (mover layers, the control): no setting flips it
+        assert claim.flips_at is None

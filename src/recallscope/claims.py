@@ -12,9 +12,12 @@ Every rule is a conjunction of **conditions**, each "statistic op threshold" whe
 statistic is the relevant end of an interval (the lower end for "above", the upper end for
 "below") or, where the paper's statement needs it, a count. A condition's **margin** is the
 signed distance from the statistic to the threshold (positive: met with that much room, in
-the statistic's units); the row's ``margin`` is the primary condition's. ``flips_at`` is the
-value of the primary condition's setting at which the verdict would flip with everything else
-held fixed (None when changing that setting alone cannot flip it: another condition fails);
+the statistic's units). The row's ``threshold``, ``margin`` and ``flips_at`` are the *deciding*
+condition's (:func:`deciding_condition`): the primary one, unless the primary holds and another
+fails, then the first that fails (the detail names it) — so the row's margin is negative exactly
+when the verdict is *does not hold*. ``flips_at`` is the value of that condition's setting at
+which the verdict would flip with everything else held fixed (None when changing that setting
+alone cannot flip it: another condition fails too, or the threshold comes from the data);
 the ``sensitivity`` table lists every condition with its own ``flips_at`` (``recallscope
 claims RUN_DIR --sensitivity``). The thresholds are fields of :class:`ClaimsConfig` (or of the
 movers stage's config, whose mover test the movers claim reuses), printed in the manifest.
@@ -87,8 +90,9 @@ column does not apply; :data:`COLUMNS`):
 
 - ``claim``, ``stage`` (the stage whose results it reads), ``about`` (the component(s) the
   primary figure is about, e.g. ``L23H4``, ``MLP23``), ``measure`` (what ``value`` is, with
-  units), ``value``, ``ci_low``, ``ci_high`` (95% interval), ``threshold`` (the primary
-  condition's, in ``value``'s units), ``margin``, ``flips_at`` (setting units), ``verdict``,
+  units), ``value``, ``ci_low``, ``ci_high`` (95% interval), ``threshold`` (the deciding
+  condition's: the primary's, in ``value``'s units, unless another condition decides a failure),
+  ``margin``, ``flips_at`` (setting units), ``verdict``,
   ``rule`` (every condition, with the settings' values), ``detail`` (plain words);
 - movers: ``ov_top5_effective``, ``ov_top5_embedding``, ``attention_to_subject``,
   ``attention_to_first_subject``, ``r_first``, ``r_last``, ``patch_rank``, ``n_movers``;
@@ -107,7 +111,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
@@ -200,7 +204,7 @@ class Condition:
         return float(self.statistic / self.sign)
 
     def text(self) -> str:
-        where = f"{self.setting} = {self.setting_value:g}" if self.setting is not None else "from the data"
+        where = f"{self.setting} = {self.setting_value:g}" if self.setting is not None else "derived, not a setting"
         return f"{self.name} {self.op} {self.threshold:.4g} ({where})"
 
 
@@ -241,19 +245,35 @@ class Claim:
         return rows
 
 
+def deciding_condition(conditions: Sequence[Condition]) -> Condition:
+    """The condition a row's ``threshold``, ``margin`` and ``flips_at`` are read from: the primary
+    (first) one when it fails or when every condition holds, else the first that fails. So a row's
+    margin is negative exactly when its verdict is *does not hold*."""
+    primary = conditions[0]
+    if primary.holds():
+        return next((c for c in conditions[1:] if not c.holds()), primary)
+    return primary
+
+
 def decide(claim: str, stage: str, about: str | None, measure: str, value, ci: tuple, conditions: list[Condition],
            detail: str, evidence: dict) -> Claim:
-    """A claim whose verdict is the conjunction of ``conditions`` (the first is the primary one)."""
-    primary = conditions[0]
-    holds = all(c.holds() for c in conditions)
-    others = all(c.holds() for c in conditions[1:])
-    unmet = [f"{c.name} = {_g(c.statistic)}, needs {c.op} {c.threshold:.4g}" for c in conditions if not c.holds()]
-    if unmet:  # the row's margin is the primary condition's: say which condition decides a failure
+    """A claim whose verdict is the conjunction of ``conditions`` (the first is the primary one).
+
+    ``threshold``, ``margin`` and ``flips_at`` are the :func:`deciding_condition`'s; ``flips_at``
+    is None when moving that condition's setting alone cannot flip the verdict (another condition
+    fails too, or its threshold comes from the data)."""
+    deciding = deciding_condition(conditions)
+    failing = [c for c in conditions if not c.holds()]
+    unmet = [f"{c.name} = {_g(c.statistic)}, needs {c.op} {c.threshold:.4g}" for c in failing]
+    if unmet:
         detail = f"{detail}; not met: {'; '.join(unmet)}"
+        if deciding is not conditions[0]:  # the row's threshold and margin are not the primary figure's
+            detail += f" (threshold and margin: {deciding.name})"
+    alone = not failing or failing == [deciding]
     return Claim(
-        claim, _f(value), _f(ci[0]), _f(ci[1]), HOLDS if holds else FAILS, measure,
-        " and ".join(c.text() for c in conditions), detail, stage, about, primary.threshold, primary.margin(),
-        primary.flip_value() if others else None, tuple(conditions), evidence,
+        claim, _f(value), _f(ci[0]), _f(ci[1]), FAILS if failing else HOLDS, measure,
+        " and ".join(c.text() for c in conditions), detail, stage, about, deciding.threshold, deciding.margin(),
+        deciding.flip_value() if alone else None, tuple(conditions), evidence,
     )
 
 
