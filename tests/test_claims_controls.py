@@ -122,6 +122,44 @@ def test_claims_verb_reevaluates_a_run_and_lists_where_verdicts_flip(planted, ca
     assert got["shot_claims"][0]["verdict"] == HOLDS
 
 
+def test_claims_write_refreshes_a_run_with_its_own_settings(planted, tmp_path, capsys):
+    """``claims RUN_DIR --write`` rewrites each run's claims tables and summaries and the sweep's parent
+    summary from the run's files, with the claims settings in the run's manifest (a run made before
+    a change of the claim rules); ``--write`` with ``--set`` is refused."""
+    import shutil
+
+    out, summary = planted
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    sub = copy / summary["runs"][0]["path"]
+    # a stale table (as an older version's rules would have left it) and a recorded floor above the
+    # suppression's interval: the rewrite must use the run's own settings
+    stale = RunDir(sub).read_table("claims")
+    stale["margin"] = 123.0
+    RunDir(sub).write_tables(
+        "claims", {"claims": stale, **{k: v for k, v in RunDir(sub).read_tables("claims").items() if k != "claims"}}
+    )
+    manifest = json.loads((sub / "manifest.json").read_text())
+    statistic = next(c for c in summary["runs"][0]["claims"] if c["claim"] == CLAIM_SUPPRESS)["ci_high"]
+    manifest["stage_configs"]["claims"]["min_suppression_logits"] = -statistic + 0.01
+    (sub / "manifest.json").write_text(json.dumps(manifest))
+    cli.main(["claims", str(copy), "--write", "--json"])
+    got = json.loads(capsys.readouterr().out)
+    table = RunDir(sub).read_table("claims")
+    assert 123.0 not in set(table["margin"])
+    verdicts = dict(zip(table["claim"], table["verdict"], strict=True))
+    assert verdicts[CLAIM_SUPPRESS] == FAILS  # the run's recorded floor, not the default
+    assert verdicts == {c["claim"]: c["verdict"] for c in got["runs"][0]["claims"]}
+    written = RunDir(sub).summary()
+    assert written["claims"] == written["stages"]["claims"]["claims"] and "wall_seconds" in written["stages"]["claims"]
+    parent = RunDir(copy).summary()
+    assert {c["claim"]: c["verdict"] for c in parent["runs"][0]["claims"]}[CLAIM_SUPPRESS] == FAILS
+    assert parent["claims"][0]["verdict"] == HOLDS  # the few-shot claim across shot counts
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["claims", str(copy), "--write", "--set", "claims.min_suppression_logits=0.2"])
+    assert exc.value.code == 2 and "--write keeps the run's claims settings" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("model", "settings"), [("planted", {}), ("random", {"recall.known_top_k": 49152})])
 def test_trace_and_knockout_rows_on_the_controls(model, settings, tmp_path):
     """The other localisations' rows on the controls (windows of 1 layer: the controls have 3).

@@ -234,8 +234,14 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         ),
         as_json: bool = JSON_OPTION,
         settings: list[str] = typer.Option([], "--set", help="Claims setting, e.g. --set claims.min_suppression_logits=0.2."),
+        write: bool = typer.Option(
+            False,
+            "--write",
+            help="Write the claims evaluated again into the run directory (a run made before a change of the claim rules); "
+            "re-render the report with `recallscope report`.",
+        ),
     ) -> None:
-        """The paper's claims of a finished run, evaluated again from its files (no model; nothing written)."""
+        """The paper's claims of a finished run, evaluated again from its files (no model; nothing written unless --write)."""
         from pathlib import Path
 
         if not Path(run_dir).is_dir():
@@ -244,7 +250,15 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         bad = [k for k in overrides if not k.startswith("claims.")]
         if bad:
             raise UserError(f"--set {bad[0]}: `recallscope claims` takes claims settings only (claims.<field>)")
+        if write and overrides:
+            raise UserError("--write keeps the run's claims settings (its manifest lists them); drop --set to write")
         got = pipeline.claims_of_rundir(run_dir, overrides)
+        if write:
+            written = pipeline.write_claims(run_dir, got)
+            print(
+                f"claims rewritten in {len(written)} run director{'y' if len(written) == 1 else 'ies'} of {run_dir}",
+                file=sys.stderr,
+            )
         if as_json:
             payload = {
                 "runs": [

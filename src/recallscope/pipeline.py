@@ -275,8 +275,8 @@ def _claims(ctx: StageContext) -> claims.ClaimsResult:
 def claims_of_rundir(path: str, overrides: dict[str, Any] | None = None) -> dict:
     """The claims of a finished run directory, evaluated again from its files (no model).
 
-    ``overrides``: claims settings (e.g. ``{"claims.min_suppression_logits": 0.2}``), checked as
-    ``--set`` is. Returns ``{"runs": [{"path", "claims": ClaimsResult}], "shot_claims": [rows]}``;
+    The claims settings are the run's own (its manifest's), then ``overrides`` (e.g.
+    ``{"claims.min_suppression_logits": 0.2}``), checked as ``--set`` is. Returns ``{"runs": [{"path", "claims": ClaimsResult}], "shot_claims": [rows]}``;
     a sweep's parent directory gives one entry per sub-run and the few-shot claims across them.
     Nothing is written. UserError when ``path`` holds no finished run.
     """
@@ -285,8 +285,8 @@ def claims_of_rundir(path: str, overrides: dict[str, Any] | None = None) -> dict
     if not summary:
         raise UserError(f"{path}: no summary.json (not a finished run directory)")
     seed = int((top.manifest() or {}).get("run", {}).get("seed", summary.get("seed", 0)) or 0)
-    configs = make_configs(overrides, seed=seed)
     subs = [(str(Path(path) / r["path"]), r) for r in summary.get("runs", []) if r.get("path")] or [(path, summary)]
+    configs = make_configs({**_recorded_claims_settings(subs[0][0]), **(overrides or {})}, seed=seed)
     out: dict = {"runs": [], "shot_claims": []}
     patch_frames: dict[tuple[str, int], Any] = {}
     for sub, sub_summary in subs:
@@ -311,6 +311,51 @@ def claims_of_rundir(path: str, overrides: dict[str, Any] | None = None) -> dict
     if len(shots) > 1:
         out["shot_claims"] = _shot_claims(relations, shots, patch_frames, configs)
     return out
+
+
+def _recorded_claims_settings(path: str) -> dict[str, Any]:
+    """The claims settings a run was made with (its manifest's ``stage_configs``), as ``claims.<field>``
+    overrides; the seed is derived from the run's seed again. Empty when the manifest lists none."""
+    recorded = ((RunDir(path).manifest() or {}).get("stage_configs") or {}).get("claims") or {}
+    fields = {f.name for f in dataclasses.fields(claims.ClaimsConfig)} - {"seed"}  # a setting since removed is left out
+    return {f"claims.{k}": v for k, v in recorded.items() if k in fields}
+
+
+def write_claims(path: str, got: dict) -> list[str]:
+    """Write claims evaluated again by :func:`claims_of_rundir` into the run directory ``path``:
+    each run's claims tables and its summary's claims (the stage's timings kept), and a sweep's
+    parent summary (its runs' claims and the claims across shot counts). Only runs whose claims
+    stage ran are rewritten; the report is not re-rendered (``recallscope report``). Returns the
+    run directories written. For runs made before a change of the claim rules: the rules of this
+    version, the run's own measurements."""
+    written = []
+    by_path = {}
+    for r in got["runs"]:
+        rundir = RunDir(r["path"])
+        if not rundir.has_stage("claims"):
+            continue
+        result = r["claims"]
+        rundir.write_tables("claims", _tables(result))
+        summary = rundir.summary()
+        old = summary.get("stages", {}).get("claims", {})
+        data = {**result.to_dict(), **{k: old[k] for k in ("wall_seconds", "cpu_seconds") if k in old}}
+        summary.setdefault("stages", {})["claims"] = data
+        summary["claims"] = data["claims"]
+        rundir.write_summary(summary)
+        by_path[str(Path(r["path"]).resolve())] = data
+        written.append(r["path"])
+    top = RunDir(path)
+    summary = top.summary()
+    if summary.get("runs"):  # a sweep's parent: its copies of the runs' summaries and the shot claims
+        for entry in summary["runs"]:
+            data = by_path.get(str((Path(path) / entry.get("path", "")).resolve()))
+            if data is not None:
+                entry.setdefault("stages", {})["claims"] = data
+                entry["claims"] = data["claims"]
+        if got["shot_claims"]:
+            summary["claims"] = got["shot_claims"]
+        top.write_summary(summary)
+    return written
 
 
 def _mover_layers(ctx: StageContext) -> tuple[int, ...]:
