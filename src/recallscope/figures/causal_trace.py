@@ -24,7 +24,7 @@ TITLES = {
     "mlp": "MLP outputs (window of {w} layers, centred on l)",
     "attn": "attention outputs (window of {w} layers, centred on l)",
 }
-SHORT = {"resid": "residual stream r[l]", "mlp": "MLP outputs, window of {w}", "attn": "attention outputs, window of {w}"}
+SHORT = {"resid": "residual r[l]", "mlp": "MLP (window {w})", "attn": "attention (window {w})"}  # fit a third of a column
 SCALES = {"resid": "Purples", "mlp": "Greens", "attn": "Reds"}  # ROME's colour maps
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#d62728")
 
@@ -115,15 +115,32 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
         shared_yaxes=True,
         subplot_titles=[html.escape(SHORT[k].format(w=window)) for k in kinds],  # short: side by side
     )
+    names = _legend_names(grouped)
     for col, kind in enumerate(kinds, start=1):
         g = grouped[grouped["kind"] == kind]
         for i, group in enumerate(GROUPS):
             rows = g[g["group"] == group].sort_values("layer")
             if not len(rows):
                 continue
-            add_band_line(lines, rows, "mean_indirect_effect", COLOURS[i], group, showlegend=col == 1, row=1, col=col)
+            add_band_line(lines, rows, "mean_indirect_effect", COLOURS[i], names[group], showlegend=col == 1, row=1, col=col)
         lines.update_xaxes(title_text="layer", row=1, col=col)
     lines.update_yaxes(title_text="mean indirect effect on p(Y)", row=1, col=1)
     lines.update_layout(title=f"Causal tracing: mean indirect effect per position group, 95% bootstrap intervals — {n} prompts")
+    lines.update_annotations(font_size=12)  # the subplot titles
     out.append(lines)
     return out
+
+
+def _legend_names(grouped: pd.DataFrame) -> dict[str, str]:
+    """Each group's legend name; a group whose curve is another's everywhere (a one-token subject: its
+    first and last token; the token after the subject when it is the last token) says so, since the
+    earlier group's line is drawn over it."""
+    names = {}
+    curves = {}
+    for group in GROUPS:
+        rows = grouped[grouped["group"] == group].sort_values(["kind", "layer"])
+        curve = tuple(rows["mean_indirect_effect"].round(12))
+        same = next((g for g, c in curves.items() if c == curve and len(curve)), None)
+        names[group] = f"{group} (= {same})" if same else group
+        curves[group] = curve
+    return names

@@ -34,10 +34,10 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
     fig.update_layout(
         title=(
             f"Attention knockout: last position → blocked positions, window of {summary.get('window', '?')} layers "
-            f"— {summary.get('n_prompts', '?')} prompts"
+            f"— {summary.get('n_prompts', '?')} prompts, 95% bootstrap intervals"
         ),
         xaxis_title="centre of the window of blocked layers",
-        yaxis_title="mean change of p(Y), % (95% bootstrap interval)",
+        yaxis_title="mean change of p(Y), %",
         legend_title="edges blocked to",
     )
     return [fig]
