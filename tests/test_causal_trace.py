@@ -298,3 +298,17 @@ def test_mlp_peak_claim_floor_and_band(peak, ci_low, layer, verdict, margin):
     claim = CT.mlp_peak_claim(pd.DataFrame(rows), {"n_layers": 12, "window": 3, "n_prompts": 20, "noise": 0.3})
     assert (claim.verdict, claim.about) == (verdict, f"MLP{layer}")
     assert claim.margin == pytest.approx(margin)  # negative exactly when the verdict is "does not hold"
+
+
+@pytest.mark.parametrize("verb", ["trace", "knockout", "patch"])
+def test_a_stage_verbs_help_lists_its_settings_with_defaults(verb, capsys, monkeypatch):
+    from recallscope.pipeline import STAGES
+
+    monkeypatch.setenv("COLUMNS", "400")  # one line per paragraph
+    main([verb, "--help"])  # prints the help and returns
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"--set {verb}.<field>=<value>" in out
+    fields = [f.name for f in dataclasses.fields(STAGES[verb].config_type) if f.name != "seed"]
+    assert all(f"{name}=" in out for name in fields), out
+    if verb == "trace":
+        assert "window=10" in out and "n_samples=10" in out

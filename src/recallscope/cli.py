@@ -87,6 +87,20 @@ def _json_ready(value):
 
 
 # Options every stage verb and ``run`` share (one definition each).
+def settings_epilog(stage) -> str:
+    """The stage's settings with their defaults, for its --help: ``--set <stage>.<field>=<value>``."""
+    import dataclasses
+
+    def default(f) -> str:
+        value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+    fields = [f for f in dataclasses.fields(stage.config_type) if f.name != "seed" and f.init]
+    return f"Settings (--set {stage.name}.<field>=<value>; defaults shown): " + "; ".join(
+        f"{f.name}={default(f)}" for f in fields
+    )
+
+
 MODEL_OPTION = typer.Option("smollm2-135m", "--model", "-m", help="Alias, hub id or local directory.")
 SEED_OPTION = typer.Option(0, "--seed", help="Every random choice of the run derives from it (see manifest.json 'seeds').")
 MAX_PROMPTS_OPTION = typer.Option(
@@ -224,7 +238,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
 
     for stage in pipeline.STAGES.values():
         if stage.verb:
-            target.command(stage.name, help=stage.help)(stage_command(stage.name))
+            target.command(stage.name, help=stage.help, epilog=settings_epilog(stage))(stage_command(stage.name))
 
     @target.command("claims")
     def claims_command(
