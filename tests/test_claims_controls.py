@@ -158,6 +158,11 @@ def test_claims_write_refreshes_a_run_with_its_own_settings(planted, tmp_path, c
     with pytest.raises(SystemExit) as exc:
         cli.main(["claims", str(copy), "--write", "--set", "claims.min_suppression_logits=0.2"])
     assert exc.value.code == 2 and "--write keeps the run's claims settings" in capsys.readouterr().err
+    # a cell without a patch table: the few-shot claim compares the shot counts the sweep asked for
+    # (not measurable, as the sweep itself decides), not the fewest and most that happen to remain
+    RunDir(sub).table_path("patch").unlink()
+    got = pipeline.claims_of_rundir(str(copy))
+    assert [c["verdict"] for c in got["shot_claims"]] == [NOT_MEASURABLE]
 
 
 @pytest.mark.parametrize(("model", "settings"), [("planted", {}), ("random", {"recall.known_top_k": 49152})])

@@ -306,8 +306,10 @@ def claims_of_rundir(path: str, overrides: dict[str, Any] | None = None) -> dict
         frame = ctx.table_or_none("patch")
         if frame is not None:
             patch_frames[(str(sub_summary.get("relation")), int(sub_summary.get("shots") or 0))] = frame
-    relations = list(dict.fromkeys(r for r, _ in patch_frames))
-    shots = sorted({k for _, k in patch_frames})
+    # every relation and shot count the run asked for, as the sweep decided them: a cell without a
+    # patch table leaves its relation's claim not measurable (fewest vs most shots asked for)
+    relations = list(dict.fromkeys(str(r.get("relation")) for _, r in subs))
+    shots = sorted({int(r.get("shots") or 0) for _, r in subs})
     if len(shots) > 1:
         out["shot_claims"] = _shot_claims(relations, shots, patch_frames, configs)
     return out
