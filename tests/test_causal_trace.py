@@ -297,7 +297,7 @@ def test_mlp_peak_claim_floor_and_band(peak, ci_low, layer, verdict, margin):
     ]
     claim = CT.mlp_peak_claim(pd.DataFrame(rows), {"n_layers": 12, "window": 3, "n_prompts": 20, "noise": 0.3})
     assert (claim.verdict, claim.about) == (verdict, f"MLP{layer}")
-    assert claim.margin == pytest.approx(margin)  # negative exactly when the verdict is "does not hold"
+    assert claim.margin == pytest.approx(margin)  # below 0 when the verdict is "does not hold"
 
 
 @pytest.mark.parametrize("verb", ["trace", "knockout", "patch"])

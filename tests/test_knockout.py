@@ -221,7 +221,7 @@ def _windows(dip: float, ci_high: float, control: float) -> pd.DataFrame:
 def test_reads_subject_claim_floor_and_conditions(dip, ci_high, control, movers, verdict, margin):
     claim = K.reads_subject_claim(_windows(dip, ci_high, control), {"window": 3}, movers)
     assert (claim.verdict, claim.value) == (verdict, dip)
-    assert claim.margin == pytest.approx(margin)  # the deciding condition's: negative exactly when it does not hold
+    assert claim.margin == pytest.approx(margin)  # the deciding condition's: below 0 when it does not hold
     if verdict == "does not hold" and abs(dip) < 10:  # the floor decides: holds for any floor up to the dip's interval
         assert claim.flips_at == pytest.approx(-ci_high)
     elif verdict == "does not hold":  # a derived threshold decides (mover layers, the control): no setting flips it

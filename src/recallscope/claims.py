@@ -14,10 +14,11 @@ statistic is the relevant end of an interval (the lower end for "above", the upp
 signed distance from the statistic to the threshold (positive: met with that much room, in
 the statistic's units). The row's ``threshold``, ``margin`` and ``flips_at`` are the *deciding*
 condition's (:func:`deciding_condition`): the primary one, unless the primary holds and another
-fails, then the first that fails (the detail names it) — so the row's margin is negative exactly
-when the verdict is *does not hold*. ``flips_at`` is the value of that condition's setting at
-which the verdict would flip with everything else held fixed (None when changing that setting
-alone cannot flip it: another condition fails too, or the threshold comes from the data);
+fails, then the first that fails (the detail names it) — so the row's margin is negative (or 0
+under a strict ">"/"<") exactly when the verdict is *does not hold*. ``flips_at`` is the value
+of that condition's setting at which the verdict would flip with everything else held fixed
+(None when changing that setting alone cannot flip it: another condition fails too, or the
+threshold is derived from the data or the model, not a setting);
 the ``sensitivity`` table lists every condition with its own ``flips_at`` (``recallscope
 claims RUN_DIR --sensitivity``). The thresholds are fields of :class:`ClaimsConfig` (or of the
 movers stage's config, whose mover test the movers claim reuses), printed in the manifest.
@@ -248,7 +249,7 @@ class Claim:
 def deciding_condition(conditions: Sequence[Condition]) -> Condition:
     """The condition a row's ``threshold``, ``margin`` and ``flips_at`` are read from: the primary
     (first) one when it fails or when every condition holds, else the first that fails. So a row's
-    margin is negative exactly when its verdict is *does not hold*."""
+    margin is negative (or 0 under a strict ">"/"<") exactly when its verdict is *does not hold*."""
     primary = conditions[0]
     if primary.holds():
         return next((c for c in conditions[1:] if not c.holds()), primary)
