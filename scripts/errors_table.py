@@ -299,6 +299,12 @@ CASES: tuple[Case, ...] = (
         corrupt_cache=True,
         model=True,
     ),
+    Case(
+        "claims --write with --set",
+        ("claims", "run", "--write", "--set", "claims.min_suppression_logits=0.2"),
+        "--write keeps the run's claims settings",
+        files={"run/": ""},
+    ),
 )
 
 
