@@ -323,8 +323,10 @@ def _patching_order(heads: list[dict]) -> list[int]:
 def patching_movers(summary: dict | None, cfg: ClaimsConfig) -> list[dict]:
     """The heads patching singles out as mover heads: the ``cfg.mover_top_heads`` candidates of the
     movers stage's summary (``heads``) with the largest |patching effect|, strongest first; [] when
-    the movers stage did not run. Lv et al. locate the mover heads by patching (§3); the movers
-    claim (C1) then tests whether these heads move X, and the knockout claim asks whether the last
+    the movers stage did not run. Lv et al. locate the mover heads by path patching (the authors'
+    code: easy_transformer/fact_utils.py, path_patching); the effects here are the run's patch
+    stage's (total effects by default, path patching under ``--preset paper``). The movers claim
+    (C1) then tests whether these heads move X, and the knockout claim asks whether the last
     position reads the subject in their layers."""
     heads = (summary or {}).get("heads") or []
     return [heads[i] for i in _patching_order(heads)[: cfg.mover_top_heads]]
