@@ -125,7 +125,7 @@ def test_fault_B_run_every_stage_on_every_family(family, model_dirs, tmp_path):
     end_tokens = set()
     with torch.no_grad():
         for p, pi in zip(prompts.prompts, recall["pi_answer"], strict=True):
-            logits = model.hf(torch.tensor([p.input_ids])).logits[0, -1].double()
+            logits = model.hf_model(torch.tensor([p.input_ids])).logits[0, -1].double()
             worst = max(worst, abs((logits[p.answer_id] - logits.mean()).item() - pi))
             end_tokens.add(model.tokenizer.decode([p.input_ids[-1]]))
     print(f"{family}: max |π(recall) − π(transformers)| = {worst:.2e}")

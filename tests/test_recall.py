@@ -22,7 +22,7 @@ def test_recall_scores_match_the_hf_model(smollm2, paper_zero_shot):
         row = frame.iloc[i]
         ids = tok(row["text"], return_tensors="pt").input_ids
         with torch.no_grad():
-            logits = smollm2.hf(ids).logits[0, -1]
+            logits = smollm2.hf_model(ids).logits[0, -1]
         probs = logits.softmax(-1)
         y = int(row["answer_id"])
         assert abs(probs[y].item() - row["p_answer"]) < 1e-5

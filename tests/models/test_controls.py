@@ -63,7 +63,7 @@ def _prompt_ids(model, n=6):
 def test_view_equals_transformers(name, planted, random_model, identities):
     model = planted if name == "planted" else random_model
     measure, check = identities
-    m = measure(model.view, model.hf, _prompt_ids(model), model.tokenizer.pad_token_id)
+    m = measure(model.view, model.hf_model, _prompt_ids(model), model.tokenizer.pad_token_id)
     check(m)
 
 

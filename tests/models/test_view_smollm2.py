@@ -24,7 +24,7 @@ def test_identities_hold_on_smollm2(model, identities):
     measure, check = identities
     prompts = [model.tokenizer(text).input_ids for text in PROMPTS]
     assert len({len(p) for p in prompts}) > 1  # the batch really is padded
-    measured = measure(model.view, model.hf, prompts, pad_id=model.tokenizer.pad_token_id)
+    measured = measure(model.view, model.hf_model, prompts, pad_id=model.tokenizer.pad_token_id)
     print(measured)
     check(measured)
 

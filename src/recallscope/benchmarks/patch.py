@@ -204,8 +204,8 @@ def _transformerlens_line(model, options, shots, known, comps, sample) -> dict:
         return line
     try:
         bridge = TransformerBridge.boot_transformers(
-            getattr(model.hf.config, "_name_or_path", "") or model.name,
-            hf_model=model.hf, tokenizer=model.tokenizer, device=str(model.device),
+            getattr(model.hf_model.config, "_name_or_path", "") or model.name,
+            hf_model=model.hf_model, tokenizer=model.tokenizer, device=str(model.device),
         )
     except Exception as exc:  # noqa: BLE001 - the line must say why, whatever it is
         line["skipped"] = f"TransformerLens cannot wrap {options.model}: {type(exc).__name__}: {_first_line(exc)}"

@@ -118,10 +118,23 @@ class Weights:
         yield from _walk(self)
 
     def to(self, device=None, dtype=None) -> "Weights":
+        """The weights on ``device`` / in ``dtype`` (floating tensors only), converted storage by
+        storage: tensors that share a storage (a tied unembedding ``W_U = W_E^T``, views of one
+        parameter) still share one after the conversion, with the same strides — converting each
+        tensor alone would double a tied embedding's memory (smollm2-135m in float64: +226 MB;
+        gemma3-270m: +1.3 GB)."""
+        spans = storage_spans(list(self.tensors()))
+        converted: dict[int, Tensor] = {}
+
         def conv(t: Tensor) -> Tensor:
-            if dtype is not None and t.is_floating_point() and t.dtype != dtype:
-                t = t.to(dtype)
-            return t.to(device) if device is not None else t
+            wanted = dtype if dtype is not None and t.is_floating_point() else t.dtype
+            if wanted == t.dtype and (device is None or torch.device(device) == t.device):
+                return t
+            ptr = t.untyped_storage().data_ptr()
+            lo, hi = spans[ptr]
+            if ptr not in converted:
+                converted[ptr] = flat_storage(t)[lo:hi].to(device=device, dtype=wanted)
+            return torch.as_strided(converted[ptr], t.shape, t.stride(), t.storage_offset() - lo)
 
         return _map(self, conv)
 
@@ -135,6 +148,28 @@ class Weights:
         the weights.
         """
         return _map(self, lambda t: t.detach())
+
+
+def storage_spans(tensors) -> dict[int, tuple[int, int]]:
+    """Per storage (its data pointer) the span [first, last + 1) of elements the given tensors
+    read. ValueError when one storage is read as two dtypes."""
+    spans: dict[int, tuple[int, int]] = {}
+    dtypes: dict[int, torch.dtype] = {}
+    for t in tensors:
+        ptr = t.untyped_storage().data_ptr()
+        if dtypes.setdefault(ptr, t.dtype) != t.dtype:
+            raise ValueError(f"a storage is read as {dtypes[ptr]} and as {t.dtype}")
+        lo = t.storage_offset()
+        hi = lo + 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True)) if t.numel() else lo
+        old = spans.get(ptr)
+        spans[ptr] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+    return spans
+
+
+def flat_storage(t: Tensor) -> Tensor:
+    """The whole storage under ``t`` as a 1-D tensor of ``t``'s dtype (no copy)."""
+    n = t.untyped_storage().nbytes() // t.element_size()
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), 0, (n,))
 
 
 def _walk(obj):

@@ -91,8 +91,9 @@ def cache_dir(source: GGUFSource) -> Path:
     return cache_root() / "models" / f"{source.alias}-{source.sha256[:12]}-v{CACHE_FORMAT}"
 
 
-def cache_is_valid(directory: Path) -> bool:
-    """The cache is complete and every file matches the hash recorded when it was written."""
+def cache_is_valid(directory: Path, skip: tuple[str, ...] = ()) -> bool:
+    """The cache is complete and every file matches the hash recorded when it was written
+    (files named in ``skip`` are not checked: a load that does not read them)."""
     manifest = directory / "recallscope-cache.json"
     if not manifest.is_file():
         return False
@@ -101,6 +102,8 @@ def cache_is_valid(directory: Path) -> bool:
     except (ValueError, KeyError):
         return False
     for name, entry in recorded.items():
+        if name in skip:
+            continue
         path = directory / name
         if not path.is_file() or path.stat().st_size != entry["size"]:
             return False

@@ -13,11 +13,12 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from ..errors import OfflineError, UserError
-from . import controls, gguf
+from . import controls, gguf, viewcache
 from .adapters import extract
 from .arch import ArchConfig
 from .view import ModelView
@@ -54,10 +55,14 @@ PAPER_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "facebook/opt-1.
 
 @dataclass
 class Model:
-    """A loaded model: the Hugging Face module, its tokenizer and the exact view of its internals."""
+    """A loaded model: the Hugging Face module, its tokenizer and the exact view of its internals.
+
+    ``hf`` is the module itself, or None; ``hf_loader`` builds it on first use of :attr:`hf_model`
+    when the view came from the view cache (:mod:`.viewcache`) and transformers' model was not built.
+    """
 
     name: str
-    hf: torch.nn.Module
+    hf: torch.nn.Module | None
     tokenizer: object
     cfg: ArchConfig
     view: ModelView
@@ -65,6 +70,17 @@ class Model:
     source: str
     load_seconds: float = 0.0
     info: dict = field(default_factory=dict)
+    hf_loader: Callable[[], torch.nn.Module] | None = field(default=None, repr=False)
+
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        """The Hugging Face module (built through transformers now if the load skipped it; the
+        view does not read it). ValueError for a model that has none (a view built in a test)."""
+        if self.hf is None and self.hf_loader is not None:
+            self.hf = self.hf_loader()
+        if self.hf is None:
+            raise ValueError(f"model {self.name!r} has no Hugging Face module")
+        return self.hf
 
     @property
     def device(self) -> torch.device:
@@ -198,6 +214,34 @@ def load_embedded(alias: str, dtype: torch.dtype, use_cache: bool = True):
     return model, tokenizer, info
 
 
+def load_embedded_view(alias: str, dtype: torch.dtype, device: torch.device):
+    """(cfg, weights, tokenizer, info) of an embedded model from its view cache (:mod:`.viewcache`),
+    or None when there is none valid for this dtype and code (the caller then loads through
+    transformers and writes it). Only the tokenizer's class is imported from transformers."""
+    source = EMBEDDED[alias]
+    directory = gguf.cache_dir(source)
+    if not gguf.cache_is_valid(directory, skip=("model.safetensors",)):
+        return None
+    found = viewcache.load(directory, viewcache.cache_key(source.sha256, dtype), device)
+    if found is None:
+        return None
+    cfg, weights, tokenizer_class = found
+    import transformers
+
+    with _quiet():
+        tokenizer = getattr(transformers, tokenizer_class).from_pretrained(directory)
+    return cfg, weights, tokenizer, {"gguf_sha256": source.sha256, "loaded_from": "view cache"}
+
+
+def _embedded_module(alias: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    """The Hugging Face module of an embedded model, built through transformers (for a Model whose
+    view came from the view cache)."""
+    hf, _, _ = load_embedded(alias, dtype)
+    hf.eval()
+    hf.requires_grad_(False)
+    return hf.to(device)
+
+
 def _looks_like_hub_id(name: str) -> bool:
     return "/" in name or name in PAPER_MODELS
 
@@ -287,6 +331,11 @@ def load_model(
     if device_map is not None and (name in EMBEDDED or name in controls.CONTROLS):
         raise UserError(f"--device-map applies to hub and local models; {name!r} is built in and fits on one device")
     start = time.perf_counter()
+    fast = load_embedded_view(name, torch_dtype, torch_device) if name in EMBEDDED and use_cache and device_map is None else None
+    if fast is not None:
+        cfg, weights, tokenizer, info = fast
+        return _model(name, None, tokenizer, cfg, weights, "sha256:" + EMBEDDED[name].sha256, "embedded", start, info,
+                      hf_loader=lambda: _embedded_module(name, torch_dtype, torch_device))
     if name in EMBEDDED:
         hf, tokenizer, info = load_embedded(name, torch_dtype, use_cache=use_cache)
         model_hash = "sha256:" + EMBEDDED[name].sha256
@@ -316,6 +365,10 @@ def load_model(
     if device_map is None:
         hf.to(torch_device)
     cfg, weights = extract(hf)
+    if name in EMBEDDED and use_cache and torch_dtype == torch.float32 and device_map is None:
+        # the next load reads the view without transformers (a few seconds less on every command)
+        viewcache.save(gguf.cache_dir(EMBEDDED[name]), viewcache.cache_key(EMBEDDED[name].sha256, torch_dtype), cfg,
+                       weights, type(tokenizer).__name__)
     if device_map is not None:
         weights = _globals_beside_embedding(name, weights)
         info = {
@@ -323,6 +376,10 @@ def load_model(
             "device_map": device_map if isinstance(device_map, str) else "explicit",
             "layer_devices": [str(layer.W_Q.device) for layer in weights.layers],
         }
+    return _model(name, hf, tokenizer, cfg, weights, model_hash, source, start, info)
+
+
+def _model(name, hf, tokenizer, cfg, weights, model_hash, source, start, info, hf_loader=None) -> Model:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -336,6 +393,7 @@ def load_model(
         source=source,
         load_seconds=time.perf_counter() - start,
         info=info,
+        hf_loader=hf_loader,
     )
 
 
