@@ -332,7 +332,9 @@ def _corrupt_cache_copy(root: Path) -> Path:
     source = gguf.cache_dir(EMBEDDED["smollm2-135m"])
     target = root / "cache" / "models" / source.name
     shutil.copytree(source, target)
-    weights = next(target.glob("*.safetensors"))
+    for name in ("view.json", "view.safetensors"):  # a cache from before the view cache: the weights are read
+        (target / name).unlink(missing_ok=True)
+    weights = target / "model.safetensors"
     with open(weights, "r+b") as handle:
         handle.truncate(weights.stat().st_size // 2)
     return root / "cache"
@@ -450,7 +452,8 @@ known after a stage ran (no prompt the model knows: the recall stage runs first 
 progress line). Range checks on `--layer`, `--head` and `--layers` happen before any stage runs (a
 negative layer, an unknown choice or a value of the wrong type: before the model loads).
 A weight cache that fails its hash check is not an error: it is rebuilt from the GGUF file
-(exit 0, one note on stderr). `--out` "unwritable": the tests run as root, who can write
+(exit 0, one note on stderr); so is a view cache (the weights as recallscope computes with them,
+beside the weight cache), rebuilt through transformers with one note. `--out` "unwritable": the tests run as root, who can write
 anywhere a permission bit forbids, so the unwritable places are a path under a file and `/proc`.
 
 | input | command | message (stderr) | exit |

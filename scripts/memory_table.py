@@ -111,9 +111,9 @@ def measure(args) -> None:
         import torch
 
         model.view.trace(torch.tensor([[1, 2]]))
-        float(sum(p.detach().float().sum() for p in model.hf.parameters()))
+        float(sum(t.detach().float().sum() for t in model.view.weights.tensors()))
     cfg = model.cfg
-    params = sum(p.numel() for p in model.hf.parameters())
+    params = None  # counted after the stages: transformers' module is built only then (model.hf_model)
     run = RunConfig(model=args.model, relation=args.relation, max_prompts=args.prompts, device=args.device, dtype=args.dtype)
     common = {
         "model": args.model,
@@ -140,9 +140,11 @@ def measure(args) -> None:
                 continue
             rows.append({**common, "stage": stage, "base_mb": m.base, "peak_mb": m.peak})
             print(f"{args.model} {args.prompts} prompts {stage}: base {m.base:.0f} MB, peak {m.peak:.0f} MB", file=sys.stderr)
+    params = sum(p.numel() for p in model.hf_model.parameters())
     DATA.parent.mkdir(parents=True, exist_ok=True)
     with DATA.open("a", encoding="utf-8") as handle:
         for row in rows:
+            row["parameters"] = params
             row = {**row, "base_mb": round(row["base_mb"], 1), "peak_mb": round(row["peak_mb"], 1)}
             row["stage_mb"] = round(row["peak_mb"] - row["base_mb"], 1)
             handle.write(json.dumps(row) + "\n")

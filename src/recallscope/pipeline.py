@@ -53,10 +53,11 @@ def resolve_max_prompts(value: int | str | None, preset: str | None = None) -> i
 
     Why a default sample, and why 40: exact total-effect patching re-runs the end position from
     each of the 300 components' layers on (smollm2-135m: 16.1 GMAC per known prompt, the
-    arithmetic in :mod:`recallscope.benchmarks.run`); on two idle CPU cores it runs at ~83% of the
-    machine's matrix-product rate, 0.43 s per known prompt, near its FLOP floor. The default run
-    has to fit 45 s there (SPEC, issue 17) with the interpreter, the model load, five other stages
-    and the report; at 100 prompts (88 known) it took 91 s, at 40 (33 known) it fits. On
+    arithmetic in :mod:`recallscope.benchmarks.run`), and runs near the machine's matrix-product
+    rate (BENCHMARKS.md, "run": the engine's share of that rate on each record). The default run
+    has to fit 45 s on two idle CPU cores (SPEC, issue 17) with the interpreter, the model load, five other stages
+    and the report; at 100 prompts (88 known) it took 91 s on this project's 2-core machine, at 40
+    (33 known) it fits (BENCHMARKS.md, "run"). On
     smollm2-135m / country_capital_extended the claims table gives the same verdicts at 32, 40, 48
     and 100 prompts (only the margins move); the report's intervals say how wide a sample this
     is. ``--max-prompts 100`` or ``all`` for more.

@@ -51,18 +51,57 @@ def test_a_view_cache_is_read_only_for_its_key_and_its_bytes(tmp_path):
     assert viewcache.save(tmp_path, KEY, cfg, weights, "TokenizersBackend")
     cpu = torch.device("cpu")
     assert viewcache.load(tmp_path, KEY, cpu) is not None
-    for change in ({"dtype": "float64"}, {"code_sha256": "x"}, {"torch": "0.0"}, {"gguf_sha256": "1" * 64}):
+    for change in ({"dtype": "float64"}, {"code_sha256": "x"}, {"torch": "0.0"}, {"gguf_sha256": "1" * 64}, {"weights_sha256": "2" * 64}):
         assert viewcache.load(tmp_path, {**KEY, **change}, cpu) is None, change
     path = tmp_path / viewcache.WEIGHTS_FILE
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one byte of one weight: same size, another hash
     path.write_bytes(bytes(data))
-    assert viewcache.load(tmp_path, KEY, cpu) is None
-    (tmp_path / viewcache.META_FILE).write_text("{not json")
-    assert viewcache.load(tmp_path, KEY, cpu) is None
+    with pytest.raises(viewcache.CorruptViewCache, match="does not match its recorded sha256"):
+        viewcache.load(tmp_path, KEY, cpu)
+    assert viewcache.load(tmp_path, {**KEY, "dtype": "float64"}, cpu) is None  # another key: not read, not hashed
+    for record in ("{not json", "[]", '{"key": 1}'):
+        (tmp_path / viewcache.META_FILE).write_text(record)
+        with pytest.raises(viewcache.CorruptViewCache, match="is not a view record"):
+            viewcache.load(tmp_path, KEY, cpu)
     assert viewcache.load(tmp_path / "absent", KEY, cpu) is None
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
     assert json.loads(json.dumps(KEY)) == KEY  # the key is plain JSON
+
+
+def test_a_layout_that_does_not_fit_its_storage_is_refused_not_half_loaded(tmp_path):
+    """The layouts live in the hashed file's header; one written wrong (an offset past its storage)
+    under the right key and hash is refused as corrupt, never loaded as something else."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    cfg, weights = extract(tiny_model("llama_gqa"))
+    assert viewcache.save(tmp_path, KEY, cfg, weights, "TokenizersBackend")
+    path = tmp_path / viewcache.WEIGHTS_FILE
+    with safe_open(str(path), framework="pt") as handle:
+        header = json.loads(handle.metadata()[viewcache._HEADER])
+        flats = {name: handle.get_tensor(name) for name in handle.keys()}
+    header["weights"]["fields"]["W_E"]["tensor"]["offset"] = 10**9
+    save_file(flats, str(path), metadata={viewcache._HEADER: json.dumps(header)})
+    record = json.loads((tmp_path / viewcache.META_FILE).read_text())
+    record["sha256"] = gguf.sha256_of([path])
+    (tmp_path / viewcache.META_FILE).write_text(json.dumps(record))
+    with pytest.raises(viewcache.CorruptViewCache, match="does not describe a view"):
+        viewcache.load(tmp_path, KEY, torch.device("cpu"))
+
+
+def test_the_view_record_holds_only_the_key_and_the_hash(tmp_path):
+    """Everything the loaded view is made of (config, layouts) is inside the hashed file."""
+    cfg, weights = extract(tiny_model("gpt2"))
+    assert viewcache.save(tmp_path, KEY, cfg, weights, "TokenizersBackend")
+    assert set(json.loads((tmp_path / viewcache.META_FILE).read_text())) == {"key", "sha256"}
+
+
+def test_empty_tensors_are_storages_of_their_own():
+    from recallscope.models.arch import storage_spans
+
+    a, b = torch.zeros(0), torch.zeros(0, dtype=torch.int64)
+    assert len(storage_spans([a, b])) == 2  # both may have data pointer 0; no "two dtypes" error
 
 
 def test_the_key_follows_the_adapter_source(monkeypatch, tmp_path):
@@ -134,3 +173,25 @@ def test_converting_the_weights_keeps_tied_and_shared_storages(family):
     assert len(ptrs) == len({t.untyped_storage().data_ptr() for t in weights.tensors()})
     same = weights.to(dtype=torch.float32)  # nothing to convert: the same tensors
     assert all(a is b for a, b in zip(weights.tensors(), same.tensors(), strict=True))
+
+
+@pytest.mark.slow
+def test_a_corrupt_view_cache_is_rebuilt_and_says_so(smollm2, tmp_path, monkeypatch, capfd):
+    import shutil
+
+    load_model("smollm2-135m")  # the view cache exists
+    original = gguf.cache_dir(EMBEDDED["smollm2-135m"])
+    monkeypatch.setenv("RECALLSCOPE_CACHE", str(tmp_path))
+    copy = gguf.cache_dir(EMBEDDED["smollm2-135m"])
+    shutil.copytree(original, copy)
+    with open(copy / viewcache.WEIGHTS_FILE, "r+b") as handle:  # truncated: a half-written file
+        handle.truncate(1000)
+    capfd.readouterr()
+    model = load_model("smollm2-135m")
+    out, err = capfd.readouterr()
+    assert out == "" and err.count("\n") == 1 and "the view cache failed its check" in err and "rebuilding it" in err
+    assert model.info["loaded_from"] == "cache"  # through the weight cache, which is intact
+    again = load_model("smollm2-135m")
+    assert again.info["loaded_from"] == "view cache" and capfd.readouterr().err == ""  # rewritten by the load before
+    ids = torch.tensor([model.tokenizer("The capital of France is")["input_ids"]])
+    assert torch.equal(model.view.trace(ids, record=["logits"]).logits, again.view.trace(ids, record=["logits"]).logits)

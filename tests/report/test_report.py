@@ -371,3 +371,14 @@ def test_report_verb_rerenders_a_run_directory_without_torch(h, tmp_path):
     assert (run / "report.html").read_text(encoding="utf-8") == render_report(run)
     bad = subprocess.run([sys.executable, "-m", "recallscope", "report", str(tmp_path / "none")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a run directory" in bad.stderr
+
+
+def test_a_sampled_run_says_it_is_a_sample_and_how_to_run_every_prompt():
+    from recallscope.report.html import headline
+
+    summary = {"stages": {"recall": {"accuracy": 0.825, "mean_p_answer": 0.457, "n_prompts": 40, "n_known": 33,
+                                     "dropped": {"over_max_prompts": 185, "unknown_to_model": 7}}}}
+    tiles = {t["key"]: t for t in headline(summary)}
+    assert tiles["a seeded sample; --max-prompts all runs every prompt"]["value"] == "40 of 225 prompts"
+    summary["stages"]["recall"]["dropped"] = {"unknown_to_model": 7}  # every prompt ran: no sample tile
+    assert not any("sample" in t["key"] for t in headline(summary))

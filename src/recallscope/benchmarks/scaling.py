@@ -112,13 +112,13 @@ from recallscope.tasks import build_prompts, load_relation
 name, relation, seed, points = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
 model = load_model(name)
 cfg = model.cfg
-hf = getattr(model, "hf", None)
+hf = model.hf_model  # transformers' module, built now if the load read the view cache
 tokens = {}
 for shots, n in points:
     ps = build_prompts(load_relation(relation), model.tokenizer, shots=shots, seed=seed, max_prompts=n)
     tokens[f"{shots},{n}"] = sum(p.n_tokens for p in ps.prompts) / len(ps.prompts)
 print(json.dumps({
-    "n_params": sum(int(t.numel()) for t in hf.parameters()) if hf is not None else None,
+    "n_params": sum(int(t.numel()) for t in hf.parameters()),
     "layers": cfg.n_layers, "heads": cfg.n_heads,
     "shape": {k: getattr(cfg, k) for k in ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp", "gated_mlp")},
     "tokens": tokens,

@@ -130,11 +130,11 @@ class Weights:
             wanted = dtype if dtype is not None and t.is_floating_point() else t.dtype
             if wanted == t.dtype and (device is None or torch.device(device) == t.device):
                 return t
-            ptr = t.untyped_storage().data_ptr()
-            lo, hi = spans[ptr]
-            if ptr not in converted:
-                converted[ptr] = flat_storage(t)[lo:hi].to(device=device, dtype=wanted)
-            return torch.as_strided(converted[ptr], t.shape, t.stride(), t.storage_offset() - lo)
+            key = storage_key(t)
+            lo, hi = spans[key]
+            if key not in converted:
+                converted[key] = flat_storage(t)[lo:hi].to(device=device, dtype=wanted)
+            return torch.as_strided(converted[key], t.shape, t.stride(), t.storage_offset() - lo)
 
         return _map(self, conv)
 
@@ -150,13 +150,44 @@ class Weights:
         return _map(self, lambda t: t.detach())
 
 
+def materialize(weights: "Weights") -> "Weights":
+    """The same tensors — values, shapes, strides, offsets, ties — in fresh storages that torch
+    allocates, one per storage the tensors share, holding only the span they read.
+
+    Why: CPU matrix kernels may round differently with their operands' address alignment (a
+    weight inside a memory-mapped safetensors file sits wherever the file puts it; smollm2-135m's
+    logits moved by 5e-6 between such a view and a copy). An embedded model reaches recallscope
+    either through transformers or through the view cache (:mod:`.viewcache`); both hand their
+    weights through this function, so both compute with identically placed tensors and give the
+    same bits.
+    """
+    spans = storage_spans(list(weights.tensors()))
+    fresh: dict[int, Tensor] = {}
+
+    def place(t: Tensor) -> Tensor:
+        key = storage_key(t)
+        lo, hi = spans[key]
+        if key not in fresh:
+            fresh[key] = torch.empty(hi - lo, dtype=t.dtype, device=t.device).copy_(flat_storage(t)[lo:hi])
+        return torch.as_strided(fresh[key], t.shape, t.stride(), t.storage_offset() - lo)
+
+    return _map(weights, place)
+
+
+def storage_key(t: Tensor) -> int:
+    """Which storage ``t`` reads: its data pointer; a tensor over an empty storage (whose pointer
+    may be 0 whatever its dtype) is a storage of its own."""
+    storage = t.untyped_storage()
+    return storage.data_ptr() if storage.nbytes() else -id(t)
+
+
 def storage_spans(tensors) -> dict[int, tuple[int, int]]:
-    """Per storage (its data pointer) the span [first, last + 1) of elements the given tensors
+    """Per storage (:func:`storage_key`) the span [first, last + 1) of elements the given tensors
     read. ValueError when one storage is read as two dtypes."""
     spans: dict[int, tuple[int, int]] = {}
     dtypes: dict[int, torch.dtype] = {}
     for t in tensors:
-        ptr = t.untyped_storage().data_ptr()
+        ptr = storage_key(t)
         if dtypes.setdefault(ptr, t.dtype) != t.dtype:
             raise ValueError(f"a storage is read as {dtypes[ptr]} and as {t.dtype}")
         lo = t.storage_offset()

@@ -112,6 +112,14 @@ def cache_is_valid(directory: Path, skip: tuple[str, ...] = ()) -> bool:
     return True
 
 
+def recorded_sha256(directory: Path, name: str) -> str | None:
+    """The sha256 the cache recorded for its file ``name`` when it was written (None: not recorded)."""
+    try:
+        return json.loads((directory / "recallscope-cache.json").read_text())["files"][name]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def write_cache(source: GGUFSource, model, tokenizer) -> Path:
     """Save the de-quantised model as safetensors, atomically (a temp dir renamed into place)."""
     final = cache_dir(source)

@@ -20,7 +20,7 @@ import torch
 from ..errors import OfflineError, UserError
 from . import controls, gguf, viewcache
 from .adapters import extract
-from .arch import ArchConfig
+from .arch import ArchConfig, materialize
 from .view import ModelView
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -222,7 +222,12 @@ def load_embedded_view(alias: str, dtype: torch.dtype, device: torch.device):
     directory = gguf.cache_dir(source)
     if not gguf.cache_is_valid(directory, skip=("model.safetensors",)):
         return None
-    found = viewcache.load(directory, viewcache.cache_key(source.sha256, dtype), device)
+    try:
+        found = viewcache.load(directory, _view_key(alias, dtype), device)
+    except viewcache.CorruptViewCache as exc:
+        # stdout is the --json channel; a note on stderr says why this load is slower
+        print(f"recallscope: the view cache failed its check ({exc}); rebuilding it", file=sys.stderr)
+        return None
     if found is None:
         return None
     cfg, weights, tokenizer_class = found
@@ -231,6 +236,12 @@ def load_embedded_view(alias: str, dtype: torch.dtype, device: torch.device):
     with _quiet():
         tokenizer = getattr(transformers, tokenizer_class).from_pretrained(directory)
     return cfg, weights, tokenizer, {"gguf_sha256": source.sha256, "loaded_from": "view cache"}
+
+
+def _view_key(alias: str, dtype: torch.dtype) -> dict:
+    """The view cache's key for an embedded model: its GGUF, the weight cache's file it is built from, dtype and code."""
+    source = EMBEDDED[alias]
+    return viewcache.cache_key(source.sha256, dtype, gguf.recorded_sha256(gguf.cache_dir(source), "model.safetensors"))
 
 
 def _embedded_module(alias: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
@@ -365,10 +376,15 @@ def load_model(
     if device_map is None:
         hf.to(torch_device)
     cfg, weights = extract(hf)
+    hf_loader = None
     if name in EMBEDDED and use_cache and torch_dtype == torch.float32 and device_map is None:
-        # the next load reads the view without transformers (a few seconds less on every command)
-        viewcache.save(gguf.cache_dir(EMBEDDED[name]), viewcache.cache_key(EMBEDDED[name].sha256, torch_dtype), cfg,
-                       weights, type(tokenizer).__name__)
+        # The next load reads the view without transformers (a few seconds less on every command).
+        # Both routes place the weights alike (arch.materialize), so they compute the same bits;
+        # transformers' module is then dropped (not kept beside a copy of its weights) and rebuilt
+        # on demand, as after a view-cache load.
+        weights = materialize(weights)
+        viewcache.save(gguf.cache_dir(EMBEDDED[name]), _view_key(name, torch_dtype), cfg, weights, type(tokenizer).__name__)
+        hf, hf_loader = None, lambda: _embedded_module(name, torch_dtype, torch_device)
     if device_map is not None:
         weights = _globals_beside_embedding(name, weights)
         info = {
@@ -376,7 +392,7 @@ def load_model(
             "device_map": device_map if isinstance(device_map, str) else "explicit",
             "layer_devices": [str(layer.W_Q.device) for layer in weights.layers],
         }
-    return _model(name, hf, tokenizer, cfg, weights, model_hash, source, start, info)
+    return _model(name, hf, tokenizer, cfg, weights, model_hash, source, start, info, hf_loader=hf_loader)
 
 
 def _model(name, hf, tokenizer, cfg, weights, model_hash, source, start, info, hf_loader=None) -> Model:

@@ -11,11 +11,15 @@ differently. So every storage the views share is saved once (the span its views 
 tensor is rebuilt with its own size, stride and offset into it (``torch.as_strided``): the loaded
 view is the extracted one, bit for bit and stride for stride (tests/models/test_viewcache.py).
 
-The cache is keyed by everything that can change what ``extract`` returns: the GGUF file's
-sha256, the dtype, the source of :mod:`.adapters` and :mod:`.arch`, and the torch and transformers
-versions. A key that differs, a missing file, or a hash that does not match (the file is hashed
-on every load, as the weight cache is) makes :func:`load` return None and the caller rebuilds
-through transformers. Safetensors and JSON only, never pickles.
+One file, ``view.safetensors``, holds the storages and, in its header's metadata, the config and
+the tensors' layouts; ``view.json`` holds the key and that file's sha256. The key is everything
+that can change what ``extract`` returns: the GGUF file's sha256, the sha256 the weight cache
+recorded for the weights the view was built from, the dtype, the source of :mod:`.adapters` and
+:mod:`.arch`, and the torch and transformers versions. A missing cache or one of another key makes
+:func:`load` return None; a file whose hash differs from the recorded one (it is hashed on every
+load, as the weight cache is), an unreadable record, or a layout that does not fit its storages
+raises :class:`CorruptViewCache`, and the loader says so on stderr. Either way the model is then
+loaded through transformers and the view written again. Safetensors and JSON only, never pickles.
 """
 
 from __future__ import annotations
@@ -32,17 +36,24 @@ import torch
 from torch import Tensor
 
 from . import gguf
-from .arch import ArchConfig, LayerWeights, Norm, Weights, flat_storage, storage_spans
+from .arch import ArchConfig, LayerWeights, Norm, Weights, flat_storage, materialize, storage_key, storage_spans
 
-VIEW_FORMAT = 1
+VIEW_FORMAT = 2
 WEIGHTS_FILE = "view.safetensors"
 META_FILE = "view.json"
+_HEADER = "recallscope_view"  # the safetensors metadata entry holding the config and the layouts
 _CLASSES = {cls.__name__: cls for cls in (Weights, LayerWeights, Norm)}
 _CODE = (Path(__file__).with_name("adapters.py"), Path(__file__).with_name("arch.py"))
 
 
-def cache_key(gguf_sha256: str, dtype: torch.dtype) -> dict:
-    """What the cached view depends on; a cache whose recorded key differs is not read."""
+class CorruptViewCache(Exception):
+    """A view cache of the right key that cannot be trusted (its file does not match the recorded
+    sha256, its record is unreadable, or a layout does not fit): the caller rebuilds it and says so."""
+
+
+def cache_key(gguf_sha256: str, dtype: torch.dtype, weights_sha256: str | None = None) -> dict:
+    """What the cached view depends on; a cache whose recorded key differs is not read.
+    ``weights_sha256``: the weight cache's recorded hash of the file the view is built from."""
     code = hashlib.sha256()
     for path in _CODE:
         code.update(path.read_bytes())
@@ -53,6 +64,7 @@ def cache_key(gguf_sha256: str, dtype: torch.dtype) -> dict:
     return {
         "format": VIEW_FORMAT,
         "gguf_sha256": gguf_sha256,
+        "weights_sha256": weights_sha256,
         "dtype": str(dtype).replace("torch.", ""),
         "code_sha256": code.hexdigest(),
         "torch": torch.__version__,
@@ -68,19 +80,19 @@ def save(directory: Path, key: dict, cfg: ArchConfig, weights: Weights, tokenize
         spans = storage_spans(tensors)
     except ValueError:
         return False
-    names = {ptr: f"s{i}" for i, ptr in enumerate(spans)}
+    names = {k: f"s{i}" for i, k in enumerate(spans)}
     flats = {}
     for t in tensors:
-        ptr = t.untyped_storage().data_ptr()
-        if names[ptr] not in flats:
-            lo, hi = spans[ptr]
-            flats[names[ptr]] = flat_storage(t)[lo:hi].detach().cpu().clone()
+        k = storage_key(t)
+        if names[k] not in flats:
+            lo, hi = spans[k]
+            flats[names[k]] = flat_storage(t)[lo:hi].detach().cpu().clone()
 
     def encode(obj):
         if isinstance(obj, Tensor):
-            ptr = obj.untyped_storage().data_ptr()
-            return {"tensor": {"storage": names[ptr], "size": list(obj.shape), "stride": list(obj.stride()),
-                               "offset": obj.storage_offset() - spans[ptr][0]}}
+            k = storage_key(obj)
+            return {"tensor": {"storage": names[k], "size": list(obj.shape), "stride": list(obj.stride()),
+                               "offset": obj.storage_offset() - spans[k][0]}}
         if dataclasses.is_dataclass(obj) and type(obj).__name__ in _CLASSES:
             return {"class": type(obj).__name__, "fields": {f.name: encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
         if isinstance(obj, list):
@@ -92,7 +104,7 @@ def save(directory: Path, key: dict, cfg: ArchConfig, weights: Weights, tokenize
         raise TypeError(f"viewcache: cannot store a {type(obj).__name__}")
 
     try:
-        tree = encode(weights)
+        header = json.dumps({"cfg": dataclasses.asdict(cfg), "weights": encode(weights), "tokenizer_class": tokenizer_class})
     except TypeError:
         return False
     from safetensors.torch import save_file
@@ -101,17 +113,11 @@ def save(directory: Path, key: dict, cfg: ArchConfig, weights: Weights, tokenize
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".view-", suffix=".safetensors")
     os.close(fd)
     try:
-        save_file(flats, tmp)
+        save_file(flats, tmp, metadata={_HEADER: header})
         os.chmod(tmp, _file_mode())
-        meta = {
-            "key": key,
-            "sha256": gguf.sha256_of([Path(tmp)]),
-            "cfg": dataclasses.asdict(cfg),
-            "weights": tree,
-            "tokenizer_class": tokenizer_class,
-        }
+        record = {"key": key, "sha256": gguf.sha256_of([Path(tmp)])}
         os.replace(tmp, directory / WEIGHTS_FILE)
-        _atomic_text(directory / META_FILE, json.dumps(meta))
+        _atomic_text(directory / META_FILE, json.dumps(record))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -119,20 +125,36 @@ def save(directory: Path, key: dict, cfg: ArchConfig, weights: Weights, tokenize
 
 
 def load(directory: Path, key: dict, device: torch.device) -> tuple[ArchConfig, Weights, str] | None:
-    """``(cfg, weights, tokenizer_class)`` from the cache on ``device``, or None when there is no
-    valid cache for ``key`` (absent, another key, or a file whose sha256 differs from the one recorded)."""
+    """``(cfg, weights, tokenizer_class)`` from the cache on ``device``; None when there is none for
+    ``key`` (absent, or written for another key: another dtype, weights, code or version). Raises
+    :class:`CorruptViewCache` when the record is unreadable, the file's sha256 differs from the
+    recorded one (a truncated or altered file), or its layouts do not fit its storages."""
     meta_path, weights_path = directory / META_FILE, directory / WEIGHTS_FILE
     if not (meta_path.is_file() and weights_path.is_file()):
         return None
     try:
-        meta = json.loads(meta_path.read_text())
-    except ValueError:
+        record = json.loads(meta_path.read_text())
+        recorded_key, recorded_sha = record["key"], record["sha256"]
+    except (ValueError, TypeError, KeyError):
+        raise CorruptViewCache(f"{meta_path} is not a view record") from None
+    if recorded_key != key:
         return None
-    if meta.get("key") != key or gguf.sha256_of([weights_path]) != meta.get("sha256"):
-        return None
-    from safetensors.torch import load_file
+    if gguf.sha256_of([weights_path]) != recorded_sha:
+        raise CorruptViewCache(f"{weights_path} does not match its recorded sha256")
+    # The file matches its hash, so what follows can only fail on a file written by another
+    # recallscope that shares this key: refused the same way rather than half-loaded.
+    try:
+        return _read(weights_path, device)
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as exc:
+        raise CorruptViewCache(f"{weights_path} does not describe a view ({type(exc).__name__}: {exc})") from None
 
-    flats = {name: t.to(device) for name, t in load_file(weights_path).items()}
+
+def _read(path: Path, device: torch.device) -> tuple[ArchConfig, Weights, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        header = json.loads(handle.metadata()[_HEADER])
+        flats = {name: handle.get_tensor(name).to(device) for name in handle.keys()}
 
     def decode(node):
         if "tensor" in node:
@@ -146,15 +168,22 @@ def load(directory: Path, key: dict, device: torch.device) -> tuple[ArchConfig, 
             return {k: decode(v) for k, v in node["dict"].items()}
         return node["value"]
 
-    fields = meta["cfg"]
+    fields = dict(header["cfg"])
     fields["sliding_window"] = tuple(fields.get("sliding_window") or ())
-    return ArchConfig(**fields), decode(meta["weights"]), meta["tokenizer_class"]
+    # placed as the transformers route places them (arch.materialize): the same bits either way
+    return ArchConfig(**fields), materialize(decode(header["weights"])), header["tokenizer_class"]
 
 
 def _file_mode() -> int:
-    """The mode a plain new file gets under this process's umask (mkstemp makes 0600), as the
-    weight cache's files beside it have."""
-    umask = os.umask(0)
+    """The mode a plain new file gets under this process's umask (mkstemp makes 0600); the umask
+    is read from /proc where it is shown (setting it to read it is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
     os.umask(umask)
     return 0o666 & ~umask
 

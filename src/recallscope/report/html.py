@@ -344,6 +344,16 @@ def headline(summary: dict) -> list[dict]:
         },
     ]
     dropped = rec.get("dropped") or {}
+    sampled_out = dropped.get("over_max_prompts") if isinstance(dropped, dict) else None
+    if sampled_out and get("n_prompts") is not None:
+        # a reader should see that this is a sample (the default run's 40) and how to run them all
+        total = int(get("n_prompts")) + int(sampled_out)
+        tiles.append(
+            {
+                "key": "a seeded sample; --max-prompts all runs every prompt",
+                "value": f"{fmt_number(get('n_prompts'))} of {fmt_number(total)} prompts",
+            }
+        )
     if isinstance(dropped, dict) and dropped:
         tiles.append({"key": "dropped", "pairs": list(dropped.items())})
     return tiles
