@@ -57,8 +57,10 @@ PAPER_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "facebook/opt-1.
 class Model:
     """A loaded model: the Hugging Face module, its tokenizer and the exact view of its internals.
 
-    ``hf`` is the module itself, or None; ``hf_loader`` builds it on first use of :attr:`hf_model`
-    when the view came from the view cache (:mod:`.viewcache`) and transformers' model was not built.
+    ``hf`` is the module itself, or None; ``hf_loader`` then builds it on first use of
+    :attr:`hf_model`. An embedded float32 model keeps no module: read from the view cache
+    (:mod:`.viewcache`) it never built one, and through transformers it drops the one it built
+    (its view holds placed copies of the weights, :func:`.arch.materialize`).
     """
 
     name: str
