@@ -184,12 +184,12 @@ def test_apply_preset_fills_run_settings_and_user_settings_win():
         apply_preset(RunConfig(preset="nope"), {})
 
 
-def test_the_default_run_samples_40_prompts_and_the_paper_preset_runs_every_prompt():
+def test_the_default_run_samples_32_prompts_and_the_paper_preset_runs_every_prompt():
     from recallscope.pipeline import DEFAULT_MAX_PROMPTS, resolve_max_prompts
 
     run_defaults = {d.setting: d.default for d in presets.PAPER.definitions if d.setting.startswith("run.")}
-    assert run_defaults["run.max_prompts"] == DEFAULT_MAX_PROMPTS == 40  # the definition names the real default
-    assert resolve_max_prompts("default") == resolve_max_prompts("default", "recallscope") == 40
+    assert run_defaults["run.max_prompts"] == DEFAULT_MAX_PROMPTS == 32  # the definition names the real default
+    assert resolve_max_prompts("default") == resolve_max_prompts("default", "recallscope") == 32
     assert resolve_max_prompts("default", "paper") is None  # the paper's whole dataset
     assert resolve_max_prompts("all", "recallscope") is None and resolve_max_prompts(None) is None
     assert resolve_max_prompts("7", "paper") == resolve_max_prompts(7) == 7  # the user's number wins over the preset's
@@ -203,5 +203,5 @@ def test_the_default_run_samples_40_prompts_and_the_paper_preset_runs_every_prom
         "paper": cli("recall", "--model", "planted", "--preset", "paper", "--json"),
     }
     n = {name: json.loads(proc.stdout)["n_prompts"] for name, proc in runs.items() if proc.returncode == 0}
-    assert n == {"default": 40, "all": 225, "paper": 225}, {k: p.stderr[-300:] for k, p in runs.items()}
+    assert n == {"default": 32, "all": 225, "paper": 225}, {k: p.stderr[-300:] for k, p in runs.items()}
     assert_one_line_error(cli("recall", "--max-prompts", "lots"), "--max-prompts must be a number >= 1 or all, got 'lots'")

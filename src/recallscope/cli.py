@@ -106,7 +106,7 @@ SEED_OPTION = typer.Option(0, "--seed", help="Every random choice of the run der
 MAX_PROMPTS_OPTION = typer.Option(
     "default",
     "--max-prompts",
-    help="Prompts sampled (seeded) from the relation: a number, or all. Default: 40 (the paper preset: all).",
+    help="Prompts sampled (seeded) from the relation: a number, or all. Default: 32 (the paper preset: all).",
     show_default=False,
 )
 DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto.")

@@ -43,7 +43,7 @@ from .tasks import PromptSet, Relation, build_prompts, load_relation
 from .version import __version__
 
 
-DEFAULT_MAX_PROMPTS = 40  # the default run's seeded sample of the relation's prompts (see resolve_max_prompts)
+DEFAULT_MAX_PROMPTS = 32  # the default run's seeded sample of the relation's prompts (see resolve_max_prompts)
 
 
 def resolve_max_prompts(value: int | str | None, preset: str | None = None) -> int | None:
@@ -51,16 +51,18 @@ def resolve_max_prompts(value: int | str | None, preset: str | None = None) -> i
     else ("default") the preset's (the paper preset: every prompt of its task), else
     :data:`DEFAULT_MAX_PROMPTS`. UserError on anything else.
 
-    Why a default sample, and why 40: exact total-effect patching re-runs the end position from
+    Why a default sample, and why 32: exact total-effect patching re-runs the end position from
     each of the 300 components' layers on (smollm2-135m: 16.1 GMAC per known prompt, the
     arithmetic in :mod:`recallscope.benchmarks.run`), and runs near the machine's matrix-product
     rate (BENCHMARKS.md, "run": the engine's share of that rate on each record). The default run
     has to fit 45 s on two idle CPU cores (SPEC, issue 17) with the interpreter, the model load, five other stages
-    and the report; at 100 prompts (88 known) it took 91 s on this project's 2-core machine, at 40
-    (33 known) it fits (BENCHMARKS.md, "run"). On
+    and the report; at 100 prompts (88 known) it took 91 s on this project's 2-core machine. That
+    machine's speed drifts by ~20% from hour to hour (the same run's CPU seconds moved from 63 to
+    72): 40 prompts (33 known) took 40 s at its usual speed and 47–50 s when it ran slow, 32
+    (24 known) 35 s and 42 s, so 32 is the sample that fits both (BENCHMARKS.md, "run"). On
     smollm2-135m / country_capital_extended the claims table gives the same verdicts at 32, 40, 48
-    and 100 prompts (only the margins move); the report's intervals say how wide a sample this
-    is. ``--max-prompts 100`` or ``all`` for more.
+    and 100 prompts (only the margins move: the movers margin is −0.38 at 32, −0.14 at 100); the
+    report's intervals say how wide a sample this is. ``--max-prompts 100`` or ``all`` for more.
     """
     if isinstance(value, str) and value != "default":
         if value.strip().lower() == "all":
@@ -1037,7 +1039,7 @@ def run(
     the run directory is written (and resumed). ``preset``: "recallscope" (the defaults) or
     "paper" (the paper's definitions, :mod:`recallscope.presets`; ``settings`` still win).
     ``max_prompts``: as ``--max-prompts`` (:func:`resolve_max_prompts`: "default" is a seeded sample
-    of 40 prompts (:data:`DEFAULT_MAX_PROMPTS`), every prompt under the paper preset; None or "all": every prompt).
+    of 32 prompts (:data:`DEFAULT_MAX_PROMPTS`), every prompt under the paper preset; None or "all": every prompt).
     Raises UserError on bad input.
     """
     loaded = model if isinstance(model, Model) else None

@@ -133,8 +133,8 @@ PAPER = Preset(
         Definition(
             "run.max_prompts",
             "all",
-            40,
-            "every prompt of the dataset (recallscope's default run samples 40, seeded), when --max-prompts is not given",
+            32,
+            "every prompt of the dataset (recallscope's default run samples 32, seeded), when --max-prompts is not given",
             f"{FACT_DATASET}: FactDataset / gen_prompt_uniform (up to N unique template x nation prompts from 2N "
             "random draws; at its default N = 500, nearly all 225; recallscope takes every one)",
         ),

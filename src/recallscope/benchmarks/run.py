@@ -3,7 +3,7 @@
 The run executes in a child process (a fresh interpreter, as a user would start it) into a
 temporary directory; peak RSS is that child's own high-water mark (``_child``). Targets
 (issue 17): ≤ 45 s on 2 idle CPU cores, ≤ 2 GB. ``ratio`` is target seconds / measured seconds
-(≥ 1 means within target). The default run samples 40 prompts (``pipeline.DEFAULT_MAX_PROMPTS``);
+(≥ 1 means within target). The default run samples 32 prompts (``pipeline.DEFAULT_MAX_PROMPTS``);
 unless ``--quick`` (or ``--max-prompts``) is given the same run on every prompt of the relation
 (``--max-prompts all``) is measured after it (``max_prompts``: "default" or "all"), without a target.
 

@@ -346,7 +346,7 @@ def headline(summary: dict) -> list[dict]:
     dropped = rec.get("dropped") or {}
     sampled_out = dropped.get("over_max_prompts") if isinstance(dropped, dict) else None
     if sampled_out and get("n_prompts") is not None:
-        # a reader should see that this is a sample (the default run's 40) and how to run them all
+        # a reader should see that this is a sample (the default run's) and how to run them all
         total = int(get("n_prompts")) + int(sampled_out)
         tiles.append(
             {
