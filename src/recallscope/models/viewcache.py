@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from . import gguf
-from .arch import ArchConfig, LayerWeights, Norm, Weights, flat_storage, materialize, storage_key, storage_spans
+from .arch import ArchConfig, LayerWeights, Norm, Weights, flat_storage, storage_key, storage_spans
 
 VIEW_FORMAT = 2
 WEIGHTS_FILE = "view.safetensors"
@@ -86,7 +86,9 @@ def save(directory: Path, key: dict, cfg: ArchConfig, weights: Weights, tokenize
         k = storage_key(t)
         if names[k] not in flats:
             lo, hi = spans[k]
-            flats[names[k]] = flat_storage(t)[lo:hi].detach().cpu().clone()
+            # a view of the span, not a copy: the weights are saved beside the model in memory,
+            # and a copy of all of them would add the model's size to the load's peak
+            flats[names[k]] = flat_storage(t)[lo:hi].detach().cpu()
 
     def encode(obj):
         if isinstance(obj, Tensor):
@@ -154,7 +156,14 @@ def _read(path: Path, device: torch.device) -> tuple[ArchConfig, Weights, str]:
 
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         header = json.loads(handle.metadata()[_HEADER])
-        flats = {name: handle.get_tensor(name).to(device) for name in handle.keys()}
+        flats = {}
+        for name in handle.keys():
+            # fresh storages that torch allocates (as arch.materialize makes them on the other route:
+            # the same placement, so the same bits), filled one at a time: the load's peak is the model
+            # plus its largest storage, not twice the model
+            stored = handle.get_tensor(name)
+            flats[name] = torch.empty(stored.shape, dtype=stored.dtype, device=device).copy_(stored)
+            del stored
 
     def decode(node):
         if "tensor" in node:
@@ -170,8 +179,7 @@ def _read(path: Path, device: torch.device) -> tuple[ArchConfig, Weights, str]:
 
     fields = dict(header["cfg"])
     fields["sliding_window"] = tuple(fields.get("sliding_window") or ())
-    # placed as the transformers route places them (arch.materialize): the same bits either way
-    return ArchConfig(**fields), materialize(decode(header["weights"])), header["tokenizer_class"]
+    return ArchConfig(**fields), decode(header["weights"]), header["tokenizer_class"]
 
 
 def _file_mode() -> int:
