@@ -157,9 +157,10 @@ def materialize(weights: "Weights") -> "Weights":
     Why: CPU matrix kernels may round differently with their operands' address alignment (a
     weight inside a memory-mapped safetensors file sits wherever the file puts it; smollm2-135m's
     logits moved by 5e-6 between such a view and a copy). An embedded model reaches recallscope
-    either through transformers or through the view cache (:mod:`.viewcache`); both hand their
-    weights through this function, so both compute with identically placed tensors and give the
-    same bits.
+    either through transformers or through the view cache (:mod:`.viewcache`): the transformers
+    route hands its weights through this function, the view cache's read fills fresh storages at
+    the same offsets itself, so both compute with identically placed tensors and give the same bits
+    (tests/models/test_viewcache.py compares their logits bitwise).
     """
     spans = storage_spans(list(weights.tensors()))
     fresh: dict[int, Tensor] = {}
