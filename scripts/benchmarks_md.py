@@ -111,6 +111,41 @@ def scalar_keys(rows: list[tuple[Record, dict]]) -> list[str]:
     return list(keys)
 
 
+MEMORY_TARGET_MB = 3e9 / 2**20  # issue 17: every benchmark command under 3 GB (decimal) = 2861 MiB
+
+
+def memory_rows(records: list[Record]) -> list[dict]:
+    """One row per benchmark line that carries a peak: ``process_mb`` (``bench_process_peak_rss_mb``,
+    the benchmark process's own high-water mark since that benchmark began), ``child_mb`` (the
+    line's ``peak_rss_gb`` in MiB: the child process it started), their maximum against
+    :data:`MEMORY_TARGET_MB` (None where the line has no process mark: an older record)."""
+    rows = []
+    for record in records:
+        for line in record.lines:
+            process = line.get("bench_process_peak_rss_mb")
+            child = line.get("peak_rss_gb")
+            child = None if child is None else round(child * 1024, 1)
+            if process is None and child is None:
+                continue
+            peak = max(v for v in (process, child) if v is not None)
+            described = (line.get(key) for key in ("mode", "policy", "stage", "what", "axis", "value"))
+            detail = ", ".join(str(x) for x in described if x is not None and len(str(x)) <= 40)
+            rows.append(
+                {
+                    "record": record.name,
+                    "bench": line.get("bench"),
+                    "shots": line.get("shots"),
+                    "detail": detail or None,
+                    "process_mb": process,
+                    "child_mb": child,
+                    "peak_mb": peak,
+                    # without the process's own mark the command's peak is not known line by line
+                    "within": None if process is None else peak <= MEMORY_TARGET_MB,
+                }
+            )
+    return rows
+
+
 def render(folder: Path = RECORDS) -> str:
     records = read_records(folder)
     env = jinja2.Environment(
@@ -125,7 +160,9 @@ def render(folder: Path = RECORDS) -> str:
     env.filters["json"] = lambda line: json.dumps(line, ensure_ascii=False)
     env.filters["pair"] = lambda key: (key, key)
     env.globals["scalar_keys"] = scalar_keys
-    text = env.get_template(TEMPLATE.name).render(records=records, sections=sections(records))
+    text = env.get_template(TEMPLATE.name).render(
+        records=records, sections=sections(records), memory=memory_rows(records), memory_target_mb=MEMORY_TARGET_MB
+    )
     # one blank line between blocks, one newline at the end
     while "\n\n\n" in text:
         text = text.replace("\n\n\n", "\n\n")

@@ -112,6 +112,23 @@ def test_a_figure_changes_with_its_line(md, tmp_path):
     assert "61.6" in before and "61.6" not in after and "| 33.3 |" in after
 
 
+def test_peak_memory_table_judges_each_benchmark_against_3_gb(md, tmp_path):
+    lines = [
+        {"bench": "patch_exact_vs_naive", "shots": 0, "bench_process_peak_rss_mb": 2630.0, "peak_rss_gb": 1.5},
+        {"bench": "trace_exact_vs_naive", "shots": 0, "bench_process_peak_rss_mb": 2900.0},
+        {"bench": "run_default", "shots": 0, "bench_process_peak_rss_mb": 400.0, "peak_rss_gb": 2.875},
+        # an older record: no process mark
+        {"bench": "contention_pair", "policy": "after", "stage": "patch", "peak_rss_gb": 1.25},
+    ]
+    rows = md.memory_rows([md.Record("r", HEADER, lines, FOOTER, "docs/bench/r.jsonl")])
+    assert [(r["peak_mb"], r["within"]) for r in rows] == [(2630.0, True), (2900.0, False), (2944.0, False), (1280.0, None)]
+    assert round(md.MEMORY_TARGET_MB, 1) == 2861.0
+    write_record(tmp_path, lines=lines)
+    text = md.render(tmp_path)
+    assert "| sample | trace_exact_vs_naive | 0 | — | 2,900 | — | 2,900 | no |" in text
+    assert "| sample | contention_pair | — | after, patch | — | 1,280 | 1,280 | — |" in text
+
+
 def test_a_file_without_a_header_is_refused(md, tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"bench": "x", "ratio": 1}) + "\n")
     with pytest.raises(ValueError, match="record header"):

@@ -552,8 +552,11 @@ def bench_command(
     models: Optional[str] = typer.Option(None, "--models", help="scaling: comma-separated models of the model-size axis."),
     stages: Optional[str] = typer.Option(None, "--stages", help="scaling: which of patch_total, patch_path, trace, run."),
 ) -> None:
-    """The performance benchmarks, one JSON line each (ratios measured side by side)."""
+    """The performance benchmarks, one JSON line each (ratios measured side by side). Every line has
+    ``bench_process_peak_rss_mb``: the benchmark process's own resident-set high-water mark since that
+    benchmark began (the children it starts report theirs in ``peak_rss_gb``)."""
     from . import benchmarks
+    from .benchmarks import _child
 
     if mode not in (None, "total", "path"):
         raise UserError(f"--mode must be one of total, path, got {mode!r}")
@@ -582,7 +585,11 @@ def bench_command(
     if mode is not None and not names:
         plan = [(n, o) for n, o in plan if n != "patch" or o.mode == mode]  # --mode picks patch's mode
     for name, opts in plan:
+        _child.trim_heap()  # what the previous benchmark freed goes back to the system first
+        reset = _child.reset_own_peak()
         for line in benchmarks.measure(name, opts):
+            # this process's own peak since the benchmark began (its children report theirs as peak_rss_gb)
+            line.setdefault("bench_process_peak_rss_mb", _child.own_peak_mb() if reset else None)
             if as_json:
                 sys.stdout.write(json.dumps(_json_ready(line), ensure_ascii=False) + "\n")
                 sys.stdout.flush()

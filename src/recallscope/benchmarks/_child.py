@@ -95,6 +95,49 @@ def run_cli(args: list[str], env: dict[str, str] | None = None, preload_torch: b
     return start_cli(args, env, preload_torch).wait()
 
 
+def trim_heap() -> bool:
+    """Give the memory this process has freed back to the operating system (glibc's ``malloc_trim(0)``);
+    False where the C library has no such call (not glibc).
+
+    glibc keeps freed blocks below its mmap threshold on its heap, and that threshold rises (up to
+    32 MiB) each time a larger block is freed, so after one benchmark has freed a model copy and its
+    activations the process may stay gigabytes above what it holds: measured with ``recallscope bench
+    --quick`` on smollm2-135m, 2335 MiB resident after the total-mode patch benchmark, 503 MiB after a
+    trim. The benchmarks trim between benchmarks and before their float64 checks, outside any timed
+    section, so one benchmark's freed memory is not counted in the next one's peak."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        trim = getattr(libc, "malloc_trim", None)
+    except OSError:
+        trim = None
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+def reset_own_peak() -> bool:
+    """Reset this process's resident-set high-water mark (``VmHWM``) by writing 5 to
+    /proc/self/clear_refs (Linux >= 4.0); False where that is not possible. Lets one process that runs
+    several benchmarks report each one's own peak (:func:`own_peak_mb`)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def own_peak_mb() -> float | None:
+    """This process's ``VmHWM`` in MiB (since it started or since :func:`reset_own_peak`); None without /proc."""
+    gb = _vm_hwm_gb("/proc/self/status")
+    return None if gb is None else round(gb * 1024, 1)
+
+
 def _vm_hwm_gb(path: str) -> float | None:
     try:
         with open(path) as f:

@@ -16,7 +16,12 @@ the float32 noise floor: the naive loop against itself when only its batch size 
 
 Memory: every check streams the prepared batches (one batch of cached keys/values held at a
 time, as the stage does) and keeps only per-prompt effects; holding every prepared batch, in
-float32 and again in float64, took this benchmark to 15.7 GB at 0 and 3 shots.
+float32 and again in float64, took this benchmark to 15.7 GB at 0 and 3 shots. The float64
+checks hold a float64 copy of the model (8 bytes a parameter, next to the float32 model): the
+process's largest moment. Around them the freed float32 batches and then the freed float64 copy
+are given back to the system (``_child.trim_heap``): glibc would otherwise keep them, and the
+process would stay ~2 GB above what it holds into the next benchmark (measured: 2335 MiB resident
+after this benchmark on smollm2-135m with ``--quick``, 503 MiB after a trim).
 
 TransformerLens patches a clean activation into a corrupted run (denoising), one forward per
 component, on prompts of one token length at a time (its helpers take no attention mask). It
@@ -41,7 +46,7 @@ from ..path_patching import flop_counts
 from ..recall import recall
 from ..stats import spearman
 from ..tasks import build_prompts, load_relation
-from ._child import common_args, run_cli
+from ._child import common_args, run_cli, trim_heap
 
 FLOAT64_BATCH = 8  # prompts per batch of the float64 checks (memory, not speed: they are not timed)
 
@@ -132,6 +137,7 @@ def _exact_vs_naive_lines(model, options, shots, known, config, comps, sample) -
             floor32 = max(floor32, _naive_batch_floor(view, pb, picked, config.direction))
     naive_s = naive_sample_s * len(comps) / len(sample)
     diff64 = _float64_diff(model, known, config, picked)
+    trim_heap()  # the float64 copy, freed, goes back (a child started now is charged this process's resident set)
     line = {
         "bench": "patch_exact_vs_naive",
         "model": options.model,
@@ -171,6 +177,7 @@ def _exact_vs_naive_lines(model, options, shots, known, config, comps, sample) -
 
 def _float64_diff(model, known, config, components) -> float:
     """max |exact − naive| (effect %) with both engines in float64 on the same prompts, batch by batch."""
+    trim_heap()  # the float32 runs' freed batches go back first: the float64 copy is the largest thing held
     view = ModelView(model.cfg, model.view.weights.to(dtype=torch.float64))
     # small batches: float64 activations of every component's patched run take twice float32's room
     config = dataclasses.replace(config, batch_size=min(config.batch_size, FLOAT64_BATCH))
@@ -343,6 +350,7 @@ def _path_line(model, options, shots, ps, naive_sample: int) -> dict:
     ratio = naive_s / exact_s
     check_prompts = 8 if options.quick else 16
     diff64, n_checked = _path_float64_diff(model, ps, config, picked, check_prompts)
+    trim_heap()  # the float64 copy, freed, goes back (a child started now is charged this process's resident set)
     ratio_of_means = 100 * (exact_pi_all.mean(0) - pi_clean.mean()) / pi_clean.mean()
     top = np.argsort(-np.abs(ratio_of_means))[:3]
     return {
@@ -380,6 +388,7 @@ def _path_line(model, options, shots, ps, naive_sample: int) -> dict:
 
 def _path_float64_diff(model, ps, config, components, n_prompts: int) -> tuple[float, int]:
     """max |exact − naive| (effect %) of the path engines in float64 on the first ``n_prompts`` prompts."""
+    trim_heap()  # the float32 runs' freed batches go back first: the float64 copy is the largest thing held
     view = ModelView(model.cfg, model.view.weights.to(dtype=torch.float64))
     subset = ps.subset([i < n_prompts for i in range(len(ps))])
     config = dataclasses.replace(config, batch_size=min(config.batch_size, FLOAT64_BATCH))

@@ -61,6 +61,7 @@ from ..models import load_model
 from ..models.view import ModelView
 from ..recall import recall
 from ..tasks import build_prompts, load_relation
+from ._child import trim_heap
 
 
 def default_relation(options) -> str:
@@ -146,6 +147,7 @@ def _line(model, options, shots, known, per_prompt_sample: int) -> dict:
     ratio_computed = per_forward * n_computed / exact_s
     flop_computed = computed_naive / (computed_exact + one_time)
     diff = _float64_diff(model, known, config, sigma, samples)
+    trim_heap()  # the float64 copy, freed, goes back (a child started now is charged this process's resident set)
     return {
         "bench": "trace_exact_vs_naive",
         "model": options.model, "relation": options.relation, "shots": shots,
@@ -185,6 +187,7 @@ def _line(model, options, shots, known, per_prompt_sample: int) -> dict:
 
 
 def _float64_diff(model, known, config, sigma: float, samples: dict, n_prompts: int = 1, n_samples: int = 2) -> float:
+    trim_heap()  # the timed runs' freed activations go back first: the float64 copy is the largest thing held
     view64 = ModelView(model.cfg, model.view.weights.to(dtype=torch.float64))
     d = model.cfg.d_model
     worst = 0.0
