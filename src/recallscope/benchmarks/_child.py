@@ -96,18 +96,22 @@ def run_cli(args: list[str], env: dict[str, str] | None = None, preload_torch: b
 
 
 def trim_heap() -> bool:
-    """Give the memory this process has freed back to the operating system (glibc's ``malloc_trim(0)``);
-    False where the C library has no such call (not glibc).
+    """Collect garbage (objects in reference cycles: a loaded model's tokenizer and modules hold some),
+    then give the memory this process has freed back to the operating system (glibc's
+    ``malloc_trim(0)``); False where the C library has no such call (not glibc).
 
     glibc keeps freed blocks below its mmap threshold on its heap, and that threshold rises (up to
     32 MiB) each time a larger block is freed, so after one benchmark has freed a model copy and its
     activations the process may stay gigabytes above what it holds: measured with ``recallscope bench
     --quick`` on smollm2-135m, 2335 MiB resident after the total-mode patch benchmark, 503 MiB after a
-    trim. The benchmarks trim between benchmarks and before their float64 checks, outside any timed
-    section, so one benchmark's freed memory is not counted in the next one's peak."""
+    trim (without ``gc.collect`` first the quick set's decompose benchmark still peaked at 2805 MiB).
+    The benchmarks trim between benchmarks and around their float64 checks, outside any timed section,
+    so one benchmark's freed memory is not counted in the next one's peak."""
     import ctypes
     import ctypes.util
+    import gc
 
+    gc.collect()
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
