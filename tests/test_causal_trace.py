@@ -312,3 +312,27 @@ def test_a_stage_verbs_help_lists_its_settings_with_defaults(verb, capsys, monke
     assert all(f"{name}=" in out for name in fields), out
     if verb == "trace":
         assert "window=10" in out and "n_samples=10" in out
+
+
+def test_final_probabilities_hold_a_bounded_number_of_logits(monkeypatch):
+    """answer_prob_from_resid unembeds LOGIT_ELEMENTS // V rows at a time: a larger vocabulary gets
+    fewer rows (gemma3-270m's 262,144 tokens at 1024 rows a chunk held 2 GB of logits and softmax),
+    and the probabilities do not depend on the chunk."""
+    model = tiny("llama_gqa")
+    view = model.view
+    V = view.cfg.d_vocab
+    resid = torch.randn(10, view.cfg.d_model, generator=torch.Generator().manual_seed(0)).to(view.dtype)
+    answers = torch.arange(10) % V
+    whole = CT.answer_prob_from_resid(view, resid, answers, chunk=10)
+    rows = []
+    original = ModelView.logits_from_resid
+
+    def counted(self, x):
+        rows.append(x.shape[0])
+        return original(self, x)
+
+    monkeypatch.setattr(ModelView, "logits_from_resid", counted)
+    monkeypatch.setattr(CT, "LOGIT_ELEMENTS", 3 * V + 1)
+    chunked = CT.answer_prob_from_resid(view, resid, answers)
+    assert rows == [3, 3, 3, 1]
+    assert torch.allclose(chunked, whole, rtol=0, atol=1e-7)

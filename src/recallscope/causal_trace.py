@@ -306,9 +306,17 @@ class _Runs:
     p_corrupted: Tensor  # [B]
 
 
-def answer_prob_from_resid(view: ModelView, resid: Tensor, answer_ids: Tensor, chunk: int = 1024) -> Tensor:
+# Logits held at once by answer_prob_from_resid: rows × vocabulary. 1024 rows of smollm2-135m's
+# 49,152-token vocabulary (~200 MB in float32, as much again for the softmax); a larger vocabulary
+# gets fewer rows (gemma3-270m's 262,144: 192 rows), so the chunk's memory does not grow with V.
+LOGIT_ELEMENTS = 1024 * 49152
+
+
+def answer_prob_from_resid(view: ModelView, resid: Tensor, answer_ids: Tensor, chunk: int | None = None) -> Tensor:
     """p(Y) [N] from final residuals [N, d]: final norm, full-vocabulary logits (the softmax needs
-    its whole denominator), softmax; ``chunk`` rows at a time, so N × V logits never coexist."""
+    its whole denominator), softmax; ``chunk`` rows at a time (default: :data:`LOGIT_ELEMENTS` over
+    the vocabulary size), so N × V logits never coexist."""
+    chunk = chunk or max(1, LOGIT_ELEMENTS // view.cfg.d_vocab)
     return torch.cat(
         [
             answer_prob(view, view.logits_from_resid(resid[i : i + chunk]), answer_ids[i : i + chunk])
