@@ -2,7 +2,8 @@
 
     python scripts/record_bench.py NAME -- recallscope bench patch --mode path --shots 0,3 --json
 
-writes ``docs/bench/NAME.jsonl``: a header line (``record``, ``command``, ``commit``, ``dirty``,
+writes ``docs/bench/NAME.jsonl``: a header line (``record``, ``command``, ``commit``, ``dirty`` (code changed
+since the commit; the records and BENCHMARKS.md do not count),
 ``date``, ``cpus`` usable by this process, ``load_before``: the 1-minute load average when it
 started, so a contended measurement is visible), then every JSON line the command printed on
 stdout, verbatim, then a footer line (``record_end``, ``wall_s``, ``peak_rss_mb``: the largest
@@ -27,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "bench"
+NOT_CODE = (":!docs/bench", ":!BENCHMARKS.md")
 
 
 def _git(*args: str) -> str:
@@ -44,7 +46,8 @@ def main(argv: list[str]) -> int:
         "record": name,
         "command": shlex.join(["recallscope", *command[3:]] if command[1:3] == ["-m", "recallscope"] else command),
         "commit": _git("rev-parse", "--short=12", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        # The records and the page made from them are outputs, not code: changing them is not dirty.
+        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_CODE)),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "cpus": len(os.sched_getaffinity(0)),
         "load_before": round(os.getloadavg()[0], 2),
