@@ -79,6 +79,7 @@ def test_suppression_is_a_component_below_the_floor_on_most_prompts():
     # a positive layer total does not matter: one component pushes Y down on most prompts
     assert claim.verdict == HOLDS and claim.about == "L2H0" and claim.evidence["layer_total_dla"] == 3.0
     assert claim.threshold == -0.1 and claim.margin == pytest.approx(0.4) and claim.flips_at == pytest.approx(0.5)
+    assert claim.decided_by == "mean DLA to Y (logits), interval high" == claim.row()["decided_by"]
     # the random control's size: an interval below 0 but above the 0.1-logit floor
     weak = suppress_claim(suppress_summary(-0.015, 1.0, mean=-0.021), CFG)
     assert weak.verdict == FAILS and weak.margin == pytest.approx(-0.085) and weak.flips_at == pytest.approx(0.015)
@@ -86,6 +87,7 @@ def test_suppression_is_a_component_below_the_floor_on_most_prompts():
     rare = suppress_claim(suppress_summary(-0.5, 0.4), CFG)
     assert rare.verdict == FAILS and rare.margin == pytest.approx(0.4 - 0.5) and rare.flips_at == pytest.approx(0.4)
     assert rare.threshold == 0.5 and "(threshold and margin: " in rare.detail
+    assert rare.decided_by == "share of prompts with DLA < 0"  # not what the value (the DLA interval) measures
     flips = {r["setting"]: r["flips_at"] for r in rare.sensitivity()}
     assert flips == {"claims.min_suppression_logits": None, "claims.min_share_negative": pytest.approx(0.4)}
 

@@ -122,6 +122,20 @@ def test_claims_verb_reevaluates_a_run_and_lists_where_verdicts_flip(planted, ca
     assert got["shot_claims"][0]["verdict"] == HOLDS
 
 
+def test_claims_table_names_the_condition_its_margin_belongs_to(planted, capsys, monkeypatch):
+    """The terminal table's threshold, margin and flips-at are the deciding condition's: the
+    "decided by" column names it for every measured row."""
+    out, _ = planted
+    cli.main(["claims", str(out), "--json"])
+    rows = json.loads(capsys.readouterr().out)["runs"][0]["claims"]
+    deciders = {c["decided_by"] for c in rows if c["verdict"] != NOT_MEASURABLE}
+    assert None not in deciders and len(deciders) >= 3
+    monkeypatch.setenv("COLUMNS", "2000")  # one line per row
+    cli.main(["claims", str(out)])
+    table = capsys.readouterr().out
+    assert "decided by" in table and all(name in table for name in deciders), deciders
+
+
 def test_claims_write_refreshes_a_run_with_its_own_settings(planted, tmp_path, capsys):
     """``claims RUN_DIR --write`` rewrites each run's claims tables and summaries and the sweep's parent
     summary from the run's files, with the claims settings in the run's manifest (a run made before

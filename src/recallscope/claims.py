@@ -14,7 +14,7 @@ statistic is the relevant end of an interval (the lower end for "above", the upp
 signed distance from the statistic to the threshold (positive: met with that much room, in
 the statistic's units). The row's ``threshold``, ``margin`` and ``flips_at`` are the *deciding*
 condition's (:func:`deciding_condition`): the primary one, unless the primary holds and another
-fails, then the first that fails (the detail names it) — so the row's margin is negative (or 0
+fails, then the first that fails (the ``decided_by`` column names it) — so the row's margin is negative (or 0
 under a strict ">"/"<") exactly when the verdict is *does not hold*. ``flips_at`` is the value
 of that condition's setting at which the verdict would flip with everything else held fixed
 (None when changing that setting alone cannot flip it: another condition fails too, or the
@@ -145,8 +145,8 @@ EVIDENCE = (
     "p_before", "p_after", "accuracy_before", "accuracy_after", "delta_p_unknown",
     "null_overlap", "layer_shift", "layer_shift_ci_low", "layer_shift_ci_high",
 )
-COLUMNS = ("claim", "stage", "about", "measure", "value", "ci_low", "ci_high", "threshold", "margin", "flips_at", "verdict",
-           "rule", "detail") + EVIDENCE
+COLUMNS = ("claim", "stage", "about", "measure", "value", "ci_low", "ci_high", "decided_by", "threshold", "margin",
+           "flips_at", "verdict", "rule", "detail") + EVIDENCE
 SENSITIVITY_COLUMNS = ("claim", "condition", "setting", "setting_value", "statistic", "op", "threshold", "margin", "holds",
                        "flips_at")
 
@@ -226,6 +226,13 @@ class Claim:
     flips_at: float | None = None
     conditions: tuple[Condition, ...] = ()
     evidence: dict = field(default_factory=dict)
+
+    @property
+    def decided_by(self) -> str | None:
+        """The name of the condition the row's ``threshold``, ``margin`` and ``flips_at`` belong to
+        (:func:`deciding_condition`); it differs from what ``value`` measures when the primary
+        condition holds and another fails. None for a row without conditions (not measurable)."""
+        return deciding_condition(self.conditions).name if self.conditions else None
 
     def row(self) -> dict:
         """The claims table's row (:data:`COLUMNS`)."""

@@ -451,7 +451,9 @@ def _print_run(summary: dict) -> None:
 
 def _print_claims(claims: list[dict], title: str) -> None:
     ct = Table(title=title)
-    for col in ("claim", "about", "value", "95% CI", "threshold", "margin", "flips at", "verdict"):
+    # threshold, margin and flips at belong to the "decided by" condition, which is not always what
+    # "value" measures (claims.deciding_condition).
+    for col in ("claim", "about", "value", "95% CI", "decided by", "threshold", "margin", "flips at", "verdict"):
         ct.add_column(col)
     for c in claims:
         ci = f"[{_fmt(c.get('ci_low'))}, {_fmt(c.get('ci_high'))}]" if c.get("ci_low") is not None else "—"
@@ -461,6 +463,7 @@ def _print_claims(claims: list[dict], title: str) -> None:
             _fmt(c.get("about")),
             _fmt(c.get("value")),
             ci,
+            _fmt(c.get("decided_by")),
             _fmt(c.get("threshold")),
             _fmt(c.get("margin")),
             _fmt(c.get("flips_at")),

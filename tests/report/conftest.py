@@ -100,7 +100,8 @@ def write_run(path: Path, relation: str = END_SCRIPT, shots: int = 0, extra_stag
 
 CLAIMS = [
     {"claim": "Mover heads move the topic " + SCRIPT, "value": 0.81, "ci_low": 0.7, "ci_high": 0.9, "verdict": "holds"},
-    {"claim": "The intercept points from X to Y", "value": -0.02, "ci_low": -0.1, "ci_high": 0.05, "verdict": "does not hold"},
+    {"claim": "The intercept points from X to Y", "value": -0.02, "ci_low": -0.1, "ci_high": 0.05, "verdict": "does not hold",
+     "margin": -0.3, "decided_by": "share of prompts with DLA < 0"},
     {"claim": "Few-shot moves the movers earlier", "value": None, "ci_low": None, "ci_high": None, "verdict": "not measurable"},
 ]
 

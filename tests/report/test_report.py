@@ -145,6 +145,9 @@ def test_claims_have_coloured_verdicts(h, tmp_path):
         verdicts = re.findall(r'<span class="verdict (v-[a-z]+)"><bdi class="s">([^<]+)</bdi>', page)
         assert verdicts == [("v-holds", "holds"), ("v-fails", "does not hold"), ("v-na", "not measurable")], where
         assert '<td><span class="n">0.81</span></td><td><span class="n">0.7</span> – <span class="n">0.9</span></td>' in page and esc(h.SCRIPT) in page
+        # the margin names the condition it belongs to (claims.deciding_condition), escaped, not as a loose note
+        assert re.search(r'<td><span class="n">-0.3</span><div class="note">of <bdi class="s">share of prompts with DLA &lt; 0</bdi>', page)
+        assert "decided_by" not in page, where
 
 
 def test_parent_directory_with_sub_runs_is_one_page(h, tmp_path):
