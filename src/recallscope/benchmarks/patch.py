@@ -206,9 +206,13 @@ def _transformerlens_line(model, options, shots, known, comps, sample) -> dict:
             "shots": shots, "ratio": None}
     try:
         from transformer_lens import patching
-        from transformer_lens.model_bridge import TransformerBridge
     except ImportError as exc:
         line["skipped"] = f"transformer-lens is not installed (pip install 'recallscope[bench]'): {exc}"
+        return line
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError as exc:  # an older transformer-lens: no bridge to wrap a transformers model with
+        line["skipped"] = f"this transformer-lens has no model_bridge.TransformerBridge (needs 3.0 or later): {exc}"
         return line
     try:
         bridge = TransformerBridge.boot_transformers(
