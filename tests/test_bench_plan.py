@@ -245,3 +245,34 @@ def test_trim_heap_returns_freed_heap_memory():
     assert _child.trim_heap()
     assert before - rss_mb() >= 150
     assert len(kept) == 250
+
+
+def test_transformerlens_line_drops_the_module_it_made_the_model_build():
+    """An embedded model keeps no Hugging Face module; the TransformerLens line builds one to wrap,
+    and it must not outlive the line (kept, it sat beside the next shot count's float64 checks:
+    3244 MiB at 3 shots instead of 2549). A model that came with its module keeps it."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from recallscope.benchmarks import patch as bench_patch
+
+    def uses_module(model):  # as Model.hf_model does on first use
+        model.hf = model.hf_loader()
+        return {"bench": "patch_exact_vs_transformerlens"}
+
+    embedded = SimpleNamespace(hf=None, hf_loader=lambda: torch.nn.Linear(2, 2))
+    assert bench_patch._without_new_module(embedded, lambda: uses_module(embedded))["bench"]
+    assert embedded.hf is None
+    own = torch.nn.Linear(2, 2)
+    loaded = SimpleNamespace(hf=own, hf_loader=None)
+    bench_patch._without_new_module(loaded, lambda: {"bench": "x"})
+    assert loaded.hf is own
+
+    def fails():
+        embedded.hf = embedded.hf_loader()
+        raise RuntimeError("TransformerLens failed")
+
+    with pytest.raises(RuntimeError):
+        bench_patch._without_new_module(embedded, fails)
+    assert embedded.hf is None

@@ -23,9 +23,11 @@ are given back to the system (``_child.trim_heap``): glibc would otherwise keep 
 process would stay ~2 GB above what it holds into the next benchmark (measured: 2335 MiB resident
 after this benchmark on smollm2-135m with ``--quick``, 503 MiB after a trim).
 
-TransformerLens patches a clean activation into a corrupted run (denoising), one forward per
-component, on prompts of one token length at a time (its helpers take no attention mask). It
-is compared with recallscope's exact engine in the same mode on the same prompts: timings,
+TransformerLens wraps the model's Hugging Face module (``TransformerBridge``): for an embedded
+model, which keeps none, it is built for that line and dropped after it (a second copy of the
+weights while it runs). TransformerLens patches a clean activation into a corrupted run
+(denoising), one forward per component, on prompts of one token length at a time (its helpers
+take no attention mask). It is compared with recallscope's exact engine in the same mode on the same prompts: timings,
 and the largest difference of the patched π.
 """
 
@@ -90,7 +92,21 @@ def run(options) -> Iterator[dict]:
         comps = P.select_components(model.cfg, config.components, None)
         sample = [int(i) for i in np.linspace(0, len(comps) - 1, naive_sample).round()]
         yield from _exact_vs_naive_lines(model, options, shots, known, config, comps, sample)
-        yield _transformerlens_line(model, options, shots, known, comps, sample)
+        yield _without_new_module(model, lambda: _transformerlens_line(model, options, shots, known, comps, sample))
+
+
+def _without_new_module(model, make_line):
+    """``make_line()``, then the Hugging Face module it made the model build (TransformerLens wraps
+    one; an embedded float32 model keeps none, :class:`Model`) is dropped and its memory given back:
+    kept, it sat beside the float64 model of the next shot count's checks (3244 MiB at 3 shots,
+    2549 without it)."""
+    had_module = model.hf is not None
+    try:
+        return make_line()
+    finally:
+        if not had_module and model.hf_loader is not None:
+            model.hf = None
+            trim_heap()
 
 
 def _streamed(model, prompts, config, view=None) -> tuple[object, Iterator[tuple[object, float]], float]:
@@ -202,8 +218,13 @@ def _naive_batch_floor(view, pb, components, direction) -> float:
 
 
 def _transformerlens_line(model, options, shots, known, comps, sample) -> dict:
-    line = {"bench": "patch_exact_vs_transformerlens", "model": options.model, "relation": known.relation.name,
-            "shots": shots, "ratio": None}
+    line = {
+        "bench": "patch_exact_vs_transformerlens",
+        "model": options.model,
+        "relation": known.relation.name,
+        "shots": shots,
+        "ratio": None,
+    }
     try:
         from transformer_lens import patching
     except ImportError as exc:
@@ -217,7 +238,9 @@ def _transformerlens_line(model, options, shots, known, comps, sample) -> dict:
     try:
         bridge = TransformerBridge.boot_transformers(
             getattr(model.hf_model.config, "_name_or_path", "") or model.name,
-            hf_model=model.hf_model, tokenizer=model.tokenizer, device=str(model.device),
+            hf_model=model.hf_model,
+            tokenizer=model.tokenizer,
+            device=str(model.device),
         )
     except Exception as exc:  # noqa: BLE001 - the line must say why, whatever it is
         line["skipped"] = f"TransformerLens cannot wrap {options.model}: {type(exc).__name__}: {_first_line(exc)}"
@@ -244,8 +267,11 @@ def _transformerlens_line(model, options, shots, known, comps, sample) -> dict:
             clean = torch.tensor([kept.prompts[i].input_ids for i in rows], device=model.device)
             corrupt = torch.tensor([found[i][0].input_ids for i in rows], device=model.device)
             answers = torch.tensor([kept.prompts[i].answer_id for i in rows], device=model.device)
-            (_, cache), s = _timed(lambda: bridge.run_with_cache(
-                clean, names_filter=lambda name: name.endswith("attn.hook_z") or name.endswith("hook_mlp_out")))
+            (_, cache), s = _timed(
+                lambda: bridge.run_with_cache(
+                    clean, names_filter=lambda name: name.endswith("attn.hook_z") or name.endswith("hook_mlp_out")
+                )
+            )
             cache_s += s
             values, s = _timed(lambda: _tl_patch(patching, bridge, corrupt, cache, answers, picked, n_tokens - 1))
             tl_s += s
@@ -254,21 +280,23 @@ def _transformerlens_line(model, options, shots, known, comps, sample) -> dict:
         line["skipped"] = f"TransformerLens wrapped the model but its patching failed: {type(exc).__name__}: {_first_line(exc)}"
         return line
     tl_all = tl_s * len(comps) / len(picked)
-    line.update({
-        "n_prompts": len(kept),
-        "n_components": len(comps),
-        "mode": "denoise (clean activation patched into the first same-length corruption)",
-        "transformerlens_seconds": round(tl_all, 2),
-        "transformerlens_timing": f"get_act_patch_attn_head_out_by_pos / get_act_patch_mlp_out at the end position, {len(groups)} token-length groups, measured on {len(picked)} of {len(comps)} components, scaled x{len(comps) / len(picked):.1f}",
-        "transformerlens_cache_seconds": round(cache_s, 2),
-        "exact_seconds": round(exact_s, 2),
-        "prepare_seconds": round(prep_s, 2),
-        "ratio": round(tl_all / exact_s, 1),
-        "ratio_end_to_end": round((tl_all + cache_s) / (exact_s + prep_s), 1),
-        "max_abs_diff_pi": float(np.abs(ours[:, sample] - theirs).max()),
-        "max_abs_diff_over": f"patched pi(Y) of {len(kept)} prompts x {len(picked)} sampled components, float32",
-        "transformerlens": _version(),
-    })
+    line.update(
+        {
+            "n_prompts": len(kept),
+            "n_components": len(comps),
+            "mode": "denoise (clean activation patched into the first same-length corruption)",
+            "transformerlens_seconds": round(tl_all, 2),
+            "transformerlens_timing": f"get_act_patch_attn_head_out_by_pos / get_act_patch_mlp_out at the end position, {len(groups)} token-length groups, measured on {len(picked)} of {len(comps)} components, scaled x{len(comps) / len(picked):.1f}",
+            "transformerlens_cache_seconds": round(cache_s, 2),
+            "exact_seconds": round(exact_s, 2),
+            "prepare_seconds": round(prep_s, 2),
+            "ratio": round(tl_all / exact_s, 1),
+            "ratio_end_to_end": round((tl_all + cache_s) / (exact_s + prep_s), 1),
+            "max_abs_diff_pi": float(np.abs(ours[:, sample] - theirs).max()),
+            "max_abs_diff_over": f"patched pi(Y) of {len(kept)} prompts x {len(picked)} sampled components, float32",
+            "transformerlens": _version(),
+        }
+    )
     return line
 
 
@@ -319,8 +347,9 @@ def run_path(options) -> Iterator[dict]:
     max_prompts = options.max_prompts or (24 if options.quick else None)
     naive_sample = 4 if options.quick else 10
     for shots in options.shots:
-        ps = build_prompts(relation, model.tokenizer, shots=shots, seed=options.seed, max_prompts=max_prompts,
-                           demonstrations="plain")
+        ps = build_prompts(
+            relation, model.tokenizer, shots=shots, seed=options.seed, max_prompts=max_prompts, demonstrations="plain"
+        )
         yield _path_line(model, options, shots, ps, naive_sample)
 
 
@@ -364,7 +393,7 @@ def _path_line(model, options, shots, ps, naive_sample: int) -> dict:
         "relation": ps.relation.name,
         "shots": shots,
         "definitions": "paper preset: heads frozen (q/k/v of every head = clean), MLPs free; sender = mean over the "
-                       "corrupted dataset at each prompt's own end; all prompts; demonstrations 'The capital of X is Y.'",
+        "corrupted dataset at each prompt's own end; all prompts; demonstrations 'The capital of X is Y.'",
         "n_prompts": n,
         "n_components": len(comps),
         "exact_seconds": round(exact_s, 2),
