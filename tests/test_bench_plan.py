@@ -46,6 +46,10 @@ def test_contention_ratios_and_interleaving(monkeypatch):
 
     def fake_competitor(args, policy):
         name = "before" if policy["preload_torch"] else "after"
+        threads = args[args.index("--threads") + 1] if "--threads" in args else None
+        if name == "after" and threads:  # the same case at another thread count
+            calls.append(("competitor", f"after, {threads} threads"))
+            return _child({"1": 18.0, "3": 15.0}[threads])
         calls.append(("competitor", name))
         return _child({"before": 63.0, "after": 16.5}[name], 1.5)
 
@@ -58,6 +62,7 @@ def test_contention_ratios_and_interleaving(monkeypatch):
     monkeypatch.setattr(contention, "_alone", fake_alone)
     monkeypatch.setattr(contention, "_with_competitor", fake_competitor)
     monkeypatch.setattr(contention, "_pair", fake_pair)
+    monkeypatch.setattr(contention, "usable_cpus", lambda: 2)
     lines = list(contention.run(benchmarks.BenchOptions(quick=True, relation="country_capital_extended")))
     # every step runs both policies in turn: the machine's drift touches both alike
     assert calls == [
@@ -65,6 +70,8 @@ def test_contention_ratios_and_interleaving(monkeypatch):
         ("alone", "after"),
         ("competitor", "before"),
         ("competitor", "after"),
+        ("competitor", "after, 1 threads"),
+        ("competitor", "after, 3 threads"),
         ("pair", "before"),
         ("pair", "after"),
         ("alone", "before"),
@@ -88,6 +95,10 @@ def test_contention_ratios_and_interleaving(monkeypatch):
         "pair_together": round(100 / 23.1, 2),
     }
     assert policy["ratio"] == policy["ratios"]["with_competitor"]
+    # beside the competitor, the shipped count (2) against 1 and 3 threads: 3 was faster here
+    (threads,) = [x for x in lines if x["bench"] == "contention_threads"]
+    assert threads["with_competitor_seconds"] == {"1": 18.0, "2": 16.5, "3": 15.0}
+    assert threads["shipped_threads"] == 2 and threads["ratio"] == round(16.5 / 15.0, 2)
 
 
 def test_contention_child_environment(monkeypatch):

@@ -23,6 +23,11 @@ after, ...) so a machine whose load drifts affects both policies alike. Per poli
 
 - ``contention_policy``: before / after seconds of each case (alone, beside the competitor, the
   pair together), from the same runs.
+- ``contention_threads``: the ``after`` stage beside the competitor at one thread and at one
+  more than the usable CPUs, run right after the shipped count's: ``ratio`` = the shipped count's
+  seconds / the fastest other's. It says whether the competitor target is missed for want of a
+  better thread count or because the machine has no more to give: with one of two cores taken,
+  the stage's parallel work gets one core's worth, at most 4/3 if the scheduler shares evenly.
 
 Each line carries the 1-minute load average when its policy's first run started: measured on a
 machine that other work shares, the seconds are slow; the ratios compare runs under the same load.
@@ -37,6 +42,7 @@ import sys
 import time
 from typing import Iterator
 
+from ..models.loading import usable_cpus
 from ._child import ChildRun, common_args, run_cli, start_cli
 
 COMPETITOR_TARGET = 1.6
@@ -137,6 +143,7 @@ def run(options) -> Iterator[dict]:
     alone: dict[str, list[ChildRun]] = {n: [] for n in names}
     competitor: dict[str, ChildRun] = {}
     pair: dict[str, tuple[float, list[ChildRun]]] = {}
+    others: dict[int, ChildRun] = {}  # "after" beside the competitor at other thread counts
     # interleaved: each step runs every policy in turn before the next step
     for step in ("alone", "competitor", "pair", "alone"):
         for name in names:
@@ -146,6 +153,11 @@ def run(options) -> Iterator[dict]:
                 alone[name].append(_alone(args[name], policy))
             elif step == "competitor":
                 competitor[name] = _with_competitor(args[name], policy)
+                if name == "after":  # the same case at other thread counts, right after it
+                    others = {
+                        n: _with_competitor(_stage_args(options, {"threads": lambda n=n: n}), policy)
+                        for n in _other_thread_counts()
+                    }
             else:
                 pair[name] = _pair(args[name], policy)
     for name in names:
@@ -197,10 +209,44 @@ def run(options) -> Iterator[dict]:
             "target_met": bool(ratio <= PAIR_TARGET),
             "peak_rss_gb": _peak(runs),
         }
-    if "before" in POLICIES and "after" in POLICIES and not any(
-        r.returncode for n in names for r in (*alone[n], competitor[n], *pair[n][1])
+    if (
+        "before" in POLICIES
+        and "after" in POLICIES
+        and not any(r.returncode for n in names for r in (*alone[n], competitor[n], *pair[n][1]))
     ):
         yield _policy_line(alone, competitor, pair, load)
+    if "after" in POLICIES:
+        yield _threads_line(competitor["after"], others, load["after"])
+
+
+def _other_thread_counts() -> list[int]:
+    """Thread counts beside the shipped one (the usable CPUs): one thread, and one more than the CPUs."""
+    usable = usable_cpus()
+    return sorted({1, usable + 1} - {usable})
+
+
+def _threads_line(shipped: ChildRun, others: dict[int, ChildRun], load: float) -> dict:
+    """Beside the competitor, the shipped thread count against the others (``ratio`` = shipped
+    seconds / the fastest other's; ≤ 1: no other count does better). Measured because the
+    competitor target depends on the machine: with one of two cores taken, the stage's parallel
+    work gets between one and 4/3 of a core whatever its thread count."""
+    runs = {usable_cpus(): shipped, **others}
+    failed = [r for r in runs.values() if r.returncode != 0]
+    line = {
+        "bench": "contention_threads",
+        "load_1m_at_start": load,
+        "cpus": len(os.sched_getaffinity(0)),
+        "shipped_threads": usable_cpus(),
+    }
+    if failed:
+        return {**line, "ratio": None, "error": failed[0].error()}
+    best = min(others.values(), key=lambda r: r.seconds) if others else shipped
+    return {
+        **line,
+        "with_competitor_seconds": {str(n): round(r.seconds, 1) for n, r in sorted(runs.items())},
+        "ratio": round(shipped.seconds / best.seconds, 2),
+        "ratio_is": "shipped threads / the fastest other thread count, both beside one competitor (<= 1: none does better)",
+    }
 
 
 def _policy_line(alone, competitor, pair, load) -> dict:
