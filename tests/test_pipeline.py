@@ -301,6 +301,26 @@ def test_an_edited_relation_file_is_another_run(tiny_gpt2, tmp_path):
     assert [p.answer for p in ctx.prompts.prompts][2:4] == ["Milan", "Munich"]
 
 
+def test_the_manifest_records_the_thread_count(tiny_gpt2, tmp_path):
+    """On CPU another thread count can change the last digits: the manifest says which one ran."""
+    import torch
+
+    from recallscope import load_model
+
+    model = load_model(str(tiny_gpt2))
+    rel = write_relation(tmp_path / "r.json", COUNTRIES[:6])
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = tmp_path / f"t{threads}"
+            execute(RunConfig(model=str(tiny_gpt2), relation=str(rel)), ["recall"], out=str(out), model=model, progress=False)
+            compute = json.loads((out / "manifest.json").read_text())["compute"]
+            assert compute["torch_threads"] == threads and "omp_wait_policy" in compute
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_stale_recall_table_is_never_paired_with_other_prompts(tiny_gpt2, tmp_path):
     """Even if a recall table of another prompt list were read, the pairing refuses it."""
     import pandas as pd

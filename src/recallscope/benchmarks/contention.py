@@ -28,6 +28,9 @@ after, ...) so a machine whose load drifts affects both policies alike. Per poli
   seconds / the fastest other's. It says whether the competitor target is missed for want of a
   better thread count or because the machine has no more to give: with one of two cores taken,
   the stage's parallel work gets one core's worth, at most 4/3 if the scheduler shares evenly.
+  recallscope does not pick the count from the CPUs idle at start: on CPU the count can change
+  the last digits of a run (``pipeline.compute_record``), and a run's digits must not follow
+  the machine's load; ``--threads 1`` is the user's choice on a machine they know is busy.
 
 Each line carries the 1-minute load average when its policy's first run started: measured on a
 machine that other work shares, the seconds are slow; the ratios compare runs under the same load.

@@ -376,12 +376,18 @@ def preset_view(summary: dict, manifest: dict) -> dict | None:
 
 
 def manifest_blocks(manifest: dict) -> list[dict]:
-    """The manifest's model description, package versions and stage settings, each collapsible."""
+    """The manifest's model description, package versions, compute (threads: another count can change
+    the last digits on CPU, ``pipeline.compute_record``) and stage settings, each collapsible."""
     blocks = []
-    for key, title in (("model", "model"), ("versions", "package versions"), ("stage_configs", "stage settings")):
+    for key, title in (
+        ("model", "model"),
+        ("versions", "package versions"),
+        ("compute", "compute (--threads N reproduces the digits)"),
+        ("stage_configs", "stage settings"),
+    ):
         value = manifest.get(key)
         if isinstance(value, dict) and value:
-            blocks.append({"title": title, "kind": "pairs" if key == "versions" else "summary", "value": value})
+            blocks.append({"title": title, "kind": "pairs" if key in ("versions", "compute") else "summary", "value": value})
     return blocks
 
 
