@@ -287,3 +287,15 @@ def test_transformerlens_line_drops_the_module_it_made_the_model_build():
     with pytest.raises(RuntimeError):
         bench_patch._without_new_module(embedded, fails)
     assert embedded.hf is None
+
+
+def test_children_started_together_are_timed_at_their_own_exit(monkeypatch):
+    """Waited for in start order, a child that exits first must not be timed when the other one is
+    done (a pair of contention runs both read 64.8 s)."""
+    from recallscope.benchmarks import _child
+
+    monkeypatch.setattr(_child, "_WRAPPER", "import sys, time\ntime.sleep(float(sys.argv[3]))")
+    slow, fast = _child.start_cli(["1.5"]), _child.start_cli(["0.1"])
+    slow_run, fast_run = slow.wait(), fast.wait()
+    assert slow_run.returncode == fast_run.returncode == 0
+    assert slow_run.seconds >= 1.5 and fast_run.seconds < 1.0, (slow_run.seconds, fast_run.seconds)

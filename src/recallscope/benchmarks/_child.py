@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 
@@ -64,10 +65,21 @@ class Child:
         self._err = open(os.path.join(self._tmp.name, "stderr"), "w+")
         self._start = time.perf_counter()
         self._proc = subprocess.Popen(cmd, stdout=self._out, stderr=self._err, text=True, env=env)
+        # The exit is timed when it happens, not when wait() is called: children started together
+        # are waited for one after the other, and one that finished first was timed as late as the
+        # other (two runs started together both read 64.8 s).
+        self._exited: float | None = None
+        self._watch = threading.Thread(target=self._time_exit, daemon=True)
+        self._watch.start()
+
+    def _time_exit(self) -> None:
+        self._proc.wait()
+        self._exited = time.perf_counter()
 
     def wait(self) -> ChildRun:
+        self._watch.join()
         returncode = self._proc.wait()
-        seconds = time.perf_counter() - self._start
+        seconds = (self._exited or time.perf_counter()) - self._start
         try:
             texts = []
             for f in (self._out, self._err):
