@@ -41,6 +41,9 @@ def test_contention_ratios_and_interleaving(monkeypatch):
 
     def fake_alone(args, policy):
         name = "before" if policy["preload_torch"] else "after"
+        if name == "after" and "--threads" in args:  # one thread alone
+            calls.append(("alone", f"after, {args[args.index('--threads') + 1]} threads"))
+            return _child(17.6)
         calls.append(("alone", name))
         return _child(next(alone[name]))
 
@@ -68,6 +71,7 @@ def test_contention_ratios_and_interleaving(monkeypatch):
     assert calls == [
         ("alone", "before"),
         ("alone", "after"),
+        ("alone", "after, 1 threads"),
         ("competitor", "before"),
         ("competitor", "after"),
         ("competitor", "after, 1 threads"),
@@ -99,6 +103,8 @@ def test_contention_ratios_and_interleaving(monkeypatch):
     (threads,) = [x for x in lines if x["bench"] == "contention_threads"]
     assert threads["with_competitor_seconds"] == {"1": 18.0, "2": 16.5, "3": 15.0}
     assert threads["shipped_threads"] == 2 and threads["ratio"] == round(16.5 / 15.0, 2)
+    # the bound: one thread alone against the shipped count alone (mean of 10 and 12)
+    assert threads["one_thread_alone_seconds"] == 17.6 and threads["second_core_speedup"] == round(17.6 / 11, 2)
 
 
 def test_contention_child_environment(monkeypatch):

@@ -25,7 +25,9 @@ after, ...) so a machine whose load drifts affects both policies alike. Per poli
   pair together), from the same runs.
 - ``contention_threads``: the ``after`` stage beside the competitor at one thread and at one
   more than the usable CPUs, run right after the shipped count's: ``ratio`` = the shipped count's
-  seconds / the fastest other's. It says whether the competitor target is missed for want of a
+  seconds / the fastest other's; and the stage alone at one thread (after the first alone run),
+  whose time over the shipped alone time, ``second_core_speedup``, is about the competitor ratio
+  (beside a one-core competitor the stage has one core). It says whether the competitor target is missed for want of a
   better thread count or because the machine has no more to give: with one of two cores taken,
   the stage's parallel work gets one core's worth, at most 4/3 if the scheduler shares evenly.
   recallscope does not pick the count from the CPUs idle at start: on CPU the count can change
@@ -147,6 +149,7 @@ def run(options) -> Iterator[dict]:
     competitor: dict[str, ChildRun] = {}
     pair: dict[str, tuple[float, list[ChildRun]]] = {}
     others: dict[int, ChildRun] = {}  # "after" beside the competitor at other thread counts
+    one_alone: ChildRun | None = None  # "after" alone at one thread
     # interleaved: each step runs every policy in turn before the next step
     for step in ("alone", "competitor", "pair", "alone"):
         for name in names:
@@ -154,6 +157,8 @@ def run(options) -> Iterator[dict]:
             load.setdefault(name, round(os.getloadavg()[0], 2))
             if step == "alone":
                 alone[name].append(_alone(args[name], policy))
+                if name == "after" and one_alone is None:  # what one core gives the stage
+                    one_alone = _alone(_stage_args(options, {"threads": lambda: 1}), policy)
             elif step == "competitor":
                 competitor[name] = _with_competitor(args[name], policy)
                 if name == "after":  # the same case at other thread counts, right after it
@@ -219,7 +224,7 @@ def run(options) -> Iterator[dict]:
     ):
         yield _policy_line(alone, competitor, pair, load)
     if "after" in POLICIES:
-        yield _threads_line(competitor["after"], others, load["after"])
+        yield _threads_line(competitor["after"], others, load["after"], alone["after"], one_alone)
 
 
 def _other_thread_counts() -> list[int]:
@@ -228,13 +233,16 @@ def _other_thread_counts() -> list[int]:
     return sorted({1, usable + 1} - {usable})
 
 
-def _threads_line(shipped: ChildRun, others: dict[int, ChildRun], load: float) -> dict:
+def _threads_line(shipped: ChildRun, others: dict[int, ChildRun], load: float, alone: list[ChildRun],
+                  one_alone: ChildRun | None) -> dict:
     """Beside the competitor, the shipped thread count against the others (``ratio`` = shipped
-    seconds / the fastest other's; ≤ 1: no other count does better). Measured because the
-    competitor target depends on the machine: with one of two cores taken, the stage's parallel
-    work gets between one and 4/3 of a core whatever its thread count."""
+    seconds / the fastest other's; ≤ 1: no other count does better), and what bounds the
+    competitor ratio: beside a one-core competitor on two cores the stage has one core, so its time
+    is about its one-thread time alone (``one_thread_alone_seconds``), and the competitor ratio is
+    about the stage's own speed-up from its second core (``second_core_speedup`` = one-thread /
+    shipped seconds alone). A stage that uses its second core well cannot stay under 1.6× there."""
     runs = {usable_cpus(): shipped, **others}
-    failed = [r for r in runs.values() if r.returncode != 0]
+    failed = [r for r in (*runs.values(), *alone, *([one_alone] if one_alone else [])) if r.returncode != 0]
     line = {
         "bench": "contention_threads",
         "load_1m_at_start": load,
@@ -244,9 +252,19 @@ def _threads_line(shipped: ChildRun, others: dict[int, ChildRun], load: float) -
     if failed:
         return {**line, "ratio": None, "error": failed[0].error()}
     best = min(others.values(), key=lambda r: r.seconds) if others else shipped
+    mean_alone = sum(r.seconds for r in alone) / len(alone)
+    bound = {}
+    if one_alone is not None:
+        bound = {
+            "one_thread_alone_seconds": round(one_alone.seconds, 1),
+            "shipped_alone_seconds": round(mean_alone, 1),
+            "second_core_speedup": round(one_alone.seconds / mean_alone, 2),
+            "second_core_speedup_is": "one thread alone / shipped threads alone (mean of the two alone runs)",
+        }
     return {
         **line,
         "with_competitor_seconds": {str(n): round(r.seconds, 1) for n, r in sorted(runs.items())},
+        **bound,
         "ratio": round(shipped.seconds / best.seconds, 2),
         "ratio_is": "shipped threads / the fastest other thread count, both beside one competitor (<= 1: none does better)",
     }
