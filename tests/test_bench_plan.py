@@ -157,9 +157,13 @@ def test_scaling_fits_and_prediction_arithmetic(monkeypatch):
     (fit,) = scaling._fits("patch_total", lines)
     assert fit["axis"] == "model" and fit["exponent_seconds"] == 2.0 and fit["exponent_peak_rss"] == 1.0
     monkeypatch.setattr(scaling, "_cpu_matmul_gflops", lambda: 195.0)
+    # two sizes: a line through two points cannot be judged, so nothing is predicted
+    (two,) = scaling._predictions(lines)
+    assert two["ratio"] is None and "2 model sizes" in two["skipped"] and "predicted_cpu_seconds" not in two
+    lines.append({**lines[1], "seconds": 160.0, "n_params": 4e8, "model": "c", "peak_rss_gb": 4.0})
     preds = {p["model"]: p for p in scaling._predictions(lines)}
     llama = preds["llama-2-7b"]
-    expected_cpu = 40.0 * (6.738e9 / 2e8) ** 2.0
+    expected_cpu = 160.0 * (6.738e9 / 4e8) ** 2.0
     assert llama["prediction"] is True and llama["predicted_cpu_seconds"] == round(expected_cpu, 1)
     assert llama["gpu_speedup_assumed"] == 100.0 and llama["predicted_gpu_seconds"] == round(expected_cpu / 100, 1)
     assert llama["arithmetic"].startswith("PREDICTION")

@@ -241,6 +241,12 @@ def _fits(what: str, lines: list[dict]) -> Iterator[dict]:
         }
 
 
+# A model-size prediction extrapolates a fitted exponent by one to two orders of magnitude: with two
+# sizes the fit has no residual to judge it by (smollm2-135m and gemma3-270m gave path patching an
+# exponent of 0.09, hence 0.3 s for Llama-2-7B on one GPU: nonsense); three sizes at least.
+MIN_MODEL_SIZES = 3
+
+
 def _predictions(measured: list[dict]) -> Iterator[dict]:
     fits = {}
     for what in {m["what"] for m in measured}:
@@ -253,6 +259,13 @@ def _predictions(measured: list[dict]) -> Iterator[dict]:
     cpu = _cpu_matmul_gflops()
     factor = GPU_FP32_GFLOPS / cpu
     for what, (exponent, largest) in sorted(fits.items()):
+        sizes = len({m["n_params"] for m in measured if m["what"] == what and m["axis"] == "model" and m.get("seconds")})
+        if sizes < MIN_MODEL_SIZES:
+            yield {"bench": "scaling_prediction", "what": what, "prediction": True, "ratio": None,
+                   "skipped": (f"{sizes} model sizes measured: a line through {sizes} points fits them exactly (R² = 1 "
+                               f"whatever the truth) and cannot be judged; {MIN_MODEL_SIZES} or more are needed for a "
+                               f"model-size prediction (fitted exponent {exponent:.2f}, not used)")}
+            continue
         if exponent <= 0:  # cost cannot fall with size: the points were measured under unequal load
             yield {"bench": "scaling_prediction", "what": what, "prediction": True, "ratio": None,
                    "skipped": (f"fitted model-size exponent {exponent:.2f} <= 0: cost did not grow with parameters between "
