@@ -255,7 +255,14 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
             "re-render the report with `recallscope report`.",
         ),
     ) -> None:
-        """The paper's claims of a finished run, evaluated again from its files (no model; nothing written unless --write)."""
+        """The paper's claims of a finished run, evaluated again from its files (no model; nothing written unless --write).
+
+        Columns: value and 95% CI are the claim's primary statistic; a verdict is the conjunction of its
+        rule's conditions, and threshold, margin and flips at belong to the condition named under "decided
+        by" (the primary one unless it holds and another fails). Threshold and margin are in that
+        condition's units; margin is the signed room to the threshold (negative, or 0 under a strict > or <,
+        ⇔ does not hold). Flips at is in its setting's units: the setting value at which the verdict flips,
+        everything else fixed. --sensitivity lists every condition with its setting and current value."""
         from pathlib import Path
 
         if not Path(run_dir).is_dir():

@@ -29,7 +29,8 @@ after, ...) so a machine whose load drifts affects both policies alike. Per poli
   whose time over the shipped alone time, ``second_core_speedup``, is about the competitor ratio
   (beside a one-core competitor the stage has one core). It says whether the competitor target is missed for want of a
   better thread count or because the machine has no more to give: with one of two cores taken,
-  the stage's parallel work gets one core's worth, at most 4/3 if the scheduler shares evenly.
+  the stage's parallel work gets about one core's worth (4/3 only if the scheduler shared every
+  thread evenly; measured, the stage beside the competitor takes about its one-thread time alone).
   recallscope does not pick the count from the CPUs idle at start: on CPU the count can change
   the last digits of a run (``pipeline.compute_record``), and a run's digits must not follow
   the machine's load; ``--threads 1`` is the user's choice on a machine they know is busy.
