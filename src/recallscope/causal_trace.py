@@ -87,7 +87,7 @@ from .errors import UserError
 from .figures import causal_trace as causal_trace_figures
 from .models import Model
 from .models.arch import compute_dtype
-from .models.view import ModelView, position_ids_from_mask
+from .models.view import LOGIT_ELEMENTS, ModelView, position_ids_from_mask
 from .progress import track
 from .stats import bootstrap_ci
 from .tasks import PromptSet
@@ -304,12 +304,6 @@ class _Runs:
     noised_kv: list  # per layer (k, v) [B·n, K, T, dh] of the noised runs ([:start] = the clean run's)
     p_clean: Tensor  # [B]
     p_corrupted: Tensor  # [B]
-
-
-# Logits held at once by answer_prob_from_resid: rows × vocabulary. 1024 rows of smollm2-135m's
-# 49,152-token vocabulary (~200 MB in float32, as much again for the softmax); a larger vocabulary
-# gets fewer rows (gemma3-270m's 262,144: 192 rows), so the chunk's memory does not grow with V.
-LOGIT_ELEMENTS = 1024 * 49152
 
 
 def answer_prob_from_resid(view: ModelView, resid: Tensor, answer_ids: Tensor, chunk: int | None = None) -> Tensor:

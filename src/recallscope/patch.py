@@ -96,7 +96,7 @@ from .errors import UserError
 from .figures import patch as patch_figures
 from .lens import recall_metric
 from .models import Model
-from .models.view import ModelView, position_ids_from_mask
+from .models.view import LOGIT_ELEMENTS, ModelView, position_ids_from_mask
 from .path_patching import frozen_heads_pi, path_final_resid, swapped_subject_prompts
 from .progress import track
 from .stats import spearman
@@ -256,12 +256,17 @@ def recall_pi(view: ModelView, resid_final: Tensor, answer_ids: Tensor) -> Tenso
     """π(Y) of end-position residuals [B, C, d] (answer_ids [B]) without the full vocabulary.
 
     logit[Y] − mean logit = N_f(r) · (W_U[:, Y] − mean column) + (b_U[Y] − mean b_U), unless a
-    final softcap makes the logits non-linear in N_f(r) (then the full logits are computed).
+    final softcap makes the logits non-linear in N_f(r) (then the full logits are computed, a few
+    components at a time: B × c × V ≤ :data:`LOGIT_ELEMENTS`, so their memory does not grow with C or V).
     """
     x = view.final_norm(resid_final)
     if view.cfg.final_softcap:
-        logits = view.unembed(x)
-        return recall_metric(logits, answer_ids[:, None].expand(logits.shape[:-1]))
+        step = max(1, LOGIT_ELEMENTS // (x.shape[0] * view.cfg.d_vocab))
+        pis = []
+        for i in range(0, x.shape[1], step):
+            logits = view.unembed(x[:, i : i + step])
+            pis.append(recall_metric(logits, answer_ids[:, None].expand(logits.shape[:-1])))
+        return torch.cat(pis, dim=1)
     W_U = view.weights.W_U
     direction = W_U[:, answer_ids].T - W_U.mean(dim=1)  # [B, d]
     pi = torch.einsum("bcd,bd->bc", x, direction)

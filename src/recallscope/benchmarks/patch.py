@@ -27,8 +27,8 @@ TransformerLens wraps the model's Hugging Face module (``TransformerBridge``): f
 model, which keeps none, it is built for that line and dropped after it (a second copy of the
 weights while it runs). TransformerLens patches a clean activation into a corrupted run
 (denoising), one forward per component, on prompts of one token length at a time (its helpers
-take no attention mask). It is compared with recallscope's exact engine in the same mode on the same prompts: timings,
-and the largest difference of the patched π.
+take no attention mask). It is compared with recallscope's exact engine in the same mode on the
+same prompts: timings, and the largest difference of the patched π.
 """
 
 from __future__ import annotations

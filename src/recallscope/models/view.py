@@ -46,6 +46,10 @@ from torch import Tensor
 from .arch import ArchConfig, LayerWeights, Weights, activation, compute_dtype, norm_scale, norm_weight, rms_or_layer_norm
 
 SITES = ("resid_pre", "head_out", "attn_out", "resid_mid", "mlp_out")
+# Full-vocabulary logits a caller holds at once (rows × V): 1024 rows of smollm2-135m's 49,152-token
+# vocabulary (~200 MB in float32, as much again for a softmax); a larger vocabulary gets fewer rows
+# (gemma3-270m's 262,144: 192), so that memory does not grow with V.
+LOGIT_ELEMENTS = 1024 * 49152
 EDIT_SITES = SITES + ("attn_bias",)
 RECORDABLE = SITES + ("pattern", "resid_final", "logits", "z")
 
