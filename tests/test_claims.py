@@ -151,7 +151,7 @@ def patch_frame(effects: dict, n_prompts=30, seed=0, layers=8, heads=4):
             base = effects.get((layer, head), 0.0)
             for p in range(n_prompts):
                 rows.append({"component": f"L{layer}H{head}", "kind": "head", "layer": layer, "head": head,
-                             "prompt_index": p, "effect_pct": base + rng.normal(0, 0.5)})
+                             "prompt_index": p, "effect": base + rng.normal(0, 0.5)})
     return pd.DataFrame(rows)
 
 

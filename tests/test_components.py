@@ -39,7 +39,7 @@ def test_table_columns():
 def test_top_heads_from_a_patch_table():
     comps = [Component("head", 0, 0), Component("head", 0, 1), Component("head", 1, 0), Component("mlp", 1)]
     effects = np.array([[-1.0, 3.0, -3.0, -50.0], [-1.0, 1.0, -1.0, -50.0]])  # prompts × components
-    rows = [{**{k: v[i] for k, v in component_columns(comps).items()}, "prompt_index": p, "effect_pct": effects[p, i]}
+    rows = [{**{k: v[i] for k, v in component_columns(comps).items()}, "prompt_index": p, "effect": effects[p, i]}
             for p in range(2) for i in range(4)]
     table = pd.DataFrame(rows).astype({"head": "Int64"})
     ranked = top_heads(table)
@@ -50,3 +50,6 @@ def test_top_heads_from_a_patch_table():
     matrix = head_effects(table)
     assert matrix.shape == (2, 3) and matrix.loc[0, "L1H0"] == -3.0
     assert top_heads(table[table["kind"] == "mlp"]).empty
+    # a per-prompt table written before the column was named ``effect`` (a reused stage) reads the same
+    legacy = table.rename(columns={"effect": "effect_pct"})
+    assert top_heads(legacy).tolist() == ranked.tolist() and head_effects(legacy).equals(matrix)

@@ -141,7 +141,7 @@ def test_default_layer_from_movers_then_patch():
     assert choose_layer(DecomposeConfig(), 30, False, movers, None)[0] == 10  # parallel residual
     assert choose_layer(DecomposeConfig(layer=4), 30, True, movers, None) == (4, "--layer 4 (given)")
     patch = pd.DataFrame({"kind": ["head"] * 4 + ["mlp"], "layer": [1, 1, 3, 3, 2], "head": [0, 0, 1, 1, None],
-                          "effect_pct": [-5.0, -7.0, 20.0, 10.0, -90.0]})
+                          "effect": [-5.0, -7.0, 20.0, 10.0, -90.0]})
     (layer, head), why = strongest_head({"heads": [dict(movers["heads"][2])]}, patch)
     assert (layer, head) == (3, 1) and "no head is a mover" in why
     with pytest.raises(UserError, match="give --layer"):

@@ -171,7 +171,7 @@ def test_candidate_selection_and_bad_input():
             "layer": [0, 0, 1, 0] * 2,
             "head": [0, 1, 0, -1] * 2,
             "prompt_index": [0] * 4 + [1] * 4,
-            "effect_pct": [-5.0, 1.0, 30.0, -90.0, -7.0, 2.0, 10.0, -90.0],
+            "effect": [-5.0, 1.0, 30.0, -90.0, -7.0, 2.0, 10.0, -90.0],
         }
     )
     chosen, effects, _ = candidates_for(MoversConfig(top_k=2), 2, 2, patch)

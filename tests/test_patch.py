@@ -261,14 +261,14 @@ def test_patch_stage_table_summary_and_attribution_agreement(smollm2):
     frame = result.to_frame()
     n = result.effects.shape[0]
     assert len(frame) == n * len(result.components) == n * 10 * 10
-    assert list(frame.columns[:9]) == ["component", "kind", "layer", "head", "prompt_index", "pi_clean", "pi_base", "pi_patched", "effect_pct"]
+    assert list(frame.columns[:9]) == ["component", "kind", "layer", "head", "prompt_index", "pi_clean", "pi_base", "pi_patched", "effect"]
     recomputed = 100 * (frame.pi_patched - frame.pi_clean) / frame.pi_clean
-    assert np.abs(recomputed - frame.effect_pct).max() <= 1e-6
+    assert np.abs(recomputed - frame.effect).max() <= 1e-6
     summary = result.to_dict()
     top = summary["top_components"]
     assert len(top) == 10
     assert [abs(t["effect"]) for t in top] == sorted((abs(t["effect"]) for t in top), reverse=True)
-    means = frame.groupby("component").effect_pct.mean()
+    means = frame.groupby("component").effect.mean()
     assert top[0]["effect"] == pytest.approx(means[top[0]["component"]])
     assert summary["attribution"]["spearman"] > 0.5
     assert summary["attribution"]["top10_overlap"] >= 3

@@ -94,11 +94,18 @@ def heads(layers: Iterable[int], n_heads: int) -> list[Component]:
     return [Component("head", layer, h) for layer in layers for h in range(n_heads)]
 
 
+def effect_column(patch_table: pd.DataFrame) -> str:
+    """The name of a patch table's effect column (%): ``effect``; ``effect_pct`` in the per-prompt
+    table of run directories written before the two tables shared one name (a stage reused from
+    such a directory is read as it was written)."""
+    return "effect" if "effect" in patch_table or "effect_pct" not in patch_table else "effect_pct"
+
+
 def head_effects(patch_table: pd.DataFrame) -> pd.DataFrame:
-    """Prompts × heads matrix of ``effect_pct`` of a patch table (columns: head labels, in the
+    """Prompts × heads matrix of the per-prompt ``effect`` (%) of a patch table (columns: head labels, in the
     table's column order after pivoting; rows: ``prompt_index``). Empty without head rows."""
     rows = patch_table[patch_table["kind"] == "head"]
-    return rows.pivot_table(index="prompt_index", columns="component", values="effect_pct", aggfunc="mean")
+    return rows.pivot_table(index="prompt_index", columns="component", values=effect_column(rows), aggfunc="mean")
 
 
 def top_heads(patch_table: pd.DataFrame, k: int | None = None) -> pd.Series:
@@ -108,14 +115,14 @@ def top_heads(patch_table: pd.DataFrame, k: int | None = None) -> pd.Series:
     the effect is its ``effect`` column, the aggregate the run's ``patch.aggregate`` selected
     (mean of per-prompt ratios by default, ratio of means under the ``paper`` preset, as the
     authors' ``plot_path_patching``); or the per-(component, prompt) main table: the mean of
-    ``effect_pct`` over prompts (the mean of ratios, the only aggregate it can tell without
+    ``effect`` over prompts (the mean of ratios, the only aggregate it can tell without
     the run's config). Returns a Series of effects (%) indexed by :class:`Component` and named
     after the aggregate (``"ratio_of_means"`` or ``"mean_of_ratios"``; the first ``k`` when
     given); ties keep (layer, head) order. Empty when the table has no head rows.
     """
     rows = patch_table[patch_table["kind"] == "head"]
-    if "effect_pct" in rows:  # per (component, prompt)
-        mean, name = rows.groupby(["layer", "head"])["effect_pct"].mean(), "mean_of_ratios"
+    if "prompt_index" in rows:  # per (component, prompt)
+        mean, name = rows.groupby(["layer", "head"])[effect_column(rows)].mean(), "mean_of_ratios"
     else:  # the components table: ``effect`` is one of the two aggregate columns, bit for bit
         mean = rows.set_index(["layer", "head"])["effect"]
         name = "ratio_of_means" if rows["effect"].equals(rows.get("effect_ratio_of_means")) else "mean_of_ratios"

@@ -7,7 +7,7 @@ same prompt with the subject swapped for other subjects of the relation that hav
 number of tokens ("… of Spain is", "… of Japan is"), so every position lines up. The effect is
 the relative change of the recall metric π(Y) = logit[Y] − mean logit::
 
-    effect_pct = 100 · (π_patched − π_clean) / π_clean      (per prompt, then averaged)
+    effect = 100 · (π_patched − π_clean) / π_clean      (%, per prompt, then averaged)
 
 A strongly negative effect marks a component the recall needs. Components: every attention
 head's write a[l,h] (``L{l}H{h}``), every MLP output m[l] (``MLP{l}``) and, as an option, the
@@ -17,7 +17,7 @@ whole residual stream entering a layer r[l] (``RES{l}``).
 each clean prompt) and patch in the *clean* prompt's value of one component. π is still the
 clean answer's; its effect is the share of the clean–corrupted gap the component restores::
 
-    effect_pct = 100 · (π_patched − π_corrupted) / (π_clean − π_corrupted)
+    effect = 100 · (π_patched − π_corrupted) / (π_clean − π_corrupted)      (%)
 
 (π_corrupted, not π_clean, is the run being changed; dividing by it, as the noising formula
 does by π_clean, would divide by a number near zero.)
@@ -708,7 +708,7 @@ def top_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> int:
 class PatchResult:
     prompts: PromptSet
     components: tuple[Component, ...]
-    effects: np.ndarray = field(repr=False)  # [n_prompts, C] per-prompt effect_pct of the main engine
+    effects: np.ndarray = field(repr=False)  # [n_prompts, C] per-prompt effect (%) of the main engine
     pi_clean: np.ndarray = field(repr=False)  # [n_prompts]
     pi_base: np.ndarray = field(repr=False)  # [n_prompts]
     config: PatchConfig = PatchConfig()
@@ -792,10 +792,10 @@ class PatchResult:
             "pi_clean": self.pi_clean[prompt],
             "pi_base": self.pi_base[prompt],
             "pi_patched": self._pi_patched().T.reshape(-1),
-            "effect_pct": effect,
+            "effect": effect,
         })
         if self.attribution_effects is not None:
-            frame["effect_attribution_pct"] = self.attribution_effects.T.reshape(-1)
+            frame["effect_attribution"] = self.attribution_effects.T.reshape(-1)
         return frame
 
     def tables(self) -> dict[str, pd.DataFrame]:

@@ -60,8 +60,8 @@ def test_patch_heatmap_holds_the_mean_effect_of_each_component():
     for prompt, scale in ((0, 1.0), (1, 3.0)):
         for layer in (0, 1):
             for head in (0, 1):
-                rows.append({"kind": "head", "layer": layer, "head": head, "effect_pct": scale * (10 * layer + head)})
-            rows.append({"kind": "mlp", "layer": layer, "head": None, "effect_pct": -scale * (layer + 1)})
+                rows.append({"kind": "head", "layer": layer, "head": head, "effect": scale * (10 * layer + head)})
+            rows.append({"kind": "mlp", "layer": layer, "head": None, "effect": -scale * (layer + 1)})
     frame = pd.DataFrame(rows).astype({"head": "Int64"})
     (fig,) = patch.figures({"patch": frame}, {"mode": "noise"})
     assert list(fig.data[0].y) == ["H0", "H1", "MLP"] and list(fig.data[0].x) == ["0", "1"]

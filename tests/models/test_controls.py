@@ -91,7 +91,7 @@ def test_planted_knows_every_fact(planted_study):
 # ----------------------------------------------------------------------------- planted: recovered
 def _head_effects(study) -> list[tuple[str, float]]:
     frame = study["patch"].to_frame()
-    heads = frame[frame["kind"] == "head"].groupby("component")["effect_pct"].mean()
+    heads = frame[frame["kind"] == "head"].groupby("component")["effect"].mean()
     return sorted(heads.items(), key=lambda kv: -abs(kv[1]))
 
 

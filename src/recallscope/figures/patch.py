@@ -6,13 +6,14 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from ..components import effect_column
 from . import main_table
 
 
 def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
     """[heatmap of the mean % change of π(Y) per layer × head, plus an MLP and a RES row when patched].
 
-    Reads the main table's ``kind``, ``layer``, ``head`` and ``effect_pct`` (percent) columns and
+    Reads the main table's ``kind``, ``layer``, ``head`` and ``effect`` (percent, per prompt) columns and
     the summary's ``mode``, ``direction`` and ``aggregate`` (with ``ratio_of_means``, the
     ``pi_clean``, ``pi_base`` and ``pi_patched`` columns).
     """
@@ -23,9 +24,9 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
         g = frame.groupby(keys, sort=True, dropna=False)
         clean = g["pi_clean"].mean()
         scale = clean if summary.get("direction", "noise") == "noise" else clean - g["pi_base"].mean()
-        means = (100.0 * (g["pi_patched"].mean() - g["pi_base"].mean()) / scale).rename("effect_pct").reset_index()
+        means = (100.0 * (g["pi_patched"].mean() - g["pi_base"].mean()) / scale).rename("effect").reset_index()
     else:
-        means = frame.groupby(keys, sort=True, dropna=False)["effect_pct"].mean().reset_index()
+        means = frame.groupby(keys, sort=True, dropna=False)[effect_column(frame)].mean().rename("effect").reset_index()
     layers = sorted(means["layer"].unique())
     heads = sorted(means.loc[means["kind"] == "head", "head"].unique())
     rows = [f"H{h}" for h in heads]
@@ -35,7 +36,7 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
     col = {layer: i for i, layer in enumerate(layers)}
     for r in means.itertuples():
         row = heads.index(r.head) if r.kind == "head" else len(heads) + kinds.index(r.kind)
-        z[row, col[r.layer]] = r.effect_pct
+        z[row, col[r.layer]] = r.effect
     limit = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
     fig = go.Figure(
         go.Heatmap(
