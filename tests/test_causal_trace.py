@@ -25,7 +25,8 @@ from recallscope.tasks.prompts import PromptSet
 
 
 def run_both(model: Model, prompts: PromptSet, **kw):
-    config = CT.TraceConfig(n_samples=3, window=2, **kw)
+    # random-token prompts have no subject strings to embed alone: the in-context σ rule
+    config = CT.TraceConfig(n_samples=3, window=2, noise_rule="in_context", **kw)
     exact = CT.trace(model, prompts, dataclasses.replace(config, engine="exact"), progress=False)
     naive = CT.trace(model, prompts, dataclasses.replace(config, engine="naive"), progress=False)
     return exact, naive
@@ -63,7 +64,9 @@ def test_restoring_a_state_before_the_subject_changes_nothing(engine):
     """States before the first subject token never see the noise: restoring them is a no-op."""
     model = tiny("llama_gqa")
     prompts = tiny_prompts(model=model)
-    result = CT.trace(model, prompts, CT.TraceConfig(n_samples=2, window=2, engine=engine), progress=False)
+    result = CT.trace(
+        model, prompts, CT.TraceConfig(n_samples=2, window=2, engine=engine, noise_rule="in_context"), progress=False
+    )
     f = result.to_frame()
     start = f["prompt_index"].map({p.index: p.subject_span[0] for p in prompts.prompts})
     before = f[f["position"] < start]
@@ -116,17 +119,89 @@ def test_grouped_means_and_intervals_are_over_prompts():
     assert set(mid["n_prompts"]) == {1}
 
 
-def test_noise_is_three_times_the_subject_embedding_std_and_seeded():
+def test_in_context_noise_is_three_times_the_in_prompt_subject_embedding_std_and_seeded():
     model = tiny("gpt2")
     prompts = tiny_prompts(model=model)
-    result = CT.trace(model, prompts, CT.TraceConfig(n_samples=2, window=2, kinds=("resid",)), progress=False)
+    config = CT.TraceConfig(n_samples=2, window=2, kinds=("resid",), noise_rule="in_context")
+    result = CT.trace(model, prompts, config, progress=False)
     ids = [t for p in prompts.prompts for t in p.input_ids[slice(*p.subject_span)]]
     std = model.view.weights.W_E[torch.tensor(ids)].std().item()
     assert result.noise == pytest.approx(3 * std, rel=1e-12)
-    again = CT.trace(model, prompts, CT.TraceConfig(n_samples=2, window=2, kinds=("resid",)), progress=False)
+    assert "in-context" in result.to_dict()["noise_rule"] and result.to_dict()["noise_rule_setting"] == "in_context"
+    again = CT.trace(model, prompts, config, progress=False)
     assert np.array_equal(result.to_frame()["p_restored"], again.to_frame()["p_restored"])
-    other = CT.trace(model, prompts, CT.TraceConfig(n_samples=2, window=2, kinds=("resid",), seed=1), progress=False)
+    other = CT.trace(model, prompts, dataclasses.replace(config, seed=1), progress=False)
     assert not np.array_equal(result.to_frame()["p_corrupted"], other.to_frame()["p_corrupted"])
+    # without a tokenizer ROME's rule (each subject string embedded alone) cannot run: one line
+    with pytest.raises(UserError, match="noise_rule=in_context"):
+        CT.trace(model, prompts, dataclasses.replace(config, noise_rule="rome"), progress=False)
+
+
+def rome_collect_embedding_std(hf, tokenizer, subjects: list[str]) -> float:
+    """ROME's ``collect_embedding_std(mt, subjects)`` (experiments/causal_trace.py) as written there: each
+    subject through ``make_inputs`` alone (``tokenizer.encode``, no padding for one prompt), the embedding
+    layer's output traced (``layername(model, 0, "embed")``; a forward hook in place of nethook.Trace),
+    ``torch.cat(alldata).std().item()``."""
+    alldata = []
+    embed = hf.get_input_embeddings()  # GPT-2: transformer.wte, ROME's layername(mt.model, 0, "embed")
+    for s in subjects:
+        inp = {
+            "input_ids": torch.tensor([tokenizer.encode(s)]),
+            "attention_mask": torch.ones(1, len(tokenizer.encode(s)), dtype=torch.long),
+        }
+        seen = []
+        handle = embed.register_forward_hook(lambda m, i, o: seen.append(o))
+        try:
+            with torch.no_grad():
+                hf(**inp)
+        finally:
+            handle.remove()
+        alldata.append(seen[0][0])
+    return torch.cat(alldata).std().item()
+
+
+def test_default_noise_is_romes_rule_on_a_tiny_gpt2_with_the_real_bpe(tmp_path):
+    """trace's default σ = 3 × ROME's collect_embedding_std on the traced prompts' subjects (float32, as
+    ROME runs); the in-context rule is another number there (" France" is not "France" in GPT-2's BPE)."""
+    from transformers import GPT2LMHeadModel
+
+    from helpers.gpt2_bpe import tiny_gpt2_bpe
+    from recallscope import load_model
+
+    folder = tiny_gpt2_bpe(tmp_path / "gpt2")
+    model = load_model(str(folder))
+    hf = GPT2LMHeadModel.from_pretrained(folder).eval()
+    ps = build_prompts(load_relation("paper_country_capital"), model.tokenizer, shots=0, seed=0, max_prompts=3)
+    config = CT.TraceConfig(n_samples=2, window=1, kinds=("resid",))
+    assert config.noise_rule == "rome"
+    result = CT.trace(model, ps, config, progress=False)
+    subjects = list(dict.fromkeys(p.subject for p in ps.prompts))
+    rome = 3 * rome_collect_embedding_std(hf, model.tokenizer, subjects)
+    assert abs(result.noise - rome) <= 1e-6 * rome, (result.noise, rome)
+    summary = result.to_dict()
+    assert "collect_embedding_std" in summary["noise_rule"] and summary["noise_rule_setting"] == "rome"
+    in_context = CT.trace(model, ps, dataclasses.replace(config, noise_rule="in_context"), progress=False)
+    assert abs(in_context.noise - 3 * CT.subject_embedding_std(model.view, ps)) <= 1e-12
+    assert abs(in_context.noise - rome) > 1e-3 * rome  # the rules differ: the summary must say which ran
+    assert "in-context" in in_context.to_dict()["noise_rule"]
+    assert (
+        CT.trace(model, ps, dataclasses.replace(config, noise=0.5), progress=False).to_dict()["noise_rule"]
+        == "set by trace.noise"
+    )
+
+
+@pytest.mark.slow
+def test_default_noise_is_romes_rule_on_smollm2(smollm2):
+    """On the real model and the paper's 15 nations: σ = 3 × ROME's collect_embedding_std (the Hugging Face
+    module's embedding layer traced, each subject alone) to 1e-6; the in-context σ is 13.5% smaller."""
+    ps = build_prompts(load_relation("paper_country_capital"), smollm2.tokenizer, shots=0)
+    subjects = list(dict.fromkeys(p.subject for p in ps.prompts))
+    assert len(subjects) == 15
+    sigma, std = CT.noise_level(smollm2.view, smollm2.tokenizer, ps, CT.TraceConfig())
+    rome = 3 * rome_collect_embedding_std(smollm2.hf_loader(), smollm2.tokenizer, subjects)
+    assert abs(sigma - rome) <= 1e-6 * rome, (sigma, rome)
+    in_context, _ = CT.noise_level(smollm2.view, smollm2.tokenizer, ps, CT.TraceConfig(noise_rule="in_context"))
+    assert in_context / sigma - 1 == pytest.approx(-0.135, abs=0.001)
 
 
 @pytest.mark.parametrize(
@@ -136,6 +211,7 @@ def test_noise_is_three_times_the_subject_embedding_std_and_seeded():
         (CT.TraceConfig(noise=-1.0), "noise must be > 0"),
         (CT.TraceConfig(window=4), "larger than the model"),
         (CT.TraceConfig(kinds=("heads",)), "unknown"),
+        (CT.TraceConfig(noise_rule="wte"), "noise_rule must be one of rome, in_context"),
     ],
 )
 def test_bad_settings_are_user_errors(config, match):

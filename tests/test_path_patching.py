@@ -18,6 +18,7 @@ from recallscope import path_patching as PP
 from recallscope.models.adapters import extract
 from recallscope.models.view import ModelView
 from recallscope.tasks import PromptSet, build_prompts, load_relation, make_batch
+from recallscope.tasks.prompts import swapped_subject_prompts
 
 FAMILIES = ["gpt2", "opt", "gpt_neox_parallel", "gpt_neox_sequential", "llama_gqa", "gemma3_text", "gemma3_text_softcap_bias"]
 
@@ -120,7 +121,7 @@ def test_path_engine_equals_frozen_heads_loop_on_smollm2_subset(smollm2, shots):
     pad = smollm2.tokenizer.pad_token_id or 0
     batch = make_batch(list(ps.prompts), pad)
     base = P.record_run(view, batch.input_ids, batch.attention_mask, batch.answer_ids(), prefix=False)
-    corrupted = PP.swapped_subject_prompts(ps, smollm2.tokenizer)
+    corrupted = swapped_subject_prompts(ps, smollm2.tokenizer)
     cb = make_batch(corrupted, pad)
     mean = P.record_run(view, cb.input_ids, cb.attention_mask, cb.answer_ids(), prefix=False)
     mean = P.RunRecord(*(getattr(mean, f.name).mean(0, keepdim=True) for f in dataclasses.fields(P.RunRecord)))
@@ -166,14 +167,15 @@ def test_aggregates_ratio_of_means_mean_of_ratios_and_bootstrap():
 
 
 @pytest.mark.slow
-def test_path_stage_exact_equals_naive_on_smollm2(smollm2):
-    """The stage in path mode (dataset-mean senders, every prompt) gives the same table with the
-    exact and the naive engine (float64)."""
+@pytest.mark.parametrize("sender_mean", ["dataset", "dataset_by_position"])
+def test_path_stage_exact_equals_naive_on_smollm2(smollm2, sender_mean):
+    """The stage in path mode (dataset-mean senders — recallscope's own-end mean and the authors' —
+    every prompt) gives the same table with the exact and the naive engine (float64)."""
     view = ModelView(smollm2.cfg, smollm2.view.weights.to(dtype=torch.float64))
     model64 = dataclasses.replace(smollm2, view=view)
     ps = build_prompts(load_relation("paper_country_capital"), smollm2.tokenizer, shots=1, max_prompts=4, demonstrations="plain")
     config = P.PatchConfig(
-        mode="path", sender_mean="dataset", prompts="all", aggregate="ratio_of_means", layers=(0, 23, 29), batch_size=4
+        mode="path", sender_mean=sender_mean, prompts="all", aggregate="ratio_of_means", layers=(0, 23, 29), batch_size=4
     )
     exact = P.patch(model64, ps, config, progress=False)
     naive = P.patch(model64, ps, dataclasses.replace(config, engine="naive"), progress=False)

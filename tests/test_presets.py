@@ -19,7 +19,7 @@ from recallscope.errors import UserError
 from recallscope.movers import MoversConfig, check_config, find_movers
 from recallscope.pipeline import make_configs
 from recallscope.tasks import build_prompts, load_relation
-from recallscope.tasks.prompts import PromptSet
+from recallscope.tasks.prompts import PromptSet, swapped_subject_prompts
 from test_cli import assert_one_line_error, cli  # noqa: E402  (tests/ is on sys.path)
 from test_movers import PAD, all_heads, hand_built_model, token_prompts, L, H  # noqa: E402
 
@@ -76,13 +76,24 @@ def test_every_definition_names_recallscopes_real_default():
 def test_paper_preset_selects_the_papers_definitions_and_user_settings_win():
     configs = make_configs(presets.PAPER.stage_settings())
     patch = configs["patch"]
-    assert (patch.mode, patch.sender_mean, patch.aggregate, patch.prompts) == ("path", "dataset", "ratio_of_means", "all")
+    assert (patch.mode, patch.sender_mean, patch.corruption_draw, patch.aggregate, patch.prompts) == (
+        "path",
+        "dataset_by_position",
+        "any_subject",
+        "ratio_of_means",
+        "all",
+    )
     assert configs["movers"].subject_token == "first"
     assert presets.PAPER.run_settings() == {"demonstrations": "plain", "max_prompts": "all", "relation": "paper_country_capital"}
     merged = presets.merge(presets.PAPER, {"patch.prompts": "known"})
     assert merged["patch.prompts"] == "known" and merged["patch.mode"] == "path"
     listed = presets.PAPER.to_dict()
-    assert listed["name"] == "paper" and len(listed["definitions"]) == 8
+    assert listed["name"] == "paper" and len(listed["definitions"]) == 9
+    # what the preset cannot reproduce is in the manifest: the authors' draws, their templates, their figure's rows
+    assert len(listed["not_reproduced"]) == 4
+    for words in ("random draws", "NC_TEMPLATES", "--relation", "layout='max'"):
+        assert any(words in line for line in listed["not_reproduced"]), words
+    assert presets.RECALLSCOPE.to_dict()["not_reproduced"] == []
     json.dumps(listed)  # the manifest can hold it
 
 
@@ -93,8 +104,13 @@ def test_unknown_preset_and_bad_patch_choices_are_user_errors():
     for field, value in (("mode", "both"), ("direction", "up"), ("sender_mean", "x"), ("prompts", "some"), ("aggregate", "max")):
         with pytest.raises(UserError, match=f"patch.{field} must be one of"):
             P.check_config(dataclasses.replace(P.PatchConfig(), **{field: value}), model)
-    with pytest.raises(UserError, match="takes patch.sender_mean=per_prompt"):
-        P.check_config(P.PatchConfig(direction="denoise", sender_mean="dataset"), model)
+    for mean in ("dataset", "dataset_by_position"):
+        with pytest.raises(UserError, match="takes patch.sender_mean=per_prompt"):
+            P.check_config(P.PatchConfig(direction="denoise", sender_mean=mean), model)
+    with pytest.raises(UserError, match="patch.corruption_draw must be one of other_subject, any_subject"):
+        P.check_config(P.PatchConfig(corruption_draw="nearby"), model)
+    with pytest.raises(UserError, match="corruption_draw=any_subject draws one swapped subject per prompt for a dataset mean"):
+        P.check_config(P.PatchConfig(corruption_draw="any_subject"), model)
     with pytest.raises(UserError, match="path mode has the engines exact and naive"):
         P.check_config(P.PatchConfig(mode="path", engine="attribution"), model)
 
@@ -128,7 +144,7 @@ def test_plain_demonstrations_are_the_papers_one_shot_format(smollm2):
     own = build_prompts(rel, smollm2.tokenizer, shots=1, seed=0)
     assert own.prompts[0].text == p.template.format(demo.subject) + f" {demo.object}. " + p.template.format(p.subject)
     # corruptions keep the demonstration format
-    swapped = P.swapped_subject_prompts(ps, smollm2.tokenizer)
+    swapped = swapped_subject_prompts(ps, smollm2.tokenizer)
     assert len(swapped) == len(ps)
     assert all(
         s.text.startswith(f"The capital of {q.demos[0].subject} is") and s.subject != q.subject
@@ -205,3 +221,29 @@ def test_the_default_run_samples_32_prompts_and_the_paper_preset_runs_every_prom
     n = {name: json.loads(proc.stdout)["n_prompts"] for name, proc in runs.items() if proc.returncode == 0}
     assert n == {"default": 32, "all": 225, "paper": 225}, {k: p.stderr[-300:] for k, p in runs.items()}
     assert_one_line_error(cli("recall", "--max-prompts", "lots"), "--max-prompts must be a number >= 1 or all, got 'lots'")
+
+
+def test_the_paper_preset_runs_on_a_relation_file_of_ones_own_templates(tmp_path):
+    """The preset's relation applies only when none is given: ``--preset paper --relation FILE`` runs the
+    paper's definitions on the user's lead-ins (the authors' own, say), with the paper's one-shot format
+    when the file names it; the manifest records the file's relation and what the preset cannot reproduce."""
+    nations = dict(zip(NATIONS, CAPITALS, strict=True))
+    own = {
+        "name": "my_capitals",
+        "prompt_templates": ["Some lead-in, the capital of {} is"],
+        "prompt_templates_zs": ["Some lead-in, the capital of {} is", "Another lead-in: the capital of {} is"],
+        "properties": {"demonstration_template": "The capital of {} is"},
+        "samples": [{"subject": n, "object": c} for n, c in nations.items()],
+    }
+    path = tmp_path / "my_capitals.json"
+    path.write_text(json.dumps(own))
+    out = tmp_path / "run"
+    proc = cli(
+        "recall", "--model", "planted", "--preset", "paper", "--relation", str(path), "--shots", "1", "--out", str(out), "--json"
+    )
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    summary = json.loads(proc.stdout)
+    assert summary["relation"] == "my_capitals" and summary["n_prompts"] == 15  # every prompt of the file (1 template)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["relation"]["source"] == str(path) and manifest["run"]["demonstrations"] == "plain"
+    assert manifest["preset"]["not_reproduced"] == list(presets.PAPER.not_reproduced)

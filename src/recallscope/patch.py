@@ -27,11 +27,25 @@ the clean run, so the patched sender reaches the logits only directly and throug
 the end position; see :mod:`recallscope.path_patching`. ``mode="total"`` (the default) lets
 every later component recompute (the total effect, classic activation patching).
 
-The value patched in (``sender_mean``): ``per_prompt`` (default) — the mean over same-length
-corruptions of the prompt itself (positions line up); ``dataset`` — the authors' choice, one
-mean over the whole corrupted dataset (each prompt with its subject swapped for another one),
-each corrupted prompt read at its own end position (see :mod:`recallscope.path_patching` for
-how the authors' code differs).
+The value patched in (``sender_mean``; computed in one place, :func:`sender_values`):
+
+``per_prompt`` (default)
+    the mean over same-length corruptions of the prompt itself (positions line up).
+``dataset``
+    recallscope's own-end dataset mean: one mean over the corrupted dataset (each prompt with
+    its subject swapped, ``corruption_draw``), each corrupted prompt read at its own end
+    position (:func:`dataset_mean`).
+``dataset_by_position`` (the authors', ``path_patching`` in their fact_utils.py)
+    the corrupted texts with the answer appended, right-padded with the end-of-text token and
+    run without an attention mask, averaged over prompts at each absolute position and read at
+    each clean prompt's end index (:func:`dataset_mean_by_position`). With prompts of different
+    lengths this mixes one prompt's end with other prompts' subjects, answers and padding; with
+    prompts of one length it equals ``dataset``.
+
+Both dataset means cost one extra batched forward of the corrupted dataset, whatever the number
+of senders. ``corruption_draw``: ``other_subject`` (default: never the clean subject nor a
+demonstration's) or ``any_subject`` (the authors' ``np.random.randint`` over every nation);
+:func:`recallscope.tasks.prompts.swapped_subject_prompts`.
 
 Aggregation over prompts (``aggregate`` picks the headline; both are in the ``components``
 table, with per-prompt quantiles and bootstrap intervals):
@@ -97,15 +111,23 @@ from .figures import patch as patch_figures
 from .lens import recall_metric
 from .models import Model
 from .models.view import LOGIT_ELEMENTS, ModelView, position_ids_from_mask
-from .path_patching import frozen_heads_pi, path_final_resid, swapped_subject_prompts
+from .path_patching import frozen_heads_pi, path_final_resid
 from .progress import track
 from .stats import spearman
 from .tasks import PromptSet
-from .tasks.prompts import Prompt, batches, corruptions, make_batch
+from .tasks.prompts import (
+    CORRUPTION_DRAWS,
+    Prompt,
+    answer_appended_ids,
+    batches,
+    corruptions,
+    make_batch,
+    swapped_subject_prompts,
+)
 
 MODES = ("total", "path")
 DIRECTIONS = ("noise", "denoise")
-SENDER_MEANS = ("per_prompt", "dataset")
+SENDER_MEANS = ("per_prompt", "dataset", "dataset_by_position")
 PROMPT_SETS = ("known", "all")
 AGGREGATES = ("mean_of_ratios", "ratio_of_means")
 COMPONENT_KINDS = ("heads", "mlp", "resid")
@@ -116,7 +138,9 @@ ENGINES = ("exact", "naive", "attribution")
 class PatchConfig:
     mode: str = "total"  # "total": later components recompute; "path": every head frozen (the paper's path patching)
     direction: str = "noise"  # "noise": clean run, corrupted mean patched in (the paper); "denoise": the reverse
-    sender_mean: str = "per_prompt"  # "per_prompt": same-length corruptions; "dataset": one mean over the corrupted dataset
+    sender_mean: str = "per_prompt"  # "per_prompt": same-length corruptions; "dataset": one mean over the corrupted dataset,
+    # each read at its own end; "dataset_by_position": the authors' mean at each absolute position of the right-padded texts
+    corruption_draw: str = "other_subject"  # the dataset means' swapped subject: "other_subject" or "any_subject" (the authors')
     prompts: str = "known"  # "known": prompts the model gets right; "all": every prompt (the paper)
     aggregate: str = "mean_of_ratios"  # headline over prompts: "mean_of_ratios" or "ratio_of_means" (the paper)
     n_bootstrap: int = 1000  # resamples of the prompts for the intervals in the components table
@@ -131,6 +155,7 @@ class PatchConfig:
 
     constraints: ClassVar[dict] = {
         "mode": Options(*MODES), "direction": Options(*DIRECTIONS), "sender_mean": Options(*SENDER_MEANS),
+        "corruption_draw": Options(*CORRUPTION_DRAWS),
         "prompts": Options(*PROMPT_SETS), "aggregate": Options(*AGGREGATES), "n_bootstrap": POSITIVE,
         "components": Options("heads", "mlp", "resid"), "layers": NON_NEGATIVE,
         "top_k": POSITIVE, "n_corruptions": POSITIVE, "engine": Options("exact", "naive", "attribution"),
@@ -528,16 +553,13 @@ def prepare_batches(model: Model, prompts: PromptSet, config: PatchConfig, progr
     view = view if view is not None else engine_view(model.view)
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     mean = None
-    if config.sender_mean == "dataset":
+    if config.sender_mean != "per_prompt":
         if len(prompts) < max(1, config.min_prompts):
             raise UserError(f"patch needs at least {max(1, config.min_prompts)} prompts; {prompts.relation.name!r} has {len(prompts)}")
         kept, n_dropped = prompts, 0
-        corrupted = swapped_subject_prompts(prompts, model.tokenizer)
-        if not corrupted:
-            raise UserError(f"patch.sender_mean=dataset: no prompt of {prompts.relation.name!r} has another subject to swap in")
-        mean = dataset_mean(view, corrupted, pad_id, config.batch_size)
+        mean, n_mean = dataset_sender_mean(view, model.tokenizer, prompts, config, pad_id)
         found = [[]] * len(kept)
-        n_corr = [len(corrupted)] * len(kept)
+        n_corr = [n_mean] * len(kept)
     else:
         kept, found, n_dropped = with_corruptions(prompts, model.tokenizer, config.n_corruptions, config.min_prompts)
         n_corr = [len(c) for c in found]
@@ -565,9 +587,42 @@ def prepare_batches(model: Model, prompts: PromptSet, config: PatchConfig, progr
     return kept, each(), n_dropped, n_corr
 
 
+# --------------------------------------------------------------------------- the senders' values
+@dataclass(frozen=True)
+class DatasetMean:
+    """A dataset mean of the corrupted runs, as the rows each clean prompt reads.
+
+    ``record`` holds P mean records ([P, L, ...]); ``positions`` names the absolute position
+    of each row (the authors' mean, :func:`dataset_mean_by_position`), or is None for one mean
+    read by every prompt (recallscope's own-end mean, :func:`dataset_mean`; P = 1).
+    """
+
+    record: RunRecord
+    positions: tuple[int, ...] | None = None
+
+    def values(self, prompts: Sequence[Prompt]) -> RunRecord:
+        """The senders' values patched into these clean prompts, [B, L, ...]: the mean at each
+        prompt's end index — its own last token, ``n_tokens − 1``, in a right-padded row (see
+        :func:`dataset_mean_by_position`) — or the one own-end mean."""
+        rows = [0] * len(prompts) if self.positions is None else [self.positions.index(p.n_tokens - 1) for p in prompts]
+        index = torch.tensor(rows, device=self.record.resid_pre.device)
+        return RunRecord(*(getattr(self.record, f.name)[index] for f in dataclasses.fields(RunRecord)))
+
+
 @torch.no_grad()
-def dataset_mean(view: ModelView, prompts: Sequence[Prompt], pad_id: int, batch_size: int) -> RunRecord:
-    """The mean over ``prompts`` of their end-position record, each read at its own end, [1, ...]."""
+def dataset_mean(view: ModelView, prompts: Sequence[Prompt], pad_id: int, batch_size: int) -> DatasetMean:
+    """recallscope's own-end dataset mean: each corrupted prompt read at *its own* end position,
+    averaged over ``prompts`` ([1, L, ...], read by every clean prompt).
+
+    Why not the authors' average (:func:`dataset_mean_by_position`): theirs averages the
+    right-padded corrupted texts at each absolute position and reads the clean prompt's end
+    index, so where prompt lengths differ (templates of different lengths, subjects of
+    different token counts, k-shot demonstrations) the value patched in mixes end positions
+    with subject tokens, answers and end-of-text padding of the other prompts. Here every
+    corrupted prompt contributes its end position, the position the patch replaces. Where every
+    prompt has the same length the two are equal (tested). Batches are left-padded with an
+    attention mask (:func:`record_run`).
+    """
     total: list[Tensor] | None = None
     n = 0
     for _, batch in batches(list(prompts), pad_id, batch_size):
@@ -575,27 +630,113 @@ def dataset_mean(view: ModelView, prompts: Sequence[Prompt], pad_id: int, batch_
         sums = [getattr(rec, f.name).sum(0, keepdim=True) for f in dataclasses.fields(RunRecord)]
         total = sums if total is None else [a + b for a, b in zip(total, sums, strict=True)]
         n += batch.input_ids.shape[0]
-    return RunRecord(*(t / n for t in total))
+    return DatasetMean(RunRecord(*(t / n for t in total)))
+
+
+def end_of_text_id(tokenizer) -> int:
+    """The token the authors' code pads with: the tokenizer's end-of-sequence token (GPT-2's
+    ``<|endoftext|>``; FactDataset sets ``pad_token = eos_token``), else its padding token.
+    Raises UserError when the tokenizer has neither."""
+    for token_id in (tokenizer.eos_token_id, tokenizer.pad_token_id):
+        if token_id is not None:
+            return int(token_id)
+    raise UserError("patch.sender_mean=dataset_by_position pads with the end-of-text token; the tokenizer has no eos or pad token")
+
+
+@torch.no_grad()
+def dataset_mean_by_position(
+    view: ModelView, tokenizer, corrupted: Sequence[Prompt], read_at: Sequence[int], batch_size: int
+) -> DatasetMean:
+    """The authors' dataset mean: the corrupted texts averaged at each absolute position, [P, L, ...].
+
+    Their ``path_patching`` (easy_transformer/fact_utils.py) caches the sender over the
+    corrupted dataset ``D_new`` — FactDataset texts *with the answer appended* ("… of Spain is
+    Paris", :func:`~recallscope.tasks.prompts.answer_appended_ids`), tokenised with
+    ``padding=True`` (right padding, the end-of-text token as pad: :func:`end_of_text_id`) and
+    run as ``model(D_new.toks)`` with *no attention mask*, so the padding runs as real tokens —
+    and patches in ``torch.mean(sender_cache[hook_name], dim=0)``: the mean over prompts at each
+    absolute position, read at each clean prompt's end index (``D_new.word_idx`` is the clean
+    dataset's: ``gen_flipped_prompts`` passes ``manual_word_idx=self.word_idx``). This function
+    computes exactly that, as one batched forward of the corrupted dataset (in chunks of
+    ``batch_size`` rows, each padded to the whole dataset's width, so every row is the row of
+    their one batch), recorded only at the positions in ``read_at``.
+
+    Their end index is the text's length − 2 (``get_end_idxs`` with ``name_tok_len=1``): the
+    prompt's last token when the answer is one token. Where the tokenizer splits the answer
+    that index falls inside the answer; ``read_at`` here is each clean prompt's own last token
+    (``n_tokens − 1``), the position the patch replaces, whatever the answer's length. Their
+    batch is as wide as the longest corrupted text; where a clean end index lies beyond it
+    (their indexing would fail) the rows are padded further, which changes no earlier position.
+
+    Why it differs from recallscope's own-end mean (:func:`dataset_mean`): with prompts of
+    different lengths the average at position p mixes one prompt's end with another's subject,
+    answer or padding; with prompts of one length the two are equal (tested).
+
+    Returns a :class:`DatasetMean` whose rows are the positions in ``read_at`` (sorted, unique).
+    Raises UserError when the tokenizer has no end-of-text token.
+    """
+    eot = end_of_text_id(tokenizer)
+    texts = [answer_appended_ids(tokenizer, p) for p in corrupted]
+    positions = sorted({int(i) for i in read_at})
+    width = max(max(len(t) for t in texts), positions[-1] + 1)
+    ids = torch.full((len(texts), width), eot, dtype=torch.long)
+    for row, t in enumerate(texts):
+        ids[row, : len(t)] = torch.tensor(t)
+    total: list[Tensor] | None = None
+    for start in range(0, len(texts), batch_size):
+        chunk = ids[start : start + batch_size]
+        at = torch.tensor(positions, device=view.device).expand(chunk.shape[0], len(positions))
+        t = view.trace(chunk, torch.ones_like(chunk), positions=at, record=RECORDED)  # no mask: padding is read
+        heads = torch.stack([view.head_writes(layer, t.z[..., layer, :, :]) for layer in range(view.cfg.n_layers)], dim=-3)
+        values = (t.resid_pre, t.resid_mid, t.mlp_out, heads, t.resid_final)  # [b, P, ...] in RunRecord's order
+        sums = [x.double().sum(0) for x in values]
+        total = sums if total is None else [a + b for a, b in zip(total, sums, strict=True)]
+    return DatasetMean(RunRecord(*((x / len(texts)).to(view.dtype) for x in total)), tuple(positions))
+
+
+@torch.no_grad()
+def sender_values(view: ModelView, base: BaseRun, batch, corrupt: list[list[Prompt]], mean: DatasetMean | None) -> RunRecord:
+    """What replaces each sender in the noising run, [B, L, ...] (the one place the engines' patched values come from).
+
+    ``mean`` given (``sender_mean`` dataset or dataset_by_position, computed once for the whole
+    prompt set by :func:`dataset_sender_mean`): its rows at each clean prompt's end index.
+    Otherwise (``per_prompt``): the mean over each prompt's own same-length corruptions
+    (:func:`corrupted_mean`).
+    """
+    if mean is not None:
+        return mean.values(batch.prompts)
+    ids, weight = _aligned_corruptions(batch, corrupt)
+    return corrupted_mean(view, base, ids, weight)
+
+
+def dataset_sender_mean(view: ModelView, tokenizer, prompts: PromptSet, config: PatchConfig, pad_id: int) -> tuple[DatasetMean, int]:
+    """The dataset mean ``config.sender_mean`` names, over one swapped-subject corruption per
+    prompt drawn as ``config.corruption_draw`` says; (the mean, how many corrupted prompts it averages).
+
+    One extra batched forward of the corrupted dataset, shared by every sender and every batch
+    of clean prompts. Raises UserError when no prompt has a subject to swap in.
+    """
+    corrupted = swapped_subject_prompts(prompts, tokenizer, draw=config.corruption_draw)
+    if not corrupted:
+        raise UserError(f"patch.sender_mean={config.sender_mean}: no prompt of {prompts.relation.name!r} has another subject to swap in")
+    if config.sender_mean == "dataset_by_position":
+        read_at = [p.n_tokens - 1 for p in prompts.prompts]
+        return dataset_mean_by_position(view, tokenizer, corrupted, read_at, config.batch_size), len(corrupted)
+    return dataset_mean(view, corrupted, pad_id, config.batch_size), len(corrupted)
 
 
 @torch.no_grad()
 def _prepare_batch(view: ModelView, pad_id: int, indices, batch, corrupt: list[list[Prompt]], config: PatchConfig,
-                   mean: RunRecord | None = None) -> PatchBatch:
+                   mean: DatasetMean | None = None) -> PatchBatch:
     answers = batch.answer_ids().to(view.device)
-    if config.direction == "noise" and mean is not None:
-        # the path engine needs no cached keys/values; the total-effect engine does
-        prefix = config.mode == "total"
+    if config.direction == "noise":
+        # the path engine with a dataset mean needs no cached keys/values; the total-effect
+        # engine and the per-prompt corrupted mean (computed over the clean prefix) do
+        prefix = config.mode == "total" or mean is None
         base = record_run(view, batch.input_ids, batch.attention_mask, answers, prefix=prefix)
         if not prefix:
             base = BaseRun(batch.input_ids.to(view.device), batch.attention_mask.to(view.device), answers, base, [])
-        B = batch.input_ids.shape[0]
-        patch = RunRecord(*(getattr(mean, f.name).expand(B, *getattr(mean, f.name).shape[1:]) for f in dataclasses.fields(RunRecord)))
-        pi_clean = recall_pi(view, base.record.resid_final[:, None], answers)[:, 0]
-        pi_base = pi_clean
-    elif config.direction == "noise":
-        base = record_run(view, batch.input_ids, batch.attention_mask, answers, prefix=True)
-        ids, weight = _aligned_corruptions(batch, corrupt)
-        patch = corrupted_mean(view, base, ids, weight)
+        patch = sender_values(view, base, batch, corrupt, mean)
         pi_clean = recall_pi(view, base.record.resid_final[:, None], answers)[:, 0]
         pi_base = pi_clean
     else:
@@ -627,14 +768,20 @@ def _aligned_corruptions(batch, corrupt: list[list[Prompt]]) -> tuple[Tensor, Te
 
 def check_config(config: PatchConfig, model: Model) -> None:
     for name, choices in (("mode", MODES), ("direction", DIRECTIONS), ("sender_mean", SENDER_MEANS),
-                          ("prompts", PROMPT_SETS), ("aggregate", AGGREGATES), ("engine", ENGINES)):
+                          ("corruption_draw", CORRUPTION_DRAWS), ("prompts", PROMPT_SETS), ("aggregate", AGGREGATES),
+                          ("engine", ENGINES)):
         value = getattr(config, name)
         if value not in choices:
             raise UserError(f"patch.{name} must be one of {', '.join(choices)}, got {value!r}")
     if config.mode == "path" and config.engine == "attribution":
         raise UserError("patch.engine=attribution estimates the total effect; path mode has the engines exact and naive")
-    if config.direction == "denoise" and config.sender_mean == "dataset":
+    if config.direction == "denoise" and config.sender_mean != "per_prompt":
         raise UserError("patch.direction=denoise patches each prompt's own clean value; it takes patch.sender_mean=per_prompt")
+    if config.corruption_draw != "other_subject" and config.sender_mean == "per_prompt":
+        raise UserError(
+            f"patch.corruption_draw={config.corruption_draw} draws one swapped subject per prompt for a dataset mean; "
+            "it takes patch.sender_mean=dataset or dataset_by_position (per_prompt uses same-length corruptions)"
+        )
     if config.n_bootstrap < 1:
         raise UserError(f"patch.n_bootstrap must be >= 1, got {config.n_bootstrap}")
     if config.batch_size < 1:
@@ -821,6 +968,7 @@ class PatchResult:
             "mode": self.config.mode,
             "direction": self.config.direction,
             "sender_mean": self.config.sender_mean,
+            "corruption_draw": self.config.corruption_draw,
             "prompts": self.config.prompts,
             "aggregate": self.config.aggregate,
             "engine": self.config.engine,

@@ -44,16 +44,25 @@ run as one batch, layer by layer, a sender joining at its layer.
   the projection, ``RunRecord.head_out``) replaces the clean one and the norm of the sum is
   recomputed: the change is norm(raw + δ) − norm(raw), the intervention on the sender's z.
 
-**The sender mean** (``sender_mean="dataset"``) is the mean, over the corrupted prompts, of the
-sender's output at *each corrupted prompt's own end position*. The authors' code averages the
-cached activations of right-padded prompts over the batch at each *absolute* position and then
-reads that mean at each clean prompt's end index: with prompts of different lengths, the mean
-it patches in mixes end positions with other tokens (and padding) of longer and shorter prompts.
-recallscope does not copy that: every prompt contributes its end position.
+**The sender mean.** The authors' value (``sender_mean="dataset_by_position"``, the paper
+preset's) is theirs exactly: the corrupted texts with the answer appended, right-padded with the
+end-of-text token and run without an attention mask, averaged over the batch at each *absolute*
+position, read at each clean prompt's end index (``patch.dataset_mean_by_position``). With
+prompts of different lengths the value patched in mixes end positions with other tokens (and
+padding) of longer and shorter prompts; recallscope's own-end mean (``sender_mean="dataset"``,
+``patch.dataset_mean``) reads every corrupted prompt at its own end instead, and equals the
+authors' where every prompt has the same length. Either is one batched forward of the corrupted
+dataset, computed once for every sender (the authors' code reruns it for each sender).
+The corrupted dataset has one swapped-subject prompt per prompt
+(``tasks.prompts.swapped_subject_prompts``); ``corruption_draw="any_subject"`` is the authors'
+draw (the clean or a demonstration's nation allowed).
 
 **Which layers.** ``plot_path_patching`` with ``layout='max'`` loops the senders over layers
-``0 .. min(receiver layer, n_layers) − 1``; the receiver hook it was called with is not in the
-released files. recallscope patches every layer's senders and reads the final residual.
+``0 .. min(receiver layer, n_layers) − 1``: with the receiver in the last layer
+(``blocks.{L−1}.hook_resid_post``, the final residual) its figure has no row for the last
+layer's heads and MLP. Every sender's effect is computed alone, so leaving a layer out changes
+no other row; recallscope patches and plots every layer's senders, the last one included (the
+paper preset's manifest says so), and reads the final residual.
 
 :func:`frozen_heads_pi` is the reference the tests compare with: what the authors' code runs, a
 full forward per sender (``ModelView.trace``) with every head's output re-imposed at its clean
@@ -65,14 +74,11 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from .lens import recall_metric
 from .models.view import ModelView
-from .tasks import PromptSet
-from .tasks.prompts import Prompt, make_prompt, stable_seed
 
 
 class EndRecord(Protocol):
@@ -227,33 +233,6 @@ def frozen_heads_pi(
         t = view.trace(input_ids, attention_mask, edits=edits)
         out.append(recall_metric(t.logits[:, 0], answer_ids))
     return torch.stack(out, dim=1)
-
-
-# --------------------------------------------------------------------------- the corrupted dataset
-def swapped_subject_prompts(prompts: PromptSet, tokenizer) -> list[Prompt]:
-    """One corrupted prompt per prompt: the subject swapped for another subject of the relation.
-
-    As the authors' ``gen_flipped_prompts(('N', 'RAND'))`` the nation is replaced by another
-    one, whatever its token count (the dataset mean reads each prompt at its own end). The
-    replacement is drawn with a seed from the prompt set's seed, the subject and the template,
-    never the subject itself nor a demonstration's subject (recallscope's choice: the authors'
-    draw may return the same nation). Prompts whose swapped text cannot be tokenised around the
-    subject are skipped.
-    """
-    subjects = sorted({s.subject for s in prompts.relation.samples})
-    out = []
-    for p in prompts.prompts:
-        taken = {p.subject, *(d.subject for d in p.demos)}
-        others = [s for s in subjects if s not in taken]
-        if not others:
-            continue
-        rng = np.random.default_rng(stable_seed(prompts.seed, "swap", p.subject, p.template, p.text))
-        for j in rng.permutation(len(others)):
-            other = make_prompt(tokenizer, p.template, others[j], p.answer, p.demos, p.demo_template)
-            if other is not None:
-                out.append(other)
-                break
-    return out
 
 
 # --------------------------------------------------------------------------- cost

@@ -2,15 +2,24 @@
 
 recallscope's defaults and the paper's released code (trestad/Factual-Recall-Mechanism) differ
 in a few definitions. A preset names a set of them; ``recallscope`` is the defaults (no
-changes), ``paper`` selects the paper's definition wherever it differs. Each
-:class:`Definition` says which setting it changes, the value, recallscope's default, and the
-function of the authors' code it follows, so a manifest can list exactly what ran.
+changes), ``paper`` selects the definition of the authors' code for each setting listed in
+:data:`PAPER` — the sender's dataset mean as their ``path_patching`` takes it, their corruption
+draw, frozen heads, the ratio of means, every prompt, the first subject token, their one-shot
+format, their nations and capitals. Each :class:`Definition` says which setting it changes, the
+value, recallscope's default, and the function of the authors' code it follows, so a manifest
+can list exactly what ran; :attr:`Preset.not_reproduced` lists what the preset cannot make equal
+to the authors' runs (their random draws, their lead-in templates, the rows their figure omits).
+
+With the same weights, prompts and corrupted prompts, the paper preset's path-patching effects
+equal the authors' loop to float rounding (``tests/test_paper_preset_reference.py``: a tiny
+GPT-2 with the real GPT-2 BPE, ``paper_country_capital`` at 0 and 1 shots, six prompt lengths).
 
 Settings are ``"<stage>.<field>"`` (a stage config field, the same keys as ``--set``) or
 ``"run.<field>"`` (how prompts are built: ``run.demonstrations``, ``run.relation``, ``run.max_prompts``);
 :meth:`Preset.stage_settings` and :meth:`Preset.run_settings` split them. A user's own
 ``--set`` or flag wins over the preset's value; ``run.relation`` and ``run.max_prompts`` apply
-only when no relation (no ``--max-prompts``) is given.
+only when no relation (no ``--max-prompts``) is given — so ``--preset paper --relation FILE``
+runs the paper's definitions on a relation file of one's own (the authors' lead-ins, say).
 
 Why recallscope's defaults are what they are (the README's short version is in docs/patch.md):
 
@@ -19,7 +28,12 @@ Why recallscope's defaults are what they are (the README's short version is in d
   through the end-position MLPs — and is the paper's specific question.
 - ``patch.sender_mean = per_prompt``: same-length corruptions of the prompt itself keep every
   position aligned, so the patched value is what *this* prompt would have had with another
-  subject; a dataset mean mixes templates and shot contexts.
+  subject; a dataset mean mixes templates and shot contexts. Of the two dataset means,
+  recallscope's own-end one (``dataset``) reads every corrupted prompt at its own end; the
+  authors' (``dataset_by_position``) averages absolute positions of right-padded texts, which
+  mixes one prompt's end with other prompts' subjects, answers and padding when lengths differ.
+- ``patch.corruption_draw = other_subject``: a corruption that draws the clean subject (or a
+  demonstration's) again corrupts nothing; the authors' draw allows both.
 - ``patch.aggregate = mean_of_ratios``: every prompt weighs the same; the ratio of means lets
   the prompts with a large π dominate (both are always in the table).
 - ``patch.prompts = known``: a component cannot carry a fact the model does not recall;
@@ -61,6 +75,7 @@ class Preset:
     name: str
     description: str
     definitions: tuple[Definition, ...] = ()
+    not_reproduced: tuple[str, ...] = ()  # what the preset cannot make equal to the source's runs, and why
 
     def stage_settings(self) -> dict[str, Any]:
         """``{"patch.mode": "path", ...}``: the stage settings (as ``--set`` keys) the preset selects."""
@@ -71,8 +86,13 @@ class Preset:
         return {d.setting[len("run.") :]: d.value for d in self.definitions if d.setting.startswith("run.")}
 
     def to_dict(self) -> dict:
-        """For the manifest and the summary: the preset's name and every definition it selects."""
-        return {"name": self.name, "description": self.description, "definitions": [d.to_dict() for d in self.definitions]}
+        """For the manifest and the summary: the preset's name, every definition it selects and what it cannot reproduce."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "definitions": [d.to_dict() for d in self.definitions],
+            "not_reproduced": list(self.not_reproduced),
+        }
 
 
 FACT_UTILS = "easy_transformer/fact_utils.py"
@@ -81,8 +101,8 @@ FACT_DATASET = "easy_transformer/fact_dataset.py"
 PAPER = Preset(
     name="paper",
     description=(
-        "The definitions of the paper's released code (trestad/Factual-Recall-Mechanism) wherever they "
-        "differ from recallscope's defaults."
+        "The definitions of the paper's released code (trestad/Factual-Recall-Mechanism) for the settings listed "
+        "below, where recallscope's defaults differ; what it cannot reproduce is listed under not_reproduced."
     ),
     definitions=(
         Definition(
@@ -95,12 +115,23 @@ PAPER = Preset(
         ),
         Definition(
             "patch.sender_mean",
-            "dataset",
+            "dataset_by_position",
             "per_prompt",
-            "the sender's value: its mean over the whole corrupted dataset (the nation swapped)",
-            f"{FACT_UTILS}: path_patching (torch.mean(sender_cache[hook_name], dim=0)); recallscope reads each "
-            "corrupted prompt at its own end position, the authors' code averages absolute positions of "
-            "right-padded prompts",
+            "the sender's value: its mean over the corrupted dataset as the authors' code takes it — the corrupted texts "
+            "with the answer appended, right-padded with the end-of-text token and run without an attention mask, "
+            "averaged over prompts at each absolute position, read at each clean prompt's end index (its own last "
+            "token; the authors' index, length − 2, is that token when the answer is one token)",
+            f"{FACT_UTILS}: path_patching (torch.mean(sender_cache[hook_name], dim=0) over model(D_new.toks), patched at "
+            f"D_new.word_idx['end'] = the clean dataset's); {FACT_DATASET}: FactDataset (tokenizer(texts, padding=True), "
+            "get_end_idxs)",
+        ),
+        Definition(
+            "patch.corruption_draw",
+            "any_subject",
+            "other_subject",
+            "each corrupted prompt swaps the subject for one drawn uniformly from every subject of the relation: the "
+            "clean subject itself and a demonstration's are allowed",
+            f"{FACT_DATASET}: gen_flipped_prompts with flip ('N', 'RAND') (nations[np.random.randint(len(nations))])",
         ),
         Definition(
             "patch.aggregate",
@@ -145,6 +176,21 @@ PAPER = Preset(
             "the paper's 15 nations and capitals (lead-ins written by recallscope), when no relation is given",
             f"{FACT_DATASET}: NATIONS, CITIES",
         ),
+    ),
+    not_reproduced=(
+        "the authors' random draws themselves: which template x nation prompts gen_prompt_uniform keeps (2N draws with "
+        "replacement, the unique ones kept: at N = 500 each prompt is missed with probability (224/225)^1000, about 2.7 of the 225 on average; recallscope takes all 225), the nation "
+        "gen_flipped_prompts swaps in and add_a_shot's demonstration are drawn by recallscope from --seed, from the same "
+        "choices but not their NumPy / random global state",
+        f"the authors' lead-in templates ({FACT_DATASET}: NC_TEMPLATES), which recallscope does not ship: "
+        "paper_country_capital's 15 lead-ins are recallscope's own; write theirs as prompt_templates_zs of an LRE-format "
+        'JSON file (subject slot {}, the answer not in the template; properties.demonstration_template "The capital '
+        'of {} is" for their one-shot format) and pass it with --relation',
+        "the rows of the authors' figure: plot_path_patching with layout='max' and the receiver in the last layer "
+        "patches senders of layers 0..L-2 only; recallscope patches every layer (each sender's effect is computed "
+        "alone, so the shared rows are the same)",
+        "the authors' model code: recallscope runs its own forward pass (equal to transformers' logits, tested), not "
+        "their EasyTransformer fork, so float32 effects agree to rounding, not bit for bit",
     ),
 )
 

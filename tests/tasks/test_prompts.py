@@ -99,3 +99,30 @@ def test_batches_cover_every_prompt_once(tok):
         assert batch.input_ids.shape[0] == len(indices) <= 50
         seen += indices
     assert sorted(seen) == list(range(len(ps)))
+
+
+@pytest.mark.parametrize("shots", [0, 1])
+def test_swapped_subject_draws_recallscopes_and_the_authors(tok, shots):
+    """other_subject never swaps in the clean subject nor a demonstration's; any_subject (the authors'
+    gen_flipped_prompts: a uniform draw over every nation) does, about one prompt in 15 for the clean one."""
+    from recallscope.tasks.prompts import answer_appended_ids, swapped_subject_prompts
+
+    ps = build_prompts(load_relation("paper_country_capital"), tok, shots=shots, seed=0, demonstrations="plain")
+    ours = swapped_subject_prompts(ps, tok)
+    theirs = swapped_subject_prompts(ps, tok, draw="any_subject")
+    assert len(ours) == len(theirs) == len(ps) == 225
+    for draws in (ours, theirs):
+        assert all(c.answer == p.answer and c.demos == p.demos and c.template == p.template
+                   for c, p in zip(draws, ps.prompts, strict=True))
+    assert all(c.subject != p.subject and c.subject not in {d.subject for d in p.demos} for c, p in zip(ours, ps.prompts, strict=True))
+    same = sum(c.subject == p.subject for c, p in zip(theirs, ps.prompts, strict=True))
+    assert 5 <= same <= 30  # 15 expected (1 in 15)
+    if shots:
+        assert any(c.subject in {d.subject for d in p.demos} for c, p in zip(theirs, ps.prompts, strict=True))
+    assert swapped_subject_prompts(ps, tok, draw="any_subject") == theirs  # seeded
+    with pytest.raises(ValueError, match="draw must be one of"):
+        swapped_subject_prompts(ps, tok, draw="nearby")
+    # the authors' texts carry the answer: " Paris" after the prompt's own tokens
+    p = ps.prompts[0]
+    ids = answer_appended_ids(tok, p)
+    assert tuple(ids[: p.n_tokens]) == p.input_ids and ids[p.n_tokens] == p.answer_id

@@ -45,6 +45,7 @@ from ..lens import recall_metric
 from ..models import load_model
 from ..models.view import ModelView
 from ..path_patching import flop_counts
+from ..presets import PAPER
 from ..recall import recall
 from ..stats import spearman
 from ..tasks import build_prompts, load_relation
@@ -335,7 +336,17 @@ def _first_line(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- path mode
-PATH_CONFIG = P.PatchConfig(mode="path", sender_mean="dataset", prompts="all", aggregate="ratio_of_means", attribution=False)
+SENDER_MEAN_WORDS = {
+    "dataset_by_position": "the authors' dataset mean (corrupted texts with the answer, right-padded with end-of-text, "
+    "no mask, averaged at each absolute position, read at each clean prompt's end index)",
+    "dataset": "recallscope's own-end dataset mean (each corrupted prompt read at its own end)",
+    "per_prompt": "the mean over same-length corruptions of each prompt",
+}
+# the paper preset's patch settings (frozen heads, the authors' dataset mean and corruption draw, ratio of means, every prompt)
+PATH_CONFIG = P.PatchConfig(
+    **{key.split(".", 1)[1]: value for key, value in PAPER.stage_settings().items() if key.startswith("patch.")},
+    attribution=False,
+)
 
 
 def run_path(options) -> Iterator[dict]:
@@ -360,6 +371,10 @@ def _path_line(model, options, shots, ps, naive_sample: int) -> dict:
     sample = [int(i) for i in np.linspace(0, len(comps) - 1, naive_sample).round()]
     picked = [comps[i] for i in sample]
     kept, batches, prep_s = _streamed(model, ps, config, view)
+    mean_s = prep_s  # the set-up is the dataset mean: one batched forward of the corrupted dataset for every sender
+    own_end = dataclasses.replace(config, sender_mean="dataset")
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    _, own_end_s = _timed(lambda: P.dataset_sender_mean(view, model.tokenizer, ps, own_end, pad_id))
     n = len(kept)
     exact_pi_all = np.zeros((n, len(comps)))
     exact = np.zeros((n, len(comps)))
@@ -392,8 +407,14 @@ def _path_line(model, options, shots, ps, naive_sample: int) -> dict:
         "model": options.model,
         "relation": ps.relation.name,
         "shots": shots,
-        "definitions": "paper preset: heads frozen (q/k/v of every head = clean), MLPs free; sender = mean over the "
-        "corrupted dataset at each prompt's own end; all prompts; demonstrations 'The capital of X is Y.'",
+        "definitions": "paper preset: heads frozen (q/k/v of every head = clean), MLPs free; sender = "
+        + SENDER_MEAN_WORDS[config.sender_mean]
+        + f" (corruption draw {config.corruption_draw}); all prompts; demonstrations 'The capital of X is Y.'",
+        "sender_mean": config.sender_mean,
+        "sender_mean_seconds": round(mean_s, 2),
+        "sender_mean_note": "the dataset mean, computed once for every sender (its corrupted prompts drawn and run as one "
+        "batched forward), included in prepare_seconds; own_end_mean_seconds: recallscope's own-end mean timed in the same run",
+        "own_end_mean_seconds": round(own_end_s, 2),
         "n_prompts": n,
         "n_components": len(comps),
         "exact_seconds": round(exact_s, 2),

@@ -98,7 +98,7 @@ def _line(model, options, shots, known, per_prompt_sample: int) -> dict:
     n = config.n_samples
     unembed = model.cfg.d_model * model.cfg.d_vocab / layer_weights(model.cfg)
     kinds = CT.KINDS
-    sigma = config.noise_scale * CT.subject_embedding_std(view, known)
+    sigma, _ = CT.noise_level(view, model.tokenizer, known, config)
     noise = {p.index: torch.from_numpy(CT.noise_draws(p, n, d, config.seed) * sigma).to(view.dtype) for p in known.prompts}
     groups = list(CT._length_groups(known.prompts, config.batch_size))
     exact_s = naive_s = 0.0

@@ -318,6 +318,58 @@ def corruptions(
     return out
 
 
+# How the dataset means (``patch.sender_mean`` dataset, dataset_by_position) draw each prompt's
+# swapped subject: recallscope's (never the clean subject nor a demonstration's) or the authors'.
+CORRUPTION_DRAWS = ("other_subject", "any_subject")
+
+
+def swapped_subject_prompts(prompts: PromptSet, tokenizer, draw: str = "other_subject") -> list[Prompt]:
+    """One corrupted prompt per prompt: its subject swapped for a subject of the relation.
+
+    As the authors' ``gen_flipped_prompts(('N', 'RAND'))`` (easy_transformer/fact_dataset.py)
+    the subject is replaced whatever its token count, and the answer stays the clean prompt's.
+    ``draw`` picks the replacement, with a seed from the prompt set's seed, the subject, the
+    template and the text:
+
+    ``other_subject`` (recallscope's default)
+        uniformly among the *other* subjects, never the subject itself nor a demonstration's
+        (a corruption that keeps the subject corrupts nothing).
+    ``any_subject`` (the authors' draw)
+        uniformly among *every* subject of the relation, as ``nations[np.random.randint(len(nations))]``
+        does: the clean subject itself (the corrupted prompt is then the clean one: 1 prompt in
+        n_subjects on average) and, at k shots, a demonstration's subject are allowed.
+
+    recallscope's seeded draw follows the same distribution as the authors' but not their
+    random numbers (their NumPy global state is not reproduced). A drawn subject whose prompt
+    cannot be tokenised around it is passed over for the next one of the same seeded
+    permutation; a prompt with no candidate at all is skipped. Returns the corrupted prompts in
+    the order of ``prompts``. Raises ValueError for an unknown ``draw``.
+    """
+    if draw not in CORRUPTION_DRAWS:
+        raise ValueError(f"draw must be one of {', '.join(CORRUPTION_DRAWS)}, got {draw!r}")
+    subjects = sorted({s.subject for s in prompts.relation.samples})
+    out = []
+    for p in prompts.prompts:
+        taken = {p.subject, *(d.subject for d in p.demos)} if draw == "other_subject" else set()
+        candidates = [s for s in subjects if s not in taken]
+        if not candidates:
+            continue
+        rng = np.random.default_rng(stable_seed(prompts.seed, "swap", p.subject, p.template, p.text))
+        for j in rng.permutation(len(candidates)):
+            other = make_prompt(tokenizer, p.template, candidates[j], p.answer, p.demos, p.demo_template)
+            if other is not None:
+                out.append(other)
+                break
+    return out
+
+
+def answer_appended_ids(tokenizer, prompt: Prompt) -> list[int]:
+    """The tokens of ``prompt.text + " " + prompt.answer``, tokenised as one text (BOS kept,
+    special tokens appended at the end dropped): what the authors' FactDataset tokenises — its
+    texts carry the answer (``"… the capital of France is Paris"``)."""
+    return _encode(tokenizer, prompt.text + " " + prompt.answer)[0]
+
+
 @dataclass
 class Batch:
     """Left-padded tokens of several prompts; the end position is column -1 of every row."""
