@@ -30,7 +30,7 @@ PACKAGE = "recallscope"
 # relative to the package; "report" covers recallscope.report and every module under it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("__init__", "__main__", "cli")),
-    ("run layer", ("pipeline", "rundir", "sweeps", "executors", "report", "benchmarks")),
+    ("run layer", ("pipeline", "study", "rundir", "sweeps", "executors", "report", "benchmarks")),
     (
         "analysis",
         (
@@ -48,12 +48,25 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     (
         "core",
-        ("models", "tasks", "lens", "components", "stats", "figures", "errors", "progress", "constraints", "version", "presets"),
+        (
+            "models",
+            "tasks",
+            "lens",
+            "components",
+            "stats",
+            "figures",
+            "display",
+            "errors",
+            "progress",
+            "constraints",
+            "version",
+            "presets",
+        ),
     ),
 ]
 # These must not reach torch (or transformers) through the package imports that run when they are
 # imported: the report re-renders a run directory without loading the model stack.
-TORCH_FREE = ("report", "figures", "rundir", "errors", "constraints", "version", "progress")
+TORCH_FREE = ("report", "figures", "display", "study", "rundir", "errors", "constraints", "version", "progress")
 HEAVY = ("torch", "transformers")
 
 

@@ -94,6 +94,7 @@ from .components import Component
 # ROME's position groups, named once in the torch-free figures module (which the report reads)
 from .figures.causal_trace import GROUPS
 from .constraints import LEVEL, POSITIVE, Interval, Options
+from .display import ResultView
 from .errors import UserError
 from .figures import causal_trace as causal_trace_figures
 from .models import Model
@@ -536,8 +537,10 @@ def _restore_variants(variants: list[int], clean: Tensor):
 
 
 # --------------------------------------------------------------------------- the stage
-@dataclass(frozen=True)
-class TraceResult:
+@dataclass(frozen=True, repr=False)  # the short repr of display.ResultView
+class TraceResult(ResultView):
+    stage = "trace"
+
     """Causal tracing of a prompt set.
 
     ``frame`` (main table): one row per prompt × kind × position × layer: ``prompt_index``,
@@ -631,11 +634,11 @@ def trace(model: Model, prompts: PromptSet, config: TraceConfig = TraceConfig(),
     results: dict[int, dict] = {}
     start = time.perf_counter()
     if config.engine == "naive":
-        for p in track(prompts.prompts, "trace", total=len(prompts), enabled=progress):
+        for p in track(prompts.prompts, "trace", total=len(prompts), enabled=progress, unit="prompts"):
             results[p.index] = naive_prompt(view, p, noise[p.index], kinds, config.window)
     else:
         groups = list(_length_groups(prompts.prompts, config.batch_size))
-        for group in track(groups, "trace", total=len(groups), enabled=progress):
+        for group in track(groups, "trace", total=len(prompts), enabled=progress, unit="prompts", weight=len):
             got = exact_group(view, group, [noise[p.index] for p in group], kinds, config.window)
             for b, p in enumerate(group):
                 results[p.index] = {

@@ -121,6 +121,7 @@ from scipy import stats as _scipy_stats
 
 from .components import head_effects, head_label
 from .constraints import LEVEL, NON_NEGATIVE, POSITIVE, PROBABILITY, Interval, Options
+from .display import ResultView
 from .figures import claims as claims_figures
 from .stats import bootstrap_ci, bootstrap_ci_samples, pearson
 
@@ -604,8 +605,10 @@ def sensitivity_frame(claims) -> pd.DataFrame:
     return pd.DataFrame([r for c in claims for r in c.sensitivity()], columns=list(SENSITIVITY_COLUMNS))
 
 
-@dataclass(frozen=True)
-class ClaimsResult:
+@dataclass(frozen=True, repr=False)  # the short repr of display.ResultView
+class ClaimsResult(ResultView):
+    stage = "claims"
+
     claims: tuple[Claim, ...]
     config: ClaimsConfig = field(default_factory=ClaimsConfig)
 

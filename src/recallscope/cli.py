@@ -345,27 +345,25 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         targets = _split_list(stages) or pipeline.default_stages()
         _set_threads(threads)
         cells_on = _executor(executor, ray_address, cpus_per_cell)
-        base = pipeline.RunConfig(
+        # the function the Python API's recallscope.run is: a Study for one cell, a Sweep for several
+        summary = pipeline.run(
             model=model,
+            relation=_split_list(_relation(relation, preset)),
+            shots=_split_list(shots, int),
+            stages=targets,
+            out=out,
             seed=seed,
             max_prompts=max_prompts,
             device=device,
             dtype=dtype,
-            preset=preset,
-            device_map=_device_map(device_map),
-        )
-        summary = pipeline.execute_many(
-            base,
-            _split_list(_relation(relation, preset)),
-            _split_list(shots, int),
-            targets,
-            out=out,
-            overrides=_parse_set(settings),
             force=force,
             progress=True,
-            log=_note,
+            preset=preset,
+            device_map=_device_map(device_map),
+            settings=_parse_set(settings),
             executor=cells_on,
-        )
+            log=_note,
+        ).summary
         if report:
             path = _write_report(out)
             if path is not None:

@@ -105,6 +105,7 @@ from torch import Tensor
 
 from .components import head_label, top_heads
 from .constraints import LEVEL, NON_NEGATIVE, POSITIVE, Interval
+from .display import ResultView
 from .errors import UserError
 from .figures import decompose as decompose_figures
 from .models.view import ModelView
@@ -494,8 +495,10 @@ def end_activations(view: ModelView, prompts: Sequence[Prompt], pad_id: int, bat
 
 
 # ----------------------------------------------------------------------------- result
-@dataclass(frozen=True)
-class DecomposeResult:
+@dataclass(frozen=True, repr=False)  # the short repr of display.ResultView
+class DecomposeResult(ResultView):
+    stage = "decompose"
+
     layer: int  # the MLP layer
     head_layer: int
     layer_reason: str
@@ -678,7 +681,7 @@ def decompose(
         rows = []
         n_layers = activations.mlp_out.shape[1]
         first = 1 if activations.parallel_residual else 0
-        for l in track(range(first, n_layers), "decompose: sweep", total=n_layers - first, enabled=progress):
+        for l in track(range(first, n_layers), "decompose: sweep", total=n_layers - first, enabled=progress, unit="layers"):
             r = activations.regressors(l, config.earlier_layers)
             f = fit_lstsq(r.values, r.target)
             c = cross_validate(r.values, r.target, lstsq_cfg, seed)

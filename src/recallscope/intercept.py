@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from .constraints import LEVEL, POSITIVE
+from .display import ResultView
 from .errors import UserError
 from .figures import intercept as intercept_figures
 from .lens import logit_lens, token_direction, token_rank
@@ -65,8 +66,10 @@ class InterceptConfig:
     }
 
 
-@dataclass(frozen=True)
-class InterceptResult:
+@dataclass(frozen=True, repr=False)  # the short repr of display.ResultView
+class InterceptResult(ResultView):
+    stage = "intercept"
+
     layer: int
     frame: pd.DataFrame = field(repr=False)  # one row per prompt
     top_tokens: tuple[dict, ...]

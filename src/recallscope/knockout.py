@@ -59,6 +59,7 @@ from torch import Tensor
 from .causal_trace import answer_prob, check_subjects, window_layers
 from .claims import NOT_MEASURABLE, Claim, ClaimsConfig, Condition, decide
 from .constraints import LEVEL, POSITIVE, Options
+from .display import ResultView
 from .errors import UserError
 from .figures import knockout as knockout_figures
 from .models import Model
@@ -195,8 +196,10 @@ def exact_batch(view: ModelView, batch: Batch, blocks, window: int) -> tuple[np.
     return p_clean, {block: table[i * B : (i + 1) * B] for i, block in enumerate(blocks)}
 
 
-@dataclass(frozen=True)
-class KnockoutResult:
+@dataclass(frozen=True, repr=False)  # the short repr of display.ResultView
+class KnockoutResult(ResultView):
+    stage = "knockout"
+
     """Attention knockout of a prompt set.
 
     ``frame`` (main table): one row per prompt × blocked set × window: ``prompt_index``,
@@ -282,7 +285,9 @@ def knockout(
     }
     groups = list(batches(prompts.prompts, model.tokenizer.pad_token_id if model.tokenizer is not None else 0, config.batch_size))
     start = time.perf_counter()
-    for indices, batch in track(groups, "knockout", total=len(groups), enabled=progress):
+    for indices, batch in track(
+        groups, "knockout", total=len(prompts), enabled=progress, unit="prompts", weight=lambda g: len(g[0])
+    ):
         p_clean, blocked = engine(view, batch, blocks, k)
         for block in blocks:
             n_edges = blocked_keys(batch, block).sum(1).numpy()

@@ -77,6 +77,7 @@ from torch import Tensor
 
 from .components import head_label, top_heads
 from .constraints import NON_NEGATIVE, POSITIVE, PROBABILITY, Interval, Options
+from .display import ResultView
 from .errors import UserError
 from .figures import movers as movers_figures
 from .lens import logit_lens, token_direction, token_rank
@@ -192,8 +193,10 @@ def ov_ranks(view: ModelView, layer: int, head: int, token_ids: Tensor) -> Tenso
 
 
 # ----------------------------------------------------------------------------- result
-@dataclass(frozen=True)
-class MoversResult:
+@dataclass(frozen=True, repr=False)  # the short repr of display.ResultView
+class MoversResult(ResultView):
+    stage = "movers"
+
     frame: pd.DataFrame = field(repr=False)  # one row per (head, prompt)
     heads: tuple[dict, ...]  # one dict per candidate head, in candidate order
     config: MoversConfig
@@ -395,7 +398,7 @@ def find_movers(
     summaries = []
     embedded = torch.stack([ov_vector(view, l, h, distinct_subject) for l, h in candidates])  # [C, n, d]
     distinct_ranks = write_ranks(view, embedded, distinct_subject[None].expand(C, -1))  # [C, n]
-    for c, (l, h) in enumerate(track(candidates, "movers: heads", total=C, enabled=progress)):
+    for c, (l, h) in enumerate(track(candidates, "movers: heads", total=C, enabled=progress, unit="heads")):
         ranks_all = distinct_ranks[c]
         rank_of = dict(zip(distinct_subject.tolist(), ranks_all.tolist(), strict=True))
         ov_x = torch.tensor([rank_of[int(t)] for t in distinct_x])

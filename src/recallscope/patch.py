@@ -106,12 +106,14 @@ from torch import Tensor
 
 from .components import Component, component_columns
 from .constraints import NON_NEGATIVE, POSITIVE, Options
+from .display import ResultView
 from .errors import UserError
 from .figures import patch as patch_figures
 from .lens import recall_metric
 from .models import Model
 from .models.view import LOGIT_ELEMENTS, ModelView, position_ids_from_mask
 from .path_patching import frozen_heads_pi, path_final_resid
+from .progress import step as progress_step
 from .progress import track
 from .stats import spearman
 from .tasks import PromptSet
@@ -367,6 +369,9 @@ def exact_final_resid(view: ModelView, base: BaseRun, patch: RunRecord, componen
         by_entry.setdefault(comp.entry_layer, []).append(i)
     order: list[int] = []
     state = rec.resid_pre.new_zeros(B, 0, cfg.d_model)
+    # the progress bar moves with the work done: a layer's cost grows with the variants that run through it
+    work = sum(sum(len(v) for e, v in by_entry.items() if e <= layer) for layer in range(cfg.n_layers))
+    done = 0
     for layer in range(cfg.n_layers + 1):
         entering = by_entry.get(layer, [])
         if entering:
@@ -374,6 +379,8 @@ def exact_final_resid(view: ModelView, base: BaseRun, patch: RunRecord, componen
             order.extend(entering)
         if layer < cfg.n_layers and state.shape[1]:
             state = end_layer(view, layer, state, base)
+            done += state.shape[1]
+            progress_step(done, work)
     out = torch.empty_like(state)
     out[:, order] = state
     return out
@@ -581,7 +588,7 @@ def prepare_batches(model: Model, prompts: PromptSet, config: PatchConfig, progr
         yield pb
 
     def each() -> Iterator[PatchBatch]:
-        for indices, _ in track(groups, "patch: clean and corrupted runs, patched runs", total=len(groups), enabled=progress):
+        for indices, _ in track(groups, "patch", total=len(kept), enabled=progress, unit="prompts", weight=lambda g: len(g[0])):
             yield from prepared(list(indices))
 
     return kept, each(), n_dropped, n_corr
@@ -851,8 +858,10 @@ def top_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> int:
     return len(set(np.argsort(-np.abs(a))[:k]) & set(np.argsort(-np.abs(b))[:k]))
 
 
-@dataclass(frozen=True)
-class PatchResult:
+@dataclass(frozen=True, repr=False)  # the short repr of display.ResultView
+class PatchResult(ResultView):
+    stage = "patch"
+
     prompts: PromptSet
     components: tuple[Component, ...]
     effects: np.ndarray = field(repr=False)  # [n_prompts, C] per-prompt effect (%) of the main engine

@@ -40,6 +40,7 @@ from .errors import EXIT_INCOMPLETE, UserError
 from .models import Model, load_model
 from .presets import get_preset, merge
 from .rundir import RunDir, dumps
+from .study import Study, Sweep
 from .tasks import PromptSet, Relation, build_prompts, load_relation
 from .version import __version__
 
@@ -861,8 +862,15 @@ def execute_many(
     progress: bool = True,
     log: Callable[[str], None] = lambda _msg: None,
     executor: Any = None,
+    model: Model | None = None,
+    contexts: dict | None = None,
 ) -> dict:
     """Every relation × shot count, one model load; one sub-run directory each.
+
+    ``model``: a model already loaded (``base.model`` is then its name only); None loads
+    ``base.model``. ``contexts``, when given, receives each cell run in this process as
+    ``(relation, shots) → StageContext`` (its results, prompts and model: :func:`run` builds the
+    studies from them).
 
     With one relation and one shot count the run directory is ``out`` itself; otherwise
     ``out/<relation>/<k>shot`` holds each sub-run and ``out/summary.json`` lists them all.
@@ -882,6 +890,8 @@ def execute_many(
     """
     if executor is not None and out is None:
         raise UserError("a distributed sweep needs a run directory (--out) that every node sees")
+    if executor is not None and model is not None:
+        raise UserError("a model already in memory runs in this process; a distributed sweep (--executor) needs a model name")
     if not relations:
         raise UserError("--relation: give at least one relation")
     if not shots_list:
@@ -894,7 +904,8 @@ def execute_many(
     loaded = [load_relation(rel) for rel in relations]  # ... or relation
     if out is not None:
         RunDir(out)  # refuses a file
-    model = load_model(base.model, device=base.device, dtype=base.dtype, device_map=base.device_map)
+    if model is None:
+        model = load_model(base.model, device=base.device, dtype=base.dtype, device_map=base.device_map)
     single = len(relations) == 1 and len(shots_list) == 1
     # Everything that can be refused is refused before the first stage runs: stage settings out of
     # range for the model, prompts longer than its positions, a sub-run directory holding another configuration.
@@ -976,6 +987,8 @@ def execute_many(
             frame = ctx.table_or_none("patch")
             if frame is not None:
                 patch_frames[(rel, k)] = frame
+            if contexts is not None:
+                contexts[(rel, k)] = ctx
         if summary.get("not_measurable"):
             incomplete.append(
                 {
@@ -1014,26 +1027,10 @@ def execute_many(
     return combined
 
 
-@dataclass
-class Study:
-    """What :func:`run` returns: every stage's result object, the summary and the prompts."""
-
-    results: dict[str, Any]
-    summary: dict
-    prompts: PromptSet
-    model: Model
-
-    def __getitem__(self, stage: str):
-        return self.results[stage]
-
-    def claims(self) -> pd.DataFrame:
-        return pd.DataFrame(self.summary.get("claims", []))
-
-
 def run(
-    model: str | Model = "smollm2-135m",
-    relation: str = "country_capital_extended",
-    shots: int = 0,
+    model: Any = "smollm2-135m",
+    relation: str | os.PathLike | list = "country_capital_extended",
+    shots: int | list[int] = 0,
     stages: list[str] | None = None,
     out: str | None = None,
     seed: int = 0,
@@ -1043,31 +1040,94 @@ def run(
     force: bool = False,
     progress: bool = True,
     preset: str = "recallscope",
-    **settings: Any,
-) -> Study:
-    """The whole study (or ``stages`` and what they need) for one relation and shot count.
+    tokenizer: Any = None,
+    device_map: str | None = None,
+    settings: dict[str, Any] | None = None,
+    executor: Any = None,
+    log: Callable[[str], None] | None = None,
+    **more_settings: Any,
+) -> Study | Sweep:
+    """The whole study (or ``stages`` and what they need) for one relation and shot count — a
+    :class:`~recallscope.study.Study` — or for several — a :class:`~recallscope.study.Sweep` with
+    one study per (relation, shots) and the claims across shot counts. ``recallscope run`` on the
+    command line calls this function.
 
-    ``settings`` are stage settings, e.g. ``run(..., **{"decompose.solver": "sgd"})`` or
-    ``run(..., n_corruptions=5)``; each is parsed and range-checked as ``--set`` is. With ``out``
-    the run directory is written (and resumed). ``preset``: "recallscope" (the defaults) or
-    "paper" (the paper's definitions, :mod:`recallscope.presets`; ``settings`` still win).
-    ``max_prompts``: as ``--max-prompts`` (:func:`resolve_max_prompts`: "default" is a seeded sample
-    of 32 prompts (:data:`DEFAULT_MAX_PROMPTS`), every prompt under the paper preset; None or "all": every prompt).
-    Raises UserError on bad input.
+    ``model``: an alias (``"smollm2-135m"``), hub id or local directory; a loaded
+    :class:`~recallscope.models.Model`; or a model already in memory — a transformers causal LM
+    (with its ``tokenizer``), an nnsight ``LanguageModel`` or a TransformerLens ``TransformerBridge``
+    (:func:`recallscope.models.load_model`), whose run identity hashes its weights.
+    ``relation``: a built-in relation name or an LRE JSON path, or a list of them; ``shots``: an
+    int or a list of ints (>= 0). ``settings`` (or keyword arguments) are stage settings, e.g.
+    ``settings={"decompose.solver": "sgd"}`` or ``n_corruptions=5``; each is parsed and
+    range-checked as ``--set`` is. With ``out`` the run directory is written (and resumed: a sweep
+    writes ``out/<relation>/<k>shot``). ``preset``: "recallscope" (the defaults) or "paper" (the
+    paper's definitions, :mod:`recallscope.presets`; settings still win). ``max_prompts``: as
+    ``--max-prompts`` (:func:`resolve_max_prompts`: "default" is a seeded sample of 32 prompts,
+    every prompt under the paper preset; None or "all": every prompt). ``progress=False`` shows no
+    progress bar (they show on a terminal and in notebooks). ``executor``: run a sweep's cells
+    elsewhere (:mod:`recallscope.executors`). ``log`` receives the progress lines the CLI prints.
+
+    Every stage after recall runs on the prompts the model knows (``study.known``); a stage
+    function called directly uses the prompts it is given, so ``movers.movers(study.model,
+    study.known, config)`` reproduces the run's movers table. Raises UserError on bad input.
     """
+    relations = _as_list(relation, "relation")
+    shots_list = _as_shots(shots)
     loaded = model if isinstance(model, Model) else None
-    name = loaded.name if loaded else model
-    config = RunConfig(
-        model=name,
-        relation=relation,
-        shots=shots,
+    if loaded is None and not isinstance(model, (str, os.PathLike)):
+        loaded = load_model(model, tokenizer=tokenizer)
+    elif loaded is None and tokenizer is not None:
+        raise UserError("tokenizer= goes with a model already in memory; a model given by name loads its own")
+    base = RunConfig(
+        model=loaded.name if loaded is not None else str(model),
         seed=seed,
         max_prompts=resolve_max_prompts(max_prompts, preset),
-        device=device,
-        dtype=dtype,
+        device=str(loaded.device) if loaded is not None else device,
+        dtype=str(loaded.view.dtype).replace("torch.", "") if loaded is not None else dtype,
         preset=preset,
+        device_map=device_map,
     )
-    ctx, summary = execute(
-        config, stages or default_stages(), out=out, overrides=settings, force=force, model=loaded, progress=progress
+    contexts: dict[tuple[str, int], StageContext] = {}
+    summary = execute_many(
+        base,
+        relations,
+        shots_list,
+        stages or default_stages(),
+        out=out,
+        overrides={**(settings or {}), **more_settings},
+        force=force,
+        progress=progress,
+        log=log or (lambda _msg: None),
+        executor=executor,
+        model=loaded,
+        contexts=contexts,
     )
-    return Study(results=ctx.results, summary=summary, prompts=ctx.prompts, model=ctx.model)
+    cells = [(rel, k) for rel in relations for k in shots_list]
+    if len(cells) == 1:
+        return _study(contexts.get(cells[0]), summary, out)
+    studies = {}
+    for (rel, k), entry in zip(cells, summary["runs"], strict=True):
+        path = str(Path(out) / entry["path"]) if out is not None and entry.get("path") else None
+        studies[(str(entry.get("relation")), k)] = _study(contexts.get((rel, k)), entry, path)
+    return Sweep(cells=studies, summary=summary, path=out)
+
+
+def _study(ctx: StageContext | None, summary: dict, path: str | None) -> Study:
+    manifest = (RunDir(path).manifest() or {}) if path is not None else {}
+    if ctx is None:  # a cell run elsewhere (an executor) or not measurable: what its directory holds
+        return Study(results={}, summary=summary, path=path, manifest=manifest)
+    return Study(results=dict(ctx.results), summary=summary, prompts=ctx.prompts, model=ctx.model, path=path, manifest=manifest)
+
+
+def _as_list(value: Any, name: str) -> list[str]:
+    values = [value] if isinstance(value, (str, os.PathLike)) else list(value) if isinstance(value, (list, tuple)) else None
+    if not values or not all(isinstance(v, (str, os.PathLike)) for v in values):
+        raise UserError(f"{name}: give a name or path, or a list of them; got {value!r}")
+    return [str(v) for v in values]
+
+
+def _as_shots(value: Any) -> list[int]:
+    values = [value] if not isinstance(value, (list, tuple)) else list(value)
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in values):
+        raise UserError(f"shots: give a number of demonstrations >= 0, or a list of them; got {value!r}")
+    return [int(v) for v in values]

@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 import torch
 
 from .constraints import POSITIVE
+from .display import ResultView
 from .errors import UserError
 from .figures import recall as recall_figures
 from .lens import answer_stats
@@ -32,26 +33,37 @@ class RecallConfig:
     constraints: ClassVar[dict] = {"known_top_k": POSITIVE, "batch_size": POSITIVE}
 
 
-@dataclass(frozen=True)
-class RecallResult:
+@dataclass(frozen=True, repr=False)  # the short repr of display.ResultView
+class RecallResult(ResultView):
+    stage = "recall"
+
     prompts: PromptSet
     frame: pd.DataFrame = field(repr=False)
     config: RecallConfig = RecallConfig()
 
     @property
-    def known(self) -> np.ndarray:
+    def known_mask(self) -> np.ndarray:
+        """[n_prompts] bool: which of ``prompts`` the model knows (``config.known_top_k``)."""
         return self.frame["known"].to_numpy()
 
+    @property
+    def known(self) -> PromptSet:
+        """The known prompts: what the pipeline hands every later stage (:meth:`known_prompts`).
+
+        A stage function uses the prompts it is given, so ``movers(model, recall(model, prompts).known, config)``
+        is the run's movers stage, and ``movers(model, prompts, config)`` is the same stage on every prompt."""
+        return self.known_prompts()
+
     def known_prompts(self) -> PromptSet:
-        """The prompt set filtered to known prompts; an error with counts if none is left."""
-        kept = self.prompts.subset(self.known, reason=DROP_UNKNOWN)
+        """The prompt set filtered to known prompts; UserError with the counts if none is left."""
+        kept = self.prompts.subset(self.known_mask, reason=DROP_UNKNOWN)
         if len(kept) == 0:
             reasons = ", ".join(f"{k}: {v}" for k, v in sorted(kept.dropped.items()) if v) or "no prompts"
             raise UserError(f"no known prompt left for relation {self.prompts.relation.name!r} ({reasons})")
         return kept
 
     def unknown_prompts(self) -> PromptSet:
-        return self.prompts.subset(~self.known)
+        return self.prompts.subset(~self.known_mask)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The stage's tables by name (one: the main table, ``to_frame()``)."""

@@ -68,6 +68,7 @@ from torch import Tensor
 
 from .components import Component
 from .constraints import LEVEL, NON_NEGATIVE, POSITIVE, Interval, Options
+from .display import ResultView
 from .errors import UserError
 from .figures import suppress as suppress_figures
 from .lens import answer_stats, logit_lens, recall_metric
@@ -406,8 +407,10 @@ def assign_folds(subjects: Sequence[str], folds: int, by_subject: bool, seed: in
 
 
 # ----------------------------------------------------------------------------- result
-@dataclass(frozen=True)
-class SuppressResult:
+@dataclass(frozen=True, repr=False)  # the short repr of display.ResultView
+class SuppressResult(ResultView):
+    stage = "suppress"
+
     relation: str
     shots: int
     config: SuppressConfig
@@ -541,7 +544,7 @@ def suppress(
     })]
     fold_suppressors = []
     steps = [(f, m) for f in range(config.folds) for m in config.modes]
-    for f, mode in track(steps, "suppress: mitigation", total=len(steps), enabled=progress):
+    for f, mode in track(steps, "suppress: mitigation", total=len(steps), enabled=progress, unit="fits"):
         held = np.flatnonzero(fold == f)
         select = (fold != f) & is_known
         chosen = choose_suppressors(clean.dla[select], config.threshold_share)

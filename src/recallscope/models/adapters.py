@@ -69,9 +69,18 @@ class Adapter:
 
 
 def _get(module: nn.Module, path: str):
+    module = _original(module)
     for part in path.split("."):
-        module = getattr(module, part)
+        module = _original(getattr(module, part))
     return module
+
+
+def _original(module):
+    """The Hugging Face submodule itself. A TransformerLens ``TransformerBridge`` (>= 3) replaces the
+    submodules of the module it wraps, in place, by its own components, each holding the original
+    as ``_original_component`` (and some exposing weights in TransformerLens's layout): read the original."""
+    inner = getattr(module, "_original_component", None) if isinstance(module, nn.Module) else None
+    return inner if isinstance(inner, nn.Module) else module
 
 
 def _layer_windows(hf, family: str) -> tuple[int | None, ...]:

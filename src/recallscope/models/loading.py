@@ -13,17 +13,22 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from ..errors import OfflineError, UserError
-from . import controls, gguf, viewcache
+from ..progress import working
+from . import controls, gguf, memory, viewcache
 from .adapters import extract
 from .arch import ArchConfig, materialize
 from .view import ModelView
 
 DEFAULT_MODEL = "smollm2-135m"
+# How long the first load of an embedded model takes (GGUF de-quantised and cached): measured with
+# RECALLSCOPE_CACHE pointing at an empty folder, `recallscope bench load` (gguf_seconds) and a first
+# `recallscope run` on a fresh machine; said on stderr while it runs.
+CONVERSION_USUALLY = "20-70 s on 2 CPU cores"
 
 EMBEDDED: dict[str, gguf.GGUFSource] = {
     "smollm2-135m": gguf.GGUFSource(
@@ -200,19 +205,22 @@ def load_embedded(alias: str, dtype: torch.dtype, use_cache: bool = True):
             f"recallscope: the weight cache {directory} failed its hash check; rebuilding it from the GGUF file", file=sys.stderr
         )
         info["cache_rebuilt"] = True
-    with _quiet():
-        if cached:
+    if cached:
+        with _quiet():
             model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
             tokenizer = AutoTokenizer.from_pretrained(directory)
-            info["loaded_from"] = "cache"
-        else:
-            path = gguf.gguf_file(source)
-            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-            info["loaded_from"] = "gguf"
-            if use_cache:
-                gguf.write_cache(source, model, tokenizer)
-            model = model.to(dtype)
+        info["loaded_from"] = "cache"
+        return model, tokenizer, info
+    # The one slow load, with no progress of its own: say what it does (stderr; stdout is --json's).
+    doing = f"first load of {alias}: de-quantising its GGUF file" + (f" into a safetensors cache in {directory}" if use_cache else "")
+    with working(doing, CONVERSION_USUALLY), _quiet():
+        path = gguf.gguf_file(source)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        info["loaded_from"] = "gguf"
+        if use_cache:
+            gguf.write_cache(source, model, tokenizer)
+        model = model.to(dtype)
     return model, tokenizer, info
 
 
@@ -320,13 +328,27 @@ def _globals_beside_embedding(name: str, weights):
 
 
 def load_model(
-    name: str = DEFAULT_MODEL,
-    device: str = "cpu",
-    dtype: str | torch.dtype = "float32",
+    name: Any = DEFAULT_MODEL,
+    tokenizer: Any = None,
+    *,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
     use_cache: bool = True,
     device_map: str | None = None,
 ) -> Model:
-    """Load a model by alias (``smollm2-135m``), hub id (``gpt2``) or local directory.
+    """Load a model by alias (``smollm2-135m``), hub id (``gpt2``) or local directory (on ``device``,
+    default cpu, in ``dtype``, default float32) — or take one already in memory.
+
+    In memory (``name`` is a model object; :mod:`.memory`): a ``transformers`` causal LM with its
+    ``tokenizer``, an nnsight ``LanguageModel`` or a TransformerLens ``TransformerBridge`` (their
+    tokenizer unless one is given). The view reads the module's weights where they are, in their
+    dtype, without a copy (``device``/``dtype``, if given, must be the module's: UserError
+    otherwise — move the module first); later changes to the module's weights reach the view, but
+    not the model hash, which is :func:`.memory.weights_hash` of the weights at load. The view's
+    logits are checked against the object's own forward on a probe prompt (UserError when they
+    differ: a wrapper whose forward is not its module's). A ``HookedTransformer`` is refused
+    (UserError saying how to get a Hugging Face module). The tokenizer is copied, so the user's
+    keeps its padding settings.
 
     Offline, a hub id fails with one clear line (:class:`OfflineError`). ``device_map`` ("auto",
     "balanced", or a dict of module name → device, as ``transformers``' ``from_pretrained`` takes
@@ -339,8 +361,12 @@ def load_model(
     view reads the weights directly, not through accelerate's offload hooks.
     """
     set_threads()  # the usable CPUs, unless the caller or OMP_NUM_THREADS chose a count
-    torch_dtype = _dtype(dtype)
-    torch_device = _device(device)
+    if memory.is_in_memory(name):
+        return load_in_memory(name, tokenizer, device, dtype)
+    if tokenizer is not None:
+        raise UserError("load_model: tokenizer= goes with a model already in memory; a model given by name loads its own")
+    torch_dtype = _dtype(dtype if dtype is not None else "float32")
+    torch_device = _device(device if device is not None else "cpu")
     if device_map is not None and (name in EMBEDDED or name in controls.CONTROLS):
         raise UserError(f"--device-map applies to hub and local models; {name!r} is built in and fits on one device")
     start = time.perf_counter()
@@ -395,6 +421,40 @@ def load_model(
             "layer_devices": [str(layer.W_Q.device) for layer in weights.layers],
         }
     return _model(name, hf, tokenizer, cfg, weights, model_hash, source, start, info, hf_loader=hf_loader)
+
+
+# Largest relative logit difference between the view and an in-memory model's own forward on the
+# probe: float32 agrees to ~1e-6 of the largest logit (tests/models), half precision to ~1e-2.
+PARITY_TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3, torch.bfloat16: 5e-2, torch.float16: 5e-2}
+
+
+def load_in_memory(obj: Any, tokenizer: Any = None, device: str | None = None, dtype: str | torch.dtype | None = None) -> Model:
+    """A :class:`Model` over a module already in memory (see :func:`load_model`)."""
+    start = time.perf_counter()
+    hf, tokenizer, held_by = memory.unwrap(obj, tokenizer)
+    try:
+        cfg, weights = extract(hf)
+    except (KeyError, ValueError) as exc:
+        raise UserError(f"load_model: {type(hf).__name__} is not an architecture recallscope reads ({exc})") from exc
+    where, dtype_now = weights.W_E.device, weights.W_E.dtype
+    if device is not None and _device(device) != where and not (device == "cuda" and where.type == "cuda"):
+        raise UserError(f"load_model: the model is on {where}, not {device}; move it first (model.to({device!r}))")
+    if dtype is not None and _dtype(dtype) != dtype_now:
+        raise UserError(f"load_model: the model's weights are {dtype_now}, not {dtype}; convert it first (model.to({_dtype(dtype)}))")
+    if getattr(hf, "hf_device_map", None):
+        weights = _globals_beside_embedding("in memory", weights)
+    tokenizer = memory.own_tokenizer(tokenizer)
+    info = {"loaded_from": "memory", "held_by": held_by, "module": type(hf).__name__}
+    model = _model(memory.display_name(hf), hf, tokenizer, cfg, weights, memory.weights_hash(cfg, weights), "memory", start, info)
+    diff = memory.parity(obj, hf, model.view, model.tokenizer)
+    if not diff <= PARITY_TOLERANCE.get(dtype_now, 1e-3):
+        raise UserError(
+            f"load_model: recallscope's reading of this {type(obj).__name__} gives logits {diff:.2g} (relative) away from its own "
+            f"forward on a probe prompt; a wrapper whose forward is not its module's (weights processed in place, hooks left on) "
+            f"cannot be read exactly: pass the transformers module itself"
+        )
+    model.info["parity_max_rel_diff"] = diff
+    return model
 
 
 def _model(name, hf, tokenizer, cfg, weights, model_hash, source, start, info, hf_loader=None) -> Model:

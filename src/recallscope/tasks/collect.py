@@ -40,7 +40,7 @@ def collect(
     n = len(prompts)
     out: dict[str, Tensor | np.ndarray] = {}
     groups = list(batches(prompts, pad_id, batch_size))
-    for indices, batch in track(groups, description, total=len(groups), enabled=progress):
+    for indices, batch in track(groups, description, total=n, enabled=progress, unit="prompts", weight=lambda g: len(g[0])):
         values = measure(list(indices), batch)
         for name, value in values.items():
             if name not in out:
