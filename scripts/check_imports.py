@@ -56,6 +56,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "stats",
             "figures",
             "display",
+            "columns",
             "errors",
             "progress",
             "constraints",
@@ -66,7 +67,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 # These must not reach torch (or transformers) through the package imports that run when they are
 # imported: the report re-renders a run directory without loading the model stack.
-TORCH_FREE = ("report", "figures", "display", "study", "rundir", "errors", "constraints", "version", "progress")
+TORCH_FREE = ("report", "figures", "display", "columns", "study", "rundir", "errors", "constraints", "version", "progress")
 HEAVY = ("torch", "transformers")
 
 

@@ -109,7 +109,7 @@ def decompose_inputs(gain_noise: float, coefs: dict):
     rng = np.random.default_rng(1)
     base = rng.uniform(1, 2, 80)
     err = base * gain_noise
-    heldout = pd.DataFrame({"prompt": np.arange(80), "fold": np.arange(80) % 4, "sq_err": err, "sq_err_intercept": base,
+    heldout = pd.DataFrame({"prompt_index": np.arange(80), "fold": np.arange(80) % 4, "sq_err": err, "sq_err_intercept": base,
                             "sq_err_no_heads": base, "sq_norm": base * 3})
     rows = [{"regressor": name, "layer": 1, "head": h, "coef": c, "ci_low": lo, "ci_high": hi, "departs_stable": st,
              "identifiable": ident} for h, (name, (c, lo, hi, st, ident)) in enumerate(coefs.items())]

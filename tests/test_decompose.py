@@ -251,13 +251,13 @@ def test_heldout_table_gives_the_gain_over_the_intercept_only_model():
                           parallel_residual=False, head_bias=(None,))
     result = decompose(acts, 0, DecomposeConfig(n_bootstrap=10), seed=3, progress=False)
     held = result.tables()["heldout"]
-    assert list(held.columns) == ["prompt", "fold", "sq_err", "sq_err_intercept", "sq_err_no_heads", "sq_norm"]
+    assert list(held.columns) == ["prompt_index", "fold", "sq_err", "sq_err_intercept", "sq_err_no_heads", "sq_norm"]
     assert len(held) == 120 and sorted(held["fold"].unique()) == [0, 1, 2, 3]
     summary = result.to_dict()
     gain = 1 - held["sq_err"].sum() / held["sq_err_intercept"].sum()
     assert abs(summary["heldout_gain"] - gain) < 1e-12 and gain > 0.99  # the heads carry all the variation
     # the intercept-only model's held-out error on a fold is its squared distance to the training mean
-    fold0 = held[held["fold"] == 0]["prompt"].to_numpy().copy()
+    fold0 = held[held["fold"] == 0]["prompt_index"].to_numpy().copy()
     train = np.setdiff1d(np.arange(120), fold0)
     mean = m[torch.as_tensor(train)].float().double().mean(0)
     expected = ((m[torch.as_tensor(fold0)].float().double() - mean) ** 2).sum(-1).numpy()

@@ -49,7 +49,7 @@ def claim_row(claim, value, lo, hi, verdict, margin, rule, flips_at=None):
         "verdict": verdict,
         "rule": rule,
         "detail": "d",
-        "r_first": 0.123,
+        "projection_corr_first": 0.123,
     }
 
 

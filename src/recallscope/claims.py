@@ -95,8 +95,8 @@ column does not apply; :data:`COLUMNS`):
   condition's: the primary's, in ``value``'s units, unless another condition decides a failure),
   ``margin``, ``flips_at`` (setting units), ``verdict``,
   ``rule`` (every condition, with the settings' values), ``detail`` (plain words);
-- movers: ``ov_top5_effective``, ``ov_top5_embedding``, ``attention_to_subject``,
-  ``attention_to_first_subject``, ``r_first``, ``r_last``, ``patch_rank``, ``n_movers``;
+- movers (named as in the movers stage's per-head summary): ``ov_top5_share_effective``, ``ov_top5_share``, ``attention_to_subject``,
+  ``attention_to_first_subject``, ``projection_corr_first``, ``projection_corr_last``, ``patch_rank``, ``n_movers``;
 - decompose: ``cv_r2``, ``cv_r2_uncentred``, ``intercept_only_r2_uncentred``,
   ``gain_over_no_heads``, ``n_amplified``, ``n_attenuated``, ``n_reversed``;
 - intercept: ``answer_domain_share``, ``answer_domain_random_high``, ``cos_b_answer_minus_subject``;
@@ -137,7 +137,8 @@ CLAIM_MITIGATE = "Removing the final-layer suppressors raises confidence in the 
 CLAIM_SHOTS = "Few-shot prompts employ the same heads as zero-shot"
 
 EVIDENCE = (
-    "ov_top5_effective", "ov_top5_embedding", "attention_to_subject", "attention_to_first_subject", "r_first", "r_last",
+    "ov_top5_share_effective", "ov_top5_share", "attention_to_subject", "attention_to_first_subject",
+    "projection_corr_first", "projection_corr_last",
     "patch_rank", "n_movers",
     "cv_r2", "cv_r2_uncentred", "intercept_only_r2_uncentred", "gain_over_no_heads", "n_amplified", "n_attenuated",
     "n_reversed",
@@ -374,10 +375,10 @@ def movers_claim(summary: dict | None, frame: pd.DataFrame | None, cfg: ClaimsCo
         ]
         first_share = lambda col: float((rows[col].to_numpy(float) < 5).mean()) if col in rows else None  # noqa: E731
         return conds, {"value": float(ov.mean()), "ci": ov_ci, "evidence": {
-            "ov_top5_effective": first_share("ov_rank_effective"), "ov_top5_embedding": _f(h.get("ov_top5_share")),
+            "ov_top5_share_effective": first_share("ov_rank_effective"), "ov_top5_share": _f(h.get("ov_top5_share")),
             "attention_to_subject": _f(h.get("attention_to_subject")),
             "attention_to_first_subject": _f(h.get("attention_to_first_subject")),
-            "r_first": _f(h.get("projection_corr_first")), "r_last": _f(h.get("projection_corr_last")),
+            "projection_corr_first": _f(h.get("projection_corr_first")), "projection_corr_last": _f(h.get("projection_corr_last")),
         }}
 
     evaluated = [(h, *evaluate(h)) for h in chosen]

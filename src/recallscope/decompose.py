@@ -588,7 +588,7 @@ class DecomposeResult(ResultView):
         cv = self.cv
         n = len(cv.sq_err) if cv.sq_err is not None else 0
         heldout = pd.DataFrame({
-            "prompt": np.arange(n, dtype="int64"),
+            "prompt_index": np.arange(n, dtype="int64"),
             "fold": np.asarray(cv.fold if n else [], dtype="int64"),
             **{name: np.asarray(getattr(cv, name) if n else [], dtype="float64")
                for name in ("sq_err", "sq_err_intercept", "sq_err_no_heads", "sq_norm")},

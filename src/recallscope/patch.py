@@ -998,7 +998,7 @@ class PatchResult(ResultView):
                     "effect_mean_of_ratios": float(r.effect_mean_of_ratios),
                     "ci": [float(r.ratio_of_means_ci_low), float(r.ratio_of_means_ci_high)]
                     if self.config.aggregate == "ratio_of_means" else [float(r.mean_of_ratios_ci_low), float(r.mean_of_ratios_ci_high)],
-                    "std": float(r.effect_std),
+                    "effect_std": float(r.effect_std),
                 }
                 for r in comps.iloc[order].itertuples()
             ],
