@@ -305,6 +305,18 @@ CASES: tuple[Case, ...] = (
         "--write keeps the run's claims settings",
         files={"run/": ""},
     ),
+    Case(
+        "report --figures: unknown format",
+        ("report", "run", "--figures", "figs", "--format", "jpg"),
+        "--format must be one of png, svg, pdf, got 'jpg'",
+        files={"run/": ""},
+    ),
+    Case(
+        "report: --format without --figures",
+        ("report", "run", "--format", "svg"),
+        "--format applies to --figures DIR",
+        files={"run/": ""},
+    ),
 )
 
 

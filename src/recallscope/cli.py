@@ -405,15 +405,29 @@ def _executor(executor: str, ray_address: Optional[str], cpus_per_cell: int):
 
 
 @app.command("report")
-def report_command(run_dir: str = typer.Argument(..., help="A run directory written by `recallscope run`.")) -> None:
-    """Render report.html again from a run directory's files (no model, no torch)."""
+def report_command(
+    run_dir: str = typer.Argument(..., help="A run directory written by `recallscope run`."),
+    figures: Optional[str] = typer.Option(
+        None, "--figures", help="Also write every figure into this folder (<stage>-<n>.<format>; needs recallscope[export])."
+    ),
+    fmt: str = typer.Option("png", "--format", help="Figure files: png, svg or pdf (with --figures)."),
+) -> None:
+    """Render report.html again from a run directory's files (no model, no torch); --figures writes its figures as files."""
     from pathlib import Path
 
     if not Path(run_dir).is_dir():
         raise UserError(f"{run_dir}: not a run directory")
+    if figures is None and fmt != "png":
+        raise UserError("--format applies to --figures DIR")
+    from .report.export import check_format, write_figures
+
+    check_format(fmt)  # before anything is written
     path = _write_report(run_dir)
     if path is not None:
         _note(f"report: {path}")
+    if figures is not None:
+        written = write_figures(run_dir, figures, fmt)
+        _note(f"figures: {len(written)} {fmt} files in {figures}")
 
 
 def _write_report(out: str):
