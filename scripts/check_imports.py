@@ -29,7 +29,7 @@ PACKAGE = "recallscope"
 # Top to bottom; a module may import its own layer or any layer below. Names are module paths
 # relative to the package; "report" covers recallscope.report and every module under it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("cli", ("__init__", "__main__", "cli")),
+    ("cli", ("__init__", "__main__", "cli", "printing")),
     ("run layer", ("pipeline", "study", "rundir", "sweeps", "executors", "report", "benchmarks")),
     (
         "analysis",
@@ -62,12 +62,27 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "constraints",
             "version",
             "presets",
+            "terminal",
+            "verdicts",
         ),
     ),
 ]
 # These must not reach torch (or transformers) through the package imports that run when they are
 # imported: the report re-renders a run directory without loading the model stack.
-TORCH_FREE = ("report", "figures", "display", "columns", "study", "rundir", "errors", "constraints", "version", "progress")
+TORCH_FREE = (
+    "report",
+    "figures",
+    "display",
+    "columns",
+    "study",
+    "rundir",
+    "errors",
+    "constraints",
+    "version",
+    "progress",
+    "terminal",
+    "verdicts",
+)
 HEAVY = ("torch", "transformers")
 
 

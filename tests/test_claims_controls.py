@@ -131,7 +131,7 @@ def test_claims_table_names_the_condition_its_margin_belongs_to(planted, capsys,
     deciders = {c["decided_by"] for c in rows if c["verdict"] != NOT_MEASURABLE}
     assert None not in deciders and len(deciders) >= 3
     monkeypatch.setenv("COLUMNS", "2000")  # one line per row
-    cli.main(["claims", str(out)])
+    cli.main(["claims", str(out), "--wide"])  # a sweep prints its grid; --wide adds each cell's full table
     table = capsys.readouterr().out
     assert "decided by" in table and all(name in table for name in deciders), deciders
 

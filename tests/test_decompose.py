@@ -179,7 +179,8 @@ def test_table_round_trip_keeps_the_intercept_and_figures_rebuild(tmp_path):
     assert len(summary["sweep"]) == 3
     figs = figures(tables, summary)
     assert len(figs) == 2  # coefficients, sweep
-    assert list(figs[0].data[0].y) == pytest.approx([c["coef"] for c in summary["coefficients"]])
+    drawn = {x: y for trace in figs[0].data for x, y in zip(trace.x, trace.y, strict=True)}  # one bar trace per verdict
+    assert [drawn[c["regressor"]] for c in summary["coefficients"]] == pytest.approx([c["coef"] for c in summary["coefficients"]])
 
 
 # ----------------------------------------------------------------------------- real model

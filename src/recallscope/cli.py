@@ -14,6 +14,7 @@ table (nor torch): it renders from the run directory's files.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from typing import Any, Optional
@@ -21,10 +22,11 @@ from typing import Any, Optional
 import click
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from . import printing, verdicts
 from .constraints import coerce
 from .errors import EXIT_BUG, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USER, UserError
+from .terminal import EscapingHandler, text
 
 app = typer.Typer(
     add_completion=False,
@@ -38,7 +40,13 @@ err_console = Console(stderr=True)
 
 
 def _note(message: str) -> None:
-    err_console.print(f"[dim]{message}[/dim]", highlight=False)
+    """A note on stderr (the run layer's log lines come here): escaped, never parsed as markup."""
+    err_console.print(text(message, "dim", keep_newlines=True), soft_wrap=True)
+
+
+def _error(message: str) -> None:
+    """The one line of a failed command on stderr, escaped (it often quotes a file's contents)."""
+    err_console.print(text(f"recallscope: {message}", keep_newlines=True), soft_wrap=True)
 
 
 def _parse_set(values: list[str]) -> dict[str, Any]:
@@ -65,19 +73,9 @@ def _split_list(value: Optional[str], kind=str) -> list:
 
 def _print_summary(stage: str, summary: dict, as_json: bool) -> None:
     if as_json:
-        sys.stdout.write(json.dumps(_json_ready(summary), ensure_ascii=False) + "\n")
+        printing.print_json(_json_ready(summary))
         return
-    table = Table(title=f"{stage} — {summary.get('model')} · {summary.get('relation')} · {summary.get('shots')}-shot")
-    table.add_column("key")
-    table.add_column("value")
-    data = summary.get("stages", {}).get(stage, summary)
-    for key, value in data.items():
-        if isinstance(value, (dict, list)):
-            value = json.dumps(_json_ready(value), ensure_ascii=False)
-            if len(value) > 160:
-                value = value[:157] + "…"
-        table.add_row(str(key), str(value))
-    out_console.print(table)
+    printing.print_stage(out_console, stage, summary)
 
 
 def _json_ready(value):
@@ -115,6 +113,9 @@ DEVICE_MAP_OPTION = typer.Option(
     None, "--device-map", help="auto or balanced: split a model bigger than one device over the visible devices (accelerate)."
 )
 JSON_OPTION = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout.")
+WIDE_OPTION = typer.Option(
+    False, "--wide", help="Every column of the claims (the primary figure, margin, flips at, the conditions), wrapped."
+)
 FORCE_OPTION = typer.Option(False, "--force", help="Redo stages already in --out.")
 THREADS_OPTION = typer.Option(None, "--threads", help="torch intra-op threads (default: the CPUs this process may use).")
 
@@ -232,6 +233,9 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
             )
             _, summary = pipeline.execute(run, [stage], out=out, overrides=overrides, force=force, progress=True, log=_note)
             _print_summary(stage, summary, as_json)
+            if out is None:
+                # chosen over a default directory: a one-off look at a stage should not leave runs behind
+                _note(f"nothing was saved (no --out); add --out DIR to keep {stage}'s tables, then `recallscope report DIR`")
 
         command.__doc__ = pipeline.STAGES[stage].help
         return command
@@ -247,6 +251,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
             False, "--sensitivity", help="Also list every condition of every rule and the setting value where the verdict flips."
         ),
         as_json: bool = JSON_OPTION,
+        wide: bool = WIDE_OPTION,
         settings: list[str] = typer.Option([], "--set", help="Claims setting, e.g. --set claims.min_suppression_logits=0.2."),
         write: bool = typer.Option(
             False,
@@ -257,12 +262,14 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
     ) -> None:
         """The paper's claims of a finished run, evaluated again from its files (no model; nothing written unless --write).
 
-        Columns: value and 95% CI are the claim's primary statistic; a verdict is the conjunction of its
-        rule's conditions, and threshold, margin and flips at belong to the condition named under "decided
-        by" (the primary one unless it holds and another fails). Threshold and margin are in that
-        condition's units; margin is the signed room to the threshold (negative, or 0 under a strict > or <,
-        ⇔ does not hold). Flips at is in its setting's units: the setting value at which the verdict flips,
-        everything else fixed. --sensitivity lists every condition with its setting and current value."""
+        One line per claim: its id, its verdict, the statistic that decided it with its 95% interval
+        ("low"/"high": only the end of the interval the rule compares is recorded) and the threshold it
+        is compared with. A verdict is the conjunction of its rule's conditions: the deciding one is the
+        primary condition unless that holds and another does not. --wide adds the primary figure, the
+        margin (the signed room to the threshold, in the condition's units) and flips at (the setting
+        value at which the verdict flips, everything else fixed) and every condition; --sensitivity
+        lists every condition with its setting and current value. A sweep prints its claims x cells
+        grid (--wide: each cell's claims too)."""
         from pathlib import Path
 
         if not Path(run_dir).is_dir():
@@ -276,10 +283,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         got = pipeline.claims_of_rundir(run_dir, overrides)
         if write:
             written = pipeline.write_claims(run_dir, got)
-            print(
-                f"claims rewritten in {len(written)} run director{'y' if len(written) == 1 else 'ies'} of {run_dir}",
-                file=sys.stderr,
-            )
+            _note(f"claims rewritten in {len(written)} run director{'y' if len(written) == 1 else 'ies'} of {run_dir}")
         if as_json:
             payload = {
                 "runs": [
@@ -293,14 +297,9 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
                 ],
                 "shot_claims": got["shot_claims"],
             }
-            sys.stdout.write(json.dumps(_json_ready(payload), ensure_ascii=False) + "\n")
+            printing.print_json(_json_ready(payload))
             return
-        for r in got["runs"]:
-            _print_claims(r["claims"].to_dict()["claims"], f"claims — {r['relation']} · {r['shots']}-shot · {r['path']}")
-            if sensitivity:
-                _print_sensitivity(r["claims"].to_dict()["sensitivity"])
-        if got["shot_claims"]:
-            _print_claims(got["shot_claims"], "claims across shot counts")
+        _print_claims_of_rundir(got, sensitivity, wide)
 
     @target.command("run")
     def run_command(
@@ -325,6 +324,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
             None, "--stages", help="Comma-separated subset of stages (default: all but the opt-in trace and knockout)."
         ),
         report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
+        wide: bool = WIDE_OPTION,
         preset: str = typer.Option("recallscope", "--preset", help=PRESET_HELP),
         settings: list[str] = typer.Option([], "--set", help="Stage setting, e.g. --set decompose.solver=sgd (repeatable)."),
         executor: str = typer.Option(
@@ -369,17 +369,12 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
             if path is not None:
                 _note(f"report: {path}")
         if as_json:
-            sys.stdout.write(json.dumps(_json_ready(summary), ensure_ascii=False) + "\n")
+            printing.print_json(_json_ready(summary))
         else:
-            _print_run(summary)
+            printing.print_run(out_console, summary, wide)
         if summary.get("incomplete"):
             cells = "; ".join(f"{c['relation']} {c['shots']}-shot: {', '.join(c['stages'])}" for c in summary["incomplete"])
-            err_console.print(
-                f"recallscope: incomplete: not measurable here: {cells} (see {out}/summary.json)",
-                highlight=False,
-                markup=False,
-                soft_wrap=True,
-            )
+            _error(f"incomplete: not measurable here: {cells} (see {out}/summary.json)")
             raise typer.Exit(EXIT_INCOMPLETE)
 
 
@@ -439,74 +434,28 @@ def _write_report(out: str):
     return write_report(out)
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
-
-
-def _print_run(summary: dict) -> None:
-    runs = summary.get("runs", [summary])
-    table = Table(title=f"recallscope run — {summary.get('model')}")
-    for col in ("relation", "shots", "prompts", "known", "accuracy", "mean p(Y)", "stages"):
-        table.add_column(col)
-    for r in runs:
-        table.add_row(
-            str(r.get("relation")),
-            str(r.get("shots")),
-            str(r.get("n_prompts")),
-            str(r.get("n_known")),
-            f"{r.get('accuracy', float('nan')):.3f}",
-            f"{r.get('mean_p_answer', float('nan')):.3f}",
-            ", ".join(r.get("stages", {})),
-        )
-    out_console.print(table)
-    claims = summary.get("claims") or summary.get("stages", {}).get("claims", {}).get("claims")
-    if claims:
-        _print_claims(claims, "the paper's claims on this run")
-
-
-def _print_claims(claims: list[dict], title: str) -> None:
-    ct = Table(title=title)
-    # threshold, margin and flips at belong to the "decided by" condition, which is not always what
-    # "value" measures (claims.deciding_condition).
-    for col in ("claim", "about", "value", "95% CI", "decided by", "threshold", "margin", "flips at", "verdict"):
-        ct.add_column(col)
-    for c in claims:
-        ci = f"[{_fmt(c.get('ci_low'))}, {_fmt(c.get('ci_high'))}]" if c.get("ci_low") is not None else "—"
-        name = str(c.get("claim")) + (f" ({c['relation']})" if c.get("relation") else "")
-        ct.add_row(
-            name,
-            _fmt(c.get("about")),
-            _fmt(c.get("value")),
-            ci,
-            _fmt(c.get("decided_by")),
-            _fmt(c.get("threshold")),
-            _fmt(c.get("margin")),
-            _fmt(c.get("flips_at")),
-            str(c.get("verdict")),
-        )
-    out_console.print(ct)
-
-
-def _print_sensitivity(rows: list[dict]) -> None:
-    st = Table(title="sensitivity: each condition, its margin, and the setting value where the verdict flips")
-    for col in ("claim", "condition", "setting", "now", "statistic", "threshold", "margin", "flips at"):
-        st.add_column(col)
-    for r in rows:
-        st.add_row(
-            str(r.get("claim"))[:48],
-            str(r.get("condition")),
-            _fmt(r.get("setting")),
-            _fmt(r.get("setting_value")),
-            _fmt(r.get("statistic")),
-            f"{r.get('op')} {_fmt(r.get('threshold'))}",
-            _fmt(r.get("margin")),
-            _fmt(r.get("flips_at")),
-        )
-    out_console.print(st)
+def _print_claims_of_rundir(got: dict, sensitivity: bool, wide: bool) -> None:
+    """``recallscope claims``: one run's claims; a sweep's claims x cells grid (``wide``: and each cell's claims)."""
+    runs = got["runs"]
+    plain = [{"path": r["path"], "relation": r["relation"], "shots": r["shots"], **r["claims"].to_dict()} for r in runs]
+    if len(runs) == 1 and not got["shot_claims"]:
+        r = plain[0]
+        views = verdicts.views(r["claims"], r["sensitivity"])
+        printing.print_claims(out_console, views, f"claims — {r['relation']} · {r['shots']}-shot · {r['path']}", wide)
+        if sensitivity:
+            printing.print_sensitivity(out_console, views)
+        return
+    grid = verdicts.grid(printing.sweep_cells(plain), got["shot_claims"])
+    printing.print_grid(out_console, grid, "the paper's claims in each cell")
+    if wide or sensitivity:
+        for r in plain:
+            views = verdicts.views(r["claims"], r["sensitivity"])
+            title = f"claims — {r['relation']} · {r['shots']}-shot · {r['path']}"
+            printing.print_claims(out_console, views, title, wide, note=False)
+            if sensitivity:
+                printing.print_sensitivity(out_console, views)
+        if got["shot_claims"]:
+            printing.print_claims(out_console, verdicts.views(got["shot_claims"]), "claims across shot counts", wide, note=False)
 
 
 @app.command("models")
@@ -516,16 +465,9 @@ def models_command(as_json: bool = typer.Option(False, "--json")) -> None:
 
     rows = model_catalog()
     if as_json:
-        sys.stdout.write(json.dumps({"models": rows}) + "\n")
+        printing.print_json({"models": rows})
         return
-    table = Table(title="recallscope models")
-    for col in ("model", "kind", "installed", "cached", "description", "install"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            *[str(r[c]) if r[c] is not None else "—" for c in ("model", "kind", "installed", "cached", "description", "install")]
-        )
-    out_console.print(table)
+    printing.print_models(out_console, rows)
 
 
 @app.command("relations")
@@ -545,14 +487,9 @@ def relations_command(as_json: bool = typer.Option(False, "--json")) -> None:
             }
         )
     if as_json:
-        sys.stdout.write(json.dumps({"relations": rows}, ensure_ascii=False) + "\n")
+        printing.print_json({"relations": rows})
         return
-    table = Table(title="built-in relations (or --relation path/to/lre.json)")
-    for col in ("relation", "samples", "templates", "example"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["relation"], str(r["samples"]), str(r["templates"]), r["example"])
-    out_console.print(table)
+    printing.print_relations(out_console, rows)
 
 
 @app.command("bench")
@@ -613,10 +550,10 @@ def bench_command(
             # this process's own peak since the benchmark began (its children report theirs as peak_rss_gb)
             line.setdefault("bench_process_peak_rss_mb", _child.own_peak_mb() if reset else None)
             if as_json:
-                sys.stdout.write(json.dumps(_json_ready(line), ensure_ascii=False) + "\n")
+                printing.print_json(_json_ready(line))
                 sys.stdout.flush()
             else:
-                out_console.print(line)
+                out_console.print(text(json.dumps(_json_ready(line), ensure_ascii=False)), soft_wrap=True)
 
 
 def _click_exceptions(name: str) -> tuple[type, ...]:
@@ -652,12 +589,21 @@ def _cell_failed() -> tuple[type, ...]:
 _VERBS_ADDED: list[bool] = []
 
 
+def _log_through_terminal() -> None:
+    """The package's warnings (a figure that could not be drawn, a file that is not JSON) reach
+    stderr escaped, as every other line does (:class:`recallscope.terminal.EscapingHandler`)."""
+    logger = logging.getLogger("recallscope")
+    if not any(isinstance(h, EscapingHandler) for h in logger.handlers):
+        logger.addHandler(EscapingHandler(err_console))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line and exit 2 for bad input, never a traceback for it."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Before torch loads: OpenMP threads that spin while waiting steal the cores of other processes.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = list(sys.argv[1:] if argv is None else argv)
+    _log_through_terminal()
     if args[:1] != ["report"] and not _VERBS_ADDED and app is _APP:
         # The stage table imports every analysis stage, and torch; `recallscope report` needs neither.
         from . import pipeline
@@ -672,14 +618,14 @@ def main(argv: list[str] | None = None) -> None:
                 raise KeyboardInterrupt
             sys.exit(status)
     except UserError as exc:
-        err_console.print(f"recallscope: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        _error(f"error: {exc}")
         sys.exit(EXIT_USER)
     except _click_exceptions("NoArgsIsHelpError") as exc:
-        out_console.print(exc.ctx.get_help() if getattr(exc, "ctx", None) else "", highlight=False, markup=False)
+        out_console.print(text(exc.ctx.get_help() if getattr(exc, "ctx", None) else "", keep_newlines=True))
         sys.exit(0)
     except _click_exceptions("UsageError") as exc:
         message = " ".join(exc.format_message().split())
-        err_console.print(f"recallscope: error: {message}", highlight=False, markup=False, soft_wrap=True)
+        _error(f"error: {message}")
         sys.exit(EXIT_USER)
     except _click_exceptions("Exit") as exc:
         sys.exit(getattr(exc, "exit_code", 0))
@@ -690,7 +636,7 @@ def main(argv: list[str] | None = None) -> None:
         err_console.print("recallscope: interrupted; rerun the same command to resume", highlight=False)
         sys.exit(EXIT_INTERRUPTED)
     except _cell_failed() as exc:
-        err_console.print(f"recallscope: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        _error(f"error: {exc}")
         sys.exit(EXIT_BUG)
     except BrokenPipeError:
         sys.exit(0)

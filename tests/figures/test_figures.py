@@ -112,12 +112,13 @@ def test_movers_scatter_per_mover_and_the_example_attention():
     figs = movers.figures({"movers": frame}, {"heads": _heads(True), "example": example})
     assert len(figs) == 2
     assert list(figs[0].data[0].x) == [0.1, 0.5] and list(figs[0].data[0].text) == ["&lt;s&gt;", "b"]
-    assert figs[0].layout.title.text.startswith("L1H0 — mover: r = 0.900")
+    # the stage's test, on point estimates (the claims stage reads interval ends): the title says which
+    assert figs[0].layout.title.text.startswith("L1H0 — passes the mover test on point estimates: r = 0.900")
     assert list(figs[1].data[0].x) == ["0:The", "1:&lt;s&gt;", "2: is"]
     assert list(figs[1].data[0].marker.color) == ["steelblue", "crimson", "steelblue"]
     # no mover: the candidates with a finite r, titled as not movers
     (fig,) = movers.figures({"movers": frame}, {"heads": _heads(False)})
-    assert "not a mover (ov_copy)" in fig.layout.title.text
+    assert "fails the mover test (ov_copy)" in fig.layout.title.text
 
 
 def test_decompose_coefficients_sweep_and_sgd_trace():
@@ -138,12 +139,34 @@ def test_decompose_coefficients_sweep_and_sgd_trace():
     trace = pd.DataFrame({"step": [0, 1000, 2000], "loss": [1.0, 0.1, 0.01]})
     figs = decompose.figures({"decompose": pd.DataFrame(), "sgd_trace": trace}, summary)
     assert len(figs) == 3
-    assert list(figs[0].data[0].y) == [1.5, -0.2] and list(figs[0].data[0].error_y.array) == [0.1, 0.05]
-    assert list(figs[0].data[0].marker.color) == ["crimson", "darkorange"]
+    # one bar trace per verdict, in the regressors' order, coloured by verdict (the fit explains something held out)
+    assert [(t.name, list(t.x), list(t.y), list(t.error_y.array), t.marker.color) for t in figs[0].data] == [
+        ("amplified", ["L1H0"], [1.5], [0.1], "crimson"),
+        ("reversed", ["resid"], [-0.2], [0.05], "darkorange"),
+    ]
+    assert list(figs[0].layout.xaxis.categoryarray) == ["L1H0", "resid"]
     assert list(figs[1].data[1].y) == [0.4, 0.7]
     assert list(figs[2].data[0].x) == [0, 1000, 2000] and list(figs[2].data[0].y) == [1.0, 0.1, 0.01]
     # lstsq: no trace table, no loss figure
     assert len(decompose.figures({"decompose": pd.DataFrame()}, {**summary, "sgd": None})) == 2
+
+
+def test_a_decomposition_that_explains_nothing_held_out_is_drawn_grey():
+    """Held-out R² ≤ 0 (the demo's MLP 23: R² 0.021, CV R² −0.28 under c = 6.56): no colour, a
+    hatched grey bar, and the legend and the title say why."""
+    coefs = [
+        {"regressor": "L23H2", "coef": 6.56, "cv_std": 0.9, "cv_mean": 6.5, "verdict": "amplified"},
+        {"regressor": "L23H0", "coef": -0.14, "cv_std": 0.02, "cv_mean": -0.14, "verdict": "reversed"},
+    ]
+    summary = {"coefficients": coefs, "layer": 23, "solver": "lstsq", "r2": 0.021, "cv_r2": -0.276, "folds": 4}
+    (fig, *_) = decompose.figures({"decompose": pd.DataFrame()}, summary)
+    assert [t.marker.color for t in fig.data] == [decompose.GREY, decompose.GREY]
+    assert [t.marker.pattern.shape for t in fig.data] == ["/", "/"]
+    assert [t.name for t in fig.data] == ["amplified (fit explains nothing held out)", "reversed (fit explains nothing held out)"]
+    assert "held-out R² -0.276 ≤ 0: the fit explains nothing held out" in fig.layout.title.text
+    # the same fit at CV R² 0.3 is coloured
+    (fig, *_) = decompose.figures({"decompose": pd.DataFrame()}, {**summary, "cv_r2": 0.3})
+    assert [t.marker.color for t in fig.data] == ["crimson", "darkorange"]
 
 
 def test_intercept_top_tokens_and_redirect_ranks():
@@ -186,45 +209,100 @@ def test_suppress_dla_layer_totals_and_mitigation():
     )
     assert len(figs) == 3
     assert list(figs[0].data[0].marker.color) == ["crimson", "steelblue"]
+    # the share of prompts where a component is negative sits under its label, not on (or under) its bar
+    assert list(figs[0].data[0].x) == ["L3H0<br>90% neg.", "MLP3<br>10% neg."] and figs[0].data[0].text is None
     assert list(figs[0].data[0].error_y.array) == pytest.approx([0.2, 0.3])
     assert list(figs[0].data[0].error_y.arrayminus) == pytest.approx([0.2, 0.2])
     assert list(figs[1].data[0].x) == ["L2", "L3"]
     assert [list(t.y) for t in figs[2].data] == [[0.5, 0.6], [0.6, 0.7]] * 2
 
 
-def test_claims_one_marker_per_measured_claim_coloured_by_verdict():
-    frame = pd.DataFrame(
-        {
-            "claim": ["a <b>", "b", "c"],
-            "value": [0.8, None, -0.1],
-            "ci_low": [0.7, None, None],
-            "ci_high": [0.9, None, 0.0],
-            "verdict": ["holds", "not measurable here", "does not hold"],
-            "measure": ["m1", "m2", "m3"],
-        }
-    )
-    fig, empty = claims.figures({"claims": frame}, {})
-    assert len(empty.data) == 0  # no margin column
-    assert [t.y[0] for t in fig.data] == ["a &lt;b&gt;", "c"]
-    assert [t.marker.color for t in fig.data] == ["#2e7d32", "#c62828"]
-    assert list(fig.data[0].error_x.array) == pytest.approx([0.1]) and list(fig.data[1].error_x.arrayminus) == [0]
+CLAIM_ROWS = pd.DataFrame(
+    {
+        "claim": [
+            "Mover heads move the topic (subject) to the last position",
+            "The MLP after the mover heads amplifies or erases heads (linear decomposition)",
+            "The final layer suppresses the correct answer",
+            "Few-shot prompts employ the same heads as zero-shot",
+        ],
+        "value": [1.0, 0.0155, -1.48, None],
+        "ci_low": [1.0, -0.0117, -1.78, None],
+        "ci_high": [1.0, 0.0354, -1.22, None],
+        "decided_by": ["scatter r, interval low", "held-out gain, interval low", "mean DLA to Y (logits), interval high", None],
+        "threshold": [0.5, 0.05, -0.1, None],
+        "verdict": ["does not hold", "inconclusive", "holds", "not measurable here"],
+    }
+)
+CLAIM_CONDITIONS = pd.DataFrame(
+    {
+        "claim": [CLAIM_ROWS["claim"][0]] * 2 + [CLAIM_ROWS["claim"][1], CLAIM_ROWS["claim"][2]],
+        "condition": [
+            "OV top-5 share, interval low",
+            "scatter r, interval low",
+            "held-out gain, interval low",
+            "mean DLA to Y (logits), interval high",
+        ],
+        "statistic": [1.0, 0.121, -0.0117, -1.22],
+        "op": [">=", ">=", ">", "<"],
+        "threshold": [0.5, 0.5, 0.05, -0.1],
+        "margin": [0.5, -0.379, -0.0617, 1.12],
+        "holds": [True, False, False, True],
+    }
+)
 
 
-def test_claims_margins_one_bar_per_decided_claim():
-    frame = pd.DataFrame(
-        {
-            "claim": ["a", "b", "c"],
-            "value": [0.8, None, -0.1],
-            "ci_low": [0.7, None, None],
-            "ci_high": [0.9, None, 0.0],
-            "margin": [0.2, None, -0.05],
-            "rule": ["x > 0.5", "", "y < 0.05"],
-            "verdict": ["holds", "not measurable here", "does not hold"],
-        }
+def test_claims_one_panel_per_measured_claim_in_its_own_units_with_its_threshold():
+    """The demo's C1 (decided by the scatter r's lower end 0.121, not by its primary figure 1 [1, 1]),
+    an inconclusive C2 and C4 (logits): three panels, three x axes, each with its threshold."""
+    (fig,) = claims.figures({"claims": CLAIM_ROWS, "sensitivity": CLAIM_CONDITIONS}, {})
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == [
+        "C1 does not hold: scatter r ≥ 0.5",
+        "C2 inconclusive: held-out gain &gt; 0.05",
+        "C4 holds: mean DLA to Y (logits) &lt; -0.1",
+    ]
+    c1, c2, c4 = fig.data
+    # C1: the deciding statistic is another condition than the primary one: the interval end it compares, marked
+    assert list(c1.x) == [0.121] and c1.marker.symbol == "diamond" and list(c1.text) == ["interval low 0.121"]
+    assert c1.error_x.array is None
+    # C2 and C4: the primary condition decided: the primary figure with its 95% interval
+    assert list(c2.x) == [0.0155] and list(c2.error_x.arrayminus) == pytest.approx([0.0272])
+    assert list(c4.x) == [-1.48] and list(c4.error_x.array) == pytest.approx([0.26])
+    assert [c1.marker.color, c2.marker.color, c4.marker.color] == [
+        claims.VERDICT_COLOURS["fails"],
+        claims.VERDICT_COLOURS["inconclusive"],
+        claims.VERDICT_COLOURS["holds"],
+    ]
+    # one threshold line per panel, on its own axis
+    assert [(s.x0, s.xref) for s in fig.layout.shapes] == [(0.5, "x"), (0.05, "x2"), (-0.1, "x3")]
+    # a share and logits never share an axis: each panel's range holds its threshold and its interval
+    ranges = [fig.layout[f"xaxis{i or ''}"].range for i in (0, 2, 3)]
+    assert ranges[0][0] < 0.121 and ranges[0][1] > 0.5 and ranges[2][0] < -1.78 and ranges[2][1] > -0.1
+
+
+def test_claims_figure_reads_the_deciding_interval_when_the_table_has_it():
+    rows = CLAIM_ROWS.assign(
+        decided_value=[0.555, 0.0155, -1.48, None],
+        decided_ci_low=[0.121, -0.0117, -1.78, None],
+        decided_ci_high=[0.83, 0.0354, -1.22, None],
     )
-    _, bars = claims.figures({"claims": frame}, {})
-    assert list(bars.data[0].x) == [0.2, -0.05] and list(bars.data[0].y) == ["a", "c"]
-    assert list(bars.data[0].marker.color) == ["#2e7d32", "#c62828"]
+    c1 = claims.figures({"claims": rows, "sensitivity": CLAIM_CONDITIONS}, {})[0].data[0]
+    assert list(c1.x) == [0.555] and list(c1.error_x.arrayminus) == pytest.approx([0.434]) and c1.marker.symbol == "circle"
+
+
+def test_claims_figure_without_a_measured_claim_says_so():
+    (fig,) = claims.figures({"claims": CLAIM_ROWS.iloc[3:]}, {})
+    assert fig.layout.annotations[0].text == "no claim was measured on this run" and not fig.data
+
+
+def test_finish_wraps_titles_to_the_narrowest_figure_and_puts_the_legend_below():
+    fig = go.Figure([go.Bar(x=[1], y=[1], name="a"), go.Bar(x=[1], y=[2], name="b")])
+    fig.update_layout(yaxis_title="coefficient (red: amplified, blue: attenuated, orange: reversed)", xaxis_title="x")
+    figures.finish(fig)
+    assert fig.layout.yaxis.title.text == "coefficient (red: amplified, blue:<br>attenuated, orange: reversed)"
+    assert fig.layout.xaxis.automargin and fig.layout.yaxis.automargin
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.yref == "container" and fig.layout.height == 360
+    assert figures.wrap("a b c", 10) == "a b c" and figures.wrap("aaaa bbbb cccc", 9) == "aaaa bbbb<br>cccc"
 
 
 def test_shots_lines_per_relation_and_none_for_one_run():

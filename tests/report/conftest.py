@@ -99,10 +99,26 @@ def write_run(path: Path, relation: str = END_SCRIPT, shots: int = 0, extra_stag
 
 
 CLAIMS = [
-    {"claim": "Mover heads move the topic " + SCRIPT, "value": 0.81, "ci_low": 0.7, "ci_high": 0.9, "verdict": "holds"},
+    {"claim": "Mover heads move the topic (subject) to the last position", "about": "L1H2" + SCRIPT, "value": 0.81,
+     "ci_low": 0.7, "ci_high": 0.9, "decided_by": "OV top-5 share, interval low", "threshold": 0.5, "margin": 0.2,
+     "verdict": "holds", "detail": "the detail " + IMG},
     {"claim": "The intercept points from X to Y", "value": -0.02, "ci_low": -0.1, "ci_high": 0.05, "verdict": "does not hold",
-     "margin": -0.3, "decided_by": "share of prompts with DLA < 0"},
+     "margin": -0.3, "threshold": 0.3, "decided_by": "share of prompts with DLA < 0"},
     {"claim": "Few-shot moves the movers earlier", "value": None, "ci_low": None, "ci_high": None, "verdict": "not measurable"},
+    {"claim": "Removing the final-layer suppressors raises confidence in the answer " + SCRIPT, "value": 0.02,
+     "ci_low": -0.01, "ci_high": 0.05, "decided_by": "Δp(Y), interval low", "threshold": 0.01, "margin": -0.02,
+     "verdict": "inconclusive", "prompts_needed": 140},
+]
+# The claims stage's sensitivity rows of the first two claims (one per condition, the primary first).
+SENSITIVITY = [
+    {"claim": CLAIMS[0]["claim"], "condition": "OV top-5 share, interval low", "setting": "movers.min_ov_top5_share",
+     "setting_value": 0.5, "statistic": 0.7, "op": ">=", "threshold": 0.5, "margin": 0.2, "holds": True},
+    {"claim": CLAIMS[0]["claim"], "condition": "scatter r " + BREAKOUT, "setting": None, "setting_value": None,
+     "statistic": 0.6, "op": ">=", "threshold": 0.5, "margin": 0.1, "holds": True},
+    {"claim": CLAIMS[1]["claim"], "condition": "share of b improving rank(Y), interval low", "setting": "claims.x",
+     "setting_value": 0.5, "statistic": 0.6, "op": ">", "threshold": 0.5, "margin": 0.1, "holds": True},
+    {"claim": CLAIMS[1]["claim"], "condition": "share of prompts with DLA < 0", "setting": "claims.y",
+     "setting_value": 0.3, "statistic": 0.0, "op": ">", "threshold": 0.3, "margin": -0.3, "holds": False},
 ]
 
 
@@ -143,5 +159,6 @@ def h() -> types.SimpleNamespace:
     """The hostile strings and the run-directory builder, for the tests of this folder."""
     return types.SimpleNamespace(
         SCRIPT=SCRIPT, BREAKOUT=BREAKOUT, IMG=IMG, END_SCRIPT=END_SCRIPT, LONG=LONG, RTL=RTL, ZWJ=ZWJ, EMOJI=EMOJI,
-        HOSTILE=HOSTILE, HOSTILE_STAGE=HOSTILE_STAGE, CLAIMS=CLAIMS, STAGE_TABLE=STAGE_TABLE, write_run=write_run,
+        HOSTILE=HOSTILE, HOSTILE_STAGE=HOSTILE_STAGE, CLAIMS=CLAIMS, SENSITIVITY=SENSITIVITY, STAGE_TABLE=STAGE_TABLE,
+        write_run=write_run,
     )

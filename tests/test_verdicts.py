@@ -1,0 +1,144 @@
+"""The claims as the report and the terminal read them (recallscope.verdicts): ids, the deciding
+statistic, the conditions, a sweep's claims × cells grid."""
+
+from __future__ import annotations
+
+from helpers.demo_claims import CONDITIONS, ROWS
+
+from recallscope import verdicts
+from recallscope.causal_trace import CLAIM_MLP_PEAK
+from recallscope.claims import CLAIM_INTERCEPT, CLAIM_MITIGATE, CLAIM_MLP, CLAIM_MOVERS, CLAIM_SHOTS, CLAIM_SUPPRESS
+from recallscope.knockout import CLAIM_READS_SUBJECT
+
+C1 = ROWS[0]
+C1_CONDITIONS = [c for c in CONDITIONS if c["claim"] == CLAIM_MOVERS]  # OV share, attention, scatter r
+
+
+def test_ids_are_the_numbers_of_the_package_claims():
+    assert [
+        verdicts.IDS[c]
+        for c in (
+            CLAIM_MOVERS,
+            CLAIM_MLP,
+            CLAIM_INTERCEPT,
+            CLAIM_SUPPRESS,
+            CLAIM_MITIGATE,
+            CLAIM_SHOTS,
+            CLAIM_MLP_PEAK,
+            CLAIM_READS_SUBJECT,
+        )
+    ] == [f"C{i}" for i in range(1, 9)]
+    assert verdicts.claim_id({"claim": "something else"}, 4) == "#5"
+    assert verdicts.claim_id({"claim": CLAIM_MOVERS, "id": "X1"}, 0) == "X1"  # a table that carries its ids wins
+
+
+def test_four_verdicts_four_kinds():
+    assert [verdicts.kind(v) for v in ("holds", "does not hold", "inconclusive", "not measurable here", "?")] == [
+        "holds",
+        "fails",
+        "inconclusive",
+        "na",
+        "other",
+    ]
+
+
+def test_the_demo_c1_is_decided_by_the_scatter_r_not_by_its_primary_figure():
+    """The demo's C1: value 1 [1, 1] against 0.5, yet it does not hold: the scatter r's lower end, 0.121, decided."""
+    (v,) = verdicts.views([C1], C1_CONDITIONS)
+    assert (v.id, v.kind, v.primary()) == ("C1", "fails", "1 [1, 1]")
+    d = v.deciding
+    assert (d.label, d.is_primary, d.value, d.compared, d.interval(), d.against()) == (
+        "scatter r (attention vs a·W_U[X])",
+        False,
+        None,
+        0.1215,
+        "low 0.121",
+        "≥ 0.5",
+    )
+    assert [(c.status, c.mark, c.text()) for c in v.conditions] == [
+        ("met", "✓", "OV top-5 share of X (context): low 1 ≥ 0.5"),
+        ("met", "✓", "mean attention end → subject: low 0.906 ≥ 0.3"),
+        ("failed", "✗", "scatter r (attention vs a·W_U[X]): low 0.121 ≥ 0.5"),
+    ]
+    # once the claims table carries the deciding statistic's interval, that is what is shown
+    (v,) = verdicts.views([{**C1, "decided_value": 0.555, "decided_ci_low": 0.1215, "decided_ci_high": 0.83}], C1_CONDITIONS)
+    assert v.deciding.interval() == "0.555 [0.121, 0.83]" and v.figure() == "0.555 [0.121, 0.83]"
+
+
+def test_the_primary_condition_decides_with_the_primary_interval_and_a_status_column_is_read():
+    row = {
+        "claim": CLAIM_MITIGATE,
+        "value": 0.0711,
+        "ci_low": 0.0332,
+        "ci_high": 0.117,
+        "verdict": "inconclusive",
+        "decided_by": "Δp(Y), interval low",
+        "threshold": 0.01,
+        "prompts_needed": 139.6,
+    }
+    cond = {
+        "claim": CLAIM_MITIGATE,
+        "condition": "Δp(Y), interval low",
+        "statistic": 0.0332,
+        "op": ">",
+        "threshold": 0.01,
+        "margin": 0.0232,
+        "holds": False,
+        "status": "straddles",
+    }
+    (v,) = verdicts.views([row], [cond])
+    assert v.deciding.is_primary and v.deciding.interval() == "0.0711 [0.0332, 0.117]" and v.deciding.against() == "> 0.01"
+    assert [(c.status, c.mark) for c in v.conditions] == [("straddles", "?")]
+    assert v.needed() == "≈ 140 known prompts would decide it"
+
+
+def test_a_sweep_grid_counts_each_claim_and_spans_a_claim_across_shot_counts():
+    cells = [
+        {
+            "relation": "a",
+            "shots": k,
+            "folder": f"a/{k}shot",
+            "anchor": f"run-{i}",
+            "claims": [{**C1, "verdict": v}],
+            "sensitivity": C1_CONDITIONS,
+        }
+        for i, (k, v) in enumerate(((0, "holds"), (3, "does not hold")))
+    ] + [
+        {
+            "relation": "b",
+            "shots": 0,
+            "folder": "b/0shot",
+            "anchor": "run-2",
+            "claims": [{"claim": CLAIM_MOVERS, "verdict": "not measurable here"}],
+        },
+        {"relation": "b", "shots": 3, "folder": "b/3shot", "anchor": "run-3", "claims": [{**C1, "verdict": "inconclusive"}]},
+    ]
+    shot_claims = [
+        {"claim": CLAIM_SHOTS, "relation": "a", "value": 8, "ci_low": 6, "ci_high": 8, "verdict": "holds"},
+        {"claim": CLAIM_SHOTS, "relation": "b", "value": 2, "ci_low": 0, "ci_high": 4, "verdict": "does not hold"},
+    ]
+    grid = verdicts.grid(cells, shot_claims)
+    assert [r.id for r in grid.rows] == ["C1", "C6"]
+    c1, c6 = grid.rows
+    assert [c.claim.kind for c in c1.cells] == ["holds", "fails", "na", "inconclusive"]
+    assert [c.anchor for c in c1.cells] == ["run-0-claim-C1", "run-1-claim-C1", "run-2-claim-C1", "run-3-claim-C1"]
+    assert c1.count() == "1/3 (1 inconclusive, 1 n/m)"
+    # C6 is one verdict per relation, spanning that relation's cells, counted per relation
+    assert [(c.claim.relation, c.span) for c in c6.cells] == [("a", 2), ("b", 2)] and c6.count() == "1/2"
+    assert c6.cells[0].claim.figure() == "8 [6, 8]"  # no condition recorded for it: the primary figure
+
+
+def test_the_sensitivity_tables_state_estimate_and_interval_are_read():
+    """The claims stage's four-verdict tables: a condition's ``state`` and its estimate with its
+    interval; an inconclusive row's prompts needed beyond what the relation gives is said."""
+    row = {**C1, "verdict": "inconclusive", "prompts_needed": 238, "prompts_available": 190}
+    conditions = [
+        {**C1_CONDITIONS[0], "state": "met"},
+        {**C1_CONDITIONS[1], "state": "met"},
+        {**C1_CONDITIONS[2], "state": "straddles", "estimate": 0.584, "ci_low": 0.224, "ci_high": 0.835},
+    ]
+    (v,) = verdicts.views([row], conditions)
+    assert [c.status for c in v.conditions] == ["met", "met", "straddles"]
+    assert v.conditions[2].text() == "scatter r (attention vs a·W_U[X]): 0.584 [0.224, 0.835] ≥ 0.5"
+    assert v.deciding.interval() == "0.584 [0.224, 0.835]"  # from its condition's row
+    assert v.needed() == "≈ 238 known prompts would decide it (the relation gives ≈ 190)"
