@@ -1,0 +1,62 @@
+"""The report of a real run, laid out by a real browser (headless Chromium) at 900, 1400 and 1920 px:
+no text of any plot lies outside its figure, no subplot title overlaps another text, and the
+verdicts fit the first screen.
+
+The run is every stage the report draws — the default ones, causal tracing (2 noised samples per
+prompt instead of ROME's 10, to keep it short: the figures' layout does not depend on it) and
+attention knockout — on 16 prompts of the embedded smollm2-135m; or the run directory named by
+``RECALLSCOPE_LAYOUT_RUN`` (e.g. ``make demo``'s ``runs/demo``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from helpers.layout import ARGS, CHROMIUM, layout_problems
+
+from recallscope.report import write_report
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+STAGES = ["recall", "patch", "movers", "decompose", "intercept", "suppress", "trace", "knockout", "claims"]
+
+
+@pytest.fixture(scope="module")
+def real_report(smollm2, tmp_path_factory) -> Path:
+    given = os.environ.get("RECALLSCOPE_LAYOUT_RUN")
+    if given:
+        return write_report(Path(given))
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)")
+    from recallscope.pipeline import RunConfig, execute
+
+    out = tmp_path_factory.mktemp("layout") / "run"
+    execute(RunConfig(max_prompts=16), STAGES, out=str(out), overrides={"trace.n_samples": 2}, model=smollm2, progress=False)
+    return write_report(out)
+
+
+def test_no_plot_text_outside_its_figure_and_no_overlapping_titles_at_900_and_1920_px(real_report):
+    found = layout_problems(real_report, widths=(900, 1920))
+    assert found == {900: [], 1920: []}, "\n".join(f"{w} px: {p}" for w, ps in found.items() for p in ps)
+
+
+def test_the_verdicts_fit_the_first_screen_at_1400_px(real_report):
+    """Identity, every claim (id, verdict, deciding statistic, conditions) within the first 900 px."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(real_report.resolve().as_uri(), wait_until="load")
+            claims = page.evaluate(
+                "Array.from(document.querySelectorAll('section.answer .claim')).map("
+                "c => [c.querySelector('.cid').textContent, c.getBoundingClientRect().bottom])"
+            )
+            identity = page.evaluate("document.querySelector('ul.ident').getBoundingClientRect().bottom")
+        finally:
+            browser.close()
+    assert len(claims) >= 6 and [cid for cid, _ in claims] == [f"C{i}" for i in range(1, len(claims) + 1)]
+    assert identity < 150 and max(bottom for _, bottom in claims) <= 900, claims
