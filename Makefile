@@ -6,7 +6,7 @@ OUT ?= runs/demo
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install install-test browser demo lint test test-fast bench clean
+.PHONY: install install-test browser demo report-png lint test test-fast bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ browser:
 
 demo: install
 	$(BIN)/recallscope run --model smollm2-135m --relation country_capital_extended --shots 0 --out $(OUT)
+
+# docs/report.png, the README's picture: the first screen of make demo's report in headless Chromium.
+report-png: demo install-test
+	$(BIN)/python scripts/report_png.py $(OUT)
 
 # ruff (lint and format, configured in pyproject.toml) and the import-direction check.
 lint: install-test
