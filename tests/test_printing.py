@@ -61,6 +61,8 @@ def test_a_sweep_prints_its_claims_by_cells_grid_in_80_columns():
     printing.print_grid(con, grid, "the paper's claims in each cell")
     lines = out.getvalue().splitlines()
     assert max(len(line) for line in lines) <= 80
+    # the relations' names do not fit 80 columns: the columns carry codes, explained under the grid
+    assert ["R1", "R1", "R2", "R2"] == lines[1].split() and ["R1", "country_capital_extended"] in [l.split() for l in lines]
     body = {}
     for line in lines:  # the grid's rows (the legend below repeats the ids with the statements)
         if line[:2] in ("C1", "C3", "C4", "C6"):

@@ -192,10 +192,11 @@ def print_sensitivity(console: Console, claims: list[ClaimView]) -> None:
 
 
 # --------------------------------------------------------------------------- a sweep
-def grid_table(console: Console, grid: verdicts.Grid, title: str) -> Table:
+def grid_table(console: Console, grid: verdicts.Grid, title: str) -> tuple[Table, list[tuple[str, str]]]:
     """The claims × cells grid: per cell the verdict's mark and the deciding statistic (fewer digits,
     then the mark alone, when the cells do not fit the console); per claim the count of cells where
-    it holds."""
+    it holds. Returns the table and, when the relations' names do not fit their columns, the codes
+    the columns carry instead ([("R1", relation), ...]; printed under the grid)."""
     for digits, needed in ((3, True), (2, True), (2, False), (0, False)):
         rows = []
         for row in grid.rows:
@@ -203,18 +204,24 @@ def grid_table(console: Console, grid: verdicts.Grid, title: str) -> Table:
             for cell in row.cells:
                 cells.extend([_grid_cell(cell.claim, digits, needed)] * cell.span)
             rows.append([text(row.id), *cells, text(row.count(short=True))])
-        headers = ["id"] + [f"{col['relation']}\n{col['shots']}-shot" for col in grid.columns] + ["holds in"]
-        widths = [max([r[i].cell_len for r in rows] + [2]) for i in range(len(headers))]
-        widths[1:-1] = [max(w, 6) for w in widths[1:-1]]  # a header shows at least "countr…"
+        widths = [max([r[i].cell_len for r in rows] + [2]) for i in range(len(grid.columns) + 2)]
+        widths[1:-1] = [max(w, 6) for w in widths[1:-1]]  # room for "0-shot"
         if _cells_width(widths) <= console.width:
             break
+    relations = list(dict.fromkeys(str(col["relation"]) for col in grid.columns))
+    extra = [max(0, len(str(col["relation"])) - widths[i]) for i, col in enumerate(grid.columns, start=1)]
+    fits = sum(extra) <= console.width - _cells_width(widths)
+    if fits:  # the relations' names as headers
+        widths[1:-1] = [w + e for w, e in zip(widths[1:-1], extra, strict=True)]
+    codes = [] if fits else [(f"R{j + 1}", rel) for j, rel in enumerate(relations)]
+    code_of = {rel: code for code, rel in codes}
+    headers = ["id"] + [f"{code_of.get(str(col['relation']), col['relation'])}\n{col['shots']}-shot" for col in grid.columns]
     t = _table(title)
-    for i, header in enumerate(headers):
-        lines = [line if len(line) <= widths[i] else line[: widths[i] - 1] + "…" for line in header.split("\n")]
-        t.add_column(text("\n".join(lines), keep_newlines=True), no_wrap=True, width=widths[i], style="bold" if i == 0 else None)
+    for i, header in enumerate([*headers, "holds in"]):
+        t.add_column(text(header, keep_newlines=True), no_wrap=True, width=widths[i], style="bold" if i == 0 else None)
     for r in rows:
         t.add_row(*r)
-    return t
+    return t, codes
 
 
 def _grid_cell(c: ClaimView | None, digits: int, needed: bool):
@@ -240,8 +247,11 @@ GRID_NOTE = (
 
 
 def print_grid(console: Console, grid: verdicts.Grid, title: str) -> None:
-    console.print(grid_table(console, grid, title))
-    legend = fitted_table(console, None, ["", ""], [[text(r.id), text(r.statement, "dim")] for r in grid.rows], flexible=1)
+    table, codes = grid_table(console, grid, title)
+    console.print(table)
+    entries = [[text(code), text(relation, "dim")] for code, relation in codes]
+    entries += [[text(r.id), text(r.statement, "dim")] for r in grid.rows]
+    legend = fitted_table(console, None, ["", ""], entries, flexible=1)
     legend.show_header = False
     console.print(legend)
     console.print(text(GRID_NOTE, "dim"))
