@@ -139,3 +139,17 @@ def test_models_print_each_install_line_whole():
     con, out = console(80)
     printing.print_models(con, rows)
     assert command in out.getvalue().splitlines()  # one line, nothing around it, so it pastes
+
+
+def test_sensitivity_lists_every_condition_with_its_state_interval_and_prompts_needed():
+    conditions = [
+        {**CONDITIONS[0], "state": "met", "estimate": 1.0, "ci_low": 0.753, "ci_high": 1.0},
+        {**CONDITIONS[2], "state": "straddles", "estimate": 0.584, "ci_low": 0.224, "ci_high": 0.835, "prompts_needed": 238,
+         "flips_at": 0.224},
+    ]
+    con, out = console(200)
+    printing.print_sensitivity(con, verdicts.views(DEMO_ROWS[:1], conditions))
+    rows = [line.split() for line in out.getvalue().splitlines() if line.startswith("C1")]
+    assert rows[0][:2] == ["C1", "✓"] and "[0.753," in rows[0]
+    assert rows[1][:2] == ["C1", "?"] and "0.584" in rows[1] and rows[1][-2:] == ["0.224", "238"]
+    assert "movers.min_projection_corr" in rows[1]

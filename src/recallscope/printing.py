@@ -169,24 +169,31 @@ def print_claims(console: Console, claims: list[ClaimView], title: str, wide: bo
 
 
 def print_sensitivity(console: Console, claims: list[ClaimView]) -> None:
-    """Every condition of every rule: its statistic, threshold, margin, status, and the setting
-    value at which the verdict would flip."""
-    t = _table("sensitivity: each condition, its margin, and the setting value at which the verdict flips")
-    for name in ("id", "condition", "", "setting", "now", "statistic", "vs", "margin", "flips at"):
+    """Every condition of every rule: its state (✓ met, ✗ failed, ? straddles), its estimate and
+    interval (else the interval end the rule compares) against its threshold, its margin, the setting
+    value at which the verdict would flip and, for a straddling one, the prompts that would decide it."""
+    t = _table("sensitivity: each condition, its interval against its threshold, and the setting value where the verdict flips")
+    for name in ("id", "", "condition", "value [95% CI]", "vs", "margin", "setting", "now", "flips at", "prompts needed"):
         t.add_column(name, no_wrap=name in ("id", ""))
     for c in claims:
         for cond in c.conditions:
             label, end = verdicts.split_end(cond.name)
+            shown = (
+                f"{fmt(cond.estimate)} [{fmt(cond.low)}, {fmt(cond.high)}]"
+                if cond.estimate is not None and cond.low is not None and cond.high is not None
+                else f"{end} {fmt(cond.statistic)}".strip()
+            )
             t.add_row(
                 text(c.id),
-                text(label),
                 text(cond.mark),
-                text(cond.setting or "derived"),
-                text(fmt(cond.setting_value)),
-                text(f"{end} {fmt(cond.statistic)}".strip()),
+                text(label),
+                text(shown),
                 text(f"{verdicts.OPS.get(cond.op, cond.op)} {fmt(cond.threshold)}"),
                 text(fmt(cond.margin)),
+                text(cond.setting or "derived"),
+                text(fmt(cond.setting_value)),
                 text(fmt(cond.flips_at)),
+                text(fmt(cond.prompts_needed)),
             )
     console.print(t)
 

@@ -144,6 +144,7 @@ class Condition:
     estimate: float | None = None  # the condition's point value and interval, where the sensitivity table has them
     low: float | None = None
     high: float | None = None
+    prompts_needed: float | None = None  # a straddling condition: the known prompts that would decide it
 
     @property
     def mark(self) -> str:
@@ -298,6 +299,7 @@ def _conditions(rows: Iterable[dict]) -> list[Condition]:
                 number(r.get("estimate")),
                 number(r.get("ci_low")),
                 number(r.get("ci_high")),
+                number(r.get("prompts_needed")),
             )
         )
     return out
