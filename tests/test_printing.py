@@ -144,8 +144,15 @@ def test_models_print_each_install_line_whole():
 def test_sensitivity_lists_every_condition_with_its_state_interval_and_prompts_needed():
     conditions = [
         {**CONDITIONS[0], "state": "met", "estimate": 1.0, "ci_low": 0.753, "ci_high": 1.0},
-        {**CONDITIONS[2], "state": "straddles", "estimate": 0.584, "ci_low": 0.224, "ci_high": 0.835, "prompts_needed": 238,
-         "flips_at": 0.224},
+        {
+            **CONDITIONS[2],
+            "state": "straddles",
+            "estimate": 0.584,
+            "ci_low": 0.224,
+            "ci_high": 0.835,
+            "prompts_needed": 238,
+            "flips_at": 0.224,
+        },
     ]
     con, out = console(200)
     printing.print_sensitivity(con, verdicts.views(DEMO_ROWS[:1], conditions))
