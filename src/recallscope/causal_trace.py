@@ -621,8 +621,7 @@ class TraceResult(ResultView):
 
 def trace(model: Model, prompts: PromptSet, config: TraceConfig = TraceConfig(), progress: bool = True) -> TraceResult:
     """Causal tracing of every prompt (see the module docstring): p(Y) restored at every
-    (kind, position, layer). ``prompts`` are the prompts to trace (the pipeline passes the known
-    ones). Raises :class:`UserError` for a bad setting, an empty prompt set or a subject not
+    (kind, position, layer). ``prompts``: the prompts the stage uses, as given (the pipeline passes the known ones, ``recall(model, prompts).known``; a direct call on them reproduces the run's table). Raises :class:`UserError` for a bad setting, an empty prompt set or a subject not
     located before the last token."""
     check_config(config, model)
     check_subjects(prompts)

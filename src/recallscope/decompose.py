@@ -478,6 +478,9 @@ class EndActivations:
 
 @torch.no_grad()
 def end_activations(view: ModelView, prompts: Sequence[Prompt], pad_id: int, batch_size: int = 32, progress: bool = True) -> EndActivations:
+    """The end-position activations the decomposition is fitted on: per prompt a[l,h], r[l], m[l].
+
+    ``prompts``: the prompts the stage uses, as given (the pipeline passes the known ones, ``recall(model, prompts).known``; a direct call on them reproduces the run's table). UserError when there is none."""
     prompts = list(prompts)
     if not prompts:
         raise UserError("decompose: no prompt to fit")

@@ -167,6 +167,13 @@ def analyse_intercept(
     decode: Callable[[int], str] = str,
     progress: bool = True,
 ) -> InterceptResult:
+    """The intercept stage (see the module docstring): b of MLP ``layer`` ([d_model], residual units)
+    read by the logit lens, against random directions, and the redirect test on ``prompts``.
+
+    ``prompts``: the prompts the stage uses, as given (the pipeline passes the known ones,
+    ``recall(model, prompts).known``; a direct call on them reproduces the run's table).
+    ``answer_domain``: token ids of the relation's answers' first tokens. UserError on a bad
+    layer, setting or shape, no prompt, or an empty answer domain."""
     cfg = view.cfg
     prompts = list(prompts)
     if not prompts:

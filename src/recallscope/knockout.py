@@ -270,6 +270,8 @@ def knockout(
 ) -> KnockoutResult:
     """Attention knockout for every prompt, blocked set and window (see the module docstring).
 
+    ``prompts``: the prompts the stage uses, as given (the pipeline passes the known ones, ``recall(model, prompts).known``; a direct call on them reproduces the run's table).
+
     ``mover_layers`` (optional, from the movers stage) are carried into the summary for the
     figure and the claim. Raises :class:`UserError` for a bad setting, an empty prompt set or a
     subject not located before the last token."""

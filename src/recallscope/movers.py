@@ -516,7 +516,14 @@ def candidates_for(config: MoversConfig, n_layers: int, n_heads: int, patch: pd.
 def movers(
     model, prompts, config: MoversConfig = MoversConfig(), patch: pd.DataFrame | None = None, progress: bool = True
 ) -> MoversResult:
-    """The movers stage on a loaded :class:`~recallscope.models.Model` and a prompt set."""
+    """The movers stage on a loaded :class:`~recallscope.models.Model` and a prompt set.
+
+    ``prompts``: the prompts the stage uses, as given. The pipeline passes the prompts the model
+    knows (``recall(model, prompts).known``, ``study.known``); ``movers(model, study.known, config)``
+    reproduces the run's table, while all of ``study.prompts`` (unknown ones included) measures
+    another set of prompts and gives other figures (tests/test_api_smollm2.py).
+    ``patch``: the patch stage's ``components`` table, to choose the candidate heads when
+    ``config.heads`` is "top" and no layer is given."""
     cfg = model.cfg
     candidates, effects, selection = candidates_for(config, cfg.n_layers, cfg.n_heads, patch)
     tok = model.tokenizer

@@ -96,7 +96,8 @@ class RecallResult(ResultView):
 
 @torch.no_grad()
 def recall(model: Model, prompts: PromptSet, config: RecallConfig = RecallConfig(), progress: bool = True) -> RecallResult:
-    """Score every prompt of ``prompts`` on ``model``."""
+    """Score every prompt of ``prompts`` on ``model``; ``.known`` of the result is the prompts every
+    later stage of the pipeline uses (stage functions use the prompts they are given)."""
     if len(prompts) == 0:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(prompts.dropped.items()) if v) or "the relation has no samples"
         raise UserError(f"no prompt left for relation {prompts.relation.name!r} after filtering ({reasons})")

@@ -502,7 +502,10 @@ def _mitigation_summary(evals: pd.DataFrame, config: SuppressConfig) -> dict:
 def suppress(
     model, known: PromptSet, unknown: PromptSet | None = None, config: SuppressConfig = SuppressConfig(), progress: bool = True
 ) -> SuppressResult:
-    """The suppress stage on a loaded model, its known prompts and (optionally) its unknown ones."""
+    """The suppress stage on a loaded model, its known prompts and (optionally) its unknown ones.
+
+    Both sets are used as given: the pipeline passes ``recall(model, prompts).known`` and
+    ``.unknown_prompts()``; a direct call on them reproduces the run's tables."""
     validate(config)
     cfg = model.cfg
     layers = resolve_layers(config, cfg.n_layers)
