@@ -85,8 +85,9 @@ def test_run_with_lists_is_a_sweep_with_cells_claims_and_the_shot_claims(sweep_d
     assert list(grid.columns) == [(RELATION, 0), (RELATION, 1)]
     # a cell's own claims fill its column; the claim across shot counts is its relation's, in each of its cells
     first = sweep[RELATION, 0].claims()
-    assert grid.loc[first.loc[0, "claim"], (RELATION, 0)] == first.loc[0, "verdict"]
-    assert (grid.loc[shot.loc[0, "claim"]] == shot.loc[0, "verdict"]).all()
+    assert list(grid.index.get_level_values("id")) == ["C1", "C2", "C3", "C4", "C5", "C6"]
+    assert grid.loc[("C1", first.loc[0, "claim"]), (RELATION, 0)] == first.loc[0, "verdict"]
+    assert (grid.loc[("C6", shot.loc[0, "claim"])] == shot.loc[0, "verdict"]).all()
     # the CLI's summary.json is this sweep's summary
     on_disk = json.loads((out / "summary.json").read_text())
     assert [r["path"] for r in on_disk["runs"]] == [r["path"] for r in sweep.summary["runs"]]

@@ -27,23 +27,29 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment
 
+from . import verdicts
+
 MAX_LINES = 16  # a repr is at most this many lines: a screen, not the 130,000 characters of the dataclass's own
 
-# verdict → (background, text colour); the report's palette (report/templates/report.css)
-VERDICT_COLOURS: dict[str, tuple[str, str]] = {
+# verdict kind (verdicts.kind) → (background, text colour): the report's palette (report/templates/report.css)
+_KIND_COLOURS: dict[str, tuple[str, str]] = {
     "holds": ("#d3f9d8", "#2b8a3e"),
-    "does not hold": ("#ffe3e3", "#c92a2a"),
+    "fails": ("#ffe3e3", "#c92a2a"),
     "inconclusive": ("#fff3bf", "#8f6b00"),
-    "not measurable here": ("#e9ecef", "#495057"),
+    "na": ("#e9ecef", "#495057"),
+}
+VERDICT_COLOURS: dict[str, tuple[str, str]] = {
+    verdicts.HOLDS: _KIND_COLOURS["holds"],
+    verdicts.FAILS: _KIND_COLOURS["fails"],
+    verdicts.INCONCLUSIVE: _KIND_COLOURS["inconclusive"],
+    verdicts.NOT_MEASURABLE: _KIND_COLOURS["na"],
 }
 
 
 def verdict_colours(verdict: Any) -> tuple[str, str]:
-    """(background, text) colours of a claims verdict; an unknown verdict gets the inconclusive amber."""
-    v = str(verdict).strip().lower()
-    if v.startswith("not measurable"):
-        v = "not measurable here"
-    return VERDICT_COLOURS.get(v, VERDICT_COLOURS["inconclusive"])
+    """(background, text) colours of a claims verdict (by :func:`recallscope.verdicts.kind`); anything
+    else gets the inconclusive amber."""
+    return _KIND_COLOURS.get(verdicts.kind(verdict), _KIND_COLOURS["inconclusive"])
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -56,7 +62,7 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     if isinstance(value, (float, np.floating)):
-        return f"{float(value):.{digits}g}"
+        return verdicts.fmt(value, digits)
     return str(value)
 
 
@@ -143,7 +149,10 @@ def _suppress(s: dict) -> list[tuple[str, str]]:
 
 
 def _claims(s: dict) -> list[tuple[str, str]]:
-    return [(f"C{i + 1}", f"{c.get('verdict')} — {shorten(c.get('claim', ''), 70)}") for i, c in enumerate(s.get("claims", []))]
+    return [
+        (verdicts.claim_id(c, i), f"{c.get('verdict')} — {shorten(c.get('claim', ''), 70)}")
+        for i, c in enumerate(s.get("claims", []))
+    ]
 
 
 HEADLINES: dict[str, Callable[[dict], list[tuple[str, str]]]] = {
@@ -214,15 +223,15 @@ def stage_html(title: str, lines: list[tuple[str, str]], footer: str = "") -> st
 
 
 def claims_rows(frame: pd.DataFrame) -> list[dict]:
-    """The claims table's rows as the views show them: id (C1, C2, … in table order unless the table
-    has an ``id`` column), claim, where (a sweep's relation), verdict, value, interval, threshold, about."""
+    """The claims table's rows as the views show them: id (:func:`recallscope.verdicts.claim_id`: C1 …),
+    claim, where (a sweep's relation and shots), verdict, value, interval, threshold, about."""
     rows = []
     for i, r in enumerate(frame.to_dict("records")):
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
         where = " · ".join(
             str(clean[k]) + ("-shot" if k == "shots" else "") for k in ("relation", "shots") if clean.get(k) is not None
         )
-        rows.append({**clean, "id": clean.get("id") or f"C{i + 1}", "where": where})
+        rows.append({**clean, "id": verdicts.claim_id(clean, i), "where": where})
     return rows
 
 

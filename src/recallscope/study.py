@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from . import display
+from . import display, verdicts
 from .errors import UserError
 from .figures import for_stage
 from .rundir import RunDir, dumps
@@ -172,6 +172,11 @@ class Study:
         return head + (display.claims_html(claims) if len(claims) else "")
 
 
+def _id_order(claim_id: str) -> tuple[int, int]:
+    """C1 < C2 < … < C10, then anything else."""
+    return (0, int(claim_id[1:])) if claim_id[1:].isdigit() else (1, 0)
+
+
 def _cell_key(summary: dict) -> tuple[str, int]:
     return str(summary.get("relation")), int(summary.get("shots") or 0)
 
@@ -224,21 +229,20 @@ class Sweep:
 
     def grid(self, value: str = "verdict") -> pd.DataFrame:
         """The claims × cells table of ``value`` (a column of the claims table: verdict, value, margin, …):
-        rows the claims (in table order), columns ``(relation, shots)``. The claim across shot counts (C6)
-        is a relation's, not a cell's (a cell alone has it not measurable): its row holds the relation's
-        shot claim in each of the relation's cells."""
+        rows the claims, indexed by (id, claim) with the ids the report and the terminal use
+        (:func:`recallscope.verdicts.claim_id`: C1 …), columns ``(relation, shots)``. The claim across
+        shot counts (C6) is a relation's, not a cell's (a cell alone has it not measurable): its row holds
+        the relation's shot claim in each of the relation's cells."""
         long = self.claims()
         if not len(long):
             return pd.DataFrame()
-        order = list(dict.fromkeys(long["claim"]))
-        grid = long.pivot_table(index="claim", columns=["relation", "shots"], values=value, aggfunc="first", sort=False)
+        long = long.assign(id=[verdicts.claim_id(row, i) for i, row in enumerate(long.to_dict("records"))])
+        grid = long.pivot_table(index=["id", "claim"], columns=["relation", "shots"], values=value, aggfunc="first", sort=False)
         shot = self.shot_claims()
-        for row in shot.to_dict("records") if len(shot) and value in shot else []:
+        for i, row in enumerate(shot.to_dict("records") if len(shot) and value in shot else []):
             for column in [c for c in grid.columns if c[0] == row.get("relation")]:
-                grid.loc[row["claim"], column] = row[value]
-            if row["claim"] not in order:
-                order.append(row["claim"])
-        return grid.reindex(order)
+                grid.loc[(verdicts.claim_id(row, i), row["claim"]), column] = row[value]
+        return grid.sort_index(level="id", key=lambda ids: ids.map(_id_order), sort_remaining=False)
 
     def _title(self) -> str:
         where = f" · {self.path}" if self.path else ""
@@ -247,8 +251,8 @@ class Sweep:
     def __repr__(self) -> str:
         lines = []
         for (relation, shots), study in list(self.cells.items())[: display.MAX_LINES - 3]:
-            verdicts = study.claims()["verdict"].tolist() if "claims" in study else []
-            counts = ", ".join(f"{verdicts.count(v)} {v}" for v in dict.fromkeys(verdicts))
+            found = study.claims()["verdict"].tolist() if "claims" in study else []
+            counts = ", ".join(f"{found.count(v)} {v}" for v in dict.fromkeys(found))
             lines.append(
                 (
                     f"{relation} · {shots}-shot",
