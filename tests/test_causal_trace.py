@@ -352,14 +352,15 @@ def test_exact_engine_in_chunks_equals_one_batch_and_skips_only_no_ops():
 
 
 @pytest.mark.parametrize(
-    ("peak", "ci_low", "layer", "verdict", "margin"),
+    ("peak", "ci_low", "ci_high", "layer", "verdict", "margin"),
     [
-        (0.30, 0.20, 6, "holds", 0.19),  # a mid-layer MLP peak of 20+ points of probability
-        (2.3e-9, 5e-10, 6, "does not hold", 5e-10 - 0.01),  # a random model: interval above 0, far under the 0.01 floor
-        (0.30, 0.20, 1, "does not hold", 1 - 3.0),  # an early peak: the band (a quarter of 12 layers) decides
+        (0.30, 0.20, 0.40, 6, "holds", 0.19),  # a mid-layer MLP peak of 20+ points of probability
+        (2.3e-9, 5e-10, 4e-9, 6, "does not hold", 5e-10 - 0.01),  # a random model: interval above 0, wholly under the 0.01 floor
+        (0.30, 0.20, 0.40, 1, "does not hold", 1 - 3.0),  # an early peak: the band (a quarter of 12 layers) decides
+        (0.02, 0.005, 0.035, 6, "inconclusive", 0.005 - 0.01),  # an interval across the floor: undecided
     ],
 )
-def test_mlp_peak_claim_floor_and_band(peak, ci_low, layer, verdict, margin):
+def test_mlp_peak_claim_floor_and_band(peak, ci_low, ci_high, layer, verdict, margin):
     rows = [
         {
             "kind": "mlp",
@@ -367,13 +368,16 @@ def test_mlp_peak_claim_floor_and_band(peak, ci_low, layer, verdict, margin):
             "layer": ell,
             "mean_indirect_effect": peak if ell == layer else 0.0,
             "ci_low": ci_low if ell == layer else -0.01,
-            "ci_high": peak + 0.1 if ell == layer else 0.01,
+            "ci_high": ci_high if ell == layer else 0.01,
+            "n_prompts": 20,
         }
         for ell in range(12)
     ]
     claim = CT.mlp_peak_claim(pd.DataFrame(rows), {"n_layers": 12, "window": 3, "n_prompts": 20, "noise": 0.3})
     assert (claim.verdict, claim.about) == (verdict, f"MLP{layer}")
-    assert claim.margin == pytest.approx(margin)  # below 0 when the verdict is "does not hold"
+    assert claim.margin == pytest.approx(margin)  # below 0 unless the verdict holds
+    if verdict == "inconclusive":  # 0.02 − 0.015·√(20/n') ≥ 0.01 from n' = 20·(0.015/0.01)² = 45 prompts
+        assert claim.prompts_needed == 45 and claim.prompts_used == 20
 
 
 @pytest.mark.parametrize("verb", ["trace", "knockout", "patch"])

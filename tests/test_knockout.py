@@ -99,7 +99,7 @@ def test_reads_subject_claim():
     dip = result.dip("subject")
     claim = K.reads_subject_claim(result.windows, result.to_dict(), [dip["layer"]])
     assert claim.value == pytest.approx(dip["mean_relative_change_pct"])
-    assert claim.verdict in ("holds", "does not hold")
+    assert claim.verdict in ("holds", "does not hold", "inconclusive")
     assert K.reads_subject_claim(result.windows, result.to_dict(), []).verdict == "not measurable here"
     assert K.reads_subject_claim(None, None, [1]).verdict == "not measurable here"
 
@@ -213,16 +213,18 @@ def _windows(dip: float, ci_high: float, control: float) -> pd.DataFrame:
     ("dip", "ci_high", "control", "movers", "verdict", "margin"),
     [
         (-60.0, -50.0, -5.0, [5], "holds", 40.0),  # a mechanism: a deep dip where the mover sits
-        (-0.5, -0.01, 0.0, [5], "does not hold", -9.99),  # a random model: below 0 but under the 10% floor
+        (-0.5, -0.01, 0.0, [5], "does not hold", -9.99),  # a random model: [-2.5, -0.01], wholly above the 10% floor
+        (-12.0, -8.0, 0.0, [5], "inconclusive", -2.0),  # [-14, -8] straddles the floor: undecided
         (-60.0, -50.0, -5.0, [9], "does not hold", -1.0),  # the dip is not where the mover is (that condition decides)
-        (-60.0, -50.0, -80.0, [5], "does not hold", -20.0),  # the non-subject control drops 20 points more
+        (-60.0, -50.0, -80.0, [5], "does not hold", -30.0),  # the non-subject control drops below the whole dip interval
     ],
 )
 def test_reads_subject_claim_floor_and_conditions(dip, ci_high, control, movers, verdict, margin):
     claim = K.reads_subject_claim(_windows(dip, ci_high, control), {"window": 3}, movers)
     assert (claim.verdict, claim.value) == (verdict, dip)
-    assert claim.margin == pytest.approx(margin)  # the deciding condition's: below 0 when it does not hold
-    if verdict == "does not hold" and abs(dip) < 10:  # the floor decides: holds for any floor up to the dip's interval
-        assert claim.flips_at == pytest.approx(-ci_high)
+    assert claim.margin == pytest.approx(margin)  # the deciding condition's: below 0 unless it holds
+    if verdict == "does not hold" and abs(dip) < 10:
+        # the floor decides: below a floor of 2.5% (the dip's interval low end, −2.5%) the interval would straddle it
+        assert claim.flips_at == pytest.approx(-(dip - 2.0))
     elif verdict == "does not hold":  # a derived threshold decides (mover layers, the control): no setting flips it
         assert claim.flips_at is None

@@ -777,7 +777,9 @@ def mlp_peak_claim(
     percentage point of p(Y): without it a randomly initialised model, whose restorations move
     p(Y) by ~1e-9, passed "interval > 0") and its layer (window centre) lies in ``band`` × L
     (recallscope's reading of "middle layers": the middle half of the depth by default; ROME's
-    GPT-2 XL peak is near layer 15 of 48)."""
+    GPT-2 XL peak is near layer 15 of 48). Does not hold when the whole interval lies below the
+    floor or the peak lies outside the band; inconclusive when the interval straddles the floor
+    (``claims.decide``: four verdicts, prompts needed)."""
     if grouped is None or summary is None or not len(grouped):
         return Claim(CLAIM_MLP_PEAK, None, None, None, NOT_MEASURABLE, "", "", "the trace stage did not run", "trace")
     g = grouped[(grouped["kind"] == "mlp") & (grouped["group"] == GROUPS[2])].dropna(subset=["mean_indirect_effect"])
@@ -790,11 +792,18 @@ def mlp_peak_claim(
     last = grouped[(grouped["kind"] == "mlp") & (grouped["group"] == GROUPS[5]) & (grouped["layer"] == layer)]
     at_last = float(last["mean_indirect_effect"].iloc[0]) if len(last) else float("nan")
     conditions = [
-        Condition(
-            "IE interval low", "claims.min_trace_effect", cfg.min_trace_effect, float(row["ci_low"]), ">=", cfg.min_trace_effect
+        Condition.measured(
+            "largest mean IE at the last subject token (probability)",
+            "claims.min_trace_effect",
+            cfg.min_trace_effect,
+            row["mean_indirect_effect"],
+            (row["ci_low"], row["ci_high"]),
+            ">=",
+            cfg.min_trace_effect,
+            int(row["n_prompts"]) if pd.notna(row.get("n_prompts")) else None,
         ),
-        Condition("peak window centre", None, None, float(layer), ">=", low),
-        Condition("peak window centre", None, None, float(layer), "<", high),
+        Condition.exact("peak window centre", None, None, float(layer), ">=", low),
+        Condition.exact("peak window centre", None, None, float(layer), "<", high),
     ]
     return decide(
         CLAIM_MLP_PEAK,

@@ -252,7 +252,12 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         ),
         as_json: bool = JSON_OPTION,
         wide: bool = WIDE_OPTION,
-        settings: list[str] = typer.Option([], "--set", help="Claims setting, e.g. --set claims.min_suppression_logits=0.2."),
+        settings: list[str] = typer.Option(
+            [],
+            "--set",
+            help="Claims setting, e.g. --set claims.min_suppression_logits=0.2, or a threshold of another stage that a rule "
+            "reads (every setting --sensitivity names), e.g. --set movers.min_ov_top5_share=0.3 (that stage is not re-run).",
+        ),
         write: bool = typer.Option(
             False,
             "--write",
@@ -275,9 +280,12 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         if not Path(run_dir).is_dir():
             raise UserError(f"{run_dir}: not a run directory")
         overrides = _parse_set(settings)
-        bad = [k for k in overrides if not k.startswith("claims.")]
+        bad = [k for k in overrides if not k.startswith("claims.") and k not in pipeline.claims.READ_SETTINGS]
         if bad:
-            raise UserError(f"--set {bad[0]}: `recallscope claims` takes claims settings only (claims.<field>)")
+            raise UserError(
+                f"--set {bad[0]}: `recallscope claims` takes claims settings (claims.<field>) and the thresholds of other "
+                f"stages its rules read ({', '.join(pipeline.claims.READ_SETTINGS)})"
+            )
         if write and overrides:
             raise UserError("--write keeps the run's claims settings (its manifest lists them); drop --set to write")
         got = pipeline.claims_of_rundir(run_dir, overrides)

@@ -101,11 +101,16 @@ def effect_column(patch_table: pd.DataFrame) -> str:
     return "effect" if "effect" in patch_table or "effect_pct" not in patch_table else "effect_pct"
 
 
-def head_effects(patch_table: pd.DataFrame) -> pd.DataFrame:
-    """Prompts × heads matrix of the per-prompt ``effect`` (%) of a patch table (columns: head labels, in the
-    table's column order after pivoting; rows: ``prompt_index``). Empty without head rows."""
+def head_effects(patch_table: pd.DataFrame, values: str = "effect") -> pd.DataFrame:
+    """Prompts × heads matrix of ``values`` of a patch table: the per-prompt ``effect`` (%), or
+    ``delta_pi`` = ``pi_patched − pi_clean`` (logits) (columns: head labels, in the table's column
+    order after pivoting; rows: ``prompt_index``, sorted). Empty without head rows."""
     rows = patch_table[patch_table["kind"] == "head"]
-    return rows.pivot_table(index="prompt_index", columns="component", values=effect_column(rows), aggfunc="mean")
+    if values == "delta_pi":
+        rows = rows.assign(delta_pi=rows["pi_patched"] - rows["pi_clean"])
+    elif values == "effect":
+        values = effect_column(rows)
+    return rows.pivot_table(index="prompt_index", columns="component", values=values, aggfunc="mean")
 
 
 def top_heads(patch_table: pd.DataFrame, k: int | None = None) -> pd.Series:

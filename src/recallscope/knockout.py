@@ -344,9 +344,11 @@ def reads_subject_claim(
     Figure: the subject curve's lowest mean relative change of p(Y) (%) with its bootstrap
     interval. Holds when that interval's high end is at most −``cfg.min_knockout_drop_pct``
     (an effect-size floor chosen by recallscope, default a 10% drop: Geva et al. report drops of
-    tens of percent; without a floor any noise-level dip passed "interval < 0"), the dip is below
-    the non-subject control's mean at the same window (when that control ran), and the window
-    [first, last layer] holds a mover head. ``mover_layers``: the layers of the heads patching
+    tens of percent; without a floor any noise-level dip passed "interval < 0"), the dip's interval
+    lies below the non-subject control's mean at the same window (when that control ran), and the
+    window [first, last layer] holds a mover head. Does not hold when an interval lies wholly on the
+    failing side (or no mover head is in the window); inconclusive when one straddles
+    (``claims.decide``). ``mover_layers``: the layers of the heads patching
     singles out as movers (``claims.patching_movers``, the heads the movers claim tests, whether
     or not they pass that claim's test; the pipeline passes them); empty: not measurable."""
     stage = "knockout"
@@ -378,18 +380,24 @@ def reads_subject_claim(
             stage,
         )
     inside = any(first <= m <= last for m in mover_layers)
+    n = int(row["n_prompts"]) if pd.notna(row.get("n_prompts")) else None
     conditions = [
-        Condition(
-            "change interval high (%)",
+        Condition.measured(
+            "lowest mean change of p(Y) (%)",
             "claims.min_knockout_drop_pct",
             cfg.min_knockout_drop_pct,
-            ci[1],
+            value,
+            ci,
             "<=",
             -cfg.min_knockout_drop_pct,
+            n,
             sign=-1.0,
         ),
-        Condition("mover heads inside the window", None, None, float(inside), ">=", 1.0),
+        Condition.exact("mover heads inside the window", None, None, float(inside), ">=", 1.0),
     ]
     if np.isfinite(control_mean):
-        conditions.append(Condition("mean change (%) against the non-subject control", None, None, value, "<", control_mean))
+        # the dip's interval against the control's mean at the same window
+        conditions.append(
+            Condition.measured("mean change (%) against the non-subject control", None, None, value, ci, "<", control_mean, n)
+        )
     return decide(CLAIM_READS_SUBJECT, stage, f"layers {first}..{last}", measure, value, ci, conditions, detail, {})

@@ -42,6 +42,7 @@ from .presets import get_preset, merge
 from .rundir import RunDir, dumps
 from .study import Study, Sweep
 from .tasks import PromptSet, Relation, build_prompts, load_relation
+from .tasks.prompts import DROP_SUBSAMPLED
 from .version import __version__
 
 
@@ -278,14 +279,29 @@ def _claims(ctx: StageContext) -> claims.ClaimsResult:
                 ctx.table_or_none("knockout", "windows"), ctx.summaries["knockout"], _mover_layers(ctx), ctx.config("claims")
             )
         )
-    return claims.ClaimsResult(tuple(rows), ctx.config("claims"))
+    available = known_available(ctx.summaries.get("recall"))
+    return claims.ClaimsResult(tuple(claims.with_available(r, available) for r in rows), ctx.config("claims"))
+
+
+def known_available(recall_summary: dict | None) -> int | None:
+    """The known prompts the run's relation can give at this run's known rate: its usable prompts
+    (``n_prompts`` plus those ``--max-prompts`` left out, the recall summary's ``dropped``) × the
+    share known here, rounded (the claims' ``prompts_available``). None without a recall summary."""
+    s = recall_summary or {}
+    n, known = s.get("n_prompts"), s.get("n_known")
+    if not n or known is None:
+        return None
+    usable = n + int((s.get("dropped") or {}).get(DROP_SUBSAMPLED, 0))
+    return int(round(usable * known / n))
 
 
 def claims_of_rundir(path: str, overrides: dict[str, Any] | None = None) -> dict:
     """The claims of a finished run directory, evaluated again from its files (no model).
 
     The claims settings are the run's own (its manifest's), then ``overrides`` (e.g.
-    ``{"claims.min_suppression_logits": 0.2}``), checked as ``--set`` is. Returns ``{"runs": [{"path", "claims": ClaimsResult}], "shot_claims": [rows]}``;
+    ``{"claims.min_suppression_logits": 0.2}``, or another stage's threshold the rules read,
+    ``claims.READ_SETTINGS``: ``{"movers.min_ov_top5_share": 0.3}``, which re-evaluates the rules
+    without re-running that stage), checked as ``--set`` is. Returns ``{"runs": [{"path", "claims": ClaimsResult}], "shot_claims": [rows]}``;
     a sweep's parent directory gives one entry per sub-run and the few-shot claims across them.
     Nothing is written. UserError when ``path`` holds no finished run.
     """
@@ -296,8 +312,11 @@ def claims_of_rundir(path: str, overrides: dict[str, Any] | None = None) -> dict
     seed = int((top.manifest() or {}).get("run", {}).get("seed", summary.get("seed", 0)) or 0)
     subs = [(str(Path(path) / r["path"]), r) for r in summary.get("runs", []) if r.get("path")] or [(path, summary)]
     configs = make_configs({**_recorded_claims_settings(subs[0][0]), **(overrides or {})}, seed=seed)
+    # other stages' thresholds the rules read (claims.READ_SETTINGS), as checked values
+    read = {k: getattr(configs[k.split(".", 1)[0]], k.split(".", 1)[1]) for k in (overrides or {}) if k in claims.READ_SETTINGS}
     out: dict = {"runs": [], "shot_claims": []}
     patch_frames: dict[tuple[str, int], Any] = {}
+    recall_summaries: dict[tuple[str, int], Any] = {}
     for sub, sub_summary in subs:
         rundir = RunDir(sub)
         ctx = StageContext(
@@ -307,20 +326,22 @@ def claims_of_rundir(path: str, overrides: dict[str, Any] | None = None) -> dict
             configs=configs,
             rundir=rundir,  # type: ignore[arg-type]
             progress=False,
-            summaries=dict(rundir.summary().get("stages", {})),
+            summaries=claims.with_read_settings(dict(rundir.summary().get("stages", {})), read),
         )
         out["runs"].append(
             {"path": sub, "relation": sub_summary.get("relation"), "shots": sub_summary.get("shots"), "claims": _claims(ctx)}
         )
         frame = ctx.table_or_none("patch")
+        key = (str(sub_summary.get("relation")), int(sub_summary.get("shots") or 0))
         if frame is not None:
-            patch_frames[(str(sub_summary.get("relation")), int(sub_summary.get("shots") or 0))] = frame
+            patch_frames[key] = frame
+        recall_summaries[key] = ctx.summaries.get("recall")
     # every relation and shot count the run asked for, as the sweep decided them: a cell without a
     # patch table leaves its relation's claim not measurable (fewest vs most shots asked for)
     relations = list(dict.fromkeys(str(r.get("relation")) for _, r in subs))
     shots = sorted({int(r.get("shots") or 0) for _, r in subs})
     if len(shots) > 1:
-        out["shot_claims"] = _shot_claims(relations, shots, patch_frames, configs)
+        out["shot_claims"] = _shot_claims(relations, shots, patch_frames, configs, recall_summaries)
     return out
 
 
@@ -770,13 +791,18 @@ def _not_measurable(skipped: dict[str, str], summary: dict, prompts: PromptSet |
     return {name: {"reason": why, **counts} for name, why in skipped.items()}
 
 
-def _shot_claims(relations, shots, patch_frames, configs) -> list[dict]:
-    """Claim 6 (few-shot engages the same heads earlier), per relation: fewest vs most shots."""
+def _shot_claims(relations, shots, patch_frames, configs, recall_summaries=None) -> list[dict]:
+    """Claim 6 (few-shot engages the same heads earlier), per relation: fewest vs most shots.
+    ``recall_summaries`` ((relation, shots) → the cell's recall summary) give the prompts available
+    (the fewer of the two cells')."""
     cfg = configs["claims"]
     out = []
     for rel in relations:
         low, high = shots[0], shots[-1]
         claim = claims.shot_claim(_slug(rel), (low, patch_frames.get((rel, low))), (high, patch_frames.get((rel, high))), cfg)
+        available = [known_available((recall_summaries or {}).get((rel, k))) for k in (low, high)]
+        if None not in available:
+            claim = claims.with_available(claim, min(available))
         out.append({**claim.row(), "relation": _slug(rel)})
     return out
 
@@ -941,6 +967,7 @@ def execute_many(
     runs = []
     incomplete = []
     patch_frames: dict[tuple[str, int], Any] = {}
+    recall_summaries: dict[tuple[str, int], Any] = {}
     order = resolve(targets, configs)
     relation_of = dict(zip(relations, loaded, strict=True))
     if executor is not None:  # every runnable cell at once; their summaries are read below in order
@@ -989,6 +1016,7 @@ def execute_many(
                 patch_frames[(rel, k)] = frame
             if contexts is not None:
                 contexts[(rel, k)] = ctx
+        recall_summaries[(rel, k)] = summary.get("stages", {}).get("recall")
         if summary.get("not_measurable"):
             incomplete.append(
                 {
@@ -1004,7 +1032,7 @@ def execute_many(
         return runs[0]
     combined = {"model": model.name, "model_hash": model.model_hash, "preset": preset_record(base), "runs": runs}
     if "claims" in order and len(set(shots_list)) > 1:
-        combined["claims"] = _shot_claims(relations, sorted(set(shots_list)), patch_frames, configs)
+        combined["claims"] = _shot_claims(relations, sorted(set(shots_list)), patch_frames, configs, recall_summaries)
     if incomplete:
         combined["incomplete"] = incomplete
         combined["exit_code"] = EXIT_INCOMPLETE

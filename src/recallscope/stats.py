@@ -8,6 +8,9 @@
   draws from the task (prompts that share a subject or a template are not independent, so the
   interval is, if anything, too narrow). The generator is seeded, so the same values give the
   same interval.
+- :func:`proportion_ci`: the Clopper–Pearson ("exact") interval of a share k/n
+  (``scipy.stats.binomtest(...).proportion_ci(method="exact")``), for a count of prompts — it
+  never has zero width where k/n is 0 or 1 at a finite n, as a bootstrap of 0/1 values does.
 - :func:`pearson` (r and its two-sided p-value, ``scipy.stats.pearsonr``) and :func:`spearman`
   (ρ, ``scipy.stats.spearmanr``), NaN where the coefficient is undefined.
 - :func:`assign_folds`: the one assignment of prompts to cross-validation folds (decompose,
@@ -88,6 +91,18 @@ def _interval(samples, stat, n, level, seed, vectorized=False, paired=False) -> 
             paired=paired, rng=np.random.default_rng(seed),
         )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Clopper–Pearson interval ``(low, high)`` of the share ``k / n`` (``scipy.stats.binomtest``,
+    ``proportion_ci(method="exact")``): the binomial interval whose two tails each hold at most
+    (1 − level)/2. ``n`` = 0 gives ``(0, 1)`` (nothing observed). Raises ValueError for ``level``
+    outside (0, 1) or k outside [0, n]."""
+    _check(1, level)
+    if n == 0:
+        return 0.0, 1.0
+    ci = _stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)
 
 
 def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> tuple[float, float]:
