@@ -1,8 +1,9 @@
 """The study: the paper's claims on two real models, several relations, 0/1/3 shots, both presets.
 
-    python scripts/study.py                  # run every sweep (resuming finished cells), then render
+    python scripts/study.py                  # run every sweep on every prompt (resuming finished cells), then render
     python scripts/study.py --render-only    # re-render docs/study.md and README.md from the run directories
-    python scripts/study.py --models smollm2-135m --max-prompts 8 --out runs/study-try   # a small try
+    python scripts/study.py --models smollm2-135m --max-prompts 16 --out /tmp/study-try \
+        --doc /tmp/study-try/study.md --readme ''                          # a small try, the docs left alone
 
 Each model × preset × relation is ONE sweep over the shot counts, run in a child process::
 
@@ -27,11 +28,23 @@ mitigation only (the mitigation claim's ``mitigation_mode``), 200 random directi
 intercept's baseline instead of 1000. They are printed in docs/study.md with the commands.
 
 Rendering reads only files (no model, no torch): per cell the claims stage's main table
-(``claims.parquet``: value, interval, threshold, margin, verdict, rule, …) and the cell's
-``summary.json`` (prompt counts); per sweep the combined ``summary.json`` (the few-shot claim)
-and ``<out>/study.json``. Nothing is recomputed: a figure in docs/study.md is a value of those
-files, formatted. The README's claims section is the block between ``<!-- study:begin -->`` and
-``<!-- study:end -->``, rewritten from the same data.
+(``claims.parquet``: value, interval, threshold, margin, verdict, prompts needed, rule, …) and the
+cell's ``summary.json`` (prompt counts); per sweep the combined ``summary.json`` (the few-shot
+claim) and ``<out>/study.json``. Nothing is recomputed: a figure in docs/study.md is a value of
+those files, formatted. The README's claims section is the block between ``<!-- study:begin -->``
+and ``<!-- study:end -->``, rewritten from the same data.
+
+Verdicts are the claims stage's four (``recallscope.claims``): holds, does not hold, inconclusive
+(an interval straddles its threshold: too few prompts to decide; the row's ``prompts_needed`` says
+how many known prompts would decide it if the effect stayed as measured) and not measurable here.
+Per claim and model · preset the study counts all four and gives the median prompts needed of the
+inconclusive cells.
+
+What changed against the 24-prompt study: that study's run directories were not kept; its per-cell
+verdicts are in ``docs/study-24.json``, extracted once from the docs/study.md it rendered
+(``--extract-baseline COMMIT``: the commit's docs/study.md, read with git; the file records the
+commit). The renderer compares every cell and claim with it (``--baseline``): which verdicts turned
+inconclusive, which flipped between holds and does not hold, which others changed.
 """
 
 from __future__ import annotations
@@ -66,17 +79,20 @@ RELATIONS = (
     f"{LRE}/person_plays_pro_sport.json",
 )
 SHOTS = (0, 1, 3)
-MAX_PROMPTS = 24
+MAX_PROMPTS = "all"  # every prompt of each relation: the 24-prompt study could not decide many claims (issue 27)
 STUDY_SETTINGS = ("patch.attribution=false", "suppress.modes=zero", "intercept.n_random=200")
 OUT = "runs/study"
 DOC = "docs/study.md"
+BASELINE = "docs/study-24.json"  # the 24-prompt study's per-cell verdicts (extract_baseline)
 README = "README.md"
 BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
 RECORD = "study.json"
 OK_EXIT = (0, 3)  # 3: the sweep finished, some cells lacked the data for some stage (listed in its summary)
 
-HOLDS, FAILS = "holds", "does not hold"
-MARK = {HOLDS: "✓", FAILS: "✗"}
+# the claims stage's verdicts (recallscope.claims.VERDICTS; written here so that rendering imports no stage)
+HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURABLE = "holds", "does not hold", "inconclusive", "not measurable here"
+DECIDED = (HOLDS, FAILS, INCONCLUSIVE)  # measured: a verdict from the run's figures
+MARK = {HOLDS: "✓", FAILS: "✗", INCONCLUSIVE: "?"}
 
 
 # --------------------------------------------------------------------------- running
@@ -98,7 +114,15 @@ def now() -> str:
 
 
 def sweep_command(
-    model: str, preset: str, relations, shots, max_prompts: int, out: Path, stages: str | None, threads: int | None, settings=()
+    model: str,
+    preset: str,
+    relations,
+    shots,
+    max_prompts: int | str,
+    out: Path,
+    stages: str | None,
+    threads: int | None,
+    settings=(),
 ) -> list[str]:
     """The ``recallscope run`` arguments of one sweep (without the interpreter)."""
     cmd = [
@@ -322,22 +346,41 @@ def _where(cells: list[tuple[str, int]]) -> str:
 class Tally:
     holds: list = field(default_factory=list)  # (relation, shots)
     fails: list = field(default_factory=list)
+    inconclusive: list = field(default_factory=list)
+    needed: list = field(default_factory=list)  # prompts_needed of the inconclusive ones (None: none decides it)
     missing: list = field(default_factory=list)  # not measurable (the run says why)
     not_run: list = field(default_factory=list)  # no result yet (the sweep has not reached it)
     across: bool = False  # one verdict per relation (compares shot counts), not per cell
 
     @property
     def measured(self) -> int:
-        return len(self.holds) + len(self.fails)
+        return len(self.holds) + len(self.fails) + len(self.inconclusive)
+
+    def add(self, verdict: str, where, needed=None) -> None:
+        if verdict == HOLDS:
+            self.holds.append(where)
+        elif verdict == FAILS:
+            self.fails.append(where)
+        elif verdict == INCONCLUSIVE:
+            self.inconclusive.append(where)
+            self.needed.append(needed)
+        else:
+            self.missing.append(where)
+
+    def median_needed(self):
+        """The median prompts needed over the inconclusive ones that some number of prompts decides (None: none)."""
+        known = sorted(int(n) for n in self.needed if n is not None)
+        return None if not known else float(pd.Series(known).median())
 
     def short(self) -> str:
+        """ "holds · does not hold · inconclusive · n/m" counts, the inconclusive ones' median prompts needed."""
         if not self.measured and not self.missing and not self.not_run:
             return "—"
-        text = f"{len(self.holds)}/{self.measured}"
-        notes = ([f"{len(self.missing)} n/m"] if self.missing else []) + (
-            [f"{len(self.not_run)} not run"] if self.not_run else []
-        )
-        return text + (f" ({', '.join(notes)})" if notes else "")
+        text = f"{len(self.holds)} · {len(self.fails)} · {len(self.inconclusive)} · {len(self.missing)}"
+        median = self.median_needed()
+        if median is not None:
+            text += f" (≈ {num(median)})"
+        return text + (f", {len(self.not_run)} not run" if self.not_run else "")
 
 
 def across_shots(sweeps: list[Sweep]) -> set[str]:
@@ -346,13 +389,12 @@ def across_shots(sweeps: list[Sweep]) -> set[str]:
 
 
 def tally(sweep: Sweep, claim: str, across: bool = False) -> Tally:
-    """Where ``claim`` holds, fails, is not measurable, or has not run in ``sweep``: cells, or relations when ``across``."""
+    """Where ``claim`` holds, fails, is inconclusive, not measurable, or has not run in ``sweep``: cells, or relations when ``across``."""
     t = Tally(across=across)
     if across:
         for row in sweep.shot_claims:
             if row.get("claim") == claim:
-                v = row.get("verdict")
-                (t.holds if v == HOLDS else t.fails if v == FAILS else t.missing).append((row.get("relation"), None))
+                t.add(row.get("verdict"), (row.get("relation"), None), _g(row, "prompts_needed"))
         t.not_run += [(rel, None) for rel in sweep.unfinished]
         return t
     for c in sweep.cells:
@@ -362,8 +404,7 @@ def tally(sweep: Sweep, claim: str, across: bool = False) -> Tally:
         rows = c.claims[c.claims["claim"] == claim]
         if not len(rows):
             continue
-        v = verdict_of(rows.iloc[0])
-        (t.holds if v == HOLDS else t.fails if v == FAILS else t.missing).append((c.relation, c.shots))
+        t.add(verdict_of(rows.iloc[0]), (c.relation, c.shots), _g(rows.iloc[0], "prompts_needed"))
     return t
 
 
@@ -382,14 +423,19 @@ def sentence(sweep: Sweep, claim: str, t: Tally) -> str:
     unit = "relation" if t.across else "cell"
     if not t.measured:
         text = f"{who}: measured in no {unit}"
-    elif not t.holds:
-        text = f"{who}: does not hold in " + (
-            f"the one measured {unit}" if t.measured == 1 else f"any of the {t.measured} measured {unit}s"
-        )
-    elif not t.fails:
-        text = f"{who}: holds in " + (f"the one measured {unit}" if t.measured == 1 else f"every measured {unit} ({t.measured})")
     else:
-        text = f"{who}: holds in {len(t.holds)} of {t.measured} measured {unit}s ({where(t.holds)})"
+        parts = []
+        for label, items in (("holds", t.holds), ("does not hold", t.fails), ("inconclusive", t.inconclusive)):
+            if items:
+                parts.append(f"{label} in {len(items)} ({where(items)})")
+        text = f"{who}, of {_count(t.measured, 'measured ' + unit)}: " + "; ".join(parts)
+        if t.inconclusive:
+            median = t.median_needed()
+            text += (
+                f" — median ≈ {num(median)} known prompts would decide the inconclusive ones"
+                if median is not None
+                else " — no number of prompts decides the inconclusive ones at their estimates"
+            )
     if t.missing:
         text += f"; not measurable in {_count(len(t.missing), unit)} ({where(t.missing)})"
     if t.not_run:
@@ -398,13 +444,13 @@ def sentence(sweep: Sweep, claim: str, t: Tally) -> str:
 
 
 def nearest_flip(sweep: Sweep, claim: str) -> str | None:
-    """Among the measured cells where the primary condition alone decides (``flips_at`` set), the one
-    whose margin is smallest: the verdict nearest to flipping (None without such a cell)."""
+    """Among the measured cells where the deciding condition's setting alone can change the verdict
+    (``flips_at`` set), the one whose margin is smallest: the verdict nearest to flipping (None without such a cell)."""
     best = None
     for c in sweep.cells:
         if c.claims is None or "margin" not in c.claims or "flips_at" not in c.claims:
             continue
-        rows = c.claims[(c.claims["claim"] == claim) & c.claims["verdict"].isin([HOLDS, FAILS])]
+        rows = c.claims[(c.claims["claim"] == claim) & c.claims["verdict"].isin(list(DECIDED))]
         for _, row in rows.iterrows():
             m, f = _g(row, "margin"), _g(row, "flips_at")
             if m is not None and f is not None and (best is None or abs(float(m)) < abs(best[0])):
@@ -414,7 +460,7 @@ def nearest_flip(sweep: Sweep, claim: str) -> str | None:
     m, c, v, f = best
     return (
         f"The verdict nearest to flipping: {c.relation} at {shots_text(c.shots)} ({v}, margin {num(m)}; "
-        f"it flips with the threshold's setting at {num(f)})."
+        f"it changes with the deciding threshold's setting at {num(f)})."
     )
 
 
@@ -423,8 +469,15 @@ def legend(names: list[str]) -> list[str]:
     return [f"- **C{i + 1}** — {cell_text(n)}" for i, n in enumerate(names)]
 
 
+COUNTS_KEY = (
+    "`h · f · i · n` = holds in h cells, does not hold in f, inconclusive in i (an interval straddles its "
+    "threshold), not measurable in n; `(≈ N)` = the median known prompts that would decide the inconclusive ones "
+    "if their effects stayed as measured (the claims stage's `prompts_needed`: interval width ∝ 1/√n)"
+)
+
+
 def summary_table(sweeps: list[Sweep], names: list[str]) -> list[str]:
-    """Claims × (model, preset): holds in how many of the measured cells."""
+    """Claims × (model, preset): the four-way counts of the measured cells (:meth:`Tally.short`)."""
     head = "| claim | " + " | ".join(f"{s.model} · {s.preset}" for s in sweeps) + " |"
     lines = [head, "|---|" + "---|" * len(sweeps)]
     across = across_shots(sweeps)
@@ -433,8 +486,32 @@ def summary_table(sweeps: list[Sweep], names: list[str]) -> list[str]:
     return lines
 
 
+def counts_table(sweeps: list[Sweep], names: list[str]) -> list[str]:
+    """Per claim and model · preset, one row: holds, does not hold, inconclusive, not measurable, the
+    inconclusive ones' median prompts needed (and their range)."""
+    lines = [
+        "| claim | model · preset | holds | does not hold | inconclusive | not measurable | not run | "
+        "median prompts needed (range) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    across = across_shots(sweeps)
+    for i, name in enumerate(names):
+        for s in sweeps:
+            t = tally(s, name, name in across)
+            known = sorted(int(n) for n in t.needed if n is not None)
+            needed = "—" if not known else f"{num(t.median_needed())} ({known[0]}–{known[-1]})"
+            if len(known) < len(t.inconclusive):
+                needed += f"; {len(t.inconclusive) - len(known)} undecidable at their estimate"
+            lines.append(
+                f"| C{i + 1} | {s.model} · {s.preset} | {len(t.holds)} | {len(t.fails)} | {len(t.inconclusive)} | "
+                f"{len(t.missing)} | {len(t.not_run)} | {needed} |"
+            )
+    return lines
+
+
 def grid(sweep: Sweep, names: list[str], across: set[str]) -> list[str]:
-    """One row per cell: known prompts, then each claim's value, interval and verdict mark."""
+    """One row per cell: known prompts, then each claim's verdict mark, value and interval (and, when
+    inconclusive, the prompts that would decide it)."""
     per_cell = [n for n in names if n not in across]
     lines = [
         "| relation | shots | known/prompts | " + " | ".join(f"C{names.index(n) + 1}" for n in per_cell) + " |",
@@ -452,21 +529,40 @@ def grid(sweep: Sweep, names: list[str], across: set[str]) -> list[str]:
                 continue
             row = rows.iloc[0]
             v = verdict_of(row)
-            if v in (HOLDS, FAILS):
-                parts.append(f"{mark(v)} {num(_g(row, 'value'))} {interval(_g(row, 'ci_low'), _g(row, 'ci_high'))}")
+            if v in DECIDED:
+                text = f"{mark(v)} {num(_g(row, 'value'))} {interval(_g(row, 'ci_low'), _g(row, 'ci_high'))}"
+                if v == INCONCLUSIVE and _g(row, "prompts_needed") is not None:
+                    text += f" ≈{num(_g(row, 'prompts_needed'))}"
+                parts.append(text)
             else:
                 parts.append("n/m")
         lines.append(f"| {c.relation} | {c.shots} | {c.known} | " + " | ".join(parts) + " |")
     return lines
 
 
-DETAIL_COLUMNS = ("about", "value", "interval", "threshold", "margin", "flips_at", "verdict", "rule", "detail")
+DETAIL_COLUMNS = (
+    "about",
+    "value",
+    "interval",
+    "decided",
+    "threshold",
+    "margin",
+    "flips_at",
+    "verdict",
+    "prompts_needed",
+    "prompts_available",
+    "rule",
+    "detail",
+)
 
 
 def detail_table(sweep: Sweep, names: list[str]) -> list[str]:
-    """Every claims row of every cell: the claims stage's columns (value, interval, threshold, margin, verdict, rule, …)."""
+    """Every claims row of every cell: the claims stage's columns (value, interval, the deciding condition's
+    figure, threshold, margin, verdict, prompts needed, rule, …; those a table lacks are left out)."""
     sample = next((c.claims for c in sweep.cells if c.claims is not None), None)
     present = set() if sample is None else set(sample.columns) | {"interval"}
+    if "decided_by" in present:
+        present.add("decided")
     cols = [col for col in DETAIL_COLUMNS if col in present or col in ("value", "interval", "verdict")]
     lines = ["| relation | shots | claim | " + " | ".join(cols) + " |", "|---|---|---|" + "---|" * len(cols)]
 
@@ -476,7 +572,17 @@ def detail_table(sweep: Sweep, names: list[str]) -> list[str]:
         for col in cols:
             if col == "interval":
                 out.append(interval(_g(row, "ci_low"), _g(row, "ci_high")))
-            elif col in ("value", "margin", "threshold", "flips_at"):
+            elif col == "decided":
+                by = _g(row, "decided_by")
+                out.append(
+                    "—"
+                    if by is None
+                    else cell_text(
+                        f"{by} = {num(_g(row, 'decided_value'))} "
+                        f"{interval(_g(row, 'decided_ci_low'), _g(row, 'decided_ci_high'))}"
+                    )
+                )
+            elif col in ("value", "margin", "threshold", "flips_at", "prompts_needed", "prompts_available"):
                 out.append(num(_g(row, col)))
             else:
                 value = _g(row, col)
@@ -513,12 +619,10 @@ def provenance(out: Path, sweeps: list[Sweep], args) -> list[str]:
         "",
     ]
     if attempts:
-        total = sum(a.get("wall_s") or 0 for a in attempts)
         lines += [
             f"Each model × preset × relation is one sweep over the shot counts (one model load) run by the script; "
-            f"{len(attempts)} attempt(s), "
-            f"{num(total / 60)} min of wall time in all, on a machine whose cores were shared with other work "
-            "(the load averages say how much; the times are contended, not benchmarks):",
+            f"{run_time(out)}, on a machine whose cores may have been shared with other work "
+            "(the load averages say how much; the times are not benchmarks):",
             "",
             "| model | preset | relation | started (UTC) | wall s | load before → after | exit | commit | command |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -540,6 +644,28 @@ def provenance(out: Path, sweeps: list[Sweep], args) -> list[str]:
                 "the few-shot claim of those relations is missing. The command above resumes them."
             )
     return lines
+
+
+def duration(seconds: float) -> str:
+    """ "42 min", "3.5 h"."""
+    return f"{num(seconds / 60)} min" if seconds < 5400 else f"{num(seconds / 3600)} h"
+
+
+def run_time(out: Path) -> str | None:
+    """How long the study took: the wall time of every sweep attempt in ``<out>/study.json``, in all and
+    per model, and the dates it ran between (None before the first attempt)."""
+    attempts = read_record(out).get("attempts", [])
+    if not attempts:
+        return None
+    per_model: dict[str, float] = {}
+    for a in attempts:
+        per_model[a["model"]] = per_model.get(a["model"], 0.0) + (a.get("wall_s") or 0)
+    total = sum(per_model.values())
+    models = ", ".join(f"{m} {duration(t)}" for m, t in per_model.items())
+    return (
+        f"{len(attempts)} sweep attempt(s) took {duration(total)} of wall time in all ({models}), between "
+        f"{min(a['start'] for a in attempts)} and {max(a.get('end') or a['start'] for a in attempts)} (UTC)"
+    )
 
 
 def study_command(args) -> str:
@@ -565,10 +691,11 @@ def study_command(args) -> str:
 def sample_sizes(sweeps: list[Sweep], args) -> str:
     known = [c.summary.get("n_known") for s in sweeps for c in s.cells if c.summary.get("n_known") is not None]
     text = (
-        f"Sample: at most {args.max_prompts} prompts per cell (`--max-prompts {args.max_prompts}`: a seeded "
-        f"subsample of the relation's template × subject prompts), seed 0; the stages after recall use the "
-        f"prompts the model knows (top-1 = answer)"
-    )
+        "Sample: every prompt of each relation (`--max-prompts all`: every template × subject prompt), seed 0"
+        if str(args.max_prompts) == "all"
+        else f"Sample: at most {args.max_prompts} prompts per cell (`--max-prompts {args.max_prompts}`: a seeded "
+        "subsample of the relation's template × subject prompts), seed 0"
+    ) + "; the stages after recall use the prompts the model knows (top-1 = answer)"
     if known:
         text += f", {min(known)} to {max(known)} per cell here (the `known/prompts` column)"
     if args.settings:
@@ -577,7 +704,10 @@ def sample_sizes(sweeps: list[Sweep], args) -> str:
             + ", ".join(f"`--set {x}`" for x in args.settings)
             + " (work the claims do not read, left out to fit the machine's time)"
         )
-    return text + ". Intervals are the claims stage's (95%, bootstrap over prompts unless its `measure` says otherwise)."
+    return text + (
+        ". Intervals are the claims stage's (95%: bootstrap over prompts, Clopper–Pearson for a share of prompts; "
+        "`recallscope.claims`)."
+    )
 
 
 def headline(sweeps: list[Sweep], names: list[str]) -> list[str]:
@@ -596,24 +726,35 @@ def headline(sweeps: list[Sweep], names: list[str]) -> list[str]:
 
 
 def in_short(sweeps: list[Sweep], name: str, i: int, across: set[str]) -> str:
-    """One sentence per claim over the whole study: holds in how many measured cells, per model."""
+    """One sentence per claim over the whole study: holds / does not hold / inconclusive in how many
+    measured cells, per model, and the inconclusive ones' median prompts needed."""
     unit = "relation" if name in across else "cell"
-    per_model: dict[str, list[int]] = {}
+    per_model: dict[str, Tally] = {}
     for s in sweeps:
         t = tally(s, name, name in across)
-        h, m = per_model.setdefault(s.model, [0, 0])
-        per_model[s.model] = [h + len(t.holds), m + t.measured]
-    held = sum(h for h, _ in per_model.values())
-    measured = sum(m for _, m in per_model.values())
+        m = per_model.setdefault(s.model, Tally(across=t.across))
+        m.holds += t.holds
+        m.fails += t.fails
+        m.inconclusive += t.inconclusive
+        m.needed += t.needed
+    every = Tally(needed=[n for t in per_model.values() for n in t.needed])
+    held, failed, open_ = (sum(len(getattr(t, k)) for t in per_model.values()) for k in ("holds", "fails", "inconclusive"))
+    measured = held + failed + open_
     if not measured:
         return f"C{i + 1} was measured in no {unit} yet."
-    models = ", ".join(f"{model} {h}/{m}" for model, (h, m) in per_model.items())
-    if not held:
-        return f"C{i + 1} holds in none of the {_count(measured, 'measured ' + unit)} ({models})."
-    if held == measured:
-        what = f"the one measured {unit}" if measured == 1 else f"all {measured} measured {unit}s"
-        return f"C{i + 1} holds in {what} ({models})."
-    return f"C{i + 1} holds in {held} of {measured} measured {unit}s ({models})."
+    models = ", ".join(f"{model} {len(t.holds)} · {len(t.fails)} · {len(t.inconclusive)}" for model, t in per_model.items())
+    text = (
+        f"C{i + 1}, of {_count(measured, 'measured ' + unit)}: holds in {held}, does not hold in {failed}, "
+        f"inconclusive in {open_} ({models})"
+    )
+    if open_:
+        median = every.median_needed()
+        text += (
+            f"; median ≈ {num(median)} known prompts would decide the inconclusive ones"
+            if median is not None
+            else "; no number of prompts decides the inconclusive ones at their estimates"
+        )
+    return text + "."
 
 
 def preset_disagreements(sweeps: list[Sweep], names: list[str]) -> list[str]:
@@ -632,12 +773,13 @@ def preset_disagreements(sweeps: list[Sweep], names: list[str]) -> list[str]:
             va = dict(zip(a.claims["claim"], a.claims["verdict"], strict=True))
             vb = dict(zip(b.claims["claim"], b.claims["verdict"], strict=True))
             for n in names:
-                if n in va and n in vb and {va[n], vb[n]} <= {HOLDS, FAILS}:
+                if n in va and n in vb and {va[n], vb[n]} <= set(DECIDED):
                     compared += 1
-                if n in va and n in vb and va[n] != vb[n] and {va[n], vb[n]} <= {HOLDS, FAILS}:
-                    diffs.append(
-                        f"C{names.index(n) + 1} on {a.relation} at {shots_text(a.shots)} ({PRESETS[0]}: {va[n]}, {PRESETS[1]}: {vb[n]})"
-                    )
+                    if va[n] != vb[n]:
+                        diffs.append(
+                            f"C{names.index(n) + 1} on {a.relation} at {shots_text(a.shots)} "
+                            f"({PRESETS[0]}: {va[n]}, {PRESETS[1]}: {vb[n]})"
+                        )
         if diffs:
             lines.append(
                 f"- {model}: of the {compared} verdicts measured under both presets, {len(diffs)} differ: "
@@ -651,7 +793,207 @@ def preset_disagreements(sweeps: list[Sweep], names: list[str]) -> list[str]:
     return lines
 
 
-def render_doc(out: Path, sweeps: list[Sweep], args) -> str:
+# --------------------------------------------------------------------------- the 24-prompt study
+def _md_cells(line: str) -> list[str]:
+    """The cells of one markdown table row (pipes escaped as ``\\|`` stay inside a cell)."""
+    parts = re.split(r"(?<!\\)\|", line.strip())[1:-1]
+    return [p.strip().replace("\\|", "|") for p in parts]
+
+
+def _md_number(text: str):
+    return None if text in ("", "—", "–") else float(text)
+
+
+def extract_baseline(markdown: str, commit: str, source: str = DOC) -> dict:
+    """The per-cell verdicts of a docs/study.md rendered by this script, as data: its claim legend, the
+    known/prompts of every cell (the per-cell grids) and every claims row (the "Every claims row"
+    tables: value, interval, threshold, margin, flips_at, verdict as printed, 3 significant digits).
+    ``commit``: the commit whose ``source`` this is, recorded in the result. A cell without a claims
+    row is not measurable there (its grid says n/m)."""
+    legend = dict(re.findall(r"^- \*\*(C\d+)\*\* — (.+)$", markdown, flags=re.M))
+    sample = re.search(r"at most (\d+) prompts per cell", markdown)
+    section = None
+    sweep = None
+    header: list[str] = []
+    known: dict = {}
+    rows: list[dict] = []
+    for line in markdown.splitlines():
+        if line.startswith("## "):
+            section, header = line[3:], []
+            continue
+        if line.startswith("### "):
+            m = re.match(r"### (\S+) · (\S+) preset", line)
+            sweep, header = (m.group(1), m.group(2)) if m else None, []
+            continue
+        if not line.startswith("|") or sweep is None or section is None:
+            continue
+        cells = _md_cells(line)
+        if not header:
+            header = cells
+            continue
+        if set(line) <= set("|-"):
+            continue
+        row = dict(zip(header, cells, strict=False))
+        if section.startswith("Per cell"):
+            k, n = row["known/prompts"].split("/") if "/" in row["known/prompts"] else (None, None)
+            known[(*sweep, row["relation"], row["shots"])] = (int(k) if k else None, int(n) if n else None)
+        elif section.startswith("Every claims row") and row.get("claim") in legend:
+            lo, hi = (None, None)
+            if row.get("interval", "—") not in ("—", ""):
+                lo, hi = (float(x) for x in row["interval"].strip("[]").split(","))
+            k, n = known.get((*sweep, row["relation"], row["shots"]), (None, None))
+            rows.append(
+                {
+                    "model": sweep[0],
+                    "preset": sweep[1],
+                    "relation": row["relation"],
+                    "shots": int(row["shots"]) if row["shots"].isdigit() else row["shots"],
+                    "claim": legend[row["claim"]],
+                    "label": row["claim"],
+                    "value": _md_number(row.get("value", "")),
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "threshold": _md_number(row.get("threshold", "")),
+                    "margin": _md_number(row.get("margin", "")),
+                    "flips_at": _md_number(row.get("flips_at", "")),
+                    "verdict": row["verdict"],
+                    "n_known": k,
+                    "n_prompts": n,
+                }
+            )
+    return {
+        "source": {
+            "file": source,
+            "commit": commit,
+            "note": "extracted by `python scripts/study.py --extract-baseline COMMIT` from the file at that commit "
+            "(its run directories were not kept); figures as printed there (3 significant digits)",
+        },
+        "max_prompts": int(sample.group(1)) if sample else None,
+        "claims": legend,
+        "rows": rows,
+    }
+
+
+def load_baseline(path: str | None) -> dict | None:
+    if not path:
+        return None
+    file = Path(path) if Path(path).is_absolute() else ROOT / path
+    return json.loads(file.read_text(encoding="utf-8")) if file.exists() else None
+
+
+def _key(model, preset, relation, shots, claim) -> tuple:
+    return (model, preset, relation, str(shots), claim)
+
+
+def current_verdicts(sweeps: list[Sweep]) -> dict:
+    """(model, preset, relation, shots, claim) → the claims row (as a dict) of every measured or not-measurable
+    claim of the study (the few-shot claim under shots "k0→k1")."""
+    out = {}
+    for s in sweeps:
+        for c in s.cells:
+            if c.claims is None:
+                continue
+            for _, row in c.claims.iterrows():
+                out[_key(s.model, s.preset, c.relation, c.shots, row["claim"])] = row.to_dict()
+        for row in s.shot_claims:
+            out[_key(s.model, s.preset, row.get("relation"), f"{min(s.shots)}→{max(s.shots)}", row.get("claim"))] = row
+    return out
+
+
+def changes(sweeps: list[Sweep], names: list[str], baseline: dict) -> dict:
+    """Every cell and claim of the baseline compared with this study: ``inconclusive`` (decided then,
+    inconclusive now), ``flipped`` (holds ↔ does not hold), ``other`` (any other change: measurable
+    now or no longer, decided now from inconclusive), ``same``, ``missing`` (not in this study's run
+    directories: not run yet, or a claim since renamed); each a list of (baseline row, current row or None). Only
+    the baseline's rows of the models and presets in ``sweeps`` are compared."""
+    now_rows = current_verdicts(sweeps)
+    studied = {(s.model, s.preset) for s in sweeps}
+    out: dict[str, list] = {"inconclusive": [], "flipped": [], "other": [], "same": [], "missing": []}
+    for old in baseline.get("rows", []):
+        if (old["model"], old["preset"]) not in studied:  # a model or preset this rendering leaves out
+            continue
+        new = now_rows.get(_key(old["model"], old["preset"], old["relation"], old["shots"], old["claim"]))
+        if new is None:
+            out["missing"].append((old, None))
+            continue
+        a, b = old["verdict"], str(new.get("verdict"))
+        kind = (
+            "same"
+            if a == b
+            else "inconclusive"
+            if b == INCONCLUSIVE and a in (HOLDS, FAILS)
+            else "flipped"
+            if {a, b} == {HOLDS, FAILS}
+            else "other"
+        )
+        out[kind].append((old, new))
+    return out
+
+
+def _change_line(old: dict, new: dict | None, names: list[str]) -> str:
+    label = f"C{names.index(old['claim']) + 1}" if old["claim"] in names else old.get("label", "?")
+    shots = old["shots"] if isinstance(old["shots"], str) else shots_text(old["shots"])
+    was = f"{old['verdict']} ({num(old.get('value'))} {interval(old.get('ci_low'), old.get('ci_high'))}"
+    was += f", margin {num(old.get('margin'))}" + (f", {old['n_known']} known)" if old.get("n_known") is not None else ")")
+    if new is None:
+        return f"- {label} · {old['model']} · {old['preset']} · {old['relation']} · {shots}: {was} → not in this study"
+    now_text = f"{new.get('verdict')} ({num(_g(new, 'value'))} {interval(_g(new, 'ci_low'), _g(new, 'ci_high'))}"
+    if _g(new, "prompts_needed") is not None:
+        now_text += f"; ≈ {num(_g(new, 'prompts_needed'))} known prompts would decide it"
+    if _g(new, "prompts_used") is not None:
+        now_text += f"; {num(_g(new, 'prompts_used'))} used"
+    return f"- {label} · {old['model']} · {old['preset']} · {old['relation']} · {shots}: {was} → {now_text})"
+
+
+def changes_summary(got: dict, baseline: dict) -> str:
+    compared = sum(len(v) for k, v in got.items() if k != "missing")
+    text = (
+        f"Against the {baseline.get('max_prompts')}-prompt study ({BASELINE}, from docs/study.md at "
+        f"{str(baseline['source']['commit'])[:12]}): of {compared} verdicts compared, {len(got['same'])} are unchanged, "
+        f"{len(got['inconclusive'])} turned inconclusive, {len(got['flipped'])} flipped between holds and does not hold"
+    )
+    if got["flipped"]:
+        up = sum(1 for old, _ in got["flipped"] if old["verdict"] == FAILS)
+        text += f" ({up} to holds, {len(got['flipped']) - up} to does not hold)"
+    text += f", {len(got['other'])} changed otherwise"
+    if got["missing"]:
+        text += f"; {_count(len(got['missing']), 'verdict')} of it not in this study's run directories"
+    return text + "."
+
+
+def changes_section(got: dict, baseline: dict, names: list[str]) -> list[str]:
+    lines = [
+        changes_summary(got, baseline),
+        "",
+        f"A change from does not hold to inconclusive is what the four verdicts are for: the "
+        f"{baseline.get('max_prompts')}-prompt study called an interval that straddled its threshold *does not "
+        "hold*. Each line: claim · model · preset · relation · shots: the verdict then (value [interval], margin, "
+        "known prompts) → now.",
+        "",
+    ]
+    for kind, title in (
+        ("inconclusive", "Turned inconclusive"),
+        ("flipped", "Flipped between holds and does not hold"),
+        ("other", "Changed otherwise (measurable now or no longer, or decided now)"),
+    ):
+        if got[kind]:
+            lines += [f"### {title} ({len(got[kind])})", ""]
+            lines += [_change_line(old, new, names) for old, new in got[kind]]
+            lines.append("")
+    if got["missing"]:
+        where = {}
+        for old, _ in got["missing"]:
+            where.setdefault(f"{old['model']} · {old['preset']}", set()).add(old["relation"])
+        lines += [
+            f"Not in this study's run directories yet ({_count(len(got['missing']), 'verdict')}): "
+            + "; ".join(f"{k}: {', '.join(sorted(v))}" for k, v in where.items())
+            + ".",
+            "",
+        ]
+    return lines
+
+
+def render_doc(out: Path, sweeps: list[Sweep], args, baseline: dict | None = None) -> str:
     names = claim_names(sweeps)
     lines = [
         "# The paper's claims across models, relations, shot counts and presets",
@@ -667,21 +1009,36 @@ def render_doc(out: Path, sweeps: list[Sweep], args) -> str:
         "",
         sample_sizes(sweeps, args),
         "",
-        coverage(sweeps),
+        coverage(sweeps) + (f" The study's {run_time(out)}." if run_time(out) else ""),
+        "",
+        "Verdicts (`recallscope.claims`): *holds* — every condition's interval on the passing side of its "
+        "threshold; *does not hold* — some condition's interval wholly on the failing side; *inconclusive* — none "
+        "fails but some interval straddles its threshold (too few prompts to decide either way; the row gives the "
+        "known prompts that would decide it if the effect stayed as measured, interval width ∝ 1/√n); *not "
+        "measurable here* — a stage lacked data.",
         "",
         "## Claims",
         "",
         *legend(names),
         "",
-        "## Summary: in how many cells each claim holds",
+        "## Summary: the four verdicts per claim",
         "",
-        "Cells are relation × shot count; `k/n` = holds in k of the n cells where it was measurable, "
-        "`n/m` = not measurable (a stage lacked data, e.g. too few known prompts), `not run` = the study has not "
-        "reached the cell yet (rerun the command to resume). The few-shot claim is one "
+        f"Cells are relation × shot count; {COUNTS_KEY}; `not run` = the study has not reached the cell yet (rerun "
+        "the command to resume). The few-shot claim is one "
         f"per relation ({min(args.shots)} vs {max(args.shots)} shots).",
         "",
         *summary_table(sweeps, names),
         "",
+        *counts_table(sweeps, names),
+        "",
+    ]
+    if baseline:
+        lines += [
+            f"## What changed against the {baseline.get('max_prompts')}-prompt study",
+            "",
+            *changes_section(changes(sweeps, names, baseline), baseline, names),
+        ]
+    lines += [
         "## Which claims hold where, in words",
         "",
         *headline(sweeps, names),
@@ -689,7 +1046,8 @@ def render_doc(out: Path, sweeps: list[Sweep], args) -> str:
         "",
         *preset_disagreements(sweeps, names),
         "",
-        "## Per cell: value [95% interval] and verdict (✓ holds, ✗ does not hold, n/m not measurable)",
+        "## Per cell: value [95% interval] and verdict (✓ holds, ✗ does not hold, ? inconclusive with ≈ the known "
+        "prompts that would decide it, n/m not measurable)",
         "",
     ]
     for s in sweeps:
@@ -715,8 +1073,10 @@ def coverage(sweeps: list[Sweep]) -> str:
     return text + "."
 
 
-def render_readme_block(sweeps: list[Sweep], args) -> str:
+def render_readme_block(out: Path, sweeps: list[Sweep], args, baseline: dict | None = None) -> str:
     names = claim_names(sweeps)
+    sample = "every prompt of each relation" if str(args.max_prompts) == "all" else f"at most {args.max_prompts} prompts per cell"
+    took = run_time(out)
     lines = [
         BEGIN,
         "<!-- generated by scripts/study.py from the study's run directories: edit the script, not this block -->",
@@ -724,19 +1084,20 @@ def render_readme_block(sweeps: list[Sweep], args) -> str:
         f"Measured by `{study_command(args)}` on {', '.join(dict.fromkeys(s.model for s in sweeps))}: "
         f"{len(args.relations)} relations (the paper's task and LRE relations) × shots "
         f"{', '.join(str(k) for k in args.shots)} × presets {' and '.join(dict.fromkeys(s.preset for s in sweeps))}, "
-        f"at most {args.max_prompts} prompts per cell. The whole study — every value with its interval, "
-        "margin and rule — is [docs/study.md](docs/study.md). " + coverage(sweeps),
+        f"{sample}. The whole study — every value with its interval, "
+        "margin and rule — is [docs/study.md](docs/study.md). " + coverage(sweeps) + (f" The study's {took}." if took else ""),
         "",
         *legend(names),
         "",
-        "Holds in k of the n measurable cells (relation × shot count; `n/m` = not measurable; `not run` = "
-        "not reached yet by the study):",
+        f"Per claim and model · preset (cells: relation × shot count; {COUNTS_KEY}):",
         "",
         *summary_table(sweeps, names),
         "",
     ]
     across = across_shots(sweeps)
     lines += [f"- {in_short(sweeps, name, i, across)}" for i, name in enumerate(names)]
+    if baseline:
+        lines += ["", changes_summary(changes(sweeps, names, baseline), baseline) + " Which ones: docs/study.md."]
     lines += ["", END]
     return "\n".join(lines)
 
@@ -752,12 +1113,14 @@ def replace_block(text: str, block: str) -> str:
 def render(args) -> None:
     out = out_path(args)
     sweeps = [read_sweep(out, m, p, args.relations, args.shots) for m in args.models for p in args.presets]
+    baseline = load_baseline(args.baseline)
     doc = ROOT / args.doc if not Path(args.doc).is_absolute() else Path(args.doc)
-    atomic_write_text(doc, render_doc(out, sweeps, args))
+    atomic_write_text(doc, render_doc(out, sweeps, args, baseline))
     print(f"study: wrote {doc}", file=sys.stderr)
     if args.readme:
         readme = ROOT / args.readme if not Path(args.readme).is_absolute() else Path(args.readme)
-        readme.write_text(replace_block(readme.read_text(encoding="utf-8"), render_readme_block(sweeps, args)), encoding="utf-8")
+        block = render_readme_block(out, sweeps, args, baseline)
+        readme.write_text(replace_block(readme.read_text(encoding="utf-8"), block), encoding="utf-8")
         print(f"study: rewrote the study block of {readme}", file=sys.stderr)
 
 
@@ -768,7 +1131,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--presets", type=csv, default=list(PRESETS))
     p.add_argument("--relations", type=csv, default=list(RELATIONS))
     p.add_argument("--shots", type=lambda s: [int(x) for x in csv(s)], default=list(SHOTS))
-    p.add_argument("--max-prompts", type=int, default=MAX_PROMPTS)
+    p.add_argument("--max-prompts", type=max_prompts, default=MAX_PROMPTS, help="a number >= 1, or all (default: every prompt)")
     p.add_argument("--stages", default=None, help="comma-separated stages (default: the run's default stages)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
@@ -783,15 +1146,51 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--readme", default=README, help="README whose study block is rewritten ('' to leave it)")
     p.add_argument("--render-only", action="store_true", help="no run: re-render from the run directories")
     p.add_argument(
+        "--baseline",
+        default=BASELINE,
+        help="the earlier study's per-cell verdicts to compare with ('' for none; a missing file is skipped)",
+    )
+    p.add_argument(
+        "--extract-baseline",
+        metavar="COMMIT",
+        default=None,
+        help="write --baseline from --doc as it was at COMMIT (git show), then stop",
+    )
+    p.add_argument(
         "--redo-claims",
         action="store_true",
         help="recompute every cell's claims stage (after a change to the claim rules); other stages are reused",
     )
     args = p.parse_args(argv)
     args.settings = list(STUDY_SETTINGS) if args.settings is None else args.settings
-    if args.max_prompts < 1:
-        p.error("--max-prompts must be >= 1")
     return args
+
+
+def max_prompts(text: str) -> int | str:
+    """``--max-prompts``: "all" or a number >= 1."""
+    if str(text).strip().lower() == "all":
+        return "all"
+    if not str(text).isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a number >= 1 or all, got {text!r}")
+    return int(text)
+
+
+def write_baseline(args) -> Path:
+    """``--extract-baseline COMMIT``: the per-cell verdicts of ``--doc`` at COMMIT into ``--baseline``."""
+    commit = _git("rev-parse", args.extract_baseline)
+    if not commit:
+        raise SystemExit(f"study: no commit {args.extract_baseline!r}")
+    markdown = _git("show", f"{commit}:{args.doc}")
+    if not markdown:
+        raise SystemExit(f"study: {args.doc} does not exist at {commit}")
+    data = extract_baseline(markdown, commit, args.doc)
+    path = Path(args.baseline) if Path(args.baseline).is_absolute() else ROOT / args.baseline
+    # one claims row per line: a reviewable diff, a file that greps by cell
+    rows = ",\n".join("  " + json.dumps(r, ensure_ascii=False) for r in data["rows"])
+    head = json.dumps({k: v for k, v in data.items() if k != "rows"}, ensure_ascii=False, indent=1)[:-2]
+    atomic_write_text(path, f'{head},\n "rows": [\n{rows}\n ]\n}}\n')
+    print(f"study: wrote {path} ({len(data['rows'])} claims rows from {args.doc} at {commit[:12]})", file=sys.stderr)
+    return path
 
 
 def drop_claims(out: Path, args) -> int:
@@ -818,6 +1217,9 @@ def drop_claims(out: Path, args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.extract_baseline:
+        write_baseline(args)
+        return 0
     out = out_path(args)
     failed = []
     if args.redo_claims and not args.render_only:

@@ -30,10 +30,10 @@ RELATIONS = ["paper_country_capital", "../shared/data/lre/country_language.json"
 SHOTS = [0, 3]
 
 
-FLIPS = {("m1", "recallscope", "paper_country_capital", 3, "C1"): 0.45}  # flips_at where the primary condition alone decides
+FLIPS = {("m1", "recallscope", "paper_country_capital", 3, "C1"): 0.45}  # flips_at where the deciding setting alone decides
 
 
-def claim_row(claim, value, lo, hi, verdict, margin, rule, flips_at=None):
+def claim_row(claim, value, lo, hi, verdict, margin, rule, flips_at=None, needed=None):
     # the claims stage's columns (recallscope.claims.COLUMNS; evidence columns beside them are not shown in the study)
     return {
         "claim": claim,
@@ -43,24 +43,32 @@ def claim_row(claim, value, lo, hi, verdict, margin, rule, flips_at=None):
         "value": value,
         "ci_low": lo,
         "ci_high": hi,
+        "decided_by": "primary",
+        "decided_value": value,
+        "decided_ci_low": lo,
+        "decided_ci_high": hi,
         "threshold": 0.5,
         "margin": margin,
         "flips_at": flips_at,
         "verdict": verdict,
+        "prompts_used": 12,
+        "prompts_needed": needed,
+        "prompts_available": 100,
         "rule": rule,
         "detail": "d",
         "projection_corr_first": 0.123,
     }
 
 
-# per (model, preset, relation slug, shots): the two per-cell claims; figures chosen so 3 significant digits are exact
+# per (model, preset, relation slug, shots): the two per-cell claims (value, low, high, verdict, margin[, prompts
+# needed]); figures chosen so 3 significant digits are exact
 FIGURES = {
     ("m1", "recallscope", "paper_country_capital", 0): [
         (0.812, 0.75, 0.87, "holds", 0.25),
         (-1.25, -2.5, -0.125, "holds", 0.125),
     ],
     ("m1", "recallscope", "paper_country_capital", 3): [
-        (0.431, 0.25, 0.55, "does not hold", -0.05),
+        (0.431, 0.25, 0.55, "inconclusive", -0.05, 140),
         (2.5, 1.75, 3.25, "does not hold", -1.75),
     ],
     ("m1", "recallscope", "country_language", 0): None,  # the claims stage did not run: too few known prompts
@@ -75,7 +83,7 @@ FIGURES = {
     ],
     ("m1", "paper", "country_language", 0): [
         (0.555, 0.375, 0.75, "not measurable here", None),
-        (0.125, -0.5, 0.875, "does not hold", -0.5),
+        (0.125, -0.5, 0.875, "inconclusive", -0.5, 300),
     ],
     ("m1", "paper", "country_language", 3): [(0.666, 0.5, 0.8, "holds", 0.3), (-0.875, -1.25, -0.625, "holds", 0.625)],
 }
@@ -101,8 +109,8 @@ def study_dir(tmp_path: Path) -> Path:
             summary["not_measurable"] = {"claims": {"reason": "no known prompt left for relation 'country_language'"}}
         else:
             rows = [
-                claim_row(C_MOVERS, *figures[0], RULES[C_MOVERS], FLIPS.get((model, preset, rel, k, "C1"))),
-                claim_row(C_SUPPRESS, *figures[1], RULES[C_SUPPRESS]),
+                claim_row(C_MOVERS, *figures[0][:5], RULES[C_MOVERS], FLIPS.get((model, preset, rel, k, "C1")), *figures[0][5:]),
+                claim_row(C_SUPPRESS, *figures[1][:5], RULES[C_SUPPRESS], None, *figures[1][5:]),
             ]
             cell.write_tables("claims", {"claims": pd.DataFrame(rows)})
             summary["stages"]["claims"] = {"claims": rows}
@@ -141,51 +149,29 @@ def study_dir(tmp_path: Path) -> Path:
     return out
 
 
-def render(study_dir: Path, tmp_path: Path) -> tuple[str, str]:
+def render(study_dir: Path, tmp_path: Path, baseline: str = "") -> tuple[str, str]:
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\nbefore\n\n{study.BEGIN}\nold hand-typed figure 0.89\n{study.END}\n\nafter\n")
-    args = study.parse(
-        [
-            "--render-only",
-            "--models",
-            "m1",
-            "--relations",
-            ",".join(RELATIONS),
-            "--shots",
-            "0,3",
-            "--max-prompts",
-            "32",
-            "--out",
-            str(study_dir),
-            "--doc",
-            str(tmp_path / "study.md"),
-            "--readme",
-            str(readme),
-        ]
-    )
-    assert (
-        study.main(
-            [
-                "--render-only",
-                "--models",
-                "m1",
-                "--relations",
-                ",".join(RELATIONS),
-                "--shots",
-                "0,3",
-                "--max-prompts",
-                "32",
-                "--out",
-                str(study_dir),
-                "--doc",
-                str(tmp_path / "study.md"),
-                "--readme",
-                str(readme),
-            ]
-        )
-        == 0
-    )
-    assert args.render_only
+    argv = [
+        "--render-only",
+        "--models",
+        "m1",
+        "--relations",
+        ",".join(RELATIONS),
+        "--shots",
+        "0,3",
+        "--max-prompts",
+        "32",
+        "--out",
+        str(study_dir),
+        "--doc",
+        str(tmp_path / "study.md"),
+        "--readme",
+        str(readme),
+        "--baseline",
+        baseline,
+    ]
+    assert study.parse(argv).render_only and study.main(argv) == 0
     return (tmp_path / "study.md").read_text(), readme.read_text()
 
 
@@ -194,25 +180,31 @@ def test_every_figure_of_the_claims_tables_reaches_the_page(study_dir, tmp_path)
     for (model, preset, rel, k), figures in FIGURES.items():
         if figures is None:
             continue
-        for (value, lo, hi, verdict, margin), claim in zip(figures, (C_MOVERS, C_SUPPRESS), strict=True):
+        for (value, lo, hi, verdict, margin, *needed), claim in zip(figures, (C_MOVERS, C_SUPPRESS), strict=True):
             label = "C1" if claim == C_MOVERS else "C2"
-            # the detail table has one line per cell and claim with value, interval, verdict and margin
+            # the detail table has one line per cell and claim with value, interval, the deciding figure,
+            # threshold, margin, flips at, verdict, prompts needed and available
             line = next(
                 l
                 for l in doc.splitlines()
                 if l.startswith(f"| {rel} | {k} | {label} |") and f"{study.num(value)} | [{study.num(lo)}, {study.num(hi)}]" in l
             )
             flips = FLIPS.get((model, preset, rel, k, label))
+            interval = f"[{study.num(lo)}, {study.num(hi)}]"
             assert (
-                f"| L23H4 | {study.num(value)} | [{study.num(lo)}, {study.num(hi)}] | 0.5 | "
-                f"{'—' if margin is None else study.num(margin)} | {study.num(flips)} | {verdict} | {RULES[claim]} | d |" in line
+                f"| L23H4 | {study.num(value)} | {interval} | primary = {study.num(value)} {interval} | 0.5 | "
+                f"{'—' if margin is None else study.num(margin)} | {study.num(flips)} | {verdict} | "
+                f"{needed[0] if needed else '—'} | 100 | {RULES[claim]} | d |" in line
             )
     for rows in SHOT_FIGURES.values():
         for rel, value, lo, hi, verdict, margin in rows:
-            assert f"| {rel} | 0→3 | C3 | L23H4 | {value} | [{lo}, {hi}] | 0.5 | {margin} | — | {verdict} |" in doc
+            assert (
+                f"| {rel} | 0→3 | C3 | L23H4 | {value} | [{lo}, {hi}] | primary = {value} [{lo}, {hi}] | 0.5 | {margin} | — | {verdict} |"
+                in doc
+            )
     # the literal figures, as printed
-    assert "| 0.812 | [0.75, 0.87] | 0.5 | 0.25 | — | holds |" in doc
-    assert "| -1.25 | [-2.5, -0.125] | 0.5 | 0.125 | — | holds |" in doc
+    assert "| 0.812 | [0.75, 0.87] | primary = 0.812 [0.75, 0.87] | 0.5 | 0.25 | — | holds | — | 100 |" in doc
+    assert "| 0.431 | [0.25, 0.55] | primary = 0.431 [0.25, 0.55] | 0.5 | -0.05 | 0.45 | inconclusive | 140 | 100 |" in doc
     assert "0.123" not in doc  # evidence columns stay in the run directory
     # the cell that lacks the claims stage says why, and counts as not measurable
     assert "no known prompt left for relation 'country_language'" in doc
@@ -220,7 +212,8 @@ def test_every_figure_of_the_claims_tables_reaches_the_page(study_dir, tmp_path)
     assert "`--max-prompts 32`" in doc and "1 to 13 per cell" in doc
     assert "| 10/32 |" in doc and "| 13/32 |" in doc and "| 1/32 |" in doc
     assert "`recallscope run --model m1 --preset paper`" in doc and "abc123" in doc and "2026-11-30T09:00:00+00:00" in doc
-    assert "20 min of wall time" in doc  # 2 × 600 s
+    # the run time of the study: 2 × 600 s
+    assert "2 sweep attempt(s) took 20 min of wall time in all (m1 20 min), between 2026-11-30T09:00:00+00:00" in doc
     assert "python scripts/study.py --models m1" in doc and "--max-prompts 32" in doc
     # the paper preset's country_language sweep has no combined summary: said so
     assert "m1 · paper: not run to the end for country_language" in doc
@@ -229,41 +222,54 @@ def test_every_figure_of_the_claims_tables_reaches_the_page(study_dir, tmp_path)
 
 def test_the_summary_counts_and_sentences_follow_the_verdicts(study_dir, tmp_path):
     doc, _ = render(study_dir, tmp_path)
-    # C1 (movers), recallscope: holds at (pcc, 0) and (language, 3); fails at (pcc, 3); (language, 0) has no claims table
+    # C1 (movers), recallscope: holds at (pcc, 0) and (language, 3); inconclusive at (pcc, 3) (140 prompts needed);
+    #   (language, 0) has no claims table
     # C1, paper: holds at (language, 3); fails at (pcc, 0), (pcc, 3); not measurable at (language, 0)
     # C2, recallscope: holds (pcc, 0); fails (pcc, 3), (language, 3); missing (language, 0)
-    # C2, paper: holds (pcc, 0), (language, 3); fails (pcc, 3), (language, 0)
-    # C3 (shots): recallscope 1 of 2 relations; paper 1 of 1
-    table = [l for l in doc.split("## Summary")[1].splitlines() if l.startswith("| C")]
+    # C2, paper: holds (pcc, 0), (language, 3); fails (pcc, 3); inconclusive (language, 0) (300 prompts needed)
+    # C3 (shots): recallscope holds 1, fails 1; paper holds 1 of 1, 1 not run
+    table = [l for l in doc.split("## Summary")[1].split("| claim | model")[0].splitlines() if l.startswith("| C")]
     assert table == [
-        "| C1 | 2/3 (1 n/m) | 1/3 (1 n/m) |",
-        "| C2 | 1/3 (1 n/m) | 2/4 |",
-        "| C3 | 1/2 | 1/1 (1 not run) |",
+        "| C1 | 2 · 0 · 1 · 1 (≈ 140) | 1 · 2 · 0 · 1 |",
+        "| C2 | 1 · 2 · 0 · 1 | 2 · 1 · 1 · 0 (≈ 300) |",
+        "| C3 | 1 · 1 · 0 · 0 | 1 · 0 · 0 · 0, 1 not run |",
     ]
+    # the long table: per claim and model · preset, with the median prompts needed and their range
+    assert "| C1 | m1 · recallscope | 2 | 0 | 1 | 1 | 0 | 140 (140–140) |" in doc
+    assert "| C2 | m1 · paper | 2 | 1 | 1 | 0 | 0 | 300 (300–300) |" in doc
+    assert "| C3 | m1 · paper | 1 | 0 | 0 | 0 | 1 | — |" in doc
     assert (
-        "**m1, recallscope preset**: holds in 2 of 3 measured cells (paper_country_capital at 0 shots; "
-        "country_language at 3 shots); not measurable in 1 cell (country_language at 0 shots)."
+        "**m1, recallscope preset**, of 3 measured cells: holds in 2 (paper_country_capital at 0 shots; "
+        "country_language at 3 shots); inconclusive in 1 (paper_country_capital at 3 shots) — median ≈ 140 known "
+        "prompts would decide the inconclusive ones; not measurable in 1 cell (country_language at 0 shots)."
     ) in doc
-    assert "**m1, paper preset**: holds in 1 of 3 measured cells (country_language at 3 shots)" in doc
-    assert "**m1, recallscope preset**: holds in 1 of 2 measured relations (paper_country_capital)." in doc
-    assert "**m1, paper preset**: holds in the one measured relation; 1 relation not run yet." in doc
-    # nearest flip: the smallest |margin| among measured verdicts
-    # the nearest flip is only named where the primary condition alone decides (flips_at set)
+    assert (
+        "**m1, paper preset**, of 3 measured cells: holds in 1 (country_language at 3 shots); does not hold in 2 "
+        "(paper_country_capital at 0 and 3 shots); not measurable in 1 cell (country_language at 0 shots)."
+    ) in doc
+    assert (
+        "**m1, recallscope preset**, of 2 measured relations: holds in 1 (paper_country_capital); does not hold in 1 "
+        "(country_language)."
+    ) in doc
+    assert "**m1, paper preset**, of 1 measured relation: holds in 1 (paper_country_capital); 1 relation not run yet." in doc
+    # the nearest flip is only named where the deciding setting alone changes the verdict (flips_at set)
     assert doc.count("nearest to flipping") == 1
     assert (
-        "The verdict nearest to flipping: paper_country_capital at 3 shots (does not hold, margin -0.05; "
-        "it flips with the threshold's setting at 0.45)."
+        "The verdict nearest to flipping: paper_country_capital at 3 shots (inconclusive, margin -0.05; "
+        "it changes with the deciding threshold's setting at 0.45)."
     ) in doc
-    # presets compared cell by cell ((language, 0) is not compared: no claims table under recallscope)
+    # presets compared cell by cell, inconclusive included ((language, 0) is not compared: no claims table under recallscope)
     assert (
-        "of the 6 verdicts measured under both presets, 2 differ: C1 on paper_country_capital at 0 shots (recallscope: "
-        "holds, paper: does not hold); C2 on country_language at 3 shots (recallscope: does not hold, paper: holds)."
+        "of the 6 verdicts measured under both presets, 3 differ: C1 on paper_country_capital at 0 shots (recallscope: "
+        "holds, paper: does not hold); C1 on paper_country_capital at 3 shots (recallscope: inconclusive, paper: does "
+        "not hold); C2 on country_language at 3 shots (recallscope: does not hold, paper: holds)."
     ) in doc
     assert "8 of 8 cells have run." in doc
-    # the per-cell grid: verdict mark, value and interval
+    # the per-cell grid: verdict mark, value and interval, and for an inconclusive cell the prompts needed
     assert "| paper_country_capital | 0 | 10/32 | ✓ 0.812 [0.75, 0.87] | ✓ -1.25 [-2.5, -0.125] |" in doc
+    assert "| paper_country_capital | 3 | 13/32 | ? 0.431 [0.25, 0.55] ≈140 | ✗ 2.5 [1.75, 3.25] |" in doc
     assert "| country_language | 0 | 1/32 | n/m | n/m |" in doc
-    assert "| country_language | 0 | 10/32 | n/m | ✗ 0.125 [-0.5, 0.875] |" in doc
+    assert "| country_language | 0 | 10/32 | n/m | ? 0.125 [-0.5, 0.875] ≈300 |" in doc
 
 
 def test_the_readme_block_is_replaced_and_the_rest_kept(study_dir, tmp_path):
@@ -271,15 +277,120 @@ def test_the_readme_block_is_replaced_and_the_rest_kept(study_dir, tmp_path):
     assert readme.startswith("# title\n\nbefore\n\n" + study.BEGIN)
     assert readme.endswith(study.END + "\n\nafter\n")
     assert "0.89" not in readme  # the hand-typed block is gone
-    assert "| C1 | 2/3 (1 n/m) | 1/3 (1 n/m) |" in readme
+    assert "| C1 | 2 · 0 · 1 · 1 (≈ 140) | 1 · 2 · 0 · 1 |" in readme
     assert "[docs/study.md](docs/study.md)" in readme
-    # C1 over both presets: holds in 2 + 1 of 3 + 3 measured cells
-    assert "- C1 holds in 3 of 6 measured cells (m1 3/6)." in readme
-    assert "- C3 holds in 2 of 3 measured relations (m1 2/3)." in readme
+    assert "The study's 2 sweep attempt(s) took 20 min of wall time in all" in readme
+    # C1 over both presets: 3 hold, 2 do not, 1 inconclusive of 6 measured cells
+    assert (
+        "- C1, of 6 measured cells: holds in 3, does not hold in 2, inconclusive in 1 (m1 3 · 2 · 1); median ≈ 140 "
+        "known prompts would decide the inconclusive ones."
+    ) in readme
+    assert "- C3, of 3 measured relations: holds in 2, does not hold in 1, inconclusive in 0 (m1 2 · 1 · 0)." in readme
     assert readme.count(study.BEGIN) == 1 and readme.count(study.END) == 1
     # rendering twice gives the same block (idempotent), apart from nothing
     _, again = render(study_dir, tmp_path)
     assert again.split(study.BEGIN)[1] == readme.split(study.BEGIN)[1]
+
+
+def baseline_row(preset, relation, shots, label, verdict, model="m1", **figures):
+    claim = {"C1": C_MOVERS, "C2": C_SUPPRESS, "C3": C_SHOTS}[label]
+    return {
+        "model": model,
+        "preset": preset,
+        "relation": relation,
+        "shots": shots,
+        "claim": claim,
+        "label": label,
+        "value": figures.get("value", 0.5),
+        "ci_low": 0.25,
+        "ci_high": 0.75,
+        "threshold": 0.5,
+        "margin": figures.get("margin", -0.02),
+        "flips_at": None,
+        "verdict": verdict,
+        "n_known": 9,
+        "n_prompts": 24,
+    }
+
+
+def test_what_changed_against_the_earlier_study(study_dir, tmp_path):
+    """Item 5 of issue 27: the renderer compares every cell and claim with the earlier study's verdicts."""
+    baseline = {
+        "source": {"file": "docs/study.md", "commit": "0123456789abcdef0123456789abcdef01234567", "note": "n"},
+        "max_prompts": 24,
+        "claims": {"C1": C_MOVERS, "C2": C_SUPPRESS, "C3": C_SHOTS},
+        "rows": [
+            baseline_row("recallscope", "paper_country_capital", 3, "C1", "does not hold", value=0.431, margin=-0.049),
+            baseline_row("paper", "paper_country_capital", 0, "C1", "holds"),  # now does not hold: a flip
+            baseline_row("recallscope", "country_language", 3, "C2", "holds"),  # now does not hold
+            baseline_row("paper", "country_language", 0, "C2", "not measurable here"),  # now inconclusive
+            baseline_row("recallscope", "paper_country_capital", 0, "C1", "holds"),  # unchanged
+            baseline_row("recallscope", "paper_country_capital", "0→3", "C3", "holds"),  # unchanged (few-shot row)
+            baseline_row("paper", "city_in_country", 0, "C1", "holds"),  # not in this study's run directories
+            baseline_row("paper", "paper_country_capital", 0, "C1", "holds", model="m2"),  # another model: not compared
+        ],
+    }
+    path = tmp_path / "study-24.json"
+    path.write_text(json.dumps(baseline))
+    doc, readme = render(study_dir, tmp_path, str(path))
+    summary = (
+        "Against the 24-prompt study (docs/study-24.json, from docs/study.md at 0123456789ab): of 6 verdicts compared, "
+        "2 are unchanged, 1 turned inconclusive, 2 flipped between holds and does not hold (0 to holds, 2 to does "
+        "not hold), 1 changed otherwise; 1 verdict of it not in this study's run directories."
+    )
+    assert summary in doc and summary in readme
+    section = doc.split("## What changed against the 24-prompt study")[1].split("## Which claims")[0]
+    assert "### Turned inconclusive (1)" in section and "### Flipped between holds and does not hold (2)" in section
+    assert (
+        "- C1 · m1 · recallscope · paper_country_capital · 3 shots: does not hold (0.431 [0.25, 0.75], margin -0.049, "
+        "9 known) → inconclusive (0.431 [0.25, 0.55]; ≈ 140 known prompts would decide it; 12 used)"
+    ) in section
+    assert "- C2 · m1 · paper · country_language · 0 shots: not measurable here" in section
+    assert "Not in this study's run directories yet (1 verdict): m1 · paper: city_in_country." in section
+    assert "m2" not in section
+
+
+def test_the_baseline_is_extracted_from_a_rendered_study(study_dir, tmp_path):
+    """``--extract-baseline`` reads a docs/study.md this script rendered back into per-cell verdicts: every
+    figure of the synthetic study comes back as printed."""
+    doc, _ = render(study_dir, tmp_path)
+    data = study.extract_baseline(doc, "c0ffee")
+    assert data["source"]["commit"] == "c0ffee" and data["claims"] == {"C1": C_MOVERS, "C2": C_SUPPRESS, "C3": C_SHOTS}
+    rows = {(r["preset"], r["relation"], r["shots"], r["label"]): r for r in data["rows"]}
+    for (model, preset, rel, k), figures in FIGURES.items():
+        for label, fig in zip(("C1", "C2"), figures or (), strict=False):
+            row = rows[(preset, rel, k, label)]
+            assert (row["value"], row["ci_low"], row["ci_high"], row["verdict"], row["margin"]) == (
+                fig[0],
+                fig[1],
+                fig[2],
+                fig[3],
+                fig[4],
+            ), (preset, rel, k, label)
+            assert row["n_known"] == 10 + k and row["n_prompts"] == 32
+    assert rows[("recallscope", "paper_country_capital", 3, "C1")]["flips_at"] == 0.45
+    assert rows[("paper", "paper_country_capital", "0→3", "C3")]["verdict"] == "holds"
+    assert ("recallscope", "country_language", 0, "C1") not in rows  # no claims table there: not measurable
+
+
+def test_the_committed_24_prompt_study():
+    """docs/study-24.json: the 24-prompt study's verdicts, extracted from docs/study.md at the commit it names;
+    its counts are the ones that study's README block printed (C1 held in 3 of 69 measured cells, C2 in none of
+    55, C4 in all 69)."""
+    data = study.load_baseline(study.BASELINE)
+    assert len(data["source"]["commit"]) == 40 and data["max_prompts"] == 24
+    assert {(r["model"], r["preset"]) for r in data["rows"]} == {(m, p) for m in study.MODELS for p in study.PRESETS}
+    for label, held, measured in (("C1", 3, 69), ("C2", 0, 55), ("C4", 69, 69), ("C5", 31, 69)):
+        rows = [r for r in data["rows"] if r["label"] == label]
+        assert sum(r["verdict"] == "holds" for r in rows) == held
+        assert sum(r["verdict"] in ("holds", "does not hold") for r in rows) == measured
+
+
+def test_the_default_is_every_prompt():
+    assert study.parse([]).max_prompts == "all" == study.MAX_PROMPTS
+    assert study.parse(["--max-prompts", "16"]).max_prompts == 16
+    with pytest.raises(SystemExit):
+        study.parse(["--max-prompts", "0"])
 
 
 def test_missing_markers_are_an_error(study_dir, tmp_path):
@@ -293,7 +404,7 @@ def test_the_sweep_command_is_one_run_per_model_and_preset():
         "paper",
         RELATIONS[1:],
         [0, 1, 3],
-        24,
+        "all",
         Path("runs/study/gemma3-270m/paper/country_language"),
         None,
         None,
@@ -311,7 +422,7 @@ def test_the_sweep_command_is_one_run_per_model_and_preset():
         "--shots",
         "0,1,3",
         "--max-prompts",
-        "24",
+        "all",
         "--no-report",
         "--out",
         "runs/study/gemma3-270m/paper/country_language",
