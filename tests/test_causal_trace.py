@@ -377,7 +377,7 @@ def test_mlp_peak_claim_floor_and_band(peak, ci_low, ci_high, layer, verdict, ma
     assert (claim.verdict, claim.about) == (verdict, f"MLP{layer}")
     assert claim.margin == pytest.approx(margin)  # below 0 unless the verdict holds
     if verdict == "inconclusive":  # 0.02 − 0.015·√(20/n') ≥ 0.01 from n' = 20·(0.015/0.01)² = 45 prompts
-        assert claim.prompts_needed == 45 and claim.prompts_used == 20
+        assert claim.prompts_needed == 45 and claim.row()["prompts_used"] == 20
 
 
 @pytest.mark.parametrize("verb", ["trace", "knockout", "patch"])

@@ -45,7 +45,7 @@ def test_movers_claim_is_about_the_heads_patching_singles_out():
     claim = movers_claim(summary, frame, CFG)
     assert claim.verdict == HOLDS and claim.about == "L5H2" and claim.value == 1.0
     # a count of prompts: its Clopper–Pearson interval, not a zero-width bootstrap of 0/1 values
-    assert (claim.ci_low, claim.ci_high) == (pytest.approx(CP_60), 1.0) and claim.prompts_used == 60
+    assert (claim.ci_low, claim.ci_high) == (pytest.approx(CP_60), 1.0) and claim.row()["prompts_used"] == 60
     assert claim.threshold == 0.5 and claim.margin == pytest.approx(CP_60 - 0.5) and claim.evidence["patch_rank"] == 1
     # the copying head is third by patching: with the top 2 only, the claim does not hold although a mover exists
     summary, frame = movers_inputs(copying_head_effect=-1.0)
@@ -97,7 +97,8 @@ def test_suppression_is_a_component_below_the_floor_on_most_prompts():
     assert rare.verdict == FAILS and rare.margin == pytest.approx(lo - 0.5) and rare.flips_at == pytest.approx(hi)
     assert rare.threshold == 0.5 and "(threshold and margin: " in rare.detail
     assert rare.decided_by == "share of prompts with DLA < 0"  # not what the value (the DLA interval) measures
-    assert (rare.decided_value, rare.decided_ci_low, rare.decided_ci_high) == (0.2, pytest.approx(lo), pytest.approx(hi))
+    row = rare.row()
+    assert (row["decided_value"], row["decided_ci_low"], row["decided_ci_high"]) == (0.2, pytest.approx(lo), pytest.approx(hi))
     flips = {r["setting"]: r["flips_at"] for r in rare.sensitivity()}
     assert flips == {"claims.min_suppression_logits": None, "claims.min_share_negative": pytest.approx(hi)}
     assert [r["state"] for r in rare.sensitivity()] == [MET, FAILED]
@@ -208,7 +209,7 @@ def test_shot_claim_needs_heads_that_matter():
     floor = faint.conditions[1]
     assert floor.setting == "claims.min_head_effect_logits" and floor.high < 0.1 and floor.state() == FAILED
     assert faint.verdict == FAILS and faint.decided_by == floor.name and faint.threshold == 0.1
-    assert faint.decided_value == pytest.approx(floor.estimate) and 0.003 < floor.estimate < 0.006  # ≈ 20 % of 0.02
+    assert faint.row()["decided_value"] == pytest.approx(floor.estimate) and 0.003 < floor.estimate < 0.006  # ≈ 20 % of 0.02
 
 
 def test_missing_stages_are_not_measurable_and_the_table_is_stable():
@@ -278,10 +279,12 @@ def test_prompts_needed_assumes_the_effect_stays_and_the_interval_narrows_as_one
     # the row: one heading to fail decides first (one failure settles it), else the slowest of those heading to pass
     slow_up = cond(0.2, 0.8, ">=", est=0.6, n=16, name="slow")  # 16·(0.4/0.1)² = 256
     row = decide("C", "s", None, "m", 0.6, (0.45, 0.75), [up, slow_up], "d", {})
-    assert row.verdict == INCONCLUSIVE and row.decided_by == "slow" and row.prompts_needed == 256 and row.prompts_used == 16
+    assert row.verdict == INCONCLUSIVE and row.decided_by == "slow" and row.prompts_needed == 256
+    assert row.row()["prompts_used"] == 16
     row = decide("C", "s", None, "m", 0.6, (0.45, 0.75), [up, slow_up, down], "d", {})
     assert row.decided_by == down.name and row.prompts_needed == 145 and "towards does not hold" in row.detail
-    assert (row.decided_value, row.decided_ci_low, row.decided_ci_high) == (0.45, 0.3, 0.6)
+    figures = row.row()
+    assert (figures["decided_value"], figures["decided_ci_low"], figures["decided_ci_high"]) == (0.45, 0.3, 0.6)
     # what the relation can give: said when it is fewer than needed
     short = with_available(row, 100)
     assert short.prompts_available == 100 and "fewer than needed" in short.detail

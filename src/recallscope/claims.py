@@ -478,30 +478,22 @@ class Claim:
     def deciding(self) -> Condition | None:
         return decide_conditions(self.conditions).deciding if self.conditions else None
 
+    # the row's columns read off the deciding condition: column -> Condition attribute
+    DECIDING_COLUMNS: ClassVar[dict] = {"decided_by": "name", "decided_value": "estimate", "decided_ci_low": "low",
+                                        "decided_ci_high": "high", "prompts_used": "n"}
+
+    def deciding_figures(self) -> dict:
+        """The deciding condition's name, estimate and interval (in the threshold's units: it is not always
+        what ``value`` measures) and the prompts its interval is over (None: no sampling error), as the
+        row's :data:`DECIDING_COLUMNS`; all None for a row without conditions (not measurable)."""
+        d = self.deciding
+        return {col: None if d is None else getattr(d, attr) for col, attr in self.DECIDING_COLUMNS.items()}
+
     @property
     def decided_by(self) -> str | None:
         """The name of the condition the row's ``threshold``, ``margin`` and ``flips_at`` belong to
-        (:func:`decide_conditions`); it differs from what ``value`` measures when another condition
-        decides. None for a row without conditions (not measurable)."""
-        return self.deciding.name if self.conditions else None
-
-    @property
-    def decided_value(self) -> float | None:
-        """The deciding condition's estimate, in the threshold's units."""
-        return self.deciding.estimate if self.conditions else None
-
-    @property
-    def decided_ci_low(self) -> float | None:
-        return self.deciding.low if self.conditions else None
-
-    @property
-    def decided_ci_high(self) -> float | None:
-        return self.deciding.high if self.conditions else None
-
-    @property
-    def prompts_used(self) -> int | None:
-        """The prompts the deciding condition's interval is over (None: a figure without sampling error)."""
-        return self.deciding.n if self.conditions else None
+        (:func:`decide_conditions`)."""
+        return self.deciding_figures()["decided_by"]
 
     @property
     def prompts_needed(self) -> int | None:
@@ -511,8 +503,9 @@ class Claim:
 
     def row(self) -> dict:
         """The claims table's row (:data:`COLUMNS`)."""
-        base = {k: getattr(self, k) for k in COLUMNS if k not in EVIDENCE}
-        return {**base, **{k: self.evidence.get(k) for k in EVIDENCE}}
+        figures = self.deciding_figures()
+        return {k: figures[k] if k in figures else self.evidence.get(k) if k in EVIDENCE else getattr(self, k)
+                for k in COLUMNS}
 
     def sensitivity(self) -> list[dict]:
         """One row per condition (:data:`SENSITIVITY_COLUMNS`): its interval, state, where it turns met
