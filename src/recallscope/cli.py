@@ -267,10 +267,12 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
     ) -> None:
         """The paper's claims of a finished run, evaluated again from its files (no model; nothing written unless --write).
 
-        One line per claim: its id, its verdict, the statistic that decided it with its 95% interval
-        ("low"/"high": only the end of the interval the rule compares is recorded) and the threshold it
-        is compared with. A verdict is the conjunction of its rule's conditions: the deciding one is the
-        primary condition unless that holds and another does not. --wide adds the primary figure, the
+        One line per claim: its id, its verdict (holds, does not hold, inconclusive with ≈ the known
+        prompts that would decide it, not measurable here), the statistic that decided it with its 95%
+        interval and the threshold it is compared with. A condition is met when its whole interval
+        passes, failed when its whole interval fails, and straddles otherwise; a claim holds when every
+        condition is met, does not hold when one fails, and is inconclusive when none fails but one
+        straddles (the deciding condition: recallscope.claims.decide_conditions). --wide adds the primary figure, the
         margin (the signed room to the threshold, in the condition's units) and flips at (the setting
         value at which the verdict flips, everything else fixed) and every condition; --sensitivity
         lists every condition with its setting and current value. A sweep prints its claims x cells
