@@ -147,6 +147,9 @@ def test_open_refuses_a_directory_without_a_finished_run(tmp_path):
 def test_reprs_are_short_and_html_views_show_verdict_colours(sweep_dir):
     sweep, _ = sweep_dir
     study = sweep[RELATION, 0]
+    objects = [repr(study.model), repr(study.prompts), repr(study.known), repr(study.prompts.relation)]
+    assert all(len(text.splitlines()) == 1 and len(text) <= 130 for text in objects), objects
+    assert repr(study.known).startswith(f"PromptSet('{RELATION}', 0-shot, {study.summary['n_known']} prompts")
     for text in [repr(sweep), repr(study), *(repr(study[s]) for s in ["recall", *STAGES])]:
         assert len(text.splitlines()) <= MAX_LINES and max(map(len, text.splitlines())) <= 130, text
     assert repr(study).startswith("Study · planted · paper_country_capital · 0-shot")

@@ -20,6 +20,7 @@ Importing the package imports no torch: the names and submodules above load on f
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import TYPE_CHECKING
 
 from .errors import UserError
@@ -32,32 +33,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     from .study import open_run as open
     from .tasks import Relation, build_prompts
 
-# Submodules reachable as attributes (rs.patch, …) without importing them first: the stages, and
-# the modules a user reaches for beside them.
-SUBMODULES = (
-    "recall",
-    "patch",
-    "path_patching",
-    "movers",
-    "decompose",
-    "intercept",
-    "suppress",
-    "claims",
-    "causal_trace",
-    "knockout",
-    "models",
-    "tasks",
-    "presets",
-    "figures",
-    "report",
-    "components",
-    "lens",
-    "stats",
-    "pipeline",
-    "study",
-    "display",
-    "progress",
-)
+# Every public submodule (rs.patch, rs.movers, …) is reachable as an attribute without importing it
+# first: the package's folder says which there are.
+SUBMODULES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 
 
 def __getattr__(name: str):

@@ -97,17 +97,24 @@ def _patch(s: dict) -> list[tuple[str, str]]:
 
 def _movers(s: dict) -> list[tuple[str, str]]:
     heads = s.get("heads", [])
-    first = heads[0] if len(heads) == 1 else None
     lines = [("verdict", str(s.get("verdict", ""))), ("prompts", fmt(s.get("n_prompts")))]
-    if first is not None:  # one head asked for: what it attends to and what it writes
+    if len(heads) == 1:  # one head asked for: what it attends to and what it writes
+        h = heads[0]
         lines.append(
             (
-                f"L{first.get('layer')}H{first.get('head')}",
-                f"attention to subject {fmt(first.get('attention_to_subject'))}, "
-                f"r(attention, a·W_U[X]) {fmt(first.get('projection_corr'))}, "
-                f"OV top-5 share {fmt(first.get('ov_top5_share_' + str(first.get('ov_input', 'context'))))}",
+                f"L{h.get('layer')}H{h.get('head')}",
+                f"attention to subject {fmt(h.get('attention_to_subject'))}, "
+                f"r(attention, a·W_U[X]) {fmt(h.get('projection_corr'))}, "
+                f"OV top-5 share {fmt(h.get('ov_top5_share_' + str(h.get('ov_input', 'context'))))}",
             )
         )
+    elif heads:  # the candidates, in the stage's order, with the figures the mover test reads
+        shown = [
+            f"L{h.get('layer')}H{h.get('head')} {fmt(h.get('attention_to_subject'), 2)}/{fmt(h.get('projection_corr'), 2)}"
+            + (" ✓" if h.get("is_mover") else "")
+            for h in heads[:4]
+        ]
+        lines.append(("candidates (attention / r, ✓ mover)", ", ".join(shown) + (", …" if len(heads) > 4 else "")))
     return lines
 
 

@@ -93,6 +93,14 @@ class Model:
     def device(self) -> torch.device:
         return self.view.device
 
+    def __repr__(self) -> str:
+        """One line (the dataclass's own repr prints the whole module and tokenizer)."""
+        c = self.cfg
+        return (
+            f"Model({self.name!r}: {c.family}, {c.n_layers} layers x {c.n_heads} heads, d={c.d_model}, "
+            f"{str(self.view.dtype).replace('torch.', '')} on {self.device}, {self.model_hash[:24]}…)"
+        )
+
     def describe(self) -> dict:
         c = self.cfg
         return {

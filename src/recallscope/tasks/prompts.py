@@ -76,6 +76,11 @@ class PromptSet:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def __repr__(self) -> str:
+        """One line (the dataclass's own repr lists every prompt): relation, shots, count, what was dropped."""
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items()) if v)
+        return f"PromptSet({self.relation.name!r}, {self.shots}-shot, {len(self)} prompts" + (f"; dropped: {dropped})" if dropped else ")")
+
     def subset(self, keep, reason: str | None = None) -> "PromptSet":
         """Keep prompts where ``keep`` (a bool sequence) is true; count the rest under ``reason``."""
         keep = list(keep)

@@ -86,6 +86,11 @@ class Relation:
     properties: dict = field(default_factory=dict, compare=False)
     description: str = ""
 
+    def __repr__(self) -> str:
+        """One line (the dataclass's own repr lists every sample)."""
+        example = f"; e.g. {self.templates[0].format(self.samples[0].subject)} → {self.samples[0].object}" if self.samples else ""
+        return f"Relation({self.name!r}: {len(self.samples)} samples, {len(self.templates)} templates{example})"
+
     def templates_for(self, shots: int) -> tuple[str, ...]:
         return self.templates_zs if shots == 0 and self.templates_zs else self.templates
 
