@@ -509,9 +509,17 @@ def counts_table(sweeps: list[Sweep], names: list[str]) -> list[str]:
     return lines
 
 
+def figure(row) -> str:
+    """The statistic that decided a claims row, with its interval (``decided_value``, ``decided_ci_*``: it is
+    not always what ``value`` measures), else (a table without them) the primary ``value``."""
+    if _g(row, "decided_value") is not None:
+        return f"{num(_g(row, 'decided_value'))} {interval(_g(row, 'decided_ci_low'), _g(row, 'decided_ci_high'))}"
+    return f"{num(_g(row, 'value'))} {interval(_g(row, 'ci_low'), _g(row, 'ci_high'))}"
+
+
 def grid(sweep: Sweep, names: list[str], across: set[str]) -> list[str]:
-    """One row per cell: known prompts, then each claim's verdict mark, value and interval (and, when
-    inconclusive, the prompts that would decide it)."""
+    """One row per cell: known prompts, then each claim's verdict mark, the deciding statistic and its
+    interval (:func:`figure`; and, when inconclusive, the prompts that would decide it)."""
     per_cell = [n for n in names if n not in across]
     lines = [
         "| relation | shots | known/prompts | " + " | ".join(f"C{names.index(n) + 1}" for n in per_cell) + " |",
@@ -530,7 +538,7 @@ def grid(sweep: Sweep, names: list[str], across: set[str]) -> list[str]:
             row = rows.iloc[0]
             v = verdict_of(row)
             if v in DECIDED:
-                text = f"{mark(v)} {num(_g(row, 'value'))} {interval(_g(row, 'ci_low'), _g(row, 'ci_high'))}"
+                text = f"{mark(v)} {figure(row)}"
                 if v == INCONCLUSIVE and _g(row, "prompts_needed") is not None:
                     text += f" ≈{num(_g(row, 'prompts_needed'))}"
                 parts.append(text)
@@ -938,6 +946,8 @@ def _change_line(old: dict, new: dict | None, names: list[str]) -> str:
     if new is None:
         return f"- {label} · {old['model']} · {old['preset']} · {old['relation']} · {shots}: {was} → not in this study"
     now_text = f"{new.get('verdict')} ({num(_g(new, 'value'))} {interval(_g(new, 'ci_low'), _g(new, 'ci_high'))}"
+    if _g(new, "decided_by") is not None and _g(new, "decided_value") is not None:
+        now_text += f"; decided by {cell_text(_g(new, 'decided_by'))} = {figure(new)}"
     if _g(new, "prompts_needed") is not None:
         now_text += f"; ≈ {num(_g(new, 'prompts_needed'))} known prompts would decide it"
     if _g(new, "prompts_used") is not None:
@@ -1046,8 +1056,11 @@ def render_doc(out: Path, sweeps: list[Sweep], args, baseline: dict | None = Non
         "",
         *preset_disagreements(sweeps, names),
         "",
-        "## Per cell: value [95% interval] and verdict (✓ holds, ✗ does not hold, ? inconclusive with ≈ the known "
-        "prompts that would decide it, n/m not measurable)",
+        "## Per cell: verdict and the statistic that decided it [95% interval]",
+        "",
+        "✓ holds, ✗ does not hold, ? inconclusive (≈ the known prompts that would decide it), n/m not measurable. The "
+        "figure is the deciding condition's (the claims table's `decided_value`: not always the claim's primary "
+        "`value`; the table below names it and shows both).",
         "",
     ]
     for s in sweeps:

@@ -47,6 +47,7 @@ def claim_row(claim, value, lo, hi, verdict, margin, rule, flips_at=None, needed
         "decided_value": value,
         "decided_ci_low": lo,
         "decided_ci_high": hi,
+        # the deciding condition is the primary one here; test_the_grid_shows_the_deciding_statistic has another
         "threshold": 0.5,
         "margin": margin,
         "flips_at": flips_at,
@@ -343,7 +344,8 @@ def test_what_changed_against_the_earlier_study(study_dir, tmp_path):
     assert "### Turned inconclusive (1)" in section and "### Flipped between holds and does not hold (2)" in section
     assert (
         "- C1 · m1 · recallscope · paper_country_capital · 3 shots: does not hold (0.431 [0.25, 0.75], margin -0.049, "
-        "9 known) → inconclusive (0.431 [0.25, 0.55]; ≈ 140 known prompts would decide it; 12 used)"
+        "9 known) → inconclusive (0.431 [0.25, 0.55]; decided by primary = 0.431 [0.25, 0.55]; ≈ 140 known prompts "
+        "would decide it; 12 used)"
     ) in section
     assert "- C2 · m1 · paper · country_language · 0 shots: not measurable here" in section
     assert "Not in this study's run directories yet (1 verdict): m1 · paper: city_in_country." in section
@@ -391,6 +393,19 @@ def test_the_default_is_every_prompt():
     assert study.parse(["--max-prompts", "16"]).max_prompts == 16
     with pytest.raises(SystemExit):
         study.parse(["--max-prompts", "0"])
+
+
+def test_the_grid_shows_the_deciding_statistic(study_dir, tmp_path):
+    """Issue 28's case: C1's primary figure is 1 [1, 1] but the scatter r decides; the grid shows what decided,
+    the detail table both, labelled."""
+    cell = RunDir(study_dir / "m1" / "recallscope" / "paper_country_capital" / "paper_country_capital" / "0shot")
+    table = cell.read_table("claims")
+    table.loc[0, ["value", "ci_low", "ci_high", "verdict"]] = [1.0, 1.0, 1.0, "does not hold"]
+    table.loc[0, ["decided_by", "decided_value", "decided_ci_low", "decided_ci_high"]] = ["scatter r", 0.25, 0.125, 0.375]
+    cell.write_tables("claims", {"claims": table})
+    doc, _ = render(study_dir, tmp_path)
+    assert "| paper_country_capital | 0 | 10/32 | ✗ 0.25 [0.125, 0.375] | ✓ -1.25 [-2.5, -0.125] |" in doc
+    assert "| L23H4 | 1 | [1, 1] | scatter r = 0.25 [0.125, 0.375] | 0.5 |" in doc
 
 
 def test_missing_markers_are_an_error(study_dir, tmp_path):
