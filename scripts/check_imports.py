@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "claims",
             "causal_trace",
             "knockout",
+            "surgery",
         ),
     ),
     (

@@ -16,7 +16,7 @@ from recallscope.errors import UserError
 from recallscope.models import load_model
 from recallscope.pipeline import RunConfig, execute
 
-STAGES = ["recall", "patch", "movers", "decompose", "intercept", "suppress", "trace", "knockout", "claims"]
+STAGES = ["recall", "patch", "movers", "decompose", "intercept", "suppress", "trace", "knockout", "surgery", "claims"]
 SETTINGS = {
     "recall.known_top_k": 100000,  # the random model knows nothing: every prompt counts as known
     "patch.n_corruptions": 2,
@@ -24,6 +24,8 @@ SETTINGS = {
     "trace.n_samples": 2,
     "trace.window": 2,
     "knockout.window": 2,
+    "surgery.n_null": 5,
+    "surgery.n_corruptions": 2,
 }
 N_LAYERS = 3
 
@@ -64,7 +66,7 @@ def test_every_engine_on_a_split_model_equals_the_one_device_run(tiny, tmp_path)
     _, a = execute(run, STAGES, out=str(out_one), overrides=SETTINGS, model=one, progress=False, incomplete_ok=True)
     _, b = execute(run, STAGES, out=str(out_split), overrides=SETTINGS, model=split, progress=False, incomplete_ok=True)
     assert set(a["stages"]) == set(STAGES) - set(a.get("not_measurable", {}))
-    assert set(b["stages"]) == set(a["stages"]) and len(a["stages"]) >= 7
+    assert set(b["stages"]) == set(a["stages"]) and len(a["stages"]) >= 7 and "surgery" in a["stages"]
     tables = sorted(p.relative_to(out_one) for p in out_one.rglob("*.parquet"))
     assert tables == sorted(p.relative_to(out_split) for p in out_split.rglob("*.parquet")) and len(tables) >= 10
     for rel in tables:

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import causal_trace, claims, decompose, intercept, knockout, movers, patch, recall, suppress
+from . import causal_trace, claims, decompose, intercept, knockout, movers, patch, recall, suppress, surgery
 from .constraints import coerce
 from .errors import EXIT_INCOMPLETE, UserError
 from .models import Model, load_model
@@ -407,6 +407,13 @@ def _knockout(ctx: StageContext) -> knockout.KnockoutResult:
     )
 
 
+def _surgery(ctx: StageContext) -> surgery.SurgeryResult:
+    heads = claims.patching_movers(ctx.summaries.get("movers"), ctx.config("claims"))
+    return surgery.surgery(
+        ctx.model, ctx.known_prompts(), [(h["layer"], h["head"]) for h in heads], ctx.config("surgery"), progress=ctx.progress
+    )
+
+
 _PATCH_FLAGS = {"layers": "patch.layers", "components": "patch.components"}
 
 STAGES: dict[str, Stage] = {
@@ -495,13 +502,23 @@ STAGES: dict[str, Stage] = {
             in_default_run=False,
         ),
         Stage(
+            "surgery",
+            "Surgery — the mover heads ablated against random head sets",
+            "Ablate the mover heads (the movers claim's) and random head sets of the same size: the drop in p(Y) and accuracy against a null.",
+            surgery.SurgeryConfig,
+            _surgery,
+            requires=("recall", "movers"),
+            check=surgery.check_config,
+            in_default_run=False,
+        ),
+        Stage(
             "claims",
             "Claims — does the paper's story hold on this run?",
             "The paper's claims: figure, interval, verdict.",
             claims.ClaimsConfig,
             _claims,
             requires=("recall",),
-            reads=("patch", "movers", "decompose", "intercept", "suppress", "trace", "knockout"),
+            reads=("patch", "movers", "decompose", "intercept", "suppress", "trace", "knockout", "surgery"),
             verb=False,
         ),
     )
