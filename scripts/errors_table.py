@@ -282,6 +282,7 @@ CASES: tuple[Case, ...] = (
         model=True,
     ),
     Case("trace: noise 0", ("trace", "--set", "trace.noise=0"), "trace.noise must be a number > 0"),
+    Case("surgery: unknown null", ("surgery", "--set", "surgery.nulls=shuffle"), "surgery.nulls"),
     Case("trace: noise negative", ("trace", "--set", "trace.noise=-1"), "trace.noise must be a number > 0"),
     Case(
         "a sweep with cells its data cannot support",

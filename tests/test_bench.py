@@ -42,3 +42,18 @@ def test_bench_trace_line_on_smollm2(smollm2):
     assert line["share_of_flop_ratio"] == pytest.approx(
         line["ratio"] / line["flop_ratio"], rel=0.005
     )  # the line rounds each figure
+
+
+@pytest.mark.slow
+def test_bench_surgery_line_on_smollm2(smollm2):
+    """The surgery bench on three prompts: the float64 equality of the batched null with the naive
+    loop, the sets it ablates (the movers and both nulls), the FLOP arithmetic it writes."""
+    options = benchmarks.BenchOptions(shots=(0,), max_prompts=3, quick=True)
+    (line,) = list(benchmarks.measure("surgery", options))
+    assert line["bench"] == "surgery_batched_vs_naive" and line["relation"] == "country_capital_extended"
+    assert line["max_abs_diff"] <= 1e-10 and line["max_abs_diff_float32"] <= 1e-4
+    layer, norm = (int(part.split(": ")[1]) for part in line["null_sets"].split(", "))
+    assert line["n_sets"] == 1 + layer + norm and norm == 200 and layer >= 168
+    naive, batched = (float(x.split(" = ")[-1]) for x in line["flop_ratio_arithmetic"].split(";")[0].split(" / "))
+    assert line["flop_ratio"] == pytest.approx(naive / batched, abs=0.006) and line["flop_ratio"] > 5
+    assert line["ratio"] > 1.0 and line["share_of_flop_ratio"] == pytest.approx(line["ratio"] / line["flop_ratio"], rel=0.005)

@@ -28,6 +28,7 @@ def test_all_benchmarks_plan():
     ]
     assert all(o.quick for _, o in plan)
     assert "scaling" in benchmarks.OPT_IN and "scaling" not in [n for n, _ in plan]
+    assert "surgery" in benchmarks.OPT_IN and "surgery" not in [n for n, _ in plan]
     assert benchmarks.plan(["scaling"], benchmarks.BenchOptions()) == [("scaling", benchmarks.BenchOptions())]
 
 

@@ -652,6 +652,58 @@ class SurgeryResult:
         return surgery_figures.figures(self.tables(), self.to_dict())[0]
 
 
+def prepared_batches(view: ModelView, groups: list, found: list, description: str, progress: bool = False):
+    """For each ``(indices, batch)`` of ``groups`` (``tasks.batches`` of the kept prompts; ``found[i]``
+    the corruptions of kept prompt i): ``(indices, batch, corrupt_ids [B, n, S], weight [B, n],``
+    :class:`SurgeryBatch` ``)``, prepared when reached (one batch held at a time)."""
+    for indices, batch in track(groups, description, total=len(groups), enabled=progress):
+        ids, weight = _aligned_corruptions(batch, [found[i] for i in indices])
+        yield (
+            indices,
+            batch,
+            ids,
+            weight,
+            prepare_batch(view, batch.input_ids, batch.attention_mask, batch.answer_ids(), ids, weight),
+        )
+
+
+def measure_norms(view: ModelView, prepared) -> tuple[np.ndarray, np.ndarray]:
+    """Every head's RMS over the prompts of ‖a_clean − ā‖ and of ‖a_clean‖ at the end position, [L, H]
+    each, from the batches of :func:`prepared_batches`."""
+    cfg = view.cfg
+    change = torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64)
+    output = torch.zeros_like(change)
+    n = 0
+    for *_, sb in prepared:
+        c, o = head_norms(view, sb)
+        change += c.sum(0).double().cpu()
+        output += o.sum(0).double().cpu()
+        n += sb.input_ids.shape[0]
+    return change.div(n).sqrt().numpy(), output.div(n).sqrt().numpy()
+
+
+def draw_nulls(movers: HeadSet, change_norm: np.ndarray, output_norm: np.ndarray, config: SurgeryConfig) -> tuple[Null, ...]:
+    """The nulls of ``config.nulls`` (in :data:`NULLS` order, from one generator seeded with
+    ``config.seed``) that have at least one set; UserError when none has."""
+    rng = np.random.default_rng(config.seed)
+    made = []
+    for name in NULLS:
+        if name not in config.nulls:
+            continue
+        if name == "layer":
+            made.append(layer_null(movers, change_norm.shape[1], config.n_null, rng))
+        else:
+            norms = change_norm if config.norm == "change" else output_norm
+            made.append(norm_null(movers, norms, config.norm_pool, config.n_null, rng, config.norm))
+    nulls = tuple(n for n in made if n.sets)
+    if not nulls:
+        raise UserError(
+            f"surgery: no null head set exists for the heads {', '.join(head_label(*h) for h in movers)} "
+            f"({'; '.join(n.rule for n in made)})"
+        )
+    return nulls
+
+
 def surgery(
     model: Model,
     prompts: PromptSet,
@@ -674,48 +726,17 @@ def surgery(
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     kept, found, n_dropped = with_corruptions(prompts, model.tokenizer, config.n_corruptions, config.min_prompts)
     groups = list(batches(kept.prompts, pad_id, config.batch_size))
-
-    def prepared(desc: str):
-        for indices, batch in track(groups, desc, total=len(groups), enabled=progress):
-            ids, weight = _aligned_corruptions(batch, [found[i] for i in indices])
-            yield (
-                indices,
-                batch,
-                ids,
-                weight,
-                prepare_batch(view, batch.input_ids, batch.attention_mask, batch.answer_ids(), ids, weight),
-            )
-
     start = time.perf_counter()
-    change = torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64)
-    output = torch.zeros_like(change)
-    for *_, sb in prepared("surgery: head norms"):
-        c, o = head_norms(view, sb)
-        change += c.sum(0).double().cpu()
-        output += o.sum(0).double().cpu()
-    change_norm, output_norm = (x.div(len(kept)).sqrt().numpy() for x in (change, output))
-    rng = np.random.default_rng(config.seed)
+    change_norm, output_norm = measure_norms(view, prepared_batches(view, groups, found, "surgery: head norms", progress))
     mover_set = tuple(sorted(movers))
-    made = []
-    for name in NULLS:
-        if name not in config.nulls:
-            continue
-        if name == "layer":
-            made.append(layer_null(mover_set, cfg.n_heads, config.n_null, rng))
-        else:
-            norms = change_norm if config.norm == "change" else output_norm
-            made.append(norm_null(mover_set, norms, config.norm_pool, config.n_null, rng, config.norm))
-    nulls = tuple(n for n in made if n.sets)
-    if not nulls:
-        raise UserError(
-            f"surgery: no null head set exists for the heads {', '.join(head_label(*h) for h in movers)} "
-            f"({'; '.join(n.rule for n in made)})"
-        )
+    nulls = draw_nulls(mover_set, change_norm, output_norm, config)
     sets = [mover_set] + [s for n in nulls for s in n.sets]
     labels = [MOVERS] + [n.name for n in nulls for _ in n.sets]
     masks = set_masks(sets, cfg.n_layers, cfg.n_heads)
     rows: list[dict] = []
-    for indices, batch, ids, weight, sb in prepared(f"surgery: {len(sets)} head sets ablated"):
+    for indices, batch, ids, weight, sb in prepared_batches(
+        view, groups, found, f"surgery: {len(sets)} head sets ablated", progress
+    ):
         for scope in config.scopes:
             if config.engine == "batched":
                 p, correct = batched_batch(view, sb, masks, scope)
