@@ -43,13 +43,11 @@ import torch
 
 from .. import surgery as S
 from ..components import top_heads
-from ..models import load_model
 from ..models.view import ModelView
 from ..patch import PatchConfig, _aligned_corruptions, engine_view, patch, with_corruptions
-from ..recall import recall
-from ..tasks import build_prompts, load_relation
 from ..tasks.prompts import batches, make_batch
 from ._child import trim_heap
+from ._prompts import known_by_shots
 from .trace import layer_weights
 
 
@@ -58,12 +56,7 @@ def default_shots(options) -> tuple[int, ...]:
 
 
 def run(options) -> Iterator[dict]:
-    model = load_model(options.model, device=options.device)
-    relation = load_relation(options.relation)
-    max_prompts = options.max_prompts or (4 if options.quick else 8)
-    for shots in options.shots:
-        ps = build_prompts(relation, model.tokenizer, shots=shots, seed=options.seed, max_prompts=max_prompts)
-        known = recall(model, ps, progress=False).known_prompts()
+    for model, shots, known in known_by_shots(options, (4, 8)):
         yield _line(model, options, shots, known)
 
 

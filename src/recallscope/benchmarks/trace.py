@@ -57,11 +57,9 @@ import numpy as np
 import torch
 
 from .. import causal_trace as CT
-from ..models import load_model
 from ..models.view import ModelView
-from ..recall import recall
-from ..tasks import build_prompts, load_relation
 from ._child import trim_heap
+from ._prompts import known_by_shots
 
 
 def default_relation(options) -> str:
@@ -76,13 +74,8 @@ def default_shots(options) -> tuple[int, ...]:
 
 
 def run(options) -> Iterator[dict]:
-    model = load_model(options.model, device=options.device)
-    relation = load_relation(options.relation)
-    max_prompts = options.max_prompts or (4 if options.quick else 8)
     per_prompt_sample = 12 if options.quick else 24
-    for shots in options.shots:
-        ps = build_prompts(relation, model.tokenizer, shots=shots, seed=options.seed, max_prompts=max_prompts)
-        known = recall(model, ps, progress=False).known_prompts()
+    for model, shots, known in known_by_shots(options, (4, 8)):
         yield _line(model, options, shots, known, per_prompt_sample)
 
 
