@@ -126,12 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{s['n_prompts']} known prompts with a same-length corruption ({smol['n_known']} known). The heads: "
         f"{', '.join(s['heads'])} ({s['heads_source']}). The nulls:",
         "",
-        *[f"- `{n['null']}`: {n['rule']}; {n['n_sets']} sets of {g(n['n_possible'])} possible"
+        *[f"- `{n['null']}`: {n['draw']}; {n['n_sets']} sets of {g(n['n_possible'])} possible"
           f"{' (every one)' if n['exhaustive'] else ''}; the median set's mean {s['norm']} norm is "
           f"{g(n['norm_ratio_median'])} × the movers'." for n in s["nulls"]],
         "",
         "Drops are clean − ablated, averaged over the prompts (p(Y): probability; accuracy: share of prompts); "
-        f"p-value = (1 + #null sets with a drop ≥ the movers') / (1 + sets); robust z = (movers' drop − null median) / "
+        "p-value = (1 + #null sets with a drop ≥ the movers') / (1 + sets); robust z = (movers' drop − null median) / "
         "(1.4826 · the null's median absolute deviation), — where the null has no spread.",
         "",
         *nulls_table(nulls),

@@ -11,7 +11,7 @@ import recallscope as rs
 from recallscope.columns import COLUMNS, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
-EVERY_STAGE = ["recall", "patch", "movers", "decompose", "intercept", "suppress", "trace", "knockout", "claims"]
+EVERY_STAGE = ["recall", "patch", "movers", "decompose", "intercept", "suppress", "trace", "knockout", "surgery", "claims"]
 
 
 def _records(value, where: str, out: dict[str, set[str]]) -> None:
@@ -37,6 +37,7 @@ def names() -> dict[str, set[str]]:
         "decompose.solver": "sgd",
         "decompose.sgd_steps": 20,
         "decompose.sgd_log_every": 5,
+        "surgery.n_null": 5,
     }
     study = rs.run(
         model="planted", relation="paper_country_capital", stages=EVERY_STAGE, max_prompts=12, progress=False, settings=small

@@ -191,7 +191,7 @@ def test_stage_on_the_planted_control_ablates_the_movers_claims_heads(tmp_path):
     tables = ctx.results["surgery"].tables()
     assert list(tables) == ["surgery", "prompts", "nulls", "heads"]
     assert len(tables["prompts"]) == 2 * (1 + 3 + 84) * entry["n_prompts"]
-    assert tables["heads"]["is_mover"].sum() == 3 and len(tables["heads"]) == 12
+    assert tables["heads"]["in_mover_set"].sum() == 3 and len(tables["heads"]) == 12
 
 
 def test_bad_settings_are_one_line_exit_2(capsys):

@@ -155,6 +155,20 @@ def _suppress(s: dict) -> list[tuple[str, str]]:
     return lines
 
 
+def _surgery(s: dict) -> list[tuple[str, str]]:
+    lines = [("heads ablated", f"{', '.join(s.get('heads', []))} on {fmt(s.get('n_prompts'))} prompts")]
+    for r in s.get("results", []):
+        if r.get("metric") == "p_answer":
+            lines.append(
+                (
+                    f"drop in p(Y), {r.get('scope')} / {r.get('null')} null",
+                    f"movers {fmt(r.get('movers_drop'))}, null median {fmt(r.get('null_median'))}, "
+                    f"95th pct {fmt(r.get('null_quantile'))}, p = {fmt(r.get('p_value'))} ({fmt(r.get('n_sets'))} sets)",
+                )
+            )
+    return lines
+
+
 def _claims(s: dict) -> list[tuple[str, str]]:
     return [
         (verdicts.claim_id(c, i), f"{c.get('verdict')} — {shorten(c.get('claim', ''), 70)}")
@@ -169,6 +183,7 @@ HEADLINES: dict[str, Callable[[dict], list[tuple[str, str]]]] = {
     "decompose": _decompose,
     "intercept": _intercept,
     "suppress": _suppress,
+    "surgery": _surgery,
     "claims": _claims,
 }
 
@@ -264,6 +279,7 @@ HEAD_TABLES: dict[str, tuple[str | None, str]] = {
     "movers": (None, "attention_to_subject"),
     "suppress": (None, "dla"),
     "decompose": (None, "coef"),
+    "surgery": ("heads", "change_norm"),
 }
 
 

@@ -92,6 +92,7 @@ from torch import Tensor
 from .causal_trace import answer_prob
 from .components import head_label
 from .constraints import LEVEL, NON_NEGATIVE, POSITIVE, Options
+from .display import ResultView
 from .errors import UserError
 from .figures import surgery as surgery_figures
 from .lens import token_rank
@@ -531,8 +532,8 @@ def drop_frame(prompts_frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-@dataclass(frozen=True)
-class SurgeryResult:
+@dataclass(frozen=True, repr=False)  # the short repr of display.ResultView
+class SurgeryResult(ResultView):
     """Head surgery of a prompt set: the movers ablated, against the null head sets.
 
     Tables (:meth:`tables`, the main one first):
@@ -547,9 +548,11 @@ class SurgeryResult:
     - ``nulls``: one row per scope × null × metric ("p_answer": drop in p(Y); "accuracy") —
       ``movers_drop``, ``n_sets``, ``n_possible``, ``exhaustive``, ``null_median``,
       ``null_quantile``, ``null_mad``, ``p_value``, ``min_p_value``, ``effect_size`` (:func:`null_stats`).
-    - ``heads``: one row per head of the model — ``component``, ``layer``, ``head``, ``is_mover``,
+    - ``heads``: one row per head of the model — ``component``, ``layer``, ``head``, ``in_mover_set``,
       ``change_norm`` (RMS over prompts of ‖a_clean − ā‖ at the end), ``output_norm`` (RMS of ‖a_clean‖).
     """
+
+    stage: ClassVar[str] = "surgery"
 
     prompts: PromptSet
     heads: HeadSet
@@ -633,7 +636,7 @@ class SurgeryResult:
             "nulls": [
                 {
                     "null": n.name,
-                    "rule": n.rule,
+                    "draw": n.rule,
                     "n_sets": len(n.sets),
                     "n_possible": n.n_possible,
                     "exhaustive": n.exhaustive,
@@ -777,7 +780,7 @@ def surgery(
                 "component": head_label(layer, head),
                 "layer": layer,
                 "head": head,
-                "is_mover": (layer, head) in movers,
+                "in_mover_set": (layer, head) in movers,
                 "change_norm": float(change_norm[layer, head]),
                 "output_norm": float(output_norm[layer, head]),
             }
