@@ -224,7 +224,10 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "drop_accuracy": ("share (0–1)", "accuracy_clean − accuracy_ablated"),
     "norm": ("norm of a write", "mean over the set's heads of the norm the norm null matches on (surgery.norm)"),
     "in_mover_set": ("bool", "the head is one of the mover heads ablated together (the movers claim's heads)"),
-    "change_norm": ("norm of a write", "RMS over prompts of ‖a_clean − ā‖: the end-position change mean-ablation makes to the head's write"),
+    "change_norm": (
+        "norm of a write",
+        "RMS over prompts of ‖a_clean − ā‖: the end-position change mean-ablation makes to the head's write",
+    ),
     "output_norm": ("norm of a write", "RMS over prompts of ‖a_clean‖: the head's end-position write"),
     "metric": ("label", "p_answer (the drop in p(Y)) or accuracy (the drop in accuracy)"),
     "movers_drop": ("probability or share", "the mover heads' mean drop in the row's metric"),
