@@ -20,6 +20,7 @@ from recallscope import surgery as S
 from recallscope.cli import main
 from recallscope.components import Component
 from recallscope.errors import UserError
+from recallscope.figures import surgery as FS
 from recallscope.models.view import ModelView
 from recallscope.tasks.prompts import make_batch
 
@@ -192,6 +193,13 @@ def test_stage_on_the_planted_control_ablates_the_movers_claims_heads(tmp_path):
     assert list(tables) == ["surgery", "prompts", "nulls", "heads"]
     assert len(tables["prompts"]) == 2 * (1 + 3 + 84) * entry["n_prompts"]
     assert tables["heads"]["in_mover_set"].sum() == 3 and len(tables["heads"]) == 12
+    # the figures: per metric and scope, the nulls' histograms on shared bins, the movers' drop marked
+    figs = FS.figures(tables, entry)
+    assert len(figs) == 4 and ctx.results["surgery"].plot().layout.title.text == figs[0].layout.title.text
+    end_p = results.loc[("end", "layer", "p_answer")]
+    assert figs[0].layout.shapes[0].x0 == pytest.approx(end_p["movers_drop"])
+    assert [t.xbins.size for t in figs[0].data] == [figs[0].data[0].xbins.size] * 2
+    assert f"p = {end_p['p_value']:.3g}" in figs[0].data[0].name
 
 
 def test_bad_settings_are_one_line_exit_2(capsys):
