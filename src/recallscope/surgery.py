@@ -714,8 +714,12 @@ def surgery(
     config: SurgeryConfig = SurgeryConfig(),
     progress: bool = True,
 ) -> SurgeryResult:
-    """Ablate ``heads`` (the movers: (layer, head) pairs) and every null head set on ``prompts``
-    (the known prompts), at the scopes of ``config`` (module docstring).
+    """Ablate ``heads`` (the movers: (layer, head) pairs) and every null head set on ``prompts``,
+    at the scopes of ``config`` (module docstring).
+
+    ``prompts``: the prompts the stage uses, as given (the pipeline passes the known ones,
+    ``recall(model, prompts).known``, and the movers claim's heads, ``claims.patching_movers``; a
+    direct call with them reproduces the run's tables), those with a same-length corruption kept.
 
     Two passes over the prompts, one batch in memory at a time: the first measures every head's
     norm (for the norm null), the second ablates every set. Raises :class:`UserError` for a bad
