@@ -82,8 +82,8 @@ def layout_problems(report: Path, widths: tuple[int, ...] = (900, 1920), height:
                 page = browser.new_page(viewport={"width": width, "height": height})
                 errors: list[str] = []
                 page.on("pageerror", lambda e: errors.append(str(e)))
-                page.goto(report.resolve().as_uri(), wait_until="load", timeout=30_000)
-                page.wait_for_selector("body[data-plots-done]", timeout=60_000)
+                page.goto(report.resolve().as_uri(), wait_until="load", timeout=120_000)
+                page.wait_for_selector("body[data-plots-done]", timeout=120_000)
                 assert errors == [], errors
                 found[width] = page.evaluate(MEASURE)
                 page.close()
@@ -100,8 +100,8 @@ def screenshot(report: Path, out: Path, width: int = 1400, height: int = 900) ->
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
-            page.goto(report.resolve().as_uri(), wait_until="load", timeout=30_000)
-            page.wait_for_selector("body[data-plots-done]", timeout=60_000)
+            page.goto(report.resolve().as_uri(), wait_until="load", timeout=120_000)
+            page.wait_for_selector("body[data-plots-done]", timeout=120_000)
             out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(out))
         finally:
