@@ -141,6 +141,14 @@ def test_models_print_each_install_line_whole():
     assert command in out.getvalue().splitlines()  # one line, nothing around it, so it pastes
 
 
+def test_models_print_a_hint_that_is_not_a_command_beside_its_model():
+    hint = "recallscope run --model gpt2-medium (downloads from the hub)"
+    rows = [{"model": "gpt2-medium", "kind": "hub", "installed": False, "cached": False, "description": "x", "install": hint}]
+    con, out = console(80)
+    printing.print_models(con, rows)
+    assert f"gpt2-medium: {hint}" in out.getvalue().splitlines()
+
+
 def test_sensitivity_lists_every_condition_with_its_state_interval_and_prompts_needed():
     conditions = [
         {**CONDITIONS[0], "state": "met", "estimate": 1.0, "ci_low": 0.753, "ci_high": 1.0},

@@ -433,7 +433,7 @@ def print_models(console: Console, rows: list[dict]) -> None:
     cell, so each can be copied whole."""
     t = _table("recallscope models")
     for col in ("model", "kind", "installed", "cached", "description"):
-        t.add_column(col, overflow="fold", no_wrap=col in ("model", "kind"))
+        t.add_column(col, overflow="fold", no_wrap=col in ("model", "kind"))  # fold: a word longer than the column
     installs = []
     for r in rows:
         t.add_row(*[text(fmt(r.get(c))) for c in ("model", "kind", "installed", "cached", "description")])
@@ -441,8 +441,11 @@ def print_models(console: Console, rows: list[dict]) -> None:
             installs.append((r["model"], r["install"]))
     console.print(t)
     for model, command in installs:
-        console.print(text(f"to install {model}:", "dim"))
-        console.print(text(command), soft_wrap=True)
+        if command.startswith("pip "):  # a command: alone on its line, so that it pastes
+            console.print(text(f"to install {model}:", "dim"))
+            console.print(text(command), soft_wrap=True)
+        else:  # a hint ("recallscope run --model gpt2 (downloads from the hub)")
+            console.print(text(f"{model}: {command}", "dim"), soft_wrap=True)
 
 
 def print_relations(console: Console, rows: list[dict]) -> None:
