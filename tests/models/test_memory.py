@@ -43,6 +43,14 @@ def test_every_family_in_memory_equals_its_own_forward(name, identities):
     assert model.info["parity_max_rel_diff"] <= 1e-5
 
 
+def test_a_half_precision_module_is_read_in_its_dtype():
+    hf = tiny_model("llama_gqa").to(torch.bfloat16)
+    model = rs.load_model(hf, tiny_tokenizer(), device="cpu", dtype="bfloat16")
+    assert model.view.dtype == torch.bfloat16 and model.view.weights.W_E.data_ptr() == hf.get_input_embeddings().weight.data_ptr()
+    assert model.info["parity_max_rel_diff"] <= loading.PARITY_TOLERANCE[torch.bfloat16]
+    assert rs.load_model(hf.float(), tiny_tokenizer()).model_hash != model.model_hash  # another dtype, other weights
+
+
 def test_the_hash_is_the_weights_one_ulp_apart_is_another_model():
     hf = tiny_model("llama_gqa")
     base = rs.load_model(hf, tiny_tokenizer())
