@@ -83,13 +83,37 @@ def test_a_module_on_another_device_or_dtype_than_asked_is_refused():
 
 
 def test_a_hooked_transformer_is_refused_in_one_line_saying_how_to_get_a_module():
-    # TransformerLens 4 removed HookedTransformer (transformer_lens.HookedTransformer raises ImportError
-    # there); an object of that class from an older TransformerLens is recognised by its class.
+    # TransformerLens 4 (the test extra's, for TransformerBridge) removed HookedTransformer
+    # (transformer_lens.HookedTransformer raises ImportError); TransformerLens 2.18 cannot be installed
+    # beside it (one distribution; pip would also take transformers to 4.57 and numpy to 1.26). An object
+    # of that class from an older TransformerLens is recognised by its class: a real TransformerLens 2.18
+    # HookedTransformer gets this same line (checked once from a separate --target folder).
     older = type("HookedTransformer", (torch.nn.Module,), {"__module__": "transformer_lens.HookedTransformer"})()
     with pytest.raises(rs.UserError) as err:
         rs.load_model(older)
     message = str(err.value)
     assert "\n" not in message and "AutoModelForCausalLM.from_pretrained" in message and "TransformerBridge" in message
+
+
+def test_a_bridge_with_transformer_lens_processed_weights_is_refused_unprocessed_is_the_module():
+    """TransformerLens 4's HookedTransformer numerics (enable_compatibility_mode(): LayerNorm folded,
+    unembedding centred, written into the wrapped module) are refused in one line; with
+    no_processing=True the bridge reads as its module, bit for bit (the same weights hash)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf, tok, _ = controls.build("planted", torch.float32, loading.EMBEDDED["smollm2-135m"])
+    base = rs.load_model(copy.deepcopy(hf), tok).model_hash
+    processed = TransformerBridge.boot_transformers("planted", hf_model=copy.deepcopy(hf), tokenizer=tok, device="cpu")
+    processed.enable_compatibility_mode(disable_warnings=True)
+    with pytest.raises(rs.UserError) as err:
+        rs.load_model(processed, tok)
+    assert str(err.value) == memory.PROCESSED_BRIDGE_REFUSAL and "\n" not in str(err.value)
+    assert "no_processing=True" in str(err.value) and "AutoModelForCausalLM.from_pretrained" in str(err.value)
+    plain = TransformerBridge.boot_transformers("planted", hf_model=hf, tokenizer=tok, device="cpu")
+    plain.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+    model = rs.load_model(plain, tok)
+    assert model.info["held_by"] == "transformer_lens" and model.model_hash == base
+    assert model.info["parity_max_rel_diff"] <= 1e-6
 
 
 def test_a_wrapper_whose_forward_is_not_its_modules_is_refused():
@@ -121,8 +145,10 @@ def planted_module():
 
 
 def test_nnsight_and_transformer_lens_wrappers_give_the_module_own_tables(planted_module):
-    nnsight = pytest.importorskip("nnsight", reason="nnsight is in the test extra (pip install -e '.[test]')")
-    bridge_module = pytest.importorskip("transformer_lens.model_bridge", reason="transformer-lens is in the test extra")
+    # both are in the test extra (pyproject.toml): a missing one fails here, never skips
+    import nnsight
+    import transformer_lens.model_bridge as bridge_module
+
     hf, tok = planted_module
     run = dict(relation=RELATION, stages=STAGES, max_prompts=10, progress=False)
     direct = rs.run(model=hf, tokenizer=tok, **run)

@@ -73,7 +73,6 @@ def test_report_figures_writes_every_figure_and_clips_no_text(run_dir, tmp_path)
 
 def test_plotlys_default_size_clips_what_the_export_size_does_not(run_dir, tmp_path):
     """The check above can fail: the same figures written at plotly's default size (700 x 500) clip their titles."""
-    pytest.importorskip("kaleido")
     study = rs.open(run_dir)
     fig = study["patch"].plot()
     fig.write_image(tmp_path / "default.svg")

@@ -10,9 +10,13 @@ them (:func:`recallscope.models.adapters.extract`: views of the parameters, deta
   it wraps (``envoy._module``) and its ``tokenizer``;
 - a TransformerLens ``TransformerBridge`` (TransformerLens >= 3): the module it wraps
   (``bridge.original_model``) and its ``tokenizer``;
-- a TransformerLens ``HookedTransformer`` is refused in one line: its weights are TransformerLens's
-  own rearrangement (LayerNorm folded into the next matrices, writing weights centred, biases
-  moved), with no Hugging Face module behind them to read exactly.
+- a TransformerLens ``HookedTransformer`` (TransformerLens < 4) is refused in one line: its weights are
+  TransformerLens's own rearrangement (LayerNorm folded into the next matrices, writing weights centred,
+  biases moved), with no Hugging Face module behind them to read exactly; so is a ``TransformerBridge``
+  after ``enable_compatibility_mode()`` with its default weight processing (TransformerLens 4's
+  HookedTransformer numerics: the same rearrangement written into the module it wraps — on a Llama the
+  unembedding centred, so logits move by a constant per position and near-tied lens ranks reorder).
+  ``enable_compatibility_mode(no_processing=True)`` leaves the weights alone and is read as the module.
 
 Before the view is used, its logits on a probe prompt are compared with the forward of the object
 the user handed in (the wrapper's own forward where there is a wrapper): a wrapper that computes
@@ -42,6 +46,13 @@ HOOKED_TRANSFORMER_REFUSAL = (
     "(transformer_lens.model_bridge.TransformerBridge.boot_transformers(name))"
 )
 
+PROCESSED_BRIDGE_REFUSAL = (
+    "a TransformerBridge after enable_compatibility_mode() holds TransformerLens's processed weights (LayerNorm folded, "
+    "weights and unembedding centred), not its Hugging Face module's; pass the bridge before enable_compatibility_mode() "
+    "or with enable_compatibility_mode(no_processing=True), or the transformers model "
+    "(transformers.AutoModelForCausalLM.from_pretrained(name), with its tokenizer)"
+)
+
 PROBE = "The capital of France is Paris. The capital of Japan is"
 
 
@@ -55,12 +66,15 @@ def is_in_memory(obj: Any) -> bool:
 def unwrap(obj: Any, tokenizer: Any = None) -> tuple[torch.nn.Module, Any, str]:
     """(the Hugging Face module, its tokenizer, what held it: "transformers" / "nnsight" / "transformer_lens").
 
-    Raises UserError for a HookedTransformer (:data:`HOOKED_TRANSFORMER_REFUSAL`), for an object
+    Raises UserError for a HookedTransformer (:data:`HOOKED_TRANSFORMER_REFUSAL`), for a TransformerBridge
+    whose weights TransformerLens processed (:data:`PROCESSED_BRIDGE_REFUSAL`), for an object
     that is none of the supported kinds, and when no tokenizer is given or held by the wrapper.
     """
     kind = type(obj).__module__.split(".")[0]
     if kind == "transformer_lens" and type(obj).__name__ == "HookedTransformer":
         raise UserError(HOOKED_TRANSFORMER_REFUSAL)
+    if kind == "transformer_lens" and getattr(obj, "_weights_processed", False):
+        raise UserError(PROCESSED_BRIDGE_REFUSAL)
     if kind == "nnsight" and isinstance(vars(obj).get("_module"), torch.nn.Module):
         # an Envoy proxies attribute access to its module: read its own slot, not the module's
         module, held_by, held_tokenizer = vars(obj)["_module"], "nnsight", _attribute(obj, "tokenizer")
