@@ -30,7 +30,7 @@ PACKAGE = "recallscope"
 # relative to the package; "report" covers recallscope.report and every module under it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("__init__", "__main__", "cli", "printing")),
-    ("run layer", ("pipeline", "study", "rundir", "sweeps", "executors", "report", "benchmarks")),
+    ("run layer", ("pipeline", "study", "rundir", "records", "sweeps", "executors", "report", "benchmarks")),
     (
         "analysis",
         (
@@ -65,6 +65,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "presets",
             "terminal",
             "verdicts",
+            "locks",
         ),
     ),
 ]
@@ -77,6 +78,8 @@ TORCH_FREE = (
     "columns",
     "study",
     "rundir",
+    "records",
+    "locks",
     "errors",
     "constraints",
     "version",

@@ -353,3 +353,32 @@ def test_force_on_one_stage_keeps_the_others_and_claims_read_them(smollm2, tmp_p
     verdicts = {c["claim"]: c["verdict"] for c in again["claims"]}
     assert verdicts["The final layer suppresses the correct answer"] != NOT_MEASURABLE
     assert verdicts["Mover heads move the topic (subject) to the last position"] == NOT_MEASURABLE
+
+
+# ----------------------------------------------------------------------------- issue 25: sweep cells
+def test_two_relation_files_with_one_name_get_two_cells(tiny_gpt2, tmp_path):
+    """The reported case: ``a/capitals.json,b/capitals.json`` mapped both to one cell (exit 2 after the
+    first; with --force the second replaced the first and the summary listed one path twice)."""
+    from recallscope.pipeline import execute_many, relation_hash
+    from recallscope.tasks import load_relation
+
+    for folder in ("a", "b", "c"):
+        (tmp_path / folder).mkdir()
+    a = write_relation(tmp_path / "a" / "capitals.json", COUNTRIES[:6])
+    b = write_relation(tmp_path / "b" / "capitals.json", COUNTRIES[4:])
+    out = tmp_path / "sweep"
+    run = RunConfig(model=str(tiny_gpt2), max_prompts=4)
+    combined = execute_many(run, [str(a), str(b)], [0], ["recall"], out=str(out), progress=False)
+    paths = [r["path"] for r in combined["runs"]]
+    ha, hb = (relation_hash(load_relation(str(p)))[:8] for p in (a, b))
+    assert paths == [f"capitals-{ha}/0shot", f"capitals-{hb}/0shot"]
+    for path, rel in zip(paths, (a, b), strict=True):
+        manifest = json.loads((out / path / "manifest.json").read_text())
+        assert manifest["identity"]["relation"] == str(rel)
+    log: list[str] = []
+    execute_many(run, [str(a), str(b)], [0], ["recall"], out=str(out), progress=False, log=log.append)
+    assert sum("recall: reused" in m for m in log) == 2
+    copy = tmp_path / "c" / "capitals.json"
+    copy.write_text(a.read_text())
+    with pytest.raises(UserError, match=r"--relation lists one relation twice: .* have the same content"):
+        execute_many(run, [str(a), str(copy)], [0], ["recall"], out=str(tmp_path / "dup"), progress=False)

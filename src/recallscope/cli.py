@@ -118,6 +118,9 @@ WIDE_OPTION = typer.Option(
 )
 FORCE_OPTION = typer.Option(False, "--force", help="Redo stages already in --out.")
 THREADS_OPTION = typer.Option(None, "--threads", help="torch intra-op threads (default: the CPUs this process may use).")
+WAIT_OPTION = typer.Option(
+    False, "--wait", help="When another recallscope process is writing the run directory, wait for it instead of stopping."
+)
 
 # The flags a stage verb may have; which setting each sets is the stage table's ``flags``.
 FLAG_HELP = {
@@ -185,6 +188,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
             as_json: bool = JSON_OPTION,
             force: bool = FORCE_OPTION,
             threads: Optional[int] = THREADS_OPTION,
+            wait: bool = WAIT_OPTION,
             layer: Optional[int] = typer.Option(None, "--layer", help=FLAG_HELP["layer"]),
             layers: Optional[str] = typer.Option(None, "--layers", help=FLAG_HELP["layers"]),
             head: Optional[int] = typer.Option(None, "--head", help=FLAG_HELP["head"]),
@@ -231,7 +235,9 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
                 preset=preset,
                 device_map=_device_map(device_map),
             )
-            _, summary = pipeline.execute(run, [stage], out=out, overrides=overrides, force=force, progress=True, log=_note)
+            _, summary = pipeline.execute(
+                run, [stage], out=out, overrides=overrides, force=force, progress=True, log=_note, wait=wait
+            )
             _print_summary(stage, summary, as_json)
             if out is None:
                 # chosen over a default directory: a one-off look at a stage should not leave runs behind
@@ -264,6 +270,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
             help="Write the claims evaluated again into the run directory (a run made before a change of the claim rules); "
             "re-render the report with `recallscope report`.",
         ),
+        wait: bool = WAIT_OPTION,
     ) -> None:
         """The paper's claims of a finished run, evaluated again from its files (no model; nothing written unless --write).
 
@@ -292,7 +299,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
             raise UserError("--write keeps the run's claims settings (its manifest lists them); drop --set to write")
         got = pipeline.claims_of_rundir(run_dir, overrides)
         if write:
-            written = pipeline.write_claims(run_dir, got)
+            written = pipeline.write_claims(run_dir, got, wait=wait, note=_note)
             _note(f"claims rewritten in {len(written)} run director{'y' if len(written) == 1 else 'ies'} of {run_dir}")
         if as_json:
             payload = {
@@ -330,6 +337,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         as_json: bool = JSON_OPTION,
         force: bool = FORCE_OPTION,
         threads: Optional[int] = THREADS_OPTION,
+        wait: bool = WAIT_OPTION,
         stages: Optional[str] = typer.Option(
             None, "--stages", help="Comma-separated subset of stages (default: all but the opt-in trace and knockout)."
         ),
@@ -373,9 +381,10 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
             settings=_parse_set(settings),
             executor=cells_on,
             log=_note,
+            wait=wait,
         ).summary
         if report:
-            path = _write_report(out)
+            path = _write_report(out, wait)
             if path is not None:
                 _note(f"report: {path}")
         if as_json:
@@ -416,18 +425,21 @@ def report_command(
         None, "--figures", help="Also write every figure into this folder (<stage>-<n>.<format>; needs recallscope[export])."
     ),
     fmt: str = typer.Option("png", "--format", help="Figure files: png, svg or pdf (with --figures)."),
+    wait: bool = WAIT_OPTION,
 ) -> None:
     """Render report.html again from a run directory's files (no model, no torch); --figures writes its figures as files."""
     from pathlib import Path
 
-    if not Path(run_dir).is_dir():
-        raise UserError(f"{run_dir}: not a run directory")
+    from .rundir import MANIFEST, SUMMARY
+
+    if not Path(run_dir).is_dir() or not any((Path(run_dir) / name).is_file() for name in (MANIFEST, SUMMARY)):
+        raise UserError(f"{run_dir}: not a run directory (no manifest.json or summary.json)")
     if figures is None and fmt != "png":
         raise UserError("--format applies to --figures DIR")
     from .report.export import check_format, write_figures
 
     check_format(fmt)  # before anything is written
-    path = _write_report(run_dir)
+    path = _write_report(run_dir, wait)
     if path is not None:
         _note(f"report: {path}")
     if figures is not None:
@@ -435,13 +447,21 @@ def report_command(
         _note(f"figures: {len(written)} {fmt} files in {figures}")
 
 
-def _write_report(out: str):
+def _write_report(out: str, wait: bool = False):
+    """report.html written into the run directory ``out`` under its lock (no other writer meanwhile)."""
+    from .rundir import RunDir
+
     try:
         from .report import write_report
     except ImportError:
         _note("report: the report module is not available in this build")
         return None
-    return write_report(out)
+    rundir = RunDir(out)
+    rundir.lock(wait, _note)
+    try:
+        return write_report(out)
+    finally:
+        rundir.release()
 
 
 def _print_claims_of_rundir(got: dict, sensitivity: bool, wide: bool) -> None:

@@ -17,3 +17,9 @@ class UserError(Exception):
 
 class OfflineError(UserError):
     """A hub id was asked for and the hub cannot be reached."""
+
+
+class NonFiniteError(UserError):
+    """A model computed a NaN or an infinity from finite weights and inputs (float16 overflow, a
+    degenerate attention row): nothing derived from it can be trusted, so the stage stops. Never
+    "not measurable" in a sweep: it is the model, not the cell's data."""

@@ -34,12 +34,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import causal_trace, claims, decompose, intercept, knockout, movers, patch, recall, suppress, surgery
+from . import causal_trace, claims, decompose, intercept, knockout, movers, patch, recall, records, suppress, surgery
 from .constraints import coerce
-from .errors import EXIT_INCOMPLETE, UserError
+from .errors import EXIT_INCOMPLETE, NonFiniteError, UserError
 from .models import Model, load_model
 from .presets import get_preset, merge
-from .rundir import RunDir, dumps
+from .rundir import SUMMARY, RunDir, dumps, relation_slug
 from .study import Study, Sweep
 from .tasks import PromptSet, Relation, build_prompts, load_relation
 from .tasks.prompts import DROP_SUBSAMPLED
@@ -133,7 +133,7 @@ class Stage:
     compute: Callable[["StageContext"], Any]  # feeds the stage function from the context
     requires: tuple[str, ...] = ()  # must run first (and are run by `recallscope <name>`)
     # Read when they exist, without being run for this stage; a stage is recomputed whenever
-    # anything it requires or reads was recomputed.
+    # anything it requires or reads changed (its record holds their content hashes).
     reads: tuple[str, ...] = ()
     # Requirements that depend on the stage's config (e.g. movers needs patch only to choose its heads).
     requires_when: Callable[[Any], tuple[str, ...]] | None = None
@@ -163,6 +163,10 @@ class StageContext:
     progress: bool = True
     results: dict[str, Any] = field(default_factory=dict)  # results computed in this process
     summaries: dict[str, dict] = field(default_factory=dict)
+    # Stages whose files in ``rundir`` may be read (their records checked by the run); None: any
+    # stage the directory holds (reading a finished run, no model: each table is checked against
+    # its record as it is read).
+    available: set[str] | None = None
 
     def config(self, stage: str):
         return self.configs[stage]
@@ -172,7 +176,7 @@ class StageContext:
         if stage in self.results:
             tables = self.results[stage].tables()
             return tables[name] if name is not None else next(iter(tables.values()))
-        if self.rundir is not None and self.rundir.has_table(stage, name):
+        if self.rundir is not None and (self.available is None or stage in self.available) and self.rundir.has_table(stage, name):
             return self.rundir.read_table(stage, name)
         raise KeyError(f"stage {stage!r} has not run")
 
@@ -306,11 +310,18 @@ def claims_of_rundir(path: str, overrides: dict[str, Any] | None = None) -> dict
     Nothing is written. UserError when ``path`` holds no finished run.
     """
     top = RunDir(path)
-    summary = top.summary()
-    if not summary:
+    if not (top.path / SUMMARY).is_file():
         raise UserError(f"{path}: no summary.json (not a finished run directory)")
-    seed = int((top.manifest() or {}).get("run", {}).get("seed", summary.get("seed", 0)) or 0)
-    subs = [(str(Path(path) / r["path"]), r) for r in summary.get("runs", []) if r.get("path")] or [(path, summary)]
+    summary = top.summary()
+    seed = (top.manifest() or {}).get("run", {}).get("seed", summary.get("seed", 0)) or 0
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UserError(f"{top.path / 'manifest.json'}: run.seed must be an integer, got {seed!r}")
+    # a sub-run's path is read from the file: it must lead to a folder inside this one
+    subs = [
+        (str(top.inside(r["path"], f"runs[{i}].path", top.path / SUMMARY)), r)
+        for i, r in enumerate(summary.get("runs", []))
+        if r.get("path") is not None
+    ] or [(path, summary)]
     configs = make_configs({**_recorded_claims_settings(subs[0][0]), **(overrides or {})}, seed=seed)
     # other stages' thresholds the rules read (claims.READ_SETTINGS), as checked values
     read = {k: getattr(configs[k.split(".", 1)[0]], k.split(".", 1)[1]) for k in (overrides or {}) if k in claims.READ_SETTINGS}
@@ -353,41 +364,85 @@ def _recorded_claims_settings(path: str) -> dict[str, Any]:
     return {f"claims.{k}": v for k, v in recorded.items() if k in fields}
 
 
-def write_claims(path: str, got: dict) -> list[str]:
+def write_claims(path: str, got: dict, wait: bool = False, note: Callable[[str], None] | None = None) -> list[str]:
     """Write claims evaluated again by :func:`claims_of_rundir` into the run directory ``path``:
-    each run's claims tables and its summary's claims (the stage's timings kept), and a sweep's
+    each run's claims tables, record and summary's claims (the stage's timings kept), and a sweep's
     parent summary (its runs' claims and the claims across shot counts). Only runs whose claims
-    stage ran are rewritten; the report is not re-rendered (``recallscope report``). Returns the
-    run directories written. For runs made before a change of the claim rules: the rules of this
-    version, the run's own measurements."""
+    stage ran are rewritten, and only inside ``path``; each directory is locked while it is written
+    (UserError naming the holder, unless ``wait``). The report is not re-rendered (``recallscope
+    report``). Returns the run directories written. For runs made before a change of the claim
+    rules: the rules of this version, the run's own measurements; the claims record names this
+    version and code."""
+    top = RunDir(path)
+    root = top.path.resolve()
+    for r in got["runs"]:
+        if not Path(r["path"]).resolve().is_relative_to(root):
+            raise UserError(f"{path}: the run {r['path']!r} is outside it; nothing written")
     written = []
     by_path = {}
-    for r in got["runs"]:
-        rundir = RunDir(r["path"])
-        if not rundir.has_stage("claims"):
-            continue
-        result = r["claims"]
-        rundir.write_tables("claims", _tables(result))
-        summary = rundir.summary()
-        old = summary.get("stages", {}).get("claims", {})
-        data = {**result.to_dict(), **{k: old[k] for k in ("wall_seconds", "cpu_seconds") if k in old}}
-        summary.setdefault("stages", {})["claims"] = data
-        summary["claims"] = data["claims"]
-        rundir.write_summary(summary)
-        by_path[str(Path(r["path"]).resolve())] = data
-        written.append(r["path"])
-    top = RunDir(path)
-    summary = top.summary()
-    if summary.get("runs"):  # a sweep's parent: its copies of the runs' summaries and the shot claims
-        for entry in summary["runs"]:
-            data = by_path.get(str((Path(path) / entry.get("path", "")).resolve()))
-            if data is not None:
-                entry.setdefault("stages", {})["claims"] = data
-                entry["claims"] = data["claims"]
-        if got["shot_claims"]:
-            summary["claims"] = got["shot_claims"]
-        top.write_summary(summary)
+    top.lock(wait, note)
+    try:
+        for r in got["runs"]:
+            rundir = RunDir(r["path"])
+            if rundir.path.resolve() != root:
+                rundir.lock(wait, note)
+            try:
+                data = _write_claims_of(rundir, r["claims"])
+            finally:
+                if rundir.path.resolve() != root:
+                    rundir.release()
+            if data is None:
+                continue
+            by_path[str(Path(r["path"]).resolve())] = data
+            written.append(r["path"])
+        summary = top.summary()
+        if summary.get("runs"):  # a sweep's parent: its copies of the runs' summaries and the shot claims
+            for i, entry in enumerate(summary["runs"]):
+                if entry.get("path") is None:
+                    continue
+                data = by_path.get(str(top.inside(entry["path"], f"runs[{i}].path", top.path / SUMMARY).resolve()))
+                if data is not None:
+                    entry.setdefault("stages", {})["claims"] = data
+                    entry["claims"] = data["claims"]
+            if got["shot_claims"]:
+                summary["claims"] = got["shot_claims"]
+            top.write_summary(summary)
+    finally:
+        top.release()
     return written
+
+
+def _write_claims_of(rundir: RunDir, result: claims.ClaimsResult) -> dict | None:
+    """One run's claims rewritten (tables, record, summary, manifest entry); None when its claims stage never ran."""
+    record, _ = rundir.read_record("claims")
+    if record is None and not rundir.has_stage("claims"):
+        return None
+    summary = rundir.summary()
+    old = summary.get("stages", {}).get("claims", {})
+    data = {**result.to_dict(), **{k: old[k] for k in ("wall_seconds", "cpu_seconds") if k in old}}
+    if record is None:  # a run directory written before records
+        rundir.write_tables("claims", _tables(result))
+    else:
+        stage = STAGES["claims"]
+        now = {
+            **{k: record.get(k) for k in records.KEY},
+            "recallscope": __version__,
+            "code_sha256": records.code_sha256(stage.compute, stage.config_type),
+        }
+        record = rundir.write_stage("claims", _tables(result), {**now, "summary": data})
+        described = rundir.manifest() or {}
+        if isinstance(described.get("stage_records"), dict):
+            described["stage_records"]["claims"] = {
+                "record": rundir.record_path("claims").name,
+                "content_sha256": records.content_sha256(record),
+                "recallscope": __version__,
+                "code_sha256": now["code_sha256"],
+            }
+            rundir.write_manifest(described)
+    summary.setdefault("stages", {})["claims"] = data
+    summary["claims"] = data["claims"]
+    rundir.write_summary(summary)
+    return data
 
 
 def _mover_layers(ctx: StageContext) -> tuple[int, ...]:
@@ -707,77 +762,90 @@ def execute(
     log: Callable[[str], None] = lambda _msg: None,
     prompts: PromptSet | None = None,
     incomplete_ok: bool = False,
+    wait: bool = False,
 ) -> tuple[StageContext, dict]:
     """Run ``targets`` (and what they need) for one relation and shot count.
 
-    With ``out``, finished stages found there are reused (unless ``force``) and every new
-    result is written there atomically. Returns the context (results in memory) and the summary.
+    With ``out``, a stage found there is reused only when its record matches what this run would
+    compute now (:mod:`recallscope.records`: config, inputs, prompts, run identity, code), unless
+    ``force``; otherwise it is recomputed and ``log`` says why. Every new result is written there
+    atomically, its record after its tables; the manifest and the summary follow the records.
+    The run holds the directory's lock (another writer: UserError naming it, or with ``wait``
+    the run waits). Returns the context (results in memory) and the summary.
     With ``incomplete_ok`` (a cell of a sweep), a stage whose data cannot support it (a
     UserError raised while it runs, after every setting was checked) is recorded under
     ``summary["not_measurable"]`` with its dependents, and the other stages go on.
     """
     rundir = RunDir(out) if out else None
     run, overrides = apply_preset(run, overrides)
+    check_run(run)
     relation = prompts.relation if prompts is not None else load_relation(run.relation)
     configs = make_configs(overrides, seed=run.seed)
-    if model is None:
-        model = load_model(run.model, device=run.device, dtype=run.dtype, device_map=run.device_map)
-    if prompts is None:
-        prompts = build_prompts(
-            relation,
-            model.tokenizer,
-            shots=run.shots,
-            seed=run.seed,
-            max_prompts=run.max_prompts,
-            demonstrations=run.demonstrations,
-        )
-    check_positions(prompts, model)
-    order = check_stages(targets, configs, model)
-    ctx = StageContext(
-        model=model, run=run, prompts=prompts, configs=configs, seeds=seeds_of(run), rundir=rundir, progress=progress
-    )
-    summary = summary_header(run, model, prompts)
-    summary["stages"] = {}
-    # As JSON reads them back (tuples become lists), so a saved config compares equal to its own.
-    stage_configs = json.loads(dumps({k: dataclasses.asdict(v) for k, v in configs.items()}))
-    identity = run_identity(run, model, relation)
     if rundir is not None:
-        rundir.check_same_config(identity, force)
-        rundir.create()
-        old = rundir.summary()
-        old_manifest = rundir.manifest() or {}
-        same_run = old_manifest.get("identity") == identity
-        # A finished stage is kept when the run and its own config are unchanged; --force
-        # redoes the stages asked for (and what they need), and keeps the others.
-        for name, data in old.get("stages", {}).items():
-            if not same_run or (force and name in order):
-                continue
-            if old_manifest.get("stage_configs", {}).get(name) == stage_configs.get(name) and rundir.has_stage(name):
-                summary["stages"][name] = data
-        ctx.summaries.update(summary["stages"])
-        rundir.write_manifest(manifest(run, model, configs, relation))
-    recomputed: set[str] = set()
+        rundir.claim(wait, note=log)  # not ours, or busy: refused before the model loads
+    try:
+        if model is None:
+            model = load_model(run.model, device=run.device, dtype=run.dtype, device_map=run.device_map)
+        if prompts is None:
+            prompts = build_prompts(
+                relation,
+                model.tokenizer,
+                shots=run.shots,
+                seed=run.seed,
+                max_prompts=run.max_prompts,
+                demonstrations=run.demonstrations,
+            )
+        check_positions(prompts, model)
+        order = check_stages(targets, configs, model)
+        ctx = StageContext(
+            model=model, run=run, prompts=prompts, configs=configs, seeds=seeds_of(run), rundir=rundir, progress=progress
+        )
+        if rundir is None:
+            return ctx, _run_stages(ctx, order, None, log, incomplete_ok)
+        rundir.create(wait, note=log)
+        rundir.check_same_config(run_identity(run, model, relation), force)
+        book = _Book(rundir, ctx, relation, force, order, log)
+        return ctx, _run_stages(ctx, order, book, log, incomplete_ok)
+    finally:
+        if rundir is not None:
+            rundir.release()
+
+
+def check_run(run: RunConfig) -> None:
+    """Run settings that would fail deep inside a stage, refused in one line first."""
+    if isinstance(run.seed, bool) or not isinstance(run.seed, int) or not 0 <= run.seed <= MAX_SEED:
+        raise UserError(f"--seed must be an integer in [0, {MAX_SEED}], got {run.seed!r}")
+
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer; NumPy's SeedSequence any non-negative one
+
+
+def _run_stages(ctx: StageContext, order: list[str], book: "_Book | None", log, incomplete_ok: bool) -> dict:
     skipped: dict[str, str] = {}
     for name in order:
         if name in skipped:
             continue
-        upstream = _upstream(name, configs)
-        if name in summary["stages"] and rundir is not None and rundir.has_stage(name) and not (upstream & recomputed):
-            ctx.summaries[name] = summary["stages"][name]
-            log(f"{name}: reused from {rundir.path}")
-            continue
-        recomputed.add(name)
-        summary["stages"].pop(name, None)
+        if book is not None:
+            reason = book.reusable(name)
+            if reason is None:
+                log(f"{name}: reused from {book.rundir.path}")
+                continue
+            if reason:
+                log(f"{name}: recomputing ({reason})")
         start, cpu_start = time.perf_counter(), time.process_time()
         try:
             result = STAGES[name].compute(ctx)
+        except NonFiniteError as exc:  # the model, not the cell's data: stops the run in a sweep too
+            raise NonFiniteError(f"{name}: {exc}") from None
         except UserError as exc:
             if not incomplete_ok:
                 raise
             skipped[name] = str(exc)
-            for dep in _dependents(name, order, configs):
+            for dep in _dependents(name, order, ctx.configs):
                 skipped.setdefault(dep, f"needs {name}, which is not measurable here")
             log(f"{name}: not measurable here ({exc})")
+            if book is not None:
+                book.remove(name)
             continue
         data = result.to_dict()
         data["wall_seconds"] = round(time.perf_counter() - start, 3)
@@ -786,18 +854,178 @@ def execute(
         data["cpu_seconds"] = round(time.process_time() - cpu_start, 3)
         ctx.results[name] = result
         ctx.summaries[name] = data
-        summary["stages"][name] = data
-        if rundir is not None:
-            rundir.write_tables(name, _tables(result))
-            _update_top_level(summary, ctx)
-            rundir.write_summary(summary)
+        if book is not None:
+            book.write(name, _tables(result), data)
         log(f"{name}: done in {data['wall_seconds']:.1f} s")
-    if skipped:
-        summary["not_measurable"] = _not_measurable(skipped, summary, prompts)
+    if book is not None:
+        return book.finish(skipped)
+    summary = {**summary_header(ctx.run, ctx.model, ctx.prompts), "stages": dict(ctx.summaries)}
     _update_top_level(summary, ctx)
-    if rundir is not None:
-        rundir.write_summary(summary)
-    return ctx, summary
+    if skipped:
+        summary["not_measurable"] = _not_measurable(skipped, summary, ctx.prompts)
+    return summary
+
+
+class _Book:
+    """The stage records of one run directory as one run sees them: which stages are on disk and
+    consistent, which may be reused, and the summary and manifest written from them.
+
+    On opening, every stage of the table is checked: a record that cannot be read, a table that
+    does not match it, or inputs that are not the stages now on disk make the stage stale; a stale
+    stage is removed from the directory (a stage this run will compute is recomputed, saying why).
+    A stage this run computes is reused only when its record equals what this run would write
+    (:func:`recallscope.records.stale_reason`). Writing a stage: it and every stage that read it
+    leave the summary and the manifest first, its record is removed, its tables are written, then
+    its record; stages that read its old content are removed; the summary and the manifest are
+    written again from the records. So they never describe a stage whose record is not on disk.
+    """
+
+    def __init__(self, rundir: RunDir, ctx: StageContext, relation: Relation, force: bool, order: list[str], log):
+        self.rundir, self.ctx, self.relation, self.force, self.order, self.log = rundir, ctx, relation, force, order, log
+        self.identity = run_identity(ctx.run, ctx.model, relation)
+        self.prompts_hash = records.prompts_sha256(ctx.prompts)
+        self.on_disk: dict[str, dict] = {}  # stage -> its record (consistent with the disk and each other)
+        self.why: dict[str, str] = {}  # stage -> why its files were not kept
+        try:
+            rundir.summary()
+        except UserError as exc:  # derived from the records: rewritten below, said once
+            log(f"{rundir.path / 'summary.json'} was unreadable ({exc}); rewritten from the stage records")
+        old_identity = self._old_identity()
+        dropped = []
+        for name in STAGES:
+            record, problem = rundir.read_record(name)
+            if record is None:
+                if problem is None and rundir.legacy_stage(name):
+                    problem = "its tables have no record (written by an older recallscope, or an interrupted write)"
+                if problem is not None:
+                    self._drop(name, problem, dropped)
+                continue
+            problem = rundir.verify(name, record) or records.stale_reason(record, self._key(name, record), own=False)
+            if problem is not None:
+                self._drop(name, problem, dropped)
+                continue
+            self.on_disk[name] = record
+        if old_identity not in (None, self.identity) and dropped:
+            log(f"--force: removed the stages of the other configuration in {rundir.path} ({', '.join(dropped)})")
+        else:
+            for name in dropped:
+                if name not in order:
+                    log(f"{name}: removed from {rundir.path} ({self.why[name]})")
+        ctx.summaries.clear()
+        ctx.summaries.update({n: r.get("summary") or {} for n, r in self.on_disk.items()})
+        ctx.available = set(self.on_disk)
+        self._describe()
+
+    def _old_identity(self):
+        try:
+            return (self.rundir.manifest() or {}).get("identity")
+        except UserError:
+            return None
+
+    def _drop(self, name: str, why: str, dropped: list[str]) -> None:
+        self.rundir.remove_stage(name)
+        self.why[name] = why
+        dropped.append(name)
+
+    def _inputs(self, name: str, record: dict | None = None) -> dict[str, str | None]:
+        """Content hashes of the stages ``name`` reads, as on disk now; for a stage this run does
+        not compute, the inputs its record names."""
+        if name in self.order or record is None:
+            deps = list(dict.fromkeys(STAGES[name].needs(self.ctx.configs.get(name)) + STAGES[name].reads))
+        else:
+            deps = list(record.get("inputs") or {})
+        return {d: records.content_sha256(self.on_disk[d]) if d in self.on_disk else None for d in deps}
+
+    def _key(self, name: str, record: dict | None = None) -> dict:
+        stage = STAGES[name]
+        return records.key(
+            self.identity,
+            self.prompts_hash,
+            self.ctx.configs[name],
+            self._inputs(name, record),
+            records.code_sha256(stage.compute, stage.config_type),
+        )
+
+    def reusable(self, name: str) -> str | None:
+        """None when the stage on disk may be reused; else why it is computed ("" when it was never computed)."""
+        record = self.on_disk.get(name)
+        if record is None:
+            return self.why.get(name, "")
+        if self.force:
+            return "--force"
+        return records.stale_reason(record, self._key(name))
+
+    def _readers(self, name: str) -> list[str]:
+        """Stages on disk that read ``name``, transitively, in pipeline order."""
+        found = {name}
+        for other in STAGES:
+            if other in self.on_disk and other not in found and set((self.on_disk[other].get("inputs") or {})) & found:
+                found.add(other)
+        return [s for s in STAGES if s in found and s != name]
+
+    def _forget(self, names) -> None:
+        for n in names:
+            self.on_disk.pop(n, None)
+            self.ctx.summaries.pop(n, None)
+            self.ctx.available.discard(n)
+
+    def remove(self, name: str) -> None:
+        """Remove a stage (and the stages that read it) from the directory."""
+        gone = [name, *self._readers(name)]
+        self._forget(gone)
+        self._describe()
+        for n in gone:
+            self.rundir.remove_stage(n)
+
+    def write(self, name: str, tables: dict[str, pd.DataFrame], data: dict) -> None:
+        readers = self._readers(name)
+        before = {r: self.on_disk[r] for r in readers}
+        self._forget([name, *readers])
+        self._describe()  # the summary and manifest stop describing them before their files change
+        record = self.rundir.write_stage(name, tables, {**self._key(name), "summary": data})
+        self.on_disk[name] = record
+        self.ctx.summaries[name] = data
+        self.ctx.available.add(name)
+        for reader in readers:  # in pipeline order: what a reader read is settled before it
+            inputs = before[reader].get("inputs") or {}
+            now = {d: records.content_sha256(self.on_disk[d]) if d in self.on_disk else None for d in inputs}
+            if now == inputs:  # the stage it read came out the same (a deterministic stage redone)
+                self.on_disk[reader] = before[reader]
+                self.ctx.summaries[reader] = before[reader].get("summary") or {}
+                self.ctx.available.add(reader)
+                continue
+            self.rundir.remove_stage(reader)
+            self.why[reader] = f"it was computed from the previous {name}"
+            if reader not in self.order:
+                self.log(f"{reader}: removed from {self.rundir.path} ({self.why[reader]})")
+        self._describe()
+
+    def _describe(self, skipped: dict[str, str] | None = None) -> dict:
+        """Write the summary and the manifest from the records on disk; returns the summary."""
+        ctx = self.ctx
+        summary = summary_header(ctx.run, ctx.model, ctx.prompts)
+        summary["stages"] = {n: self.on_disk[n].get("summary") or {} for n in STAGES if n in self.on_disk}
+        _update_top_level(summary, ctx)
+        if skipped:
+            summary["not_measurable"] = _not_measurable(skipped, summary, ctx.prompts)
+        described = manifest(ctx.run, ctx.model, ctx.configs, self.relation)
+        described["stage_configs"] = {n: self.on_disk[n].get("config") for n in STAGES if n in self.on_disk}
+        described["stage_records"] = {
+            n: {
+                "record": self.rundir.record_path(n).name,
+                "content_sha256": records.content_sha256(self.on_disk[n]),
+                "recallscope": self.on_disk[n].get("recallscope"),
+                "code_sha256": self.on_disk[n].get("code_sha256"),
+            }
+            for n in STAGES
+            if n in self.on_disk
+        }
+        self.rundir.write_summary(summary)
+        self.rundir.write_manifest(described)
+        return summary
+
+    def finish(self, skipped: dict[str, str]) -> dict:
+        return json.loads(dumps(self._describe(skipped)))
 
 
 def _not_measurable(skipped: dict[str, str], summary: dict, prompts: PromptSet | None) -> dict:
@@ -808,34 +1036,23 @@ def _not_measurable(skipped: dict[str, str], summary: dict, prompts: PromptSet |
     return {name: {"reason": why, **counts} for name, why in skipped.items()}
 
 
-def _shot_claims(relations, shots, patch_frames, configs, recall_summaries=None) -> list[dict]:
+def _shot_claims(
+    relations, shots, patch_frames, configs, recall_summaries=None, slugs: dict[str, str] | None = None
+) -> list[dict]:
     """Claim 6 (few-shot engages the same heads earlier), per relation: fewest vs most shots.
     ``recall_summaries`` ((relation, shots) → the cell's recall summary) give the prompts available
-    (the fewer of the two cells')."""
+    (the fewer of the two cells'); ``slugs`` name each relation as its sweep folder does."""
     cfg = configs["claims"]
+    slugs = slugs or {rel: relation_slug(rel) for rel in relations}
     out = []
     for rel in relations:
         low, high = shots[0], shots[-1]
-        claim = claims.shot_claim(_slug(rel), (low, patch_frames.get((rel, low))), (high, patch_frames.get((rel, high))), cfg)
+        claim = claims.shot_claim(slugs[rel], (low, patch_frames.get((rel, low))), (high, patch_frames.get((rel, high))), cfg)
         available = [known_available((recall_summaries or {}).get((rel, k))) for k in (low, high)]
         if None not in available:
             claim = claims.with_available(claim, min(available))
-        out.append({**claim.row(), "relation": _slug(rel)})
+        out.append({**claim.row(), "relation": slugs[rel]})
     return out
-
-
-def _upstream(name: str, configs: dict[str, Any] | None = None) -> set[str]:
-    """Every stage ``name`` requires or reads, transitively."""
-    configs = configs or {}
-    seen: set[str] = set()
-    todo = list(STAGES[name].needs(configs.get(name)) + STAGES[name].reads)
-    while todo:
-        dep = todo.pop()
-        if dep in seen or dep not in STAGES:
-            continue
-        seen.add(dep)
-        todo += STAGES[dep].needs(configs.get(dep)) + STAGES[dep].reads
-    return seen
 
 
 def _update_top_level(summary: dict, ctx: StageContext) -> None:
@@ -846,11 +1063,6 @@ def _update_top_level(summary: dict, ctx: StageContext) -> None:
     claims_entry = summary["stages"].get("claims")
     if claims_entry:
         summary["claims"] = claims_entry["claims"]
-
-
-def _slug(text: str) -> str:
-    name = Path(text).stem if text.endswith(".json") else text
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:80] or "relation"
 
 
 def _combined_identity(base: RunConfig, model: Model, relations: list[Relation], shots_list: list[int]) -> dict:
@@ -907,13 +1119,14 @@ def execute_many(
     executor: Any = None,
     model: Model | None = None,
     contexts: dict | None = None,
+    wait: bool = False,
 ) -> dict:
     """Every relation × shot count, one model load; one sub-run directory each.
 
     ``model``: a model already loaded (``base.model`` is then its name only); None loads
     ``base.model``. ``contexts``, when given, receives each cell run in this process as
     ``(relation, shots) → StageContext`` (its results, prompts and model: :func:`run` builds the
-    studies from them).
+    studies from them). ``wait``: wait for another process writing ``out`` (else UserError naming it).
 
     With one relation and one shot count the run directory is ``out`` itself; otherwise
     ``out/<relation>/<k>shot`` holds each sub-run and ``out/summary.json`` lists them all.
@@ -942,14 +1155,47 @@ def execute_many(
     if any(k < 0 for k in shots_list):
         raise UserError(f"--shots must be >= 0, got {shots_list}")
     base, overrides = apply_preset(base, overrides)  # an unknown preset fails here
+    check_run(base)
     configs = make_configs(overrides, seed=base.seed)  # fail early, before the model loads, on a bad setting ...
     resolve(targets, configs)  # ... or stage
     loaded = [load_relation(rel) for rel in relations]  # ... or relation
-    if out is not None:
-        RunDir(out)  # refuses a file
+    slugs = cell_slugs(relations, loaded)  # ... or two relations in one cell folder
+    top = RunDir(out) if out is not None else None
+    if top is not None:
+        top.claim(wait, note=log)  # not ours, or busy: refused before the model loads
+    try:
+        return _execute_many(
+            base, relations, loaded, slugs, shots_list, targets, top, overrides, configs, force, progress, log, executor, wait,
+            model, contexts,
+        )
+    finally:
+        if top is not None:
+            top.release()
+
+
+def cell_slugs(relations: list[str], loaded: list[Relation]) -> dict[str, str]:
+    """Each relation's folder in a sweep (``out/<slug>/<k>shot``): :func:`recallscope.rundir.relation_slug`,
+    with the first 8 hex digits of the relation's content hash added where two relations of the
+    sweep would share one (``a/capitals.json`` and ``b/capitals.json``). UserError for a relation
+    given twice (the same content)."""
+    hashes = [relation_hash(r) for r in loaded]
+    seen: dict[str, str] = {}
+    for rel, h in zip(relations, hashes, strict=True):
+        if h in seen:
+            raise UserError(f"--relation lists one relation twice: {seen[h]!r} and {rel!r} have the same content")
+        seen[h] = rel
+    base = [relation_slug(rel) for rel in relations]
+    return {rel: (b if base.count(b) == 1 else f"{b[:71]}-{h[:8]}") for rel, b, h in zip(relations, base, hashes, strict=True)}
+
+
+def _execute_many(
+    base, relations, loaded, slugs, shots_list, targets, top, overrides, configs, force, progress, log, executor, wait,
+    model=None, contexts=None,
+) -> dict:
+    out = str(top.path) if top is not None else None
+    single = len(relations) == 1 and len(shots_list) == 1
     if model is None:
         model = load_model(base.model, device=base.device, dtype=base.dtype, device_map=base.device_map)
-    single = len(relations) == 1 and len(shots_list) == 1
     # Everything that can be refused is refused before the first stage runs: stage settings out of
     # range for the model, prompts longer than its positions, a sub-run directory holding another configuration.
     check_stages(targets, configs, model)
@@ -957,7 +1203,7 @@ def execute_many(
     for rel, relation in zip(relations, loaded, strict=True):
         for k in shots_list:
             run = dataclasses.replace(base, relation=rel, shots=k)
-            sub = out if (single or out is None) else str(Path(out) / _slug(rel) / f"{k}shot")
+            sub = out if (single or out is None) else str(Path(out) / slugs[rel] / f"{k}shot")
             try:
                 prompts = build_prompts(
                     relation,
@@ -974,13 +1220,17 @@ def execute_many(
                 continue
             check_positions(prompts, model)
             cells.append((rel, k, run, sub, prompts, None))
-    if out is not None:
+    if top is not None:
+        top.create(wait, note=log)  # an unwritable --out fails here, before any stage
         if not single:
-            RunDir(out).check_same_config(_combined_identity(base, model, loaded, shots_list), force)
+            top.check_same_config(_combined_identity(base, model, loaded, shots_list), force)
         for rel, k, run, sub, prompts, _ in cells:
+            if not single:
+                RunDir(sub).check_ours()
             if prompts is not None:
                 RunDir(sub).check_same_config(run_identity(run, model, prompts.relation), force)
-        RunDir(out).create()  # an unwritable --out fails here, before any stage
+        if not single:  # the parent is a run directory from the start (its summary is written at the end)
+            top.write_manifest(_combined_manifest(base, model, loaded, shots_list))
     runs = []
     incomplete = []
     patch_frames: dict[tuple[str, int], Any] = {}
@@ -1009,12 +1259,18 @@ def execute_many(
             }
             log(f"{rel}, {k}-shot: not measurable here ({why})")
             if sub is not None:  # the cell's folder says why it is empty
-                RunDir(sub).create()
-                RunDir(sub).write_summary(summary)
+                cell = RunDir(sub)
+                cell.create(wait, note=log)
+                try:
+                    cell.write_manifest(manifest(run, model, configs, relation_of[rel]) | {"stage_configs": {}})
+                    cell.write_summary(summary)
+                finally:
+                    cell.release()
         elif executor is not None:
             summary = done[(rel, k)]
-            if RunDir(sub).has_table("patch"):
-                patch_frames[(rel, k)] = RunDir(sub).read_table("patch")
+            frame = _cell_patch_table(sub)
+            if frame is not None:
+                patch_frames[(rel, k)] = frame
         else:
             ctx, summary = execute(
                 run,
@@ -1027,6 +1283,7 @@ def execute_many(
                 log=log,
                 prompts=prompts,
                 incomplete_ok=not single,
+                wait=wait,
             )
             frame = ctx.table_or_none("patch")
             if frame is not None:
@@ -1043,33 +1300,40 @@ def execute_many(
                 }
             )
         if not single and sub is not None:
-            summary = {**summary, "path": str(Path(sub).relative_to(out))}
+            summary = {**summary, "path": Path(sub).relative_to(out).as_posix()}
         runs.append(summary)
     if single:
         return runs[0]
     combined = {"model": model.name, "model_hash": model.model_hash, "preset": preset_record(base), "runs": runs}
     if "claims" in order and len(set(shots_list)) > 1:
-        combined["claims"] = _shot_claims(relations, sorted(set(shots_list)), patch_frames, configs, recall_summaries)
+        combined["claims"] = _shot_claims(
+            relations, sorted(set(shots_list)), patch_frames, configs, recall_summaries, slugs
+        )
     if incomplete:
         combined["incomplete"] = incomplete
         combined["exit_code"] = EXIT_INCOMPLETE
-    if out is not None:
-        rundir = RunDir(out)
-        rundir.create()
-        rundir.write_manifest(
-            {
-                "identity": _combined_identity(base, model, loaded, shots_list),
-                "run": dataclasses.asdict(base),
-                "preset": preset_record(base),
-                "model": model.describe(),
-                "seeds": {"prompts": base.seed, **seeds_of(base)},
-                "stages": stage_list(),
-                "versions": versions(),
-                "compute": compute_record(),
-            }
-        )
-        rundir.write_summary(combined)
+    if top is not None:
+        top.write_summary(combined)
     return combined
+
+
+def _cell_patch_table(sub: str):
+    """A cell's patch table, read back after an executor ran the cell (None when it has none)."""
+    cell = RunDir(sub)
+    return cell.read_table("patch") if cell.has_table("patch") else None
+
+
+def _combined_manifest(base: RunConfig, model: Model, loaded: list[Relation], shots_list: list[int]) -> dict:
+    return {
+        "identity": _combined_identity(base, model, loaded, shots_list),
+        "run": dataclasses.asdict(base),
+        "preset": preset_record(base),
+        "model": model.describe(),
+        "seeds": {"prompts": base.seed, **seeds_of(base)},
+        "stages": stage_list(),
+        "versions": versions(),
+        "compute": compute_record(),
+    }
 
 
 def run(
@@ -1090,6 +1354,7 @@ def run(
     settings: dict[str, Any] | None = None,
     executor: Any = None,
     log: Callable[[str], None] | None = None,
+    wait: bool = False,
     **more_settings: Any,
 ) -> Study | Sweep:
     """The whole study (or ``stages`` and what they need) for one relation and shot count — a
@@ -1111,6 +1376,7 @@ def run(
     every prompt under the paper preset; None or "all": every prompt). ``progress=False`` shows no
     progress bar (they show on a terminal and in notebooks). ``executor``: run a sweep's cells
     elsewhere (:mod:`recallscope.executors`). ``log`` receives the progress lines the CLI prints.
+    ``wait``: when another process is writing ``out``, wait for it (else UserError naming it).
 
     Every stage after recall runs on the prompts the model knows (``study.known``); a stage
     function called directly uses the prompts it is given, so ``movers.movers(study.model,
@@ -1146,6 +1412,7 @@ def run(
         executor=executor,
         model=loaded,
         contexts=contexts,
+        wait=wait,
     )
     cells = [(rel, k) for rel in relations for k in shots_list]
     if len(cells) == 1:
