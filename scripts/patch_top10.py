@@ -38,12 +38,12 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from recallscope.presets import PAPER  # noqa: E402
 
-LRE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lre" / "country_capital_city.json"
+LRE = "lre/country_capital_city"  # the LRE relation the package ships (src/recallscope/tasks/lre)
 CASES = [
     ("paper_country_capital", 0),
     ("paper_country_capital", 3),
-    (str(LRE), 0),
-    (str(LRE), 3),
+    (LRE, 0),
+    (LRE, 3),
 ]
 TOTAL: list[str] = ["--set", "patch.attribution=false"]
 PATH: list[str] = [a for k, v in PAPER.stage_settings().items() if k.startswith("patch.") for a in ("--set", f"{k}={v}")]
@@ -86,13 +86,9 @@ def run(relation: str, shots: int, extra: list[str], max_prompts: int | None) ->
         return out
 
 
-def shown(relation: str) -> str:
-    return "../shared/data/lre/" + Path(relation).name if relation.endswith(".json") else relation
-
-
 def command(relation: str, shots: int, extra: list[str], max_prompts: int | None) -> str:
     tail = f" --max-prompts {max_prompts}" if max_prompts else ""
-    return f"recallscope patch --relation {shown(relation)} --shots {shots}{tail} " + " ".join(extra)
+    return f"recallscope patch --relation {relation} --shots {shots}{tail} " + " ".join(extra)
 
 
 def differs(total: dict, path: dict, n_layers: int | None) -> str:
@@ -224,7 +220,7 @@ def main() -> None:
     for relation, shots in CASES:
         total, path = results[(relation, shots, "total")], results[(relation, shots, "path")]
         tp, pp = total["stages"]["patch"], path["stages"]["patch"]
-        source = " (LRE, `" + shown(relation) + "`)" if relation.endswith(".json") else ""
+        source = " (LRE, `" + relation + "`)" if relation.startswith("lre/") else ""
         print(f"## {total['relation']}{source}, {shots}-shot\n")
         print(f"    {command(relation, shots, TOTAL, mp)}")
         print(f"    {command(relation, shots, PATH, mp)}\n")

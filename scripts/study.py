@@ -65,18 +65,18 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from recallscope.rundir import RunDir, atomic_write_text, dumps  # noqa: E402  (torch-free)
+from recallscope.rundir import RunDir, atomic_write_text, dumps, relation_slug  # noqa: E402  (torch-free)
 
-LRE = "../shared/data/lre"  # relative to the repository root, as the README and CI reach it
+LRE = "lre"  # the LRE relations the package ships (src/recallscope/tasks/lre), by name: lre/<name>
 MODELS = ("smollm2-135m", "gemma3-270m")
 PRESETS = ("recallscope", "paper")
 RELATIONS = (
     "paper_country_capital",
-    f"{LRE}/country_capital_city.json",
-    f"{LRE}/city_in_country.json",
-    f"{LRE}/country_language.json",
-    f"{LRE}/landmark_in_country.json",
-    f"{LRE}/person_plays_pro_sport.json",
+    f"{LRE}/country_capital_city",
+    f"{LRE}/city_in_country",
+    f"{LRE}/country_language",
+    f"{LRE}/landmark_in_country",
+    f"{LRE}/person_plays_pro_sport",
 )
 SHOTS = (0, 1, 3)
 MAX_PROMPTS = "all"  # every prompt of each relation: the 24-prompt study could not decide many claims (issue 27)
@@ -97,9 +97,9 @@ MARK = {HOLDS: "✓", FAILS: "✗", INCONCLUSIVE: "?"}
 
 # --------------------------------------------------------------------------- running
 def slug(relation: str) -> str:
-    """The cell folder of a relation in a sweep (as ``recallscope.pipeline._slug`` names it)."""
-    name = Path(relation).stem if relation.endswith(".json") else relation
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:80] or "relation"
+    """The cell folder of a relation in a sweep (``recallscope.rundir.relation_slug``; the study's
+    relations never share one)."""
+    return relation_slug(relation)
 
 
 def _git(*args: str) -> str:

@@ -8,7 +8,9 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-LRE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lre"
+# The LRE relation files the package ships (src/recallscope/tasks/lre): a clone tests itself with no
+# data beside it.
+LRE_DIR = Path(__file__).resolve().parents[1] / "src" / "recallscope" / "tasks" / "lre"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -23,5 +25,9 @@ def smollm2():
 
 @pytest.fixture(scope="session")
 def lre_dir() -> Path:
-    assert LRE_DIR.is_dir(), f"the LRE relation files are expected at {LRE_DIR}"
-    return LRE_DIR
+    """The shipped LRE relation files, as the installed package finds them (``lre/<name>``)."""
+    from recallscope.tasks.relation import lre_path
+
+    folder = lre_path("country_language").parent
+    assert folder.resolve() == LRE_DIR.resolve() and len(list(folder.glob("*.json"))) == 18, folder
+    return folder

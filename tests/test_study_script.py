@@ -26,7 +26,7 @@ spec.loader.exec_module(study)
 C_MOVERS = "Mover heads move the topic (subject) to the last position"
 C_SUPPRESS = "The final layer suppresses the correct answer"
 C_SHOTS = "Few-shot prompts engage the same heads"
-RELATIONS = ["paper_country_capital", "../shared/data/lre/country_language.json"]
+RELATIONS = ["paper_country_capital", "lre/country_language"]
 SHOTS = [0, 3]
 
 
@@ -445,4 +445,4 @@ def test_the_sweep_command_is_one_run_per_model_and_preset():
         "--set",
         "suppress.modes=zero",
     ]
-    assert study.slug("../shared/data/lre/country_language.json") == "country_language"
+    assert study.slug("lre/country_language") == study.slug("data/country_language.json") == "country_language"
