@@ -13,13 +13,18 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..locks import FileLock
 
 CACHE_FORMAT = 1
+INDEX = "recallscope-cache.json"
+REQUIRED = ("config.json", "model.safetensors")  # what a load of the cache reads, at least
+BESIDE = ("view.safetensors", "view.json")  # the view cache (:mod:`.viewcache`), checked by its own record
 
 
 @dataclass(frozen=True)
@@ -73,12 +78,22 @@ def gguf_file(source: GGUFSource) -> Path:
     else:
         path = cache_root() / "gguf" / f"{source.alias}.gguf"
         if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as out:
-                for part in paths:
-                    with open(part, "rb") as handle:
-                        shutil.copyfileobj(handle, out)
-            os.replace(out.name, path)
+            tmp = None
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as out:
+                    tmp = out.name
+                    for part in paths:
+                        with open(part, "rb") as handle:
+                            shutil.copyfileobj(handle, out)
+                os.replace(tmp, path)
+            except OSError as exc:
+                if tmp is not None and os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise UserError(
+                    f"model {source.alias!r}: cannot join its GGUF parts into {path} ({exc.strerror or exc}); "
+                    "set RECALLSCOPE_CACHE to a writable folder with room"
+                ) from exc
     digest = sha256_of([path])
     if digest != source.sha256:
         raise UserError(
@@ -93,35 +108,74 @@ def cache_dir(source: GGUFSource) -> Path:
 
 def cache_is_valid(directory: Path, skip: tuple[str, ...] = ()) -> bool:
     """The cache is complete and every file matches the hash recorded when it was written
-    (files named in ``skip`` are not checked: a load that does not read them)."""
-    manifest = directory / "recallscope-cache.json"
-    if not manifest.is_file():
+    (files named in ``skip`` are not hashed: a load that does not read them). The index must be
+    an object whose ``files`` lists :data:`REQUIRED` and every other file of the folder (the view
+    cache aside), each with an integer ``size`` and a hex ``sha256``; anything else is invalid."""
+    files = _index_files(directory)
+    if files is None:
         return False
-    try:
-        recorded = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError):
-        return False
-    for name, entry in recorded.items():
-        if name in skip:
-            continue
+    for name, entry in files.items():
         path = directory / name
         if not path.is_file() or path.stat().st_size != entry["size"]:
             return False
-        if sha256_of([path]) != entry["sha256"]:
+        if name not in skip and sha256_of([path]) != entry["sha256"]:
             return False
     return True
+
+
+def _index_files(directory: Path) -> dict[str, dict] | None:
+    """The index's ``files`` when the index is well formed and covers the folder; else None."""
+    try:
+        data = json.loads((directory / INDEX).read_text(encoding="utf-8"))
+        present = {p.name for p in directory.iterdir() if not p.name.startswith(".")}
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict) or not all(r in files for r in REQUIRED):
+        return None
+    for name, entry in files.items():
+        if (
+            not isinstance(name, str)
+            or "/" in name
+            or name in (INDEX, "", ".", "..")
+            or not isinstance(entry, dict)
+            or isinstance(entry.get("size"), bool)
+            or not isinstance(entry.get("size"), int)
+            or not isinstance(entry.get("sha256"), str)
+            or len(entry["sha256"]) != 64
+        ):
+            return None
+    if present - set(files) - {INDEX, *BESIDE}:
+        return None  # a file the index does not vouch for (a load might read it)
+    return files
 
 
 def recorded_sha256(directory: Path, name: str) -> str | None:
     """The sha256 the cache recorded for its file ``name`` when it was written (None: not recorded)."""
     try:
-        return json.loads((directory / "recallscope-cache.json").read_text())["files"][name]["sha256"]
+        files = _index_files(directory)
+        return files[name]["sha256"] if files is not None and name in files else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
+def cache_lock(directory: Path, exclusive: bool) -> FileLock | None:
+    """The lock of one cache entry (``.<entry>.lock`` beside its folder), taken: shared to read it,
+    exclusive to write it; another process's hold is waited for (a note on stderr). None when the
+    lock file cannot be made (a read-only cache, which nobody can be writing)."""
+    lock = FileLock(directory.parent / f".{directory.name}.lock", f"the model cache {directory}")
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire(exclusive=exclusive, wait=True, on_wait=lambda line: print(f"recallscope: {line}", file=sys.stderr))
+    except (OSError, UserError):
+        return None
+    return lock
+
+
 def write_cache(source: GGUFSource, model, tokenizer) -> Path:
-    """Save the de-quantised model as safetensors, atomically (a temp dir renamed into place)."""
+    """Save the de-quantised model as safetensors, atomically: built in a temporary folder, then
+    renamed into place (the caller holds the entry's exclusive lock, :func:`cache_lock`). OSError
+    when the cache cannot be written (read-only, full)."""
     final = cache_dir(source)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
@@ -144,11 +198,11 @@ def write_cache(source: GGUFSource, model, tokenizer) -> Path:
             for p in sorted(tmp.iterdir())
             if p.is_file()
         }
-        (tmp / "recallscope-cache.json").write_text(
-            json.dumps({"alias": source.alias, "gguf_sha256": source.sha256, "files": files}, indent=1)
-        )
-        if final.exists():
-            shutil.rmtree(final)
+        (tmp / INDEX).write_text(json.dumps({"alias": source.alias, "gguf_sha256": source.sha256, "files": files}, indent=1))
+        if final.exists():  # an invalid cache: moved aside first (a folder cannot be renamed onto a full one)
+            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-old-"))
+            os.replace(final, old / "entry")
+            shutil.rmtree(old, ignore_errors=True)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import io
 import logging
@@ -22,6 +23,7 @@ from ..progress import working
 from . import controls, gguf, memory, viewcache
 from .adapters import extract
 from .arch import ArchConfig, materialize
+from .checks import config_type_errors, nonfinite
 from .view import ModelView
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -139,9 +141,40 @@ def usable_cpus() -> int:
 _THREADS_CHOSEN: list[int] = []  # a thread count the caller chose (--threads, set_threads(n)): never overridden
 
 
+def max_threads() -> int:
+    """The most intra-op threads ``--threads`` may ask for: a quarter of the threads this machine
+    lets one user start (the smallest of RLIMIT_NPROC, the kernel's threads-max and the cgroup's
+    pids.max; the rest is left to the user's other processes), and never fewer than the usable
+    CPUs. More threads than CPUs only contend, but a recorded count must stay reproducible on a
+    smaller machine (``compute.torch_threads``), so the bound is what the machine can start, not its
+    CPUs. Past it OpenMP aborts the process (``--threads 100000`` did, with a traceback)."""
+    limits = []
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+        if soft != resource.RLIM_INFINITY and soft > 0:
+            limits.append(soft)
+    except (ImportError, OSError, ValueError):
+        pass
+    for path in ("/proc/sys/kernel/threads-max", "/sys/fs/cgroup/pids.max"):
+        try:
+            text = open(path, encoding="ascii").read().strip()
+            if text.isdigit():
+                limits.append(int(text))
+        except OSError:
+            pass
+    return max(usable_cpus(), min(limits) // 4) if limits else max(usable_cpus(), 4096)
+
+
 def set_threads(threads: int | None = None) -> None:
     """torch's intra-op threads: ``threads`` when given (kept: later loads do not change it), else
-    ``OMP_NUM_THREADS`` when the user set it (left to torch), else :func:`usable_cpus`."""
+    ``OMP_NUM_THREADS`` when the user set it (left to torch), else :func:`usable_cpus`. UserError for
+    ``threads`` outside 1..:func:`max_threads`."""
+    if threads is not None and not 1 <= threads <= max_threads():
+        raise UserError(
+            f"--threads must be in 1..{max_threads()} (a quarter of the threads this machine lets one user start), got {threads}"
+        )
     if threads is not None:
         _THREADS_CHOSEN[:] = [threads]
         torch.set_num_threads(threads)
@@ -188,48 +221,97 @@ def _dtype(dtype: str | torch.dtype) -> torch.dtype:
     return table[dtype]
 
 
+DEVICES = ("cpu", "cuda", "cuda:N", "auto")
+
+
 def _device(device: str) -> torch.device:
+    """The torch device of ``--device``: cpu, cuda, cuda:N (a visible GPU) or auto. Any other kind
+    (mps, meta, xla, ...) is refused in one line: recallscope computes on CPU and CUDA only (a
+    ``meta`` tensor has no values; Apple's MPS lacks float64, which the identity checks use)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA device is available here; use --device cpu")
     try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise UserError(f"unknown device {device!r}") from exc
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise UserError(f"--device {device!r} is not a device; use one of {', '.join(DEVICES)}") from exc
+    if parsed.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device}: recallscope runs on cpu or cuda, not {parsed.type}; use one of {', '.join(DEVICES)}")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: no CUDA device is available here; use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), 0..{torch.cuda.device_count() - 1}")
+    return parsed
 
 
 def load_embedded(alias: str, dtype: torch.dtype, use_cache: bool = True):
-    """(hf_model, tokenizer, info) for an embedded GGUF model, through the safetensors cache."""
+    """(hf_model, tokenizer, info) for an embedded GGUF model, through the safetensors cache.
+
+    A valid cache is read under the entry's shared lock; a missing or invalid one is built from
+    the GGUF file under its exclusive lock (another process building it meanwhile is waited for,
+    and its cache read). A cache that cannot be written (read-only, full) costs a note on stderr:
+    the model is loaded from the GGUF file without caching."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = EMBEDDED[alias]
     directory = gguf.cache_dir(source)
     info = {"gguf_sha256": source.sha256}
-    cached = use_cache and gguf.cache_is_valid(directory)
-    if use_cache and not cached and directory.exists():
-        # stdout is the --json channel; a note on stderr says why this load is slow.
-        print(
-            f"recallscope: the weight cache {directory} failed its hash check; rebuilding it from the GGUF file", file=sys.stderr
-        )
-        info["cache_rebuilt"] = True
-    if cached:
-        with _quiet():
-            model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
-            tokenizer = AutoTokenizer.from_pretrained(directory)
-        info["loaded_from"] = "cache"
-        return model, tokenizer, info
-    # The one slow load, with no progress of its own: say what it does (stderr; stdout is --json's).
-    doing = f"first load of {alias}: de-quantising its GGUF file" + (f" into a safetensors cache in {directory}" if use_cache else "")
-    with working(doing, CONVERSION_USUALLY), _quiet():
-        path = gguf.gguf_file(source)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    if use_cache:
+        found = _read_weight_cache(directory, dtype, exclusive=False)
+        if found is not None:
+            return (*found, {**info, "loaded_from": "cache"})
+    lock = gguf.cache_lock(directory, exclusive=True) if use_cache else None
+    try:
+        if use_cache:
+            found = _read_weight_cache(directory, dtype, exclusive=True)  # built by another process meanwhile
+            if found is not None:
+                return (*found, {**info, "loaded_from": "cache"})
+            if directory.exists():
+                # stdout is the --json channel; a note on stderr says why this load is slow.
+                print(
+                    f"recallscope: the weight cache {directory} failed its hash check; rebuilding it from the GGUF file",
+                    file=sys.stderr,
+                )
+                info["cache_rebuilt"] = True
+        # The one slow load, with no progress of its own: say what it does (stderr; stdout is --json's).
+        doing = f"first load of {alias}: de-quantising its GGUF file" + (f" into a safetensors cache in {directory}" if use_cache else "")
+        with working(doing, CONVERSION_USUALLY), _quiet():
+            path = gguf.gguf_file(source)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         info["loaded_from"] = "gguf"
         if use_cache:
-            gguf.write_cache(source, model, tokenizer)
-        model = model.to(dtype)
-    return model, tokenizer, info
+            try:
+                if lock is None:
+                    raise PermissionError(errno.EACCES, "its lock file cannot be created")
+                with _quiet():
+                    gguf.write_cache(source, model, tokenizer)
+            except OSError as exc:
+                print(
+                    f"recallscope: the weight cache {directory} cannot be written ({exc.strerror or exc}); "
+                    "the model is loaded from its GGUF file without caching (set RECALLSCOPE_CACHE to a writable folder)",
+                    file=sys.stderr,
+                )
+                info["cache_unwritable"] = True
+        return model.to(dtype), tokenizer, info
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _read_weight_cache(directory: Path, dtype: torch.dtype, exclusive: bool):
+    """(hf_model, tokenizer) from a valid weight cache, read under the entry's lock; None when invalid."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    lock = gguf.cache_lock(directory, exclusive=exclusive)
+    try:
+        if not gguf.cache_is_valid(directory):
+            return None
+        with _quiet():
+            return AutoModelForCausalLM.from_pretrained(directory, dtype=dtype), AutoTokenizer.from_pretrained(directory)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def load_embedded_view(alias: str, dtype: torch.dtype, device: torch.device):
@@ -238,14 +320,18 @@ def load_embedded_view(alias: str, dtype: torch.dtype, device: torch.device):
     transformers and writes it). Only the tokenizer's class is imported from transformers."""
     source = EMBEDDED[alias]
     directory = gguf.cache_dir(source)
-    if not gguf.cache_is_valid(directory, skip=("model.safetensors",)):
-        return None
+    lock = gguf.cache_lock(directory, exclusive=False)
     try:
+        if not gguf.cache_is_valid(directory, skip=("model.safetensors",)):
+            return None
         found = viewcache.load(directory, _view_key(alias, dtype), device)
     except viewcache.CorruptViewCache as exc:
         # stdout is the --json channel; a note on stderr says why this load is slower
         print(f"recallscope: the view cache failed its check ({exc}); rebuilding it", file=sys.stderr)
         return None
+    finally:
+        if lock is not None:
+            lock.release()
     if found is None:
         return None
     cfg, weights, tokenizer_class = found
@@ -253,7 +339,32 @@ def load_embedded_view(alias: str, dtype: torch.dtype, device: torch.device):
 
     with _quiet():
         tokenizer = getattr(transformers, tokenizer_class).from_pretrained(directory)
-    return cfg, weights, tokenizer, {"gguf_sha256": source.sha256, "loaded_from": "view cache"}
+    return cfg, weights, tokenizer, {"gguf_sha256": source.sha256, "loaded_from": "view cache", "cache": str(directory)}
+
+
+def _save_view(alias: str, dtype: torch.dtype, cfg: ArchConfig, weights, tokenizer_class: str) -> None:
+    """Write the view cache under the entry's exclusive lock; a cache that cannot be written costs
+    a note on stderr (the next load goes through transformers again), never the load."""
+    from .checks import nonfinite
+
+    if nonfinite(weights) is not None:
+        return  # refused by the load (check_weights); never cached
+    directory = gguf.cache_dir(EMBEDDED[alias])
+    lock = gguf.cache_lock(directory, exclusive=True)
+    try:
+        if lock is None:
+            raise PermissionError(errno.EACCES, "its lock file cannot be created")
+        key = _view_key(alias, dtype)
+        if not viewcache.written_for(directory, key):  # another process wrote it while this one loaded
+            viewcache.save(directory, key, cfg, weights, tokenizer_class)
+    except OSError as exc:
+        print(
+            f"recallscope: the view cache in {directory} cannot be written ({exc.strerror or exc}); later loads go through transformers",
+            file=sys.stderr,
+        )
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _view_key(alias: str, dtype: torch.dtype) -> dict:
@@ -287,9 +398,11 @@ def load_hf(name: str, dtype: torch.dtype, device_map: str | None = None):
             with _quiet():
                 model = AutoModelForCausalLM.from_pretrained(local, **kwargs)
                 tokenizer = AutoTokenizer.from_pretrained(local)
-        except (OSError, ValueError, KeyError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"--model {name}: not a loadable model directory ({first})") from exc
+        except Exception as exc:  # noqa: BLE001 — whatever a user's folder makes transformers raise
+            # (a wrong-typed config field: TypeError; a truncated safetensors file: SafetensorError;
+            # a missing file: OSError) is a property of the folder, said in one line
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise UserError(f"--model {name}: not a loadable model directory ({type(exc).__name__}: {first})") from exc
         return model, tokenizer, {"loaded_from": str(local)}
     try:
         with _quiet():
@@ -419,7 +532,7 @@ def load_model(
         # transformers' module is then dropped (not kept beside a copy of its weights) and rebuilt
         # on demand, as after a view-cache load.
         weights = materialize(weights)
-        viewcache.save(gguf.cache_dir(EMBEDDED[name]), _view_key(name, torch_dtype), cfg, weights, type(tokenizer).__name__)
+        _save_view(name, torch_dtype, cfg, weights, type(tokenizer).__name__)
         hf, hf_loader = None, lambda: _embedded_module(name, torch_dtype, torch_device)
     if device_map is not None:
         weights = _globals_beside_embedding(name, weights)
@@ -465,7 +578,29 @@ def load_in_memory(obj: Any, tokenizer: Any = None, device: str | None = None, d
     return model
 
 
+def check_weights(name: str, cfg: ArchConfig, weights, where: str = "", prefix: str | None = None) -> None:
+    """Refuse (UserError, one line) a model whose config has a wrong-typed field or whose weights
+    hold a NaN or an infinity, naming the field or the tensor (:func:`.arch.nonfinite`): every
+    quantity recallscope computes would be NaN, or a rank computed against NaN logits would lie.
+    ``where`` says where the weights came from (a cache the user can delete); ``prefix`` starts the
+    message (default ``--model NAME``)."""
+    prefix = prefix or f"--model {name}"
+    wrong = config_type_errors(cfg)
+    if wrong:
+        raise UserError(f"{prefix}: the model's config has a field of the wrong type ({'; '.join(wrong[:3])})")
+    found = nonfinite(weights)
+    if found is not None:
+        tensor, n_nan, n_inf, n = found
+        what = " and ".join(part for part in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} infinite" if n_inf else "") if part)
+        raise UserError(
+            f"{prefix}: weight {tensor} holds {what} value{'s' if n_nan + n_inf > 1 else ''} (of {n:,}){where}; "
+            "recallscope does not analyse a model with non-finite weights"
+        )
+
+
 def _model(name, hf, tokenizer, cfg, weights, model_hash, source, start, info, hf_loader=None) -> Model:
+    where = f" (read from {info['cache']})" if info.get("cache") else ""
+    check_weights(name, cfg, weights, where, prefix="load_model" if source == "memory" else None)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

@@ -126,6 +126,15 @@ def save(directory: Path, key: dict, cfg: ArchConfig, weights: Weights, tokenize
     return True
 
 
+def written_for(directory: Path, key: dict) -> bool:
+    """Whether the cache holds a view recorded for ``key`` (its file's hash is checked when it is loaded)."""
+    try:
+        record = json.loads((directory / META_FILE).read_text())
+        return isinstance(record, dict) and record.get("key") == key and (directory / WEIGHTS_FILE).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def load(directory: Path, key: dict, device: torch.device) -> tuple[ArchConfig, Weights, str] | None:
     """``(cfg, weights, tokenizer_class)`` from the cache on ``device``; None when there is none for
     ``key`` (absent, or written for another key: another dtype, weights, code or version). Raises
