@@ -90,10 +90,9 @@ def recall_metric(logits: Tensor, answer_ids: Tensor) -> Tensor:
 def answer_stats(logits: Tensor, answer_ids: Tensor) -> dict[str, Tensor]:
     """p(Y), rank(Y) (0 = top-1), π(Y) and the top-1 token for each row of logits [B, V]."""
     logits = logits.float()
-    target = logits.gather(-1, answer_ids[:, None])
     return {
         "p_answer": torch.softmax(logits, -1).gather(-1, answer_ids[:, None]).squeeze(-1),
-        "rank_answer": (logits > target).sum(-1),
+        "rank_answer": token_rank(logits, answer_ids),
         "pi_answer": recall_metric(logits, answer_ids),
         "top1_id": logits.argmax(-1),
         "p_top1": torch.softmax(logits, -1).max(-1).values,
@@ -101,6 +100,11 @@ def answer_stats(logits: Tensor, answer_ids: Tensor) -> dict[str, Tensor]:
 
 
 def token_rank(logits: Tensor, token_ids: Tensor) -> Tensor:
-    """Rank (0 = top) of each row's token in logits [..., V]."""
+    """Rank (0 = top) of each row's token in logits [..., V]: how many other tokens are not known to
+    score at most as high. NaN-safe: every comparison with NaN is false, so counting ``logits >
+    target`` gave rank 0 ("top-1", "known") to a token whose logit is NaN, or beside NaN logits;
+    here a NaN logit counts as ahead of the token, and a token whose own logit is NaN ranks last
+    (V - 1). Ties count as not ahead, as before."""
     target = logits.gather(-1, token_ids[..., None])
-    return (logits > target).sum(-1)
+    ahead = (~(logits <= target)).sum(-1)  # NaN on either side: not <=, so counted
+    return ahead - torch.isnan(target).squeeze(-1).long()  # not the token itself

@@ -43,6 +43,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
+from ..errors import NonFiniteError
 from .arch import ArchConfig, LayerWeights, Weights, activation, compute_dtype, norm_scale, norm_weight, rms_or_layer_norm
 
 SITES = ("resid_pre", "head_out", "attn_out", "resid_mid", "mlp_out")
@@ -72,6 +73,18 @@ class Trace:
     logits: Tensor | None = None
     full_logits: Tensor | None = field(default=None, repr=False)
     kv: list | None = field(default=None, repr=False)  # per layer (keys, values), with return_kv
+
+
+def _check_finite(x: Tensor, what: str, n_rows: int) -> None:
+    """NonFiniteError naming ``what`` when ``x`` [B, ...] holds a NaN or an infinity: one reduction
+    per forward pass, at the recorded positions (a NaN anywhere before them reaches them)."""
+    if bool(torch.isfinite(x).all()):
+        return
+    bad = int((~torch.isfinite(x.detach())).reshape(x.shape[0], -1).any(-1).sum())
+    raise NonFiniteError(
+        f"the model computed non-finite {what} (NaN or inf) for {bad} of {n_rows} prompts of a batch; "
+        "nothing derived from them can be trusted"
+    )
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -537,6 +550,7 @@ class ModelView:
                 keep("mlp_out", at(mlp))
             resid = resid_mid + mlp
         resid, rel = resid.to(home), rel.to(home)
+        _check_finite(at(resid), f"activations: the residual stream after layer {stop - 1}", lead[0])
 
         trace = Trace(positions=positions)
         for name in ("resid_pre", "resid_mid", "attn_out", "mlp_out", "head_out", "z"):
@@ -550,6 +564,7 @@ class ModelView:
             trace.full_logits = self.logits_from_resid(resid)
         if "logits" in record:
             trace.logits = self.logits_from_resid(at(resid))
+            _check_finite(trace.logits, "logits", lead[0])
         if return_kv:
             trace.kv = kv
         return trace
