@@ -93,7 +93,7 @@ from .components import Component
 
 # ROME's position groups, named once in the torch-free figures module (which the report reads)
 from .figures.causal_trace import GROUPS
-from .constraints import LEVEL, POSITIVE, Interval, Options
+from .constraints import LEVEL, POSITIVE, RESAMPLES, Interval, Options
 from .display import ResultView
 from .errors import UserError
 from .figures import causal_trace as causal_trace_figures
@@ -134,7 +134,7 @@ class TraceConfig:
         "kinds": Options(*KINDS),
         "engine": Options(*ENGINES),
         "batch_size": POSITIVE,
-        "n_bootstrap": POSITIVE,
+        "n_bootstrap": RESAMPLES,
         "level": LEVEL,
     }
 

@@ -208,7 +208,7 @@ import plotly.graph_objects as go
 from scipy import stats as _scipy_stats
 
 from .components import head_effects, head_label
-from .constraints import LEVEL, NON_NEGATIVE, POSITIVE, PROBABILITY, Interval, Options
+from .constraints import LEVEL, NON_NEGATIVE, POSITIVE, RESAMPLES, PROBABILITY, Interval, Options
 from .display import ResultView
 from .figures import claims as claims_figures
 from .stats import bootstrap_ci, bootstrap_ci_samples, pearson, proportion_ci
@@ -269,7 +269,7 @@ class ClaimsConfig:
         "min_redirect_share": PROBABILITY, "min_suppression_logits": NON_NEGATIVE, "min_share_negative": PROBABILITY,
         "min_mitigation_delta_p": Interval(0, 1), "min_trace_effect": Interval(0, 1),
         "min_knockout_drop_pct": Interval(0, 100), "min_head_effect_logits": NON_NEGATIVE, "mitigation_mode": Options("zero", "mean", "scale"),
-        "top_heads": POSITIVE, "n_bootstrap": POSITIVE, "level": LEVEL, "seed": NON_NEGATIVE,
+        "top_heads": POSITIVE, "n_bootstrap": RESAMPLES, "level": LEVEL, "seed": NON_NEGATIVE,
     }
 
 

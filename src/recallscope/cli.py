@@ -13,6 +13,7 @@ table (nor torch): it renders from the run directory's files.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -670,6 +671,41 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_BUG)
     except BrokenPipeError:
         sys.exit(0)
+    except MemoryError as exc:
+        _one_line(_out_of_memory(exc))
+    except RuntimeError as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        _one_line(_out_of_memory(exc))
+    except OSError as exc:
+        if exc.errno not in _FILESYSTEM_REFUSALS:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        _one_line(f"cannot write{where}: {exc.strerror}")
+
+
+# A write the filesystem refused: full, over quota, read-only, no permission. Bad input (where
+# --out or the cache points), said in one line; every other OSError is a bug and keeps its traceback.
+_FILESYSTEM_REFUSALS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _one_line(message: str) -> None:
+    err_console.print(f"recallscope: error: {message}", highlight=False, markup=False, soft_wrap=True)
+    sys.exit(EXIT_USER)
+
+
+def _is_out_of_memory(exc: RuntimeError) -> bool:
+    """torch's allocation failures: ``torch.OutOfMemoryError`` (CUDA) and the CPU allocator's RuntimeError."""
+    text = str(exc)
+    return type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in text or "not enough memory" in text
+
+
+def _out_of_memory(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0][:160]
+    return (
+        f"out of memory{f' ({first})' if first else ''}: a size setting (--max-prompts, --set <stage>.batch_size, "
+        "n_bootstrap, ...) asks for more memory than this machine has; lower it, or use a larger machine"
+    )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ class Interval:
     low: float | None = None
     high: float | None = None
     closed: Literal["both", "left", "right", "neither"] = "both"
+    why: str = ""  # where the bound comes from (shown after the range)
 
     def accepts(self, value: float) -> bool:
         if self.low is not None and (value < self.low or (value == self.low and self.closed in ("right", "neither"))):
@@ -42,12 +43,17 @@ class Interval:
         if self.low is None and self.high is None:
             return "(any finite value)"
         if self.high is None:
-            return f"{'>=' if self.closed in ('both', 'left') else '>'} {self.low:g}"
+            return f"{'>=' if self.closed in ('both', 'left') else '>'} {_num(self.low)}"
         if self.low is None:
-            return f"{'<=' if self.closed in ('both', 'right') else '<'} {self.high:g}"
+            return f"{'<=' if self.closed in ('both', 'right') else '<'} {_num(self.high)}"
         left = "[" if self.closed in ("both", "left") else "("
         right = "]" if self.closed in ("both", "right") else ")"
-        return f"in {left}{self.low:g}, {self.high:g}{right}"
+        return f"in {left}{_num(self.low)}, {_num(self.high)}{right}" + (f" ({self.why})" if self.why else "")
+
+
+def _num(value: float) -> str:
+    """A bound as written: integers whole (``3,085,470``), other numbers with ``:g``."""
+    return f"{int(value):,}" if float(value).is_integer() and abs(value) >= 1e4 else f"{value:g}"
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,40 @@ class Options:
 
 Constraint = Union[Interval, Options]
 
-POSITIVE = Interval(1, None)  # a count: 1, 2, ...
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the cgroup's ``memory.max`` where one is set, else the
+    machine's physical memory (``MemTotal``); 16 GiB where neither can be read."""
+    total = None
+    try:
+        for line in open("/proc/meminfo", encoding="ascii"):
+            if line.startswith("MemTotal:"):
+                total = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError):
+        pass
+    try:
+        limit = open("/sys/fs/cgroup/memory.max", encoding="ascii").read().strip()
+        if limit.isdigit():
+            total = min(total, int(limit)) if total else int(limit)
+    except OSError:
+        pass
+    return total or 16 << 30
+
+
+# A bootstrap resample holds, in the stages' implementations, up to ~1024 float64 values at once:
+# the resampled prompts' indices and values, or (patch) one weight per prompt and the statistic of
+# each of its ~300 components. So this machine's memory holds at most memory / 8 KiB resamples;
+# more is refused before anything runs (--set suppress.n_bootstrap=1e11 tried to allocate 11.6 TiB).
+RESAMPLE_BYTES = 8 * 1024
+RESAMPLES = Interval(
+    1, max(1, machine_memory() // RESAMPLE_BYTES), why=f"this machine's memory at {RESAMPLE_BYTES // 1024} KiB per resample"
+)
+
+# Any count (a batch, a number of draws, a top k): at most as many as this machine's memory holds
+# 8-byte numbers; no array of more could be made (--set recall.batch_size=1e15 is refused, not tried).
+COUNT_LIMIT = max(1, machine_memory() // 8)
+POSITIVE = Interval(1, COUNT_LIMIT, why="this machine's memory in 8-byte numbers")  # a count: 1, 2, ...
 NON_NEGATIVE = Interval(0, None)
 PROBABILITY = Interval(0, 1)  # a share or threshold in [0, 1]
 LEVEL = Interval(0, 1, closed="neither")  # a confidence level in (0, 1)

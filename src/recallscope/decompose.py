@@ -104,7 +104,7 @@ import torch
 from torch import Tensor
 
 from .components import head_label, top_heads
-from .constraints import LEVEL, NON_NEGATIVE, POSITIVE, Interval
+from .constraints import LEVEL, NON_NEGATIVE, POSITIVE, RESAMPLES, Interval
 from .display import ResultView
 from .errors import UserError
 from .figures import decompose as decompose_figures
@@ -140,7 +140,7 @@ class DecomposeConfig:
     constraints: ClassVar[dict] = {
         "layer": NON_NEGATIVE, "earlier_layers": NON_NEGATIVE, "folds": Interval(2, None), "sgd_lr": Interval(0, None, "neither"),
         "sgd_momentum": Interval(0, 1, "left"), "sgd_steps": POSITIVE, "sgd_init": Interval(), "sgd_tolerance": Interval(0, None),
-        "sgd_log_every": POSITIVE, "batch_size": POSITIVE, "n_bootstrap": POSITIVE, "level": LEVEL,
+        "sgd_log_every": POSITIVE, "batch_size": POSITIVE, "n_bootstrap": RESAMPLES, "level": LEVEL,
     }
 
 

@@ -58,7 +58,7 @@ from torch import Tensor
 
 from .causal_trace import answer_prob, check_subjects, window_layers
 from .claims import NOT_MEASURABLE, Claim, ClaimsConfig, Condition, decide
-from .constraints import LEVEL, POSITIVE, Options
+from .constraints import LEVEL, POSITIVE, RESAMPLES, Options
 from .display import ResultView
 from .errors import UserError
 from .figures import knockout as knockout_figures
@@ -88,7 +88,7 @@ class KnockoutConfig:
         "blocks": Options(*BLOCKS),
         "engine": Options(*ENGINES),
         "batch_size": POSITIVE,
-        "n_bootstrap": POSITIVE,
+        "n_bootstrap": RESAMPLES,
         "level": LEVEL,
     }
 

@@ -105,7 +105,7 @@ import torch
 from torch import Tensor
 
 from .components import Component, component_columns
-from .constraints import NON_NEGATIVE, POSITIVE, Options
+from .constraints import NON_NEGATIVE, POSITIVE, RESAMPLES, Options
 from .display import ResultView
 from .errors import UserError
 from .figures import patch as patch_figures
@@ -158,7 +158,7 @@ class PatchConfig:
     constraints: ClassVar[dict] = {
         "mode": Options(*MODES), "direction": Options(*DIRECTIONS), "sender_mean": Options(*SENDER_MEANS),
         "corruption_draw": Options(*CORRUPTION_DRAWS),
-        "prompts": Options(*PROMPT_SETS), "aggregate": Options(*AGGREGATES), "n_bootstrap": POSITIVE,
+        "prompts": Options(*PROMPT_SETS), "aggregate": Options(*AGGREGATES), "n_bootstrap": RESAMPLES,
         "components": Options("heads", "mlp", "resid"), "layers": NON_NEGATIVE,
         "top_k": POSITIVE, "n_corruptions": POSITIVE, "engine": Options("exact", "naive", "attribution"),
         "batch_size": POSITIVE, "min_prompts": POSITIVE,

@@ -67,7 +67,7 @@ import torch
 from torch import Tensor
 
 from .components import Component
-from .constraints import LEVEL, NON_NEGATIVE, POSITIVE, Interval, Options
+from .constraints import LEVEL, NON_NEGATIVE, POSITIVE, RESAMPLES, Interval, Options
 from .display import ResultView
 from .errors import UserError
 from .figures import suppress as suppress_figures
@@ -103,7 +103,7 @@ class SuppressConfig:
     constraints: ClassVar[dict] = {
         "last_layers": POSITIVE, "layers": NON_NEGATIVE, "threshold_share": Interval(0, 1, "left"),
         "modes": Options(*MODES), "scale_factor": Interval(), "positions": Options("end", "all"), "folds": Interval(2, None),
-        "n_bootstrap": POSITIVE, "ci_level": LEVEL, "ece_bins": POSITIVE, "seed": NON_NEGATIVE, "batch_size": POSITIVE,
+        "n_bootstrap": RESAMPLES, "ci_level": LEVEL, "ece_bins": POSITIVE, "seed": NON_NEGATIVE, "batch_size": POSITIVE,
     }
 
 
