@@ -11,11 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from recallscope import pipeline
 from recallscope.errors import UserError
 from recallscope.models import load_model
 from recallscope.pipeline import STAGES, RunConfig, execute
-from recallscope.rundir import RunDir, sha256_file
+from recallscope.rundir import RunDir, dumps, sha256_file
 
 RUN = RunConfig(model="planted", relation="paper_country_capital", max_prompts=8)
 
@@ -109,7 +108,7 @@ def test_a_deterministic_stage_redone_under_force_keeps_the_stages_that_read_it(
     log: list[str] = []
     again = run(planted, out, ["recall"], log=log, force=True)
     assert "recall: recomputing (--force)" in log and not any("removed" in m for m in log)
-    assert again["stages"]["suppress"] == json.loads(pipeline.dumps(first["stages"]["suppress"]))
+    assert again["stages"]["suppress"] == json.loads(dumps(first["stages"]["suppress"]))
     assert set(agree(out)) == {"recall", "suppress"}
 
 

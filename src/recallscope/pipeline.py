@@ -39,7 +39,7 @@ from .constraints import coerce
 from .errors import EXIT_INCOMPLETE, NonFiniteError, UserError
 from .models import Model, load_model
 from .presets import get_preset, merge
-from .rundir import SUMMARY, RunDir, dumps, relation_slug
+from .rundir import SUMMARY, RunDir, relation_slug
 from .study import Study, Sweep
 from .tasks import PromptSet, Relation, build_prompts, load_relation
 from .tasks.prompts import DROP_SUBSAMPLED
@@ -889,7 +889,7 @@ class _Book:
         try:
             rundir.summary()
         except UserError as exc:  # derived from the records: rewritten below, said once
-            log(f"{rundir.path / 'summary.json'} was unreadable ({exc}); rewritten from the stage records")
+            log(f"{str(exc).split('; ')[0]}; rewritten from the stage records")
         old_identity = self._old_identity()
         dropped = []
         for name in STAGES:
@@ -1004,7 +1004,13 @@ class _Book:
         """Write the summary and the manifest from the records on disk; returns the summary."""
         ctx = self.ctx
         summary = summary_header(ctx.run, ctx.model, ctx.prompts)
-        summary["stages"] = {n: self.on_disk[n].get("summary") or {} for n in STAGES if n in self.on_disk}
+        # a stage computed in this process keeps its values as computed (NaN stays NaN for the caller;
+        # the file gets JSON's null, as every record does)
+        summary["stages"] = {
+            n: ctx.summaries[n] if n in ctx.results and n in ctx.summaries else self.on_disk[n].get("summary") or {}
+            for n in STAGES
+            if n in self.on_disk
+        }
         _update_top_level(summary, ctx)
         if skipped:
             summary["not_measurable"] = _not_measurable(skipped, summary, ctx.prompts)
@@ -1025,7 +1031,7 @@ class _Book:
         return summary
 
     def finish(self, skipped: dict[str, str]) -> dict:
-        return json.loads(dumps(self._describe(skipped)))
+        return self._describe(skipped)
 
 
 def _not_measurable(skipped: dict[str, str], summary: dict, prompts: PromptSet | None) -> dict:
