@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from recallscope.claims import NOT_MEASURABLE
+from recallscope.constraints import COUNT_LIMIT, RESAMPLES
 from recallscope.errors import EXIT_INCOMPLETE, EXIT_USER, UserError
 from recallscope.pipeline import STAGES, RunConfig, default_stages, execute, make_configs, resolve, stage_seed
 from recallscope.rundir import dumps
@@ -152,15 +153,17 @@ def test_every_setting_refuses_a_wrong_type_in_one_line(stage, name):
     "setting,value,allowed",
     [
         ("intercept.level", 1.5, "a number in (0, 1)"),
-        ("patch.top_k", 0, "an integer >= 1"),
-        ("patch.top_k", 2.5, "an integer >= 1"),
+        ("patch.top_k", 0, f"an integer in [1, {COUNT_LIMIT:,}] (this machine's memory in 8-byte numbers)"),
+        ("patch.top_k", 2.5, "an integer in [1, "),
+        ("patch.top_k", 1e15, "an integer in [1, "),  # issue 25: every count is bounded by what the machine holds
         ("decompose.folds", 1, "an integer >= 2"),
         ("suppress.threshold_share", 1.0, "a number in [0, 1)"),
         ("movers.heads", "some", "one of top, all"),
         ("patch.components", "heads,attn", "a list of: one of heads, mlp, resid"),
         ("patch.layers", -1, "a list of integers >= 0"),
         ("decompose.sweep", "maybe", "a boolean"),
-        ("claims.n_bootstrap", None, "an integer >= 1"),
+        ("claims.n_bootstrap", None, "an integer in [1, "),
+        ("suppress.n_bootstrap", 1e11, f"an integer in [1, {RESAMPLES.high:,}] (this machine's memory at 8 KiB per resample)"),
     ],
 )
 def test_out_of_range_settings_are_refused(setting, value, allowed):
