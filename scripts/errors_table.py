@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,9 @@ class Case:
     model: bool = False  # the model loads before the error (the tests mark such cases slow)
     build: str | None = None  # a function of BUILDERS that writes what the case needs (e.g. a tiny model folder)
     edit: dict = field(default_factory=dict)  # files written after ``before`` ran (an input edited between runs)
+    after: str | None = None  # a function of BUILDERS run after ``before`` (e.g. a table damaged on disk)
+    # regexes of what depends on the machine (a bound from its memory or thread limit): shown as <N>
+    machine: tuple[str, ...] = ()
 
 
 CASES: tuple[Case, ...] = (
@@ -219,8 +223,10 @@ CASES: tuple[Case, ...] = (
     Case(
         "--out holds a damaged summary.json",
         ("recall", "--max-prompts", "4", "--out", "run"),
-        "run/summary.json: not valid JSON; delete it or rerun with --force",
-        files={"run/summary.json": '{"stages": {'},
+        "run/summary.json: not valid JSON; rewritten from the stage records",
+        before=("recall", "--max-prompts", "4", "--out", "run"),
+        edit={"run/summary.json": '{"stages": {'},
+        exit_code=0,  # the summary is written from the stage records: nothing is lost
         model=True,
     ),
     Case(
@@ -318,6 +324,102 @@ CASES: tuple[Case, ...] = (
         "--format applies to --figures DIR",
         files={"run/": ""},
     ),
+    # issue 25: each of these was a traceback, or worse, a silent mix or a deleted file
+    Case(
+        "--out a folder that is not a run directory",
+        ("recall", "--out", "thesis"),
+        "--out thesis is not a recallscope run directory (it holds .thesis.tmp, notes.txt",
+        files={"thesis/.thesis.tmp": "draft", "thesis/notes.txt": "mine", "thesis/patch/my_results.parquet": "mine"},
+    ),
+    Case("--device mps", ("recall", "--device", "mps"), "--device mps: recallscope runs on cpu or cuda, not mps"),
+    Case("--device meta", ("recall", "--device", "meta"), "--device meta: recallscope runs on cpu or cuda, not meta"),
+    Case("--device xla", ("recall", "--device", "xla"), "--device xla: recallscope runs on cpu or cuda, not xla"),
+    Case(
+        "--threads past what the machine can start",
+        ("recall", "--threads", "100000"),
+        "--threads must be in 1..",
+        machine=(r"(?<=in 1\.\.)\d+",),
+    ),
+    Case("--seed negative", ("recall", "--seed", "-1"), "--seed must be an integer in [0, 9223372036854775807], got -1"),
+    Case(
+        "--set: a resample count past the machine's memory",
+        ("run", "--set", "suppress.n_bootstrap=1e11", "--out", "run"),
+        "suppress.n_bootstrap=100000000000.0 is not allowed: suppress.n_bootstrap must be an integer in [1, ",
+        machine=(r"(?<=in \[1, )[\d,]+",),
+    ),
+    Case(
+        "--set: a batch past the machine's memory",
+        ("recall", "--set", "recall.batch_size=1e15"),
+        "recall.batch_size must be an integer in [1, ",
+        machine=(r"(?<=in \[1, )[\d,]+",),
+    ),
+    Case(
+        "relation: a lone surrogate",
+        ("recall", "--relation", "surrogate.json"),
+        "samples[0].subject holds a lone UTF-16 surrogate (\\ud800 at character 2), which is not text",
+        files={"surrogate.json": '{"prompt_templates": ["{} is"], "samples": [{"subject": "Fr\\ud800nce", "object": "Paris"}]}'},
+    ),
+    Case(
+        "relation: demonstration template without {}",
+        ("recall", "--relation", "demo.json"),
+        "properties.demonstration_template must contain exactly one '{}' for the subject (it has 0)",
+        files={
+            "demo.json": '{"prompt_templates": ["{} is"], "properties": {"demonstration_template": "The capital is"}, '
+            '"samples": [{"subject": "France", "object": "Paris"}]}'
+        },
+    ),
+    Case(
+        "a sweep with one relation twice",
+        ("run", "--relation", "a/capitals.json,b/capitals.json", "--out", "run"),
+        "--relation lists one relation twice: 'a/capitals.json' and 'b/capitals.json' have the same content",
+        files={"a/capitals.json": SMALL, "b/capitals.json": SMALL},
+    ),
+    Case(
+        "local model: a config field of the wrong type",
+        ("recall", "--model", "tiny"),
+        "--model tiny: not a loadable model directory (StrictDataclassFieldValidationError: ",
+        build="tiny_llama_wrong_type",
+        model=True,
+    ),
+    Case(
+        "local model: a truncated weight file",
+        ("recall", "--model", "tiny"),
+        "--model tiny: not a loadable model directory (",
+        build="tiny_llama_truncated",
+        model=True,
+    ),
+    Case(
+        "report: a folder that is not a run directory",
+        ("report", "notes"),
+        "notes: not a run directory (no manifest.json or summary.json)",
+        files={"notes/todo.txt": "x"},
+    ),
+    Case(
+        "summary.json with a field of the wrong type",
+        ("claims", "run"),
+        "run/summary.json: field 'stages' must be an object, got list",
+        files={"run/summary.json": '{"stages": ["recall"]}'},
+    ),
+    Case(
+        "report: a stage name leading outside the run directory",
+        ("report", "run"),
+        "run: the stage name '../secret' is not a plain name (a run directory's files name only files inside it)",
+        files={"run/summary.json": '{"stages": {"../secret": {"wall_seconds": 1}}}', "secret.parquet": "x"},
+    ),
+    Case(
+        "claims --write: a sub-run path leading outside",
+        ("claims", "run", "--write"),
+        "run/summary.json: the runs[0].path '../victim' leads outside run",
+        files={"run/summary.json": '{"runs": [{"path": "../victim", "relation": "x", "shots": 0}]}', "victim/": ""},
+    ),
+    Case(
+        "a table changed after it was written (its body, header and footer intact)",
+        ("report", "run"),
+        "run: stage recall: recall.parquet does not match the sha256 its record holds (changed after recallscope wrote it)",
+        before=("run", "--stages", "recall", "--max-prompts", "4", "--no-report", "--out", "run"),
+        after="damage_recall_table",
+        model=True,
+    ),
 )
 
 
@@ -335,6 +437,8 @@ class Outcome:
     def message(self) -> str:
         """The error line (or, for a case that succeeds, the note it printed)."""
         errors = [line for line in self.lines if line.startswith("recallscope:")]
+        if not errors:  # a note of the run layer (not prefixed): the one that says what was repaired
+            errors = [line for line in self.lines if "rewritten from" in line]
         return errors[-1] if errors else ""
 
 
@@ -369,7 +473,58 @@ def tiny_gpt2_12_positions(folder: Path) -> None:
         shutil.copy(source / name, folder / "tiny" / name)
 
 
-BUILDERS = {"tiny_gpt2_12_positions": tiny_gpt2_12_positions}
+def _tiny_llama(folder: Path) -> Path:
+    """``tiny/``: a random 1-layer Llama with smollm2's tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from recallscope.models import gguf
+    from recallscope.models.loading import EMBEDDED
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    LlamaForCausalLM(config).eval().save_pretrained(folder / "tiny")
+    source = gguf.cache_dir(EMBEDDED["smollm2-135m"])
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(source / name, folder / "tiny" / name)
+    return folder / "tiny"
+
+
+def tiny_llama_wrong_type(folder: Path) -> None:
+    config = json.loads((_tiny_llama(folder) / "config.json").read_text())
+    config["num_hidden_layers"] = "one"
+    (folder / "tiny" / "config.json").write_text(json.dumps(config))
+
+
+def tiny_llama_truncated(folder: Path) -> None:
+    weights = _tiny_llama(folder) / "model.safetensors"
+    with open(weights, "r+b") as handle:
+        handle.truncate(weights.stat().st_size // 2)
+
+
+def damage_recall_table(folder: Path) -> None:
+    """Zero 16 bytes in the middle of run/recall.parquet: b"PAR1" still opens and ends it."""
+    path = folder / "run" / "recall.parquet"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 16] = bytes(16)
+    path.write_bytes(bytes(data))
+
+
+BUILDERS = {
+    "tiny_gpt2_12_positions": tiny_gpt2_12_positions,
+    "tiny_llama_wrong_type": tiny_llama_wrong_type,
+    "tiny_llama_truncated": tiny_llama_truncated,
+    "damage_recall_table": damage_recall_table,
+}
 
 
 def _subprocess(args, folder: Path, env: dict) -> Outcome:
@@ -426,8 +581,12 @@ def run_case(case: Case, workdir: Path | None = None, in_process: bool = False) 
             assert first.exit_code == 0, first.stderr
         for name, text in case.edit.items():
             (folder / name).write_text(text, encoding="utf-8")
+        if case.after:
+            BUILDERS[case.after](folder)
         outcome = cli(case.args, folder, env)
         outcome.stderr = outcome.stderr.replace(str(folder), "<tmp>")
+        for pattern in case.machine:
+            outcome.stderr = re.sub(pattern, "<N>", outcome.stderr)
         return outcome
     finally:
         if own:
@@ -466,8 +625,19 @@ progress line). Range checks on `--layer`, `--head` and `--layers` happen before
 negative layer, an unknown choice or a value of the wrong type: before the model loads).
 A weight cache that fails its hash check is not an error: it is rebuilt from the GGUF file
 (exit 0, one note on stderr); so is a view cache (the weights as recallscope computes with them,
-beside the weight cache), rebuilt through transformers with one note. `--out` "unwritable": the tests run as root, who can write
+beside the weight cache), rebuilt through transformers with one note; so is a run directory's
+summary.json that cannot be read, rewritten from the stage records it is written from. `--out` "unwritable": the tests run as root, who can write
 anywhere a permission bit forbids, so the unwritable places are a path under a file and `/proc`.
+`<N>` stands for a bound computed from the machine that ran the command (its memory, the threads it
+lets one user start). recallscope writes only into a new or empty folder or a run directory it made,
+one writer at a time: a second writer gets `recallscope: error: --out run is in use by PID …; wait for
+it to finish, or rerun with --wait` (exit 2); a full or read-only filesystem gets `recallscope: error:
+cannot write PATH: No space left on device; every file written before is complete, so rerunning the
+same command once there is room resumes` (or `: Read-only file system`), exit 2 — these need a second
+process or a full disk, so they are tested in tests/test_locks.py and tests/test_records.py rather
+than listed here. A model whose weights hold a NaN or an infinity is refused at load naming the
+tensor (tests/models/test_checks_and_cache.py); a stage whose model computes a NaN stops the run
+naming the stage (tests/test_nonfinite.py).
 
 | input | command | message (stderr) | exit |
 |---|---|---|---|

@@ -42,8 +42,11 @@ def test_every_case_is_in_the_doc_and_the_doc_has_no_other_row():
     rows = [line for line in DOC.read_text(encoding="utf-8").splitlines() if line.startswith("| ") and "<code>" in line]
     assert len(rows) == len(table.CASES) >= 35
     assert [r.split(" | ")[0][2:] for r in rows] == [c.name for c in table.CASES]
-    assert sum(r.endswith("| 2 |") for r in rows) == len(table.CASES) - 2  # all but the cache rebuild and the sweep
+    # all but the cache rebuild, the summary rewritten from the stage records, and the sweep
+    assert sum(r.endswith("| 2 |") for r in rows) == len(table.CASES) - 3
     assert sum(r.endswith("| 3 |") for r in rows) == 1
+    summary_row = rows[[c.name for c in table.CASES].index("--out holds a damaged summary.json")]
+    assert "run/summary.json: not valid JSON; rewritten from the stage records" in summary_row and summary_row.endswith("| 0 |")
     cache_row = rows[[c.corrupt_cache for c in table.CASES].index(True)]
     assert "failed its hash check; rebuilding it from the GGUF file" in cache_row and cache_row.endswith("| 0 |")
 
