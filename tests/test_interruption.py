@@ -108,3 +108,52 @@ def test_interrupted_run_resumes_to_the_same_summary(sig, reference, tmp_path):
     assert without_timings(summary) == without_timings(reference)
     on_disk = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert without_timings(on_disk) == without_timings(summary)
+
+
+def test_a_rerun_in_path_mode_interrupted_in_patch_is_recomputed_in_path_mode(tmp_path):
+    """Issue 25's reported case on the real model, from the CLI: ``--stages recall,patch``; rerun with
+    ``--set patch.mode=path``, Ctrl-C during patch; rerun. It said "patch: reused" with the total-mode
+    table, the manifest saying path and the summary total. Now the interrupted run leaves the
+    total-mode stage described alike everywhere, and the rerun recomputes patch in path mode."""
+    out = tmp_path / "run"
+    base = ["run", "--max-prompts", "12", "--stages", "recall,patch", "--no-report", "--json", "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "COLUMNS": "400"}
+
+    def cli(*extra) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "recallscope", *base, *extra],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+
+    def described(key: str) -> tuple[str, str, str]:
+        manifest = json.loads((out / "manifest.json").read_text())
+        summary = json.loads((out / "summary.json").read_text())
+        record = json.loads((out / "patch.record.json").read_text())
+        return manifest["stage_configs"]["patch"][key], summary["stages"]["patch"][key], record["config"][key]
+
+    first = cli()
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    total = (out / "patch.parquet").read_bytes()
+    second = cli("--set", "patch.mode=path")
+    seen = []
+    while not seen or "patch: recomputing" not in seen[-1]:  # its log lines arrive as they are written
+        line = second.stderr.readline()
+        assert line, "".join(seen)
+        seen.append(line)
+    time.sleep(3)  # in patch: recall was reused, patch is being recomputed
+    second.send_signal(signal.SIGINT)
+    _, rest = second.communicate(timeout=120)
+    err = "".join(seen) + rest
+    assert second.returncode == 130 and "patch: recomputing (config changed: mode 'total' -> 'path')" in err, err
+    assert described("mode") == ("total", "total", "total") and (out / "patch.parquet").read_bytes() == total
+    third = cli("--set", "patch.mode=path")
+    stdout, err = third.communicate(timeout=600)
+    assert third.returncode == 0, err
+    assert "recall: reused" in err and "patch: recomputing (config changed: mode 'total' -> 'path')" in err
+    assert described("mode") == ("path", "path", "path") == (json.loads(stdout)["stages"]["patch"]["mode"],) * 3
+    assert (out / "patch.parquet").read_bytes() != total
