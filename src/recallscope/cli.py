@@ -433,13 +433,13 @@ def report_command(
 
     from .rundir import MANIFEST, SUMMARY
 
-    if not Path(run_dir).is_dir() or not any((Path(run_dir) / name).is_file() for name in (MANIFEST, SUMMARY)):
-        raise UserError(f"{run_dir}: not a run directory (no manifest.json or summary.json)")
     if figures is None and fmt != "png":
         raise UserError("--format applies to --figures DIR")
     from .report.export import check_format, write_figures
 
     check_format(fmt)  # before anything is written
+    if not Path(run_dir).is_dir() or not any((Path(run_dir) / name).is_file() for name in (MANIFEST, SUMMARY)):
+        raise UserError(f"{run_dir}: not a run directory (no manifest.json or summary.json)")
     path = _write_report(run_dir, wait)
     if path is not None:
         _note(f"report: {path}")
@@ -690,14 +690,14 @@ _FILESYSTEM_REFUSALS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, e
 
 
 def _one_line(message: str) -> None:
-    err_console.print(f"recallscope: error: {message}", highlight=False, markup=False, soft_wrap=True)
+    _error(f"error: {message}")
     sys.exit(EXIT_USER)
 
 
 def _is_out_of_memory(exc: RuntimeError) -> bool:
     """torch's allocation failures: ``torch.OutOfMemoryError`` (CUDA) and the CPU allocator's RuntimeError."""
-    text = str(exc)
-    return type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in text or "not enough memory" in text
+    said = str(exc)
+    return type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in said or "not enough memory" in said
 
 
 def _out_of_memory(exc: BaseException) -> str:

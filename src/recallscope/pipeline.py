@@ -1171,8 +1171,22 @@ def execute_many(
         top.claim(wait, note=log)  # not ours, or busy: refused before the model loads
     try:
         return _execute_many(
-            base, relations, loaded, slugs, shots_list, targets, top, overrides, configs, force, progress, log, executor, wait,
-            model, contexts,
+            base,
+            relations,
+            loaded,
+            slugs,
+            shots_list,
+            targets,
+            top,
+            overrides,
+            configs,
+            force,
+            progress,
+            log,
+            executor,
+            wait,
+            model,
+            contexts,
         )
     finally:
         if top is not None:
@@ -1195,8 +1209,22 @@ def cell_slugs(relations: list[str], loaded: list[Relation]) -> dict[str, str]:
 
 
 def _execute_many(
-    base, relations, loaded, slugs, shots_list, targets, top, overrides, configs, force, progress, log, executor, wait,
-    model=None, contexts=None,
+    base,
+    relations,
+    loaded,
+    slugs,
+    shots_list,
+    targets,
+    top,
+    overrides,
+    configs,
+    force,
+    progress,
+    log,
+    executor,
+    wait,
+    model=None,
+    contexts=None,
 ) -> dict:
     out = str(top.path) if top is not None else None
     single = len(relations) == 1 and len(shots_list) == 1
