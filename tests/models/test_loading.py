@@ -83,7 +83,7 @@ def test_corrupt_cache_is_rebuilt_from_the_gguf(smollm2, tmp_path, monkeypatch, 
     monkeypatch.setenv("RECALLSCOPE_CACHE", str(tmp_path))
     copy = gguf.cache_dir(SMOL)
     assert copy != original and copy.is_relative_to(tmp_path)
-    shutil.copytree(original, copy)
+    shutil.copytree(original, copy, ignore=shutil.ignore_patterns(".*"))  # not another process's temporary files
     for name in ("view.json", "view.safetensors"):  # a cache from before the view cache: the weights are read
         (copy / name).unlink(missing_ok=True)
     weights = copy / "model.safetensors"
