@@ -1340,9 +1340,7 @@ def _execute_many(
         return runs[0]
     combined = {"model": model.name, "model_hash": model.model_hash, "preset": preset_record(base), "runs": runs}
     if "claims" in order and len(set(shots_list)) > 1:
-        combined["claims"] = _shot_claims(
-            relations, sorted(set(shots_list)), patch_frames, configs, recall_summaries, slugs
-        )
+        combined["claims"] = _shot_claims(relations, sorted(set(shots_list)), patch_frames, configs, recall_summaries, slugs)
     if incomplete:
         combined["incomplete"] = incomplete
         combined["exit_code"] = EXIT_INCOMPLETE
