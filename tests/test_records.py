@@ -321,3 +321,21 @@ def test_report_and_claims_write_on_a_read_only_directory_are_one_line(planted, 
         cli.main([argv[0], str(out), *argv[1:]])
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip() == f"recallscope: error: cannot write {out}: Read-only file system"
+
+
+def test_open_never_follows_a_sub_run_path_out_of_the_run_directory(tmp_path):
+    """``rs.open`` (reading a run back) follows ``runs[].path`` like ``claims`` does: inside only."""
+    from recallscope.study import open_run
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "summary.json").write_text('{"stages": {}}')
+    untrusted = tmp_path / "untrusted"
+    untrusted.mkdir()
+    (untrusted / "summary.json").write_text(json.dumps({"runs": [{"path": "../victim", "relation": "x", "shots": 0}]}))
+    with pytest.raises(UserError) as exc:
+        open_run(str(untrusted))
+    assert str(exc.value) == f"{untrusted / 'summary.json'}: the runs[0].path '../victim' leads outside {untrusted}"
+    (untrusted / "summary.json").write_text(json.dumps({"runs": "x"}))
+    with pytest.raises(UserError, match="field 'runs' must be a list of objects"):
+        open_run(str(untrusted))

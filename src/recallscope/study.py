@@ -27,7 +27,7 @@ import pandas as pd
 from . import display, verdicts
 from .errors import UserError
 from .figures import for_stage
-from .rundir import RunDir, dumps
+from .rundir import SUMMARY, RunDir, check_summary, dumps
 
 
 class StoredResult(display.ResultView):
@@ -284,13 +284,15 @@ def open_run(path: str | Path) -> Study | Sweep:
     summary = rundir.read_json("summary.json") if Path(path).is_dir() else None
     if not summary:
         raise UserError(f"{path}: no summary.json (not a finished run directory)")
+    check_summary(summary, rundir.path / SUMMARY)  # its types, named in one line
     manifest = rundir.manifest() or {}
     if summary.get("runs") and any(r.get("path") for r in summary["runs"]):
         cells = {}
-        for entry in summary["runs"]:
+        for i, entry in enumerate(summary["runs"]):
             if not entry.get("path"):
                 continue
-            sub = Path(path) / entry["path"]
+            # a path read from the file: it must lead to a folder inside this one
+            sub = rundir.inside(entry["path"], f"runs[{i}].path", rundir.path / SUMMARY)
             cells[_cell_key(entry)] = _open_study(sub, RunDir(sub).summary() or entry, manifest)
         return Sweep(cells=cells, summary=summary, path=str(path))
     return _open_study(Path(path), summary, manifest)
