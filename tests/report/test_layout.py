@@ -2,14 +2,18 @@
 no text of any plot lies outside its figure, no subplot title overlaps another text, and the
 verdicts fit the first screen.
 
-The run is every stage the report draws — the default ones, causal tracing (2 noised samples per
-prompt instead of ROME's 10, to keep it short: the figures' layout does not depend on it) and
-attention knockout — on 16 prompts of the embedded smollm2-135m; or the run directory named by
-``RECALLSCOPE_LAYOUT_RUN`` (e.g. ``make demo``'s ``runs/demo``).
+The run is every stage the pipeline has (so every figure the report draws) — the default ones and
+the opt-in ones (causal tracing with 2 noised samples per prompt instead of ROME's 10, to keep it
+short: the figures' layout does not depend on it) — on 16 prompts of the embedded smollm2-135m; or
+the run directory named by ``RECALLSCOPE_LAYOUT_RUN`` (e.g. ``make demo``'s ``runs/demo``), its
+report drawn by this code; or a report.html as another version drew it, named by
+``RECALLSCOPE_LAYOUT_REPORT`` and checked as it is (beside its run's summary.json). Nothing here
+names a claim or a stage: a claim or a stage added later is laid out and checked too.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -20,20 +24,22 @@ from recallscope.report import write_report
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-STAGES = ["recall", "patch", "movers", "decompose", "intercept", "suppress", "trace", "knockout", "claims"]
-
 
 @pytest.fixture(scope="module")
-def real_report(smollm2, tmp_path_factory) -> Path:
+def real_report(request, tmp_path_factory) -> Path:
+    drawn = os.environ.get("RECALLSCOPE_LAYOUT_REPORT")
+    if drawn:
+        return Path(drawn)
     given = os.environ.get("RECALLSCOPE_LAYOUT_RUN")
     if given:
         return write_report(Path(given))
     if not CHROMIUM.is_file():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)")
-    from recallscope.pipeline import RunConfig, execute
+    from recallscope.pipeline import STAGES, RunConfig, execute
 
     out = tmp_path_factory.mktemp("layout") / "run"
-    execute(RunConfig(max_prompts=16), STAGES, out=str(out), overrides={"trace.n_samples": 2}, model=smollm2, progress=False)
+    model = request.getfixturevalue("smollm2")  # loaded only when the test runs its own run
+    execute(RunConfig(max_prompts=16), list(STAGES), out=str(out), overrides={"trace.n_samples": 2}, model=model, progress=False)
     return write_report(out)
 
 
@@ -58,5 +64,7 @@ def test_the_verdicts_fit_the_first_screen_at_1400_px(real_report):
             identity = page.evaluate("document.querySelector('ul.ident').getBoundingClientRect().bottom")
         finally:
             browser.close()
-    assert len(claims) >= 6 and [cid for cid, _ in claims] == [f"C{i}" for i in range(1, len(claims) + 1)]
+    rows = json.loads((real_report.parent / "summary.json").read_text(encoding="utf-8"))["stages"]["claims"]["claims"]
+    # every row of the run's claims table has its block, each with an id of its own
+    assert len(claims) == len(rows) >= 6 and len({cid for cid, _ in claims}) == len(claims) and all(c for c, _ in claims)
     assert identity < 150 and max(bottom for _, bottom in claims) <= 900, claims

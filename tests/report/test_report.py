@@ -177,13 +177,14 @@ def test_the_report_opens_with_the_verdicts_then_the_top_components(h, tmp_path)
     blocks = re.split(r'<div class="claim ', answer)[1:]
     dec = [re.sub(r"<[^>]+>", "", d) for d in re.findall(r'<div class="dec">(.*?)</div>', answer)]
     # the deciding statistic (the primary condition here: the primary figure and its interval) against the threshold
-    assert dec[0] == "decided by OV top-5 share: 0.81 [0.7, 0.9] ≥ 0.5"
-    # every condition, met or failed; a data string in a condition stays text
-    assert re.findall(r'<li class="c-([a-z]+)( deciding)?"', blocks[0]) == [("met", " deciding"), ("met", "")]
+    assert dec[0] == "✓ decided by OV top-5 share: 0.81 [0.7, 0.9] ≥ 0.5"
+    # every condition marked, the deciding one first (once, on the decided-by line); a data string in a condition stays text
+    assert re.findall(r'<span class="m c-([a-z]+)"', blocks[0]) == ["met"]
+    assert re.findall(r'<li class="c-([a-z]+)"', blocks[0]) == ["met"]
     assert esc(h.BREAKOUT) in blocks[0] and h.BREAKOUT not in page
     # another condition than the primary decided: its compared interval end, and the primary figure beside it, labelled
-    assert dec[1] == "decided by share of prompts with DLA &lt; 0: 0 &gt; 0.3 primary figure -0.02 [-0.1, 0.05]"
-    assert re.findall(r'<li class="c-([a-z]+)', blocks[1]) == ["met", "failed"]
+    assert dec[1] == "✗ decided by share of prompts with DLA &lt; 0: 0 &gt; 0.3 primary figure -0.02 [-0.1, 0.05]"
+    assert re.findall(r'<li class="c-([a-z]+)', blocks[1]) == ["met"]
     assert 'href="#stage-1">evidence: movers →</a>' in blocks[0]  # the movers section holds C1's evidence
     # then the top components: the patched ones with their effect, the point-estimate mover test named as such
     tops = answer.split("Top components", 1)[1]
