@@ -15,8 +15,10 @@ import pandas as pd
 import pytest
 
 import recallscope as rs
+from recallscope import verdicts
 from recallscope.display import MAX_LINES, VERDICT_COLOURS, grid_of_heads, verdict_colours
 from recallscope.rundir import dumps
+from recallscope.study import _id_order
 
 RELATION = "paper_country_capital"
 STAGES = ["patch", "movers", "decompose", "intercept", "suppress", "claims"]
@@ -80,14 +82,19 @@ def test_run_with_lists_is_a_sweep_with_cells_claims_and_the_shot_claims(sweep_d
     assert list(claims.columns[:3]) == ["relation", "shots", "claim"]
     assert len(claims) == sum(len(sweep[key].claims()) for key in sweep.cells)
     shot = sweep.shot_claims()
-    assert len(shot) == 1 and shot.loc[0, "relation"] == RELATION and shot.loc[0, "verdict"] in VERDICT_COLOURS
+    assert len(shot) >= 1 and set(shot["relation"]) == {RELATION} and set(shot["verdict"]) <= set(VERDICT_COLOURS)
     grid = sweep.grid()
     assert list(grid.columns) == [(RELATION, 0), (RELATION, 1)]
-    # a cell's own claims fill its column; the claim across shot counts is its relation's, in each of its cells
+    # one row per claim id (whatever rows the claims stage writes), in C1 < C2 < … order; a cell's own
+    # claims fill its column; a claim across shot counts is its relation's, in each of its cells
+    cell_ids = {verdicts.claim_id(r, i) for key in sweep.cells for i, r in enumerate(sweep[key].claims().to_dict("records"))}
+    shot_ids = [verdicts.claim_id(r, i) for i, r in enumerate(shot.to_dict("records"))]
+    ids = list(grid.index.get_level_values("id"))
+    assert sorted(ids) == sorted(cell_ids | set(shot_ids)) and ids == sorted(ids, key=_id_order)
     first = sweep[RELATION, 0].claims()
-    assert list(grid.index.get_level_values("id")) == ["C1", "C2", "C3", "C4", "C5", "C6"]
-    assert grid.loc[("C1", first.loc[0, "claim"]), (RELATION, 0)] == first.loc[0, "verdict"]
-    assert (grid.loc[("C6", shot.loc[0, "claim"])] == shot.loc[0, "verdict"]).all()
+    assert grid.loc[(verdicts.claim_id(first.loc[0], 0), first.loc[0, "claim"]), (RELATION, 0)] == first.loc[0, "verdict"]
+    for claim_id, row in zip(shot_ids, shot.to_dict("records"), strict=True):
+        assert (grid.loc[(claim_id, row["claim"])] == row["verdict"]).all()
     # the CLI's summary.json is this sweep's summary
     on_disk = json.loads((out / "summary.json").read_text())
     assert [r["path"] for r in on_disk["runs"]] == [r["path"] for r in sweep.summary["runs"]]
@@ -209,3 +216,68 @@ def test_progress_false_writes_nothing_on_stderr(capfd, monkeypatch):
     monkeypatch.setenv("RECALLSCOPE_PROGRESS", "1")  # bars forced on wherever asked for ...
     rs.run(model="planted", relation=RELATION, stages=["patch"], max_prompts=6, progress=False)
     assert capfd.readouterr().err == ""  # ... and progress=False still writes nothing
+
+
+# ----------------------------------------------------------------------------- every stage of the stage table
+SCREEN_ROWS = 40  # an HTML view's table rows: at most a screen
+
+
+def _shows_itself_in_a_screen(obj) -> tuple[str, str]:
+    text, html = repr(obj), obj._repr_html_()
+    lines = text.splitlines()
+    assert len(lines) <= MAX_LINES and max(map(len, lines)) <= 130, text
+    assert html.count("<tr") <= SCREEN_ROWS and len(html) <= 20_000, (type(obj).__name__, len(html))
+    return text, html
+
+
+def test_every_stage_result_has_a_short_repr_and_an_html_view_in_memory_and_read_back(every_stage_study):
+    """Generic over the stage table: a stage added to pipeline.STAGES is checked here without being named."""
+    from recallscope import pipeline
+    from recallscope.display import ResultView
+
+    study = every_stage_study
+    opened = rs.open(study.path)
+    for stage in pipeline.STAGES:
+        mine, stored = study[stage], opened[stage]
+        assert isinstance(mine, ResultView) and mine.stage == stage, stage
+        text, html = _shows_itself_in_a_screen(mine)
+        stored_text, stored_html = _shows_itself_in_a_screen(stored)
+        # the headline is the summary's, so the result read back shows the same lines under its own title
+        assert text.splitlines()[1:] == stored_text.splitlines()[1:], stage
+        assert "<table" in html and html.count("<tr>") == stored_html.count("<tr>"), stage
+    for whole in (study, opened):
+        text, html = _shows_itself_in_a_screen(whole)
+        assert text.startswith("Study · planted · paper_country_capital · 0-shot")
+        for verdict in whole.claims()["verdict"]:
+            assert verdict_colours(verdict)[0] in html
+        assert whole.top_components(1).loc[0, "component"] in html
+
+
+def test_every_per_head_table_gives_a_layer_by_head_grid(every_stage_study):
+    """Every stage with a per-head table (a ``head`` column with values) has head_grid()/to_array(): the
+    model's [n_layers, n_heads], each cell the mean of the table's rows for that head; read back alike."""
+    from recallscope import pipeline
+    from recallscope.display import HEAD_TABLES
+
+    study = every_stage_study
+    opened = rs.open(study.path)
+    shape = (study.model.view.cfg.n_layers, study.model.view.cfg.n_heads)
+    per_head = {
+        stage
+        for stage in pipeline.STAGES
+        for frame in study[stage].tables().values()
+        if {"layer", "head"} <= set(frame.columns) and frame["head"].notna().any()
+    }
+    assert per_head <= set(HEAD_TABLES), f"per-head tables without a grid: {sorted(per_head - set(HEAD_TABLES))}"
+    for stage, (table, value) in HEAD_TABLES.items():
+        if stage not in study:
+            continue
+        result = study[stage]
+        frame = result.tables()[table] if table is not None else result.to_frame()
+        rows = frame[frame["head"].notna() & (frame["kind"] == "head" if "kind" in frame else True)]
+        means = rows.groupby([rows["layer"].astype(int), rows["head"].astype(int)])[value].mean()
+        grid = result.to_array()
+        assert grid.shape == shape, stage
+        assert len(means) and all(grid[layer, head] == pytest.approx(v) for (layer, head), v in means.items()), stage
+        assert np.isnan(grid).sum() == grid.size - len(means), stage  # unmeasured heads empty, never 0
+        assert np.array_equal(opened[stage].to_array(), grid, equal_nan=True), stage

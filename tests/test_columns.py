@@ -11,7 +11,6 @@ import recallscope as rs
 from recallscope.columns import COLUMNS, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
-EVERY_STAGE = ["recall", "patch", "movers", "decompose", "intercept", "suppress", "trace", "knockout", "surgery", "claims"]
 
 
 def _records(value, where: str, out: dict[str, set[str]]) -> None:
@@ -28,20 +27,10 @@ def _records(value, where: str, out: dict[str, set[str]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def names() -> dict[str, set[str]]:
-    """Column name → where it was written, from a run of every stage (the planted control, 3 layers) and a sweep's claims."""
-    small = {
-        "trace.window": 2,
-        "knockout.window": 2,
-        "trace.n_samples": 2,
-        "decompose.solver": "sgd",
-        "decompose.sgd_steps": 20,
-        "decompose.sgd_log_every": 5,
-        "surgery.n_null": 5,
-    }
-    study = rs.run(
-        model="planted", relation="paper_country_capital", stages=EVERY_STAGE, max_prompts=12, progress=False, settings=small
-    )
+def names(every_stage_study) -> dict[str, set[str]]:
+    """Column name → where it was written, from a run of every stage of the stage table (the planted
+    control, 3 layers; tests/conftest.py) and a sweep's claims."""
+    study = every_stage_study
     seen: dict[str, set[str]] = {}
     for stage in study.stages:
         for table, frame in study[stage].tables().items():

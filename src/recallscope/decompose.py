@@ -513,6 +513,8 @@ class DecomposeResult(ResultView):
     sweep: pd.DataFrame | None = field(default=None, repr=False)  # layer, r2, cv_r2, cv_cosine
     n_prompts: int = 0
     bootstrap: np.ndarray | None = field(default=None, repr=False)  # [n_bootstrap, K] lstsq coefficients
+    n_layers: int = 0  # the model's shape: head_grid() / to_array() cover every head, NaN off the regressors
+    n_heads: int = 0
 
     def coefficients(self) -> list[dict]:
         rows = []
@@ -694,6 +696,8 @@ def decompose(
         layer=layer, head_layer=activations.head_layer(layer), layer_reason=layer_reason, regressors=reg, full=full,
         cv=cv, config=config, lstsq_reference=reference if config.solver == "sgd" else None, sweep=sweep, n_prompts=N,
         bootstrap=boot,
+        n_layers=activations.head_out.shape[1],
+        n_heads=activations.head_out.shape[2],
     )
 
 

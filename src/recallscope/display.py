@@ -321,7 +321,10 @@ class ResultView:
         return f"{type(self).__name__} · {self.stage}"
 
     def _footer(self) -> str:
-        names = list(self.tables())
+        # the main table, then the others by name: a run directory keeps no order among them
+        # (RunDir.read_tables), and a result read back must show what the in-memory one shows
+        main, *others = self.tables()
+        names = [main, *sorted(others)]
         return "tables: " + ", ".join(names) + " · .to_frame(), .tables(), .to_dict(), .plot()"
 
     def __repr__(self) -> str:

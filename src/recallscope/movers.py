@@ -202,6 +202,8 @@ class MoversResult(ResultView):
     config: MoversConfig
     selection: str  # how the candidates were chosen
     example: dict | None = None  # attention pattern of one head on one prompt, for the plot
+    n_layers: int = 0  # the model's shape: head_grid() / to_array() cover every head, NaN off the candidates
+    n_heads: int = 0
 
     @property
     def movers(self) -> list[tuple[int, int]]:
@@ -434,7 +436,15 @@ def find_movers(
     frame = pd.concat(rows, ignore_index=True)
 
     example = _example(summaries, frame, prompts, example_rows, candidates, decode)
-    return MoversResult(frame=frame, heads=tuple(summaries), config=config, selection=selection, example=example)
+    return MoversResult(
+        frame=frame,
+        heads=tuple(summaries),
+        config=config,
+        selection=selection,
+        example=example,
+        n_layers=cfg.n_layers,
+        n_heads=cfg.n_heads,
+    )
 
 
 def _example(summaries, frame, prompts, example_rows, candidates, decode) -> dict:

@@ -42,7 +42,8 @@ class StoredResult(display.ResultView):
         self.n_layers, self.n_heads = n_layers, n_heads
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        """The stage's tables by name, the main table first (as the stage's ``tables()`` returned them)."""
+        """The stage's tables by name: the main table first (as the stage's ``tables()`` returned it), the
+        others in the order of their names (a run directory keeps no order among them)."""
         if self._tables is None:
             self._tables = self._rundir.read_tables(self.stage)
         return {name: frame.copy() for name, frame in self._tables.items()}

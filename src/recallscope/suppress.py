@@ -424,6 +424,8 @@ class SuppressResult(ResultView):
     evals: pd.DataFrame = field(repr=False)  # per prompt × mode: p(Y), π(Y), correctness before/after the edit
     n_known: int = 0
     n_unknown: int = 0
+    n_layers: int = 0  # the model's shape: head_grid() / to_array() cover every head, NaN off the layers measured
+    n_heads: int = 0
 
     def to_frame(self) -> pd.DataFrame:
         """The main table: one row per known prompt and component (``dla``: its DLA to Y)."""
@@ -590,6 +592,7 @@ def suppress(
         relation=known.relation.name, shots=known.shots, config=config, layers=tuple(layers), final_layer=final_layer,
         components=components, layer_totals=layer_totals, mitigation=mitigation, fold_suppressors=fold_suppressors,
         dla=dla_rows, evals=evals, n_known=int(is_known.sum()), n_unknown=int((~is_known).sum()),
+        n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads,
     )
 
 
