@@ -185,6 +185,10 @@ def test_intercept_top_tokens_and_redirect_ranks():
     assert list(tokens.data[0].marker.color) == ["crimson", "steelblue"]
     assert list(redirect.data[0].y) == [10, 5, 1] and list(redirect.data[1].y) == [2, 7, 11]  # rank + 1
     assert "r_mid[l] + m[l]: Y above X in 75%" in redirect.layout.title.text
+    # ranks 1 .. 11 on the log axis: ticks at 1, 2, 5, 10, 20 written whole
+    assert list(redirect.layout.yaxis.tickvals) == [1, 2, 5, 10, 20]
+    # the demo's ranks (about 550 .. 2,600): 500, 1,000, 2,000, 5,000, not a label every 100
+    assert intercept._one_two_five(553, 2589) == [500, 1000, 2000, 5000]
 
 
 def test_suppress_dla_layer_totals_and_mitigation():

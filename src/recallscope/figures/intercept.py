@@ -50,5 +50,17 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
             + ", ".join(f"{labels[p]}: Y above X in {100 * red[p]['share_Y_above_X']:.0f}%" for p in points),
             yaxis_title="median rank + 1 (log; lower is better)",
         )
+        # ticks at 1, 2, 5 × 10^k, written whole: over less than a decade plotly labels every 100 and they crowd
+        ranks = [1 + red[p][key] for p in points for key in ("median_rank_Y", "median_rank_X")]
+        ticks = _one_two_five(min(ranks), max(ranks))
+        fig.update_yaxes(tickvals=ticks, ticktext=[f"{t:,}" for t in ticks])
         figs.append(fig)
     return figs
+
+
+def _one_two_five(low: float, high: float) -> list[int]:
+    """The numbers 1, 2, 5, 10, 20, 50, … from the last one at or below ``low`` to the first at or above ``high``."""
+    ticks = [m * 10**k for k in range(0, 12) for m in (1, 2, 5)]
+    first = max([t for t in ticks if t <= low] or [1])
+    last = min([t for t in ticks if t >= high] or [ticks[-1]])
+    return [t for t in ticks if first <= t <= last]
