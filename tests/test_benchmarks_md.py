@@ -91,7 +91,7 @@ def test_renders_a_sample_record(md, tmp_path):
     # every figure from the lines, in its section's table
     assert "| sample | before | 16 | 21.5, 22.5 | 61.6 | 2.8 | <= 1.6 | no | 3.25 | 1.23 |" in text
     assert "| sample | after | 44 | 47.3 | 46.9, 47.3 | 1.075 | <= 1.1 | yes | 3.5 | 1.21 |" in text
-    assert "| sample | 3 | 48 | — | 17.25 | 1,824 | 105.8 | 83.5 | 1.27 | — | — | — | 2.6e-13 | — | — |" in text
+    assert "| sample | 3 | 48 | — | 17.25 | 1,824 | 105.8 | 83.5 | 1.27 | — | — | — | — | — | 2.6e-13 | — | — |" in text
     # the arithmetic written on the line is shown with it
     assert "`flop_ratio_arithmetic`: naive: T=32.0 positions x L=30 layers ... ratio 83.5" in text
     # a kind the template has no prose for still appears, with its scalar fields

@@ -10,8 +10,9 @@ The method, as ROME's code runs it (``experiments/causal_trace.py`` of kmeng01/r
    ε ~ N(0, σ²) added to the input embedding of every subject token (the embedding = the
    residual entering layer 0, ``resid_pre[0]``). σ = 3 × the standard deviation of the subjects'
    token embeddings, each subject embedded alone (ROME's rule, the default ``noise_rule="rome"``:
-   ``noise_level = 3 * collect_embedding_std(mt, subjects)``), or ``noise`` when set. p_corrupted(Y) = the mean over the n runs of p(Y) (ROME averages the
-   probabilities, ``softmax(logits[1:, -1]).mean(0)``).
+   ``noise_level = 3 * collect_embedding_std(mt, subjects)``), or ``noise`` when set.
+   p_corrupted(Y) = the mean over the n runs of p(Y) (ROME averages the probabilities,
+   ``softmax(logits[1:, -1]).mean(0)``).
 3. **Restored runs**: each corrupted run again, with one hidden state set back to its clean
    value at one token position p, for every position p and layer l:
 
@@ -44,9 +45,8 @@ embeddings, as ROME's ``transformer.wte`` output), by ``noise_rule``:
     (3 × std: 0.2980 against 0.3446) and 12.1% on country_capital_extended (0.2965 against
     0.3373), so less noise reaches the subject. The summary's ``noise_rule`` names the rule that ran.
 
-ROME scores the
-model's top-1 token; recallscope scores Y, the answer's first token (the same token on the
-known prompts this stage is given).
+ROME scores the model's top-1 token; recallscope scores Y, the answer's first token (the same
+token on the known prompts this stage is given).
 
 Positions are grouped as ROME's ``average_causal_effects`` notebook groups them: first subject
 token, middle subject tokens (between the first and the last), last subject token, first

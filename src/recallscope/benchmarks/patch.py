@@ -371,20 +371,27 @@ def _path_line(model, options, shots, ps, naive_sample: int) -> dict:
     sample = [int(i) for i in np.linspace(0, len(comps) - 1, naive_sample).round()]
     picked = [comps[i] for i in sample]
     kept, batches, prep_s = _streamed(model, ps, config, view)
-    mean_s = prep_s  # the set-up is the dataset mean: one batched forward of the corrupted dataset for every sender
+    # the same prompts with recallscope's own-end mean, so that the engine's ratio with either mean
+    # comes from one run (the naive loop's cost does not depend on the values patched in)
     own_end = dataclasses.replace(config, sender_mean="dataset")
-    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    _, own_end_s = _timed(lambda: P.dataset_sender_mean(view, model.tokenizer, ps, own_end, pad_id))
+    _, own_batches, own_prep_s = _streamed(model, ps, own_end, view)
+    mean_s, own_end_s = _mean_seconds(model, ps, config, view)
     n = len(kept)
     exact_pi_all = np.zeros((n, len(comps)))
     exact = np.zeros((n, len(comps)))
     naive = np.zeros((n, len(picked)))
     pi_clean = np.zeros(n)
-    exact_s = naive_sample_s = 0.0
+    exact_s = naive_sample_s = own_exact_s = 0.0
     tokens = 0
-    for pb, s in batches:  # the two engines in turn, batch by batch, one batch held at a time
+    # the engines in turn, batch by batch (the two means' exact runs alternating which goes first)
+    for i, ((pb, s), (ob, os_)) in enumerate(zip(batches, own_batches, strict=True)):
         prep_s += s
+        own_prep_s += os_
+        if i % 2:
+            own_exact_s += _timed(lambda: P.batch_pi(view, ob, comps, "exact", "path"))[1]
         pi, s = _timed(lambda: P.batch_pi(view, pb, comps, "exact", "path"))
+        if not i % 2:
+            own_exact_s += _timed(lambda: P.batch_pi(view, ob, comps, "exact", "path"))[1]
         exact_pi_all[pb.indices] = pi.double().cpu().numpy()
         exact[pb.indices] = pb.effect_pct(pi, config.direction).double().cpu().numpy()
         exact_s += s
@@ -412,8 +419,11 @@ def _path_line(model, options, shots, ps, naive_sample: int) -> dict:
         + f" (corruption draw {config.corruption_draw}); all prompts; demonstrations 'The capital of X is Y.'",
         "sender_mean": config.sender_mean,
         "sender_mean_seconds": round(mean_s, 2),
-        "sender_mean_note": "the dataset mean, computed once for every sender (its corrupted prompts drawn and run as one "
-        "batched forward), included in prepare_seconds; own_end_mean_seconds: recallscope's own-end mean timed in the same run",
+        "sender_mean_note": "the dataset mean is computed once for every sender (its corrupted prompts drawn and run as one "
+        "batched forward) and is part of prepare_seconds; sender_mean_seconds and own_end_mean_seconds (recallscope's "
+        "own-end mean) are each the faster of two runs taken in turn in this process; ratio_own_end_mean and "
+        "ratio_end_to_end_own_end_mean: the same prompts prepared with the own-end mean in the same run, its exact engine "
+        "timed batch by batch beside the preset's, against the same naive timing",
         "own_end_mean_seconds": round(own_end_s, 2),
         "n_prompts": n,
         "n_components": len(comps),
@@ -423,6 +433,8 @@ def _path_line(model, options, shots, ps, naive_sample: int) -> dict:
         "prepare_seconds": round(prep_s, 2),
         "ratio": round(ratio, 1),
         "ratio_end_to_end": round((naive_s + prep_s) / (exact_s + prep_s), 1),
+        "ratio_own_end_mean": round(naive_s / own_exact_s, 1),
+        "ratio_end_to_end_own_end_mean": round((naive_s + own_prep_s) / (own_exact_s + own_prep_s), 1),
         "flop_ratio": round(flops["flop_ratio"], 1),
         "flop_ratio_arithmetic": (
             f"naive: T={T:.1f} positions x L={model.cfg.n_layers} layers x (attention {flops['attention_over_mlp']:.2f} + MLP 1) "
@@ -439,6 +451,18 @@ def _path_line(model, options, shots, ps, naive_sample: int) -> dict:
         "device": str(model.device),
         "dtype": str(view.dtype).replace("torch.", ""),
     }
+
+
+def _mean_seconds(model, ps, config, view) -> tuple[float, float]:
+    """Seconds of the preset's dataset mean and of recallscope's own-end mean on the same prompts, each
+    the faster of two runs taken in turn (the first forward of a process pays one-time costs)."""
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    own_end = dataclasses.replace(config, sender_mean="dataset")
+    times: dict[str, list[float]] = {"preset": [], "own_end": []}
+    for _ in range(2):
+        for name, c in (("preset", config), ("own_end", own_end)):
+            times[name].append(_timed(lambda c=c: P.dataset_sender_mean(view, model.tokenizer, ps, c, pad_id))[1])
+    return min(times["preset"]), min(times["own_end"])
 
 
 def _path_float64_diff(model, ps, config, components, n_prompts: int) -> tuple[float, int]:
