@@ -134,7 +134,10 @@ FLAG_HELP = {
     "mode": "patch: total (every later component recomputes) or path (every head frozen: the paper's path patching).",
     "prompts": "patch: known (the prompts the model gets right) or all (the paper's).",
 }
-PRESET_HELP = "Definitions: recallscope (the defaults) or paper (the paper's code's; see recallscope.presets)."
+PRESET_HELP = (
+    "Definitions: recallscope (the defaults) or paper (the authors' code's choice for each setting recallscope.presets.PAPER "
+    "lists; what it cannot reproduce is in the manifest)."
+)
 RELATION_DEFAULT = "country_capital_extended"
 
 

@@ -63,7 +63,9 @@ code does.
 
 recallscope's defaults (total effect, per-prompt same-length corruptions, mean of per-prompt
 ratios, known prompts) answer "which components does *this* recall depend on, prompt by
-prompt"; the ``paper`` preset (:mod:`recallscope.presets`) selects the paper's definitions.
+prompt"; the ``paper`` preset (:mod:`recallscope.presets`) selects the authors' choice for each
+setting it lists (path mode, the authors' dataset mean and corruption draw, ratio of means, every
+prompt), equal to their ``path_patching`` loop on the same inputs (tests/test_paper_preset_reference.py).
 
 Three engines compute the total-effect table (path mode: ``exact`` and ``naive`` only):
 
