@@ -7,6 +7,7 @@ token gives p_clean, ROME's windows and position groups); bad input is one line,
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -203,6 +204,32 @@ def test_default_noise_is_romes_rule_on_smollm2(smollm2):
     assert abs(sigma - rome) <= 1e-6 * rome, (sigma, rome)
     in_context, _ = CT.noise_level(smollm2.view, smollm2.tokenizer, ps, CT.TraceConfig(noise_rule="in_context"))
     assert in_context / sigma - 1 == pytest.approx(-0.135, abs=0.001)
+
+
+@pytest.mark.slow
+def test_the_trace_command_takes_romes_rule_by_default_and_the_in_context_rule_when_set(smollm2, tmp_path):
+    """``recallscope trace`` itself (child processes) on smollm2-135m: the summary's σ = 3 × ROME's
+    collect_embedding_std of the traced prompts' subjects (to 1e-6), and ``--set trace.noise_rule=in_context``
+    selects the other rule; each summary names the rule that ran."""
+    from test_cli import cli
+
+    common = ["trace", "--model", "smollm2-135m", "--relation", "paper_country_capital", "--max-prompts", "4"]
+    common += ["--set", "trace.kinds=resid", "--set", "trace.n_samples=2", "--set", "trace.window=1", "--json"]
+    summaries, subjects = {}, {}
+    for rule, extra in (("rome", []), ("in_context", ["--set", "trace.noise_rule=in_context"])):
+        out = tmp_path / rule
+        proc = cli(*common, "--out", str(out), *extra)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        summaries[rule] = json.loads(proc.stdout)["stages"]["trace"]
+        subjects[rule] = list(dict.fromkeys(pd.read_parquet(out / "trace" / "prompts.parquet")["subject"]))
+    assert subjects["rome"] == subjects["in_context"] and len(subjects["rome"]) >= 2
+    rome = 3 * rome_collect_embedding_std(smollm2.hf_loader(), smollm2.tokenizer, subjects["rome"])
+    default = summaries["rome"]
+    assert abs(default["noise"] - rome) <= 1e-6 * rome, (default["noise"], rome)
+    assert default["noise_rule_setting"] == "rome" and "collect_embedding_std" in default["noise_rule"]
+    other = summaries["in_context"]
+    assert other["noise_rule_setting"] == "in_context" and "in-context" in other["noise_rule"]
+    assert abs(other["noise"] - rome) > 0.05 * rome  # another σ, named as such
 
 
 @pytest.mark.parametrize(

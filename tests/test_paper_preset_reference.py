@@ -11,8 +11,9 @@ output at the end replaced by ``torch.mean(sender_cache, dim=0)`` read at the en
 free; the figure is 100 · (mean π_patched − mean π_clean) / mean π_clean, π = logit[Y] − mean logit.
 
 On a tiny random GPT-2 with the real GPT-2 BPE and ``paper_country_capital`` (six prompt lengths
-at 0 and at 1 shot), recallscope's stage with the paper preset's settings equals it on every
-head and MLP, and a prompt set of one length shows the two dataset means agree there.
+at 0 and at 1 shot), recallscope's stage with the paper preset's settings and ``recallscope patch
+--preset paper`` itself equal it on every head and MLP (the same top 10), recallscope's own-end mean
+does not, and a prompt set of one length shows the two dataset means agree there.
 """
 
 from __future__ import annotations
@@ -173,6 +174,12 @@ def stage_effects(model, prompts, config) -> tuple[np.ndarray, np.ndarray]:
     return heads, mlps
 
 
+def cli_patch(model_dir, out, *args) -> subprocess.CompletedProcess:
+    """``recallscope patch --preset paper`` on the tiny GPT-2 in float64, in a child process."""
+    cmd = ["patch", "--preset", "paper", "--model", str(model_dir), "--dtype", "float64", "--out", str(out), "--json", *args]
+    return subprocess.run([sys.executable, "-m", "recallscope", *cmd], capture_output=True, text=True, timeout=600)
+
+
 def top10(heads: np.ndarray, mlps: np.ndarray) -> list:
     values = np.concatenate([heads.ravel(), mlps])
     return list(np.argsort(-np.abs(values))[:10])
@@ -239,36 +246,57 @@ def test_the_authors_mean_in_total_mode_exact_equals_naive(gpt2, shots):
     assert np.abs(exact.effects - path.effects).max() > 1.0  # total and path effects differ
 
 
-def test_the_cli_paper_preset_writes_the_authors_numbers(gpt2_dir, reference, tmp_path):
-    """``recallscope patch --preset paper`` itself (a child process), 0 shots: the components table equals the reference."""
+@pytest.mark.parametrize("shots", [0, 1])
+def test_the_cli_paper_preset_writes_the_authors_numbers(gpt2_dir, reference, tmp_path, shots):
+    """``recallscope patch --preset paper`` itself (a child process) on paper_country_capital: its components
+    table equals the reference loop to 1e-4 points on every head and MLP, with the same top 10."""
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "recallscope",
-            "patch",
-            "--preset",
-            "paper",
-            "--model",
-            str(gpt2_dir),
-            "--dtype",
-            "float64",
-            "--out",
-            str(out),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = cli_patch(gpt2_dir, out, "--shots", str(shots))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads(proc.stdout)["stages"]["patch"]
+    table = pd.read_parquet(out / "patch" / "components.parquet")
+    _, _, ref_heads, ref_mlps = reference(shots)
+    heads = table[table.kind == "head"].sort_values(["layer", "head"])["effect"].to_numpy().reshape(ref_heads.shape)
+    mlps = table[table.kind == "mlp"].sort_values("layer")["effect"].to_numpy()
+    diff = max(np.abs(heads - ref_heads).max(), np.abs(mlps - ref_mlps).max())
+    assert diff <= TOLERANCE_POINTS, f"max |recallscope patch --preset paper - authors' loop| = {diff:.3g} points"
+    assert top10(heads, mlps) == top10(ref_heads, ref_mlps)
+    printed = json.loads(proc.stdout)
+    summary = printed["stages"]["patch"]
+    assert (printed["relation"], printed["shots"], summary["n_prompts"]) == ("paper_country_capital", shots, 225)
     assert summary["sender_mean"] == "dataset_by_position" and summary["corruption_draw"] == "any_subject"
     manifest = json.loads((out / "manifest.json").read_text())
     assert any("templates" in line for line in manifest["preset"]["not_reproduced"])
+
+
+def test_the_cli_paper_preset_on_a_relation_file_of_ones_own_templates_equals_the_authors_loop(gpt2, gpt2_dir, tmp_path):
+    """``--preset paper --relation FILE``: lead-ins of one's own (the authors' NC_TEMPLATES, say, which
+    recallscope does not ship) written as an LRE-format file run with the preset's definitions, and the
+    numbers equal the authors' loop on the file's prompts."""
+    model, hf = gpt2
+    paper = load_relation("paper_country_capital")
+    own = {
+        "name": "my_capitals",
+        "prompt_templates": ["In short, the capital of {} is"],
+        "prompt_templates_zs": ["The capital of {} is", "As every atlas of the world shows, the capital city of {} is"],
+        "properties": {"demonstration_template": "The capital of {} is"},
+        "samples": [{"subject": s.subject, "object": s.object} for s in paper.samples],
+    }
+    path = tmp_path / "my_capitals.json"
+    path.write_text(json.dumps(own))
+    out = tmp_path / "run"
+    proc = cli_patch(gpt2_dir, out, "--relation", str(path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ps = paper_prompts(model, 0, relation=load_relation(str(path)))
+    assert len(ps) == 30 and len({p.n_tokens for p in ps.prompts}) >= 2  # every prompt of the file, two lengths
+    ref_heads, ref_mlps = authors_path_patching(
+        hf, model.tokenizer, ps.prompts, swapped_subject_prompts(ps, model.tokenizer, draw="any_subject")
+    )
     table = pd.read_parquet(out / "patch" / "components.parquet")
-    _, _, ref_heads, ref_mlps = reference(0)
     heads = table[table.kind == "head"].sort_values(["layer", "head"])["effect"].to_numpy().reshape(ref_heads.shape)
     mlps = table[table.kind == "mlp"].sort_values("layer")["effect"].to_numpy()
     assert max(np.abs(heads - ref_heads).max(), np.abs(mlps - ref_mlps).max()) <= TOLERANCE_POINTS
+    assert top10(heads, mlps) == top10(ref_heads, ref_mlps)
+    printed = json.loads(proc.stdout)
+    assert printed["relation"] == "my_capitals" and printed["stages"]["patch"]["n_prompts"] == 30
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["relation"]["source"] == str(path) and manifest["preset"]["name"] == "paper"
