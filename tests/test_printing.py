@@ -47,16 +47,20 @@ def test_wide_shows_the_primary_figure_the_margin_and_every_condition():
     assert "✓OVtop-5shareofX(context):low1≥0.5" in flat and "✗scatterr(attentionvsa·W_U[X]):low0.121≥0.5" in flat
 
 
-def test_a_sweep_prints_its_claims_by_cells_grid_in_80_columns():
+def sweep_grid() -> verdicts.Grid:
     cells = [
         {"relation": rel, "shots": k, "folder": f"{rel}/{k}shot", "claims": ROWS[:5], "sensitivity": CONDITIONS}
         for rel in ("country_capital_extended", "country_language")
         for k in (0, 3)
     ]
-    grid = verdicts.grid(
+    return verdicts.grid(
         cells,
         [{**ROWS[5], "relation": r, "verdict": "holds", "value": 8} for r in ("country_capital_extended", "country_language")],
     )
+
+
+def test_a_sweep_prints_its_claims_by_cells_grid_in_80_columns():
+    grid = sweep_grid()
     con, out = console(80)
     printing.print_grid(con, grid, "the paper's claims in each cell")
     lines = out.getvalue().splitlines()
@@ -168,3 +172,44 @@ def test_sensitivity_lists_every_condition_with_its_state_interval_and_prompts_n
     assert rows[0][:2] == ["C1", "✓"] and "[0.753," in rows[0]
     assert rows[1][:2] == ["C1", "?"] and "0.584" in rows[1] and rows[1][-2:] == ["0.224", "238"]
     assert "movers.min_projection_corr" in rows[1]
+
+
+def test_a_run_table_never_cuts_or_wraps_a_relation_name_at_80_columns():
+    hostile = "capitals_[/draft]_\x1b]0;x\x07"
+    one = {"model": "smollm2-135m", "relation": hostile, "shots": 0, "n_prompts": 16, "n_known": 13, "accuracy": 0.8125}
+    con, out = console(80)
+    printing.print_run(con, one)
+    lines = out.getvalue().splitlines()
+    # one relation that does not fit its column: named whole in the title, its controls escaped
+    assert lines[0] == "recallscope run — smollm2-135m — capitals_[/draft]_\\x1b]0;x\\x07"
+    assert lines[1].split() == ["shots", "prompts", "known", "accuracy", "mean", "p(Y)", "stages"]
+    assert lines[3].split()[:3] == ["0", "16", "13"] and len(lines) == 4
+    runs = [
+        {"relation": rel, "shots": k, "n_prompts": 12, "n_known": 11, "accuracy": 0.9167, "mean_p_answer": 0.6}
+        for rel in ("country_capital_extended", "country_language")
+        for k in (0, 3)
+    ]
+    con, out = console(80)
+    printing.print_run(con, {"model": "smollm2-135m", "runs": runs})
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    # two relations: coded in the rows as the claims grid codes them, each name whole under the table
+    assert [line.split()[:2] for line in lines[3:7]] == [["R1", "0"], ["R1", "3"], ["R2", "0"], ["R2", "3"]]
+    assert lines[7:9] == ["R1  country_capital_extended", "R2  country_language"]
+    con, out = console(120)
+    printing.print_run(con, {"model": "smollm2-135m", "runs": runs})
+    assert out.getvalue().splitlines()[3].split()[:2] == ["country_capital_extended", "0"]  # it fits: its name
+
+
+def test_below_80_columns_the_claims_and_the_grid_keep_their_ids():
+    views = verdicts.views(ROWS, CONDITIONS)
+    con, out = console(50)
+    con.print(printing.claims_table(con, views, "claims"))
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 50
+    assert [line.split()[0] for line in lines if line[:1] == "C"] == ["C1", "C2", "C3", "C4", "C5", "C6"]
+    con, out = console(40)
+    con.print(printing.grid_table(con, sweep_grid(), "grid")[0])
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 40
+    assert [line.split()[0] for line in lines if line[:1] == "C"] == ["C1", "C2", "C3", "C4", "C5", "C6"]

@@ -44,6 +44,14 @@ def _cells_width(widths: list[int]) -> int:
     return sum(widths) + 2 * len(widths) - 2 + len(widths) - 1
 
 
+def _shrink(widths: list[int], width: int) -> None:
+    """Columns still too wide for ``width`` (a narrow terminal): the widest give a character at a time
+    (down to 4), the first never — it names the row (a claim's id, a relation's code). In place."""
+    while _cells_width(widths) > width and max(widths[1:], default=0) > 4:
+        widest = max(range(1, len(widths)), key=lambda i: widths[i])
+        widths[widest] -= 1
+
+
 def fitted_table(
     console: Console, title: str | None, headers: list[str], rows: list[list], flexible: int | None, bold_first: bool = True
 ) -> Table:
@@ -57,6 +65,7 @@ def fitted_table(
     if flexible is not None:
         rest = console.width - _cells_width([w for i, w in enumerate(widths) if i != flexible] + [0])
         widths[flexible] = max(8, min(widths[flexible], rest))
+    _shrink(widths, console.width)
     t = _table(title)
     for i, header in enumerate(headers):
         t.add_column(
@@ -223,9 +232,12 @@ def grid_table(console: Console, grid: verdicts.Grid, title: str) -> tuple[Table
     codes = [] if fits else [(f"R{j + 1}", rel) for j, rel in enumerate(relations)]
     code_of = {rel: code for code, rel in codes}
     headers = ["id"] + [f"{code_of.get(str(col['relation']), col['relation'])}\n{col['shots']}-shot" for col in grid.columns]
+    _shrink(widths, console.width)
     t = _table(title)
     for i, header in enumerate([*headers, "holds in"]):
-        t.add_column(text(header, keep_newlines=True), no_wrap=True, width=widths[i], style="bold" if i == 0 else None)
+        t.add_column(
+            text(header, keep_newlines=True), no_wrap=True, overflow="ellipsis", width=widths[i], style="bold" if i == 0 else None
+        )
     for r in rows:
         t.add_row(*r)
     return t, codes
@@ -288,21 +300,38 @@ def print_run(console: Console, summary: dict, wide: bool = False) -> None:
     """A finished ``recallscope run``: the cells with their headline numbers, then the claims (one
     run) or the claims × cells grid (a sweep)."""
     runs = summary.get("runs", [summary])
-    t = _table(f"recallscope run — {summary.get('model')}")
-    for col in ("relation", "shots", "prompts", "known", "accuracy", "mean p(Y)", "stages"):
-        t.add_column(col, no_wrap=col != "relation", overflow="fold")
-    for r in runs:
-        stages = list(r.get("stages") or {})
-        t.add_row(
+    headers = ["relation", "shots", "prompts", "known", "accuracy", "mean p(Y)", "stages"]
+    rows = [
+        [
             text(r.get("relation")),
             text(r.get("shots")),
             text(r.get("n_prompts")),
             text(r.get("n_known")),
             text(fmt(r.get("accuracy"))),
             text(fmt(r.get("mean_p_answer"))),
-            text(f"{len(stages)}"),
-        )
-    console.print(t)
+            text(f"{len(r.get('stages') or {})}"),
+        ]
+        for r in runs
+    ]
+    # a relation whose name does not fit its column is coded R1, R2 … (as the claims grid does), its
+    # name whole under the table: a name cut or wrapped in its cell reads as another name
+    others = [max([len(h)] + [row[i].cell_len for row in rows]) for i, h in enumerate(headers) if i]
+    room = console.width - _cells_width([0, *others])
+    # (one relation: named in the title instead)
+    title = f"recallscope run — {summary.get('model')}"
+    relations = list(dict.fromkeys(str(r.get("relation")) for r in runs))
+    codes = []
+    if max(row[0].cell_len for row in rows) > room and len(relations) == 1:
+        console.print(text(f"{title} — {relations[0]}", "italic"))
+        title, headers, rows = None, headers[1:], [row[1:] for row in rows]
+    elif max(row[0].cell_len for row in rows) > room:
+        codes = [(f"R{j + 1}", rel) for j, rel in enumerate(relations)]
+        code_of = dict((rel, code) for code, rel in codes)
+        for row, r in zip(rows, runs, strict=True):
+            row[0] = text(code_of[str(r.get("relation"))])
+    console.print(fitted_table(console, title, headers, rows, None, bold_first=False))
+    for code, relation in codes:
+        console.print(text(f"{code}  {relation}", "dim"), soft_wrap=True)
     if "runs" in summary:
         grid = verdicts.grid(sweep_cells(runs), summary.get("claims"))
         if grid.rows:
