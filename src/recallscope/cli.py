@@ -183,7 +183,9 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
                 help=f"Built-in relation name or LRE JSON path (default: the preset's, else {RELATION_DEFAULT}).",
             ),
             shots: int = typer.Option(0, "--shots", "-k", help="In-context demonstrations per prompt."),
-            out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (resumable)."),
+            out: Optional[str] = typer.Option(
+                None, "--out", "-o", help="Run directory (resumable). Without it the stage's tables are not saved (it says so)."
+            ),
             seed: int = SEED_OPTION,
             max_prompts: str = MAX_PROMPTS_OPTION,
             device: str = DEVICE_OPTION,
