@@ -38,6 +38,17 @@ def test_the_claims_are_one_line_each_at_80_120_and_200_columns():
     assert c6.split()[:3] == ["C6", "not", "measurable"]
 
 
+def test_an_inconclusive_verdict_says_when_the_relation_cannot_give_the_prompts_needed():
+    """Issue 27: beside the verdict, the known prompts that would decide it, and "> M" when that is more than
+    the M known prompts the relation can give (smollm2-135m's C1 at 16 prompts of country_capital_extended)."""
+    rows = [{**ROWS[2], "prompts_needed": 238, "prompts_available": available} for available in (183, 238, None)]
+    beyond, enough, unknown = (str(printing.verdict_text(v)) for v in verdicts.views(rows, CONDITIONS))
+    assert (beyond, enough, unknown) == ("inconclusive (≈238 > 183)", "inconclusive (≈238)", "inconclusive (≈238)")
+    con, out = console(120)
+    printing.print_claims(con, verdicts.views(rows[:1], CONDITIONS), "claims")
+    assert "≈N > M: more than the M known prompts the relation can give" in " ".join(out.getvalue().split())
+
+
 def test_wide_shows_the_primary_figure_the_margin_and_every_condition():
     con, out = console(320)
     printing.print_claims(con, verdicts.views(ROWS[:1], CONDITIONS), "claims", wide=True)

@@ -141,4 +141,8 @@ def test_the_sensitivity_tables_state_estimate_and_interval_are_read():
     assert [c.status for c in v.conditions] == ["met", "met", "straddles"]
     assert v.conditions[2].text() == "scatter r (attention vs a·W_U[X]): 0.584 [0.224, 0.835] ≥ 0.5"
     assert v.deciding.interval() == "0.584 [0.224, 0.835]"  # from its condition's row
-    assert v.needed() == "≈ 238 known prompts would decide it (the relation gives ≈ 190)"
+    assert v.beyond_relation() and v.needed() == "≈ 238 known prompts would decide it — more than the relation can give (≈ 190)"
+    (within,) = verdicts.views([{**row, "prompts_available": 238}], conditions)  # exactly enough: not beyond
+    assert not within.beyond_relation() and within.needed() == "≈ 238 known prompts would decide it"
+    (decided,) = verdicts.views([{**row, "verdict": "does not hold"}], conditions)
+    assert not decided.beyond_relation() and decided.needed() is None

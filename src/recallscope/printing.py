@@ -112,7 +112,8 @@ def print_json(value: Any) -> None:
 def verdict_text(c: ClaimView):
     label = SHORT_VERDICT.get(c.kind, c.verdict)
     if c.kind == "inconclusive" and verdicts.number(c.prompts_needed) is not None:
-        label += f" (≈{int(round(verdicts.number(c.prompts_needed))):,})"
+        beyond = f" > {int(verdicts.number(c.prompts_available)):,}" if c.beyond_relation() else ""
+        label += f" (≈{int(round(verdicts.number(c.prompts_needed))):,}{beyond})"
     return text(label, STYLE[c.kind])
 
 
@@ -167,7 +168,9 @@ def claims_table(console: Console, claims: list[ClaimView], title: str, wide: bo
 
 CLAIMS_NOTE = (
     "value: the statistic that decided the verdict with its 95% interval (low/high: only the end the rule compares is "
-    "recorded); vs: its threshold. --wide: the primary figure, margin, flips at and every condition; --json: everything."
+    "recorded); vs: its threshold. inconclusive (≈N): about N known prompts would decide it if the effect stayed as "
+    "measured (interval width ∝ 1/√n); ≈N > M: more than the M known prompts the relation can give. --wide: the primary "
+    "figure, margin, flips at and every condition; --json: everything."
 )
 
 

@@ -257,15 +257,22 @@ class ClaimView:
         d = self.deciding
         return d.short() if d.value is not None or d.compared is not None else fmt(self.value)
 
+    def beyond_relation(self) -> bool:
+        """Whether the known prompts that would decide this inconclusive claim are more than its relation can
+        give (``prompts_available``: the relation's usable prompts at this run's known rate)."""
+        n, available = number(self.prompts_needed), number(self.prompts_available)
+        return self.kind == "inconclusive" and n is not None and available is not None and available < n
+
     def needed(self) -> str | None:
-        """ "≈ 140 known prompts would decide it" for an inconclusive claim with that estimate."""
+        """ "≈ 140 known prompts would decide it" for an inconclusive claim with that estimate; "… — more than
+        the relation can give (≈ 183)" when it is (:meth:`beyond_relation`)."""
         if self.kind != "inconclusive" or self.prompts_needed is None:
             return None
         n = number(self.prompts_needed)
         if n is None:
             return str(self.prompts_needed)
         available = number(self.prompts_available)
-        beyond = f" (the relation gives ≈ {int(available):,})" if available is not None and available < n else ""
+        beyond = f" — more than the relation can give (≈ {int(available):,})" if self.beyond_relation() else ""
         return f"≈ {int(round(n)):,} known prompts would decide it{beyond}"
 
 
