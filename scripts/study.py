@@ -280,6 +280,31 @@ def num(x) -> str:
     return f"{x:.3g}" if x != 0 else "0"
 
 
+def prompts(x) -> str:
+    """A number of prompts as the study prints it: whole, with thousands separators ("1,944"; a median may be a
+    half: rounded), '—' when missing."""
+    if x is None or (isinstance(x, float) and x != x):
+        return "—"
+    return f"{int(round(float(x))):,}"
+
+
+def beyond(row) -> bool:
+    """Whether an inconclusive row's prompts needed are more than its relation can give (``prompts_available``:
+    the relation's usable prompts at the cell's known rate)."""
+    needed, available = _g(row, "prompts_needed"), _g(row, "prompts_available")
+    return verdict_of(row) == INCONCLUSIVE and needed is not None and available is not None and float(needed) > float(available)
+
+
+def needed_text(row, short: bool = False) -> str:
+    """ "≈ 1,944 known prompts would decide it — more than the relation can give (≈ 183)" (``short``: "≈1,944 > 183")."""
+    n, available = _g(row, "prompts_needed"), _g(row, "prompts_available")
+    if short:
+        return f"≈{prompts(n)}" + (f" > {prompts(available)}" if beyond(row) else "")
+    return f"≈ {prompts(n)} known prompts would decide it" + (
+        f" — more than the relation can give (≈ {prompts(available)})" if beyond(row) else ""
+    )
+
+
 def interval(lo, hi) -> str:
     return "—" if lo is None or hi is None or lo != lo or hi != hi else f"[{num(lo)}, {num(hi)}]"
 
@@ -348,6 +373,7 @@ class Tally:
     fails: list = field(default_factory=list)
     inconclusive: list = field(default_factory=list)
     needed: list = field(default_factory=list)  # prompts_needed of the inconclusive ones (None: none decides it)
+    beyond: list = field(default_factory=list)  # the inconclusive ones whose prompts needed exceed what the relation gives
     missing: list = field(default_factory=list)  # not measurable (the run says why)
     not_run: list = field(default_factory=list)  # no result yet (the sweep has not reached it)
     across: bool = False  # one verdict per relation (compares shot counts), not per cell
@@ -356,16 +382,26 @@ class Tally:
     def measured(self) -> int:
         return len(self.holds) + len(self.fails) + len(self.inconclusive)
 
-    def add(self, verdict: str, where, needed=None) -> None:
+    def add(self, row, where) -> None:
+        """Count one claims row (its verdict, and for an inconclusive one its prompts needed) at ``where``."""
+        verdict = verdict_of(row)
         if verdict == HOLDS:
             self.holds.append(where)
         elif verdict == FAILS:
             self.fails.append(where)
         elif verdict == INCONCLUSIVE:
             self.inconclusive.append(where)
-            self.needed.append(needed)
+            self.needed.append(_g(row, "prompts_needed"))
+            if beyond(row):
+                self.beyond.append(where)
         else:
             self.missing.append(where)
+
+    def beyond_text(self) -> str:
+        """ " (3 of them more than their relation can give)", or "" when none is."""
+        if not self.beyond:
+            return ""
+        return f" ({len(self.beyond)} of them more than their relation can give)"
 
     def median_needed(self):
         """The median prompts needed over the inconclusive ones that some number of prompts decides (None: none)."""
@@ -379,7 +415,7 @@ class Tally:
         text = f"{len(self.holds)} · {len(self.fails)} · {len(self.inconclusive)} · {len(self.missing)}"
         median = self.median_needed()
         if median is not None:
-            text += f" (≈ {num(median)})"
+            text += f" (≈ {prompts(median)})"
         return text + (f", {len(self.not_run)} not run" if self.not_run else "")
 
 
@@ -394,7 +430,7 @@ def tally(sweep: Sweep, claim: str, across: bool = False) -> Tally:
     if across:
         for row in sweep.shot_claims:
             if row.get("claim") == claim:
-                t.add(row.get("verdict"), (row.get("relation"), None), _g(row, "prompts_needed"))
+                t.add(row, (row.get("relation"), None))
         t.not_run += [(rel, None) for rel in sweep.unfinished]
         return t
     for c in sweep.cells:
@@ -404,7 +440,7 @@ def tally(sweep: Sweep, claim: str, across: bool = False) -> Tally:
         rows = c.claims[c.claims["claim"] == claim]
         if not len(rows):
             continue
-        t.add(verdict_of(rows.iloc[0]), (c.relation, c.shots), _g(rows.iloc[0], "prompts_needed"))
+        t.add(rows.iloc[0], (c.relation, c.shots))
     return t
 
 
@@ -432,7 +468,7 @@ def sentence(sweep: Sweep, claim: str, t: Tally) -> str:
         if t.inconclusive:
             median = t.median_needed()
             text += (
-                f" — median ≈ {num(median)} known prompts would decide the inconclusive ones"
+                f" — median ≈ {prompts(median)} known prompts would decide the inconclusive ones{t.beyond_text()}"
                 if median is not None
                 else " — no number of prompts decides the inconclusive ones at their estimates"
             )
@@ -472,7 +508,8 @@ def legend(names: list[str]) -> list[str]:
 COUNTS_KEY = (
     "`h · f · i · n` = holds in h cells, does not hold in f, inconclusive in i (an interval straddles its "
     "threshold), not measurable in n; `(≈ N)` = the median known prompts that would decide the inconclusive ones "
-    "if their effects stayed as measured (the claims stage's `prompts_needed`: interval width ∝ 1/√n)"
+    "if their effects stayed as measured (the claims stage's `prompts_needed`: interval width ∝ 1/√n); `≈N > M` in a "
+    "cell: more than the M known prompts its relation can give"
 )
 
 
@@ -499,9 +536,11 @@ def counts_table(sweeps: list[Sweep], names: list[str]) -> list[str]:
         for s in sweeps:
             t = tally(s, name, name in across)
             known = sorted(int(n) for n in t.needed if n is not None)
-            needed = "—" if not known else f"{num(t.median_needed())} ({known[0]}–{known[-1]})"
+            needed = "—" if not known else f"{prompts(t.median_needed())} ({prompts(known[0])}–{prompts(known[-1])})"
             if len(known) < len(t.inconclusive):
                 needed += f"; {len(t.inconclusive) - len(known)} undecidable at their estimate"
+            if t.beyond:
+                needed += f"; {len(t.beyond)} more than the relation can give"
             lines.append(
                 f"| C{i + 1} | {s.model} · {s.preset} | {len(t.holds)} | {len(t.fails)} | {len(t.inconclusive)} | "
                 f"{len(t.missing)} | {len(t.not_run)} | {needed} |"
@@ -540,7 +579,7 @@ def grid(sweep: Sweep, names: list[str], across: set[str]) -> list[str]:
             if v in DECIDED:
                 text = f"{mark(v)} {figure(row)}"
                 if v == INCONCLUSIVE and _g(row, "prompts_needed") is not None:
-                    text += f" ≈{num(_g(row, 'prompts_needed'))}"
+                    text += f" {needed_text(row, short=True)}"
                 parts.append(text)
             else:
                 parts.append("n/m")
@@ -590,7 +629,9 @@ def detail_table(sweep: Sweep, names: list[str]) -> list[str]:
                         f"{interval(_g(row, 'decided_ci_low'), _g(row, 'decided_ci_high'))}"
                     )
                 )
-            elif col in ("value", "margin", "threshold", "flips_at", "prompts_needed", "prompts_available"):
+            elif col in ("prompts_needed", "prompts_available"):
+                out.append(prompts(_g(row, col)))
+            elif col in ("value", "margin", "threshold", "flips_at"):
                 out.append(num(_g(row, col)))
             else:
                 value = _g(row, col)
@@ -614,9 +655,19 @@ def detail_table(sweep: Sweep, names: list[str]) -> list[str]:
     return lines
 
 
+def attempts_of(out: Path, args) -> list[dict]:
+    """The sweep attempts in ``<out>/study.json`` of the models, presets and relations rendered (a folder that
+    also holds other sweeps, e.g. a try of another relation, does not add their time to this study's)."""
+    rendered = {slug(r) for r in args.relations}
+    return [
+        a
+        for a in read_record(out).get("attempts", [])
+        if a.get("model") in args.models and a.get("preset") in args.presets and a.get("relation") in rendered
+    ]
+
+
 def provenance(out: Path, sweeps: list[Sweep], args) -> list[str]:
-    record = read_record(out)
-    attempts = record.get("attempts", [])
+    attempts = attempts_of(out, args)
     lines = [
         "Regenerate (resumes: finished cells are reused; `--render-only` re-renders without a model):",
         "",
@@ -629,7 +680,7 @@ def provenance(out: Path, sweeps: list[Sweep], args) -> list[str]:
     if attempts:
         lines += [
             f"Each model × preset × relation is one sweep over the shot counts (one model load) run by the script; "
-            f"{run_time(out)}, on a machine whose cores may have been shared with other work "
+            f"{run_time(out, args)}, on a machine whose cores may have been shared with other work "
             "(the load averages say how much; the times are not benchmarks):",
             "",
             "| model | preset | relation | started (UTC) | wall s | load before → after | exit | commit | command |",
@@ -659,10 +710,11 @@ def duration(seconds: float) -> str:
     return f"{num(seconds / 60)} min" if seconds < 5400 else f"{num(seconds / 3600)} h"
 
 
-def run_time(out: Path) -> str | None:
-    """How long the study took: the wall time of every sweep attempt in ``<out>/study.json``, in all and
-    per model, and the dates it ran between (None before the first attempt)."""
-    attempts = read_record(out).get("attempts", [])
+def run_time(out: Path, args) -> str | None:
+    """How long the study took: the wall time of every sweep attempt of the rendered sweeps
+    (:func:`attempts_of`), in all and per model, the time of the failed ones among them, and the dates it ran
+    between (None before the first attempt)."""
+    attempts = attempts_of(out, args)
     if not attempts:
         return None
     per_model: dict[str, float] = {}
@@ -670,9 +722,11 @@ def run_time(out: Path) -> str | None:
         per_model[a["model"]] = per_model.get(a["model"], 0.0) + (a.get("wall_s") or 0)
     total = sum(per_model.values())
     models = ", ".join(f"{m} {duration(t)}" for m, t in per_model.items())
+    failed = [a for a in attempts if a.get("returncode") not in OK_EXIT]
     return (
-        f"{len(attempts)} sweep attempt(s) took {duration(total)} of wall time in all ({models}), between "
-        f"{min(a['start'] for a in attempts)} and {max(a.get('end') or a['start'] for a in attempts)} (UTC)"
+        f"{len(attempts)} sweep attempt(s) took {duration(total)} of wall time in all ({models}"
+        + (f"; {len(failed)} attempt(s) failed, {duration(sum(a.get('wall_s') or 0 for a in failed))} of it" if failed else "")
+        + f"), between {min(a['start'] for a in attempts)} and {max(a.get('end') or a['start'] for a in attempts)} (UTC)"
     )
 
 
@@ -745,7 +799,10 @@ def in_short(sweeps: list[Sweep], name: str, i: int, across: set[str]) -> str:
         m.fails += t.fails
         m.inconclusive += t.inconclusive
         m.needed += t.needed
-    every = Tally(needed=[n for t in per_model.values() for n in t.needed])
+        m.beyond += t.beyond
+    every = Tally(
+        needed=[n for t in per_model.values() for n in t.needed], beyond=[b for t in per_model.values() for b in t.beyond]
+    )
     held, failed, open_ = (sum(len(getattr(t, k)) for t in per_model.values()) for k in ("holds", "fails", "inconclusive"))
     measured = held + failed + open_
     if not measured:
@@ -758,7 +815,7 @@ def in_short(sweeps: list[Sweep], name: str, i: int, across: set[str]) -> str:
     if open_:
         median = every.median_needed()
         text += (
-            f"; median ≈ {num(median)} known prompts would decide the inconclusive ones"
+            f"; median ≈ {prompts(median)} known prompts would decide the inconclusive ones{every.beyond_text()}"
             if median is not None
             else "; no number of prompts decides the inconclusive ones at their estimates"
         )
@@ -908,19 +965,54 @@ def current_verdicts(sweeps: list[Sweep]) -> dict:
     return out
 
 
-def changes(sweeps: list[Sweep], names: list[str], baseline: dict) -> dict:
+SHIPPED_LRE = ROOT / "src" / "recallscope" / "tasks" / "lre"  # where ``lre/<name>`` relations live (torch-free to read)
+
+
+def relation_aliases(relations) -> dict[str, str]:
+    """Other names a relation had in an earlier study → its cell folder (:func:`slug`): the name inside an LRE
+    file (``"plays pro sport"`` → ``plays_pro_sport``), under which the 24-prompt study's combined summaries
+    listed the few-shot claim of ``person_plays_pro_sport``. Read from the file as JSON (no torch); a name that
+    is some rendered relation's own folder is not an alias."""
+    folders = {slug(r) for r in relations}
+    out = {}
+    for rel in relations:
+        if rel.startswith("lre/"):
+            path = SHIPPED_LRE / f"{rel[4:]}.json"
+        elif rel.endswith(".json"):
+            path = Path(rel) if Path(rel).is_absolute() else ROOT / rel
+        else:
+            continue  # a built-in relation: its name is its folder
+        try:
+            name = json.loads(path.read_text(encoding="utf-8")).get("name")
+        except (OSError, ValueError, AttributeError):
+            continue
+        alias = relation_slug(name) if isinstance(name, str) and name else None
+        if alias and alias not in folders:
+            out[alias] = slug(rel)
+    return out
+
+
+def changes(sweeps: list[Sweep], names: list[str], baseline: dict, relations=()) -> dict:
     """Every cell and claim of the baseline compared with this study: ``inconclusive`` (decided then,
     inconclusive now), ``flipped`` (holds ↔ does not hold), ``other`` (any other change: measurable
     now or no longer, decided now from inconclusive), ``same``, ``missing`` (not in this study's run
     directories: not run yet, or a claim since renamed); each a list of (baseline row, current row or None). Only
-    the baseline's rows of the models and presets in ``sweeps`` are compared."""
+    the baseline's rows of the models, presets, shot counts and (when ``relations`` are given: the rendered
+    ones, under their folder or an earlier name, :func:`relation_aliases`) relations in ``sweeps`` are compared:
+    a small try is not told that the rest of the earlier study is missing."""
     now_rows = current_verdicts(sweeps)
+    aliases = relation_aliases(relations)
+    folders = {slug(r) for r in relations}
     studied = {(s.model, s.preset) for s in sweeps}
+    shots = {str(k) for s in sweeps for k in s.shots} | {f"{min(s.shots)}→{max(s.shots)}" for s in sweeps}
     out: dict[str, list] = {"inconclusive": [], "flipped": [], "other": [], "same": [], "missing": []}
     for old in baseline.get("rows", []):
-        if (old["model"], old["preset"]) not in studied:  # a model or preset this rendering leaves out
+        if (old["model"], old["preset"]) not in studied or str(old["shots"]) not in shots:
+            continue  # a model, preset or shot count this rendering leaves out
+        relation = aliases.get(old["relation"], old["relation"])
+        if folders and relation not in folders:
             continue
-        new = now_rows.get(_key(old["model"], old["preset"], old["relation"], old["shots"], old["claim"]))
+        new = now_rows.get(_key(old["model"], old["preset"], relation, old["shots"], old["claim"]))
         if new is None:
             out["missing"].append((old, None))
             continue
@@ -949,9 +1041,9 @@ def _change_line(old: dict, new: dict | None, names: list[str]) -> str:
     if _g(new, "decided_by") is not None and _g(new, "decided_value") is not None:
         now_text += f"; decided by {cell_text(_g(new, 'decided_by'))} = {figure(new)}"
     if _g(new, "prompts_needed") is not None:
-        now_text += f"; ≈ {num(_g(new, 'prompts_needed'))} known prompts would decide it"
+        now_text += f"; {needed_text(new)}"
     if _g(new, "prompts_used") is not None:
-        now_text += f"; {num(_g(new, 'prompts_used'))} used"
+        now_text += f"; {prompts(_g(new, 'prompts_used'))} used"
     return f"- {label} · {old['model']} · {old['preset']} · {old['relation']} · {shots}: {was} → {now_text})"
 
 
@@ -993,7 +1085,7 @@ def changes_section(got: dict, baseline: dict, names: list[str]) -> list[str]:
     if got["missing"]:
         where = {}
         for old, _ in got["missing"]:
-            where.setdefault(f"{old['model']} · {old['preset']}", set()).add(old["relation"])
+            where.setdefault(f"{old['model']} · {old['preset']}", set()).add(f"{old['relation']} at {old['shots']}")
         lines += [
             f"Not in this study's run directories yet ({_count(len(got['missing']), 'verdict')}): "
             + "; ".join(f"{k}: {', '.join(sorted(v))}" for k, v in where.items())
@@ -1019,7 +1111,7 @@ def render_doc(out: Path, sweeps: list[Sweep], args, baseline: dict | None = Non
         "",
         sample_sizes(sweeps, args),
         "",
-        coverage(sweeps) + (f" The study's {run_time(out)}." if run_time(out) else ""),
+        coverage(sweeps) + (f" The study's {run_time(out, args)}." if run_time(out, args) else ""),
         "",
         "Verdicts (`recallscope.claims`): *holds* — every condition's interval on the passing side of its "
         "threshold; *does not hold* — some condition's interval wholly on the failing side; *inconclusive* — none "
@@ -1046,7 +1138,7 @@ def render_doc(out: Path, sweeps: list[Sweep], args, baseline: dict | None = Non
         lines += [
             f"## What changed against the {baseline.get('max_prompts')}-prompt study",
             "",
-            *changes_section(changes(sweeps, names, baseline), baseline, names),
+            *changes_section(changes(sweeps, names, baseline, args.relations), baseline, names),
         ]
     lines += [
         "## Which claims hold where, in words",
@@ -1058,7 +1150,8 @@ def render_doc(out: Path, sweeps: list[Sweep], args, baseline: dict | None = Non
         "",
         "## Per cell: verdict and the statistic that decided it [95% interval]",
         "",
-        "✓ holds, ✗ does not hold, ? inconclusive (≈ the known prompts that would decide it), n/m not measurable. The "
+        "✓ holds, ✗ does not hold, ? inconclusive (≈ the known prompts that would decide it; > M: more than the M its "
+        "relation can give), n/m not measurable. The "
         "figure is the deciding condition's (the claims table's `decided_value`: not always the claim's primary "
         "`value`; the table below names it and shows both).",
         "",
@@ -1089,7 +1182,7 @@ def coverage(sweeps: list[Sweep]) -> str:
 def render_readme_block(out: Path, sweeps: list[Sweep], args, baseline: dict | None = None) -> str:
     names = claim_names(sweeps)
     sample = "every prompt of each relation" if str(args.max_prompts) == "all" else f"at most {args.max_prompts} prompts per cell"
-    took = run_time(out)
+    took = run_time(out, args)
     lines = [
         BEGIN,
         "<!-- generated by scripts/study.py from the study's run directories: edit the script, not this block -->",
@@ -1110,7 +1203,7 @@ def render_readme_block(out: Path, sweeps: list[Sweep], args, baseline: dict | N
     across = across_shots(sweeps)
     lines += [f"- {in_short(sweeps, name, i, across)}" for i, name in enumerate(names)]
     if baseline:
-        lines += ["", changes_summary(changes(sweeps, names, baseline), baseline) + " Which ones: docs/study.md."]
+        lines += ["", changes_summary(changes(sweeps, names, baseline, args.relations), baseline) + " Which ones: docs/study.md."]
     lines += ["", END]
     return "\n".join(lines)
 

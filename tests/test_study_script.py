@@ -150,7 +150,7 @@ def study_dir(tmp_path: Path) -> Path:
     return out
 
 
-def render(study_dir: Path, tmp_path: Path, baseline: str = "") -> tuple[str, str]:
+def render(study_dir: Path, tmp_path: Path, baseline: str = "", relations=RELATIONS) -> tuple[str, str]:
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\nbefore\n\n{study.BEGIN}\nold hand-typed figure 0.89\n{study.END}\n\nafter\n")
     argv = [
@@ -158,7 +158,7 @@ def render(study_dir: Path, tmp_path: Path, baseline: str = "") -> tuple[str, st
         "--models",
         "m1",
         "--relations",
-        ",".join(RELATIONS),
+        ",".join(relations),
         "--shots",
         "0,3",
         "--max-prompts",
@@ -236,13 +236,15 @@ def test_the_summary_counts_and_sentences_follow_the_verdicts(study_dir, tmp_pat
         "| C3 | 1 · 1 · 0 · 0 | 1 · 0 · 0 · 0, 1 not run |",
     ]
     # the long table: per claim and model · preset, with the median prompts needed and their range
-    assert "| C1 | m1 · recallscope | 2 | 0 | 1 | 1 | 0 | 140 (140–140) |" in doc
-    assert "| C2 | m1 · paper | 2 | 1 | 1 | 0 | 0 | 300 (300–300) |" in doc
+    # (each inconclusive cell needs more known prompts, 140 and 300, than its relation gives: 100)
+    assert "| C1 | m1 · recallscope | 2 | 0 | 1 | 1 | 0 | 140 (140–140); 1 more than the relation can give |" in doc
+    assert "| C2 | m1 · paper | 2 | 1 | 1 | 0 | 0 | 300 (300–300); 1 more than the relation can give |" in doc
     assert "| C3 | m1 · paper | 1 | 0 | 0 | 0 | 1 | — |" in doc
     assert (
         "**m1, recallscope preset**, of 3 measured cells: holds in 2 (paper_country_capital at 0 shots; "
         "country_language at 3 shots); inconclusive in 1 (paper_country_capital at 3 shots) — median ≈ 140 known "
-        "prompts would decide the inconclusive ones; not measurable in 1 cell (country_language at 0 shots)."
+        "prompts would decide the inconclusive ones (1 of them more than their relation can give); not measurable in "
+        "1 cell (country_language at 0 shots)."
     ) in doc
     assert (
         "**m1, paper preset**, of 3 measured cells: holds in 1 (country_language at 3 shots); does not hold in 2 "
@@ -268,9 +270,9 @@ def test_the_summary_counts_and_sentences_follow_the_verdicts(study_dir, tmp_pat
     assert "8 of 8 cells have run." in doc
     # the per-cell grid: verdict mark, value and interval, and for an inconclusive cell the prompts needed
     assert "| paper_country_capital | 0 | 10/32 | ✓ 0.812 [0.75, 0.87] | ✓ -1.25 [-2.5, -0.125] |" in doc
-    assert "| paper_country_capital | 3 | 13/32 | ? 0.431 [0.25, 0.55] ≈140 | ✗ 2.5 [1.75, 3.25] |" in doc
+    assert "| paper_country_capital | 3 | 13/32 | ? 0.431 [0.25, 0.55] ≈140 > 100 | ✗ 2.5 [1.75, 3.25] |" in doc
     assert "| country_language | 0 | 1/32 | n/m | n/m |" in doc
-    assert "| country_language | 0 | 10/32 | n/m | ? 0.125 [-0.5, 0.875] ≈300 |" in doc
+    assert "| country_language | 0 | 10/32 | n/m | ? 0.125 [-0.5, 0.875] ≈300 > 100 |" in doc
 
 
 def test_the_readme_block_is_replaced_and_the_rest_kept(study_dir, tmp_path):
@@ -284,7 +286,7 @@ def test_the_readme_block_is_replaced_and_the_rest_kept(study_dir, tmp_path):
     # C1 over both presets: 3 hold, 2 do not, 1 inconclusive of 6 measured cells
     assert (
         "- C1, of 6 measured cells: holds in 3, does not hold in 2, inconclusive in 1 (m1 3 · 2 · 1); median ≈ 140 "
-        "known prompts would decide the inconclusive ones."
+        "known prompts would decide the inconclusive ones (1 of them more than their relation can give)."
     ) in readme
     assert "- C3, of 3 measured relations: holds in 2, does not hold in 1, inconclusive in 0 (m1 2 · 1 · 0)." in readme
     assert readme.count(study.BEGIN) == 1 and readme.count(study.END) == 1
@@ -327,7 +329,9 @@ def test_what_changed_against_the_earlier_study(study_dir, tmp_path):
             baseline_row("paper", "country_language", 0, "C2", "not measurable here"),  # now inconclusive
             baseline_row("recallscope", "paper_country_capital", 0, "C1", "holds"),  # unchanged
             baseline_row("recallscope", "paper_country_capital", "0→3", "C3", "holds"),  # unchanged (few-shot row)
-            baseline_row("paper", "city_in_country", 0, "C1", "holds"),  # not in this study's run directories
+            baseline_row("paper", "country_language", "0→3", "C3", "holds"),  # its sweep did not finish: missing
+            baseline_row("paper", "city_in_country", 0, "C1", "holds"),  # a relation not rendered: not compared
+            baseline_row("recallscope", "paper_country_capital", 1, "C1", "holds"),  # a shot count not rendered
             baseline_row("paper", "paper_country_capital", 0, "C1", "holds", model="m2"),  # another model: not compared
         ],
     }
@@ -345,10 +349,11 @@ def test_what_changed_against_the_earlier_study(study_dir, tmp_path):
     assert (
         "- C1 · m1 · recallscope · paper_country_capital · 3 shots: does not hold (0.431 [0.25, 0.75], margin -0.049, "
         "9 known) → inconclusive (0.431 [0.25, 0.55]; decided by primary = 0.431 [0.25, 0.55]; ≈ 140 known prompts "
-        "would decide it; 12 used)"
+        "would decide it — more than the relation can give (≈ 100); 12 used)"
     ) in section
     assert "- C2 · m1 · paper · country_language · 0 shots: not measurable here" in section
-    assert "Not in this study's run directories yet (1 verdict): m1 · paper: city_in_country." in section
+    assert "Not in this study's run directories yet (1 verdict): m1 · paper: country_language at 0→3." in section
+    assert "city_in_country" not in section and "· 1 shot" not in section
     assert "m2" not in section
 
 
@@ -386,6 +391,64 @@ def test_the_committed_24_prompt_study():
         rows = [r for r in data["rows"] if r["label"] == label]
         assert sum(r["verdict"] == "holds" for r in rows) == held
         assert sum(r["verdict"] in ("holds", "does not hold") for r in rows) == measured
+
+
+def test_every_row_of_the_24_prompt_study_has_a_cell_to_be_compared_with():
+    """The 24-prompt study's combined summaries named the few-shot claim of person_plays_pro_sport by the name
+    inside its LRE file ("plays pro sport"); the renderer maps that name to the relation's folder, so that the
+    full study compares every one of its rows (none left "not in this study" by a name)."""
+    assert study.relation_aliases(study.RELATIONS) == {"plays_pro_sport": "person_plays_pro_sport"}
+    folders = {study.slug(r) for r in study.RELATIONS} | set(study.relation_aliases(study.RELATIONS))
+    assert {r["relation"] for r in study.load_baseline(study.BASELINE)["rows"]} == folders
+
+
+def test_a_few_shot_row_named_by_its_relation_file_is_compared(study_dir, tmp_path):
+    """A relation file whose "name" differs from its file's stem: the baseline's few-shot row under that name is
+    compared with the sweep's row under the folder (not counted as missing)."""
+    relation = tmp_path / "country_language.json"
+    relation.write_text(json.dumps({"name": "official language of"}))
+    baseline = {
+        "source": {"file": "docs/study.md", "commit": "0" * 40, "note": "n"},
+        "max_prompts": 24,
+        "claims": {"C3": C_SHOTS},
+        "rows": [baseline_row("recallscope", "official_language_of", "0→3", "C3", "holds")],  # now does not hold
+    }
+    path = tmp_path / "study-24.json"
+    path.write_text(json.dumps(baseline))
+    doc, _ = render(study_dir, tmp_path, str(path), relations=[RELATIONS[0], str(relation)])
+    assert "of 1 verdicts compared, 0 are unchanged, 0 turned inconclusive, 1 flipped" in doc
+    assert "- C3 · m1 · recallscope · official_language_of · 0→3: holds" in doc and "not in this study" not in doc
+
+
+def test_the_run_time_counts_the_rendered_sweeps_and_says_which_attempts_failed(study_dir, tmp_path):
+    record = json.loads((study_dir / "study.json").read_text())
+    extra = dict(record["attempts"][0], wall_s=1800.0, start="2026-11-30T10:00:00+00:00", end="2026-11-30T10:30:00+00:00")
+    record["attempts"] += [
+        {**extra, "relation": "city_in_country"},  # a relation this rendering leaves out: not counted
+        {**extra, "model": "m2"},  # a model it leaves out
+        {**extra, "returncode": 2, "wall_s": 60.0},  # counted, and said to have failed
+    ]
+    (study_dir / "study.json").write_text(json.dumps(record))
+    doc, _ = render(study_dir, tmp_path)
+    assert (
+        "3 sweep attempt(s) took 21 min of wall time in all (m1 21 min; 1 attempt(s) failed, 1 min of it), between "
+        "2026-11-30T09:00:00+00:00 and 2026-11-30T10:30:00+00:00 (UTC)"
+    ) in doc
+    assert "city_in_country" not in doc and "| m2 |" not in doc
+
+
+def test_prompt_counts_are_whole_numbers():
+    """Prompts needed print whole, with separators (3 significant digits gave "1.94e+03")."""
+    assert (study.prompts(1944), study.prompts(982.5), study.prompts(83653711), study.prompts(None)) == (
+        "1,944",
+        "982",
+        "83,653,711",
+        "—",
+    )
+    row = {"verdict": "inconclusive", "prompts_needed": 1944, "prompts_available": 183}
+    assert study.needed_text(row, short=True) == "≈1,944 > 183"
+    assert study.needed_text(row) == "≈ 1,944 known prompts would decide it — more than the relation can give (≈ 183)"
+    assert study.needed_text({**row, "prompts_available": 1944}, short=True) == "≈1,944"
 
 
 def test_the_default_is_every_prompt():
