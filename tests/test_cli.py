@@ -174,5 +174,5 @@ def test_a_stage_verb_without_out_saves_nothing_and_says_so(tmp_path):
     """The documented choice (README, --out's help): no default run directory; the note says so."""
     proc = cli("recall", "--model", "planted", "--relation", "paper_country_capital", "--max-prompts", "4", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "nothing was saved (no --out); add --out DIR to keep recall's tables" in proc.stderr
+    assert "nothing was saved (no --out); add --out DIR to keep the recall stage's tables" in proc.stderr
     assert list(tmp_path.iterdir()) == []  # no runs/ folder, nothing in the working directory
