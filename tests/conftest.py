@@ -23,25 +23,13 @@ def smollm2():
     return load_model("smollm2-135m")
 
 
-# The stages whose defaults take minutes on CPU, made small: the planted control (3 layers) needs no more
-# to write every table and summary record.
-SMALL_SETTINGS = {
-    "trace.window": 2,
-    "knockout.window": 2,
-    "trace.n_samples": 2,
-    "decompose.solver": "sgd",
-    "decompose.sgd_steps": 20,
-    "decompose.sgd_log_every": 5,
-    "surgery.n_null": 5,
-}
-
-
 @pytest.fixture(scope="session")
 def every_stage_study(tmp_path_factory):
     """One run of every stage of the stage table (``pipeline.STAGES``, opt-in stages included) on the
     planted control, written to a run directory (``study.path``): the tests that walk every stage's
     tables, reprs and grids read this, so a stage added to the table is checked without naming it."""
     import recallscope as rs
+    from helpers.small import SMALL_SETTINGS
     from recallscope import pipeline
 
     out = tmp_path_factory.mktemp("every_stage")

@@ -14,12 +14,13 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 import recallscope as rs
+from helpers.small import SMALL_SETTINGS
 from helpers.tiny import CONFIGS, PAD, VOCAB, random_prompts, tiny_model
+from recallscope import pipeline
 from recallscope.models import controls, loading, memory
 
 FAMILIES = sorted(name for name in CONFIGS if name != "gemma3_multimodal")
 RELATION = "paper_country_capital"
-STAGES = ["patch", "movers", "decompose", "intercept", "suppress", "claims"]
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -128,7 +129,9 @@ def test_a_wrapper_whose_forward_is_not_its_modules_is_refused():
 
 
 def _tables(study) -> dict[str, pd.DataFrame]:
-    return {f"{stage}/{name}": frame for stage in STAGES for name, frame in study[stage].tables().items()}
+    """Every table of every stage of the stage table (each wrapper run runs them all)."""
+    assert study.stages == list(pipeline.STAGES)
+    return {f"{stage}/{name}": frame for stage in study.stages for name, frame in study[stage].tables().items()}
 
 
 def _assert_same_tables(a, b):
@@ -150,7 +153,7 @@ def test_nnsight_and_transformer_lens_wrappers_give_the_module_own_tables(plante
     import transformer_lens.model_bridge as bridge_module
 
     hf, tok = planted_module
-    run = dict(relation=RELATION, stages=STAGES, max_prompts=10, progress=False)
+    run = dict(relation=RELATION, stages=list(pipeline.STAGES), max_prompts=10, progress=False, settings=SMALL_SETTINGS)
     direct = rs.run(model=hf, tokenizer=tok, **run)
     wrapped = rs.run(model=nnsight.LanguageModel(hf, tokenizer=tok), **run)
     assert wrapped.model.info["held_by"] == "nnsight" and wrapped.model.model_hash == direct.model.model_hash
