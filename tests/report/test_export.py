@@ -37,10 +37,9 @@ def cli(*args):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    rs.run(model="planted", relation="paper_country_capital", max_prompts=12, out=str(out), progress=False)
-    return out
+def run_dir(every_stage_study):
+    """A run of every stage of the stage table (opt-in ones included: tests/conftest.py), so every figure the report draws is checked."""
+    return Path(every_stage_study.path)
 
 
 def clipped(svgs: list[Path]) -> dict[str, list[str]]:
