@@ -116,6 +116,7 @@ def test_movers_scatter_per_mover_and_the_example_attention():
     assert figs[0].layout.title.text.startswith("L1H0 — passes the mover test on point estimates: r = 0.900")
     assert list(figs[1].data[0].x) == ["0:The", "1:&lt;s&gt;", "2: is"]
     assert list(figs[1].data[0].marker.color) == ["steelblue", "crimson", "steelblue"]
+    assert figs[1].layout.xaxis.tickangle == -45  # level, a half-width figure's labels ran together
     # no mover: the candidates with a finite r, titled as not movers
     (fig,) = movers.figures({"movers": frame}, {"heads": _heads(False)})
     assert "fails the mover test (ov_copy)" in fig.layout.title.text

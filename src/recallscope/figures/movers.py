@@ -62,6 +62,7 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
         fig.update_layout(
             title=f"Attention of {head_label(ex['layer'], ex['head'])} ({state}) from the end position, prompt {ex['prompt_index']} (subject in red)",
             xaxis_title="key position",
+            xaxis_tickangle=-45,  # level labels ran together ("1: travel2: guide") in a half-width figure
             yaxis_title="attention probability",
         )
         figs.append(fig)
