@@ -247,7 +247,9 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
             _print_summary(stage, summary, as_json)
             if out is None:
                 # chosen over a default directory: a one-off look at a stage should not leave runs behind
-                _note(f"nothing was saved (no --out); add --out DIR to keep the {stage} stage's tables, then `recallscope report DIR`")
+                _note(
+                    f"nothing was saved (no --out); add --out DIR to keep the {stage} stage's tables, then `recallscope report DIR`"
+                )
 
         command.__doc__ = pipeline.STAGES[stage].help
         return command
