@@ -43,6 +43,10 @@ def test_the_paper_preset_and_each_of_its_definitions_are_in_the_report(tmp_path
     assert rows[1:] == expected and len(expected) == 9
     assert ["patch.aggregate", "ratio_of_means", "mean_of_ratios"] in [row[:3] for row in rows[1:]]
     assert f"{len(expected)} definitions it selects" in html
+    # and what it cannot reproduce, each item as the manifest records it
+    assert f"what it cannot reproduce ({len(presets.PAPER.not_reproduced)})" in html
+    items = [unescape(i) for i in re.findall(r"<li>(.*?)</li>", html, re.S)]
+    assert items == list(presets.PAPER.not_reproduced) and len(items) == 4
 
 
 def test_the_default_preset_says_nothing_differs_and_old_runs_have_no_block(tmp_path):
@@ -59,7 +63,9 @@ def test_a_hostile_definition_is_escaped(tmp_path):
         "definitions": [
             {"setting": "patch.mode", "value": "<img src=x>", "default": "total", "description": "&", "source": "\"'"}
         ],
+        "not_reproduced": ["<script>alert(1)</script>", 7],
     }
     html = block(render_report(with_preset(tmp_path / "run", hostile)))
     assert "<script>" not in html and "<img" not in html and "</details><b>" not in html
     assert cells(html)[1] == ["patch.mode", "<img src=x>", "total", "&", "\"'"]
+    assert [unescape(i) for i in re.findall(r"<li>(.*?)</li>", html, re.S)] == ["<script>alert(1)</script>"]  # a non-string item is left out

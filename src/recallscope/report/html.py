@@ -452,13 +452,20 @@ def run_view(run: Run, anchor: str, label: str, prefix: str, page: Page) -> RunV
 
 
 def preset_view(summary: dict, manifest: dict) -> dict | None:
-    """The preset that ran and the definitions it selected (``presets.Preset.to_dict``), from the
-    summary (else the manifest); None for a run directory written before presets existed."""
+    """The preset that ran, the definitions it selected and what it cannot reproduce
+    (``presets.Preset.to_dict``), from the summary (else the manifest); None for a run directory
+    written before presets existed (runs from before ``not_reproduced`` existed show none)."""
     preset = summary.get("preset") or manifest.get("preset")
     if not isinstance(preset, dict) or not preset.get("name"):
         return None
     definitions = [d for d in preset.get("definitions") or [] if isinstance(d, dict)]
-    return {"name": preset["name"], "description": preset.get("description") or "", "definitions": definitions}
+    not_reproduced = [line for line in preset.get("not_reproduced") or [] if isinstance(line, str)]
+    return {
+        "name": preset["name"],
+        "description": preset.get("description") or "",
+        "definitions": definitions,
+        "not_reproduced": not_reproduced,
+    }
 
 
 def manifest_blocks(manifest: dict) -> list[dict]:
