@@ -8,6 +8,7 @@ in an interpreter that never imports torch.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -132,7 +133,12 @@ def test_my_own_model_in_memory_is_another_model(executed):
     lines = dict(line.split(":", 1) for line in text(outputs(notebook, "own-model"), ()).splitlines() if ":" in line)
     base, tuned = lines["base hash"].strip(), lines["tuned hash"].strip()
     assert base.startswith("sha256:") and tuned.startswith("weights:sha256:") and base != tuned
-    assert "top components, tuned" in lines
+    # other patch effects: the top components' effects (% of π) moved by the fine-tune
+    effects = {
+        who: {r["component"]: r["effect"] for r in ast.literal_eval(lines[f"top components, {who}"].strip())}
+        for who in ("base", "tuned")
+    }
+    assert effects["base"] != effects["tuned"] and len(effects["tuned"]) == 3
 
 
 def test_a_figure_is_exported(executed):
