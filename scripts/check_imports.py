@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "causal_trace",
             "knockout",
             "surgery",
+            "onset",
         ),
     ),
     (

@@ -38,7 +38,12 @@ def names(every_stage_study) -> dict[str, set[str]]:
                 seen.setdefault(str(column), set()).add(f"{stage}/{table}")
         _records(study.summary["stages"][stage], stage, seen)
     sweep = rs.run(
-        model="planted", relation="paper_country_capital", shots=[0, 1], stages=["patch", "claims"], max_prompts=8, progress=False
+        model="planted",
+        relation="paper_country_capital",
+        shots=[0, 1],
+        stages=["patch", "onset", "claims"],
+        max_prompts=8,
+        progress=False,
     )
     for column in [*sweep.claims().columns, *sweep.shot_claims().columns]:
         seen.setdefault(str(column), set()).add("sweep claims")

@@ -91,10 +91,10 @@ def tiny_gpt2_long(tmp_path_factory) -> Path:
 # ----------------------------------------------------------------------------- the stage table
 def test_the_stage_table_declares_each_stage_once_in_order():
     assert list(STAGES) == [
-        "recall", "patch", "movers", "decompose", "intercept", "suppress", "trace", "knockout", "surgery", "claims"
+        "recall", "patch", "movers", "decompose", "intercept", "suppress", "onset", "trace", "knockout", "surgery", "claims"
     ]  # fmt: skip
     # trace, knockout and surgery are opt-in (--stages): slower than the default run's time target on two cores
-    assert default_stages() == ["recall", "patch", "movers", "decompose", "intercept", "suppress", "claims"]
+    assert default_stages() == ["recall", "patch", "movers", "decompose", "intercept", "suppress", "onset", "claims"]
     for name, stage in STAGES.items():
         assert stage.name == name and stage.title and stage.help
         for dep in stage.requires + stage.reads:

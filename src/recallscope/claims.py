@@ -121,10 +121,13 @@ The claims (``claim`` column; "the paper" = Lv et al. 2024, arXiv 2403.19521)
 
 The trace (:func:`recallscope.causal_trace.mlp_peak_claim`) and knockout
 (:func:`recallscope.knockout.reads_subject_claim`) rows, where those opt-in stages ran, are
-decided the same way.
+decided the same way; so are the two rows across shot counts about what demonstrations change
+(:func:`recallscope.onset.earlier_claims`: C10, the subject reaches the last position earlier;
+C11, the answer domain appears earlier), beside C6 in a sweep.
 
 Controls: what demonstrates absence (tests/test_claims_controls.py)
-    On the ``planted`` control every claim holds; on the ``random`` control every measurable
+    On the ``planted`` control every claim holds (but C10 and C11: no demonstration mechanism is
+    planted, below); on the ``random`` control every measurable
     claim *does not hold* — not inconclusive — under both presets, because each rule has a
     condition whose whole interval the random model puts on the failing side:
 
@@ -147,6 +150,12 @@ Controls: what demonstrates absence (tests/test_claims_controls.py)
       model's heads keep their sizes across shot counts (their weights, not a mechanism, set
       them). Its strongest head moves π(Y) by ≤ 0.03 logits (π(Y) itself is ≈ 0, so % effects
       are ratios of noise), against 0.1.
+    - C10: the floor ``min_move_logits`` (random: the attention's peak write along u_X ≈ 0.07 logits,
+      against 1); C11: a domain that never appears in the lens gives a shift of exactly 0 (failed). The
+      planted control has no demonstration mechanism (its movers act in layer 1 and the domain appears
+      after layer 1 at every shot count), so both rows *do not hold* there too: a zero shift, failed;
+      with a head added that writes the answer domain once demonstrations are in the prompt, C11 holds
+      (domain onset 1 → 0 on every prompt; :func:`recallscope.onset.earlier_claims`; tests/test_onset.py).
     - trace: the floor ``min_trace_effect`` (random: IE ~10⁻⁹ of probability); knockout: the
       floor ``min_knockout_drop_pct`` (random: a dip of ~0.2% against 10%).
 
@@ -238,6 +247,7 @@ EVIDENCE = (
     "layer_total_dla", "layer_total_ci_low", "layer_total_ci_high", "share_negative",
     "p_before", "p_after", "accuracy_before", "accuracy_after", "delta_p_unknown",
     "null_overlap", "layer_shift", "layer_shift_ci_low", "layer_shift_ci_high",
+    "onset_fewest", "onset_most", "p_fewest", "p_most", "pairing", "n_paired",
 )
 COLUMNS = ("claim", "stage", "about", "measure", "value", "ci_low", "ci_high", "decided_by", "decided_value",
            "decided_ci_low", "decided_ci_high", "threshold", "margin", "flips_at", "verdict", "prompts_used",
@@ -258,6 +268,8 @@ class ClaimsConfig:
     min_trace_effect: float = 0.01  # effect-size floor of the causal-tracing peak (probability; causal_trace.mlp_peak_claim)
     min_knockout_drop_pct: float = 10.0  # effect-size floor of the knockout dip (% of p(Y); knockout.reads_subject_claim)
     min_head_effect_logits: float = 0.1  # effect-size floor of the few-shot claim's strongest head (logits of π(Y))
+    min_move_logits: float = 1.0  # effect-size floor of the subject's transport, C10 (logits of π(X); onset.earlier_claims)
+    min_onset_shift: float = 0.0  # C10, C11: the onset must move earlier by more than this (layers)
     mitigation_mode: str = "zero"
     top_heads: int = 10  # heads compared across shot counts (at most a quarter of the model's heads)
     n_bootstrap: int = 2000
@@ -268,7 +280,8 @@ class ClaimsConfig:
         "mover_top_heads": POSITIVE, "min_heldout_gain": Interval(None, 1), "min_coef_departure": NON_NEGATIVE,
         "min_redirect_share": PROBABILITY, "min_suppression_logits": NON_NEGATIVE, "min_share_negative": PROBABILITY,
         "min_mitigation_delta_p": Interval(0, 1), "min_trace_effect": Interval(0, 1),
-        "min_knockout_drop_pct": Interval(0, 100), "min_head_effect_logits": NON_NEGATIVE, "mitigation_mode": Options("zero", "mean", "scale"),
+        "min_knockout_drop_pct": Interval(0, 100), "min_head_effect_logits": NON_NEGATIVE, "min_move_logits": NON_NEGATIVE,
+        "min_onset_shift": NON_NEGATIVE, "mitigation_mode": Options("zero", "mean", "scale"),
         "top_heads": POSITIVE, "n_bootstrap": RESAMPLES, "level": LEVEL, "seed": NON_NEGATIVE,
     }
 
@@ -637,7 +650,8 @@ def patching_movers(summary: dict | None, cfg: ClaimsConfig) -> list[dict]:
 # The other stages' settings the claim rules read from those stages' summaries (the movers claim reuses
 # the movers stage's mover thresholds, written in its summary's ``thresholds``): ``recallscope claims
 # RUN_DIR --set`` takes them beside ``claims.*`` and re-evaluates the rules with them, from the files.
-READ_SETTINGS = ("movers.min_ov_top5_share", "movers.min_attention_to_subject", "movers.min_projection_corr")
+READ_SETTINGS = ("movers.min_ov_top5_share", "movers.min_attention_to_subject", "movers.min_projection_corr",
+                 "onset.move_fraction", "onset.min_domain_share")
 
 
 def with_read_settings(summaries: dict, settings: dict) -> dict:

@@ -243,6 +243,29 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "draw": ("text", "how the null's sets are drawn"),
     "pool": ("count", "the norm null's pool of candidate heads per mover head"),
     "norm_ratio_median": ("ratio", "median over the null's sets of (the set's mean norm / the mover heads' mean norm)"),
+    # --- onset (what demonstrations change: per prompt and per prompt × layer, at the end position)
+    "attn_write_x": (
+        "logits",
+        "the heads of layer l: their summed direct contribution to π(X) at the end position (linearised lens at the final residual)",
+    ),
+    "attn_write_x_cumulative": (
+        "logits",
+        "attn_write_x summed over layers 0..l: how much of X the attention has moved to the end",
+    ),
+    "lens_domain_share": (
+        "share",
+        "share of the top onset.domain_top_k tokens of the logit lens of r[l + 1] (the output of layer l) at the end "
+        "that are first tokens of the relation's answers",
+    ),
+    "move_peak": ("logits", "the largest attn_write_x_cumulative over layers"),
+    "move_layer": (
+        "layer index",
+        "the first layer where attn_write_x_cumulative ≥ onset.move_fraction × move_peak (empty when move_peak ≤ 0)",
+    ),
+    "domain_layer": (
+        "layer index",
+        "the first layer where lens_domain_share ≥ onset.min_domain_share; the model's layer count when it never is",
+    ),
     # --- claims (claims.COLUMNS; the evidence columns are named as in the stage they come from)
     "claim": ("text", "the paper's claim"),
     "stage": ("label", "the stage whose results the claim reads"),
@@ -284,6 +307,15 @@ COLUMNS: dict[str, tuple[str, str]] = {
     ),
     "layer_shift_ci_low": ("layers", "bootstrap 95% interval of layer_shift, low end"),
     "layer_shift_ci_high": ("layers", "bootstrap 95% interval of layer_shift, high end"),
+    "onset_fewest": ("layer index", "C10, C11: the mean onset layer at the fewest shots, over the prompts compared"),
+    "onset_most": ("layer index", "C10, C11: the mean onset layer at the most shots, over the prompts compared"),
+    "p_fewest": ("probability", "C10, C11: mean p(Y) at the fewest shots, over the prompts compared"),
+    "p_most": ("probability", "C10, C11: mean p(Y) at the most shots, over the prompts compared"),
+    "pairing": (
+        "label",
+        "C10, C11: paired (the same prompts, by template and subject, at both shot counts) or independent (two samples)",
+    ),
+    "n_paired": ("count", "C10, C11: prompts known at both shot counts (0 when the comparison is independent)"),
     "condition": ("text", "one condition of a claim's rule (claims/sensitivity)"),
     "setting": ("label", "the setting its threshold comes from (claims.min_…, movers.min_…)"),
     "setting_value": ("setting units", "the setting's value in this run"),

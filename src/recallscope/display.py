@@ -169,6 +169,22 @@ def _surgery(s: dict) -> list[tuple[str, str]]:
     return lines
 
 
+def _onset(s: dict) -> list[tuple[str, str]]:
+    th = s.get("thresholds") or {}
+    return [
+        ("prompts", f"{fmt(s.get('n_prompts'))}, {fmt(s.get('n_layers'))} layers, p(Y) {fmt(s.get('mean_p_answer'))}"),
+        (
+            "move onset",
+            f"mean layer {fmt(s.get('mean_move_layer'))} ({fmt(th.get('move_fraction'))} of the peak write along u_X, "
+            f"mean peak {fmt(s.get('mean_move_peak'))} logits)",
+        ),
+        (
+            "domain onset",
+            f"mean layer {fmt(s.get('mean_domain_layer'))}; reached on {fmt(s.get('n_domain_reached'))} prompts",
+        ),
+    ]
+
+
 def _claims(s: dict) -> list[tuple[str, str]]:
     return [
         (verdicts.claim_id(c, i), f"{c.get('verdict')} — {shorten(c.get('claim', ''), 70)}")
@@ -184,6 +200,7 @@ HEADLINES: dict[str, Callable[[dict], list[tuple[str, str]]]] = {
     "intercept": _intercept,
     "suppress": _suppress,
     "surgery": _surgery,
+    "onset": _onset,
     "claims": _claims,
 }
 

@@ -82,6 +82,22 @@ def token_direction(view: ModelView, token_ids: Tensor) -> Tensor:
     return u * w if w is not None else u
 
 
+def token_attribution(view: ModelView, v: Tensor, reference: Tensor, token_ids: Tensor) -> Tensor:
+    """The direct contribution [...] of writes v [..., d] to π(t) = logit[t] − mean logit of each
+    row's token t (``token_ids`` [...]), read by the linearised logit lens at the scale of
+    ``reference`` [..., d] (broadcastable; the real final residual): ``recall_metric(logit_lens(view,
+    v, reference), token_ids)`` without the V-wide logits, since the lens is linear and π is a
+    linear functional of it: (v, centred for a LayerNorm) · 1/σ(reference) · u_t with u_t =
+    :func:`token_direction` (logits). Biases are left out (they belong to the whole residual)."""
+    cfg = view.cfg
+    x = v
+    if cfg.norm == "layernorm":
+        x = x - x.mean(-1, keepdim=True)
+    x = x * norm_scale(reference, cfg.norm, cfg.norm_eps).to(x.dtype)
+    u = token_direction(view, token_ids).to(x.dtype)
+    return (x * u).sum(-1)
+
+
 def recall_metric(logits: Tensor, answer_ids: Tensor) -> Tensor:
     """π(Y) = logit[Y] − mean logit, [...]."""
     return logits.gather(-1, answer_ids[..., None]).squeeze(-1) - logits.mean(-1)

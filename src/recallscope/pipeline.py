@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import causal_trace, claims, decompose, intercept, knockout, movers, patch, recall, records, suppress, surgery
+from . import causal_trace, claims, decompose, intercept, knockout, movers, onset, patch, recall, records, suppress, surgery
 from .constraints import coerce
 from .errors import EXIT_INCOMPLETE, NonFiniteError, UserError
 from .models import Model, load_model
@@ -260,6 +260,10 @@ def _intercept(ctx: StageContext) -> intercept.InterceptResult:
     )
 
 
+def _onset(ctx: StageContext) -> onset.OnsetResult:
+    return onset.onset(ctx.model, ctx.known_prompts(), ctx.config("onset"), progress=ctx.progress)
+
+
 def _suppress(ctx: StageContext) -> suppress.SuppressResult:
     return suppress.suppress(ctx.model, ctx.known_prompts(), ctx.unknown_prompts(), ctx.config("suppress"), progress=ctx.progress)
 
@@ -328,6 +332,7 @@ def claims_of_rundir(path: str, overrides: dict[str, Any] | None = None) -> dict
     out: dict = {"runs": [], "shot_claims": []}
     patch_frames: dict[tuple[str, int], Any] = {}
     recall_summaries: dict[tuple[str, int], Any] = {}
+    onset_cells: dict[tuple[str, int], Any] = {}
     for sub, sub_summary in subs:
         rundir = RunDir(sub)
         ctx = StageContext(
@@ -347,12 +352,13 @@ def claims_of_rundir(path: str, overrides: dict[str, Any] | None = None) -> dict
         if frame is not None:
             patch_frames[key] = frame
         recall_summaries[key] = ctx.summaries.get("recall")
+        onset_cells[key] = _onset_cell(ctx)
     # every relation and shot count the run asked for, as the sweep decided them: a cell without a
     # patch table leaves its relation's claim not measurable (fewest vs most shots asked for)
     relations = list(dict.fromkeys(str(r.get("relation")) for _, r in subs))
     shots = sorted({int(r.get("shots") or 0) for _, r in subs})
     if len(shots) > 1:
-        out["shot_claims"] = _shot_claims(relations, shots, patch_frames, configs, recall_summaries)
+        out["shot_claims"] = _shot_claims(relations, shots, patch_frames, configs, recall_summaries, onset_cells=onset_cells)
     return out
 
 
@@ -534,6 +540,15 @@ STAGES: dict[str, Stage] = {
             requires=("recall",),
             check=suppress.check_config,
             flags={"layers": "suppress.layers"},
+        ),
+        Stage(
+            "onset",
+            "Onset — the layer where the subject reaches the last position and the answer domain appears",
+            "Per prompt: the layer where the heads' write along W_U[X] reaches a share of its peak, the layer where "
+            "the logit lens shows the answer domain, p(Y) (compared across shot counts in a sweep).",
+            onset.OnsetConfig,
+            _onset,
+            requires=("recall",),
         ),
         Stage(
             "trace",
@@ -1042,22 +1057,34 @@ def _not_measurable(skipped: dict[str, str], summary: dict, prompts: PromptSet |
     return {name: {"reason": why, **counts} for name, why in skipped.items()}
 
 
+def _onset_cell(ctx: StageContext) -> tuple:
+    """(main table, layers table, summary) of a cell's onset stage; Nones where it did not run."""
+    return ctx.table_or_none("onset"), ctx.table_or_none("onset", "layers"), ctx.summaries.get("onset")
+
+
 def _shot_claims(
-    relations, shots, patch_frames, configs, recall_summaries=None, slugs: dict[str, str] | None = None
+    relations, shots, patch_frames, configs, recall_summaries=None, slugs: dict[str, str] | None = None, onset_cells=None
 ) -> list[dict]:
-    """Claim 6 (few-shot engages the same heads earlier), per relation: fewest vs most shots.
+    """The claims across shot counts, per relation, fewest vs most shots: C6 (few-shot prompts employ
+    the same heads), then C10 and C11 (:func:`recallscope.onset.earlier_claims`: the subject reaches the
+    last position earlier, the answer domain appears earlier) where the onset stage ran in the sweep.
     ``recall_summaries`` ((relation, shots) → the cell's recall summary) give the prompts available
-    (the fewer of the two cells'); ``slugs`` name each relation as its sweep folder does."""
+    (the fewer of the two cells'); ``slugs`` name each relation as its sweep folder does; ``onset_cells``
+    ((relation, shots) → :func:`_onset_cell`) the onsets."""
     cfg = configs["claims"]
     slugs = slugs or {rel: relation_slug(rel) for rel in relations}
     out = []
     for rel in relations:
         low, high = shots[0], shots[-1]
-        claim = claims.shot_claim(slugs[rel], (low, patch_frames.get((rel, low))), (high, patch_frames.get((rel, high))), cfg)
+        rows = [claims.shot_claim(slugs[rel], (low, patch_frames.get((rel, low))), (high, patch_frames.get((rel, high))), cfg)]
+        cells = [(onset_cells or {}).get((rel, k)) or (None, None, None) for k in (low, high)]
+        if any(c[0] is not None for c in cells):
+            rows += onset.earlier_claims(slugs[rel], (low, *cells[0]), (high, *cells[1]), cfg)
         available = [known_available((recall_summaries or {}).get((rel, k))) for k in (low, high)]
-        if None not in available:
-            claim = claims.with_available(claim, min(available))
-        out.append({**claim.row(), "relation": slugs[rel]})
+        for claim in rows:
+            if None not in available:
+                claim = claims.with_available(claim, min(available))
+            out.append({**claim.row(), "relation": slugs[rel]})
     return out
 
 
@@ -1269,6 +1296,7 @@ def _execute_many(
     incomplete = []
     patch_frames: dict[tuple[str, int], Any] = {}
     recall_summaries: dict[tuple[str, int], Any] = {}
+    onset_cells: dict[tuple[str, int], Any] = {}
     order = resolve(targets, configs)
     relation_of = dict(zip(relations, loaded, strict=True))
     if executor is not None:  # every runnable cell at once; their summaries are read below in order
@@ -1305,6 +1333,9 @@ def _execute_many(
             frame = _cell_patch_table(sub)
             if frame is not None:
                 patch_frames[(rel, k)] = frame
+            cell = StageContext(model=model, run=run, prompts=prompts, configs=configs, rundir=RunDir(sub))
+            cell.summaries.update(summary.get("stages") or {})
+            onset_cells[(rel, k)] = _onset_cell(cell)
         else:
             ctx, summary = execute(
                 run,
@@ -1322,6 +1353,7 @@ def _execute_many(
             frame = ctx.table_or_none("patch")
             if frame is not None:
                 patch_frames[(rel, k)] = frame
+            onset_cells[(rel, k)] = _onset_cell(ctx)
             if contexts is not None:
                 contexts[(rel, k)] = ctx
         recall_summaries[(rel, k)] = summary.get("stages", {}).get("recall")
@@ -1340,7 +1372,9 @@ def _execute_many(
         return runs[0]
     combined = {"model": model.name, "model_hash": model.model_hash, "preset": preset_record(base), "runs": runs}
     if "claims" in order and len(set(shots_list)) > 1:
-        combined["claims"] = _shot_claims(relations, sorted(set(shots_list)), patch_frames, configs, recall_summaries, slugs)
+        combined["claims"] = _shot_claims(
+            relations, sorted(set(shots_list)), patch_frames, configs, recall_summaries, slugs, onset_cells
+        )
     if incomplete:
         combined["incomplete"] = incomplete
         combined["exit_code"] = EXIT_INCOMPLETE

@@ -263,7 +263,7 @@ def _grid_cell(c: ClaimView | None, digits: int, needed: bool):
 GRID_NOTE = (
     "✓ holds, ✗ does not hold, ? inconclusive (≈ known prompts that would decide it), – not measurable; the figure is "
     "the statistic that decided the verdict (its point value, or the interval end the rule compares). holds in: k/n "
-    "measured cells (?: inconclusive, n/m: not measurable); C6 compares shot counts: one verdict per relation. "
+    "measured cells (?: inconclusive, n/m: not measurable); C6, C10 and C11 compare shot counts: one verdict per relation. "
     "--wide: each cell's claims."
 )
 

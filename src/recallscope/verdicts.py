@@ -32,6 +32,8 @@ IDS = {
     "Few-shot prompts employ the same heads as zero-shot": "C6",
     "The subject's last-token MLP states matter at middle layers (causal tracing)": "C7",
     "The last position reads the subject in the layers where the mover heads sit (attention knockout)": "C8",
+    "Demonstrations move the subject to the last position earlier": "C10",
+    "With demonstrations the answer domain appears earlier": "C11",
 }
 
 # The stage whose section holds each claim's evidence (a row's own ``stage`` column first).
@@ -44,6 +46,8 @@ EVIDENCE_STAGE = {
     "C6": "patch",
     "C7": "trace",
     "C8": "knockout",
+    "C10": "onset",
+    "C11": "onset",
 }
 
 # Columns the claim block shows itself; the rest of a row are evidence notes.

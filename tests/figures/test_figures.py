@@ -15,7 +15,7 @@ import pytest
 from recallscope import figures
 from recallscope.figures import claims, decompose, intercept, movers, patch, recall, shots, suppress
 
-STAGES = ("recall", "patch", "movers", "decompose", "intercept", "suppress", "claims")
+STAGES = ("recall", "patch", "movers", "decompose", "intercept", "suppress", "onset", "claims")
 
 
 def test_figures_modules_import_no_torch_and_each_stage_has_one():
@@ -27,7 +27,7 @@ def test_figures_modules_import_no_torch_and_each_stage_has_one():
         "print('torch' in sys.modules, len(fns))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["False", "7"]
+    assert out == ["False", "8"]
 
 
 def test_for_stage_finds_modules_by_name_only():

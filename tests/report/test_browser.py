@@ -202,7 +202,7 @@ def test_hostile_relation_through_every_stage_in_headless_chromium(smollm2, tmp_
     run_dir = tmp_path / "run"
     ctx, summary = execute(RunConfig(relation=str(path)), default_stages(), out=str(run_dir), model=smollm2, progress=False)
     assert set(summary["stages"]) == set(default_stages()) == {
-        "recall", "patch", "movers", "decompose", "intercept", "suppress", "claims"}
+        "recall", "patch", "movers", "decompose", "intercept", "suppress", "onset", "claims"}
     recall = pd.read_parquet(run_dir / "recall.parquet")
     assert list(recall["subject"]) == [s for s, _ in samples]  # every hostile subject kept, byte for byte
     known = set(recall.loc[recall["known"], "answer"])

@@ -506,6 +506,28 @@ FINDINGS = (  # (column, stage, how to read it from the stage's summary entry)
 )
 
 
+def _onset_tables(runs: list[Run]) -> dict[str, pd.DataFrame]:
+    """The cells' onset tables (main and ``layers``), each with its cell's ``relation`` and ``shots``:
+    the shots figure's layer profiles (claims C10 and C11); {} when no cell ran the onset stage."""
+    parts: dict[str, list[pd.DataFrame]] = {"onset": [], "onset_layers": []}
+    for run in runs:
+        tables = run.tables("onset")
+        if not tables or "layers" not in tables:
+            continue
+        cell = {"relation": str(run.summary.get("relation")), "shots": run.summary.get("shots")}
+        parts["onset"].append(next(iter(tables.values())).assign(**cell))
+        parts["onset_layers"].append(tables["layers"].assign(**cell))
+    return {name: pd.concat(frames, ignore_index=True) for name, frames in parts.items() if frames}
+
+
+def _onset_threshold(runs: list[Run]) -> dict:
+    for run in runs:
+        entry = run.entry("onset")
+        if isinstance(entry, dict) and isinstance(entry.get("thresholds"), dict):
+            return {"min_domain_share": entry["thresholds"].get("min_domain_share")}
+    return {}
+
+
 def overview(runs: list[Run], root: Path, page: Page, shot_claims: list[dict] | None = None) -> dict:
     """The overview of a parent run: the claims × cells grid (:func:`recallscope.report.verdicts.grid`),
     one row per sub-run, what each found, the shots figure."""
@@ -547,7 +569,7 @@ def overview(runs: list[Run], root: Path, page: Page, shot_claims: list[dict] | 
         },
         dtype=object,
     )
-    figs = page.draw("shots", shots_figures.figures, {"runs": table}, {})
+    figs = page.draw("shots", shots_figures.figures, {"runs": table, **_onset_tables(runs)}, _onset_threshold(runs))
     cells = []
     for i, (run, row) in enumerate(zip(runs, rows, strict=True)):
         entry = run.entry(CLAIMS)
