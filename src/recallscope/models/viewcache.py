@@ -127,10 +127,18 @@ def save(directory: Path, key: dict, cfg: ArchConfig, weights: Weights, tokenize
 
 
 def written_for(directory: Path, key: dict) -> bool:
-    """Whether the cache holds a view recorded for ``key`` (its file's hash is checked when it is loaded)."""
+    """Whether the cache holds a valid view recorded for ``key``: the record names ``key`` and the
+    file matches the record's sha256 (a truncated or altered file, found corrupt by :func:`load`,
+    is not a view already written and is rewritten by the caller)."""
     try:
         record = json.loads((directory / META_FILE).read_text())
-        return isinstance(record, dict) and record.get("key") == key and (directory / WEIGHTS_FILE).is_file()
+        weights_path = directory / WEIGHTS_FILE
+        return (
+            isinstance(record, dict)
+            and record.get("key") == key
+            and weights_path.is_file()
+            and gguf.sha256_of([weights_path]) == record.get("sha256")
+        )
     except (OSError, ValueError):
         return False
 
