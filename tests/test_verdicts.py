@@ -126,6 +126,11 @@ def test_a_sweep_grid_counts_each_claim_and_spans_a_claim_across_shot_counts():
     # C6 is one verdict per relation, spanning that relation's cells, counted per relation
     assert [(c.claim.relation, c.span) for c in c6.cells] == [("a", 2), ("b", 2)] and c6.count() == "1/2"
     assert c6.cells[0].claim.figure() == "8 [6, 8]"  # no condition recorded for it: the primary figure
+    # `recallscope claims runs/sweep` names each cell by its path below the working directory: the
+    # relation is still the folder above the shot count (it printed relation a's C6 in b's cells too)
+    deep = [{**c, "folder": f"runs/sweep/{c['folder']}"} for c in cells]
+    c6 = verdicts.grid(deep, shot_claims).rows[1]
+    assert [(c.claim.relation, c.span) for c in c6.cells] == [("a", 2), ("b", 2)]
 
 
 def test_the_sensitivity_tables_state_estimate_and_interval_are_read():

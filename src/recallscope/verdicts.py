@@ -538,8 +538,10 @@ def grid(cells: list[dict], shot_claims: list[dict] | None = None) -> Grid:
 
 
 def _relation_key(cell: dict) -> str:
-    folder = str(cell.get("folder") or "")
-    return folder.split("/")[0] if "/" in folder else str(cell.get("relation"))
+    """The relation's sweep folder: the one above the cell's ``<k>shot`` folder, whether ``folder`` is
+    relative to the sweep ("rel/0shot") or to the working directory ("runs/sweep/rel/0shot")."""
+    parts = str(cell.get("folder") or "").strip("/").split("/")
+    return parts[-2] if len(parts) >= 2 else str(cell.get("relation"))
 
 
 def _across_row(cid: str, statement: str, cells: list[dict], claims: list[ClaimView]) -> GridRow:
