@@ -400,3 +400,45 @@ def test_the_figures_draw_the_tables_means_and_the_overview_shows_them(planted):
     assert names[0].startswith("0 shots: p(Y) ") and names[1].startswith("1 shot: ") and len(names) == 3
     page = render_report(out)
     assert "What demonstrations change" in page and "C10" in page and "C11" in page
+
+
+# ----------------------------------------------------------------------------- the real embedded model
+@pytest.mark.slow
+def test_smollm2_onsets_at_0_and_3_shots_read_the_model_and_decide_both_rows(smollm2, tmp_path):
+    """On smollm2-135m (24 prompts of country_capital_extended, 0 and 3 shots): after the last layer the lens is
+    the model's own logits, so the last layer's domain share is the share of the model's top 10 among the
+    answers' first tokens, and p(Y) is the recall stage's; the two rows are decided (not "not measurable")
+    over prompts paired by template and subject, and their detail names the mean onsets the tables give."""
+    from recallscope.tasks import build_prompts, load_relation
+
+    base = pipeline.RunConfig(model=smollm2.name, relation="country_capital_extended", max_prompts=24)
+    got = pipeline.execute_many(
+        base, ["country_capital_extended"], [0, 3], ["onset", "claims"], out=str(tmp_path), model=smollm2, progress=False
+    )
+    view, L = smollm2.view, smollm2.view.cfg.n_layers
+    for run in got["runs"]:
+        cell = RunDir(tmp_path / run["path"])
+        frame, layers, recall = cell.read_table("onset"), cell.read_table("onset", "layers"), cell.read_table("recall")
+        assert len(frame) == run["stages"]["recall"]["n_known"] > 0
+        known = recall[recall["known"]].reset_index(drop=True)
+        assert frame["p_answer"].to_numpy() == pytest.approx(known["p_answer"].to_numpy(), rel=1e-4, abs=1e-6)
+        prompts = build_prompts(load_relation("country_capital_extended"), smollm2.tokenizer, shots=run["shots"])
+        by_text = {p.text: p for p in prompts.prompts}
+        domain = torch.tensor(sorted(set(prompts.answer_ids)))
+        last = layers[layers["layer"] == L - 1].set_index("prompt_index")["lens_domain_share"]
+        for i in (0, len(frame) - 1):
+            p = by_text[known.loc[i, "text"]]
+            with torch.no_grad():
+                logits = view.trace(torch.tensor([p.input_ids]), record=("logits",)).logits[0, 0]
+            assert last.loc[i] == torch.isin(logits.topk(10).indices, domain).double().mean().item()
+    rows = _onset_rows(got)
+    for row in rows.values():
+        assert row["verdict"] != NOT_MEASURABLE and row["pairing"] == "paired" and row["n_paired"] >= 2
+    frames = {run["shots"]: RunDir(tmp_path / run["path"]).read_table("onset") for run in got["runs"]}
+    move = rows[CLAIM_MOVE_EARLIER]
+    paired = (
+        frames[0]
+        .merge(frames[3], on=["template", "subject"], suffixes=("_0", "_3"))
+        .dropna(subset=["move_layer_0", "move_layer_3"])
+    )
+    assert move["value"] == pytest.approx((paired["move_layer_3"] - paired["move_layer_0"]).mean())
