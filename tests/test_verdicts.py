@@ -151,3 +151,28 @@ def test_the_sensitivity_tables_state_estimate_and_interval_are_read():
     assert not within.beyond_relation() and within.needed() == "≈ 238 known prompts would decide it"
     (decided,) = verdicts.views([{**row, "verdict": "does not hold"}], conditions)
     assert not decided.beyond_relation() and decided.needed() is None
+
+
+def test_the_deciding_condition_is_matched_by_name_comparison_and_threshold():
+    """C7 tests the peak window centre twice (>= 7.5 and < 22.5): the report marked both as deciding
+    ("✗ ✓ decided by peak window centre … ≥ 7.5") and hid the met one."""
+    row = {
+        "claim": CLAIM_MLP_PEAK,
+        "verdict": "does not hold",
+        "value": 0.619,
+        "decided_by": "peak window centre",
+        "decided_value": 1.0,
+        "threshold": 7.5,
+    }
+    conds = [
+        {"claim": CLAIM_MLP_PEAK, "condition": "largest mean IE", "statistic": 0.51, "op": ">=", "threshold": 0.01, "margin": 0.5,
+         "state": "met"},
+        {"claim": CLAIM_MLP_PEAK, "condition": "peak window centre", "statistic": 1.0, "op": ">=", "threshold": 7.5,
+         "margin": -6.5, "state": "failed"},
+        {"claim": CLAIM_MLP_PEAK, "condition": "peak window centre", "statistic": 1.0, "op": "<", "threshold": 22.5,
+         "margin": 21.5, "state": "met"},
+    ]  # fmt: skip
+    (view,) = verdicts.views([row], conds)
+    decided = view.deciding_condition()
+    assert (decided.op, decided.threshold, decided.status) == (">=", 7.5, "failed")
+    assert [c.threshold for c in view.conditions if c is not decided] == [0.01, 22.5]

@@ -267,6 +267,14 @@ class ClaimView:
         n, available = number(self.prompts_needed), number(self.prompts_available)
         return self.kind == "inconclusive" and n is not None and available is not None and available < n
 
+    def deciding_condition(self) -> Condition | None:
+        """The condition that decided the verdict: the one with the deciding statistic's name,
+        comparison and threshold (a rule may test one statistic twice: C7's window centre
+        ``>= 7.5`` and ``< 22.5``), else the first with its name; None when none was recorded."""
+        d = self.deciding
+        named = [c for c in self.conditions if c.name == d.name]
+        return next((c for c in named if c.op == d.op and c.threshold == d.threshold), named[0] if named else None)
+
     def needed(self) -> str | None:
         """ "≈ 140 known prompts would decide it" for an inconclusive claim with that estimate; "… — more than
         the relation can give (≈ 183)" when it is (:meth:`beyond_relation`)."""
