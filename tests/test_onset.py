@@ -194,6 +194,7 @@ def test_no_shift_does_not_hold_and_a_weak_move_fails_on_its_floor():
     assert same[0].conditions[0].state() == FAILED and same[0].conditions[1].state() == MET
     assert (same[1].ci_low, same[1].ci_high) == (0.0, 0.0)
     assert same[1].detail.endswith("= 0, needs < 0")  # the threshold −min_onset_shift printed as 0, not −0
+    assert same[1].flips_at == 0.0 and math.copysign(1.0, same[1].flips_at) == 1.0  # +0, not −0 ("flips at -0")
     # earlier onsets but a transport of a tenth of a logit: the floor fails, whatever the shift says
     weak = _rows(_cell(0, [6] * 10, [9] * 10, peak=0.1), _cell(3, [4] * 10, [7] * 10, peak=0.1))[0]
     assert weak.verdict == FAILS and weak.decided_by.startswith("the attention's peak write")

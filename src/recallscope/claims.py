@@ -366,11 +366,12 @@ class Condition:
 
     def met_at(self) -> float | None:
         """The setting's value at which this condition turns met / stops being met (setting units)."""
-        return None if self.setting is None or self.statistic is None else float(self.statistic / self.sign)
+        # + 0.0: a zero statistic under sign −1 is −0.0, printed "-0" (0.0 − 0.0 is +0.0)
+        return None if self.setting is None or self.statistic is None else float(self.statistic / self.sign) + 0.0
 
     def failed_at(self) -> float | None:
         """The setting's value at which this condition turns failed / stops failing (setting units)."""
-        return None if self.setting is None or self.far_end is None else float(self.far_end / self.sign)
+        return None if self.setting is None or self.far_end is None else float(self.far_end / self.sign) + 0.0
 
     def towards(self) -> str | None:
         """For a straddling condition, the side its estimate lies on: where a larger sample would take it."""
