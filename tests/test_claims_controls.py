@@ -37,6 +37,7 @@ from recallscope.claims import (
 )
 from recallscope.causal_trace import CLAIM_MLP_PEAK
 from recallscope.knockout import CLAIM_READS_SUBJECT
+from recallscope.surgery import CLAIM_NECESSARY
 from recallscope.models import controls
 from recallscope.rundir import RunDir
 
@@ -295,3 +296,39 @@ def test_trace_and_knockout_rows_on_the_controls(model, settings, preset, tmp_pa
         assert knockout_row["verdict"] == FAILS, knockout_row["detail"]
         assert knockout_row["margin"] < 0 and abs(knockout_row["value"]) < 10
         assert knockout_row["decided_by"] == "lowest mean change of p(Y) (%)" and knockout_row["decided_ci_low"] > -10
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize(("model", "settings"), [("planted", {}), ("random", {"recall.known_top_k": 49152})])
+def test_surgery_row_on_the_controls(model, settings, preset, tmp_path):
+    """The surgery row (ablating the movers claim's heads against random head sets of their size), both
+    presets (the movers claim's heads come from total-effect patching, or path patching under ``paper``).
+    ``planted``: its heads hold the planted mover L1H0, so ablating them at the end position removes the
+    fact (p(Y) drops by ~0.8) while no other set of three heads moves p(Y) by 1e-3: holds, every null set
+    below the movers (p at its smallest, 1 / (1 + n), with both nulls exhaustive: 3 layer-matched sets,
+    84 norm-matched). ``random``: p(Y) ≈ 1/V, so the movers' drop is < 1e-6 of probability, its whole
+    interval under the 0.01 floor: does not hold, decided by the floor (not merely inconclusive; the
+    excess over the null can be "met" there at the 1e-7 scale: the heads patching picks are the ones
+    that move p(Y) most, by nothing)."""
+    _, summary = pipeline.execute(
+        pipeline.RunConfig(model=model, relation=RELATION, max_prompts=20, preset=preset),
+        ["recall", "patch", "movers", "surgery", "claims"],
+        out=str(tmp_path),
+        overrides=settings,
+        progress=False,
+    )
+    row = {c["claim"]: c for c in summary["claims"]}[CLAIM_NECESSARY]
+    entry = summary["stages"]["surgery"]
+    end = {r["null"]: r for r in entry["results"] if r["scope"] == "end" and r["metric"] == "p_answer"}
+    assert row["about"] == ", ".join(entry["heads"]) and row["prompts_used"] == entry["n_prompts"] == 20
+    assert [(n["null"], n["n_sets"], n["exhaustive"]) for n in entry["nulls"]] == [("layer", 3, True), ("norm", 84, True)]
+    assert row["drop_p"] == pytest.approx(end["layer"]["movers_drop"])
+    assert (row["p_value_layer"], row["p_value_norm"]) == (end["layer"]["p_value"], end["norm"]["p_value"])
+    if model == "planted":
+        assert PLANTED["mover"] in entry["heads"]
+        assert row["verdict"] == HOLDS and row["margin"] > 0.5 and row["drop_p"] > 0.5
+        assert row["decided_by"] == "movers' mean drop in p(Y) minus the layer null's 95th percentile"
+        assert all(r["null_quantile"] < 1e-3 and r["p_value"] == r["min_p_value"] for r in end.values())
+    else:
+        assert row["verdict"] == FAILS and row["decided_by"] == "movers' mean drop in p(Y) (probability)"
+        assert row["margin"] < 0 and abs(row["drop_p"]) < 1e-6 and row["decided_ci_high"] < 1e-6

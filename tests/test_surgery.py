@@ -3,7 +3,8 @@ head set a variant over the shared prefix, from its first ablated layer) equals 
 (one full forward per head set) in float64 on a tiny model of every family and on smollm2-135m,
 at the end position and at every position; an end-position ablation of one head is the patch
 stage's mean-ablation of that head; the null sets are what their rules say; the p-value and the
-effect size are their formulas; bad settings are one line, exit 2."""
+effect size are their formulas; bad settings are one line, exit 2; the claims row (C9) compares the
+movers' mean drop with each null's 95th percentile and the floor."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from helpers.localise import FAMILIES, tiny, tiny_prompts
 
 from recallscope import patch as P
 from recallscope import surgery as S
+from recallscope.claims import FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURABLE, ClaimsConfig
 from recallscope.cli import main
 from recallscope.components import Component
 from recallscope.errors import UserError
@@ -233,3 +235,56 @@ def test_batched_engine_equals_naive_loop_on_smollm2_in_float64(smollm2, scope):
     assert (p - p_ref).abs().max().item() <= 1e-10
     assert torch.equal(correct, correct_ref)
     assert (p - sb.p_clean[:, None]).abs().max().item() > 1e-4  # some set changes p(Y)
+
+
+# ----------------------------------------------------------------------------- the claims row
+def _table(movers: np.ndarray, null_means: dict[str, np.ndarray], seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """A surgery prompts table at the end scope: the movers' per-prompt drops, and per null sets whose
+    per-prompt drops scatter around the given means; the summary the row reads."""
+    rng = np.random.default_rng(seed)
+    n = len(movers)
+    rows, set_id = [], 0
+    for null, drops in [("movers", [movers])] + [(k, [m + rng.normal(0, 0.01, n) for m in v]) for k, v in null_means.items()]:
+        for d in drops:
+            rows += [{"scope": "end", "set_id": set_id, "null": null, "prompt_index": i, "drop_p": float(d[i])} for i in range(n)]
+            set_id += 1
+    summary = {"heads": ["L3H1", "L5H2"], "scopes": ["end"], "quantile": 0.95, "results": []}
+    return pd.DataFrame(rows), summary
+
+
+HEADS = [{"layer": 3, "head": 1}, {"layer": 5, "head": 2}]
+
+
+def test_necessity_row_compares_the_movers_with_each_nulls_95th_percentile():
+    rng = np.random.default_rng(1)
+    nulls = {"layer": rng.normal(0.02, 0.01, 200), "norm": rng.normal(0.03, 0.02, 150)}
+    table, summary = _table(0.3 + rng.normal(0, 0.05, 40), nulls)
+    row = S.necessity_claim(table, summary, HEADS, ClaimsConfig())
+    means = table.groupby("set_id")["drop_p"].mean()
+    layer_ids = table.loc[table["null"] == "layer", "set_id"].unique()
+    assert row.verdict == HOLDS and row.about == "L3H1, L5H2"
+    assert row.value == pytest.approx(means[0] - np.quantile(means[layer_ids], 0.95))
+    assert row.ci_low < row.value < row.ci_high and row.evidence["drop_p"] == pytest.approx(means[0])
+    assert [c.setting for c in row.conditions] == [None, None, "claims.min_surgery_drop_p"]
+    # movers no worse than the null's bulk: the excess lies wholly below 0, the row does not hold
+    low, summary = _table(np.full(40, 0.02) + rng.normal(0, 0.005, 40), nulls)
+    assert S.necessity_claim(low, summary, HEADS, ClaimsConfig()).verdict == FAILS
+    # a drop under the floor decides on its own (every null set lower still: the excess is met)
+    tiny, summary = _table(np.full(40, 1e-6), {"layer": np.full(20, -0.05), "norm": np.full(20, -0.05)})
+    row = S.necessity_claim(tiny, summary, HEADS, ClaimsConfig())
+    assert row.verdict == FAILS and row.margin < 0 and row.decided_by == "movers' mean drop in p(Y) (probability)"
+    assert [c.state() for c in row.conditions] == ["met", "met", "failed"]
+    # movers at the null's 95th percentile, their drops spread over prompts: the excess straddles 0
+    close = {"layer": rng.normal(0.02, 0.01, 200), "norm": rng.normal(0.02, 0.01, 200)}
+    edge, summary_edge = _table(0.037 + rng.normal(0, 0.05, 40), close)
+    row = S.necessity_claim(edge, summary_edge, HEADS, ClaimsConfig())
+    assert row.verdict == INCONCLUSIVE and row.ci_low < 0 < row.ci_high and row.prompts_needed > 40
+    # an ablation the stage did not make
+    assert S.necessity_claim(table, summary, HEADS, ClaimsConfig(surgery_scope="all")).verdict == NOT_MEASURABLE
+    # the heads the movers claim names now must be the heads ablated; the stage must have run
+    assert S.necessity_claim(table, summary, HEADS[:1], ClaimsConfig()).verdict == NOT_MEASURABLE
+    assert S.necessity_claim(None, None, HEADS, ClaimsConfig()).verdict == NOT_MEASURABLE
+    # the same resamples for the same seed, others for another
+    first, second = (S.necessity_claim(table, summary, HEADS, ClaimsConfig(seed=seed)) for seed in (0, 0))
+    assert (first.ci_low, first.ci_high) == (second.ci_low, second.ci_high)
+    assert first.ci_low != S.necessity_claim(table, summary, HEADS, ClaimsConfig(seed=1)).ci_low

@@ -9,6 +9,8 @@ from recallscope import verdicts
 from recallscope.causal_trace import CLAIM_MLP_PEAK
 from recallscope.claims import CLAIM_INTERCEPT, CLAIM_MITIGATE, CLAIM_MLP, CLAIM_MOVERS, CLAIM_SHOTS, CLAIM_SUPPRESS
 from recallscope.knockout import CLAIM_READS_SUBJECT
+from recallscope.onset import CLAIM_DOMAIN_EARLIER, CLAIM_MOVE_EARLIER
+from recallscope.surgery import CLAIM_NECESSARY
 
 C1 = ROWS[0]
 C1_CONDITIONS = [c for c in CONDITIONS if c["claim"] == CLAIM_MOVERS]  # OV share, attention, scatter r
@@ -26,8 +28,11 @@ def test_ids_are_the_numbers_of_the_package_claims():
             CLAIM_SHOTS,
             CLAIM_MLP_PEAK,
             CLAIM_READS_SUBJECT,
+            CLAIM_NECESSARY,
+            CLAIM_MOVE_EARLIER,
+            CLAIM_DOMAIN_EARLIER,
         )
-    ] == [f"C{i}" for i in range(1, 9)]
+    ] == [f"C{i}" for i in range(1, 12)]
     assert verdicts.claim_id({"claim": "something else"}, 4) == "#5"
     assert verdicts.claim_id({"claim": CLAIM_MOVERS, "id": "X1"}, 0) == "X1"  # a table that carries its ids wins
 

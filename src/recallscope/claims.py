@@ -119,9 +119,11 @@ The claims (``claim`` column; "the paper" = Lv et al. 2024, arXiv 2403.19521)
    required (the paper says the zero-shot mechanisms are also employed few-shot, not that they
    move).
 
-The trace (:func:`recallscope.causal_trace.mlp_peak_claim`) and knockout
-(:func:`recallscope.knockout.reads_subject_claim`) rows, where those opt-in stages ran, are
-decided the same way; so are the two rows across shot counts about what demonstrations change
+The trace (:func:`recallscope.causal_trace.mlp_peak_claim`), knockout
+(:func:`recallscope.knockout.reads_subject_claim`) and surgery
+(:func:`recallscope.surgery.necessity_claim`, C9: ablating the mover heads hurts recall more than
+ablating matched random heads) rows, where those opt-in stages ran, are decided the same way; so
+are the two rows across shot counts about what demonstrations change
 (:func:`recallscope.onset.earlier_claims`: C10, the subject reaches the last position earlier;
 C11, the answer domain appears earlier), beside C6 in a sweep.
 
@@ -157,7 +159,10 @@ Controls: what demonstrates absence (tests/test_claims_controls.py)
       with a head added that writes the answer domain once demonstrations are in the prompt, C11 holds
       (domain onset 1 → 0 on every prompt; :func:`recallscope.onset.earlier_claims`; tests/test_onset.py).
     - trace: the floor ``min_trace_effect`` (random: IE ~10⁻⁹ of probability); knockout: the
-      floor ``min_knockout_drop_pct`` (random: a dip of ~0.2% against 10%).
+      floor ``min_knockout_drop_pct`` (random: a dip of ~0.2% against 10%); surgery: the floor
+      ``min_surgery_drop_p`` (random: p(Y) ≈ 1/V, so ablating any heads moves it by < 10⁻⁶; the
+      excess over the null alone can pass there, at the 10⁻⁷ scale, since patching picks the
+      heads that move p(Y) most).
 
 Effect-size floors (why these values)
     ``min_suppression_logits = 0.1``: a component that lowers Y's logit by 0.1 multiplies Y's
@@ -170,6 +175,8 @@ Effect-size floors (why these values)
     could share.
     ``min_mitigation_delta_p = 0.01``: one percentage point of probability; a smaller rise
     does not "raise confidence" in any practical sense (the random control gains ~6·10⁻⁷).
+    ``min_surgery_drop_p = 0.01``: the same point of probability, for the mover heads' ablation:
+    a smaller drop of p(Y) is not "hurts recall".
     ``min_heldout_gain = 0.05``: the decomposition must remove at least 5% of the
     intercept-only model's held-out error (random: < 1%); ``min_coef_departure = 0``: the
     paper's statement itself (a coefficient differs from 1).
@@ -195,7 +202,10 @@ column does not apply; :data:`COLUMNS`):
 - intercept: ``answer_domain_share``, ``answer_domain_random_high``, ``cos_b_answer_minus_subject``;
 - suppress: ``layer_total_dla``, ``layer_total_ci_low``, ``layer_total_ci_high``, ``share_negative``;
   mitigation: ``p_before``, ``p_after``, ``accuracy_before``, ``accuracy_after``, ``delta_p_unknown``;
-- few-shot: ``null_overlap``, ``layer_shift``, ``layer_shift_ci_low``, ``layer_shift_ci_high``.
+- few-shot: ``null_overlap``, ``layer_shift``, ``layer_shift_ci_low``, ``layer_shift_ci_high``;
+- surgery (named as in the surgery stage): ``drop_p`` (the mover heads' mean drop in p(Y)),
+  ``p_value_layer``, ``p_value_norm``, ``effect_size_layer``, ``effect_size_norm`` (each null's
+  p-value and robust z), at ``surgery_scope``.
 
 The ``sensitivity`` table (:data:`SENSITIVITY_COLUMNS`): one row per condition: ``claim,
 condition, setting, setting_value, estimate, ci_low, ci_high`` (the condition's statistic and its
@@ -248,6 +258,7 @@ EVIDENCE = (
     "p_before", "p_after", "accuracy_before", "accuracy_after", "delta_p_unknown",
     "null_overlap", "layer_shift", "layer_shift_ci_low", "layer_shift_ci_high",
     "onset_fewest", "onset_most", "p_fewest", "p_most", "pairing", "n_paired",
+    "drop_p", "p_value_layer", "p_value_norm", "effect_size_layer", "effect_size_norm",
 )
 COLUMNS = ("claim", "stage", "about", "measure", "value", "ci_low", "ci_high", "decided_by", "decided_value",
            "decided_ci_low", "decided_ci_high", "threshold", "margin", "flips_at", "verdict", "prompts_used",
@@ -270,6 +281,8 @@ class ClaimsConfig:
     min_head_effect_logits: float = 0.1  # effect-size floor of the few-shot claim's strongest head (logits of π(Y))
     min_move_logits: float = 1.0  # effect-size floor of the subject's transport, C10 (logits of π(X); onset.earlier_claims)
     min_onset_shift: float = 0.0  # C10, C11: the onset must move earlier by more than this (layers)
+    min_surgery_drop_p: float = 0.01  # effect-size floor of the movers' ablation (probability; surgery.necessity_claim)
+    surgery_scope: str = "end"  # the surgery row reads this ablation: "end" (end position) or "all" (every position)
     mitigation_mode: str = "zero"
     top_heads: int = 10  # heads compared across shot counts (at most a quarter of the model's heads)
     n_bootstrap: int = 2000
@@ -281,7 +294,8 @@ class ClaimsConfig:
         "min_redirect_share": PROBABILITY, "min_suppression_logits": NON_NEGATIVE, "min_share_negative": PROBABILITY,
         "min_mitigation_delta_p": Interval(0, 1), "min_trace_effect": Interval(0, 1),
         "min_knockout_drop_pct": Interval(0, 100), "min_head_effect_logits": NON_NEGATIVE, "min_move_logits": NON_NEGATIVE,
-        "min_onset_shift": NON_NEGATIVE, "mitigation_mode": Options("zero", "mean", "scale"),
+        "min_onset_shift": NON_NEGATIVE, "min_surgery_drop_p": Interval(0, 1), "surgery_scope": Options("end", "all"),
+        "mitigation_mode": Options("zero", "mean", "scale"),
         "top_heads": POSITIVE, "n_bootstrap": RESAMPLES, "level": LEVEL, "seed": NON_NEGATIVE,
     }
 

@@ -241,6 +241,10 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "min_p_value": ("probability", "1 / (1 + n_sets): the smallest p-value the null can give"),
     "effect_size": ("robust z", "(movers_drop − null_median) / (1.4826 · null_mad); empty when null_mad is 0"),
     "draw": ("text", "how the null's sets are drawn"),
+    "p_value_layer": ("probability", "claims: the layer null's p_value at claims.surgery_scope"),
+    "p_value_norm": ("probability", "claims: the norm null's p_value at claims.surgery_scope"),
+    "effect_size_layer": ("robust z", "claims: the layer null's effect_size at claims.surgery_scope"),
+    "effect_size_norm": ("robust z", "claims: the norm null's effect_size at claims.surgery_scope"),
     "pool": ("count", "the norm null's pool of candidate heads per mover head"),
     "norm_ratio_median": ("ratio", "median over the null's sets of (the set's mean norm / the mover heads' mean norm)"),
     # --- onset (what demonstrations change: per prompt and per prompt × layer, at the end position)

@@ -287,6 +287,15 @@ def _claims(ctx: StageContext) -> claims.ClaimsResult:
                 ctx.table_or_none("knockout", "windows"), ctx.summaries["knockout"], _mover_layers(ctx), ctx.config("claims")
             )
         )
+    if "surgery" in ctx.summaries:
+        rows.append(
+            surgery.necessity_claim(
+                ctx.table_or_none("surgery", "prompts"),
+                ctx.summaries["surgery"],
+                claims.patching_movers(ctx.summaries.get("movers"), ctx.config("claims")),
+                ctx.config("claims"),
+            )
+        )
     available = known_available(ctx.summaries.get("recall"))
     return claims.ClaimsResult(tuple(claims.with_available(r, available) for r in rows), ctx.config("claims"))
 

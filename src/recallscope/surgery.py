@@ -90,6 +90,7 @@ import torch
 from torch import Tensor
 
 from .causal_trace import answer_prob
+from .claims import NOT_MEASURABLE, Claim, ClaimsConfig, Condition, decide
 from .components import head_label
 from .constraints import LEVEL, NON_NEGATIVE, POSITIVE, Options
 from .display import ResultView
@@ -102,6 +103,7 @@ from .patch import _aligned_corruptions, engine_view, with_corruptions
 from .progress import track
 from .tasks import PromptSet
 from .tasks.prompts import batches
+from .verdicts import fmt, number
 
 SCOPES = ("end", "all")
 NULLS = ("layer", "norm")
@@ -793,3 +795,128 @@ def surgery(
         ]
     )
     return SurgeryResult(kept, movers, frame, nulls, head_table, config, n_dropped, seconds)
+
+
+# ----------------------------------------------------------------------------- claims
+CLAIM_NECESSARY = "Ablating the mover heads hurts recall more than ablating matched random heads"
+NULL_WORDS = {"layer": "same-layer", "norm": "norm-matched"}
+SCOPE_WORDS = {"end": "at the end position", "all": "at every position"}
+
+
+def necessity_claim(
+    prompts: pd.DataFrame | None, summary: dict | None, mover_heads: Sequence[dict] | None, cfg: ClaimsConfig = ClaimsConfig()
+) -> Claim:
+    """The paper's open check (Lv et al. 2024, "next checks"): disabling the mover heads degrades
+    recall more than disabling other heads.
+
+    Read at ``cfg.surgery_scope`` (default the end position, where the paper locates the movers'
+    work). Per null (``layer``: random heads of the movers' layers; ``norm``: matched on the norm),
+    the figure is the movers' mean drop in p(Y) minus the null's ``quantile`` (95th percentile) of
+    its sets' mean drops, with a percentile bootstrap interval over prompts (the prompts resampled
+    once for every set together: the movers' mean and the null's quantile are recomputed on each
+    resample; the null's sets are fixed). Conditions: each null's excess > 0 (the first null is the
+    primary figure) and, the effect-size floor, the movers' mean drop > ``cfg.min_surgery_drop_p``
+    (probability: a smaller drop is not "hurts recall"; on the random control p(Y) is ~1/V, so the
+    drop cannot reach it and the row does not hold there). ``mover_heads``: the heads the movers
+    claim names now (``claims.patching_movers``); when they are not the heads the stage ablated
+    (claims settings changed since), the row is not measurable. ``prompts``: the stage's ``prompts``
+    table; ``summary``: its summary entry.
+
+    The p-values and robust z of each null are evidence columns, not conditions: an exhaustive null
+    of n sets cannot give p below 1 / (1 + n) however far the movers lie above every set (the
+    planted control's layer null holds 3 sets: p ≥ 0.25), while the excess over the null's 95th
+    percentile, with its interval over prompts, says how far. Not measurable when the stage did not
+    run, ran no null set, or did not ablate at ``cfg.surgery_scope``. Returns a :class:`Claim`
+    (``about``: the ablated heads).
+    """
+    stage = "surgery"
+    if prompts is None or not summary or not len(prompts):
+        return _missing(stage, "the surgery stage did not run (add it to --stages)")
+    named = [head_label(int(h["layer"]), int(h["head"])) for h in mover_heads or []]
+    ablated = list(summary.get("heads") or [])
+    if not named:
+        return _missing(stage, "the movers stage did not run: no mover heads to compare")
+    if sorted(named) != sorted(ablated):
+        return _missing(
+            stage,
+            f"the surgery stage ablated {', '.join(ablated)}, the movers claim names {', '.join(named)}: rerun surgery (--force)",
+        )
+    scope = cfg.surgery_scope
+    rows = prompts[prompts["scope"] == scope]
+    if not len(rows):
+        return _missing(stage, f"the surgery stage did not ablate at scope {scope!r} (surgery.scopes)")
+    drops = rows.pivot(index="set_id", columns="prompt_index", values="drop_p").sort_index()
+    nulls_of = rows.drop_duplicates("set_id").set_index("set_id")["null"].reindex(drops.index)
+    D = drops.to_numpy(float)  # [sets, prompts]; set 0 = the movers
+    n = D.shape[1]
+    q = float(summary.get("quantile", 0.95))
+    names = [name for name in NULLS if (nulls_of == name).any()]
+    if not names:
+        return _missing(stage, "no null head set was ablated (every head of the movers' layers is a mover)")
+    rng = np.random.default_rng(cfg.seed)
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=cfg.n_bootstrap) / n  # [boot, prompts]
+    means, boot = D.mean(1), D @ weights.T  # [sets], [sets, boot]
+    alpha = (1 - cfg.level) / 2
+
+    def interval(x: np.ndarray) -> tuple[float, float]:
+        return tuple(float(v) for v in np.quantile(x, [alpha, 1 - alpha]))
+
+    conditions, figures = [], {}
+    for name in names:
+        idx = (nulls_of == name).to_numpy()
+        excess = means[0] - float(np.quantile(means[idx], q))
+        ci = interval(boot[0] - np.quantile(boot[idx], q, axis=0))
+        figures[name] = (excess, ci)
+        conditions.append(
+            Condition.measured(
+                f"movers' mean drop in p(Y) minus the {name} null's {100 * q:g}th percentile", None, None, excess, ci, ">", 0.0, n
+            )
+        )
+    floor_ci = interval(boot[0])
+    conditions.append(
+        Condition.measured(
+            "movers' mean drop in p(Y) (probability)",
+            "claims.min_surgery_drop_p",
+            cfg.min_surgery_drop_p,
+            means[0],
+            floor_ci,
+            ">",
+            cfg.min_surgery_drop_p,
+            n,
+        )
+    )
+    results = {(r["scope"], r["null"], r["metric"]): r for r in summary.get("results") or []}
+    stats = lambda s, null: results.get((s, null, "p_answer"), {})  # noqa: E731
+    parts = []
+    for s in summary.get("scopes") or []:
+        for null in names:
+            r = stats(s, null)
+            if r:
+                parts.append(
+                    f"{s}/{null}: movers {fmt(r.get('movers_drop'))}, null median {fmt(r.get('null_median'))}, "
+                    f"{q:.0%} {fmt(r.get('null_quantile'))}, p = {fmt(r.get('p_value'))} (≥ {fmt(r.get('min_p_value'))}, "
+                    f"{r.get('n_sets')} sets), robust z {fmt(r.get('effect_size'))}"
+                )
+    detail = f"heads {', '.join(ablated)} ablated {SCOPE_WORDS[scope]} on {n} prompts; drop in p(Y) — " + "; ".join(parts)
+    evidence = {
+        "drop_p": number(means[0]),
+        **{f"p_value_{null}": number(stats(scope, null).get("p_value")) for null in NULLS},
+        **{f"effect_size_{null}": number(stats(scope, null).get("effect_size")) for null in NULLS},
+    }
+    value, ci = figures[names[0]]
+    return decide(
+        CLAIM_NECESSARY,
+        stage,
+        ", ".join(ablated),
+        f"the mover heads' mean drop in p(Y) minus the {100 * q:g}th percentile of the {NULL_WORDS[names[0]]} random "
+        f"head sets' mean drops (probability; ablation {SCOPE_WORDS[scope]})",
+        value,
+        ci,
+        conditions,
+        detail,
+        evidence,
+    )
+
+
+def _missing(stage: str, why: str) -> Claim:
+    return Claim(CLAIM_NECESSARY, None, None, None, NOT_MEASURABLE, "", "", why, stage)

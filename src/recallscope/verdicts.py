@@ -21,8 +21,9 @@ from typing import Any, Iterable
 HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURABLE = "holds", "does not hold", "inconclusive", "not measurable here"
 
 # The paper's six claims keep the numbers the README's study gives them (its claims tables list them in
-# this order); the two localisations follow. Keyed by the statements of recallscope.claims,
-# recallscope.causal_trace and recallscope.knockout (tests/test_verdicts.py checks they agree).
+# this order); the two localisations follow, then the paper's open checks. Keyed by the statements of
+# recallscope.claims, recallscope.causal_trace, recallscope.knockout, recallscope.surgery and
+# recallscope.onset (tests/test_verdicts.py checks they agree).
 IDS = {
     "Mover heads move the topic (subject) to the last position": "C1",
     "The MLP after the mover heads amplifies or erases heads (linear decomposition)": "C2",
@@ -32,6 +33,7 @@ IDS = {
     "Few-shot prompts employ the same heads as zero-shot": "C6",
     "The subject's last-token MLP states matter at middle layers (causal tracing)": "C7",
     "The last position reads the subject in the layers where the mover heads sit (attention knockout)": "C8",
+    "Ablating the mover heads hurts recall more than ablating matched random heads": "C9",
     "Demonstrations move the subject to the last position earlier": "C10",
     "With demonstrations the answer domain appears earlier": "C11",
 }
@@ -46,6 +48,7 @@ EVIDENCE_STAGE = {
     "C6": "patch",
     "C7": "trace",
     "C8": "knockout",
+    "C9": "surgery",
     "C10": "onset",
     "C11": "onset",
 }
