@@ -166,10 +166,12 @@ def authors_path_patching(hf: GPT2LMHeadModel, tokenizer, clean, corrupted) -> t
 
 
 def stage_effects(model, prompts, config) -> tuple[np.ndarray, np.ndarray]:
-    result = P.patch(model, prompts, config, progress=False)
-    table = result.tables()["components"]
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    heads = table[table.kind == "head"].sort_values(["layer", "head"])["effect"].to_numpy().reshape(L, H)
+    return table_effects(P.patch(model, prompts, config, progress=False).tables()["components"], model.cfg.n_heads)
+
+
+def table_effects(table: pd.DataFrame, n_heads: int) -> tuple[np.ndarray, np.ndarray]:
+    """(heads [L, H], mlps [L]) effects (%) from a components table (the stage's or its Parquet file)."""
+    heads = table[table.kind == "head"].sort_values(["layer", "head"])["effect"].to_numpy().reshape(-1, n_heads)
     mlps = table[table.kind == "mlp"].sort_values("layer")["effect"].to_numpy()
     return heads, mlps
 
@@ -255,8 +257,7 @@ def test_the_cli_paper_preset_writes_the_authors_numbers(gpt2_dir, reference, tm
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = pd.read_parquet(out / "patch" / "components.parquet")
     _, _, ref_heads, ref_mlps = reference(shots)
-    heads = table[table.kind == "head"].sort_values(["layer", "head"])["effect"].to_numpy().reshape(ref_heads.shape)
-    mlps = table[table.kind == "mlp"].sort_values("layer")["effect"].to_numpy()
+    heads, mlps = table_effects(table, ref_heads.shape[1])
     diff = max(np.abs(heads - ref_heads).max(), np.abs(mlps - ref_mlps).max())
     assert diff <= TOLERANCE_POINTS, f"max |recallscope patch --preset paper - authors' loop| = {diff:.3g} points"
     assert top10(heads, mlps) == top10(ref_heads, ref_mlps)
@@ -292,8 +293,7 @@ def test_the_cli_paper_preset_on_a_relation_file_of_ones_own_templates_equals_th
         hf, model.tokenizer, ps.prompts, swapped_subject_prompts(ps, model.tokenizer, draw="any_subject")
     )
     table = pd.read_parquet(out / "patch" / "components.parquet")
-    heads = table[table.kind == "head"].sort_values(["layer", "head"])["effect"].to_numpy().reshape(ref_heads.shape)
-    mlps = table[table.kind == "mlp"].sort_values("layer")["effect"].to_numpy()
+    heads, mlps = table_effects(table, ref_heads.shape[1])
     assert max(np.abs(heads - ref_heads).max(), np.abs(mlps - ref_mlps).max()) <= TOLERANCE_POINTS
     assert top10(heads, mlps) == top10(ref_heads, ref_mlps)
     printed = json.loads(proc.stdout)
