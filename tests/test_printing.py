@@ -183,6 +183,10 @@ def test_sensitivity_lists_every_condition_with_its_state_interval_and_prompts_n
     assert rows[0][:2] == ["C1", "✓"] and "[0.753," in rows[0]
     assert rows[1][:2] == ["C1", "?"] and "0.584" in rows[1] and rows[1][-2:] == ["0.224", "238"]
     assert "movers.min_projection_corr" in rows[1]
+    # smollm2-135m's C1 on all 225 prompts of country_capital_extended: r 0.5001 on its 0.5 threshold (printed 8.37e+07 before)
+    con, out = console(200)
+    printing.print_sensitivity(con, verdicts.views(DEMO_ROWS[:1], [{**conditions[1], "prompts_needed": 83653711.0}]))
+    assert out.getvalue().split()[-1] == "83,653,711"
 
 
 def test_a_run_table_never_cuts_or_wraps_a_relation_name_at_80_columns():
