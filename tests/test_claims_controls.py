@@ -332,3 +332,57 @@ def test_surgery_row_on_the_controls(model, settings, preset, tmp_path):
     else:
         assert row["verdict"] == FAILS and row["decided_by"] == "movers' mean drop in p(Y) (probability)"
         assert row["margin"] < 0 and abs(row["drop_p"]) < 1e-6 and row["decided_ci_high"] < 1e-6
+# Claims whose mechanism the planted control does not build (claim statement -> why): they must *not hold*
+# there (decided, not inconclusive) instead of holding. Every other claim the run measures must hold.
+NOT_PLANTED: dict[str, str] = {}
+
+
+def _cli_run(capsys, tmp_path, model: str, preset: str, *extra: str) -> dict:
+    """``recallscope run --model MODEL --preset PRESET --shots 0,3 [extra]`` as a user types it (the preset's
+    relation and prompt count: recallscope's country_capital_extended, 32 prompts; the paper's
+    paper_country_capital, all 225), its summary read from ``--json``."""
+    args = ["run", "--model", model, "--preset", preset, "--shots", "0,3", "--out", str(tmp_path), "--no-report", "--json"]
+    cli.main([*args, *extra])
+    return json.loads(capsys.readouterr().out)
+
+
+def _rows(summary: dict) -> list[dict]:
+    """Every claims row of a sweep: each cell's, then the rows across shot counts (whatever rows the run has)."""
+    return [{**c, "cell": run["shots"]} for run in summary["runs"] for c in run["claims"]] + [
+        {**c, "cell": "across"} for c in summary["claims"]
+    ]
+
+
+@pytest.mark.slow  # four whole runs of the default stages (the paper preset: 225 prompts at two shot counts)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_the_run_command_on_planted_every_claim_holds(preset, tmp_path, capsys):
+    """Issue 27's first "Must show", the command itself, generic over the rows the run has: every claim the
+    run measures holds (or, for a claim listed in NOT_PLANTED, does not hold), none is inconclusive, and a
+    row not measurable in a cell (it compares shot counts) is measured across them."""
+    summary = _cli_run(capsys, tmp_path, "planted", preset)
+    assert [r["shots"] for r in summary["runs"]] == SHOTS
+    rows = _rows(summary)
+    measured = [r for r in rows if r["verdict"] != NOT_MEASURABLE]
+    assert len({r["claim"] for r in measured}) >= 6
+    for r in measured:
+        expected = FAILS if r["claim"] in NOT_PLANTED else HOLDS
+        assert r["verdict"] == expected, (r["cell"], r["claim"], r["verdict"], r["detail"])
+        assert r["prompts_needed"] is None and r["margin"] is not None
+        assert r["margin"] >= 0 if expected == HOLDS else r["margin"] <= 0
+    assert {r["claim"] for r in rows if r["verdict"] == NOT_MEASURABLE} <= {r["claim"] for r in summary["claims"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", PRESETS)
+def test_the_run_command_on_random_every_measurable_claim_does_not_hold(preset, tmp_path, capsys):
+    """Issue 27's first "Must show" on the random control, generic over the rows the run has: every measurable
+    claim *does not hold* — its deciding condition's interval wholly on the failing side of a floor or a null
+    (claims module docstring, "Controls"), margin ≤ 0 — and none is inconclusive."""
+    summary = _cli_run(capsys, tmp_path, "random", preset, "--set", "recall.known_top_k=49152")
+    rows = _rows(summary)
+    measured = [r for r in rows if r["verdict"] != NOT_MEASURABLE]
+    assert len({r["claim"] for r in measured}) >= 6
+    for r in measured:
+        assert r["verdict"] == FAILS, (r["cell"], r["claim"], r["verdict"], r["detail"])
+        assert r["decided_by"] and r["margin"] is not None and r["margin"] <= 0 and r["prompts_needed"] is None
+    assert {r["claim"] for r in rows if r["verdict"] == NOT_MEASURABLE} <= {r["claim"] for r in summary["claims"]}
