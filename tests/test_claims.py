@@ -289,6 +289,11 @@ def test_prompts_needed_assumes_the_effect_stays_and_the_interval_narrows_as_one
     short = with_available(row, 100)
     assert short.prompts_available == 100 and "fewer than needed" in short.detail
     assert "fewer than needed" not in with_available(row, 200).detail and with_available(row, None) is row
+    # an estimate a hair above its threshold (smollm2-135m's C1 on every prompt: r 0.5001 against 0.5): 194 · (0.0911 /
+    # 0.0001)² ≈ 1.61e8 prompts, written with separators
+    on_edge = decide("C", "s", None, "m", 0.5001, (0.409, 0.581), [cond(0.409, 0.581, est=0.5001, n=194)], "d", {})
+    assert on_edge.prompts_needed == pytest.approx(194 * (0.0911 / 0.0001) ** 2, rel=1e-6)
+    assert f"≈ {on_edge.prompts_needed:,} known prompts would decide it" in on_edge.detail and "≈ 161,004,67" in on_edge.detail
 
 
 def test_flips_at_is_the_nearest_setting_value_that_changes_the_verdict():
@@ -301,3 +306,4 @@ def test_flips_at_is_the_nearest_setting_value_that_changes_the_verdict():
     assert flips_at([cond(0.45, 0.9)], 0) == pytest.approx(0.45) and flips_at([cond(0.1, 0.55)], 0) == pytest.approx(0.55)
     # a "below" condition on a sign −1 setting: threshold −s; holds until s passes −(high end)
     assert flips_at([cond(-0.5, -0.3, "<", -0.1, sign=-1.0)], 0) == pytest.approx(0.3)
+

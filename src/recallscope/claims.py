@@ -573,7 +573,7 @@ def decide(claim: str, stage: str, about: str | None, measure: str, value, ci: t
                           for c in open_)
         detail = f"{detail}; undecided (interval across the threshold): {spans}"
         if d.prompts_needed is not None:
-            detail += (f"; ≈ {d.prompts_needed} known prompts would decide it (now {d.deciding.n}; towards "
+            detail += (f"; ≈ {d.prompts_needed:,} known prompts would decide it (now {d.deciding.n}; towards "
                        f"{'holds' if d.deciding.towards() == MET else 'does not hold'}), if the effect stayed as measured "
                        "and the interval narrowed as 1/√n")
         else:
