@@ -66,6 +66,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from recallscope.rundir import RunDir, atomic_write_text, dumps, relation_slug  # noqa: E402  (torch-free)
+from recallscope.verdicts import whole as prompts  # noqa: E402  (pure Python: prompt counts as the terminal writes them)
 
 LRE = "lre"  # the LRE relations the package ships (src/recallscope/tasks/lre), by name: lre/<name>
 MODELS = ("smollm2-135m", "gemma3-270m")
@@ -278,14 +279,6 @@ def num(x) -> str:
         return str(x)
     x = float(x)
     return f"{x:.3g}" if x != 0 else "0"
-
-
-def prompts(x) -> str:
-    """A number of prompts as the study prints it: whole, with thousands separators ("1,944"; a median may be a
-    half: rounded), '—' when missing."""
-    if x is None or (isinstance(x, float) and x != x):
-        return "—"
-    return f"{int(round(float(x))):,}"
 
 
 def beyond(row) -> bool:

@@ -80,12 +80,6 @@ def fitted_table(
     return t
 
 
-def prompts(value: Any) -> str:
-    """A number of prompts: whole, with thousands separators ("83,653,711", not "8.37e+07"); "—" when missing."""
-    x = verdicts.number(value)
-    return "—" if x is None else f"{int(round(x)):,}"
-
-
 def fmt(value: Any) -> str:
     """A value for a table cell: numbers with 3–4 significant digits, lists and dicts compact."""
     if value is None:
@@ -118,8 +112,8 @@ def print_json(value: Any) -> None:
 def verdict_text(c: ClaimView):
     label = SHORT_VERDICT.get(c.kind, c.verdict)
     if c.kind == "inconclusive" and verdicts.number(c.prompts_needed) is not None:
-        beyond = f" > {prompts(c.prompts_available)}" if c.beyond_relation() else ""
-        label += f" (≈{prompts(c.prompts_needed)}{beyond})"
+        beyond = f" > {verdicts.whole(c.prompts_available)}" if c.beyond_relation() else ""
+        label += f" (≈{verdicts.whole(c.prompts_needed)}{beyond})"
     return text(label, STYLE[c.kind])
 
 
@@ -211,7 +205,7 @@ def print_sensitivity(console: Console, claims: list[ClaimView]) -> None:
                 text(cond.setting or "derived"),
                 text(fmt(cond.setting_value)),
                 text(fmt(cond.flips_at)),
-                text(prompts(cond.prompts_needed)),
+                text(verdicts.whole(cond.prompts_needed)),
             )
     console.print(t)
 
@@ -262,7 +256,7 @@ def _grid_cell(c: ClaimView | None, digits: int, needed: bool):
         value = d.value if d.value is not None else d.compared if d.compared is not None else c.value
         shown = f"{c.mark} {verdicts.fmt(value, digits)}"
     if needed and c.kind == "inconclusive" and verdicts.number(c.prompts_needed) is not None:
-        shown += f" ≈{int(round(verdicts.number(c.prompts_needed))):,}"
+        shown += f" ≈{verdicts.whole(c.prompts_needed)}"
     return text(shown, STYLE[c.kind])
 
 

@@ -122,6 +122,13 @@ def number(value: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def whole(value: Any) -> str:
+    """A count (of prompts): whole, with thousands separators ("83,653,711", never "8.37e+07"; a median's half
+    rounded); "—" when missing."""
+    x = number(value)
+    return "—" if x is None else f"{int(round(x)):,}"
+
+
 def fmt(value: Any, digits: int = 3) -> str:
     """A number with ``digits`` significant digits ("—" when missing)."""
     x = number(value)
@@ -287,8 +294,8 @@ class ClaimView:
         if n is None:
             return str(self.prompts_needed)
         available = number(self.prompts_available)
-        beyond = f" — more than the relation can give (≈ {int(available):,})" if self.beyond_relation() else ""
-        return f"≈ {int(round(n)):,} known prompts would decide it{beyond}"
+        beyond = f" — more than the relation can give (≈ {whole(available)})" if self.beyond_relation() else ""
+        return f"≈ {whole(n)} known prompts would decide it{beyond}"
 
 
 def claim_id(row: dict, index: int) -> str:
