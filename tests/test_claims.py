@@ -307,3 +307,54 @@ def test_flips_at_is_the_nearest_setting_value_that_changes_the_verdict():
     # a "below" condition on a sign −1 setting: threshold −s; holds until s passes −(high end)
     assert flips_at([cond(-0.5, -0.3, "<", -0.1, sign=-1.0)], 0) == pytest.approx(0.3)
 
+
+@pytest.mark.slow
+def test_every_prompt_decides_what_16_could_not_on_smollm2(smollm2, tmp_path):
+    """Issue 27's second "Must show", on the real model: ``recallscope run --model smollm2-135m --relation
+    country_capital_extended --shots 0 --max-prompts 16`` and ``--max-prompts all`` (the outputs are in the
+    issue's notes). At 16 prompts (13 known) every claim whose rule has an interval across its threshold and
+    none wholly on the failing side is *inconclusive*, with the known prompts that would decide it: C1 (the
+    movers' scatter r, 0.584 [0.224, 0.835] against 0.5) and C5 (Δp(Y), 0.021 [−0.023, 0.069] against 0.01),
+    each needing more than the ≈183 known prompts the relation gives. At all 225 prompts (194 known) C5 is
+    decided: it holds, its interval [0.050, 0.078] wholly above 0.01. C1 stays inconclusive: its r is 0.500
+    [0.409, 0.581], on the threshold itself, so no number of prompts the relation (or any) can give decides it
+    (the estimate is ~10⁷ known prompts). The decided claims keep their verdicts (C2, C3 do not hold; C4 holds)."""
+    from recallscope import pipeline
+    from recallscope.rundir import RunDir
+
+    def run(max_prompts):
+        out = tmp_path / str(max_prompts)
+        config = pipeline.RunConfig(model="smollm2-135m", relation="country_capital_extended", max_prompts=max_prompts)
+        _, summary = pipeline.execute(config, pipeline.default_stages(), out=str(out), model=smollm2, progress=False)
+        rows = {r["claim"]: r for r in summary["claims"]}
+        sensitivity = RunDir(out).read_table("claims", "sensitivity")
+        return summary, rows, sensitivity
+
+    summary, rows, sensitivity = run(16)
+    assert (summary["n_prompts"], summary["n_known"]) == (16, 13)
+    # generic: a row with a straddling condition and no failed one is inconclusive, with prompts needed beyond those used
+    straddling = []
+    for claim, states in sensitivity.groupby("claim")["state"]:
+        if STRADDLES in set(states) and FAILED not in set(states):
+            straddling.append(claim)
+            row = rows[claim]
+            assert row["verdict"] == INCONCLUSIVE and row["prompts_needed"] > row["prompts_used"] == 13, claim
+        else:
+            assert rows[claim]["verdict"] in (HOLDS, FAILS) and rows[claim]["prompts_needed"] is None, claim
+    by_id = {r["claim"][:12]: r for r in rows.values()}
+    c1, c5 = by_id["Mover heads "], by_id["Removing the"]
+    assert set(straddling) == {c1["claim"], c5["claim"]}
+    assert c1["decided_by"].startswith("scatter r") and (c1["decided_ci_low"], c1["decided_ci_high"]) == pytest.approx(
+        (0.224, 0.835), abs=2e-3
+    )
+    assert (c1["prompts_needed"], c5["prompts_needed"], c1["prompts_available"]) == (238, 222, 183)
+    assert "fewer than needed" in c1["detail"] and "fewer than needed" in c5["detail"]
+    decided_16 = {claim: r["verdict"] for claim, r in rows.items() if claim not in straddling}
+
+    summary, rows, _ = run(None)
+    assert (summary["n_prompts"], summary["n_known"]) == (225, 194)
+    assert rows[c5["claim"]]["verdict"] == HOLDS and rows[c5["claim"]]["decided_ci_low"] == pytest.approx(0.0502, abs=1e-3)
+    c1 = rows[c1["claim"]]
+    assert c1["verdict"] == INCONCLUSIVE and c1["decided_value"] == pytest.approx(0.500, abs=2e-3)
+    assert c1["prompts_needed"] > 100 * c1["prompts_available"] and c1["prompts_available"] == 194
+    assert {claim: rows[claim]["verdict"] for claim in decided_16} == decided_16
