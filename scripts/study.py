@@ -66,7 +66,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from recallscope.rundir import RunDir, atomic_write_text, dumps, relation_slug  # noqa: E402  (torch-free)
-from recallscope.verdicts import whole as prompts  # noqa: E402  (pure Python: prompt counts as the terminal writes them)
+from recallscope.verdicts import claim_id  # noqa: E402  (pure Python: the ids the report and the terminal use)
+from recallscope.verdicts import whole as prompts  # noqa: E402  (prompt counts as the terminal writes them)
 
 LRE = "lre"  # the LRE relations the package ships (src/recallscope/tasks/lre), by name: lre/<name>
 MODELS = ("smollm2-135m", "gemma3-270m")
@@ -327,6 +328,12 @@ def _g(row, key):
     return value
 
 
+def label(name: str, names: list[str]) -> str:
+    """A claim's id as the report and the terminal give it (``recallscope.verdicts.IDS``: C1 … C11, whatever
+    claims a study's runs hold), else ``#<position>`` in the study's list."""
+    return claim_id({"claim": name}, names.index(name) if name in names else len(names))
+
+
 def claim_names(sweeps: list[Sweep]) -> list[str]:
     """Every claim text, in the order the claims tables list them (C1, C2, …)."""
     names: list[str] = []
@@ -495,7 +502,7 @@ def nearest_flip(sweep: Sweep, claim: str) -> str | None:
 
 # --------------------------------------------------------------------------- rendering
 def legend(names: list[str]) -> list[str]:
-    return [f"- **C{i + 1}** — {cell_text(n)}" for i, n in enumerate(names)]
+    return [f"- **{label(n, names)}** — {cell_text(n)}" for n in names]
 
 
 COUNTS_KEY = (
@@ -511,8 +518,8 @@ def summary_table(sweeps: list[Sweep], names: list[str]) -> list[str]:
     head = "| claim | " + " | ".join(f"{s.model} · {s.preset}" for s in sweeps) + " |"
     lines = [head, "|---|" + "---|" * len(sweeps)]
     across = across_shots(sweeps)
-    for i, name in enumerate(names):
-        lines.append(f"| C{i + 1} | " + " | ".join(tally(s, name, name in across).short() for s in sweeps) + " |")
+    for name in names:
+        lines.append(f"| {label(name, names)} | " + " | ".join(tally(s, name, name in across).short() for s in sweeps) + " |")
     return lines
 
 
@@ -525,7 +532,7 @@ def counts_table(sweeps: list[Sweep], names: list[str]) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     across = across_shots(sweeps)
-    for i, name in enumerate(names):
+    for name in names:
         for s in sweeps:
             t = tally(s, name, name in across)
             known = sorted(int(n) for n in t.needed if n is not None)
@@ -535,7 +542,7 @@ def counts_table(sweeps: list[Sweep], names: list[str]) -> list[str]:
             if t.beyond:
                 needed += f"; {len(t.beyond)} more than the relation can give"
             lines.append(
-                f"| C{i + 1} | {s.model} · {s.preset} | {len(t.holds)} | {len(t.fails)} | {len(t.inconclusive)} | "
+                f"| {label(name, names)} | {s.model} · {s.preset} | {len(t.holds)} | {len(t.fails)} | {len(t.inconclusive)} | "
                 f"{len(t.missing)} | {len(t.not_run)} | {needed} |"
             )
     return lines
@@ -554,7 +561,7 @@ def grid(sweep: Sweep, names: list[str], across: set[str]) -> list[str]:
     interval (:func:`figure`; and, when inconclusive, the prompts that would decide it)."""
     per_cell = [n for n in names if n not in across]
     lines = [
-        "| relation | shots | known/prompts | " + " | ".join(f"C{names.index(n) + 1}" for n in per_cell) + " |",
+        "| relation | shots | known/prompts | " + " | ".join(label(n, names) for n in per_cell) + " |",
         "|---|---|---|" + "---|" * len(per_cell),
     ]
     for c in sweep.cells:
@@ -629,8 +636,8 @@ def detail_table(sweep: Sweep, names: list[str]) -> list[str]:
             else:
                 value = _g(row, col)
                 out.append(cell_text(num(value) if isinstance(value, float) else value if value is not None else ""))
-        label = f"C{names.index(name) + 1}" if name in names else cell_text(name)
-        return f"| {rel} | {k} | {label} | " + " | ".join(out) + " |"
+        shown = label(name, names) if name in names else cell_text(name)
+        return f"| {rel} | {k} | {shown} | " + " | ".join(out) + " |"
 
     for c in sweep.cells:
         if c.claims is None:
@@ -769,18 +776,18 @@ def headline(sweeps: list[Sweep], names: list[str]) -> list[str]:
     """Plain words per claim: where it holds, from the tallies."""
     lines = []
     across = across_shots(sweeps)
-    for i, name in enumerate(names):
-        lines.append(f"**C{i + 1}. {cell_text(name)}.**")
+    for name in names:
+        lines.append(f"**{label(name, names)}. {cell_text(name)}.**")
         lines.append("")
         for s in sweeps:
             t = tally(s, name, name in across)
             flip = nearest_flip(s, name)
             lines.append(f"- {sentence(s, name, t)}" + (f" {flip}" if flip else ""))
-        lines += ["", f"In short: {in_short(sweeps, name, i, across)}", ""]
+        lines += ["", f"In short: {in_short(sweeps, name, names, across)}", ""]
     return lines
 
 
-def in_short(sweeps: list[Sweep], name: str, i: int, across: set[str]) -> str:
+def in_short(sweeps: list[Sweep], name: str, names: list[str], across: set[str]) -> str:
     """One sentence per claim over the whole study: holds / does not hold / inconclusive in how many
     measured cells, per model, and the inconclusive ones' median prompts needed."""
     unit = "relation" if name in across else "cell"
@@ -799,10 +806,10 @@ def in_short(sweeps: list[Sweep], name: str, i: int, across: set[str]) -> str:
     held, failed, open_ = (sum(len(getattr(t, k)) for t in per_model.values()) for k in ("holds", "fails", "inconclusive"))
     measured = held + failed + open_
     if not measured:
-        return f"C{i + 1} was measured in no {unit} yet."
+        return f"{label(name, names)} was measured in no {unit} yet."
     models = ", ".join(f"{model} {len(t.holds)} · {len(t.fails)} · {len(t.inconclusive)}" for model, t in per_model.items())
     text = (
-        f"C{i + 1}, of {_count(measured, 'measured ' + unit)}: holds in {held}, does not hold in {failed}, "
+        f"{label(name, names)}, of {_count(measured, 'measured ' + unit)}: holds in {held}, does not hold in {failed}, "
         f"inconclusive in {open_} ({models})"
     )
     if open_:
@@ -835,7 +842,7 @@ def preset_disagreements(sweeps: list[Sweep], names: list[str]) -> list[str]:
                     compared += 1
                     if va[n] != vb[n]:
                         diffs.append(
-                            f"C{names.index(n) + 1} on {a.relation} at {shots_text(a.shots)} "
+                            f"{label(n, names)} on {a.relation} at {shots_text(a.shots)} "
                             f"({PRESETS[0]}: {va[n]}, {PRESETS[1]}: {vb[n]})"
                         )
         if diffs:
@@ -1024,12 +1031,12 @@ def changes(sweeps: list[Sweep], names: list[str], baseline: dict, relations=())
 
 
 def _change_line(old: dict, new: dict | None, names: list[str]) -> str:
-    label = f"C{names.index(old['claim']) + 1}" if old["claim"] in names else old.get("label", "?")
+    shown = label(old["claim"], names) if old["claim"] in names else old.get("label", "?")
     shots = old["shots"] if isinstance(old["shots"], str) else shots_text(old["shots"])
     was = f"{old['verdict']} ({num(old.get('value'))} {interval(old.get('ci_low'), old.get('ci_high'))}"
     was += f", margin {num(old.get('margin'))}" + (f", {old['n_known']} known)" if old.get("n_known") is not None else ")")
     if new is None:
-        return f"- {label} · {old['model']} · {old['preset']} · {old['relation']} · {shots}: {was} → not in this study"
+        return f"- {shown} · {old['model']} · {old['preset']} · {old['relation']} · {shots}: {was} → not in this study"
     now_text = f"{new.get('verdict')} ({num(_g(new, 'value'))} {interval(_g(new, 'ci_low'), _g(new, 'ci_high'))}"
     if _g(new, "decided_by") is not None and _g(new, "decided_value") is not None:
         now_text += f"; decided by {cell_text(_g(new, 'decided_by'))} = {figure(new)}"
@@ -1037,7 +1044,7 @@ def _change_line(old: dict, new: dict | None, names: list[str]) -> str:
         now_text += f"; {needed_text(new)}"
     if _g(new, "prompts_used") is not None:
         now_text += f"; {prompts(_g(new, 'prompts_used'))} used"
-    return f"- {label} · {old['model']} · {old['preset']} · {old['relation']} · {shots}: {was} → {now_text})"
+    return f"- {shown} · {old['model']} · {old['preset']} · {old['relation']} · {shots}: {was} → {now_text})"
 
 
 def changes_summary(got: dict, baseline: dict) -> str:
@@ -1195,7 +1202,7 @@ def render_readme_block(out: Path, sweeps: list[Sweep], args, baseline: dict | N
         "",
     ]
     across = across_shots(sweeps)
-    lines += [f"- {in_short(sweeps, name, i, across)}" for i, name in enumerate(names)]
+    lines += [f"- {in_short(sweeps, name, names, across)}" for name in names]
     if baseline:
         lines += ["", changes_summary(changes(sweeps, names, baseline, args.relations), baseline) + " Which ones: docs/study.md."]
     lines += ["", END]

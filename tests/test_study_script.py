@@ -25,7 +25,7 @@ spec.loader.exec_module(study)
 
 C_MOVERS = "Mover heads move the topic (subject) to the last position"
 C_SUPPRESS = "The final layer suppresses the correct answer"
-C_SHOTS = "Few-shot prompts engage the same heads"
+C_SHOTS = "Few-shot prompts employ the same heads as zero-shot"  # the study labels claims by their ids: C1, C4, C6
 RELATIONS = ["paper_country_capital", "lre/country_language"]
 SHOTS = [0, 3]
 
@@ -182,7 +182,7 @@ def test_every_figure_of_the_claims_tables_reaches_the_page(study_dir, tmp_path)
         if figures is None:
             continue
         for (value, lo, hi, verdict, margin, *needed), claim in zip(figures, (C_MOVERS, C_SUPPRESS), strict=True):
-            label = "C1" if claim == C_MOVERS else "C2"
+            label = "C1" if claim == C_MOVERS else "C4"
             # the detail table has one line per cell and claim with value, interval, the deciding figure,
             # threshold, margin, flips at, verdict, prompts needed and available
             line = next(
@@ -200,7 +200,7 @@ def test_every_figure_of_the_claims_tables_reaches_the_page(study_dir, tmp_path)
     for rows in SHOT_FIGURES.values():
         for rel, value, lo, hi, verdict, margin in rows:
             assert (
-                f"| {rel} | 0→3 | C3 | L23H4 | {value} | [{lo}, {hi}] | primary = {value} [{lo}, {hi}] | 0.5 | {margin} | — | {verdict} |"
+                f"| {rel} | 0→3 | C6 | L23H4 | {value} | [{lo}, {hi}] | primary = {value} [{lo}, {hi}] | 0.5 | {margin} | — | {verdict} |"
                 in doc
             )
     # the literal figures, as printed
@@ -226,20 +226,20 @@ def test_the_summary_counts_and_sentences_follow_the_verdicts(study_dir, tmp_pat
     # C1 (movers), recallscope: holds at (pcc, 0) and (language, 3); inconclusive at (pcc, 3) (140 prompts needed);
     #   (language, 0) has no claims table
     # C1, paper: holds at (language, 3); fails at (pcc, 0), (pcc, 3); not measurable at (language, 0)
-    # C2, recallscope: holds (pcc, 0); fails (pcc, 3), (language, 3); missing (language, 0)
-    # C2, paper: holds (pcc, 0), (language, 3); fails (pcc, 3); inconclusive (language, 0) (300 prompts needed)
-    # C3 (shots): recallscope holds 1, fails 1; paper holds 1 of 1, 1 not run
+    # C4, recallscope: holds (pcc, 0); fails (pcc, 3), (language, 3); missing (language, 0)
+    # C4, paper: holds (pcc, 0), (language, 3); fails (pcc, 3); inconclusive (language, 0) (300 prompts needed)
+    # C6 (shots): recallscope holds 1, fails 1; paper holds 1 of 1, 1 not run
     table = [l for l in doc.split("## Summary")[1].split("| claim | model")[0].splitlines() if l.startswith("| C")]
     assert table == [
         "| C1 | 2 · 0 · 1 · 1 (≈ 140) | 1 · 2 · 0 · 1 |",
-        "| C2 | 1 · 2 · 0 · 1 | 2 · 1 · 1 · 0 (≈ 300) |",
-        "| C3 | 1 · 1 · 0 · 0 | 1 · 0 · 0 · 0, 1 not run |",
+        "| C4 | 1 · 2 · 0 · 1 | 2 · 1 · 1 · 0 (≈ 300) |",
+        "| C6 | 1 · 1 · 0 · 0 | 1 · 0 · 0 · 0, 1 not run |",
     ]
     # the long table: per claim and model · preset, with the median prompts needed and their range
     # (each inconclusive cell needs more known prompts, 140 and 300, than its relation gives: 100)
     assert "| C1 | m1 · recallscope | 2 | 0 | 1 | 1 | 0 | 140 (140–140); 1 more than the relation can give |" in doc
-    assert "| C2 | m1 · paper | 2 | 1 | 1 | 0 | 0 | 300 (300–300); 1 more than the relation can give |" in doc
-    assert "| C3 | m1 · paper | 1 | 0 | 0 | 0 | 1 | — |" in doc
+    assert "| C4 | m1 · paper | 2 | 1 | 1 | 0 | 0 | 300 (300–300); 1 more than the relation can give |" in doc
+    assert "| C6 | m1 · paper | 1 | 0 | 0 | 0 | 1 | — |" in doc
     assert (
         "**m1, recallscope preset**, of 3 measured cells: holds in 2 (paper_country_capital at 0 shots; "
         "country_language at 3 shots); inconclusive in 1 (paper_country_capital at 3 shots) — median ≈ 140 known "
@@ -265,7 +265,7 @@ def test_the_summary_counts_and_sentences_follow_the_verdicts(study_dir, tmp_pat
     assert (
         "of the 6 verdicts measured under both presets, 3 differ: C1 on paper_country_capital at 0 shots (recallscope: "
         "holds, paper: does not hold); C1 on paper_country_capital at 3 shots (recallscope: inconclusive, paper: does "
-        "not hold); C2 on country_language at 3 shots (recallscope: does not hold, paper: holds)."
+        "not hold); C4 on country_language at 3 shots (recallscope: does not hold, paper: holds)."
     ) in doc
     assert "8 of 8 cells have run." in doc
     # the per-cell grid: verdict mark, value and interval, and for an inconclusive cell the prompts needed
@@ -288,7 +288,7 @@ def test_the_readme_block_is_replaced_and_the_rest_kept(study_dir, tmp_path):
         "- C1, of 6 measured cells: holds in 3, does not hold in 2, inconclusive in 1 (m1 3 · 2 · 1); median ≈ 140 "
         "known prompts would decide the inconclusive ones (1 of them more than their relation can give)."
     ) in readme
-    assert "- C3, of 3 measured relations: holds in 2, does not hold in 1, inconclusive in 0 (m1 2 · 1 · 0)." in readme
+    assert "- C6, of 3 measured relations: holds in 2, does not hold in 1, inconclusive in 0 (m1 2 · 1 · 0)." in readme
     assert readme.count(study.BEGIN) == 1 and readme.count(study.END) == 1
     # rendering twice gives the same block (idempotent), apart from nothing
     _, again = render(study_dir, tmp_path)
@@ -296,7 +296,7 @@ def test_the_readme_block_is_replaced_and_the_rest_kept(study_dir, tmp_path):
 
 
 def baseline_row(preset, relation, shots, label, verdict, model="m1", **figures):
-    claim = {"C1": C_MOVERS, "C2": C_SUPPRESS, "C3": C_SHOTS}[label]
+    claim = {"C1": C_MOVERS, "C4": C_SUPPRESS, "C6": C_SHOTS}[label]
     return {
         "model": model,
         "preset": preset,
@@ -321,15 +321,15 @@ def test_what_changed_against_the_earlier_study(study_dir, tmp_path):
     baseline = {
         "source": {"file": "docs/study.md", "commit": "0123456789abcdef0123456789abcdef01234567", "note": "n"},
         "max_prompts": 24,
-        "claims": {"C1": C_MOVERS, "C2": C_SUPPRESS, "C3": C_SHOTS},
+        "claims": {"C1": C_MOVERS, "C4": C_SUPPRESS, "C6": C_SHOTS},
         "rows": [
             baseline_row("recallscope", "paper_country_capital", 3, "C1", "does not hold", value=0.431, margin=-0.049),
             baseline_row("paper", "paper_country_capital", 0, "C1", "holds"),  # now does not hold: a flip
-            baseline_row("recallscope", "country_language", 3, "C2", "holds"),  # now does not hold
-            baseline_row("paper", "country_language", 0, "C2", "not measurable here"),  # now inconclusive
+            baseline_row("recallscope", "country_language", 3, "C4", "holds"),  # now does not hold
+            baseline_row("paper", "country_language", 0, "C4", "not measurable here"),  # now inconclusive
             baseline_row("recallscope", "paper_country_capital", 0, "C1", "holds"),  # unchanged
-            baseline_row("recallscope", "paper_country_capital", "0→3", "C3", "holds"),  # unchanged (few-shot row)
-            baseline_row("paper", "country_language", "0→3", "C3", "holds"),  # its sweep did not finish: missing
+            baseline_row("recallscope", "paper_country_capital", "0→3", "C6", "holds"),  # unchanged (few-shot row)
+            baseline_row("paper", "country_language", "0→3", "C6", "holds"),  # its sweep did not finish: missing
             baseline_row("paper", "city_in_country", 0, "C1", "holds"),  # a relation not rendered: not compared
             baseline_row("recallscope", "paper_country_capital", 1, "C1", "holds"),  # a shot count not rendered
             baseline_row("paper", "paper_country_capital", 0, "C1", "holds", model="m2"),  # another model: not compared
@@ -351,7 +351,7 @@ def test_what_changed_against_the_earlier_study(study_dir, tmp_path):
         "9 known) → inconclusive (0.431 [0.25, 0.55]; decided by primary = 0.431 [0.25, 0.55]; ≈ 140 known prompts "
         "would decide it — more than the relation can give (≈ 100); 12 used)"
     ) in section
-    assert "- C2 · m1 · paper · country_language · 0 shots: not measurable here" in section
+    assert "- C4 · m1 · paper · country_language · 0 shots: not measurable here" in section
     assert "Not in this study's run directories yet (1 verdict): m1 · paper: country_language at 0→3." in section
     assert "city_in_country" not in section and "· 1 shot" not in section
     assert "m2" not in section
@@ -362,10 +362,10 @@ def test_the_baseline_is_extracted_from_a_rendered_study(study_dir, tmp_path):
     figure of the synthetic study comes back as printed."""
     doc, _ = render(study_dir, tmp_path)
     data = study.extract_baseline(doc, "c0ffee")
-    assert data["source"]["commit"] == "c0ffee" and data["claims"] == {"C1": C_MOVERS, "C2": C_SUPPRESS, "C3": C_SHOTS}
+    assert data["source"]["commit"] == "c0ffee" and data["claims"] == {"C1": C_MOVERS, "C4": C_SUPPRESS, "C6": C_SHOTS}
     rows = {(r["preset"], r["relation"], r["shots"], r["label"]): r for r in data["rows"]}
     for (model, preset, rel, k), figures in FIGURES.items():
-        for label, fig in zip(("C1", "C2"), figures or (), strict=False):
+        for label, fig in zip(("C1", "C4"), figures or (), strict=False):
             row = rows[(preset, rel, k, label)]
             assert (row["value"], row["ci_low"], row["ci_high"], row["verdict"], row["margin"]) == (
                 fig[0],
@@ -376,7 +376,7 @@ def test_the_baseline_is_extracted_from_a_rendered_study(study_dir, tmp_path):
             ), (preset, rel, k, label)
             assert row["n_known"] == 10 + k and row["n_prompts"] == 32
     assert rows[("recallscope", "paper_country_capital", 3, "C1")]["flips_at"] == 0.45
-    assert rows[("paper", "paper_country_capital", "0→3", "C3")]["verdict"] == "holds"
+    assert rows[("paper", "paper_country_capital", "0→3", "C6")]["verdict"] == "holds"
     assert ("recallscope", "country_language", 0, "C1") not in rows  # no claims table there: not measurable
 
 
@@ -410,14 +410,14 @@ def test_a_few_shot_row_named_by_its_relation_file_is_compared(study_dir, tmp_pa
     baseline = {
         "source": {"file": "docs/study.md", "commit": "0" * 40, "note": "n"},
         "max_prompts": 24,
-        "claims": {"C3": C_SHOTS},
-        "rows": [baseline_row("recallscope", "official_language_of", "0→3", "C3", "holds")],  # now does not hold
+        "claims": {"C6": C_SHOTS},
+        "rows": [baseline_row("recallscope", "official_language_of", "0→3", "C6", "holds")],  # now does not hold
     }
     path = tmp_path / "study-24.json"
     path.write_text(json.dumps(baseline))
     doc, _ = render(study_dir, tmp_path, str(path), relations=[RELATIONS[0], str(relation)])
     assert "of 1 verdicts compared, 0 are unchanged, 0 turned inconclusive, 1 flipped" in doc
-    assert "- C3 · m1 · recallscope · official_language_of · 0→3: holds" in doc and "not in this study" not in doc
+    assert "- C6 · m1 · recallscope · official_language_of · 0→3: holds" in doc and "not in this study" not in doc
 
 
 def test_the_run_time_counts_the_rendered_sweeps_and_says_which_attempts_failed(study_dir, tmp_path):
@@ -449,6 +449,22 @@ def test_prompt_counts_are_whole_numbers():
     assert study.needed_text(row, short=True) == "≈1,944 > 183"
     assert study.needed_text(row) == "≈ 1,944 known prompts would decide it — more than the relation can give (≈ 183)"
     assert study.needed_text({**row, "prompts_available": 1944}, short=True) == "≈1,944"
+
+
+def test_claims_are_labelled_by_their_ids_whatever_the_runs_hold(study_dir, tmp_path):
+    """The study's C-numbers are the claims' ids (recallscope.verdicts.IDS), as the report and the terminal give
+    them: the rows across shot counts about what demonstrations change are C10 and C11 though they come fourth
+    and fifth here (positions numbered them C7 and C8 before, while the text called them C10 and C11)."""
+    from recallscope.onset import CLAIM_DOMAIN_EARLIER, CLAIM_MOVE_EARLIER
+
+    path = study_dir / "m1" / "recallscope" / "paper_country_capital"
+    combined = RunDir(path).summary()
+    combined["claims"] += [{**combined["claims"][0], "claim": c} for c in (CLAIM_MOVE_EARLIER, CLAIM_DOMAIN_EARLIER)]
+    RunDir(path).write_summary(combined)
+    doc, _ = render(study_dir, tmp_path)
+    assert [line.split("**")[1] for line in doc.splitlines() if line.startswith("- **C")] == ["C1", "C4", "C6", "C10", "C11"]
+    assert f"- **C10** — {CLAIM_MOVE_EARLIER}" in doc and "| C10 | 1 · 0 · 0 · 0 | 0 · 0 · 0 · 0, 1 not run |" in doc
+    assert "C7" not in doc and "C8" not in doc
 
 
 def test_the_default_is_every_prompt():
