@@ -39,6 +39,7 @@ from recallscope.causal_trace import CLAIM_MLP_PEAK
 from recallscope.knockout import CLAIM_READS_SUBJECT
 from recallscope.surgery import CLAIM_NECESSARY
 from recallscope.models import controls
+from recallscope.onset import CLAIM_DOMAIN_EARLIER, CLAIM_MOVE_EARLIER
 from recallscope.rundir import RunDir
 
 PLANTED = controls.PLANTED
@@ -332,9 +333,14 @@ def test_surgery_row_on_the_controls(model, settings, preset, tmp_path):
     else:
         assert row["verdict"] == FAILS and row["decided_by"] == "movers' mean drop in p(Y) (probability)"
         assert row["margin"] < 0 and abs(row["drop_p"]) < 1e-6 and row["decided_ci_high"] < 1e-6
+
+
 # Claims whose mechanism the planted control does not build (claim statement -> why): they must *not hold*
 # there (decided, not inconclusive) instead of holding. Every other claim the run measures must hold.
-NOT_PLANTED: dict[str, str] = {}
+NOT_PLANTED: dict[str, str] = {
+    CLAIM_MOVE_EARLIER: "no demonstration mechanism is planted: the movers act in layer 1 at every shot count",
+    CLAIM_DOMAIN_EARLIER: "no demonstration mechanism is planted: the domain appears after layer 1 at every shot count",
+}
 
 
 def _cli_run(capsys, tmp_path, model: str, preset: str, *extra: str) -> dict:
