@@ -1,15 +1,18 @@
 """Head surgery (the mover heads ablated against random head sets) on smollm2-135m and on the two
-control models: writes docs/surgery.md and its figures (docs/surgery_end.png, docs/surgery_all.png).
+control models: writes docs/surgery.md and its figures (docs/surgery_<metric>_<scope>.png: p(Y) and
+accuracy, at the end position and at every position).
 
     python scripts/surgery_docs.py                    # --max-prompts 32 (the default run's sample)
     python scripts/surgery_docs.py --max-prompts 64
+    python scripts/surgery_docs.py --work runs/surgery_docs   # keep the runs there (a rerun resumes them)
 
 It runs ``recallscope run --stages recall,patch,movers,surgery,claims`` three times in child
-processes, into temporary run directories: smollm2-135m on ``country_capital_extended`` at 0 shots,
+processes, into run directories (temporary ones unless ``--work``): smollm2-135m on ``country_capital_extended`` at 0 shots,
 and the controls ``planted`` and ``random`` (every prompt kept: ``recall.known_top_k=49152``) on
 ``paper_country_capital``. The figures are the surgery stage's own (``recallscope.figures.surgery``,
-the ones the HTML report shows), drawn from the smollm2 run's tables and exported as PNG with
-plotly.js in headless Chromium (``trace_docs.export_png``). Every number in the page is read from
+the ones the HTML report shows), drawn from the smollm2 run's tables and written as PNG the way
+``recallscope report --figures`` writes them (``recallscope.report.export.save_figure``: sized so that
+no title is clipped). Every number in the page is read from
 the runs' tables and summaries; nothing is typed by hand.
 """
 
@@ -23,15 +26,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "scripts"))
 import pandas as pd  # noqa: E402
-from trace_docs import export_png  # noqa: E402
-
 from recallscope.figures import surgery as surgery_figures  # noqa: E402
+from recallscope.report.export import save_figure  # noqa: E402
 from recallscope.rundir import RunDir  # noqa: E402
 from recallscope.surgery import CLAIM_NECESSARY  # noqa: E402
 
-NAMES = {"end": "surgery_end.png", "all": "surgery_all.png"}
+METRICS = ("p_answer", "accuracy")  # the order of recallscope.figures.surgery's figures: per metric, per scope
 RUNS = (
     ("smollm2-135m", "smollm2-135m", "country_capital_extended", ()),
     ("planted", "planted", "paper_country_capital", ()),
@@ -86,11 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-prompts", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    parser.add_argument("--work", type=Path, default=None, help="keep the run directories here (default: temporary)")
     args = parser.parse_args(argv)
     got = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, model, relation, extra in RUNS:
-            out = Path(tmp) / name
+            out = (args.work or Path(tmp)) / name
             cmd = run(out, model, relation, extra, args.max_prompts, args.seed)
             rundir = RunDir(out)
             claims = rundir.read_table("claims")
@@ -105,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     s = smol["summary"]
     figs = surgery_figures.figures(smol["tables"], s)
     args.docs.mkdir(parents=True, exist_ok=True)
-    export_png(figs, [args.docs / NAMES[scope] for scope in s["scopes"]], width=1100, height=520)
+    names = {(metric, scope): f"surgery_{metric}_{scope}.png" for metric in METRICS for scope in s["scopes"]}
+    for fig, n in zip(figs, names.values(), strict=True):
+        save_figure(fig, args.docs / n)
     nulls = smol["tables"]["nulls"]
     lines = [
         "# Head surgery: the mover heads ablated against random head sets",
@@ -136,10 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *nulls_table(nulls),
         "",
-        f"![end position]({NAMES['end']})",
-        "",
-        f"![every position]({NAMES['all']})",
-        "",
+        *[f"![{'p(Y)' if metric == 'p_answer' else 'accuracy'}, {'end position' if scope == 'end' else 'every position'}]({n})\n"
+          for (metric, scope), n in names.items()],
         "## The claims row on the model and the controls",
         "",
         f"*{CLAIM_NECESSARY}* (rule: `recallscope.surgery.necessity_claim`), as each run's claims table states it:",
