@@ -347,7 +347,7 @@ def _add_stage_verbs(target: typer.Typer, pipeline) -> None:
         threads: Optional[int] = THREADS_OPTION,
         wait: bool = WAIT_OPTION,
         stages: Optional[str] = typer.Option(
-            None, "--stages", help="Comma-separated subset of stages (default: all but the opt-in trace and knockout)."
+            None, "--stages", help="Comma-separated subset of stages (default: all but the opt-in trace, knockout and surgery)."
         ),
         report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
         wide: bool = WIDE_OPTION,
