@@ -532,7 +532,9 @@ def relations_command(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @app.command("bench")
 def bench_command(
-    names: list[str] = typer.Argument(None, help="Benchmarks to run (default: all but the opt-in scaling; patch in both modes)."),
+    names: list[str] = typer.Argument(
+        None, help="Benchmarks to run (default: all but the opt-in scaling and surgery; patch in both modes)."
+    ),
     model: str = typer.Option("smollm2-135m", "--model", "-m"),
     relation: Optional[str] = typer.Option(None, "--relation", "-r", help="Default: each benchmark's own relation."),
     shots: Optional[str] = typer.Option(
