@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from recallscope.models.arch import ArchConfig, LayerWeights, Norm, Weights
 from recallscope.models.view import ModelView
 from recallscope.movers import (
     MoversConfig,
+    _head_summary,
     all_heads,
     candidates_for,
     find_movers,
@@ -243,3 +245,29 @@ def test_ov_in_context_of_a_layer0_head_is_the_embedding_reading():
     mover_rows = frame[frame["component"] == "L1H3"]
     assert heads[MOVER]["ov_top5_share_context"] == float((mover_rows["ov_rank_context"] < 5).mean()) == 1.0
     assert heads[MOVER]["is_mover"] and heads[MOVER]["ov_input"] == "context"
+
+
+def test_failed_names_the_condition_that_failed():
+    """L23H4 of smollm2-135m on country_capital_extended (0 shots, --max-prompts 16, its 13 known
+    prompts; figures from that run's movers table): r 0.584 passes r ≥ 0.5, p 0.036 fails p ≤ 0.01,
+    so the head fails on ``p_value`` alone, not on ``correlation``."""
+    attention = [0.934510, 0.952441, 0.930834, 0.946014, 0.832813, 0.807802, 0.959224, 0.947095, 0.949950, 0.917872,
+                 0.961136, 0.938156, 0.904384]
+    projection = [105.2491, 131.4994, 91.74608, 109.1211, 89.97169, 70.08173, 112.0808, 96.40241, 89.71260, 73.25660,
+                  100.1914, 129.1884, 100.0040]
+
+    def summary(proj, cfg=MoversConfig()):
+        rows = pd.DataFrame({
+            "attention_to_subject": attention, "attention_to_first_subject": attention, "attention_to_last_subject": attention,
+            "projection": proj, "projection_first": proj, "projection_last": proj,
+            "ov_rank_context": 0, "ov_rank_effective": 0, "subject_is_top_attended": True,
+        })
+        return _head_summary(rows, torch.zeros(13, dtype=torch.long), torch.zeros(13, dtype=torch.long), None, cfg)
+
+    h = summary(projection)
+    assert round(h["projection_corr"], 3) == 0.584 and round(h["projection_p_value"], 3) == 0.036
+    assert h["failed"] == ["p_value"] and not h["is_mover"]
+    # the kind: r below its threshold with a small p fails on correlation alone; a negative r on both
+    assert summary(projection, MoversConfig(min_projection_corr=0.6, max_p_value=0.05))["failed"] == ["correlation"]
+    assert summary([-p for p in projection])["failed"] == ["correlation", "p_value"]
+    assert summary(projection, MoversConfig(max_p_value=0.05))["failed"] == []

@@ -117,7 +117,10 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "ov_input": ("label", "which OV input the mover test reads (movers.ov_input: context, effective, embedding)"),
     "ov_n_tokens": ("count", "distinct X's the OV ranks from the embedding are taken over"),
     "is_mover": ("bool", "the head passes every condition of the mover test"),
-    "failed": ("labels", "the mover test's conditions the head fails"),
+    "failed": (
+        "labels",
+        "the mover test's conditions the head fails: attention, correlation (scatter r), p_value (r's p-value), ov_copy",
+    ),
     # --- decompose
     "regressor": (
         "label",

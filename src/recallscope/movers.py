@@ -268,9 +268,12 @@ def _head_summary(rows: pd.DataFrame, ov_x: Tensor, ov_all: Tensor, effect: floa
     top5_context = float((rows["ov_rank_context"] < OV_TOP_K).mean())
     top5_effective = float((rows["ov_rank_effective"] < OV_TOP_K).mean())
     ov_share = {"context": top5_context, "effective": top5_effective, "embedding": top5}[cfg.ov_input]
+    # one check per condition, so that ``failed`` names the one that failed: a head whose r passes
+    # and whose p-value does not fails on ``p_value``, never on ``correlation``
     checks = {
         "attention": att >= cfg.min_attention_to_subject,
-        "correlation": bool(math.isfinite(r) and r >= cfg.min_projection_corr and p <= cfg.max_p_value),
+        "correlation": bool(math.isfinite(r) and r >= cfg.min_projection_corr),
+        "p_value": bool(math.isfinite(p) and p <= cfg.max_p_value),
         "ov_copy": ov_share >= cfg.min_ov_top5_share,
     }
     return {

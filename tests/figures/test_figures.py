@@ -119,7 +119,12 @@ def test_movers_scatter_per_mover_and_the_example_attention():
     assert figs[1].layout.xaxis.tickangle == -45  # level, a half-width figure's labels ran together
     # no mover: the candidates with a finite r, titled as not movers
     (fig,) = movers.figures({"movers": frame}, {"heads": _heads(False)})
-    assert "fails the mover test (ov_copy)" in fig.layout.title.text
+    assert "fails the mover test on OV top-5 share" in fig.layout.title.text
+    # the condition that failed, with its threshold: a head whose r passes and whose p-value does
+    # not (L23H4 of smollm2-135m on country_capital_extended, 16 prompts: r 0.584, p 0.036) fails on p
+    heads = [{**_heads(False)[0], "projection_corr": 0.584, "projection_p_value": 0.036, "failed": ["p_value"]}]
+    (fig,) = movers.figures({"movers": frame}, {"heads": heads, "thresholds": {"max_p_value": 0.01, "min_projection_corr": 0.5}})
+    assert fig.layout.title.text == "L1H0 — fails the mover test on p > 0.01: r = 0.584, p = 0.036"
 
 
 def test_decompose_coefficients_sweep_and_sgd_trace():

@@ -12,6 +12,24 @@ from ..components import head_label
 from . import main_table
 
 
+# a failed condition of the mover test (movers.py's ``failed`` names) as the reader checks it
+_CONDITIONS = {
+    "attention": ("attention", "<", "min_attention_to_subject"),
+    "correlation": ("r", "<", "min_projection_corr"),
+    "p_value": ("p", ">", "max_p_value"),
+    "ov_copy": ("OV top-5 share", "<", "min_ov_top5_share"),
+}
+
+
+def _failed(name: str, thresholds: dict) -> str:
+    """``p > 0.01`` for ``p_value`` (the threshold read from the summary's ``thresholds``)."""
+    if name not in _CONDITIONS:
+        return name
+    label, op, key = _CONDITIONS[name]
+    t = thresholds.get(key)
+    return f"{label} {op} {t:g}" if isinstance(t, (int, float)) else label
+
+
 def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
     """[one scatter per mover head (or, when there is none, for the three candidates with the
     highest r, titled as not movers), the example head's attention from the end position].
@@ -35,7 +53,7 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
         label = (
             "passes the mover test on point estimates"
             if h["is_mover"]
-            else "fails the mover test (" + ", ".join(h["failed"]) + ")"
+            else "fails the mover test on " + ", ".join(_failed(name, summary.get("thresholds") or {}) for name in h["failed"])
         )
         fig = go.Figure(
             go.Scatter(
