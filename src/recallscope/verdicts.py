@@ -446,13 +446,21 @@ def stage_story(stage: str, entry: dict, claims: list[ClaimView]) -> tuple[str |
             if _is_num(t.get(key))
         )
         verdict = f"Mover test on point estimates{f' ({rule})' if rule else ''}: {verdict}."
+        # the heads this test fails on their p-value alone: C1 has no p condition, so they are the
+        # ones a reader would otherwise read as contradicting it
+        heads = entry.get("heads") if isinstance(entry.get("heads"), list) else []
+        on_p = [f"L{h['layer']}H{h['head']}" for h in heads if isinstance(h, dict) and h.get("failed") == ["p_value"]]
+        p_only = f" ({', '.join(on_p)} {'fails' if len(on_p) == 1 else 'fail'} here on p alone)" if on_p else ""
         c1 = _claim(claims, "C1")
+        differs = (
+            "reads the same heads' OV share, attention and scatter r at the lower ends of their 95% intervals against "
+            f"the same thresholds and uses no p-value, so a head can fail the test here and not there{p_only}"
+        )
         if c1 is None:
-            notes.append("Claim C1 reads the same statistics at the lower ends of their 95% intervals (the claims stage).")
+            notes.append(f"Claim C1 {differs} (the claims stage).")
         else:
             notes.append(
-                f"{c1.id} ({c1.verdict}) compares the lower ends of the 95% intervals of the same statistics with the same "
-                f"thresholds, so a head can pass the test here and not there: {c1.about or 'its head'}'s "
+                f"{c1.id} ({c1.verdict}) {differs}: {c1.about or 'its head'}'s "
                 f"{c1.deciding.label} {c1.deciding.interval()} {c1.deciding.against()}."
             )
     if stage == "suppress":

@@ -190,7 +190,9 @@ def test_the_report_opens_with_the_verdicts_then_the_top_components(h, tmp_path)
     tops = answer.split("Top components", 1)[1]
     assert re.findall(r'<span class="chip"><bdi class="s">([^<]+)</bdi>(?: <span class="n">([^<]+)</span>)?', tops) == [
         ("L1H2", "-15.9%"), ("MLP1", "2.5%"), ("L1H2", "")]
-    assert "pass the mover test on point estimates (C1 reads interval ends)" in tops
+    # and one line on how C1's rule differs, linking to C1's row
+    assert re.search(r'pass the movers stage&#39;s test \(point estimates(, p ≤ [0-9.]+)?\)</a>.*· unlike <a href="#(stage-)?[a-z0-9-]*claim-C1">C1</a>, '
+                     r"which reads the lower ends of the 95% intervals and no p-value", tops)
 
 
 def test_a_stage_section_never_states_a_verdict_of_its_own_under_another_rule(h, tmp_path):
@@ -210,6 +212,7 @@ def test_a_stage_section_never_states_a_verdict_of_its_own_under_another_rule(h,
              "threshold": -0.1, "margin": 1.12, "holds": True}]
     extra = {
         "movers": ({"movers": ["L23H4", "L23H5"], "verdict": "2 of 10 candidate heads are movers: L23H4, L23H5",
+                    "heads": [{"layer": 29, "head": 0, "failed": ["p_value"]}, {"layer": 29, "head": 1, "failed": ["attention"]}],
                     "thresholds": {"min_attention_to_subject": 0.3, "min_projection_corr": 0.5, "max_p_value": 0.01,
                                    "min_ov_top5_share": 0.5}}, None),
         "suppress": ({"suppression_present": {"present": False, "final_layer_total_dla": 5.23, "ci_low": 4.42,
@@ -224,8 +227,10 @@ def test_a_stage_section_never_states_a_verdict_of_its_own_under_another_rule(h,
     text_of = lambda html_: " ".join(re.sub(r"<[^>]+>", "", html_).split())  # noqa: E731
     assert "Mover test on point estimates (attention to the subject ≥ 0.3, scatter r ≥ 0.5, its p-value ≤ 0.01, OV top-5 " \
            "share ≥ 0.5): 2 of 10 candidate heads are movers: L23H4, L23H5." in text_of(movers)
-    assert "C1 (does not hold) compares the lower ends of the 95% intervals of the same statistics with the same thresholds" \
-           in text_of(movers) and "L23H4&#39;s scatter r low 0.121 ≥ 0.5" in text_of(movers)
+    # C1's rule differs: interval ends and no p-value; the heads failing here on p alone are named
+    assert "C1 (does not hold) reads the same heads&#39; OV share, attention and scatter r at the lower ends of their 95% " \
+           "intervals against the same thresholds and uses no p-value, so a head can fail the test here and not there " \
+           "(L29H0 fails here on p alone): L23H4&#39;s scatter r low 0.121 ≥ 0.5" in text_of(movers)
     assert text_of(movers).startswith("movers C1 does not hold reads this section")
     suppress = page.split('<section class="stage" id="stage-2">', 1)[1].split("</section>", 1)[0]
     assert "suppression_present" not in suppress  # its "present: no" was a verdict under the whole-layer rule

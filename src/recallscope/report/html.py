@@ -346,11 +346,13 @@ def _effect(value: Any, unit: str = "") -> str:
     return f"{verdicts.fmt(value)}{unit}" if verdicts.number(value) is not None else "—"
 
 
-def findings(run: Run) -> list[dict]:
+def findings(run: Run, claim_anchors: dict[str, str] | None = None) -> list[dict]:
     """The top components, after the claims: each ``{stage, label, items: [(component, figure)], note}``.
 
     The patched components by |effect|, the heads that pass the movers stage's point-estimate test
-    (labelled as such: claim C1 reads interval ends), the final-layer suppressors with their mean DLA."""
+    (labelled as such, with one line on how C1's rule differs and a link to C1 from ``claim_anchors``,
+    claim id → its row's id), the final-layer suppressors with their mean DLA."""
+    claim_anchors = claim_anchors or {}
     out = []
     patch = run.entry("patch")
     if isinstance(patch, dict) and is_records(patch.get("top_components")):
@@ -361,13 +363,18 @@ def findings(run: Run) -> list[dict]:
     movers = run.entry("movers")
     if isinstance(movers, dict) and isinstance(movers.get("movers"), list):
         items = [(str(m), "") for m in movers["movers"]]
+        p_max = (movers.get("thresholds") or {}).get("max_p_value") if isinstance(movers.get("thresholds"), dict) else None
         note = None if items else "none"
         out.append(
             {
                 "stage": "movers",
-                "label": "pass the mover test on point estimates (C1 reads interval ends)",
+                "label": f"pass the movers stage's test (point estimates, p ≤ {verdicts.fmt(p_max)})"
+                if verdicts.number(p_max) is not None
+                else "pass the movers stage's test (point estimates)",
                 "items": items,
                 "note": note,
+                # one line on how the rule differs from C1's, with a link to C1 (no claims: no link)
+                "differs": ("C1", claim_anchors.get("C1"), "reads the lower ends of the 95% intervals and no p-value"),
             }
         )
     suppress = run.entry("suppress")
@@ -447,7 +454,16 @@ def run_view(run: Run, anchor: str, label: str, prefix: str, page: Page) -> RunV
     stage_anchors = {s: f"{prefix}-{i}" for i, s in enumerate(stages)}
     sections = [stage_section(run, s, stage_anchors[s], page, claims, lambda c: claim_anchors[c.id]) for s in stages]
     return RunView(
-        anchor, label, idents, model_hash, headline(run.summary), sections, claims, claim_anchors, stage_anchors, findings(run)
+        anchor,
+        label,
+        idents,
+        model_hash,
+        headline(run.summary),
+        sections,
+        claims,
+        claim_anchors,
+        stage_anchors,
+        findings(run, claim_anchors),
     )
 
 
