@@ -358,3 +358,25 @@ def test_every_prompt_decides_what_16_could_not_on_smollm2(smollm2, tmp_path):
     assert c1["verdict"] == INCONCLUSIVE and c1["decided_value"] == pytest.approx(0.500, abs=2e-3)
     assert c1["prompts_needed"] > 100 * c1["prompts_available"] and c1["prompts_available"] == 194
     assert {claim: rows[claim]["verdict"] for claim in decided_16} == decided_16
+
+
+def test_the_table_leads_with_the_statistic_that_decided_the_verdict():
+    """Study.claims() showed ``value`` = the primary figure while the CLI and the report show the
+    deciding statistic: smollm2-135m's C1 (country_capital_extended, 16 prompts) read value 1
+    [0.753, 1] (the OV share) and was decided by the scatter r, 0.584 [0.224, 0.835]. The table now
+    leads with claim, verdict and the deciding statistic; the primary figure follows, named by
+    ``measure``. Here: a copying head whose scatter is noise — the OV share is 1, r decides."""
+    summary, frame = movers_inputs(copying_head_effect=-20.0)
+    rng = np.random.default_rng(1)
+    five = frame["layer"] == 5
+    frame.loc[five, "projection"] = rng.normal(0, 1, int(five.sum()))
+    claim = movers_claim(summary, frame, CFG)
+    table = ClaimsResult((claim,), CFG).tables()["claims"]
+    assert list(table.columns[:9]) == ["claim", "verdict", "decided_by", "decided_value", "decided_ci_low",
+                                       "decided_ci_high", "threshold", "margin", "flips_at"]
+    assert list(table.columns[9:15]) == ["stage", "about", "measure", "value", "ci_low", "ci_high"]
+    row = table.iloc[0]
+    r, _ = stats.pearsonr(frame.loc[five, "attention_to_subject"], frame.loc[five, "projection"])
+    assert row["value"] == 1.0 and row["decided_by"].startswith("scatter r")
+    assert row["decided_value"] == pytest.approx(r) and row["decided_value"] != row["value"]
+    assert row["threshold"] == 0.5 and row["verdict"] == FAILS

@@ -99,6 +99,8 @@ def test_the_claims_table(executed):
     shown = text(outputs(notebook, "claims"), ("text/plain",))
     assert "Mover heads move the topic" in shown and "The final layer suppresses the correct answer" in shown
     assert any(v in shown for v in VERDICT_COLOURS)
+    # the deciding statistic is what the cell shows (as the CLI and the report), the primary labelled beside it
+    assert "decided_value" in shown and "decided_by" in shown
 
 
 def test_zero_against_three_shots_and_the_sweep_read_back_without_torch(executed, tmp_path):

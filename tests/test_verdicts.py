@@ -181,3 +181,20 @@ def test_the_deciding_condition_is_matched_by_name_comparison_and_threshold():
     decided = view.deciding_condition()
     assert (decided.op, decided.threshold, decided.status) == (">=", 7.5, "failed")
     assert [c.threshold for c in view.conditions if c is not decided] == [0.01, 22.5]
+
+
+def test_leading_first_puts_the_verdict_and_the_deciding_statistic_first():
+    # a run written when the primary figure led reads in the new order
+    old = ["claim", "stage", "about", "measure", "value", "ci_low", "ci_high", "decided_by", "decided_value", "verdict"]
+    assert verdicts.leading_first(old) == [
+        "claim",
+        "verdict",
+        "decided_by",
+        "decided_value",
+        "stage",
+        "about",
+        "measure",
+        "value",
+        "ci_low",
+        "ci_high",
+    ]

@@ -188,12 +188,14 @@ Effect-size floors (why these values)
 Columns of the ``claims`` table (one row per claim; all rows have every column, None where a
 column does not apply; :data:`COLUMNS`):
 
-- ``claim``, ``stage`` (the stage whose results it reads), ``about`` (the component(s) the
-  primary figure is about, e.g. ``L23H4``, ``MLP23``), ``measure`` (what ``value`` is, with
-  units), ``value``, ``ci_low``, ``ci_high`` (the primary figure and its 95% interval),
-  ``decided_by`` (the deciding condition), ``decided_value``, ``decided_ci_low``,
-  ``decided_ci_high`` (its estimate and interval, in the threshold's units), ``threshold``,
-  ``margin`` (its), ``flips_at`` (setting units), ``verdict`` (:data:`VERDICTS`),
+- ``claim``, ``verdict`` (:data:`VERDICTS`), ``decided_by`` (the deciding condition),
+  ``decided_value``, ``decided_ci_low``, ``decided_ci_high`` (the statistic that decided the
+  verdict and its interval, in the threshold's units: what the CLI and the report show as the
+  claim's value), ``threshold``, ``margin`` (its), ``flips_at`` (setting units), then ``stage``
+  (the stage whose results it reads), ``about`` (the component(s) the primary figure is about,
+  e.g. ``L23H4``, ``MLP23``), ``measure`` (what ``value`` is, with units), ``value``,
+  ``ci_low``, ``ci_high`` (the claim's primary figure and its 95% interval: not always the
+  deciding statistic, e.g. C1's OV share 1 [0.75, 1] while its scatter r decided),
   ``prompts_used`` (the known prompts the deciding interval is over; None for a figure without
   sampling error), ``prompts_needed`` (inconclusive rows: the known prompts that would decide
   it, effect as measured, width ∝ 1/√n), ``prompts_available`` (the known prompts the relation
@@ -235,6 +237,7 @@ from .constraints import LEVEL, NON_NEGATIVE, POSITIVE, RESAMPLES, PROBABILITY, 
 from .display import ResultView
 from .figures import claims as claims_figures
 from .stats import bootstrap_ci, bootstrap_ci_samples, pearson, proportion_ci
+from .verdicts import LEADING
 
 HOLDS = "holds"
 FAILS = "does not hold"
@@ -264,9 +267,10 @@ EVIDENCE = (
     "onset_fewest", "onset_most", "p_fewest", "p_most", "pairing", "n_paired",
     "drop_p", "p_value_layer", "p_value_norm", "effect_size_layer", "effect_size_norm",
 )
-COLUMNS = ("claim", "stage", "about", "measure", "value", "ci_low", "ci_high", "decided_by", "decided_value",
-           "decided_ci_low", "decided_ci_high", "threshold", "margin", "flips_at", "verdict", "prompts_used",
-           "prompts_needed", "prompts_available", "rule", "detail") + EVIDENCE
+# the verdict and the statistic that decided it lead (what the CLI and the report show as a claim's
+# value); the claim's primary figure (``value``, ``ci_low``, ``ci_high``, what ``measure`` names) follows
+COLUMNS = LEADING + ("stage", "about", "measure", "value", "ci_low", "ci_high", "prompts_used", "prompts_needed",
+           "prompts_available", "rule", "detail") + EVIDENCE
 SENSITIVITY_COLUMNS = ("claim", "condition", "setting", "setting_value", "estimate", "ci_low", "ci_high", "statistic", "op",
                        "threshold", "margin", "state", "met_at", "failed_at", "flips_at", "prompts_used", "prompts_needed")
 

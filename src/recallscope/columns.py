@@ -151,7 +151,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "dim": ("index", "a dimension of the residual stream (decompose/intercept: b[dim])"),
     "value": (
         "own units",
-        "decompose/intercept: b[dim] (residual units); claims: the claim's primary statistic, in its measure's units",
+        "decompose/intercept: b[dim] (residual units); claims: the claim's primary figure, in its measure's units "
+        "(not always the statistic that decided the verdict: decided_value)",
     ),
     "step": ("count", "SGD step (decompose.solver=sgd)"),
     "loss": ("squared norm", "mean squared error of the SGD fit at that step"),
@@ -281,7 +282,10 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "ci_low": ("own units", "95% interval of the row's statistic, low end (claims: of value)"),
     "ci_high": ("own units", "95% interval of the row's statistic, high end"),
     "decided_by": ("text", "the condition threshold, margin and flips_at belong to"),
-    "decided_value": ("threshold's units", "the deciding condition's estimate (not always what value measures)"),
+    "decided_value": (
+        "threshold's units",
+        "the statistic that decided the verdict (the CLI's and the report's value; not always the primary figure, value)",
+    ),
     "decided_ci_low": ("threshold's units", "95% interval of decided_value, low end"),
     "decided_ci_high": ("threshold's units", "95% interval of decided_value, high end"),
     "threshold": ("own units", "the deciding condition's threshold, in its statistic's units"),

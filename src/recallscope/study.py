@@ -125,11 +125,16 @@ class Study:
         return self.results["recall"].known
 
     def claims(self) -> pd.DataFrame:
-        """The claims table (one row per claim: claim, value, interval, threshold, margin, verdict, …;
-        :data:`recallscope.claims.COLUMNS`). Empty when the claims stage did not run."""
+        """The claims table (one row per claim, :data:`recallscope.claims.COLUMNS`): claim, verdict, the
+        statistic that decided it (``decided_by``, ``decided_value``, ``decided_ci_low``,
+        ``decided_ci_high``: what the CLI and the report show as the value) with its ``threshold`` and
+        ``margin``, then the claim's primary figure (``measure``, ``value``, ``ci_low``, ``ci_high``), …
+        Empty when the claims stage did not run."""
         if "claims" in self:
-            return self["claims"].to_frame().reset_index(drop=True)
-        return pd.DataFrame(_json_normal(self.summary.get("claims", [])))
+            frame = self["claims"].to_frame().reset_index(drop=True)
+        else:
+            frame = pd.DataFrame(_json_normal(self.summary.get("claims", [])))
+        return frame[verdicts.leading_first(frame.columns)]
 
     def top_components(self, k: int = 5) -> pd.DataFrame:
         """The patch stage's top components by |effect| (% of π): component, layer, head, effect, ci."""
@@ -225,8 +230,10 @@ class Sweep:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["relation", "shots"])
 
     def shot_claims(self) -> pd.DataFrame:
-        """The claims across shot counts (C6: few-shot prompts employ the zero-shot heads), one row per relation."""
-        return pd.DataFrame(_json_normal(self.summary.get("claims", [])))
+        """The claims across shot counts (C6: few-shot prompts employ the zero-shot heads), one row per
+        relation, the deciding statistic first as in :meth:`Study.claims`."""
+        frame = pd.DataFrame(_json_normal(self.summary.get("claims", [])))
+        return frame[verdicts.leading_first(frame.columns)]
 
     def grid(self, value: str = "verdict") -> pd.DataFrame:
         """The claims × cells table of ``value`` (a column of the claims table: verdict, value, margin, …):

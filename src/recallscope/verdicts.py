@@ -53,6 +53,28 @@ EVIDENCE_STAGE = {
     "C11": "onset",
 }
 
+# The claims table's leading columns: the verdict and the statistic that decided it (what the report
+# and the CLI show as a claim's value), before the claim's primary figure (value, ci_low, ci_high).
+LEADING = (
+    "claim",
+    "verdict",
+    "decided_by",
+    "decided_value",
+    "decided_ci_low",
+    "decided_ci_high",
+    "threshold",
+    "margin",
+    "flips_at",
+)
+
+
+def leading_first(columns: Iterable[str]) -> list[str]:
+    """``columns`` with the :data:`LEADING` ones first, in that order (a run written before they led
+    reads in the same order as a new one)."""
+    columns = list(columns)
+    return [c for c in LEADING if c in columns] + [c for c in columns if c not in LEADING]
+
+
 # Columns the claim block shows itself; the rest of a row are evidence notes.
 SHOWN = frozenset(
     {
