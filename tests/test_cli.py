@@ -50,8 +50,11 @@ def test_malformed_relation_file(tmp_path):
 
 @pytest.mark.slow
 def test_nothing_left_after_filtering_gives_counts(lre_dir):
-    proc = cli("recall", "--relation", str(lre_dir / "presidents_election_year.json"))
+    proc = cli(
+        "recall", "--relation", str(lre_dir / "presidents_election_year.json"), "--set", "recall.answer_metric=first_token"
+    )
     assert_one_line_error(proc, "answer_first_token_shared: 19")
+    assert "recall.answer_metric=answer" in proc.stderr  # how to score them
 
 
 def test_relations_json():

@@ -77,7 +77,10 @@ def test_an_incomplete_sweep_exits_3_and_says_which_cells(tmp_path):
         {
             "relation": "years",
             "shots": 0,
-            "stages": {"recall": "no prompt left for relation 'years' after filtering (answer_first_token_shared: 3)"},
+            "stages": {
+                "recall": "no prompt left for relation 'years' after filtering (answer_first_token_shared: 3); "
+                "--set recall.answer_metric=answer scores every token of the answers"
+            },
         }
     ]
     small = next(r for r in summary["runs"] if r["relation"] == "small")

@@ -203,8 +203,8 @@ def test_prompts_longer_than_the_position_table_are_refused_before_any_stage(tin
 def test_a_sweep_goes_on_past_cells_without_data_and_exits_3(tiny_gpt2_long, lre_dir, tmp_path):
     out = tmp_path / "sweep"
     # Every prompt counts as known (the random model knows nothing), so patch and movers run on
-    # country_capital_extended; 3 prompts are too few for decompose's 4 folds; presidents_birth_year has no
-    # usable sample at 1 shot (every answer shares its first token), so that whole cell is empty.
+    # country_capital_extended; 3 prompts are too few for decompose's 4 folds; presidents_birth_year scored
+    # on the first token has no usable sample at 1 shot (every answer shares it), so that whole cell is empty.
     proc = cli(
         "run",
         "--model",
@@ -223,6 +223,8 @@ def test_a_sweep_goes_on_past_cells_without_data_and_exits_3(tiny_gpt2_long, lre
         "patch.n_corruptions=2",
         "--set",
         "patch.min_prompts=1",
+        "--set",
+        "recall.answer_metric=first_token",
         "--json",
         "--out",
         str(out),

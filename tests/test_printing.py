@@ -191,14 +191,23 @@ def test_sensitivity_lists_every_condition_with_its_state_interval_and_prompts_n
 
 def test_a_run_table_never_cuts_or_wraps_a_relation_name_at_80_columns():
     hostile = "capitals_[/draft]_\x1b]0;x\x07"
-    one = {"model": "smollm2-135m", "relation": hostile, "shots": 0, "n_prompts": 16, "n_known": 13, "accuracy": 0.8125}
+    one = {
+        "model": "smollm2-135m",
+        "relation": hostile,
+        "shots": 0,
+        "n_prompts": 16,
+        "n_known": 13,
+        "accuracy": 0.8125,
+        "answer_metric": "answer",
+    }
     con, out = console(80)
     printing.print_run(con, one)
     lines = out.getvalue().splitlines()
     # one relation that does not fit its column: named whole in the title, its controls escaped
     assert lines[0] == "recallscope run — smollm2-135m — capitals_[/draft]_\\x1b]0;x\\x07"
-    assert lines[1].split() == ["shots", "prompts", "known", "accuracy", "mean", "p(Y)", "stages"]
-    assert lines[3].split()[:3] == ["0", "16", "13"] and len(lines) == 4
+    assert lines[1].split() == ["shots", "Y", "scored", "prompts", "known", "accuracy", "mean", "p(Y)", "stages"]
+    # which tokens of the answer every stage scored (the summary's answer_metric)
+    assert lines[3].split()[:5] == ["0", "whole", "answer", "16", "13"] and len(lines) == 4
     runs = [
         {"relation": rel, "shots": k, "n_prompts": 12, "n_known": 11, "accuracy": 0.9167, "mean_p_answer": 0.6}
         for rel in ("country_capital_extended", "country_language")

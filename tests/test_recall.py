@@ -59,7 +59,7 @@ def test_top_k_known_rule(smollm2):
 
 
 def test_no_prompt_left_gives_counts(smollm2, lre_dir):
-    ps = build_prompts(load_relation(str(lre_dir / "presidents_birth_year.json")), smollm2.tokenizer)
+    ps = build_prompts(load_relation(str(lre_dir / "presidents_birth_year.json")), smollm2.tokenizer, answer_metric="first_token")
     with pytest.raises(UserError) as err:
         recall(smollm2, ps, progress=False)
     assert "answer_first_token_shared" in str(err.value)

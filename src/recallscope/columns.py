@@ -11,11 +11,17 @@ record key missing here; ``docs/columns.md`` is generated from this table
 
 Notation (the paper's): X is the subject's token the stage reads (the last subject token unless
 a setting says otherwise), Y the answer's first token; π(t) = logit[t] − mean logit; p(Y) the
-softmax probability of Y at the end position; a[l,h] head h's write in layer l, m[l] MLP l's
+softmax probability of Y at the end position (under the whole-answer metric, ``recall.answer_metric``,
+Y is the first scored token and the recall, patch, trace and knockout figures are the whole
+scored answer's, teacher-forced: π = Σ_t π(y_t), p = Π_t p(y_t)); a[l,h] head h's write in layer l, m[l] MLP l's
 output, r[l] the residual entering layer l, r_mid[l] after its attention.
 """
 
 from __future__ import annotations
+
+# The summary's ``answer_metric`` (which tokens of the answer every stage scored: tasks.prompts) in
+# the words of the terminal's run table and the report's identity line ("Y scored").
+Y_SCORED = {"answer": "whole answer", "first_token": "first token"}
 
 # name → (unit, meaning). Units: label / text / id / index / count / bool / share (0–1) /
 # probability / logits / % (of what, said) / rank (0 = top) / cosine / Pearson r / R² / setting units.
@@ -30,7 +36,10 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "subject_tokens": ("count", "tokens of the subject in the prompt"),
     "subject_start": ("index", "position of the subject's first token in the prompt"),
     "subject_stop": ("index", "position after the subject's last token in the prompt"),
-    "answer_id": ("id", "token id of Y, the answer's first token"),
+    "answer_id": (
+        "id",
+        "token id of Y, the answer's first token (the first scored token: after the relation's shared answer prefix)",
+    ),
     "answer_token": ("text", "Y decoded"),
     "subject_id": ("id", "token id of the subject's last token"),
     "subject_token": ("text", "the subject's last token decoded"),
@@ -45,11 +54,22 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "top1_id": ("id", "the model's top-1 token at the end position"),
     "top1_token": ("text", "the top-1 token decoded"),
     # --- recall
-    "p_answer": ("probability", "p(Y) at the end position"),
-    "rank_answer": ("rank (0 = top)", "rank of Y among the vocabulary at the end position"),
-    "pi_answer": ("logits", "π(Y) = logit[Y] − mean logit at the end position"),
+    "p_answer": (
+        "probability",
+        "p(Y) at the end position (whole-answer metric: Π_t p(y_t) of the scored tokens, teacher-forced)",
+    ),
+    "rank_answer": (
+        "rank (0 = top)",
+        "rank of Y among the vocabulary at the end position (whole-answer metric: the worst scored token's rank)",
+    ),
+    "pi_answer": ("logits", "π(Y) = logit[Y] − mean logit at the end position (whole-answer metric: Σ_t π(y_t))"),
+    "n_answer_tokens": ("count", "the answer tokens scored (1 under the first-token metric; recall.answer_metric)"),
+    "answer_tokens": ("text", "the scored answer tokens decoded (Y under the first-token metric)"),
     "p_top1": ("probability", "probability of the top-1 token"),
-    "correct": ("bool", "Y is the top-1 token"),
+    "correct": (
+        "bool",
+        "Y is the top-1 token (whole-answer metric: every scored token is, i.e. greedy decoding gives the answer)",
+    ),
     "known": ("bool", "the model knows the prompt: rank(Y) < recall.known_top_k (later stages use only these)"),
     # --- components
     "component": ("label", "L23H4 (head 4 of layer 23), MLP23, ATTN23 (a layer's attention output), RES23 (r[23])"),

@@ -323,7 +323,8 @@ def fold_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
     if folds < 2:
         raise UserError(f"decompose.folds must be >= 2, got {folds}")
     if n < 2 * folds:
-        raise UserError(f"decompose: {n} prompts are too few for {folds}-fold cross-validation (need {2 * folds})")
+        hint = f"; set --set decompose.folds={n // 2}" if n >= 4 else ""
+        raise UserError(f"decompose: {n} prompts are too few for {folds}-fold cross-validation (need {2 * folds}){hint}")
     fold = assign_folds(n, folds, seed)
     return [np.flatnonzero(fold == f) for f in range(folds)]
 

@@ -1,7 +1,8 @@
 """The logit lens and the recall metric — the one place both are computed.
 
 recall metric π(Y) = logit[Y] − mean over the vocabulary of the logits (what the paper's code
-scores); p(Y) and rank(Y) beside it.
+scores); p(Y) and rank(Y) beside it. For answers of several tokens, the whole-answer metric
+π(answer) = Σ_t π(y_t) of the teacher-forced answer tokens (:func:`answer_metric`).
 
 logit lens of a vector v: the final norm N_f applied with the scale of a *reference* residual
 (the real end-position residual: "linearised", so the lens is linear in v and the lenses of
@@ -103,15 +104,34 @@ def recall_metric(logits: Tensor, answer_ids: Tensor) -> Tensor:
     return logits.gather(-1, answer_ids[..., None]).squeeze(-1) - logits.mean(-1)
 
 
+def answer_metric(logits: Tensor, target_ids: Tensor) -> Tensor:
+    """π(answer) = Σ_t π(y_t), [...] from the logits [..., A, V] at the A positions that predict
+    the answer's scored tokens ``target_ids`` [..., A] (teacher forcing: position t holds the
+    prompt and y_1..y_t; :mod:`recallscope.tasks.prompts`, "which tokens of the answer are
+    scored"). With A = 1 it is π(Y)."""
+    return recall_metric(logits, target_ids).sum(-1)
+
+
 def answer_stats(logits: Tensor, answer_ids: Tensor) -> dict[str, Tensor]:
-    """p(Y), rank(Y) (0 = top-1), π(Y) and the top-1 token for each row of logits [B, V]."""
+    """p, rank (0 = top-1), π of the answer and the top-1 token, for each row of logits.
+
+    ``logits`` [B, V] with ``answer_ids`` [B] (Y, the first-token metric), or [B, A, V] with
+    [B, A] (the whole-answer metric: each scored token's logits at the position before it). Over
+    the A tokens: ``p_answer`` = Π_t p(y_t) (the probability of generating the scored tokens),
+    ``rank_answer`` = max_t rank(y_t) (0: greedy decoding reproduces them), ``pi_answer`` =
+    Σ_t π(y_t); ``top1_id``/``p_top1`` are the end position's (the first scored token's). With
+    A = 1 each is the one-token value.
+    """
     logits = logits.float()
+    if logits.dim() == 2:
+        logits, answer_ids = logits[:, None], answer_ids[:, None]
+    probs = torch.softmax(logits, -1)
     return {
-        "p_answer": torch.softmax(logits, -1).gather(-1, answer_ids[:, None]).squeeze(-1),
-        "rank_answer": token_rank(logits, answer_ids),
-        "pi_answer": recall_metric(logits, answer_ids),
-        "top1_id": logits.argmax(-1),
-        "p_top1": torch.softmax(logits, -1).max(-1).values,
+        "p_answer": probs.gather(-1, answer_ids[..., None]).squeeze(-1).prod(-1),
+        "rank_answer": token_rank(logits, answer_ids).max(-1).values,
+        "pi_answer": answer_metric(logits, answer_ids),
+        "top1_id": logits[:, 0].argmax(-1),
+        "p_top1": probs[:, 0].max(-1).values,
     }
 
 

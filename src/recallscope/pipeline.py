@@ -674,10 +674,12 @@ def check_positions(prompts: PromptSet, model: Model) -> None:
     limit = getattr(model.cfg, "max_positions", None)
     if limit is None or not len(prompts):
         return
-    longest = max(prompts.prompts, key=lambda p: len(p.input_ids))
-    if len(longest.input_ids) > limit:
+    # a run reads the prompt and, under the whole-answer metric, its first A − 1 scored tokens after it
+    longest = max(prompts.prompts, key=lambda p: p.n_tokens + p.n_targets - 1)
+    if longest.n_tokens + longest.n_targets - 1 > limit:
         raise UserError(
-            f"the longest prompt of {prompts.relation.name!r} at {prompts.shots} shots has {len(longest.input_ids)} tokens; "
+            f"the longest prompt of {prompts.relation.name!r} at {prompts.shots} shots has "
+            f"{longest.n_tokens + longest.n_targets - 1} tokens; "
             f"the model {model.name!r} has positions for {limit}: use fewer --shots or a model with a longer context"
         )
 
@@ -818,6 +820,7 @@ def execute(
                 seed=run.seed,
                 max_prompts=run.max_prompts,
                 demonstrations=run.demonstrations,
+                answer_metric=configs["recall"].answer_metric,
             )
         check_positions(prompts, model)
         order = check_stages(targets, configs, model)
@@ -1100,8 +1103,9 @@ def _shot_claims(
 def _update_top_level(summary: dict, ctx: StageContext) -> None:
     rec = summary["stages"].get("recall")
     if rec:
-        for key in ("n_prompts", "n_known", "accuracy", "mean_p_answer"):
-            summary[key] = rec[key]
+        for key in ("n_prompts", "n_known", "accuracy", "mean_p_answer", "answer_metric"):
+            if key in rec:  # (a recall summary written before the whole-answer metric has no answer_metric)
+                summary[key] = rec[key]
     claims_entry = summary["stages"].get("claims")
     if claims_entry:
         summary["claims"] = claims_entry["claims"]
@@ -1282,6 +1286,7 @@ def _execute_many(
                     seed=base.seed,
                     max_prompts=base.max_prompts,
                     demonstrations=base.demonstrations,
+                    answer_metric=configs["recall"].answer_metric,
                 )
             except UserError as exc:
                 if single:

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import verdicts
+from .columns import Y_SCORED
 from .terminal import json_line, text
 from .verdicts import ClaimView
 
@@ -303,11 +304,13 @@ def print_run(console: Console, summary: dict, wide: bool = False) -> None:
     """A finished ``recallscope run``: the cells with their headline numbers, then the claims (one
     run) or the claims × cells grid (a sweep)."""
     runs = summary.get("runs", [summary])
-    headers = ["relation", "shots", "prompts", "known", "accuracy", "mean p(Y)", "stages"]
+    # "Y scored": the recall metric every stage used (tasks.prompts: the first token, or the whole answer)
+    headers = ["relation", "shots", "Y scored", "prompts", "known", "accuracy", "mean p(Y)", "stages"]
     rows = [
         [
             text(r.get("relation")),
             text(r.get("shots")),
+            text(Y_SCORED.get(r.get("answer_metric"), "—")),
             text(r.get("n_prompts")),
             text(r.get("n_known")),
             text(fmt(r.get("accuracy"))),

@@ -3,6 +3,14 @@
 For each prompt, the end-position logits give p(Y), rank(Y), π(Y) and the top-1 token; a prompt
 is *known* when the top-1 token is Y (or, configurably, when Y ranks within the top k). Later
 stages work on the known prompts; the result says how many were dropped and why.
+
+Answers of several tokens (the whole-answer metric, ``answer_metric``; :mod:`recallscope.tasks.prompts`):
+the answer's scored tokens are appended to the prompt and each is read at the position before
+it (teacher forcing), so p = Π_t p(y_t), π = Σ_t π(y_t), and the rank is the worst of the
+tokens' ranks: a prompt is *known* when every scored token ranks within the top k — with k = 1,
+exactly when greedy decoding from the prompt reproduces the answer's scored tokens (each greedy
+step is the top-1 token given the tokens before it, which teacher forcing supplies). The
+relation's shared answer prefix is part of the prompt, so it is not asked of the model.
 """
 
 from __future__ import annotations
@@ -15,22 +23,25 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from .constraints import POSITIVE
+from .constraints import POSITIVE, Options
 from .display import ResultView
 from .errors import UserError
 from .figures import recall as recall_figures
 from .lens import answer_stats
 from .models import Model
 from .tasks import PromptSet, collect
-from .tasks.prompts import DROP_UNKNOWN
+from .tasks.prompts import ANSWER_METRICS, DROP_SHARED_FIRST_TOKEN, DROP_UNKNOWN, SCORE_WHOLE_ANSWERS
 
 
 @dataclass(frozen=True)
 class RecallConfig:
-    known_top_k: int = 1  # a prompt is "known" when rank(Y) < known_top_k
+    known_top_k: int = 1  # a prompt is "known" when rank(Y) < known_top_k (every scored token's, for several)
     batch_size: int = 64
+    # how answers are scored by every stage that scores Y: "auto", "first_token" or "answer" (the
+    # whole answer, teacher-forced); the pipeline builds the prompts with it (tasks.prompts)
+    answer_metric: str = "auto"
 
-    constraints: ClassVar[dict] = {"known_top_k": POSITIVE, "batch_size": POSITIVE}
+    constraints: ClassVar[dict] = {"known_top_k": POSITIVE, "batch_size": POSITIVE, "answer_metric": Options(*ANSWER_METRICS)}
 
 
 @dataclass(frozen=True, repr=False)  # the short repr of display.ResultView
@@ -86,8 +97,16 @@ class RecallResult(ResultView):
             "median_rank_answer": float(f["rank_answer"].median()) if len(f) else float("nan"),
             "mean_pi_answer": float(f["pi_answer"].mean()) if len(f) else float("nan"),
             "dropped": {**dropped, **({DROP_UNKNOWN: n_unknown} if n_unknown else {})},
-            "known_rule": f"rank(Y) < {self.config.known_top_k}",
+            "known_rule": self.known_rule(),
+            **self.prompts.metric_record(),
         }
+
+    def known_rule(self) -> str:
+        k = self.config.known_top_k
+        if self.prompts.metric == "first_token":
+            return f"rank(Y) < {k}"
+        return (f"every scored answer token ranks < {k} under teacher forcing"
+                + (" (greedy decoding reproduces the answer)" if k == 1 else ""))
 
     def plot(self) -> go.Figure:
         """p(Y) of the known and the unknown prompts (the first of :func:`recallscope.figures.recall.figures`)."""
@@ -96,16 +115,29 @@ class RecallResult(ResultView):
 
 @torch.no_grad()
 def recall(model: Model, prompts: PromptSet, config: RecallConfig = RecallConfig(), progress: bool = True) -> RecallResult:
-    """Score every prompt of ``prompts`` on ``model``; ``.known`` of the result is the prompts every
-    later stage of the pipeline uses (stage functions use the prompts they are given)."""
+    """Score every prompt of ``prompts`` on ``model`` with the metric the prompts were built for
+    (``prompts.metric``: Y at the end, or the whole answer teacher-forced); ``.known`` of the result
+    is the prompts every later stage of the pipeline uses (stage functions use the prompts they are
+    given). The table has one row per prompt (``p_answer``, ``rank_answer``, ``pi_answer`` of the
+    scored tokens; ``n_answer_tokens`` and ``answer_tokens``: how many tokens were scored and their
+    text — 1 and Y under the first-token metric)."""
     if len(prompts) == 0:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(prompts.dropped.items()) if v) or "the relation has no samples"
-        raise UserError(f"no prompt left for relation {prompts.relation.name!r} after filtering ({reasons})")
+        hint = SCORE_WHOLE_ANSWERS if prompts.dropped.get(DROP_SHARED_FIRST_TOKEN) else ""
+        raise UserError(f"no prompt left for relation {prompts.relation.name!r} after filtering ({reasons}){hint}")
     tok = model.tokenizer
 
     def measure(indices, batch) -> dict:
-        trace = model.view.trace(batch.input_ids, batch.attention_mask, record=["logits"])
-        stats = answer_stats(trace.logits[:, 0], batch.answer_ids().to(model.device))
+        A = batch.n_targets
+        if A == 1:
+            trace = model.view.trace(batch.input_ids, batch.attention_mask, record=["logits"])
+            stats = answer_stats(trace.logits[:, 0], batch.answer_ids().to(model.device))
+        else:  # the whole answer, teacher-forced: the last A columns predict the A scored tokens
+            ids, mask = batch.with_targets()
+            S = ids.shape[1]
+            positions = torch.arange(S - A, S).expand(len(indices), A)
+            trace = model.view.trace(ids, mask, positions=positions, record=["logits"])
+            stats = answer_stats(trace.logits, batch.target_ids().to(model.device))
         return {k: v.cpu().numpy() for k, v in stats.items()}
 
     stats = collect(prompts.prompts, tok.pad_token_id, config.batch_size, measure, "recall", progress)
@@ -127,6 +159,8 @@ def recall(model: Model, prompts: PromptSet, config: RecallConfig = RecallConfig
             "top1_id": int(stats["top1_id"][i]),
             "top1_token": tok.decode([int(stats["top1_id"][i])]),
             "p_top1": float(stats["p_top1"][i]),
+            "n_answer_tokens": p.n_targets,
+            "answer_tokens": tok.decode(list(p.targets)),
         }
         for i, p in enumerate(prompts.prompts)
     ]

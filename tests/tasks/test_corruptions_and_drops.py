@@ -46,7 +46,7 @@ def test_also_seen_corruptions_never_share_the_clean_answer_first_token(smollm2,
 
 def test_also_seen_shots_message_names_the_shared_first_token(smollm2, lre_dir):
     with pytest.raises(UserError) as info:
-        build_prompts(load_relation(str(lre_dir / "presidents_birth_year.json")), smollm2.tokenizer, shots=1)
+        build_prompts(load_relation(str(lre_dir / "presidents_birth_year.json")), smollm2.tokenizer, shots=1, answer_metric="first_token")
     message = str(info.value)
     assert message.startswith("--shots 1 needs at least 2 usable samples in relation 'president_birth_year'; it has 0 of 19")
     assert "answer_first_token_shared: 18" in message and "every answer starts with the token ' '" in message

@@ -60,7 +60,7 @@ def test_drop_counts_are_reported(tok, lre_dir):
 
 def test_too_many_shots_is_refused(tok, lre_dir):
     with pytest.raises(UserError, match="needs at least"):
-        build_prompts(load_relation(str(lre_dir / "presidents_birth_year.json")), tok, shots=3)
+        build_prompts(load_relation(str(lre_dir / "presidents_birth_year.json")), tok, shots=3, answer_metric="first_token")
 
 
 def test_corruptions_change_only_the_subject(tok):

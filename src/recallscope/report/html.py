@@ -39,6 +39,7 @@ import plotly.offline
 from markupsafe import Markup
 
 from .. import figures as stage_figures
+from ..columns import Y_SCORED
 from ..errors import UserError
 from ..figures import shots as shots_figures
 from ..rundir import SUMMARY, atomic_write_bytes
@@ -263,7 +264,17 @@ def preview(stage: str, frame: pd.DataFrame) -> Preview:
     if stage == "recall" and "known" in frame.columns:
         columns = [
             c
-            for c in ("subject", "answer", "answer_token", "top1_token", "p_answer", "rank_answer", "known", "text")
+            for c in (
+                "subject",
+                "answer",
+                "answer_token",
+                "answer_tokens",
+                "top1_token",
+                "p_answer",
+                "rank_answer",
+                "known",
+                "text",
+            )
             if c in frame.columns
         ]
         shown = frame.sort_values(["known", "p_answer"], kind="stable")[columns]
@@ -399,6 +410,8 @@ def identity(summary: dict, manifest: dict) -> tuple[list[tuple[str, Any]], str 
         ("relation", summary.get("relation", ident.get("relation"))),
         ("relations", None if "relation" in summary else ident.get("relations")),
         ("shots", summary.get("shots", ident.get("shots"))),
+        # how Y was scored (tasks.prompts): the first token, or the whole answer teacher-forced
+        ("Y scored", Y_SCORED.get(summary.get("answer_metric"))),
         ("seed", summary.get("seed", ident.get("seed", run.get("seed")))),
         ("max prompts", ident.get("max_prompts", run.get("max_prompts"))),
         ("dtype", ident.get("dtype", run.get("dtype"))),
