@@ -46,7 +46,14 @@ embeddings, as ROME's ``transformer.wte`` output), by ``noise_rule``:
     0.3373), so less noise reaches the subject. The summary's ``noise_rule`` names the rule that ran.
 
 ROME scores the model's top-1 token; recallscope scores Y, the answer's first token (the same
-token on the known prompts this stage is given).
+token on the known prompts this stage is given). Under the whole-answer metric (answers of several
+tokens, :mod:`recallscope.tasks.prompts`) the answer's first A − 1 scored tokens are appended to
+every run (clean, noised, restored) and p is the probability of the whole scored answer, p = Π_t
+p(y_t) teacher-forced (ROME's causal tracing scores one token and skips a fact whose first
+predicted token is not the whole expected answer: ``calculate_hidden_flow``, ``answer.strip() !=
+expect``); restorations are at the prompt's positions only (the appended answer tokens are no
+state of the prompt), and the noise reaches the answer positions through attention as it reaches
+the end.
 
 Positions are grouped as ROME's ``average_causal_effects`` notebook groups them: first subject
 token, middle subject tokens (between the first and the last), last subject token, first
@@ -270,6 +277,19 @@ def answer_prob(view: ModelView, logits: Tensor, answer_ids: Tensor) -> Tensor:
     return probs.gather(-1, answer_ids[..., None].to(probs.device)).squeeze(-1)
 
 
+def answer_seq_prob(view: ModelView, logits: Tensor, target_ids: Tensor) -> Tensor:
+    """p of the scored answer [...] from the logits [..., A, V] of the A metric positions and the
+    scored tokens [..., A]: Π_t p(y_t) (teacher forcing); with A = 1, :func:`answer_prob` of Y."""
+    if logits.shape[-2] == 1:
+        return answer_prob(view, logits[..., 0, :], target_ids[..., 0])
+    return answer_prob(view, logits, target_ids).prod(-1)
+
+
+def scored_ids(prompt: Prompt) -> list[int]:
+    """The tokens a run of ``prompt`` reads: its own, then its first A − 1 scored answer tokens."""
+    return list(prompt.input_ids) + list(prompt.targets[:-1])
+
+
 def restorations(kinds, n_tokens: int, n_layers: int, window: int) -> list[tuple[str, int, int, int]]:
     """Every restoration of a prompt: (kind, position p, layer l, entry layer s).
 
@@ -302,14 +322,18 @@ def naive_prompt(view: ModelView, prompt: Prompt, noise: Tensor, kinds, window: 
     """ROME's loop for one prompt: one forward of [clean, n noised copies] per restoration.
 
     ``noise`` [n, subject tokens, d] (already × σ). Returns ``p_clean``, ``p_corrupted``
-    (floats) and ``p_restored`` {kind: [T, L] array}. ``only``: a set of (kind, p, l) to run
+    (floats) and ``p_restored`` {kind: [T, L] array} (T: the prompt's tokens; under the
+    whole-answer metric the runs also hold the answer tokens and p is the answer's, Π_t p(y_t)). ``only``: a set of (kind, p, l) to run
     (the others stay NaN; the benchmark samples restorations this way).
     """
     cfg = view.cfg
     n = noise.shape[0]
     T, L = prompt.n_tokens, cfg.n_layers
-    ids = torch.tensor(prompt.input_ids, device=view.device)[None].repeat(n + 1, 1)
-    y = torch.full((n + 1,), prompt.answer_id, device=view.device)
+    A = prompt.n_targets
+    ids = torch.tensor(scored_ids(prompt), device=view.device)[None].repeat(n + 1, 1)
+    S = ids.shape[1]
+    y = torch.tensor(prompt.targets, device=view.device)[None].repeat(n + 1, 1)  # [n + 1, A]
+    at = torch.arange(S - A, S, device=view.device)[None].expand(n + 1, A)
     lo, hi = prompt.subject_span
     noise = noise.to(device=view.device, dtype=view.dtype)
 
@@ -327,8 +351,8 @@ def naive_prompt(view: ModelView, prompt: Prompt, noise: Tensor, kinds, window: 
         return edit
 
     def run(extra: dict) -> Tensor:
-        logits = view.trace(ids, record=["logits"], edits={("resid_pre", 0): corrupt, **extra}).logits[:, 0]
-        return answer_prob(view, logits, y)
+        logits = view.trace(ids, positions=at, record=["logits"], edits={("resid_pre", 0): corrupt, **extra}).logits
+        return answer_seq_prob(view, logits, y)
 
     base = run({})
     out = {"p_clean": float(base[0]), "p_corrupted": float(base[1:].mean()), "p_restored": {}}
@@ -360,19 +384,29 @@ MAX_ROWS = 8192
 class _Runs:
     """Clean and noised runs of a group of prompts of one token length T (rows r = b·n + i)."""
 
-    answer: Tensor  # [B]
-    clean: dict  # site -> [B, T, L, d] (resid_pre, attn_out, mlp_out)
+    answer: Tensor  # [B, A] the scored tokens (A = 1: Y)
+    clean: dict  # site -> [B, S, L, d] (resid_pre, attn_out, mlp_out); S = T + A − 1 positions
     start: int  # the first position any noise reaches (the group's earliest subject token)
     noised_resid: Tensor  # [B·n, T − start, L, d] resid_pre of the noised runs at positions [start:]
     noised_kv: list  # per layer (k, v) [B·n, K, T, dh] of the noised runs ([:start] = the clean run's)
     p_clean: Tensor  # [B]
     p_corrupted: Tensor  # [B]
+    clean_final: Tensor | None = None  # [B, A, d] the clean final residual at the metric positions
+    noised_final: Tensor | None = None  # [B·n, A, d] the noised runs' (both only kept for A > 1)
 
 
 def answer_prob_from_resid(view: ModelView, resid: Tensor, answer_ids: Tensor, chunk: int | None = None) -> Tensor:
     """p(Y) [N] from final residuals [N, d]: final norm, full-vocabulary logits (the softmax needs
     its whole denominator), softmax; ``chunk`` rows at a time (default: :data:`LOGIT_ELEMENTS` over
-    the vocabulary size), so N × V logits never coexist."""
+    the vocabulary size), so N × V logits never coexist.
+
+    Under the whole-answer metric: residuals [N, A, d] at the metric positions and the scored
+    tokens [N, A] give Π_t p(y_t), [N]."""
+    if resid.dim() == 3:
+        if resid.shape[1] == 1:
+            return answer_prob_from_resid(view, resid[:, 0], answer_ids[:, 0], chunk)
+        per_token = [answer_prob_from_resid(view, resid[:, t], answer_ids[:, t], chunk) for t in range(resid.shape[1])]
+        return torch.stack(per_token, dim=1).prod(1)
     chunk = chunk or max(1, LOGIT_ELEMENTS // view.cfg.d_vocab)
     return torch.cat(
         [
@@ -390,9 +424,10 @@ def _record_runs(view: ModelView, prompts: list[Prompt], noise: list[Tensor]) ->
     subject and attention is causal), so the noised runs read the clean run's keys/values of
     [:start] instead of recomputing them n times."""
     B, n = len(prompts), noise[0].shape[0]
-    T = prompts[0].n_tokens
-    ids = torch.tensor([p.input_ids for p in prompts], device=view.device)
-    answer = torch.tensor([p.answer_id for p in prompts], device=view.device)
+    ids = torch.tensor([scored_ids(p) for p in prompts], device=view.device)  # the answer's tokens after the prompt's
+    T = ids.shape[1]  # every position computed (the prompt's and the appended answer tokens)
+    answer = torch.tensor([list(p.targets) for p in prompts], device=view.device)  # [B, A]
+    A = answer.shape[1]
     mask = torch.ones_like(ids)
     clean = view.trace(
         ids,
@@ -418,8 +453,9 @@ def _record_runs(view: ModelView, prompts: list[Prompt], noise: list[Tensor]) ->
         return_kv=True,
     )
     kv = [(torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)) for (pk, pv), (k, v) in zip(past, noised.kv, strict=True)]
-    p_clean = answer_prob_from_resid(view, clean.resid_final[:, -1], answer)
-    p_noised = answer_prob_from_resid(view, noised.resid_final[:, -1], answer.repeat_interleave(n))
+    clean_final, noised_final = clean.resid_final[:, T - A :], noised.resid_final[:, T - A - start :]
+    p_clean = answer_prob_from_resid(view, clean_final, answer)
+    p_noised = answer_prob_from_resid(view, noised_final, answer.repeat_interleave(n, dim=0))
     return _Runs(
         answer,
         {"resid_pre": clean.resid_pre, "attn_out": clean.attn_out, "mlp_out": clean.mlp_out},
@@ -428,6 +464,8 @@ def _record_runs(view: ModelView, prompts: list[Prompt], noise: list[Tensor]) ->
         kv,
         p_clean,
         p_noised.view(B, n).mean(1),
+        clean_final if A > 1 else None,
+        noised_final if A > 1 else None,
     )
 
 
@@ -458,30 +496,43 @@ def exact_group(
     cfg = view.cfg
     B, n = len(prompts), noise[0].shape[0]
     T, L = prompts[0].n_tokens, cfg.n_layers
-    if any(p.n_tokens != T for p in prompts):
-        raise ValueError("exact_group takes prompts of one token length")
+    if any(p.n_tokens != T or p.n_targets != prompts[0].n_targets for p in prompts):
+        raise ValueError("exact_group takes prompts of one token length (and one number of scored tokens)")
     runs = _record_runs(view, prompts, noise)
     p_clean = runs.p_clean.cpu().numpy()
     p_corrupted = runs.p_corrupted.cpu().numpy()
     # no-op restorations (before the subject, or the last layer's output before the last position)
     out = {kind: np.repeat(p_corrupted[:, None, None], T, axis=1).repeat(L, axis=2) for kind in kinds}
     if "resid" in kinds:
-        out["resid"][:, T - 1, L - 1] = p_clean
+        # the last layer's output at the end feeds only the end's logits: p_clean, or under the
+        # whole-answer metric the clean first token beside each noised run's later tokens
+        out["resid"][:, T - 1, L - 1] = p_clean if runs.noised_final is None else _end_restored(view, runs, n)
     # one position's restorations, by entry layer: (kind, layer, entry)
     variants = sorted(
         ((kind, layer, entry) for kind, _, layer, entry in restorations(kinds, 1, L, window) if entry < L), key=lambda v: v[2]
     )
     first = [p.subject_span[0] for p in prompts]
+    S = runs.noised_kv[0][0].shape[2]  # positions computed: the prompt's T and the answer tokens after it
     for pos in range(runs.start, T):
         live = [b for b in range(B) if first[b] <= pos]  # prompts whose noise reaches pos
         rows = torch.tensor([b * n + i for b in live for i in range(n)], device=view.device)
-        size = max(1, max_rows // (len(rows) * (T - pos)))
+        size = max(1, max_rows // (len(rows) * (S - pos)))
         for c in range(0, len(variants), size):
             chunk = variants[c : c + size]
             prob = _walk(view, runs, rows, pos, chunk, window).view(len(live), n, len(chunk)).mean(1).cpu().numpy()
             for j, (kind, layer, _) in enumerate(chunk):
                 out[kind][live, pos, layer] = prob[:, j]
     return {"p_clean": p_clean, "p_corrupted": p_corrupted, "p_restored": out}
+
+
+def _end_restored(view: ModelView, runs: _Runs, n: int) -> np.ndarray:
+    """[B] p of the whole answer with the last layer's output at the end restored (A > 1): the end's
+    final residual is the clean one, the answer positions' are each noised run's (they read the end
+    through attention below the last layer's output), averaged over the n runs."""
+    final = runs.noised_final.clone()
+    final[:, 0] = runs.clean_final[:, 0].repeat_interleave(n, dim=0)
+    p = answer_prob_from_resid(view, final, runs.answer.repeat_interleave(n, dim=0))
+    return p.view(-1, n).mean(1).cpu().numpy()
 
 
 def _walk(view: ModelView, runs: _Runs, rows: Tensor, pos: int, chunk: list, window: int) -> Tensor:
@@ -491,6 +542,7 @@ def _walk(view: ModelView, runs: _Runs, rows: Tensor, pos: int, chunk: list, win
     L = view.cfg.n_layers
     n = runs.noised_resid.shape[0] // len(runs.answer)
     T = runs.noised_kv[0][0].shape[2]
+    A = runs.answer.shape[1]
     R = len(rows)
     prompt_of = rows // n  # each noised run's prompt (its clean values)
     mask = torch.ones(R, T, dtype=torch.long, device=view.device)
@@ -518,9 +570,9 @@ def _walk(view: ModelView, runs: _Runs, rows: Tensor, pos: int, chunk: list, win
         x = view.forward_from(
             x, layer, mask, past, stop=layer + 1, positions=positions, record=["resid_final"], edits=edits
         ).resid_final
-    final = x[:, :, -1]  # [R, C, d]
+    final = x[:, :, T - pos - A :]  # [R, C, A, d] at the metric positions
     C = final.shape[1]
-    prob = answer_prob_from_resid(view, final.reshape(R * C, -1), runs.answer[prompt_of].repeat_interleave(C))
+    prob = answer_prob_from_resid(view, final.reshape(R * C, A, -1), runs.answer[prompt_of].repeat_interleave(C, dim=0))
     return prob.view(R, C)
 
 
@@ -607,6 +659,7 @@ class TraceResult(ResultView):
             "window": self.config.window,
             "kinds": list(self.config.kinds),
             "engine": self.config.engine,
+            "answer_metric": self.prompts.metric,  # p of Y, or of the whole scored answer (tasks.prompts)
             "mean_p_clean": float(pp["p_clean"].mean()),
             "mean_p_corrupted": float(pp["p_corrupted"].mean()),
             "mean_total_effect": float(pp["total_effect"].mean()),
@@ -652,9 +705,9 @@ def trace(model: Model, prompts: PromptSet, config: TraceConfig = TraceConfig(),
 
 
 def _length_groups(prompts, batch_size: int):
-    by_length: dict[int, list[Prompt]] = {}
+    by_length: dict[tuple[int, int], list[Prompt]] = {}
     for p in prompts:
-        by_length.setdefault(p.n_tokens, []).append(p)
+        by_length.setdefault((p.n_tokens, p.n_targets), []).append(p)
     for _, group in sorted(by_length.items()):
         for i in range(0, len(group), batch_size):
             yield group[i : i + batch_size]

@@ -18,7 +18,12 @@ and the "Information flow analysis" cell):
   100 · (p_blocked − p_clean) / p_clean (%), per prompt; recallscope reports its mean over
   prompts per window with a bootstrap interval (``stats.bootstrap_ci``, percentile, over
   prompts). Geva et al. score the model's top-1 token; recallscope scores Y, the answer's first
-  token (the same token on the known prompts this stage is given).
+  token (the same token on the known prompts this stage is given). Under the whole-answer metric
+  (answers of several tokens, :mod:`recallscope.tasks.prompts`) the answer's first A − 1 scored
+  tokens follow the end, p is the probability of the whole scored answer, Π_t p(y_t)
+  teacher-forced, and the edges blocked are still the **end position's** (Geva et al.'s last
+  position, which predicts the first scored token): the appended answer positions keep theirs,
+  so a drop measures what the end's reading of the subject adds to the answer.
 
 The ``non_subject`` control includes the first position. On models that use it as an
 attention sink (most of the last position's attention parked there, as in smollm2-135m),
@@ -56,7 +61,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .causal_trace import answer_prob, check_subjects, window_layers
+from .causal_trace import answer_seq_prob, check_subjects, window_layers
 from .claims import NOT_MEASURABLE, Claim, ClaimsConfig, Condition, decide
 from .constraints import LEVEL, POSITIVE, RESAMPLES, Options
 from .display import ResultView
@@ -132,67 +137,94 @@ def blocked_keys(batch: Batch, block: str) -> Tensor:
     return keys
 
 
-def block_edit(keys: Tensor):
-    """An ``attn_bias`` edit: the last query's entries at ``keys`` [B, S] := dtype min (blocked)."""
+def block_edit(keys: Tensor, query: int = -1):
+    """An ``attn_bias`` edit: query row ``query``'s (the end's) entries at ``keys`` [B, S] := dtype
+    min (blocked). The end is the last query, or under the whole-answer metric the A-th from
+    last (row −A of the whole sequence and of an incremental forward over the last A positions)."""
 
     def edit(bias: Tensor) -> Tensor:
         bias = bias.clone()
-        last = bias[:, :, -1, :]
-        bias[:, :, -1, :] = last.masked_fill(keys[:, None, :].to(bias.device), torch.finfo(bias.dtype).min)
+        row = bias[:, :, query, :]
+        bias[:, :, query, :] = row.masked_fill(keys[:, None, :].to(bias.device), torch.finfo(bias.dtype).min)
         return bias
 
     return edit
+
+
+def _scored_rows(batch: Batch) -> tuple[Tensor, Tensor, Tensor, int]:
+    """(input_ids, attention_mask [B, S + A − 1], scored tokens [B, A], A): the rows with their
+    answer tokens appended (A = 1: the batch's own)."""
+    ids, mask = batch.with_targets()
+    return ids, mask, batch.target_ids(), batch.n_targets
+
+
+def _keys_of(batch: Batch, block: str, width: int) -> Tensor:
+    """:func:`blocked_keys` widened to the rows with the answer tokens (never blocked: they come after the end)."""
+    keys = blocked_keys(batch, block)
+    return torch.cat([keys, keys.new_zeros(keys.shape[0], width - keys.shape[1])], 1)
 
 
 @torch.no_grad()
 def naive_batch(view: ModelView, batch: Batch, blocks, window: int) -> tuple[np.ndarray, dict]:
     """p_clean [B] and {block: p_blocked [B, L]}: one full forward per (block, window centre)."""
     L = view.cfg.n_layers
-    y = batch.answer_ids().to(view.device)
-    base = view.trace(batch.input_ids, batch.attention_mask, record=["logits"])
-    p_clean = answer_prob(view, base.logits[:, 0], y).cpu().numpy()
+    ids, mask, y, A = _scored_rows(batch)
+    y = y.to(view.device)
+    S = ids.shape[1]
+    at = torch.arange(S - A, S).expand(len(batch.prompts), A)
+    base = view.trace(ids, mask, positions=at, record=["logits"])
+    p_clean = answer_seq_prob(view, base.logits, y).cpu().numpy()
     out = {}
     for block in blocks:
-        keys = blocked_keys(batch, block)
+        keys = _keys_of(batch, block, S)
         table = np.zeros((len(batch.prompts), L))
         for centre in range(L):
-            edits = {("attn_bias", m): block_edit(keys) for m in window_layers(centre, window, L)}
-            tr = view.trace(batch.input_ids, batch.attention_mask, record=["logits"], edits=edits)
-            table[:, centre] = answer_prob(view, tr.logits[:, 0], y).cpu().numpy()
+            edits = {("attn_bias", m): block_edit(keys, -A) for m in window_layers(centre, window, L)}
+            tr = view.trace(ids, mask, positions=at, record=["logits"], edits=edits)
+            table[:, centre] = answer_seq_prob(view, tr.logits, y).cpu().numpy()
         out[block] = table
     return p_clean, out
 
 
 @torch.no_grad()
 def exact_batch(view: ModelView, batch: Batch, blocks, window: int) -> tuple[np.ndarray, dict]:
-    """As :func:`naive_batch`, running only the last position from the window's first layer up.
+    """As :func:`naive_batch`, running only the last position from the window's first layer up
+    (under the whole-answer metric the end and the A − 1 answer positions after it).
 
     Rows = prompts × blocked sets (each row has its own mask); one
     :meth:`ModelView.forward_from` call per window centre, over the clean run's keys/values of
     every earlier position."""
     L = view.cfg.n_layers
-    B, S = batch.input_ids.shape
+    ids, attention_mask, y, A = _scored_rows(batch)
+    B, S = ids.shape
     nb = len(blocks)
-    y = batch.answer_ids().to(view.device)
-    positions = torch.full((B, 1), S - 1)
-    clean = view.trace(batch.input_ids, batch.attention_mask, record=["logits", "resid_pre"], return_kv=True, positions=positions)
-    p_clean = answer_prob(view, clean.logits[:, 0], y).cpu().numpy()
+    y = y.to(view.device)
+    positions = torch.arange(S - A, S).expand(B, A)
+    clean = view.trace(ids, attention_mask, record=["logits", "resid_pre"], return_kv=True, positions=positions)
+    p_clean = answer_seq_prob(view, clean.logits, y).cpu().numpy()
 
     def rows(x: Tensor) -> Tensor:  # row r = block r // B, prompt r % B
         return x.repeat(nb, *([1] * (x.dim() - 1)))
 
-    keys = torch.cat([blocked_keys(batch, block) for block in blocks])
-    mask = rows(batch.attention_mask.to(view.device))
-    past = [(rows(k[:, :, :-1]), rows(v[:, :, :-1])) for k, v in clean.kv]
-    resid = rows(clean.resid_pre[:, 0])  # [nb·B, L, d] at the last position
+    keys = torch.cat([_keys_of(batch, block, S) for block in blocks])
+    mask = rows(attention_mask.to(view.device))
+    past = [(rows(k[:, :, : S - A]), rows(v[:, :, : S - A])) for k, v in clean.kv]
+    resid = rows(clean.resid_pre)  # [nb·B, A, L, d] at the end (and the answer positions)
     table = np.zeros((nb * B, L))
-    edit = block_edit(keys)
+    edit = block_edit(keys, -A)
+    at = rows(positions)
     for centre in range(L):
         layers = window_layers(centre, window, L)
         tr = view.forward_from(
-            resid[:, layers[0]][:, None], layers[0], mask, past, record=["logits"], edits={("attn_bias", m): edit for m in layers}
+            resid[:, :, layers[0]],
+            layers[0],
+            mask,
+            past,
+            positions=at,
+            record=["logits"],
+            edits={("attn_bias", m): edit for m in layers},
         )
-        table[:, centre] = answer_prob(view, tr.logits[:, -1], rows(y)).cpu().numpy()
+        table[:, centre] = answer_seq_prob(view, tr.logits, rows(y)).cpu().numpy()
     return p_clean, {block: table[i * B : (i + 1) * B] for i, block in enumerate(blocks)}
 
 
@@ -253,6 +285,7 @@ class KnockoutResult(ResultView):
             ),
             "blocks": list(self.config.blocks),
             "engine": self.config.engine,
+            "answer_metric": self.prompts.metric,  # p of Y, or of the whole scored answer (tasks.prompts)
             "dips": {block: self.dip(block) for block in self.config.blocks},
             "mover_layers": list(self.mover_layers),
         }

@@ -111,7 +111,7 @@ from .constraints import NON_NEGATIVE, POSITIVE, RESAMPLES, Options
 from .display import ResultView
 from .errors import UserError
 from .figures import patch as patch_figures
-from .lens import recall_metric
+from .lens import answer_metric, recall_metric
 from .models import Model
 from .models.view import LOGIT_ELEMENTS, ModelView, position_ids_from_mask
 from .path_patching import frozen_heads_pi, path_final_resid
@@ -221,24 +221,55 @@ class RunRecord:
 class BaseRun:
     """The run that is patched: tokens, its end-position record and the cached earlier positions.
 
-    ``prefix_kv`` holds, per layer, the keys and values [B, K, S-1, dh] of every position before
+    ``prefix_kv`` holds, per layer, the keys and values [B, K, S-A, dh] of every position before
     the end — from the recorded run's ``trace(..., return_kv=True)``, reused by every patched
     variant (nothing at the end position changes them); :meth:`ModelView.forward_from` reads them.
+
+    Under the whole-answer metric (``targets`` [B, A], A > 1) the rows carry the first A − 1
+    scored tokens after the end (teacher forcing: ``Batch.with_targets``), and ``answer_resid``
+    [B, A − 1, L + 1, d] holds the clean residual entering every layer (and the final residual,
+    index L) at those positions: a patch at the end changes them only from the layer above it,
+    where they join the patched end in :meth:`ModelView.forward_from`.
     """
 
     input_ids: Tensor
     attention_mask: Tensor
-    answer_ids: Tensor  # [B] Y of the clean prompt
+    answer_ids: Tensor  # [B] Y of the clean prompt (its first scored token)
     record: RunRecord
     prefix_kv: list[tuple[Tensor, Tensor]] = field(repr=False)
+    targets: Tensor | None = None  # [B, A] the scored tokens (None: Y alone)
+    answer_resid: Tensor | None = field(default=None, repr=False)  # [B, A − 1, L + 1, d]
 
     @property
     def size(self) -> int:
         return self.input_ids.shape[0]
 
+    @property
+    def n_targets(self) -> int:
+        return 1 if self.targets is None else self.targets.shape[1]
+
+    def metric_positions(self) -> Tensor:
+        """[B, A] the columns that predict the scored tokens: the end and the answer tokens after it."""
+        S, A = self.input_ids.shape[1], self.n_targets
+        return torch.arange(S - A, S, device=self.input_ids.device).expand(self.size, A)
+
+    def with_answer(self, end: Tensor, layer: int) -> Tensor:
+        """End-position residuals [B, C, d] entering ``layer`` (L: final) → [B, C, A, d] with the
+        clean answer positions beside them; [B, C, d] unchanged when only Y is scored."""
+        if self.answer_resid is None:
+            return end
+        rest = self.answer_resid[:, None, :, layer].expand(end.shape[0], end.shape[1], -1, -1)
+        return torch.cat([end[:, :, None], rest], dim=2)
+
+    def final_resid(self) -> Tensor:
+        """The run's own final residual at the metric positions, [B, 1, (A,) d] (recall_pi's input)."""
+        return self.with_answer(self.record.resid_final[:, None], self.record.resid_pre.shape[1])
+
     def sliced(self, sl: slice) -> "BaseRun":
         return BaseRun(self.input_ids[sl], self.attention_mask[sl], self.answer_ids[sl], _slice_record(self.record, sl),
-                       [(k[sl], v[sl]) for k, v in self.prefix_kv])
+                       [(k[sl], v[sl]) for k, v in self.prefix_kv],
+                       None if self.targets is None else self.targets[sl],
+                       None if self.answer_resid is None else self.answer_resid[sl])
 
 
 RECORDED = ("resid_pre", "resid_mid", "mlp_out", "z", "resid_final")
@@ -265,19 +296,32 @@ def _end_record(view: ModelView, t, weight: Tensor | None = None) -> RunRecord:
 
 
 @torch.no_grad()
-def record_run(view: ModelView, input_ids: Tensor, attention_mask: Tensor, answer_ids: Tensor, prefix: bool) -> BaseRun | RunRecord:
-    """One traced forward: the end-position record (and, with ``prefix``, the earlier positions' keys/values)."""
+def record_run(view: ModelView, input_ids: Tensor, attention_mask: Tensor, answer_ids: Tensor, prefix: bool,
+               targets: Tensor | None = None) -> BaseRun | RunRecord:
+    """One traced forward: the end-position record (and, with ``prefix``, the earlier positions' keys/values).
+
+    ``targets`` [B, A] (A > 1, the whole-answer metric): the rows end with the first A − 1 scored
+    tokens (``Batch.with_targets``); the end is column S − A and the answer positions' residuals
+    are recorded too (``BaseRun.answer_resid``). Then a :class:`BaseRun` is returned even without ``prefix``.
+    """
     S = input_ids.shape[1]
-    t = view.trace(input_ids, attention_mask, record=RECORDED, return_kv=prefix)
+    A = 1 if targets is None else targets.shape[1]
+    positions = None if A == 1 else torch.arange(S - A, S, device=view.device).expand(input_ids.shape[0], A)
+    t = view.trace(input_ids, attention_mask, positions=positions, record=RECORDED, return_kv=prefix)
     rec = _end_record(view, t)
-    if not prefix:
+    if not prefix and A == 1:
         return rec
+    answer_resid = None
+    if A > 1:  # [B, A − 1, L + 1, d]: r[0..L−1] entering each layer, then the final residual
+        answer_resid = torch.cat([t.resid_pre[:, 1:], t.resid_final[:, 1:, None]], dim=2)
     return BaseRun(
         input_ids=input_ids.to(view.device),
         attention_mask=attention_mask.to(view.device),
         answer_ids=answer_ids.to(view.device),
         record=rec,
-        prefix_kv=[(k[:, :, : S - 1].contiguous(), v[:, :, : S - 1].contiguous()) for k, v in t.kv],
+        prefix_kv=[(k[:, :, : S - A].contiguous(), v[:, :, : S - A].contiguous()) for k, v in t.kv] if prefix else [],
+        targets=None if A == 1 else targets.to(view.device),
+        answer_resid=answer_resid,
     )
 
 
@@ -287,7 +331,14 @@ def recall_pi(view: ModelView, resid_final: Tensor, answer_ids: Tensor) -> Tenso
     logit[Y] − mean logit = N_f(r) · (W_U[:, Y] − mean column) + (b_U[Y] − mean b_U), unless a
     final softcap makes the logits non-linear in N_f(r) (then the full logits are computed, a few
     components at a time: B × c × V ≤ :data:`LOGIT_ELEMENTS`, so their memory does not grow with C or V).
+
+    The whole-answer metric: residuals [B, C, A, d] at the A metric positions and ``answer_ids``
+    [B, A] the scored tokens give π(answer) = Σ_t π(y_t), [B, C] (:func:`recallscope.lens.answer_metric`).
     """
+    if resid_final.dim() == 4:
+        B, C, A, d = resid_final.shape
+        flat = resid_final.permute(0, 2, 1, 3).reshape(B * A, C, d)  # each (row, position) as a row of its own
+        return recall_pi(view, flat, answer_ids.reshape(B * A)).reshape(B, A, C).sum(1)
     x = view.final_norm(resid_final)
     if view.cfg.final_softcap:
         step = max(1, LOGIT_ELEMENTS // (x.shape[0] * view.cfg.d_vocab))
@@ -313,20 +364,32 @@ def end_layer(
     head_delta: Tensor | None = None,
     mlp_delta: Tensor | None = None,
 ) -> Tensor:
-    """Layer ``layer`` at the end position only, for C variants per prompt: [B, C, d] → [B, C, d].
+    """Layer ``layer`` at the end position only, for C variants per prompt: [B, C, d] → [B, C, d]
+    (under the whole-answer metric the end and the A − 1 answer positions after it: [B, C, A, d] → [B, C, A, d]).
 
     :meth:`ModelView.forward_from` with the base run's cached keys/values of the earlier
     positions (no end-position patch changes them). ``head_delta`` [B, C, H, d] / ``mlp_delta``
     [B, C, d] are added to the heads' writes (before a post-attention norm, which is then
-    recomputed) / the MLP output — attribution patching differentiates through them.
+    recomputed) / the MLP output at the end position — attribution patching differentiates through them.
     """
     edits = {}
     if head_delta is not None:
-        edits[("head_out", layer)] = lambda heads: heads + head_delta[:, :, None]
+        edits[("head_out", layer)] = lambda heads: _at_end(heads, head_delta[:, :, None])
     if mlp_delta is not None:
-        edits[("mlp_out", layer)] = lambda mlp: mlp + mlp_delta[:, :, None]
+        edits[("mlp_out", layer)] = lambda mlp: _at_end(mlp, mlp_delta[:, :, None])
+    if resid.dim() == 4:
+        out = view.forward_from(resid, layer, base.attention_mask, base.prefix_kv, stop=layer + 1,
+                                positions=base.metric_positions(), edits=edits)
+        return out.resid_final
     out = view.forward_from(resid[:, :, None], layer, base.attention_mask, base.prefix_kv, stop=layer + 1, edits=edits)
     return out.resid_final[:, :, 0]
+
+
+def _at_end(x: Tensor, delta: Tensor) -> Tensor:
+    """``x`` [B, C, T, ...] with ``delta`` [B, C, 1, ...] added at the end, its first position."""
+    if x.shape[2] == 1:
+        return x + delta
+    return torch.cat([x[:, :, :1] + delta, x[:, :, 1:]], dim=2)
 
 
 @torch.no_grad()
@@ -340,29 +403,32 @@ def corrupted_mean(view: ModelView, base: BaseRun, corrupt_ids: Tensor, weight: 
     as variants), attending over the base run's cached keys and values — in k-shot prompts the
     demonstrations before the subject are never recomputed.
     """
-    B, n, S = corrupt_ids.shape
+    B, n, S = corrupt_ids.shape  # S: the prompts' own tokens (the base rows may carry answer tokens after them)
     corrupt_ids = corrupt_ids.to(view.device)
-    differs = (corrupt_ids != base.input_ids[:, None]).any(dim=(0, 1)).nonzero()
+    mask = base.attention_mask[:, :S]
+    differs = (corrupt_ids != base.input_ids[:, None, :S]).any(dim=(0, 1)).nonzero()
     lo = int(differs[0]) if len(differs) else S - 1
     lo = min(lo, S - 1)
     T = S - lo
-    positions = position_ids_from_mask(base.attention_mask)[:, lo:]
+    positions = position_ids_from_mask(mask)[:, lo:]
     resid = view.embed(corrupt_ids[:, :, lo:].reshape(B * n, T), positions.repeat_interleave(n, dim=0)).reshape(B, n, T, -1)
     past = [(k[:, :, :lo], v[:, :, :lo]) for k, v in base.prefix_kv]
-    t = view.forward_from(resid, 0, base.attention_mask, past, record=RECORDED)
+    t = view.forward_from(resid, 0, mask, past, record=RECORDED)
     return _end_record(view, t, weight.to(device=view.device, dtype=view.dtype))
 
 
 # --------------------------------------------------------------------------- engines
 @torch.no_grad()
 def exact_pi(view: ModelView, base: BaseRun, patch: RunRecord, components: Sequence[Component]) -> Tensor:
-    """π of every patched variant, [B, C], recomputing only the end position above each patch."""
-    return recall_pi(view, exact_final_resid(view, base, patch, components), base.answer_ids)
+    """π of every patched variant, [B, C], recomputing only the end position above each patch
+    (and, under the whole-answer metric, the answer positions after it)."""
+    return recall_pi(view, exact_final_resid(view, base, patch, components), _scored(base))
 
 
 @torch.no_grad()
 def exact_final_resid(view: ModelView, base: BaseRun, patch: RunRecord, components: Sequence[Component]) -> Tensor:
-    """The final end-position residual of every patched variant, [B, C, d]."""
+    """The final end-position residual of every patched variant, [B, C, d] (the whole-answer
+    metric: at the end and the answer positions, [B, C, A, d])."""
     cfg = view.cfg
     rec = base.record
     B = base.size
@@ -370,14 +436,15 @@ def exact_final_resid(view: ModelView, base: BaseRun, patch: RunRecord, componen
     for i, comp in enumerate(components):
         by_entry.setdefault(comp.entry_layer, []).append(i)
     order: list[int] = []
-    state = rec.resid_pre.new_zeros(B, 0, cfg.d_model)
+    state = base.with_answer(rec.resid_pre.new_zeros(B, 0, cfg.d_model), 0)
     # the progress bar moves with the work done: a layer's cost grows with the variants that run through it
     work = sum(sum(len(v) for e, v in by_entry.items() if e <= layer) for layer in range(cfg.n_layers))
     done = 0
     for layer in range(cfg.n_layers + 1):
         entering = by_entry.get(layer, [])
         if entering:
-            state = torch.cat([state, _entry_states(view, rec, patch, [components[i] for i in entering])], dim=1)
+            entry = _entry_states(view, rec, patch, [components[i] for i in entering])
+            state = torch.cat([state, base.with_answer(entry, layer)], dim=1)
             order.extend(entering)
         if layer < cfg.n_layers and state.shape[1]:
             state = end_layer(view, layer, state, base)
@@ -420,25 +487,40 @@ def _entry_states(view: ModelView, rec: RunRecord, patch: RunRecord, comps: Sequ
     return torch.stack(out, dim=1)
 
 
+def _scored(base: BaseRun) -> Tensor:
+    """What recall_pi scores: Y [B], or the scored tokens [B, A] under the whole-answer metric."""
+    return base.answer_ids if base.targets is None else base.targets
+
+
 @torch.no_grad()
 def naive_pi(view: ModelView, base: BaseRun, patch: RunRecord, components: Sequence[Component]) -> Tensor:
-    """π of every patched variant, [B, C], with one full traced forward per component (the reference)."""
+    """π of every patched variant, [B, C], with one full traced forward per component (the reference).
+
+    Under the whole-answer metric each forward runs the rows with their answer tokens, the patch
+    at the end column (S − A), and scores the last A columns."""
     out = []
+    A = base.n_targets
     for comp in components:
         value = patch.value(comp)
         site = {"head": "head_out", "mlp": "mlp_out", "resid": "resid_pre"}[comp.kind]
-        t = view.trace(base.input_ids, base.attention_mask, edits={(site, comp.layer): _set_end(value, comp.head)})
-        out.append(recall_metric(t.logits[:, 0], base.answer_ids))
+        edits = {(site, comp.layer): _set_end(value, comp.head, -A)}
+        if A == 1:
+            t = view.trace(base.input_ids, base.attention_mask, edits=edits)
+            out.append(recall_metric(t.logits[:, 0], base.answer_ids))
+        else:
+            t = view.trace(base.input_ids, base.attention_mask, positions=base.metric_positions(), edits=edits)
+            out.append(answer_metric(t.logits, base.targets))
     return torch.stack(out, dim=1)
 
 
-def _set_end(value: Tensor, head: int | None) -> Callable[[Tensor], Tensor]:
+def _set_end(value: Tensor, head: int | None, column: int = -1) -> Callable[[Tensor], Tensor]:
+    """An edit of a [B, S, ...] site: ``column`` (the end) := value (of head ``head``)."""
     def edit(x: Tensor) -> Tensor:
         x = x.clone()
         if head is not None:
-            x[:, -1, head] = value
+            x[:, column, head] = value
         else:
-            x[:, -1] = value
+            x[:, column] = value
         return x
 
     return edit
@@ -452,11 +534,12 @@ def attribution_pi(view: ModelView, base: BaseRun, patch: RunRecord, components:
         resid_deltas = torch.zeros(B, L, d, dtype=view.dtype, device=view.device, requires_grad=True)
         head_deltas = torch.zeros(B, L, H, d, dtype=view.dtype, device=view.device, requires_grad=True)
         mlp_deltas = torch.zeros(B, L, d, dtype=view.dtype, device=view.device, requires_grad=True)
-        state = rec.resid_pre[:, None, 0]
+        state = base.with_answer(rec.resid_pre[:, None, 0], 0)  # [B, 1, (A,) d]
         for layer in range(L):
-            state = state + resid_deltas[:, None, layer]
+            delta = resid_deltas[:, None, layer]
+            state = state + delta if state.dim() == 3 else _at_end(state, delta[:, :, None])
             state = end_layer(view, layer, state, base, head_deltas[:, None, layer], mlp_deltas[:, None, layer])
-        pi = recall_pi(view, state, base.answer_ids)[:, 0]
+        pi = recall_pi(view, state, _scored(base))[:, 0]
         pi.sum().backward()
     pi_clean = pi.detach()
     grads = {"resid": resid_deltas.grad, "head": head_deltas.grad, "mlp": mlp_deltas.grad}
@@ -470,14 +553,19 @@ def attribution_pi(view: ModelView, base: BaseRun, patch: RunRecord, components:
 
 @torch.no_grad()
 def path_exact_pi(view: ModelView, base: BaseRun, patch: RunRecord, components: Sequence[Component]) -> Tensor:
-    """π of every path-patched variant (every head frozen), [B, C]: ``path_patching.path_final_resid``."""
-    return recall_pi(view, path_final_resid(view, base.record, patch, components), base.answer_ids)
+    """π of every path-patched variant (every head frozen), [B, C]: ``path_patching.path_final_resid``.
+
+    Under the whole-answer metric the answer positions keep their clean residual: a patched end
+    reaches them only through attention, and path patching freezes every head (so only the first
+    scored token's π changes; :func:`path_naive_pi` computes the same with every position run)."""
+    end = path_final_resid(view, base.record, patch, components)
+    return recall_pi(view, base.with_answer(end, view.cfg.n_layers), _scored(base))
 
 
 @torch.no_grad()
 def path_naive_pi(view: ModelView, base: BaseRun, patch: RunRecord, components: Sequence[Component]) -> Tensor:
     """π of every path-patched variant, one full frozen-heads forward each: ``path_patching.frozen_heads_pi``."""
-    return frozen_heads_pi(view, base.input_ids, base.attention_mask, base.answer_ids, patch, components)
+    return frozen_heads_pi(view, base.input_ids, base.attention_mask, base.answer_ids, patch, components, base.targets)
 
 
 ENGINE_FUNCTIONS = {"exact": exact_pi, "naive": naive_pi, "attribution": attribution_pi}
@@ -738,23 +826,28 @@ def dataset_sender_mean(view: ModelView, tokenizer, prompts: PromptSet, config: 
 def _prepare_batch(view: ModelView, pad_id: int, indices, batch, corrupt: list[list[Prompt]], config: PatchConfig,
                    mean: DatasetMean | None = None) -> PatchBatch:
     answers = batch.answer_ids().to(view.device)
+    # the whole-answer metric: the rows carry their first A − 1 scored tokens (teacher forcing)
+    targets = batch.target_ids() if batch.n_targets > 1 else None
     if config.direction == "noise":
         # the path engine with a dataset mean needs no cached keys/values; the total-effect
         # engine and the per-prompt corrupted mean (computed over the clean prefix) do
         prefix = config.mode == "total" or mean is None
-        base = record_run(view, batch.input_ids, batch.attention_mask, answers, prefix=prefix)
-        if not prefix:
-            base = BaseRun(batch.input_ids.to(view.device), batch.attention_mask.to(view.device), answers, base, [])
+        ids, mask = batch.with_targets()
+        base = record_run(view, ids, mask, answers, prefix=prefix, targets=targets)
+        if not isinstance(base, BaseRun):
+            base = BaseRun(ids.to(view.device), mask.to(view.device), answers, base, [])
         patch = sender_values(view, base, batch, corrupt, mean)
-        pi_clean = recall_pi(view, base.record.resid_final[:, None], answers)[:, 0]
+        pi_clean = recall_pi(view, base.final_resid(), _scored(base))[:, 0]
         pi_base = pi_clean
-    else:
+    else:  # the corrupted run scored on the clean answer (its rows carry the clean answer's tokens)
         first = [cs[0] for cs in corrupt]
         fb = make_batch(first, pad_id)
-        base = record_run(view, fb.input_ids, fb.attention_mask, answers, prefix=True)
-        patch = record_run(view, batch.input_ids, batch.attention_mask, answers, prefix=False)
-        pi_clean = recall_pi(view, patch.resid_final[:, None], answers)[:, 0]
-        pi_base = recall_pi(view, base.record.resid_final[:, None], answers)[:, 0]
+        base = record_run(view, *fb.with_targets(), answers, prefix=True, targets=targets)
+        clean = record_run(view, *batch.with_targets(), answers, prefix=False, targets=targets)
+        patch = clean.record if isinstance(clean, BaseRun) else clean
+        clean_final = clean.final_resid() if isinstance(clean, BaseRun) else clean.resid_final[:, None]
+        pi_clean = recall_pi(view, clean_final, _scored(base))[:, 0]
+        pi_base = recall_pi(view, base.final_resid(), _scored(base))[:, 0]
     return PatchBatch(list(indices), base, patch, pi_clean, pi_base)
 
 
@@ -985,6 +1078,7 @@ class PatchResult(ResultView):
             "engine": self.config.engine,
             "components": list(self.config.components),
             "n_components": len(self.components),
+            "answer_metric": self.prompts.metric,  # π of Y, or of the whole answer teacher-forced (tasks.prompts)
             "n_prompts": int(self.effects.shape[0]),
             "n_dropped_no_corruption": int(self.n_dropped),
             "n_corruptions": float(np.mean(self.n_corruptions)) if self.n_corruptions else 0.0,

@@ -77,7 +77,7 @@ from typing import Protocol, Sequence
 import torch
 from torch import Tensor
 
-from .lens import recall_metric
+from .lens import answer_metric, recall_metric
 from .models.view import ModelView
 
 
@@ -180,6 +180,7 @@ def frozen_heads_pi(
     answer_ids: Tensor,
     sender: EndRecord,
     senders: Sequence[Sender],
+    targets: Tensor | None = None,
 ) -> Tensor:
     """π(Y) with every head frozen and one sender patched, one full forward per sender, [B, C].
 
@@ -187,9 +188,15 @@ def frozen_heads_pi(
     (every layer, every position) are re-imposed on the ``head_out`` site of every layer (what
     frozen queries, keys and values give), the sender's value is written at the end position
     (the last column of the left-padded batch), and the MLPs run freely. Used as the reference of :func:`path_final_resid`.
+
+    ``targets`` [B, A] (recallscope's whole-answer metric, A > 1): the rows end with the first
+    A − 1 scored tokens, the end is column S − A, every position's heads are frozen (the answer
+    positions' too) and π(answer) = Σ_t π(y_t) is read at the last A columns.
     """
     cfg = view.cfg
     B, S = input_ids.shape
+    A = 1 if targets is None else targets.shape[1]
+    end = S - A
     positions = torch.arange(S, device=view.device).expand(B, S)
     clean = view.trace(input_ids, attention_mask, positions=positions, record=["z", "attn_out"])
     attn_clean = clean.attn_out  # [B, S, L, d]
@@ -201,13 +208,13 @@ def frozen_heads_pi(
         heads = view.head_writes(layer, clean.z[:, :, layer])  # [B, S, H, d]
         if head is not None:
             heads = heads.clone()
-            heads[:, -1, head] = end_value
+            heads[:, end, head] = end_value
         edits[("head_out", layer)] = lambda _x: heads
 
     def at_end(end_value: Tensor):
         def edit(x: Tensor) -> Tensor:
             x = x.clone()
-            x[:, -1] = end_value
+            x[:, end] = end_value
             return x
 
         return edit
@@ -226,12 +233,16 @@ def frozen_heads_pi(
             edits[("mlp_out", s.layer)] = at_end(value(sender.mlp_out[:, s.layer]))
         elif s.kind == "attn":
             attn = attn_clean[:, :, s.layer].clone()
-            attn[:, -1] = value(sender.resid_mid[:, s.layer] - sender.resid_pre[:, s.layer])
+            attn[:, end] = value(sender.resid_mid[:, s.layer] - sender.resid_pre[:, s.layer])
             edits[("attn_out", s.layer)] = lambda _x, attn=attn: attn
         else:
             edits[("resid_pre", s.layer)] = at_end(value(sender.resid_pre[:, s.layer]))
-        t = view.trace(input_ids, attention_mask, edits=edits)
-        out.append(recall_metric(t.logits[:, 0], answer_ids))
+        if A == 1:
+            t = view.trace(input_ids, attention_mask, edits=edits)
+            out.append(recall_metric(t.logits[:, 0], answer_ids))
+        else:
+            t = view.trace(input_ids, attention_mask, positions=positions[:, end:], edits=edits)
+            out.append(answer_metric(t.logits, targets.to(view.device)))
     return torch.stack(out, dim=1)
 
 
