@@ -380,3 +380,22 @@ def test_the_table_leads_with_the_statistic_that_decided_the_verdict():
     assert row["value"] == 1.0 and row["decided_by"].startswith("scatter r")
     assert row["decided_value"] == pytest.approx(r) and row["decided_value"] != row["value"]
     assert row["threshold"] == 0.5 and row["verdict"] == FAILS
+
+
+def test_a_condition_not_met_names_the_interval_end_it_compares_with_the_value_beside_it():
+    """C2 on smollm2-135m (country_capital_extended, 16 prompts) read "not met: held-out gain over
+    the intercept-only model = -0.003316, needs > 0.05" where the gain is 0.006527 [-0.003316,
+    0.01789]: the lower end of the interval was quoted as if it were the value."""
+    gain = Condition.measured("held-out gain over the intercept-only model", "claims.min_heldout_gain", 0.05, 0.006527,
+                              (-0.003316, 0.017888), ">", 0.05, 13)
+    exact = Condition.exact("largest distance of a head coefficient's interval from c = 1", "claims.min_coef_departure",
+                            0.0, 0.0, ">", 0.0)
+    row = decide("C2", "decompose", "MLP23", "held-out gain", 0.006527, (-0.003316, 0.017888), [gain, exact], "MLP 23", {})
+    assert row.detail == ("MLP 23; not met: held-out gain over the intercept-only model: lower end of its interval -0.003316 "
+                          "(value 0.006527), needs > 0.05; largest distance of a head coefficient's interval from c = 1 = 0, "
+                          "needs > 0")
+    # the kind: a "<" rule compares the upper end (C4's mean DLA of a would-be suppressor)
+    dla = Condition.measured("mean DLA to Y (logits)", "claims.min_suppression_logits", 0.1, 0.2, (0.05, 0.35), "<", -0.1, 13,
+                             -1.0)
+    assert decide("C4", "suppress", "L29H0", "mean DLA", 0.2, (0.05, 0.35), [dla], "final layer", {}).detail == (
+        "final layer; not met: mean DLA to Y (logits): upper end of its interval 0.35 (value 0.2), needs < -0.1")

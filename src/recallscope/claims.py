@@ -570,7 +570,7 @@ def decide(claim: str, stage: str, about: str | None, measure: str, value, ci: t
     failing = [c for c, s in zip(conditions, states, strict=True) if s == FAILED]
     open_ = [c for c, s in zip(conditions, states, strict=True) if s == STRADDLES]
     if failing:
-        unmet = "; ".join(f"{c.name} = {_g(c.statistic)}, needs {c.op} {c.threshold:.4g}" for c in failing)
+        unmet = "; ".join(f"{_compared(c)}, needs {c.op} {c.threshold:.4g}" for c in failing)
         detail = f"{detail}; not met: {unmet}"
     if open_ and not failing:
         spans = "; ".join(f"{c.name} {_g(c.estimate)} [{_g(c.low)}, {_g(c.high)}] against {c.op} {c.threshold:.4g}"
@@ -615,6 +615,16 @@ def with_available(claim: Claim, available: int | None) -> Claim:
 
 def _g(x) -> str:
     return "none" if x is None else f"{x:.4g}"
+
+
+def _compared(c: Condition) -> str:
+    """The figure a condition's rule compares, named as what it is: a figure without sampling error
+    as ``name = x``; an interval's end as that end with the estimate beside it ("held-out gain …:
+    lower end of its interval -0.003316 (value 0.006527)"), never the end as if it were the value."""
+    if c.statistic is None or c.low == c.high:
+        return f"{c.name} = {_g(c.statistic)}"
+    end = "lower" if c.op in _ABOVE else "upper"
+    return f"{c.name}: {end} end of its interval {_g(c.statistic)} (value {_g(c.estimate)})"
 
 
 def _f(x) -> float | None:
