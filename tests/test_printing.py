@@ -33,8 +33,10 @@ def test_the_claims_are_one_line_each_at_80_120_and_200_columns():
         assert len(lines) == 3 + 6  # title, header, rule, one line per claim
     c1, c2, c3, c4, c5, c6 = rows
     # the deciding statistic against its threshold: C1's scatter r lower end, not its primary figure 1 [1, 1]
-    assert c1.split()[:7] == ["C1", "does", "not", "hold", "low", "0.121", "≥"] and "Mover heads move the topic" in c1
-    assert "inconclusive (≈140)" in c3 and "-1.48 [-1.78, -1.22]" in c4 and "< -0.1" in c4
+    # a claim about some component (C1, C4) names the component whose statistic it is: C4 holds on L29H0
+    assert c1.split()[:8] == ["C1", "does", "not", "hold", "L23H4:", "low", "0.121", "≥"] and "Mover heads move the topic" in c1
+    assert "inconclusive (≈140)" in c3 and "L29H0: -1.48 [-1.78, -1.22]" in c4 and "< -0.1" in c4
+    assert c2.split()[:5] == ["C2", "does", "not", "hold", "0.0155"]  # a claim about one MLP: no name
     assert c6.split()[:3] == ["C6", "not", "measurable"]
 
 

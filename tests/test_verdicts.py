@@ -198,3 +198,17 @@ def test_leading_first_puts_the_verdict_and_the_deciding_statistic_first():
         "ci_low",
         "ci_high",
     ]
+
+
+def test_only_a_claim_about_some_component_names_the_one_that_decided():
+    """C4 (smollm2-135m, country_capital_extended, 16 prompts) held on L29H0's mean DLA -1.44 while the
+    final layer as a whole added +4.63 logits to Y: its verdict line says "decided by L29H0"."""
+    rows = [
+        {"claim": "The final layer suppresses the correct answer", "about": "L29H0", "verdict": "holds", "value": -1.44},
+        {"claim": "Mover heads move the topic (subject) to the last position", "about": "L23H4", "verdict": "inconclusive"},
+        {"claim": "Removing the final-layer suppressors raises confidence in the answer", "about": "L29H0, L29H3",
+         "verdict": "holds"},
+    ]  # fmt: skip
+    c4, c1, c5 = verdicts.views(rows, [])
+    assert (c4.decider_line(), c1.decider_line(), c5.decider_line()) == (
+        "decided by L29H0", "figures of L23H4; no candidate holds", None)  # fmt: skip

@@ -129,7 +129,7 @@ def claims_table(console: Console, claims: list[ClaimView], title: str, wide: bo
                 [
                     text(c.id),
                     verdict_text(c),
-                    text(c.figure()),
+                    text(f"{c.decider()}: {c.figure()}" if c.decider() else c.figure()),
                     text(c.deciding.against() if c.deciding.name else ""),
                     text(statement),
                 ]
@@ -157,7 +157,7 @@ def claims_table(console: Console, claims: list[ClaimView], title: str, wide: bo
             text(statement),
             verdict_text(c),
             text(c.primary()),
-            text(c.deciding.name or "—"),
+            text((c.deciding.name or "—") + (f" (of {c.decider()})" if c.decider() else "")),
             text(c.figure()),
             text(c.deciding.against()),
             text(fmt(c.margin)),
@@ -169,7 +169,7 @@ def claims_table(console: Console, claims: list[ClaimView], title: str, wide: bo
 
 CLAIMS_NOTE = (
     "value: the statistic that decided the verdict with its 95% interval (low/high: only the end the rule compares is "
-    "recorded); vs: its threshold. inconclusive (≈N): about N known prompts would decide it if the effect stayed as "
+    'recorded; "L29H0: …": the component that decided a claim about some component); vs: its threshold. inconclusive (≈N): about N known prompts would decide it if the effect stayed as '
     "measured (interval width ∝ 1/√n); ≈N > M: more than the M known prompts the relation can give. --wide: the primary "
     "figure, margin, flips at and every condition; --json: everything."
 )

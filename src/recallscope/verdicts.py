@@ -53,6 +53,11 @@ EVIDENCE_STAGE = {
     "C11": "onset",
 }
 
+# Claims about *some* component (recallscope.claims.best_of): the verdict is the one candidate's that
+# ``about`` names, not the whole's (C4 holds on L29H0's −1.44 logits while the final layer as a whole
+# adds +4.63 to Y), so the verdict line names it.
+ONE_OF = frozenset({"C1", "C4"})
+
 # The claims table's leading columns: the verdict and the statistic that decided it (what the report
 # and the CLI show as a claim's value), before the claim's primary figure (value, ci_low, ci_high).
 LEADING = (
@@ -306,6 +311,19 @@ class ClaimView:
         d = self.deciding
         named = [c for c in self.conditions if c.name == d.name]
         return next((c for c in named if c.op == d.op and c.threshold == d.threshold), named[0] if named else None)
+
+    def decider(self) -> str | None:
+        """The component whose figures a claim about *some* component shows (:data:`ONE_OF`: a mover
+        head, a suppressor), "L29H0"; None for a claim about one thing or a set."""
+        return self.about if self.id in ONE_OF and self.about and self.kind != "na" else None
+
+    def decider_line(self) -> str | None:
+        """Beside the verdict of a :data:`ONE_OF` claim: "decided by L29H0" where that component holds
+        (one suffices); else "figures of L23H4; no candidate holds" (every candidate decides a failure)."""
+        who = self.decider()
+        if who is None:
+            return None
+        return f"decided by {who}" if self.kind == "holds" else f"figures of {who}; no candidate holds"
 
     def needed(self) -> str | None:
         """ "≈ 140 known prompts would decide it" for an inconclusive claim with that estimate; "… — more than
@@ -621,6 +639,7 @@ __all__ = [
     "kind",
     "split_end",
     "stage_story",
+    "ONE_OF",
     "view",
     "views",
 ]

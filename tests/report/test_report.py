@@ -223,6 +223,10 @@ def test_a_stage_section_never_states_a_verdict_of_its_own_under_another_rule(h,
     summary["stages"]["claims"] = {"claims": [c1, c4], "sensitivity": sens}
     (run / "summary.json").write_text(json.dumps(summary))
     page = render_report(run)
+    # C4 holds on one component (L29H0) while the layer as a whole raises Y: the verdict names it
+    verdict_lines = re.findall(r'<div class="cv"><span class="verdict v-[a-z]+">(?:<bdi class="s">)?([^<]+)(?:</bdi>)?</span>'
+                               r'(?:<div class="needed">(?:<bdi class="s">)?([^<]+))?', page)
+    assert verdict_lines == [("does not hold", "figures of L23H4; no candidate holds"), ("holds", "decided by L29H0")]
     movers = page.split('<section class="stage" id="stage-1">', 1)[1].split("</section>", 1)[0]
     text_of = lambda html_: " ".join(re.sub(r"<[^>]+>", "", html_).split())  # noqa: E731
     assert "Mover test on point estimates (attention to the subject ≥ 0.3, scatter r ≥ 0.5, its p-value ≤ 0.01, OV top-5 " \
