@@ -81,24 +81,15 @@ def leading_first(columns: Iterable[str]) -> list[str]:
 
 
 # Columns the claim block shows itself; the rest of a row are evidence notes.
-SHOWN = frozenset(
+SHOWN = frozenset(LEADING) | frozenset(
     {
         "id",
-        "claim",
         "stage",
         "about",
         "measure",
         "value",
         "ci_low",
         "ci_high",
-        "decided_by",
-        "decided_value",
-        "decided_ci_low",
-        "decided_ci_high",
-        "threshold",
-        "margin",
-        "flips_at",
-        "verdict",
         "rule",
         "detail",
         "prompts_needed",
