@@ -125,6 +125,14 @@ def test_movers_scatter_per_mover_and_the_example_attention():
     heads = [{**_heads(False)[0], "projection_corr": 0.584, "projection_p_value": 0.036, "failed": ["p_value"]}]
     (fig,) = movers.figures({"movers": frame}, {"heads": heads, "thresholds": {"max_p_value": 0.01, "min_projection_corr": 0.5}})
     assert fig.layout.title.text == "L1H0 — fails the mover test on p > 0.01: r = 0.584, p = 0.036"
+    # no mover: the heads C1 reads (largest |patching effect|), not the highest r (L23H4, C1's head, has r
+    # 0.584 below three other candidates on that run and went unplotted)
+    heads = [
+        {**_heads(False)[0], "head": k, "projection_corr": r, "effect": e}
+        for k, r, e in ((0, 0.584, -13.2), (1, 0.868, 0.1), (2, 0.716, 0.2), (3, 0.618, 1.55), (4, -0.42, -4.8))
+    ]
+    titles = [f.layout.title.text.split(" — ")[0] for f in movers.figures({"movers": frame}, {"heads": heads})]
+    assert titles == ["L1H0", "L1H4", "L1H3"]
 
 
 def test_decompose_coefficients_sweep_and_sgd_trace():

@@ -32,7 +32,8 @@ def _failed(name: str, thresholds: dict) -> str:
 
 def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
     """[one scatter per mover head (or, when there is none, for the three candidates with the
-    highest r, titled as not movers), the example head's attention from the end position].
+    largest |patching effect|, the heads claim C1 reads, else the three with the highest r, titled as
+    not movers), the example head's attention from the end position].
 
     Each scatter puts, per prompt, the head's attention from the end to the subject tokens
     (probability) against its projection a[l,h] · W_U[X] (logits); the paper's scatter. Reads the
@@ -45,7 +46,12 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
     shown = [h for h in heads if h["is_mover"]]
     if not shown:
         ok = [h for h in heads if h["projection_corr"] is not None and math.isfinite(h["projection_corr"])]
-        shown = sorted(ok, key=lambda h: -h["projection_corr"])[:3]
+        effect = [h for h in ok if isinstance(h.get("effect"), (int, float)) and math.isfinite(h["effect"])]
+        # the heads claim C1 reads (the candidates patching singles out, its default mover_top_heads = 3),
+        # so the section shows the scatter the claim decides on; without patching effects, the highest r
+        shown = (
+            sorted(effect, key=lambda h: -abs(h["effect"]))[:3] if effect else sorted(ok, key=lambda h: -h["projection_corr"])[:3]
+        )
     for h in shown:
         rows = frame[(frame["layer"] == h["layer"]) & (frame["head"] == h["head"])]
         # the stage's mover test compares point estimates with the thresholds; the claims stage (C1)
