@@ -79,6 +79,8 @@ RELATIONS = (
     f"{LRE}/country_language",
     f"{LRE}/landmark_in_country",
     f"{LRE}/person_plays_pro_sport",
+    f"{LRE}/presidents_birth_year",  # numerical facts: years, scored on the whole answer (recall.answer_metric=auto)
+    f"{LRE}/presidents_election_year",
 )
 SHOTS = (0, 1, 3)
 MAX_PROMPTS = "all"  # every prompt of each relation: the 24-prompt study could not decide many claims (issue 27)
