@@ -49,9 +49,10 @@ lint: install-test
 	$(BIN)/ruff format --check .
 	$(BIN)/python scripts/check_imports.py
 
-# pytest exits 5 when it collected no test: that is a failure, not a pass.
+# pytest exits 5 when it collected no test: that is a failure, not a pass. --durations lists the
+# slowest tests at the end, so a CI log says where the suite's time went.
 test: install-test
-	$(BIN)/python -m pytest -q; status=$$?; \
+	$(BIN)/python -m pytest -q --durations=25; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 test-fast: install-test

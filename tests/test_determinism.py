@@ -15,11 +15,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from recallscope.pipeline import default_stages
 from recallscope.rundir import without_timings
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["recall", "patch", "movers", "decompose", "intercept", "suppress", "claims"]
+# The stages a plain `recallscope run` runs: every one of them must be reproducible.
+STAGES = default_stages()
 
 
 def run(out: Path, seed: int, hash_seed: str) -> dict:

@@ -80,14 +80,16 @@ def machine_memory() -> int:
     machine's physical memory (``MemTotal``); 16 GiB where neither can be read."""
     total = None
     try:
-        for line in open("/proc/meminfo", encoding="ascii"):
-            if line.startswith("MemTotal:"):
-                total = int(line.split()[1]) * 1024
-                break
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    total = int(line.split()[1]) * 1024
+                    break
     except (OSError, ValueError):
         pass
     try:
-        limit = open("/sys/fs/cgroup/memory.max", encoding="ascii").read().strip()
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as memory_max:
+            limit = memory_max.read().strip()
         if limit.isdigit():
             total = min(total, int(limit)) if total else int(limit)
     except OSError:

@@ -130,7 +130,7 @@ def usable_cpus() -> int:
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
     try:
-        quota, period = open("/sys/fs/cgroup/cpu.max", encoding="ascii").read().split()[:2]
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text(encoding="ascii").split()[:2]
         if quota != "max":
             cpus = min(cpus, max(1, int(int(quota) // int(period))))
     except (OSError, ValueError):
@@ -159,7 +159,7 @@ def max_threads() -> int:
         pass
     for path in ("/proc/sys/kernel/threads-max", "/sys/fs/cgroup/pids.max"):
         try:
-            text = open(path, encoding="ascii").read().strip()
+            text = Path(path).read_text(encoding="ascii").strip()
             if text.isdigit():
                 limits.append(int(text))
         except OSError:
