@@ -166,6 +166,29 @@ def test_the_code_hash_covers_the_stage_module_and_what_it_imports():
     assert not any("figures" in f for f in records._closure(frozenset({"recallscope.recall"})))
 
 
+def test_the_code_hash_of_a_stage_leaves_out_modules_it_does_not_run():
+    """The package's lazy __init__ names every module (under TYPE_CHECKING and in functions): once it
+    was in every closure, so a change to any module — the onset stage's, the claim rules — recomputed
+    every stage of every run. A stage's closure holds the modules it imports at run time, no more."""
+    from recallscope import records
+
+    root = Path(records.__file__).parent
+    for name in ("recall", "patch", "movers", "decompose", "intercept", "suppress"):
+        stage = STAGES[name]
+        modules = {stage.config_type.__module__}
+        files = {str(Path(f).relative_to(root)) for f in records._closure(frozenset(modules))}
+        assert f"{name}.py" in files and not files & {"__init__.py", "pipeline.py", "onset.py", "claims.py", "study.py"}, name
+    # the onset stage's own code and the rules it imports are in its closure
+    assert {"onset.py", "claims.py"} <= {Path(f).name for f in records._closure(frozenset({"recallscope.onset"}))}
+    # and an import under TYPE_CHECKING is not followed
+    import ast
+
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .pipeline import run\nelse:\n    from .stats import x\n"
+    )
+    assert sorted(n.module for n in records._runtime_imports(tree) if isinstance(n, ast.ImportFrom)) == ["stats", "typing"]
+
+
 def test_a_run_directory_without_records_is_read_and_its_stages_recomputed(planted, tmp_path):
     """A run directory of an older recallscope (no records): ``report`` reads it; a run recomputes its stages."""
     from recallscope import cli

@@ -274,11 +274,17 @@ COLUMNS: dict[str, tuple[str, str]] = {
     # --- onset (what demonstrations change: per prompt and per prompt × layer, at the end position)
     "attn_write_x": (
         "logits",
-        "the heads of layer l: their summed direct contribution to π(X) at the end position (linearised lens at the final residual)",
+        "the mover heads of layer l (every head without the movers stage): their summed direct contribution to π(X) "
+        "at the end position (linearised lens at the final residual)",
     ),
     "attn_write_x_cumulative": (
         "logits",
-        "attn_write_x summed over layers 0..l: how much of X the attention has moved to the end",
+        "attn_write_x summed over layers 0..l: how much of X the mover heads have moved to the end",
+    ),
+    "attn_write_x_every_head": ("logits", "as attn_write_x, summed over every head of layer l"),
+    "attn_write_x_every_head_cumulative": (
+        "logits",
+        "attn_write_x_every_head summed over layers 0..l: how much of X the attention has moved to the end",
     ),
     "lens_domain_share": (
         "share",
@@ -340,6 +346,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "layer_shift_ci_high": ("layers", "bootstrap 95% interval of layer_shift, high end"),
     "onset_fewest": ("layer index", "C10, C11: the mean onset layer at the fewest shots, over the prompts compared"),
     "onset_most": ("layer index", "C10, C11: the mean onset layer at the most shots, over the prompts compared"),
+    "every_head_shift": ("layers", "C10: the mean move onset shift read from every head's write instead of the mover heads'"),
     "p_fewest": ("probability", "C10, C11: mean p(Y) at the fewest shots, over the prompts compared"),
     "p_most": ("probability", "C10, C11: mean p(Y) at the most shots, over the prompts compared"),
     "pairing": (

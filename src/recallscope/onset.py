@@ -17,18 +17,23 @@ the most shots.
     subject's unembedding, as the movers stage's projection a[l,h]·u_X does, but as a direct logit
     attribution: the linearised logit lens at the prompt's final residual, read at X minus its mean
     over the vocabulary (:func:`recallscope.lens.token_attribution`, logits of π(X)). Summed over the
-    heads of a layer, ``attn_write_x``; accumulated over layers 0..l, ``attn_write_x_cumulative``
-    C(l) — how much of X the attention has moved to the end by the end of layer l. Its peak over
-    layers is ``move_peak`` (logits); the **move layer** is the first layer l where C(l) ≥
-    ``move_fraction`` × the peak (undefined, NaN, when the peak is ≤ 0: nothing was moved).
-    Every head counts, not only the heads the movers claim names: the mover set is chosen by patching
-    in each cell separately and changes with the shot count (which C6 tests), and a head that does not
-    write along u_X adds nothing; the figure is the attention's net transport of X, whatever heads do it.
+    **mover heads** of a layer — the heads patching singles out in this cell (``claims.patching_movers``,
+    the heads claim C1 tests and the surgery stage ablates; the pipeline passes them) — ``attn_write_x``;
+    accumulated over layers 0..l, ``attn_write_x_cumulative`` C(l): how much of X the mover heads have
+    moved to the end by the end of layer l. Its peak over layers is ``move_peak`` (logits); the **move
+    layer** is the first layer l where C(l) ≥ ``move_fraction`` × the peak (undefined, NaN, when the
+    peak is ≤ 0: the movers moved nothing). This is issue 30's wording: "the earliest layer at which the
+    mover heads' write along W_U[X] crosses a stated fraction of its maximum". Each cell's own movers
+    are read, so where demonstrations hand the transport to heads in earlier layers (which C6 tests as
+    a change of heads) the move layer moves with them. The same sum over **every** head (the attention's
+    net transport of X, whatever heads do it) is kept beside it, ``attn_write_x_every_head`` and its
+    running sum, and C10 reports its shift as a second figure; it is also the move measure of a run
+    without the movers stage (``movers=None``: the summary's ``move_heads`` then says "every head").
     Why this and not causal tracing's restoration of the subject at the last token (ROME's
-    ``trace_important_states`` at the last position, the ``trace`` stage): that needs T·L restorations
-    of n noised runs per prompt (minutes per prompt on two cores: the trace stage is opt-in), while
-    this is one forward pass, cheap enough for every run, and reads the same write the movers stage
-    and claim C1 read.
+    ``trace_important_states`` at the last position, the ``trace`` stage), the issue's alternative: that
+    needs T·L restorations of n noised runs per prompt (minutes per prompt on two cores: the trace
+    stage is opt-in), while this is one forward pass, cheap enough for every run, and reads the same
+    write the movers stage and claim C1 read.
 (b) **Domain onset** — when the answer domain appears. The logit lens at the end position of the
     residual after each layer l, r[l + 1] (the whole state read as the final residual: final norm with
     its own scale, unembedding, ``mode="normalised"``; after the last layer it is the model's logits),
@@ -84,24 +89,36 @@ class OnsetConfig:
         return {"move_fraction": self.move_fraction, "min_domain_share": self.min_domain_share}
 
 
+def move_heads(movers: Sequence[tuple[int, int]] | None) -> str:
+    """The heads that time the move, as the summary and the claims name them: "the mover heads L23H4,
+    L29H1" or "every head"."""
+    if movers is None:
+        return "every head"
+    return "the mover heads " + ", ".join(f"L{layer}H{head}" for layer, head in movers)
+
+
 def first_crossing(values: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     """[N] the first index along the last axis of ``values`` [N, L] where it is ≥ ``threshold`` [N]; L where none is."""
     hit = values >= np.asarray(threshold, dtype=float)[:, None]
     return np.where(hit.any(1), hit.argmax(1), values.shape[1])
 
 
-def onsets(layers: pd.DataFrame, move_fraction: float, min_domain_share: float) -> pd.DataFrame:
+def onsets(
+    layers: pd.DataFrame, move_fraction: float, min_domain_share: float, cumulative: str = "attn_write_x_cumulative"
+) -> pd.DataFrame:
     """Per prompt (index ``prompt_index``, ascending): ``move_peak`` (logits), ``move_layer`` (NaN when the
     peak is ≤ 0) and ``domain_layer`` (L = never) from the stage's ``layers`` table (module docstring).
     The stage writes its main table with it, and the claims read the onsets again with the settings in
-    effect (``--set onset.move_fraction=…`` re-reads them without re-running the stage)."""
+    effect (``--set onset.move_fraction=…`` re-reads them without re-running the stage). ``cumulative``:
+    the running write the move is read from (the mover heads'; ``attn_write_x_every_head_cumulative``
+    for every head's)."""
     ordered = layers.sort_values(["prompt_index", "layer"], kind="stable")
     index = ordered["prompt_index"].drop_duplicates().to_numpy()
     n_layers = int(ordered["layer"].max()) + 1 if len(ordered) else 0
-    cumulative = ordered["attn_write_x_cumulative"].to_numpy(float).reshape(len(index), n_layers)
+    running = ordered[cumulative].to_numpy(float).reshape(len(index), n_layers)
     share = ordered["lens_domain_share"].to_numpy(float).reshape(len(index), n_layers)
-    peak = cumulative.max(1) if n_layers else np.zeros(len(index))
-    move = first_crossing(cumulative, move_fraction * peak).astype(float)
+    peak = running.max(1) if n_layers else np.zeros(len(index))
+    move = first_crossing(running, move_fraction * peak).astype(float)
     move[~(peak > 0)] = np.nan  # nothing moved: no onset
     domain = first_crossing(share, np.full(len(index), float(min_domain_share)))
     return pd.DataFrame(
@@ -119,6 +136,7 @@ class OnsetResult(ResultView):
     n_layers: int
     answer_domain_size: int
     config: OnsetConfig = OnsetConfig()
+    movers: tuple[tuple[int, int], ...] | None = None  # the heads that time the move; None: every head
 
     def to_frame(self) -> pd.DataFrame:
         return self.frame.copy()
@@ -143,9 +161,11 @@ class OnsetResult(ResultView):
             "mean_domain_layer": float(f["domain_layer"].mean()) if len(f) else None,
             "n_domain_reached": int((f["domain_layer"] < L).sum()),
             "mean_p_answer": float(f["p_answer"].mean()) if len(f) else None,
+            "move_heads": move_heads(self.movers),
+            "movers": None if self.movers is None else [{"layer": layer, "head": head} for layer, head in self.movers],
             "move": (
                 f"first layer l where Σ_l'≤l Σ_h DLA(a[l',h] → π(X)) ≥ {c.move_fraction:g} × its peak over layers "
-                "(every head's end-position write, at the final residual's scale)"
+                f"(the end-position write of {move_heads(self.movers)}, at the final residual's scale)"
             ),
             "domain": (
                 f"first layer whose output's logit lens at the end has ≥ {c.min_domain_share:g} of its top "
@@ -179,9 +199,13 @@ def measure_onsets(
     config: OnsetConfig = OnsetConfig(),
     pad_id: int = 0,
     progress: bool = True,
+    movers: Sequence[tuple[int, int]] | None = None,
 ) -> OnsetResult:
     """The onsets of ``prompts`` (module docstring): one forward pass per batch, recording every head's
     end-position write [B, L, H, d] and the residual after every layer [B, L, d].
+
+    ``movers``: the (layer, head) pairs whose write along u_X times the move (the cell's mover heads);
+    None reads every head. An empty list is refused (UserError: no mover head, nothing to time).
 
     ``prompts``: the prompts the stage uses, as given (the pipeline passes the known ones, ``recall(model,
     prompts).known``; a direct call on them reproduces the run's tables). ``answer_domain``: token ids of the
@@ -193,6 +217,17 @@ def measure_onsets(
     if not answer_domain:
         raise UserError("onset: the relation has no answer domain (no usable answer)")
     L = cfg.n_layers
+    mask = torch.ones(L, cfg.n_heads, dtype=torch.float64)  # [L, H]: the heads whose write times the move
+    if movers is not None:
+        movers = sorted({(int(layer), int(head)) for layer, head in movers})
+        if not movers:
+            raise UserError("onset: no mover head to time the move with (the movers stage named none)")
+        bad = [f"L{layer}H{head}" for layer, head in movers if not (0 <= layer < L and 0 <= head < cfg.n_heads)]
+        if bad:
+            raise UserError(f"onset: mover heads {', '.join(bad)} are outside the model's {L} layers × {cfg.n_heads} heads")
+        mask.zero_()
+        for layer, head in movers:
+            mask[layer, head] = 1.0
     domain = torch.tensor(sorted({int(t) for t in answer_domain}), device=view.device)
     k = min(config.domain_top_k, view.weights.W_U.shape[1])
 
@@ -205,10 +240,17 @@ def measure_onsets(
         after = torch.cat([t.resid_pre[:, 0, 1:], final[:, None]], 1)  # [B, L, d]: r[l + 1], the output of layer l
         logits = view.logits_from_resid(final).double()
         p = torch.softmax(logits, -1).gather(1, batch.answer_ids().to(view.device)[:, None])[:, 0]
-        return {"write": dla.double().sum(-1).cpu(), "share": _domain_shares(view, after, domain, k).cpu(), "p_answer": p.cpu()}
+        dla = dla.double().cpu()
+        return {
+            "write": (dla * mask).sum(-1),
+            "write_every_head": dla.sum(-1),
+            "share": _domain_shares(view, after, domain, k).cpu(),
+            "p_answer": p.cpu(),
+        }
 
     got = collect(prompts, pad_id, config.batch_size, measure, "onset", progress)
     write = got["write"].numpy()  # [N, L]
+    every = got["write_every_head"].numpy()
     N = len(prompts)
     layers = pd.DataFrame(
         {
@@ -216,6 +258,8 @@ def measure_onsets(
             "layer": np.tile(np.arange(L), N),
             "attn_write_x": write.ravel(),
             "attn_write_x_cumulative": np.cumsum(write, 1).ravel(),
+            "attn_write_x_every_head": every.ravel(),
+            "attn_write_x_every_head_cumulative": np.cumsum(every, 1).ravel(),
             "lens_domain_share": got["share"].numpy().ravel(),
         }
     )
@@ -229,16 +273,26 @@ def measure_onsets(
             **{c: found[c].to_numpy() for c in found.columns},
         }
     )
-    return OnsetResult(frame, layers, L, int(len(domain)), config)
+    return OnsetResult(frame, layers, L, int(len(domain)), config, None if movers is None else tuple(movers))
 
 
-def onset(model, prompts, config: OnsetConfig = OnsetConfig(), progress: bool = True) -> OnsetResult:
+def onset(
+    model, prompts, config: OnsetConfig = OnsetConfig(), progress: bool = True, movers: Sequence[tuple[int, int]] | None = None
+) -> OnsetResult:
     """The onset stage on a loaded :class:`~recallscope.models.Model` and a ``PromptSet``: its prompts, as
     given (the pipeline passes the known ones, ``recall(model, prompts).known``; a direct call on them
     reproduces the run's tables), and its ``answer_ids`` (the answer domain: every usable answer of the
-    relation, whatever prompts are kept). UserError as :func:`measure_onsets`."""
+    relation, whatever prompts are kept). ``movers``: the (layer, head) pairs that time the move (the
+    pipeline passes ``claims.patching_movers`` of the cell's movers stage; None: every head). UserError
+    as :func:`measure_onsets`."""
     return measure_onsets(
-        model.view, prompts.prompts, prompts.answer_ids, config, pad_id=model.tokenizer.pad_token_id, progress=progress
+        model.view,
+        prompts.prompts,
+        prompts.answer_ids,
+        config,
+        pad_id=model.tokenizer.pad_token_id,
+        progress=progress,
+        movers=movers,
     )
 
 
@@ -247,6 +301,7 @@ CLAIM_MOVE_EARLIER = "Demonstrations move the subject to the last position earli
 CLAIM_DOMAIN_EARLIER = "With demonstrations the answer domain appears earlier"
 
 Cell = tuple  # (shots, main table | None, layers table | None, summary | None)
+EVERY_HEAD = "attn_write_x_every_head_cumulative"
 
 
 def _cell_onsets(main: pd.DataFrame, layers: pd.DataFrame, summary: dict) -> pd.DataFrame:
@@ -254,6 +309,9 @@ def _cell_onsets(main: pd.DataFrame, layers: pd.DataFrame, summary: dict) -> pd.
     written there by :func:`recallscope.claims.with_read_settings`), keyed by (template, subject)."""
     th = {**OnsetConfig().thresholds(), **(summary.get("thresholds") or {})}
     found = onsets(layers, float(th["move_fraction"]), float(th["min_domain_share"]))
+    if EVERY_HEAD in layers.columns:  # every head's transport, C10's second figure (absent in older runs)
+        every = onsets(layers, float(th["move_fraction"]), float(th["min_domain_share"]), cumulative=EVERY_HEAD)
+        found["move_layer_every_head"] = every["move_layer"]
     out = main.set_index("prompt_index")[["template", "subject", "p_answer"]].join(found, how="inner")
     return out.set_index(["template", "subject"])
 
@@ -284,6 +342,10 @@ def earlier_claims(relation: str, low: Cell, high: Cell, cfg: ClaimsConfig = Cla
     domain earlier* (C11), as recallscope's issue 30 words the paper's finding — not a quotation. The
     abstract's own few-shot sentence, "These zero-shot mechanisms are also employed in few-shot
     scenarios", is C6's.
+
+    C10's move onset is timed by each cell's own mover heads (the onset stage's ``movers``, named in its
+    summary's ``move_heads`` and in the row's detail); the same shift read from every head's write is
+    reported beside it (detail, and ``every_head_shift`` among the evidence) where the tables hold it.
 
     Primary of each: the mean shift of the onset layer (most shots minus fewest; layers, negative =
     earlier) over prompts — **paired** where the same prompts (template and subject) are known at both
@@ -322,6 +384,7 @@ def earlier_claims(relation: str, low: Cell, high: Cell, cfg: ClaimsConfig = Cla
     L = int((s1 or {}).get("n_layers") or (s0 or {}).get("n_layers") or 0)
     evidence_base = {"pairing": pairing, "n_paired": len(common) if paired else 0}
     out = []
+    every_evidence: dict = {}
     for claim, column, what in ((CLAIM_MOVE_EARLIER, "move_layer", "move"), (CLAIM_DOMAIN_EARLIER, "domain_layer", "domain")):
         shift, ci, n = _shift(a[column], b[column], paired, cfg)
         name = f"mean {what} onset shift, {k1} − {k0} shots (layers)"
@@ -360,10 +423,17 @@ def earlier_claims(relation: str, low: Cell, high: Cell, cfg: ClaimsConfig = Cla
                 )
             )
             unmoved = int(a["move_layer"].isna().sum() + b["move_layer"].isna().sum())
+            heads = [(summ or {}).get("move_heads", "every head") for summ in (s0, s1)]
             extra = (
+                f"; timed by {heads[0]} at {k0} shots and {heads[1]} at {k1}"
                 f"; peak write along u_X {a['move_peak'].mean():.3g} logits at {k0} shots, "
                 f"{b['move_peak'].mean():.3g} at {k1}; {unmoved} prompt-counts without an onset (peak ≤ 0)"
             )
+            if "move_layer_every_head" in a.columns and "move_layer_every_head" in b.columns:
+                every_shift, every_ci, _ = _shift(a["move_layer_every_head"], b["move_layer_every_head"], paired, cfg)
+                if every_shift is not None:
+                    extra += f"; every head's move onset shifts {every_shift:.3g} [{every_ci[0]:.3g}, {every_ci[1]:.3g}] layers"
+                    every_evidence = {"every_head_shift": every_shift}
         else:
             reached = lambda f: int((f["domain_layer"] < L).sum())  # noqa: E731
             extra = (
@@ -381,8 +451,14 @@ def earlier_claims(relation: str, low: Cell, high: Cell, cfg: ClaimsConfig = Cla
             "onset_most": float(m1) if pd.notna(m1) else None,
             "p_fewest": float(a["p_answer"].mean()),
             "p_most": float(b["p_answer"].mean()),
+            **(every_evidence if what == "move" else {}),
         }
-        about = "every head's write along u_X" if what == "move" else "logit lens at the end"
+        timed_by_movers = all((summ or {}).get("movers") for summ in (s0, s1))
+        about = (
+            ("the mover heads' write along u_X" if timed_by_movers else "the heads' write along u_X")
+            if what == "move"
+            else "logit lens at the end"
+        )
         out.append(
             decide(
                 claim,

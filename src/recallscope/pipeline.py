@@ -261,7 +261,16 @@ def _intercept(ctx: StageContext) -> intercept.InterceptResult:
 
 
 def _onset(ctx: StageContext) -> onset.OnsetResult:
-    return onset.onset(ctx.model, ctx.known_prompts(), ctx.config("onset"), progress=ctx.progress)
+    """The onsets, the move timed by the heads patching singles out as movers (``claims.patching_movers``,
+    C1's heads) where the movers stage ran; by every head where it did not (the summary says which)."""
+    movers = None
+    if ctx.summaries.get("movers") is not None:
+        movers = [
+            (int(h["layer"]), int(h["head"])) for h in claims.patching_movers(ctx.summaries["movers"], ctx.config("claims"))
+        ]
+        if not movers:
+            raise UserError("onset: the movers stage named no mover head, so the move has no heads to time it")
+    return onset.onset(ctx.model, ctx.known_prompts(), ctx.config("onset"), progress=ctx.progress, movers=movers)
 
 
 def _suppress(ctx: StageContext) -> suppress.SuppressResult:
@@ -553,11 +562,12 @@ STAGES: dict[str, Stage] = {
         Stage(
             "onset",
             "Onset — the layer where the subject reaches the last position and the answer domain appears",
-            "Per prompt: the layer where the heads' write along W_U[X] reaches a share of its peak, the layer where "
+            "Per prompt: the layer where the mover heads' write along W_U[X] reaches a share of its peak, the layer where "
             "the logit lens shows the answer domain, p(Y) (compared across shot counts in a sweep).",
             onset.OnsetConfig,
             _onset,
             requires=("recall",),
+            reads=("movers",),
         ),
         Stage(
             "trace",

@@ -202,7 +202,7 @@ def _closure(modules: frozenset[str]) -> frozenset[str]:
             continue
         files.add(str(path))
         is_package = path.name == "__init__.py"
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _runtime_imports(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom):
                 if node.level:
                     parts = module.split(".")
@@ -211,9 +211,32 @@ def _closure(modules: frozenset[str]) -> frozenset[str]:
                 else:
                     target = node.module or ""
                 if target.startswith(PACKAGE):
-                    todo.append(target)
+                    # ``from . import verdicts`` reads the submodule, not the package's lazy __init__
+                    # (which names every module: counting it made every stage's hash the whole package's)
+                    if target != PACKAGE:
+                        todo.append(target)
                     # ``from .models import view`` names a submodule
                     todo.extend(f"{target}.{alias.name}" for alias in node.names)
             elif isinstance(node, ast.Import):
-                todo.extend(alias.name for alias in node.names if alias.name.startswith(PACKAGE))
+                todo.extend(alias.name for alias in node.names if alias.name.startswith(PACKAGE) and alias.name != PACKAGE)
     return frozenset(files)
+
+
+def _runtime_imports(tree: ast.AST):
+    """The import statements of a module that run: those under ``if TYPE_CHECKING:`` are left out
+    (they only name types for checkers, and the package's own __init__ names every module there)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif isinstance(node, ast.If) and _is_type_checking(node.test):
+            todo.extend(node.orelse)
+        else:
+            todo.extend(ast.iter_child_nodes(node))
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )

@@ -1,4 +1,4 @@
-"""Plot of the onset stage: layer by layer at the end position, the heads' cumulative write along the
+"""Plot of the onset stage: layer by layer at the end position, the mover heads' cumulative write along the
 subject's unembedding (logits of π(X)) and the answer-domain share of the logit lens's top tokens, with
 the mean onset layers. A sweep's overview draws the same two panels with one line per shot count
 (:func:`profiles`, from :mod:`recallscope.figures.shots`)."""
@@ -16,7 +16,7 @@ from . import main_table
 from .causal_trace import add_band_line
 
 PALETTE = ("#1c7ed6", "#e8590c", "#2b8a3e", "#ae3ec9", "#c92a2a", "#0c8599")
-PANELS = ("heads' cumulative write along W_U[X] (logits of π(X))", "answer-domain share of the lens's top tokens")
+PANELS = ("mover heads' cumulative write along W_U[X] (logits of π(X))", "answer-domain share of the lens's top tokens")
 
 
 def _band(layers: pd.DataFrame, column: str) -> pd.DataFrame:
