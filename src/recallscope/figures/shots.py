@@ -51,7 +51,7 @@ def _onsets(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
         out.append(
             profiles(
                 cells,
-                f"What demonstrations change — {html.escape(relation, quote=False)}: the heads' write along W_U[X] and "
+                f"What demonstrations change — {html.escape(relation, quote=False)}: the mover heads' write along W_U[X] and "
                 "the answer domain in the logit lens at the end, by layer (shaded: middle half of the prompts; dotted: "
                 "mean onset)",
                 summary.get("min_domain_share"),
