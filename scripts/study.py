@@ -1106,9 +1106,14 @@ def render_doc(out: Path, sweeps: list[Sweep], args, baseline: dict | None = Non
         "Each row of a claims table is the claims stage's own output (`claims.parquet` of the cell's run "
         "directory; the claims across shot counts — C6, and C10 and C11 about what demonstrations change — compare "
         "the fewest and most shots of a relation and are in the sweep's "
-        "`summary.json`). Presets: `recallscope` (the defaults) and `paper` (the paper's code's definitions: "
-        "path patching, dataset means, ratio of means, every prompt, first subject token, plain demonstrations; "
-        "see `recallscope.presets`).",
+        "`summary.json`). Presets: `recallscope` (the defaults) and `paper` (the definitions of the authors' released "
+        "code, trestad/Factual-Recall-Mechanism, where recallscope's defaults differ: path patching with every head's "
+        "queries, keys and values frozen to the clean run; the sender's dataset mean as their code takes it — the "
+        "corrupted texts with the answer appended, right-padded, averaged at each absolute position and read at each "
+        "clean prompt's end; their corruption draw (any subject of the relation, the clean one included); the ratio "
+        "of means; every prompt patched, known or not; the first subject token; their demonstration format. What it cannot reproduce is listed "
+        "under `not_reproduced` in each run's manifest; `recallscope.presets` gives each definition with the "
+        "function of their code it follows).",
         "",
         f"Rendered {now()} at commit {_git('rev-parse', '--short=12', 'HEAD') or 'unknown'}.",
         "",
