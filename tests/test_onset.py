@@ -82,6 +82,72 @@ def test_token_attribution_is_the_lens_read_at_the_token(name):
         assert (token_attribution(view, v, rf, x) - naive).abs().max().item() <= 1e-9
 
 
+@pytest.mark.parametrize("name", FAMILIES[:3])
+def test_the_mover_heads_write_is_their_heads_summed_one_prompt_at_a_time(name):
+    """With ``movers`` the move is timed by those heads only: attn_write_x at layer l is the sum over the
+    movers of layer l of each head's lens read at X (a naive loop over heads, float64); every head's
+    sum stays beside it; the summary names the heads. No mover, or a head outside the model, is refused."""
+    view = tiny_view(name)
+    prompts = _prompts()
+    L, H = view.cfg.n_layers, view.cfg.n_heads
+    movers = [(0, H - 1), (L - 1, 0), (L - 1, H - 1)]
+    cfg = OnsetConfig(batch_size=3)
+    res = measure_onsets(view, prompts, [5, 6, 7], cfg, pad_id=PAD, progress=False, movers=movers)
+    every = measure_onsets(view, prompts, [5, 6, 7], cfg, pad_id=PAD, progress=False)
+    assert res.to_dict()["move_heads"] == f"the mover heads L0H{H - 1}, L{L - 1}H0, L{L - 1}H{H - 1}"
+    assert every.to_dict()["move_heads"] == "every head" and every.to_dict()["movers"] is None
+    assert res.layers["attn_write_x_every_head"].to_numpy() == pytest.approx(every.layers["attn_write_x"].to_numpy(), abs=1e-12)
+    for p in prompts:
+        t = view.trace(torch.tensor([p.input_ids]), record=("head_out", "resid_final"))
+        rf, x = t.resid_final[:, 0], torch.tensor([p.subject_id])
+        rows = res.layers[res.layers["prompt_index"] == p.index].sort_values("layer")
+        for layer in range(L):
+            naive = sum(
+                recall_metric(logit_lens(view, t.head_out[:, 0, layer, h], reference=rf), x).item()
+                for (ml, h) in movers
+                if ml == layer
+            )
+            assert rows["attn_write_x"].iloc[layer] == pytest.approx(naive, abs=1e-9), (name, p.index, layer)
+        assert rows["attn_write_x_cumulative"].to_numpy() == pytest.approx(np.cumsum(rows["attn_write_x"].to_numpy()))
+    # the move layer is read off the movers' running write (onsets on the table); every head's is kept apart
+    np.testing.assert_array_equal(
+        res.frame["move_layer"].to_numpy(), onsets(res.layers, cfg.move_fraction, cfg.min_domain_share)["move_layer"].to_numpy()
+    )
+    from recallscope.errors import UserError
+
+    with pytest.raises(UserError, match="no mover head"):
+        measure_onsets(view, prompts, [5], cfg, pad_id=PAD, progress=False, movers=[])
+    with pytest.raises(UserError, match=f"L{L}H0 are outside"):
+        measure_onsets(view, prompts, [5], cfg, pad_id=PAD, progress=False, movers=[(L, 0)])
+
+
+def test_a_run_times_the_move_by_the_heads_patching_names(tmp_path):
+    """In a run with the movers stage, the onset stage reads the heads claim C1 tests (claims.patching_movers):
+    on ``planted`` the mover L1H0 among them; C10 says which heads timed the move at each count."""
+    from recallscope.claims import patching_movers
+
+    got = pipeline.execute_many(
+        pipeline.RunConfig(model="planted", max_prompts=40),
+        [RELATION],
+        [0, 3],
+        ["patch", "movers", "onset", "claims"],
+        out=str(tmp_path),
+        progress=False,
+    )
+    for run in got["runs"]:
+        stages = run["stages"]
+        heads = patching_movers(stages["movers"], ClaimsConfig())
+        assert stages["onset"]["movers"] == [
+            {"layer": h["layer"], "head": h["head"]} for h in sorted(heads, key=lambda h: (h["layer"], h["head"]))
+        ]
+        assert {"layer": 1, "head": 0} in stages["onset"]["movers"]
+        frame = RunDir(tmp_path / run["path"]).read_table("onset")
+        assert (frame["move_layer"] == 1).all()
+    move = _onset_rows(got)[CLAIM_MOVE_EARLIER]
+    assert move["verdict"] == FAILS and move["value"] == 0.0 and move["every_head_shift"] == 0.0
+    assert "timed by the mover heads" in move["detail"] and "L1H0" in move["detail"]
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_the_layer_table_equals_a_naive_loop_one_prompt_at_a_time(name):
     view = tiny_view(name)
@@ -414,10 +480,18 @@ def test_smollm2_onsets_at_0_and_3_shots_read_the_model_and_decide_both_rows(smo
 
     base = pipeline.RunConfig(model=smollm2.name, relation="country_capital_extended", max_prompts=24)
     got = pipeline.execute_many(
-        base, ["country_capital_extended"], [0, 3], ["onset", "claims"], out=str(tmp_path), model=smollm2, progress=False
+        base,
+        ["country_capital_extended"],
+        [0, 3],
+        ["patch", "movers", "onset", "claims"],
+        out=str(tmp_path),
+        model=smollm2,
+        progress=False,
     )
     view, L = smollm2.view, smollm2.view.cfg.n_layers
     for run in got["runs"]:
+        # the move is timed by the cell's mover heads (C1's), as a run with the movers stage does
+        assert run["stages"]["onset"]["movers"] and run["stages"]["onset"]["move_heads"].startswith("the mover heads L")
         cell = RunDir(tmp_path / run["path"])
         frame, layers, recall = cell.read_table("onset"), cell.read_table("onset", "layers"), cell.read_table("recall")
         assert len(frame) == run["stages"]["recall"]["n_known"] > 0
@@ -443,3 +517,4 @@ def test_smollm2_onsets_at_0_and_3_shots_read_the_model_and_decide_both_rows(smo
         .dropna(subset=["move_layer_0", "move_layer_3"])
     )
     assert move["value"] == pytest.approx((paired["move_layer_3"] - paired["move_layer_0"]).mean())
+    assert "timed by the mover heads" in move["detail"] and move["every_head_shift"] is not None

@@ -264,7 +264,7 @@ EVIDENCE = (
     "layer_total_dla", "layer_total_ci_low", "layer_total_ci_high", "share_negative",
     "p_before", "p_after", "accuracy_before", "accuracy_after", "delta_p_unknown",
     "null_overlap", "layer_shift", "layer_shift_ci_low", "layer_shift_ci_high",
-    "onset_fewest", "onset_most", "p_fewest", "p_most", "pairing", "n_paired",
+    "onset_fewest", "onset_most", "p_fewest", "p_most", "pairing", "n_paired", "every_head_shift",
     "drop_p", "p_value_layer", "p_value_norm", "effect_size_layer", "effect_size_norm",
 )
 # the verdict and the statistic that decided it lead (what the CLI and the report show as a claim's
