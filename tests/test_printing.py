@@ -28,16 +28,41 @@ def test_the_claims_are_one_line_each_at_80_120_and_200_columns():
         con.print(printing.claims_table(con, views, "claims — country_capital_extended · 0-shot"))
         lines = out.getvalue().splitlines()
         assert max(len(line) for line in lines) <= width
-        rows = [line for line in lines if line[:1] in ("C", "#")]
+        rows = [line for line in lines[:9] if line[:1] in ("C", "#")]
         assert [r.split()[0] for r in rows] == ["C1", "C2", "C3", "C4", "C5", "C6"], width
-        assert len(lines) == 3 + 6  # title, header, rule, one line per claim
+        # title, header, rule, one line per claim; at 80 columns the claims follow in full below the figures
+        assert len(lines) == 3 + 6 if width > 80 else len(lines) >= 3 + 6 + 1 + 6
+    assert "Mover heads move the topic" in rows[0]
     c1, c2, c3, c4, c5, c6 = rows
     # the deciding statistic against its threshold: C1's scatter r lower end, not its primary figure 1 [1, 1]
     # a claim about some component (C1, C4) names the component whose statistic it is: C4 holds on L29H0
-    assert c1.split()[:8] == ["C1", "does", "not", "hold", "L23H4:", "low", "0.121", "≥"] and "Mover heads move the topic" in c1
+    assert c1.split()[:8] == ["C1", "does", "not", "hold", "L23H4:", "low", "0.121", "≥"]
     assert "inconclusive (≈140)" in c3 and "L29H0: -1.48 [-1.78, -1.22]" in c4 and "< -0.1" in c4
     assert c2.split()[:5] == ["C2", "does", "not", "hold", "0.0155"]  # a claim about one MLP: no name
     assert c6.split()[:3] == ["C6", "not", "measurable"]
+
+
+def test_a_narrow_terminal_writes_each_claim_in_full_below_the_figures():
+    """At 80 columns a run's figures (a verdict with its prompts needed, a component's interval) left the
+    claim column 8 characters ("Mover h…"): below MIN_CLAIM_WIDTH the table keeps id, verdict, value and
+    threshold, and each claim follows in full, wrapped under its id."""
+    rows = [{**r, "verdict": "inconclusive", "prompts_needed": 238, "prompts_available": 183} for r in ROWS[:2]] + ROWS[2:]
+    views = verdicts.views(rows, CONDITIONS)
+    con, out = console(80)
+    con.print(printing.claims_table(con, views, "claims — country_capital_extended · 0-shot · /a/long/run/directory"))
+    page = out.getvalue()
+    lines = page.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in page
+    flat = " ".join(page.split())
+    for v in views:
+        assert v.statement in flat
+    ids = [line.split()[0] for line in lines if line[:1] == "C"]
+    assert ids == ["C1", "C2", "C3", "C4", "C5", "C6"] * 2  # the figures' rows, then the claims'
+    assert "inconclusive (≈238 > 183)" in page
+    # wide enough, one line per claim as before
+    con, out = console(160)
+    con.print(printing.claims_table(con, views, "claims"))
+    assert [line.split()[0] for line in out.getvalue().splitlines() if line[:1] == "C"] == ["C1", "C2", "C3", "C4", "C5", "C6"]
 
 
 def test_an_inconclusive_verdict_says_when_the_relation_cannot_give_the_prompts_needed():
@@ -233,7 +258,7 @@ def test_below_80_columns_the_claims_and_the_grid_keep_their_ids():
     con.print(printing.claims_table(con, views, "claims"))
     lines = out.getvalue().splitlines()
     assert max(len(line) for line in lines) <= 50
-    assert [line.split()[0] for line in lines if line[:1] == "C"] == ["C1", "C2", "C3", "C4", "C5", "C6"]
+    assert [line.split()[0] for line in lines if line[:1] == "C"] == ["C1", "C2", "C3", "C4", "C5", "C6"] * 2
     con, out = console(40)
     con.print(printing.grid_table(con, sweep_grid(), "grid")[0])
     lines = out.getvalue().splitlines()

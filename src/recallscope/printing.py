@@ -14,7 +14,7 @@ import math
 from typing import Any, Iterable
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 
 from . import verdicts
@@ -61,11 +61,9 @@ def fitted_table(
 
     Widths are set here rather than left to Rich: with cells that must not wrap, Rich collapses
     whole columns to nothing when the table is too wide (the claim ids vanished at 80 columns)."""
-    n = len(headers)
-    widths = [max([len(line) for line in headers[i].split("\n")] + [r[i].cell_len for r in rows]) for i in range(n)]
+    widths = _widths(headers, rows)
     if flexible is not None:
-        rest = console.width - _cells_width([w for i, w in enumerate(widths) if i != flexible] + [0])
-        widths[flexible] = max(8, min(widths[flexible], rest))
+        widths[flexible] = max(8, min(widths[flexible], _width_left(console, headers, rows, flexible)))
     _shrink(widths, console.width)
     t = _table(title)
     for i, header in enumerate(headers):
@@ -79,6 +77,20 @@ def fitted_table(
     for r in rows:
         t.add_row(*r)
     return t
+
+
+MIN_CLAIM_WIDTH = 24  # below this the claims table writes each claim on its own line instead of cutting it
+
+
+def _widths(headers: list[str], rows: list[list]) -> list[int]:
+    """Each column's natural width: its widest header line or cell."""
+    return [max([len(line) for line in headers[i].split("\n")] + [r[i].cell_len for r in rows]) for i in range(len(headers))]
+
+
+def _width_left(console: Console, headers: list[str], rows: list[list], flexible: int) -> int:
+    """The width :func:`fitted_table` gives its ``flexible`` column on ``console`` (before the 8-character floor)."""
+    widths = _widths(headers, rows)
+    return console.width - _cells_width([w for i, w in enumerate(widths) if i != flexible] + [0])
 
 
 def fmt(value: Any) -> str:
@@ -134,7 +146,18 @@ def claims_table(console: Console, claims: list[ClaimView], title: str, wide: bo
                     text(statement),
                 ]
             )
-        return fitted_table(console, title, ["id", "verdict", "value [95% CI]", "vs", "claim"], rows, flexible=4)
+        headers = ["id", "verdict", "value [95% CI]", "vs", "claim"]
+        if _width_left(console, headers, rows, 4) >= MIN_CLAIM_WIDTH:
+            return fitted_table(console, title, headers, rows, flexible=4)
+        # a narrow terminal: the claim column would keep a few characters ("Mover h…" at 80 columns); the
+        # table keeps the figures and each claim is written in full below it, wrapped, under its id
+        table = fitted_table(console, title, headers[:4], [r[:4] for r in rows], flexible=None)
+        below = Table.grid(padding=(0, 2))
+        below.add_column(style="bold", no_wrap=True)
+        below.add_column(overflow="fold")
+        for r in rows:
+            below.add_row(r[0], r[4])
+        return Group(table, "", below)
     t = _table(title)
     for name in (
         "id",
