@@ -216,6 +216,20 @@ def test_sensitivity_lists_every_condition_with_its_state_interval_and_prompts_n
     assert out.getvalue().split()[-1] == "83,653,711"
 
 
+def test_sensitivity_at_80_columns_cuts_no_condition_or_setting_name():
+    """At 80 columns the ten-column table wrapped every condition to a word a line and cut the settings to
+    "mover…": where the table does not fit, each condition takes two lines, its name then its figures."""
+    views = verdicts.views(ROWS, CONDITIONS)
+    con, out = console(80)
+    printing.print_sensitivity(con, views)
+    page = out.getvalue()
+    assert max(len(line) for line in page.splitlines()) <= 80 and "…" not in page
+    flat = " ".join(page.split())
+    for v in views:
+        for cond in v.conditions:
+            assert verdicts.split_end(cond.name)[0] in flat and (cond.setting or "a derived threshold") in flat
+
+
 def test_a_run_table_never_cuts_or_wraps_a_relation_name_at_80_columns():
     hostile = "capitals_[/draft]_\x1b]0;x\x07"
     one = {

@@ -207,10 +207,12 @@ def print_claims(console: Console, claims: list[ClaimView], title: str, wide: bo
 def print_sensitivity(console: Console, claims: list[ClaimView]) -> None:
     """Every condition of every rule: its state (✓ met, ✗ failed, ? straddles), its estimate and
     interval (else the interval end the rule compares) against its threshold, its margin, the setting
-    value at which the verdict would flip and, for a straddling one, the prompts that would decide it."""
-    t = _table("sensitivity: each condition, its interval against its threshold, and the setting value where the verdict flips")
-    for name in ("id", "", "condition", "value [95% CI]", "vs", "margin", "setting", "now", "flips at", "prompts needed"):
-        t.add_column(name, no_wrap=name in ("id", ""))
+    value at which the verdict would flip and, for a straddling one, the prompts that would decide it.
+    A table where it fits the console; otherwise (80 columns) two lines per condition, the condition
+    then its figures, so no name is cut to a few characters."""
+    title = "sensitivity: each condition, its interval against its threshold, and the setting value where the verdict flips"
+    headers = ["id", "", "condition", "value [95% CI]", "vs", "margin", "setting", "now", "flips at", "prompts needed"]
+    rows = []
     for c in claims:
         for cond in c.conditions:
             label, end = verdicts.split_end(cond.name)
@@ -219,19 +221,42 @@ def print_sensitivity(console: Console, claims: list[ClaimView]) -> None:
                 if cond.estimate is not None and cond.low is not None and cond.high is not None
                 else f"{end} {fmt(cond.statistic)}".strip()
             )
-            t.add_row(
-                text(c.id),
-                text(cond.mark),
-                text(label),
-                text(shown),
-                text(f"{verdicts.OPS.get(cond.op, cond.op)} {fmt(cond.threshold)}"),
-                text(fmt(cond.margin)),
-                text(cond.setting or "derived"),
-                text(fmt(cond.setting_value)),
-                text(fmt(cond.flips_at)),
-                text(verdicts.whole(cond.prompts_needed)),
+            rows.append(
+                [
+                    text(c.id),
+                    text(cond.mark),
+                    text(label),
+                    text(shown),
+                    text(f"{verdicts.OPS.get(cond.op, cond.op)} {fmt(cond.threshold)}"),
+                    text(fmt(cond.margin)),
+                    text(cond.setting or "derived"),
+                    text(fmt(cond.setting_value)),
+                    text(fmt(cond.flips_at)),
+                    text(verdicts.whole(cond.prompts_needed)),
+                ]
             )
-    console.print(t)
+    if _cells_width(_widths(headers, rows)) <= console.width:
+        t = _table(title)
+        for name in headers:
+            t.add_column(name, no_wrap=True)
+        for r in rows:
+            t.add_row(*r)
+        console.print(t)
+        return
+    console.print(text(title))
+    blocks = Table.grid(padding=(0, 1))
+    blocks.add_column(style="bold", no_wrap=True)
+    blocks.add_column(no_wrap=True)
+    blocks.add_column(overflow="fold")
+    for r in rows:
+        setting = f"{r[6].plain} = {r[7].plain}" if r[6].plain != "derived" else "a derived threshold (no setting)"
+        flips = f", the verdict flips at {r[8].plain}" if r[8].plain != "—" else ""
+        figures = text(f"{r[3].plain} {r[4].plain} · margin {r[5].plain} · {setting}{flips}")
+        if r[9].plain not in ("", "—"):
+            figures.append(f" · ≈{r[9].plain} known prompts would decide it")
+        blocks.add_row(r[0], r[1], r[2])
+        blocks.add_row("", "", figures, end_section=True)
+    console.print(blocks)
 
 
 # --------------------------------------------------------------------------- a sweep
