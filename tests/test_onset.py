@@ -146,6 +146,12 @@ def test_a_run_times_the_move_by_the_heads_patching_names(tmp_path):
     move = _onset_rows(got)[CLAIM_MOVE_EARLIER]
     assert move["verdict"] == FAILS and move["value"] == 0.0 and move["every_head_shift"] == 0.0
     assert "timed by the mover heads" in move["detail"] and "L1H0" in move["detail"]
+    # the mover heads' onset can only be a layer a mover sits in: the row says so (a new user read 0 [0, 0] as
+    # "demonstrations do not speed up the move")
+    assert (
+        "they sit in layers 1, 2 at 0 shots and 1, 2 at 3 shots: their move onset can only be one of those layers"
+        in move["detail"]
+    )
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -263,6 +263,8 @@ def test_necessity_row_compares_the_movers_with_each_nulls_95th_percentile():
     means = table.groupby("set_id")["drop_p"].mean()
     layer_ids = table.loc[table["null"] == "layer", "set_id"].unique()
     assert row.verdict == HOLDS and row.about == "L3H1, L5H2"
+    # which "mover heads": patching's (C1's), not the movers stage's test (a new user read them as one)
+    assert "whether or not they pass the movers stage's own mover test" in row.detail
     assert row.value == pytest.approx(means[0] - np.quantile(means[layer_ids], 0.95))
     assert row.ci_low < row.value < row.ci_high and row.evidence["drop_p"] == pytest.approx(means[0])
     assert [c.setting for c in row.conditions] == [None, None, "claims.min_surgery_drop_p"]

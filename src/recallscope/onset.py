@@ -424,8 +424,17 @@ def earlier_claims(relation: str, low: Cell, high: Cell, cfg: ClaimsConfig = Cla
             )
             unmoved = int(a["move_layer"].isna().sum() + b["move_layer"].isna().sum())
             heads = [(summ or {}).get("move_heads", "every head") for summ in (s0, s1)]
+            layers = [sorted({int(h["layer"]) for h in (summ or {}).get("movers") or []}) for summ in (s0, s1)]
+            bound = ""
+            if all(layers):
+                named = " and ".join(f"{', '.join(map(str, ls))} at {k} shots" for ls, k in zip(layers, (k0, k1), strict=True))
+                bound = (
+                    f" (they sit in layers {named}: their move onset can only be one of those layers, so it moves "
+                    "earlier only if the transport shifts to an earlier mover layer; every head's onset, further on, "
+                    "counts every other head's write too)"
+                )
             extra = (
-                f"; timed by {heads[0]} at {k0} shots and {heads[1]} at {k1}"
+                f"; timed by {heads[0]} at {k0} shots and {heads[1]} at {k1}{bound}"
                 f"; peak write along u_X {a['move_peak'].mean():.3g} logits at {k0} shots, "
                 f"{b['move_peak'].mean():.3g} at {k1}; {unmoved} prompt-counts without an onset (peak ≤ 0)"
             )

@@ -897,7 +897,11 @@ def necessity_claim(
                     f"{q:.0%} {fmt(r.get('null_quantile'))}, p = {fmt(r.get('p_value'))} (≥ {fmt(r.get('min_p_value'))}, "
                     f"{r.get('n_sets')} sets), robust z {fmt(r.get('effect_size'))}"
                 )
-    detail = f"heads {', '.join(ablated)} ablated {SCOPE_WORDS[scope]} on {n} prompts; drop in p(Y) — " + "; ".join(parts)
+    detail = (
+        f"heads {', '.join(ablated)} ablated {SCOPE_WORDS[scope]} on {n} prompts (the mover heads as patching names them: "
+        "C1's heads, the largest |patching effect|, whether or not they pass the movers stage's own mover test); "
+        "drop in p(Y) — " + "; ".join(parts)
+    )
     evidence = {
         "drop_p": number(means[0]),
         **{f"p_value_{null}": number(stats(scope, null).get("p_value")) for null in NULLS},
