@@ -112,6 +112,11 @@ def test_a_sweep_prints_its_claims_by_cells_grid_in_80_columns():
     assert body["C1"][1:3] == ["✗", "0.121"] and body["C1"][-1] == "0/4"
     assert body["C3"][-2:] == ["0/4", "(4?)"]  # measured in all four, decided in none
     assert body["C4"][-1] == "4/4" and body["C6"][1:3] == ["✓", "8"] and body["C6"][-1] == "2/2"
+    # C6 is one verdict per relation (0 vs 3 shots): printed once under each relation, a dot under its 3-shot
+    # column (it was repeated there, read as a verdict of the 3-shot cell)
+    assert body["C6"][1:-1] == ["✓", "8", "·", "✓", "8", "·"]
+    # the statements under the grid are whole (C2's was cut to "(linear decomposi…" at 80 columns)
+    assert "…" not in out.getvalue() and ROWS[1]["claim"] in " ".join(out.getvalue().split())
 
 
 def test_a_stage_summary_prints_data_literally_and_a_single_head_in_full():

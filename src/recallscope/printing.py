@@ -93,6 +93,16 @@ def _width_left(console: Console, headers: list[str], rows: list[list], flexible
     return console.width - _cells_width([w for i, w in enumerate(widths) if i != flexible] + [0])
 
 
+def _wrapped_list(entries: list[tuple]) -> Table:
+    """(id, text) pairs, one per line: the id bold, the text in full, wrapped under itself (never cut)."""
+    t = Table.grid(padding=(0, 2))
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column(overflow="fold")
+    for key, value in entries:
+        t.add_row(key, value)
+    return t
+
+
 def fmt(value: Any) -> str:
     """A value for a table cell: numbers with 3–4 significant digits, lists and dicts compact."""
     if value is None:
@@ -152,12 +162,7 @@ def claims_table(console: Console, claims: list[ClaimView], title: str, wide: bo
         # a narrow terminal: the claim column would keep a few characters ("Mover h…" at 80 columns); the
         # table keeps the figures and each claim is written in full below it, wrapped, under its id
         table = fitted_table(console, title, headers[:4], [r[:4] for r in rows], flexible=None)
-        below = Table.grid(padding=(0, 2))
-        below.add_column(style="bold", no_wrap=True)
-        below.add_column(overflow="fold")
-        for r in rows:
-            below.add_row(r[0], r[4])
-        return Group(table, "", below)
+        return Group(table, "", _wrapped_list([(r[0], r[4]) for r in rows]))
     t = _table(title)
     for name in (
         "id",
@@ -270,7 +275,9 @@ def grid_table(console: Console, grid: verdicts.Grid, title: str) -> tuple[Table
         for row in grid.rows:
             cells = []
             for cell in row.cells:
-                cells.extend([_grid_cell(cell.claim, digits, needed)] * cell.span)
+                # a claim across shot counts (C6, C10, C11) is one verdict per relation: printed once, under
+                # the relation's first column, a dot under the others (it is not a verdict of each cell)
+                cells.extend([_grid_cell(cell.claim, digits, needed)] + [text("·", "dim")] * (cell.span - 1))
             rows.append([text(row.id), *cells, text(row.count(short=True))])
         widths = [max([r[i].cell_len for r in rows] + [2]) for i in range(len(grid.columns) + 2)]
         widths[1:-1] = [max(w, 6) for w in widths[1:-1]]  # room for "0-shot"
@@ -312,7 +319,7 @@ def _grid_cell(c: ClaimView | None, digits: int, needed: bool):
 GRID_NOTE = (
     "✓ holds, ✗ does not hold, ? inconclusive (≈ known prompts that would decide it), – not measurable; the figure is "
     "the statistic that decided the verdict (its point value, or the interval end the rule compares). holds in: k/n "
-    "measured cells (?: inconclusive, n/m: not measurable); C6, C10 and C11 compare shot counts: one verdict per relation. "
+    "measured cells (?: inconclusive, n/m: not measurable); C6, C10 and C11 compare the fewest and the most shots: one verdict per relation, under its first column (· under the others). "
     "--wide: each cell's claims."
 )
 
@@ -320,11 +327,9 @@ GRID_NOTE = (
 def print_grid(console: Console, grid: verdicts.Grid, title: str) -> None:
     table, codes = grid_table(console, grid, title)
     console.print(table)
-    entries = [[text(code), text(relation, "dim")] for code, relation in codes]
-    entries += [[text(r.id), text(r.statement, "dim")] for r in grid.rows]
-    legend = fitted_table(console, None, ["", ""], entries, flexible=1)
-    legend.show_header = False
-    console.print(legend)
+    entries = [(text(code), text(relation, "dim")) for code, relation in codes]
+    entries += [(text(r.id), text(r.statement, "dim")) for r in grid.rows]
+    console.print(_wrapped_list(entries))
     console.print(text(GRID_NOTE, "dim"))
 
 
