@@ -146,6 +146,38 @@ def memory_rows(records: list[Record]) -> list[dict]:
     return rows
 
 
+SMOKE_RECORDS = ("all_quick",)  # --quick runs: a smoke test of every benchmark, not a measurement to quote
+
+
+def ratio_rows(records: list[Record]) -> list[dict]:
+    """The top table: every engine-against-baseline line (a ``bench`` named ``…_vs_…``) of the records
+    that measure (not the --quick smoke run), with its ratio (how many times faster than the baseline),
+    its end-to-end ratio where the line has one, the float64 agreement where it checks one, and the
+    load the record was measured under."""
+    rows = []
+    for record in records:
+        if record.name in SMOKE_RECORDS:
+            continue
+        for line in record.lines:
+            bench = str(line.get("bench", ""))
+            if "_vs_" not in bench or line.get("ratio") is None:
+                continue
+            engine, baseline = bench.split("_vs_", 1)
+            rows.append(
+                {
+                    "engine": engine.replace("_", " "),
+                    "baseline": baseline.replace("_", " "),
+                    "shots": line.get("shots"),
+                    "ratio": line.get("ratio"),
+                    "ratio_end_to_end": line.get("ratio_end_to_end"),
+                    "max_abs_diff": line.get("max_abs_diff"),
+                    "record": record.name,
+                    "load": record.load,
+                }
+            )
+    return rows
+
+
 def render(folder: Path = RECORDS) -> str:
     records = read_records(folder)
     env = jinja2.Environment(
@@ -161,7 +193,11 @@ def render(folder: Path = RECORDS) -> str:
     env.filters["pair"] = lambda key: (key, key)
     env.globals["scalar_keys"] = scalar_keys
     text = env.get_template(TEMPLATE.name).render(
-        records=records, sections=sections(records), memory=memory_rows(records), memory_target_mb=MEMORY_TARGET_MB
+        records=records,
+        sections=sections(records),
+        memory=memory_rows(records),
+        memory_target_mb=MEMORY_TARGET_MB,
+        ratios=ratio_rows(records),
     )
     # one blank line between blocks, one newline at the end
     while "\n\n\n" in text:

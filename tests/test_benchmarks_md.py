@@ -101,6 +101,11 @@ def test_renders_a_sample_record(md, tmp_path):
         assert json.dumps(line) in text
     # sections without lines are left out
     assert "## decompose" not in text and "## trace" not in text
+    # the page opens with the ratios: each engine-vs-baseline line, before the provenance
+    ratios = text.index("| engine | baseline | shots | ratio |")
+    assert ratios < text.index("## Provenance") < text.index("## Records")
+    assert "| patch path exact | naive | 3 | 105.8× | — | 2.6e-13 | sample | 3.25 → 4.5 |" in text
+    assert "| something new |" not in text  # not an engine against a baseline
 
 
 def test_a_figure_changes_with_its_line(md, tmp_path):
