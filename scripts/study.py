@@ -82,6 +82,7 @@ RELATIONS = (
     f"{LRE}/presidents_birth_year",  # numerical facts: years, scored on the whole answer (recall.answer_metric=auto)
     f"{LRE}/presidents_election_year",
 )
+NUMERICAL = ("presidents_birth_year", "presidents_election_year")  # the numerical facts (years); the rest are categorical
 SHOTS = (0, 1, 3)
 MAX_PROMPTS = "all"  # every prompt of each relation: the 24-prompt study could not decide many claims (issue 27)
 STUDY_SETTINGS = ("patch.attribution=false", "suppress.modes=zero", "intercept.n_random=200")
@@ -261,7 +262,9 @@ def read_sweep(out: Path, model: str, preset: str, relations, shots) -> Sweep:
         if "runs" not in combined:
             sweep.finished = False
             sweep.unfinished.append(slug(rel))
-        sweep.shot_claims += [{**row, "relation": row.get("relation") or slug(rel)} for row in combined.get("claims", [])]
+        sweep.shot_claims += [
+            {**row, "relation": row.get("relation") or slug(rel), "folder": slug(rel)} for row in combined.get("claims", [])
+        ]
         sweep.incomplete += list(combined.get("incomplete", []))
         for k in shots:
             cell = RunDir(root / slug(rel) / f"{k}shot")
@@ -548,6 +551,87 @@ def counts_table(sweeps: list[Sweep], names: list[str]) -> list[str]:
                 f"{len(t.missing)} | {len(t.not_run)} | {needed} |"
             )
     return lines
+
+
+def only(sweep: Sweep, folders) -> Sweep:
+    """``sweep`` restricted to the relations whose folders (:func:`slug`) are in ``folders``."""
+    keep = set(folders)
+    return Sweep(
+        sweep.model,
+        sweep.preset,
+        sweep.path,
+        cells=[c for c in sweep.cells if c.relation in keep],
+        shot_claims=[r for r in sweep.shot_claims if r.get("folder", r.get("relation")) in keep],
+        finished=sweep.finished,
+        unfinished=[r for r in sweep.unfinished if r in keep],
+        shots=sweep.shots,
+        incomplete=sweep.incomplete,
+    )
+
+
+def _known_range(cells: list[Cell]) -> str:
+    known = [c.summary["n_known"] for c in cells if c.summary.get("n_known") is not None]
+    return "none run yet" if not known else f"{min(known)}–{max(known)}" if min(known) != max(known) else str(known[0])
+
+
+def split_numerical(relations) -> tuple[list[str], list[str]]:
+    """The rendered relations' folders: (numerical ones, :data:`NUMERICAL`; categorical ones)."""
+    folders = [slug(r) for r in relations]
+    return [f for f in folders if f in NUMERICAL], [f for f in folders if f not in NUMERICAL]
+
+
+def numerical_words(sweeps: list[Sweep], names: list[str], relations) -> str:
+    """Every claim's verdicts counted together on the numerical relations and on the categorical ones, in one
+    sentence ("" without both kinds)."""
+    numerical, categorical = split_numerical(relations)
+    if not numerical or not categorical:
+        return ""
+    across = across_shots(sweeps)
+    words = []
+    for kind, subset in (("numerical", numerical), ("categorical", categorical)):
+        t = Tally()
+        for name in names:
+            for s in sweeps:
+                got = tally(only(s, subset), name, name in across)
+                for key in ("holds", "fails", "inconclusive", "missing", "not_run"):
+                    getattr(t, key).extend(getattr(got, key))
+        words.append(
+            f"on the {kind} relations, of {t.measured} measured verdicts {len(t.holds)} hold, {len(t.fails)} do not "
+            f"hold and {len(t.inconclusive)} are inconclusive; {len(t.missing)} are not measurable"
+            + (f" and {len(t.not_run)} not run yet" if t.not_run else "")
+        )
+    return "In all claims: " + "; ".join(words) + "."
+
+
+def numerical_section(sweeps: list[Sweep], names: list[str], relations) -> list[str]:
+    """The paper's open question — do its mechanisms hold for numerical facts? — as the study answers it:
+    per claim and model · preset, the four-way counts on the numerical relations (:data:`NUMERICAL`) beside
+    those on the categorical ones. Empty when the rendered relations lack either kind."""
+    numerical, categorical = split_numerical(relations)
+    if not numerical or not categorical:
+        return []
+    num_cells = [c for s in sweeps for c in only(s, numerical).cells]
+    metrics = sorted({c.summary.get("stages", {}).get("recall", {}).get("answer_metric_rule") for c in num_cells} - {None})
+    lines = [
+        "## Numerical facts against categorical ones",
+        "",
+        "The paper's mechanisms are shown on categorical facts; whether they hold for numerical ones is left open. "
+        f"The study's numerical relations are {', '.join(numerical)} (years: several tokens on both models, so each "
+        "is scored on the whole answer"
+        + (f": {'; '.join(metrics)}" if metrics else "")
+        + f"); the other {len(categorical)} relations are categorical. Known prompts per cell: numerical "
+        f"{_known_range(num_cells)}, categorical {_known_range([c for s in sweeps for c in only(s, categorical).cells])}. "
+        "Counts as in the summary above (`h · f · i · n`).",
+        "",
+        "| claim | model · preset | numerical | categorical |",
+        "|---|---|---|---|",
+    ]
+    across = across_shots(sweeps)
+    for name in names:
+        for s in sweeps:
+            num, cat = (tally(only(s, subset), name, name in across).short() for subset in (numerical, categorical))
+            lines.append(f"| {label(name, names)} | {s.model} · {s.preset} | {num} | {cat} |")
+    return [*lines, "", numerical_words(sweeps, names, relations), ""]
 
 
 def figure(row) -> str:
@@ -1148,6 +1232,7 @@ def render_doc(out: Path, sweeps: list[Sweep], args, baseline: dict | None = Non
             "",
             *changes_section(changes(sweeps, names, baseline, args.relations), baseline, names),
         ]
+    lines += numerical_section(sweeps, names, args.relations)
     lines += [
         "## Which claims hold where, in words",
         "",
@@ -1210,6 +1295,12 @@ def render_readme_block(out: Path, sweeps: list[Sweep], args, baseline: dict | N
     ]
     across = across_shots(sweeps)
     lines += [f"- {in_short(sweeps, name, names, across)}" for name in names]
+    numbers = numerical_words(sweeps, names, args.relations)
+    if numbers:
+        lines += [
+            "",
+            f"Numerical facts (years) against categorical ones — {numbers[0].lower()}{numbers[1:]} Per claim: docs/study.md.",
+        ]
     if baseline:
         lines += ["", changes_summary(changes(sweeps, names, baseline, args.relations), baseline) + " Which ones: docs/study.md."]
     lines += ["", END]

@@ -529,3 +529,53 @@ def test_the_sweep_command_is_one_run_per_model_and_preset():
         "suppress.modes=zero",
     ]
     assert study.slug("lre/country_language") == study.slug("data/country_language.json") == "country_language"
+
+
+def test_numerical_facts_are_set_beside_categorical_ones(study_dir, tmp_path):
+    """The paper's open question (do its mechanisms hold for numerical facts?): the numerical relations'
+    counts beside the categorical ones', per claim and model · preset, with how the years were scored."""
+    rule = "π(answer) = Σ_t π(y_t) of the answer's tokens after the relation's shared prefix, teacher-forced"
+    for preset, figures in (("recallscope", (0.2, 0.1, 0.3, "does not hold", -0.2)), ("paper", None)):
+        for k in SHOTS:
+            cell = RunDir(study_dir / "m1" / preset / "presidents_birth_year" / "presidents_birth_year" / f"{k}shot")
+            cell.create()
+            summary = {"model": "m1", "n_prompts": 19, "n_known": 4 + k, "stages": {"recall": {"answer_metric_rule": rule}}}
+            if figures is None:
+                summary["not_measurable"] = {"claims": {"reason": "too few known prompts"}}
+            else:  # C1 fails at 0 shots and is inconclusive at 3; C4 holds at both
+                c1 = figures if k == 0 else (0.45, 0.3, 0.6, "inconclusive", -0.05, 60)
+                rows = [
+                    claim_row(C_MOVERS, *c1[:5], RULES[C_MOVERS], None, *c1[5:]),
+                    claim_row(C_SUPPRESS, -1.0, -1.5, -0.5, "holds", 0.5, RULES[C_SUPPRESS]),
+                ]
+                cell.write_tables("claims", {"claims": pd.DataFrame(rows)})
+                summary["stages"]["claims"] = {"claims": rows}
+            cell.write_summary(summary)
+        # the combined summary names the relation as its file does (president_birth_year), not by its folder
+        combined = {"model": "m1", "runs": [{"path": "x"}]}
+        if figures is not None:
+            combined["claims"] = [{**claim_row(C_SHOTS, 0.9, 0.8, 0.95, "holds", 0.3, "r"), "relation": "president_birth_year"}]
+        RunDir(study_dir / "m1" / preset / "presidents_birth_year").write_summary(combined)
+    doc, _ = render(study_dir, tmp_path, relations=[*RELATIONS, "lre/presidents_birth_year"])
+    section = doc.split("## Numerical facts against categorical ones")[1].split("\n## ")[0]
+    assert "numerical relations are presidents_birth_year" in section and rule in section
+    assert "Known prompts per cell: numerical 4–7, categorical 1–13." in section
+    rows = [line for line in section.splitlines() if line.startswith("| C")]
+    assert rows == [
+        "| C1 | m1 · recallscope | 0 · 1 · 1 · 0 (≈ 60) | 2 · 0 · 1 · 1 (≈ 140) |",
+        "| C1 | m1 · paper | 0 · 0 · 0 · 2 | 1 · 2 · 0 · 1 |",
+        "| C4 | m1 · recallscope | 2 · 0 · 0 · 0 | 1 · 2 · 0 · 1 |",
+        "| C4 | m1 · paper | 0 · 0 · 0 · 2 | 2 · 1 · 1 · 0 (≈ 300) |",
+        "| C6 | m1 · recallscope | 1 · 0 · 0 · 0 | 1 · 1 · 0 · 0 |",
+        "| C6 | m1 · paper | — | 1 · 0 · 0 · 0, 1 not run |",
+    ]
+    assert (
+        "In all claims: on the numerical relations, of 5 measured verdicts 3 hold, 1 do not hold and 1 are "
+        "inconclusive; 4 are not measurable; on the categorical relations, of 16 measured verdicts 8 hold, 6 do not "
+        "hold and 2 are inconclusive; 3 are not measurable and 1 not run yet."
+    ) in section
+    # without a numerical relation (or without a categorical one) there is no such section
+    doc, _ = render(study_dir, tmp_path)
+    assert "## Numerical facts" not in doc
+    _, readme = render(study_dir, tmp_path, relations=[*RELATIONS, "lre/presidents_birth_year"])
+    assert "Numerical facts (years) against categorical ones — in all claims: on the numerical relations, of 5" in readme
