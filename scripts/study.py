@@ -22,10 +22,13 @@ different one is refused by the run directory). Each sweep's command, commit, st
 date, wall time, load average and exit code are appended to ``<out>/study.json``; its stderr
 goes to ``<out>/<M>/<P>/<R>.log``.
 
-``STUDY_SETTINGS`` (passed as ``--set`` to every sweep, both presets) only trim work the claims do
-not read: no attribution patching (the claims read the exact engine), the zero-ablation
-mitigation only (the mitigation claim's ``mitigation_mode``), 200 random directions for the
-intercept's baseline instead of 1000. They are printed in docs/study.md with the commands.
+``STAGES``: the run's default stages and the opt-in surgery stage (C9). ``STUDY_SETTINGS`` (passed
+as ``--set`` to every sweep, both presets) trim work the claims do not read: no attribution patching
+(the claims read the exact engine), the zero-ablation mitigation only (the mitigation claim's
+``mitigation_mode``), 200 random directions for the intercept's baseline instead of 1000; and they
+trim surgery to what C9 reads on at most ``SURGERY_PROMPTS`` known prompts per cell (the end
+position; its 400 head sets cost about 10 CPU s per prompt on 2 cores). They are printed in
+docs/study.md with the commands (``SETTING_WHY``).
 
 Rendering reads only files (no model, no torch): per cell the claims stage's main table
 (``claims.parquet``: value, interval, threshold, margin, verdict, prompts needed, rule, …) and the
@@ -85,7 +88,26 @@ RELATIONS = (
 NUMERICAL = ("presidents_birth_year", "presidents_election_year")  # the numerical facts (years); the rest are categorical
 SHOTS = (0, 1, 3)
 MAX_PROMPTS = "all"  # every prompt of each relation: the 24-prompt study could not decide many claims (issue 27)
-STUDY_SETTINGS = ("patch.attribution=false", "suppress.modes=zero", "intercept.n_random=200")
+# the run's default stages and the opt-in surgery (C9, the paper's check of the movers against random heads);
+# tests/test_study_script.py checks this is pipeline.default_stages() + surgery, in pipeline order
+STAGES = "recall,patch,movers,decompose,intercept,suppress,onset,surgery,claims"
+SURGERY_PROMPTS = 32  # C9 on a seeded draw of at most this many known prompts per cell (surgery.max_prompts)
+STUDY_SETTINGS = (
+    "patch.attribution=false",
+    "suppress.modes=zero",
+    "intercept.n_random=200",
+    "surgery.scopes=end",
+    f"surgery.max_prompts={SURGERY_PROMPTS}",
+)
+# why each setting: work the claims do not read, or what it trims from what they read
+SETTING_WHY = {
+    "patch.attribution=false": "work the claims do not read",
+    "suppress.modes=zero": "work the claims do not read",
+    "intercept.n_random=200": "work the claims do not read",
+    "surgery.scopes=end": "the end position only, the scope C9 reads",
+    f"surgery.max_prompts={SURGERY_PROMPTS}": f"C9 on a seeded draw of at most {SURGERY_PROMPTS} of the cell's known prompts: "
+    "the surgery stage ablates 400 head sets per prompt, about 10 CPU s a prompt here",
+}
 OUT = "runs/study"
 DOC = "docs/study.md"
 BASELINE = "docs/study-24.json"  # the 24-prompt study's per-cell verdicts (extract_baseline)
@@ -443,7 +465,8 @@ def tally(sweep: Sweep, claim: str, across: bool = False) -> Tally:
             (t.missing if c.summary.get("not_measurable") else t.not_run).append((c.relation, c.shots))
             continue
         rows = c.claims[c.claims["claim"] == claim]
-        if not len(rows):
+        if not len(rows):  # its stage has not run in this cell yet (a stage the study added later: surgery)
+            t.not_run.append((c.relation, c.shots))
             continue
         t.add(rows.iloc[0], (c.relation, c.shots))
     return t
@@ -657,8 +680,8 @@ def grid(sweep: Sweep, names: list[str], across: set[str]) -> list[str]:
                 parts.append("n/m" if c.summary.get("not_measurable") else "not run")
                 continue
             rows = c.claims[c.claims["claim"] == n]
-            if not len(rows):
-                parts.append("–")
+            if not len(rows):  # as in tally: its stage has not run in this cell yet
+                parts.append("not run")
                 continue
             row = rows.iloc[0]
             v = verdict_of(row)
@@ -827,8 +850,8 @@ def study_command(args) -> str:
     if tuple(args.shots) != SHOTS:
         parts += ["--shots", ",".join(str(k) for k in args.shots)]
     parts += ["--max-prompts", str(args.max_prompts)]
-    if args.stages:
-        parts += ["--stages", args.stages]
+    if args.stages != STAGES:
+        parts += ["--stages", args.stages or ""]
     if tuple(args.settings) != STUDY_SETTINGS:
         parts += [a for setting in args.settings for a in ("--set", setting)]
     if args.out != OUT:
@@ -846,11 +869,11 @@ def sample_sizes(sweeps: list[Sweep], args) -> str:
     ) + "; the stages after recall use the prompts the model knows (top-1 = answer)"
     if known:
         text += f", {min(known)} to {max(known)} per cell here (the `known/prompts` column)"
+    if args.stages:
+        text += f". Stages: `{args.stages}`"
     if args.settings:
-        text += (
-            ". Every sweep also gets "
-            + ", ".join(f"`--set {x}`" for x in args.settings)
-            + " (work the claims do not read, left out to fit the machine's time)"
+        text += ". Every sweep also gets " + "; ".join(
+            f"`--set {x}`" + (f" ({SETTING_WHY[x]})" if x in SETTING_WHY else "") for x in args.settings
         )
     return text + (
         ". Intervals are the claims stage's (95%: bootstrap over prompts, Clopper–Pearson for a share of prompts; "
@@ -1337,7 +1360,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--relations", type=csv, default=list(RELATIONS))
     p.add_argument("--shots", type=lambda s: [int(x) for x in csv(s)], default=list(SHOTS))
     p.add_argument("--max-prompts", type=max_prompts, default=MAX_PROMPTS, help="a number >= 1, or all (default: every prompt)")
-    p.add_argument("--stages", default=None, help="comma-separated stages (default: the run's default stages)")
+    p.add_argument(
+        "--stages", default=STAGES, help=f"comma-separated stages ('' for the run's default stages; default: {STAGES})"
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
         "--set",

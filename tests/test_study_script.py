@@ -579,3 +579,36 @@ def test_numerical_facts_are_set_beside_categorical_ones(study_dir, tmp_path):
     assert "## Numerical facts" not in doc
     _, readme = render(study_dir, tmp_path, relations=[*RELATIONS, "lre/presidents_birth_year"])
     assert "Numerical facts (years) against categorical ones — in all claims: on the numerical relations, of 5" in readme
+
+
+def test_the_study_runs_the_default_stages_and_surgery_with_every_setting_explained():
+    """The study's stages are the run's defaults plus surgery (C9), in pipeline order, and each setting it
+    passes to every sweep says why in docs/study.md; each one is a setting the stages accept."""
+    from recallscope import pipeline
+    from recallscope.cli import _parse_set
+
+    stages = study.STAGES.split(",")
+    assert [s for s in pipeline.STAGES if s in stages] == stages
+    assert set(stages) == {*pipeline.default_stages(), "surgery"}
+    assert set(study.SETTING_WHY) == set(study.STUDY_SETTINGS)
+    configs = pipeline.make_configs(_parse_set(list(study.STUDY_SETTINGS)))
+    assert configs["surgery"].max_prompts == study.SURGERY_PROMPTS and configs["surgery"].scopes == ("end",)
+    args = study.parse(["--render-only"])
+    assert args.stages == study.STAGES and study.study_command(args) == "python scripts/study.py --max-prompts all"
+    text = study.sample_sizes([], args)
+    assert f"Stages: `{study.STAGES}`" in text and "`--set surgery.max_prompts=32` (C9 on a seeded draw of at most 32" in text
+
+
+def test_a_claim_whose_stage_has_not_run_in_a_cell_is_not_run_there(study_dir, tmp_path):
+    """A stage the study added later (surgery: C9) shows as not run in the cells measured before it,
+    not as missing or not measurable."""
+    cell = RunDir(study_dir / "m1" / "recallscope" / "paper_country_capital" / "paper_country_capital" / "0shot")
+    c9 = "Ablating the mover heads hurts recall more than ablating matched random heads"
+    claims = cell.read_table("claims")
+    cell.write_tables(
+        "claims", {"claims": pd.concat([claims, pd.DataFrame([claim_row(c9, 0.1, 0.05, 0.2, "holds", 0.05, "r")])])}
+    )
+    doc, _ = render(study_dir, tmp_path)
+    table = [line for line in doc.split("## Summary")[1].split("| claim | model")[0].splitlines() if line.startswith("| C9")]
+    assert table == ["| C9 | 1 · 0 · 0 · 1, 2 not run | 0 · 0 · 0 · 0, 4 not run |"]  # (language, 0): no claims table
+    assert "| paper_country_capital | 3 | 13/32 | ? 0.431 [0.25, 0.55] ≈140 > 100 | ✗ 2.5 [1.75, 3.25] | not run |" in doc

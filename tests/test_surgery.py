@@ -204,6 +204,38 @@ def test_stage_on_the_planted_control_ablates_the_movers_claims_heads(tmp_path):
     assert f"p = {end_p['p_value']:.3g}" in figs[0].data[0].name
 
 
+def test_max_prompts_ablates_a_seeded_draw_of_the_prompts(tmp_path):
+    """surgery.max_prompts (the study's cap: the stage costs ~10 CPU s per prompt): a seeded draw of
+    that many of the prompts, each measured exactly as without the cap; the summary counts the rest."""
+    from recallscope import pipeline
+
+    def run(folder, **settings):
+        ctx, summary = pipeline.execute(
+            pipeline.RunConfig(model="planted", relation="paper_country_capital", max_prompts=20),
+            ["surgery"],
+            out=str(tmp_path / folder),
+            overrides={f"surgery.{k}": v for k, v in settings.items()},
+            progress=False,
+        )
+        return summary["stages"]["surgery"], ctx.results["surgery"].tables()["prompts"]
+
+    full, every = run("all", scopes=("end",))
+    capped, some = run("capped", scopes=("end",), max_prompts=4)
+    again, same = run("again", scopes=("end",), max_prompts=4)
+    other, _ = run("other", scopes=("end",), max_prompts=4, seed=1)
+    assert full["n_prompts"] > 4 and full["n_sampled_out"] == 0 and full["max_prompts"] is None
+    assert capped["n_prompts"] == 4 and capped["n_sampled_out"] == full["n_prompts"] - 4 and capped["max_prompts"] == 4
+    pd.testing.assert_frame_equal(some, same)  # the draw is the seed's
+    # each drawn prompt's ablations are its rows of the uncapped run (the movers' set: p_clean names the prompt;
+    # float32 in batches padded otherwise: equal to 1e-4)
+    movers, drawn = every[every["set_id"] == 0], some[some["set_id"] == 0]
+    nearest = np.abs(drawn["p_clean"].to_numpy()[:, None] - movers["p_clean"].to_numpy()[None]).argmin(1)
+    np.testing.assert_allclose(drawn["p_clean"], movers["p_clean"].to_numpy()[nearest], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(drawn["p_ablated"], movers["p_ablated"].to_numpy()[nearest], rtol=0, atol=1e-4)
+    assert len(set(nearest)) == 4
+    assert other["n_prompts"] == 4
+
+
 def test_bad_settings_are_one_line_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["surgery", "--model", "planted", "--set", "surgery.nulls=shuffle"])

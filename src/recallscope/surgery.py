@@ -102,7 +102,7 @@ from .models.view import LOGIT_ELEMENTS, ModelView, position_ids_from_mask
 from .patch import _aligned_corruptions, engine_view, with_corruptions
 from .progress import track
 from .tasks import PromptSet
-from .tasks.prompts import batches
+from .tasks.prompts import batches, stable_seed
 from .verdicts import fmt, number
 
 SCOPES = ("end", "all")
@@ -131,6 +131,7 @@ class SurgeryConfig:
     engine: str = "batched"  # "batched" | "naive" (one forward per head set: the reference)
     batch_size: int = 8  # clean prompts per batch
     min_prompts: int = 2  # fewer known prompts with a same-length corruption is an error
+    max_prompts: int | None = None  # at most this many of those prompts, a seeded draw (None: every one)
     seed: int = 0
 
     constraints: ClassVar[dict] = {
@@ -144,6 +145,7 @@ class SurgeryConfig:
         "engine": Options(*ENGINES),
         "batch_size": POSITIVE,
         "min_prompts": POSITIVE,
+        "max_prompts": POSITIVE,
         "seed": NON_NEGATIVE,
     }
 
@@ -158,8 +160,8 @@ def check_config(config: SurgeryConfig, model: Model | None = None) -> None:
     for name, allowed in (("norm", NORMS), ("engine", ENGINES)):
         if getattr(config, name) not in allowed:
             raise UserError(f"surgery.{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
-    for name in ("n_null", "norm_pool", "n_corruptions", "batch_size", "min_prompts"):
-        if getattr(config, name) < 1:
+    for name in ("n_null", "norm_pool", "n_corruptions", "batch_size", "min_prompts", "max_prompts"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
             raise UserError(f"surgery.{name} must be >= 1, got {getattr(config, name)}")
     if not 0 < config.quantile < 1:
         raise UserError(f"surgery.quantile must be in (0, 1), got {config.quantile}")
@@ -628,6 +630,8 @@ class SurgeryResult(ResultView):
             "shots": self.prompts.shots,
             "n_prompts": int(self.frame["prompt_index"].nunique()),
             "n_dropped_no_corruption": self.n_dropped,
+            "n_sampled_out": int(self.prompts.dropped.get(SAMPLED_OUT, 0)),
+            "max_prompts": self.config.max_prompts,
             "heads": [head_label(layer, head) for layer, head in self.heads],
             "heads_source": "the movers claim's heads (claims.patching_movers: the movers stage's candidates with the "
             "largest |patching effect|)",
@@ -709,6 +713,20 @@ def draw_nulls(movers: HeadSet, change_norm: np.ndarray, output_norm: np.ndarray
     return nulls
 
 
+SAMPLED_OUT = "surgery_max_prompts"  # the prompts' ``dropped`` reason for those surgery.max_prompts leaves out
+
+
+def sample_prompts(kept: PromptSet, found: list, limit: int | None, seed: int) -> tuple[PromptSet, list]:
+    """At most ``limit`` of ``kept`` (with their corruptions ``found``): a uniform draw without
+    replacement, seeded by ``seed``, in the prompts' order; all of them when ``limit`` is None or not
+    below their number. The others are counted under :data:`SAMPLED_OUT` in ``dropped``."""
+    if limit is None or len(kept) <= limit:
+        return kept, found
+    pick = set(np.random.default_rng(stable_seed("surgery.max_prompts", seed)).choice(len(kept), limit, replace=False).tolist())
+    keep = [i in pick for i in range(len(kept))]
+    return kept.subset(keep, reason=SAMPLED_OUT), [f for f, k in zip(found, keep, strict=True) if k]
+
+
 def surgery(
     model: Model,
     prompts: PromptSet,
@@ -734,6 +752,7 @@ def surgery(
     view = engine_view(model.view)
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     kept, found, n_dropped = with_corruptions(prompts, model.tokenizer, config.n_corruptions, config.min_prompts)
+    kept, found = sample_prompts(kept, found, config.max_prompts, config.seed)
     groups = list(batches(kept.prompts, pad_id, config.batch_size))
     start = time.perf_counter()
     change_norm, output_norm = measure_norms(view, prepared_batches(view, groups, found, "surgery: head norms", progress))
