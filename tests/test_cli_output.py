@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,27 @@ def test_a_hostile_relation_name_goes_through_run_report_and_claims_literally(tm
     assert as_json.returncode == 0 and b"\x1b" not in as_json.stdout
     recorded = json.loads((out / "summary.json").read_text(encoding="utf-8"))["relation"]
     assert "\x1b]0;x\x07" in recorded and json.loads(as_json.stdout)["runs"][0]["relation"] == recorded  # JSON-escaped
+
+
+def test_every_commands_help_rewraps_its_paragraphs_at_80_columns(monkeypatch, capsys):
+    """`recallscope claims --help` kept its docstring's line breaks at 80 columns: every other line a 1–3-word
+    stub ("with ≈ the known"). Every command's description is now rewrapped to the terminal: inside a
+    paragraph only its last line may be short."""
+    import typer.main
+
+    from recallscope.cli import app, main
+
+    monkeypatch.setenv("COLUMNS", "80")
+    main(["--help"])  # adds the stage verbs
+    names = sorted(typer.main.get_command(app).commands)
+    assert {"run", "claims", "patch", "surgery", "report"} <= set(names)
+    for argv in (["--help"], *([name, "--help"] for name in names)):
+        main(argv)
+        out = "\n".join(line.rstrip() for line in capsys.readouterr().out.splitlines()).strip()
+        description = re.split(r"\n(?:╭|Options:|Arguments:|Commands:)", out.split("\n\n", 1)[1])[0]
+        for paragraph in description.strip("\n").split("\n\n"):
+            lines = paragraph.splitlines()
+            assert all(len(line) <= 80 for line in lines), (argv, paragraph)
+            assert all(len(line) > 50 for line in lines[:-1]), (argv, paragraph)
+        if argv[0] == "claims":
+            assert "with ≈ the known prompts that would decide it, not measurable here), the\n" in out

@@ -33,6 +33,10 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # help text is plain: a docstring's single line breaks are joined and the paragraph rewrapped to the
+    # terminal (Typer's default "rich" mode keeps them, leaving 1–3-word stubs at 80 columns), and brackets
+    # such as "[95% CI]" are not read as markup
+    rich_markup_mode=None,
     help="How a transformer language model recalls a fact (Lv et al. 2024), end to end.",
 )
 _APP = app  # the real app (a test may swap ``app`` for its own)
