@@ -27,7 +27,7 @@ as ``--set`` to every sweep, both presets) trim work the claims do not read: no 
 (the claims read the exact engine), the zero-ablation mitigation only (the mitigation claim's
 ``mitigation_mode``), 200 random directions for the intercept's baseline instead of 1000; and they
 trim surgery to what C9 reads on at most ``SURGERY_PROMPTS`` known prompts per cell (the end
-position; its 400 head sets cost about 10 CPU s per prompt on 2 cores). They are printed in
+position; it ablates its 400 head sets on every prompt). They are printed in
 docs/study.md with the commands (``SETTING_WHY``).
 
 Rendering reads only files (no model, no torch): per cell the claims stage's main table
@@ -106,7 +106,7 @@ SETTING_WHY = {
     "intercept.n_random=200": "work the claims do not read",
     "surgery.scopes=end": "the end position only, the scope C9 reads",
     f"surgery.max_prompts={SURGERY_PROMPTS}": f"C9 on a seeded draw of at most {SURGERY_PROMPTS} of the cell's known prompts: "
-    "the surgery stage ablates 400 head sets per prompt, about 10 CPU s a prompt here",
+    "the surgery stage ablates its 400 head sets on every prompt; each cell's time is in its sweep's log",
 }
 OUT = "runs/study"
 DOC = "docs/study.md"
@@ -253,6 +253,7 @@ class Cell:
     shots: int
     summary: dict
     claims: pd.DataFrame | None  # the claims stage's main table, None when it did not run
+    subjects: int | None = None  # distinct subjects among the known prompts (recall's table), None without it
 
     @property
     def known(self) -> str:
@@ -292,8 +293,19 @@ def read_sweep(out: Path, model: str, preset: str, relations, shots) -> Sweep:
             cell = RunDir(root / slug(rel) / f"{k}shot")
             summary = cell.summary() if cell.path.is_dir() else {}
             claims = cell.read_table("claims") if cell.has_stage("claims") else None
-            sweep.cells.append(Cell(model, preset, slug(rel), k, summary, claims))
+            sweep.cells.append(Cell(model, preset, slug(rel), k, summary, claims, known_subjects(cell)))
     return sweep
+
+
+def known_subjects(cell: RunDir) -> int | None:
+    """How many distinct subjects the cell's known prompts hold (a relation's prompts are subjects ×
+    templates: the intervals resample prompts, so many prompts of few subjects give narrow intervals)."""
+    if not cell.path.is_dir() or not cell.has_stage("recall"):
+        return None
+    recall = cell.read_table("recall")
+    if "subject" not in recall or "known" not in recall:
+        return None
+    return int(recall.loc[recall["known"].astype(bool), "subject"].nunique())
 
 
 # --------------------------------------------------------------------------- formatting
@@ -670,8 +682,8 @@ def grid(sweep: Sweep, names: list[str], across: set[str]) -> list[str]:
     interval (:func:`figure`; and, when inconclusive, the prompts that would decide it)."""
     per_cell = [n for n in names if n not in across]
     lines = [
-        "| relation | shots | known/prompts | " + " | ".join(label(n, names) for n in per_cell) + " |",
-        "|---|---|---|" + "---|" * len(per_cell),
+        "| relation | shots | known/prompts | subjects | " + " | ".join(label(n, names) for n in per_cell) + " |",
+        "|---|---|---|---|" + "---|" * len(per_cell),
     ]
     for c in sweep.cells:
         parts = []
@@ -692,7 +704,8 @@ def grid(sweep: Sweep, names: list[str], across: set[str]) -> list[str]:
                 parts.append(text)
             else:
                 parts.append("n/m")
-        lines.append(f"| {c.relation} | {c.shots} | {c.known} | " + " | ".join(parts) + " |")
+        subjects = "—" if c.subjects is None else str(c.subjects)
+        lines.append(f"| {c.relation} | {c.shots} | {c.known} | {subjects} | " + " | ".join(parts) + " |")
     return lines
 
 
@@ -877,7 +890,10 @@ def sample_sizes(sweeps: list[Sweep], args) -> str:
         )
     return text + (
         ". Intervals are the claims stage's (95%: bootstrap over prompts, Clopper–Pearson for a share of prompts; "
-        "`recallscope.claims`)."
+        "`recallscope.claims`). They treat the known prompts as independent draws, but a relation's prompts are "
+        "subjects × templates (paper_country_capital: 15 countries × 15 templates): where a cell's known prompts far "
+        "outnumber its distinct subjects (the grids' `subjects` column), an interval that resampled subjects instead "
+        "would be wider, and the prompts needed to decide a claim are in part more templates of the same subjects."
     )
 
 

@@ -105,6 +105,11 @@ def study_dir(tmp_path: Path) -> Path:
         cell = RunDir(out / model / preset / rel / rel / f"{k}shot")
         cell.create()
         summary = {"model": model, "relation": rel, "shots": k, "n_prompts": 32, "n_known": 10 + k, "stages": {}}
+        # recall's table: 32 prompts of 4 subjects (× 8 templates), the first n_known known
+        known = 1 if figures is None else 10 + k
+        recall = pd.DataFrame({"subject": [f"s{i % 4}" for i in range(32)], "known": [i < known for i in range(32)]})
+        cell.write_tables("recall", {"recall": recall})
+        summary["stages"]["recall"] = {"n_known": known}
         if figures is None:
             summary["n_known"] = 1
             summary["not_measurable"] = {"claims": {"reason": "no known prompt left for relation 'country_language'"}}
@@ -269,10 +274,12 @@ def test_the_summary_counts_and_sentences_follow_the_verdicts(study_dir, tmp_pat
     ) in doc
     assert "8 of 8 cells have run." in doc
     # the per-cell grid: verdict mark, value and interval, and for an inconclusive cell the prompts needed
-    assert "| paper_country_capital | 0 | 10/32 | ✓ 0.812 [0.75, 0.87] | ✓ -1.25 [-2.5, -0.125] |" in doc
-    assert "| paper_country_capital | 3 | 13/32 | ? 0.431 [0.25, 0.55] ≈140 > 100 | ✗ 2.5 [1.75, 3.25] |" in doc
-    assert "| country_language | 0 | 1/32 | n/m | n/m |" in doc
-    assert "| country_language | 0 | 10/32 | n/m | ? 0.125 [-0.5, 0.875] ≈300 > 100 |" in doc
+    assert "| paper_country_capital | 0 | 10/32 | 4 | ✓ 0.812 [0.75, 0.87] | ✓ -1.25 [-2.5, -0.125] |" in doc
+    assert "| paper_country_capital | 3 | 13/32 | 4 | ? 0.431 [0.25, 0.55] ≈140 > 100 | ✗ 2.5 [1.75, 3.25] |" in doc
+    assert "| country_language | 0 | 1/32 | 1 | n/m | n/m |" in doc
+    # the subjects among the known prompts, beside them: the intervals resample prompts, not subjects (said once)
+    assert doc.count("(the grids' `subjects` column)") == 1
+    assert "| country_language | 0 | 10/32 | 4 | n/m | ? 0.125 [-0.5, 0.875] ≈300 > 100 |" in doc
 
 
 def test_the_readme_block_is_replaced_and_the_rest_kept(study_dir, tmp_path):
@@ -487,7 +494,7 @@ def test_the_grid_shows_the_deciding_statistic(study_dir, tmp_path):
     table.loc[0, ["decided_by", "decided_value", "decided_ci_low", "decided_ci_high"]] = ["scatter r", 0.25, 0.125, 0.375]
     cell.write_tables("claims", {"claims": table})
     doc, _ = render(study_dir, tmp_path)
-    assert "| paper_country_capital | 0 | 10/32 | ✗ 0.25 [0.125, 0.375] | ✓ -1.25 [-2.5, -0.125] |" in doc
+    assert "| paper_country_capital | 0 | 10/32 | 4 | ✗ 0.25 [0.125, 0.375] | ✓ -1.25 [-2.5, -0.125] |" in doc
     assert "| L23H4 | 1 | [1, 1] | scatter r = 0.25 [0.125, 0.375] | 0.5 |" in doc
 
 
@@ -611,4 +618,4 @@ def test_a_claim_whose_stage_has_not_run_in_a_cell_is_not_run_there(study_dir, t
     doc, _ = render(study_dir, tmp_path)
     table = [line for line in doc.split("## Summary")[1].split("| claim | model")[0].splitlines() if line.startswith("| C9")]
     assert table == ["| C9 | 1 · 0 · 0 · 1, 2 not run | 0 · 0 · 0 · 0, 4 not run |"]  # (language, 0): no claims table
-    assert "| paper_country_capital | 3 | 13/32 | ? 0.431 [0.25, 0.55] ≈140 > 100 | ✗ 2.5 [1.75, 3.25] | not run |" in doc
+    assert "| paper_country_capital | 3 | 13/32 | 4 | ? 0.431 [0.25, 0.55] ≈140 > 100 | ✗ 2.5 [1.75, 3.25] | not run |" in doc
