@@ -68,3 +68,25 @@ def test_the_verdicts_fit_the_first_screen_at_1400_px(real_report):
     # every row of the run's claims table has its block, each with an id of its own
     assert len(claims) == len(rows) >= 6 and len({cid for cid, _ in claims}) == len(claims) and all(c for c, _ in claims)
     assert identity < 150 and max(bottom for _, bottom in claims) <= 900, claims
+
+
+def test_the_claims_tables_fit_their_box_at_1400_px(real_report):
+    """A sweep's "claims across shot counts, in full" table was 1369 px wide in its 1272 px box at 1400 px:
+    the rule column's text ran past the right edge ("top-10 head over…"), the scroll bar out of sight
+    below the table. Every full claims table (the sweep's and each claims section's) now fits its box."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(real_report.resolve().as_uri(), wait_until="load")
+            page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+            widths = page.evaluate(
+                "Array.from(document.querySelectorAll('table.claims')).map("
+                "t => [t.closest('.scroll').clientWidth, t.scrollWidth, t.querySelectorAll('tbody tr').length])"
+            )
+        finally:
+            browser.close()
+    assert widths and all(rows for _, _, rows in widths), widths
+    assert all(table <= box + 1 for box, table, _ in widths), widths
