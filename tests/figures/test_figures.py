@@ -196,6 +196,14 @@ def test_intercept_top_tokens_and_redirect_ranks():
     }
     tokens, redirect = intercept.figures({"intercept": pd.DataFrame()}, summary)
     assert list(tokens.data[0].x) == ["0:&#x27; Paris&#x27;", "1:&#x27;&lt;x&gt;&#x27;"]  # repr, escaped for plotly
+    # a token of a newline and 54 spaces (smollm2-135m's intercept, paper_country_capital) ran 340 px past its
+    # figure as a tick label: runs of spaces are counted, and a label is cut at 16 characters
+    summary["top_tokens"] = [
+        {"token": "\n" + " " * 54, "logit": 3.0, "in_domain": False},
+        {"token": "x" * 30, "logit": 2.0, "in_domain": False},
+    ]
+    long, _ = intercept.figures({"intercept": pd.DataFrame()}, summary)
+    assert list(long.data[0].x) == ["0:&#x27;\\n␣×54&#x27;", "1:&#x27;xxxxxxxxxxxxxx…"]
     assert list(tokens.data[0].marker.color) == ["crimson", "steelblue"]
     assert list(redirect.data[0].y) == [10, 5, 1] and list(redirect.data[1].y) == [2, 7, 11]  # rank + 1
     assert "r_mid[l] + m[l]: Y above X in 75%" in redirect.layout.title.text

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import html
-
 import pandas as pd
 import plotly.graph_objects as go
+
+from . import token_label
 
 
 def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
@@ -21,7 +21,7 @@ def figures(tables: dict[str, pd.DataFrame], summary: dict) -> list[go.Figure]:
         base = summary["answer_domain_baseline"]
         fig = go.Figure(
             go.Bar(
-                x=[f"{i}:{html.escape(repr(t['token']))}" for i, t in enumerate(tokens)],
+                x=[f"{i}:{token_label(t['token'])}" for i, t in enumerate(tokens)],
                 y=[t["logit"] for t in tokens],
                 marker_color=["crimson" if t["in_domain"] else "steelblue" for t in tokens],
             )
