@@ -69,7 +69,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from recallscope.rundir import RunDir, atomic_write_text, dumps, relation_slug  # noqa: E402  (torch-free)
-from recallscope.verdicts import claim_id  # noqa: E402  (pure Python: the ids the report and the terminal use)
+from recallscope.verdicts import EVIDENCE_STAGE, IDS, claim_id  # noqa: E402  (pure Python: the ids the report and the terminal use)
 from recallscope.verdicts import whole as prompts  # noqa: E402  (prompt counts as the terminal writes them)
 
 LRE = "lre"  # the LRE relations the package ships (src/recallscope/tasks/lre), by name: lre/<name>
@@ -477,11 +477,16 @@ def tally(sweep: Sweep, claim: str, across: bool = False) -> Tally:
             (t.missing if c.summary.get("not_measurable") else t.not_run).append((c.relation, c.shots))
             continue
         rows = c.claims[c.claims["claim"] == claim]
-        if not len(rows):  # its stage has not run in this cell yet (a stage the study added later: surgery)
-            t.not_run.append((c.relation, c.shots))
+        if not len(rows):  # its stage was not measurable here, or has not run in this cell yet (added later: surgery)
+            (t.missing if stage_not_measurable(c, claim) else t.not_run).append((c.relation, c.shots))
             continue
         t.add(rows.iloc[0], (c.relation, c.shots))
     return t
+
+
+def stage_not_measurable(cell: Cell, claim: str) -> bool:
+    """Whether the stage that holds ``claim``'s evidence was not measurable in ``cell`` (its run says why)."""
+    return EVIDENCE_STAGE.get(IDS.get(claim, "")) in (cell.summary.get("not_measurable") or {})
 
 
 def _shot_where(items) -> str:
@@ -692,8 +697,8 @@ def grid(sweep: Sweep, names: list[str], across: set[str]) -> list[str]:
                 parts.append("n/m" if c.summary.get("not_measurable") else "not run")
                 continue
             rows = c.claims[c.claims["claim"] == n]
-            if not len(rows):  # as in tally: its stage has not run in this cell yet
-                parts.append("not run")
+            if not len(rows):  # as in tally: its stage was not measurable here, or has not run in this cell yet
+                parts.append("n/m" if stage_not_measurable(c, n) else "not run")
                 continue
             row = rows.iloc[0]
             v = verdict_of(row)

@@ -619,3 +619,21 @@ def test_a_claim_whose_stage_has_not_run_in_a_cell_is_not_run_there(study_dir, t
     table = [line for line in doc.split("## Summary")[1].split("| claim | model")[0].splitlines() if line.startswith("| C9")]
     assert table == ["| C9 | 1 · 0 · 0 · 1, 2 not run | 0 · 0 · 0 · 0, 4 not run |"]  # (language, 0): no claims table
     assert "| paper_country_capital | 3 | 13/32 | 4 | ? 0.431 [0.25, 0.55] ≈140 > 100 | ✗ 2.5 [1.75, 3.25] | not run |" in doc
+
+
+def test_a_claim_whose_stage_was_not_measurable_in_a_cell_is_not_measurable_there(study_dir, tmp_path):
+    """gemma3-270m · paper · country_capital_city at 3 shots knows no prompt: surgery was not measurable
+    there, and C9 (absent from its claims table) counts as n/m, not as not run."""
+    cell = RunDir(study_dir / "m1" / "paper" / "paper_country_capital" / "paper_country_capital" / "0shot")
+    summary = cell.summary()
+    cell.write_summary({**summary, "not_measurable": {"surgery": {"reason": "needs movers, which is not measurable here"}}})
+    other = RunDir(study_dir / "m1" / "recallscope" / "paper_country_capital" / "paper_country_capital" / "0shot")
+    c9 = "Ablating the mover heads hurts recall more than ablating matched random heads"
+    claims = other.read_table("claims")
+    other.write_tables(
+        "claims", {"claims": pd.concat([claims, pd.DataFrame([claim_row(c9, 0.1, 0.05, 0.2, "holds", 0.05, "r")])])}
+    )
+    doc, _ = render(study_dir, tmp_path)
+    table = [line for line in doc.split("## Summary")[1].split("| claim | model")[0].splitlines() if line.startswith("| C9")]
+    assert table == ["| C9 | 1 · 0 · 0 · 1, 2 not run | 0 · 0 · 0 · 1, 3 not run |"]
+    assert "| paper_country_capital | 0 | 10/32 | 4 | ✗ 0.333 [0.125, 0.5] | ✓ -1.5 [-2.75, -0.5] | n/m |" in doc
