@@ -606,17 +606,22 @@ def test_the_study_runs_the_default_stages_and_surgery_with_every_setting_explai
     assert f"Stages: `{study.STAGES}`" in text and "`--set surgery.max_prompts=32` (C9 on a seeded draw of at most 32" in text
 
 
+def c9_measured_once(study_dir: Path, tmp_path: Path) -> tuple[str, list[str]]:
+    """C9 (surgery's claim) holds in one cell (recallscope, paper_country_capital, 0 shots) and is absent from
+    the others' claims tables; the rendered doc and its summary row for C9."""
+    cell = RunDir(study_dir / "m1" / "recallscope" / "paper_country_capital" / "paper_country_capital" / "0shot")
+    c9 = "Ablating the mover heads hurts recall more than ablating matched random heads"
+    row = pd.DataFrame([claim_row(c9, 0.1, 0.05, 0.2, "holds", 0.05, "r")])
+    cell.write_tables("claims", {"claims": pd.concat([cell.read_table("claims"), row])})
+    doc, _ = render(study_dir, tmp_path)
+    summary = doc.split("## Summary")[1].split("| claim | model")[0].splitlines()
+    return doc, [line for line in summary if line.startswith("| C9")]
+
+
 def test_a_claim_whose_stage_has_not_run_in_a_cell_is_not_run_there(study_dir, tmp_path):
     """A stage the study added later (surgery: C9) shows as not run in the cells measured before it,
     not as missing or not measurable."""
-    cell = RunDir(study_dir / "m1" / "recallscope" / "paper_country_capital" / "paper_country_capital" / "0shot")
-    c9 = "Ablating the mover heads hurts recall more than ablating matched random heads"
-    claims = cell.read_table("claims")
-    cell.write_tables(
-        "claims", {"claims": pd.concat([claims, pd.DataFrame([claim_row(c9, 0.1, 0.05, 0.2, "holds", 0.05, "r")])])}
-    )
-    doc, _ = render(study_dir, tmp_path)
-    table = [line for line in doc.split("## Summary")[1].split("| claim | model")[0].splitlines() if line.startswith("| C9")]
+    doc, table = c9_measured_once(study_dir, tmp_path)
     assert table == ["| C9 | 1 · 0 · 0 · 1, 2 not run | 0 · 0 · 0 · 0, 4 not run |"]  # (language, 0): no claims table
     assert "| paper_country_capital | 3 | 13/32 | 4 | ? 0.431 [0.25, 0.55] ≈140 > 100 | ✗ 2.5 [1.75, 3.25] | not run |" in doc
 
@@ -627,13 +632,6 @@ def test_a_claim_whose_stage_was_not_measurable_in_a_cell_is_not_measurable_ther
     cell = RunDir(study_dir / "m1" / "paper" / "paper_country_capital" / "paper_country_capital" / "0shot")
     summary = cell.summary()
     cell.write_summary({**summary, "not_measurable": {"surgery": {"reason": "needs movers, which is not measurable here"}}})
-    other = RunDir(study_dir / "m1" / "recallscope" / "paper_country_capital" / "paper_country_capital" / "0shot")
-    c9 = "Ablating the mover heads hurts recall more than ablating matched random heads"
-    claims = other.read_table("claims")
-    other.write_tables(
-        "claims", {"claims": pd.concat([claims, pd.DataFrame([claim_row(c9, 0.1, 0.05, 0.2, "holds", 0.05, "r")])])}
-    )
-    doc, _ = render(study_dir, tmp_path)
-    table = [line for line in doc.split("## Summary")[1].split("| claim | model")[0].splitlines() if line.startswith("| C9")]
+    doc, table = c9_measured_once(study_dir, tmp_path)
     assert table == ["| C9 | 1 · 0 · 0 · 1, 2 not run | 0 · 0 · 0 · 1, 3 not run |"]
     assert "| paper_country_capital | 0 | 10/32 | 4 | ✗ 0.333 [0.125, 0.5] | ✓ -1.5 [-2.75, -0.5] | n/m |" in doc
