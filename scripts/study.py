@@ -661,7 +661,9 @@ def numerical_section(sweeps: list[Sweep], names: list[str], relations) -> list[
         + (f": {'; '.join(metrics)}" if metrics else "")
         + f"); the other {len(categorical)} relations are categorical. Known prompts per cell: numerical "
         f"{_known_range(num_cells)}, categorical {_known_range([c for s in sweeps for c in only(s, categorical).cells])}. "
-        "Counts as in the summary above (`h · f · i · n`).",
+        "Counts as in the summary above (`h · f · i · n`). The two kinds differ in size as much as in kind: few "
+        "known prompts per numerical cell leave many of its verdicts inconclusive or not measurable, so a count "
+        "here is not evidence that a mechanism is absent from numerical recall.",
         "",
         "| claim | model · preset | numerical | categorical |",
         "|---|---|---|---|",
@@ -808,7 +810,9 @@ def provenance(out: Path, sweeps: list[Sweep], args) -> list[str]:
         lines += [
             f"Each model × preset × relation is one sweep over the shot counts (one model load) run by the script; "
             f"{run_time(out, args)}, on a machine whose cores may have been shared with other work "
-            "(the load averages say how much; the times are not benchmarks):",
+            "(the load averages say how much; the times are not benchmarks). Exit 0: every stage of every cell "
+            "ran; exit 3: the sweep finished but some stage was not measurable in some cell (its summary.json says "
+            "why; rerunning does not change that); an attempt stopped by hand is not listed:",
             "",
             "| model | preset | relation | started (UTC) | wall s | load before → after | exit | commit | command |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -827,7 +831,8 @@ def provenance(out: Path, sweeps: list[Sweep], args) -> list[str]:
             lines.append(
                 f"- {s.model} · {s.preset}: not run to the end for {', '.join(s.unfinished)} (no combined "
                 "summary yet): cells without a claims table show as not measurable (n/m) or not run, and "
-                "the claims across shot counts (C6, C10, C11) of those relations are missing. The command above resumes them."
+                "the claims across shot counts (C6, C10, C11) of those relations are missing. `python scripts/study.py` "
+                "resumes them (finished cells are reused)."
             )
     return lines
 
@@ -1290,7 +1295,9 @@ def render_doc(out: Path, sweeps: list[Sweep], args, baseline: dict | None = Non
         "✓ holds, ✗ does not hold, ? inconclusive (≈ the known prompts that would decide it; > M: more than the M its "
         "relation can give), n/m not measurable. The "
         "figure is the deciding condition's (the claims table's `decided_value`: not always the claim's primary "
-        "`value`; the table below names it and shows both).",
+        "`value`; the table below names it and shows both). `subjects`: the distinct subjects among the known "
+        "prompts; the intervals resample prompts, so where prompts far outnumber subjects (many templates of few "
+        "subjects) they are narrower than a subject-level interval would be.",
         "",
     ]
     for s in sweeps:

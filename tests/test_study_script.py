@@ -279,6 +279,8 @@ def test_the_summary_counts_and_sentences_follow_the_verdicts(study_dir, tmp_pat
     assert "| country_language | 0 | 1/32 | 1 | n/m | n/m |" in doc
     # the subjects among the known prompts, beside them: the intervals resample prompts, not subjects (said once)
     assert doc.count("(the grids' `subjects` column)") == 1
+    assert "`subjects`: the distinct subjects among the known prompts" in doc  # the grids' legend
+    assert "exit 3: the sweep finished but some stage was not measurable in some cell" in doc
     assert "| country_language | 0 | 10/32 | 4 | n/m | ? 0.125 [-0.5, 0.875] ≈300 > 100 |" in doc
 
 
