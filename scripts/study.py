@@ -27,7 +27,7 @@ as ``--set`` to every sweep, both presets) trim work the claims do not read: no 
 (the claims read the exact engine), the zero-ablation mitigation only (the mitigation claim's
 ``mitigation_mode``), 200 random directions for the intercept's baseline instead of 1000; and they
 trim surgery to what C9 reads on at most ``SURGERY_PROMPTS`` known prompts per cell (the end
-position; it ablates its 400 head sets on every prompt). They are printed in
+position; it ablates every null head set, up to 200 per null, on every prompt). They are printed in
 docs/study.md with the commands (``SETTING_WHY``).
 
 Rendering reads only files (no model, no torch): per cell the claims stage's main table
@@ -61,7 +61,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -88,7 +88,7 @@ RELATIONS = (
 NUMERICAL = ("presidents_birth_year", "presidents_election_year")  # the numerical facts (years); the rest are categorical
 SHOTS = (0, 1, 3)
 MAX_PROMPTS = "all"  # every prompt of each relation: the 24-prompt study could not decide many claims (issue 27)
-# the run's default stages and the opt-in surgery (C9, the paper's check of the movers against random heads);
+# the run's default stages and the opt-in surgery (C9: the check the paper leaves open, movers against random heads);
 # tests/test_study_script.py checks this is pipeline.default_stages() + surgery, in pipeline order
 STAGES = "recall,patch,movers,decompose,intercept,suppress,onset,surgery,claims"
 SURGERY_PROMPTS = 32  # C9 on a seeded draw of at most this many known prompts per cell (surgery.max_prompts)
@@ -106,7 +106,8 @@ SETTING_WHY = {
     "intercept.n_random=200": "work the claims do not read",
     "surgery.scopes=end": "the end position only, the scope C9 reads",
     f"surgery.max_prompts={SURGERY_PROMPTS}": f"C9 on a seeded draw of at most {SURGERY_PROMPTS} of the cell's known prompts: "
-    "the surgery stage ablates its 400 head sets on every prompt; each cell's time is in its sweep's log",
+    "the surgery stage ablates every null head set (up to 200 per null, two nulls) on every prompt; each cell's "
+    "time is in its sweep's log",
 }
 OUT = "runs/study"
 DOC = "docs/study.md"
@@ -596,16 +597,11 @@ def counts_table(sweeps: list[Sweep], names: list[str]) -> list[str]:
 def only(sweep: Sweep, folders) -> Sweep:
     """``sweep`` restricted to the relations whose folders (:func:`slug`) are in ``folders``."""
     keep = set(folders)
-    return Sweep(
-        sweep.model,
-        sweep.preset,
-        sweep.path,
+    return replace(
+        sweep,
         cells=[c for c in sweep.cells if c.relation in keep],
         shot_claims=[r for r in sweep.shot_claims if r.get("folder", r.get("relation")) in keep],
-        finished=sweep.finished,
         unfinished=[r for r in sweep.unfinished if r in keep],
-        shots=sweep.shots,
-        incomplete=sweep.incomplete,
     )
 
 
